@@ -1,0 +1,171 @@
+// The table of `eqat` subcommands: summary, flags (with defaults) and the function that runs.
+import type { FlagSpecs, ParsedFlags } from './args.js';
+import { evaluatePerplexity } from '../pipeline/eval.js';
+import { WeightSource } from '../model/weights.js';
+import { LoadedModel } from '../model/model.js';
+import { loadTokenizer } from '../io/tokenizer.js';
+import { generateIds } from '../pipeline/generate.js';
+import { native } from '../engine/native.js';
+import { blockApDefaults, runBlockAp } from '../pipeline/block-ap.js';
+import { runDemo } from '../pipeline/demo.js';
+
+export interface Command {
+  summary: string;
+  flags: FlagSpecs;
+  run(flags: ParsedFlags): Promise<void>;
+}
+
+const str = (f: ParsedFlags, k: string) => f[k] as string;
+const int = (f: ParsedFlags, k: string) => f[k] as number;
+
+const threadsFlag = { type: 'int', min: 1, help: 'CPU threads (default: all cores)' } as const;
+
+/** Peak resident memory of this process so far, MiB. */
+function peakRssMiB(): number {
+  return Math.round(process.resourceUsage().maxRSS / 1024);
+}
+
+function applyThreads(f: ParsedFlags): void {
+  if (f['threads'] !== undefined) native().setThreads(int(f, 'threads'));
+}
+
+export const COMMANDS: Record<string, Command> = {
+  eval: {
+    summary: 'perplexity of a model (full precision or eqat-quantized) on a text file',
+    flags: {
+      model: { type: 'string', required: true, help: 'model directory (Hugging Face checkpoint or eqat output)' },
+      data: { type: 'string', required: true, help: 'text file (.txt; .jsonl/.parquet documents are joined by blank lines)' },
+      seqlen: { type: 'int', default: 2048, min: 2, help: 'window length in tokens' },
+      batch: { type: 'int', default: 4, min: 1, help: 'windows per forward step' },
+      'max-windows': { type: 'int', min: 1, help: 'evaluate only the first N windows' },
+      json: { type: 'boolean', default: false, help: 'print a JSON object as the last line of stdout' },
+      threads: threadsFlag,
+    },
+    async run(f) {
+      applyThreads(f);
+      const r = await evaluatePerplexity(str(f, 'model'), str(f, 'data'), {
+        seqlen: int(f, 'seqlen'),
+        batch: int(f, 'batch'),
+        maxWindows: f['max-windows'] as number | undefined,
+      });
+      if (f['json']) {
+        console.log(JSON.stringify({ model: str(f, 'model'), data: str(f, 'data'), ...r, peakRssMiB: peakRssMiB() }));
+      } else {
+        console.log(
+          `ppl ${r.ppl.toFixed(4)}  nll ${r.nll.toFixed(5)}  windows ${r.windows} x ${r.seqlen} tokens  ${r.seconds.toFixed(1)} s`,
+        );
+      }
+    },
+  },
+  generate: {
+    summary: 'generate text from a prompt (greedy by default)',
+    flags: {
+      model: { type: 'string', required: true, help: 'model directory' },
+      prompt: { type: 'string', required: true, help: 'prompt text' },
+      'max-new-tokens': { type: 'int', default: 32, min: 0, help: 'tokens to generate' },
+      temperature: { type: 'number', default: 0, min: 0, help: 'sampling temperature; 0 is greedy' },
+      seed: { type: 'int', default: 0, help: 'sampling seed' },
+      json: { type: 'boolean', default: false, help: 'print ids and text as JSON' },
+      threads: threadsFlag,
+    },
+    async run(f) {
+      applyThreads(f);
+      const dir = str(f, 'model');
+      const src = WeightSource.open(dir);
+      const tok = loadTokenizer(dir);
+      const model = LoadedModel.load(src);
+      src.close();
+      const prompt = tok.encode(str(f, 'prompt'), { addSpecialTokens: true });
+      const ids = generateIds(model, prompt, {
+        maxNewTokens: int(f, 'max-new-tokens'),
+        temperature: f['temperature'] as number,
+        seed: int(f, 'seed'),
+        stopAtEos: true,
+      });
+      const newIds = ids.slice(prompt.length);
+      const text = tok.decode(newIds, { skipSpecialTokens: true });
+      if (f['json']) console.log(JSON.stringify({ prompt_ids: prompt, output_ids: ids, text }));
+      else console.log(str(f, 'prompt') + text);
+    },
+  },
+  'block-ap': {
+    summary: 'Block-AP: quantize a model block by block, training all block parameters (EfficientQAT phase 1)',
+    flags: {
+      model: { type: 'string', required: true, help: 'full-precision Hugging Face model directory' },
+      calib: { type: 'string', help: 'calibration text (.txt, .jsonl with `text`, .parquet with `text`); required unless --epochs 0' },
+      wbits: { type: 'int', required: true, help: 'weight bits: 2, 3, 4 or 8', min: 2 },
+      'group-size': { type: 'int', default: 128, min: 1, help: 'quantization group size along the input dimension' },
+      out: { type: 'string', required: true, help: 'output directory (GPTQ v2 checkpoint); must not exist' },
+      'train-size': { type: 'int', default: 4096, min: 1, help: 'training windows' },
+      'val-size': { type: 'int', default: 64, min: 0, help: 'validation windows (disjoint from training)' },
+      seqlen: { type: 'int', default: 2048, min: 2, help: 'tokens per window' },
+      'batch-size': { type: 'int', default: 2, min: 1, help: 'windows per step' },
+      epochs: { type: 'int', default: 2, min: 0, help: 'epochs per block; 0 = round-to-nearest (RTN)' },
+      'quant-lr': { type: 'number', default: 1e-4, min: 0, help: 'learning rate of step sizes and zero points' },
+      'weight-lr': { type: 'number', min: 0, help: 'learning rate of weights and norms (default: 2e-5 for 2-bit, 1e-5 otherwise)' },
+      'min-lr-factor': { type: 'number', default: 20, min: 1, help: 'cosine schedule ends at lr / this' },
+      'weight-decay': { type: 'number', default: 0, min: 0, help: 'AdamW weight decay' },
+      seed: { type: 'int', default: 2, help: 'calibration sampling seed' },
+      'max-ram': { type: 'number', min: 0, help: 'GiB of RAM for activation caches before they go to disk (default: half of RAM)' },
+      quiet: { type: 'boolean', default: false, help: 'no progress output' },
+      json: { type: 'boolean', default: false, help: 'print a JSON summary as the last line of stdout' },
+      threads: threadsFlag,
+    },
+    async run(f) {
+      applyThreads(f);
+      const wbits = int(f, 'wbits');
+      const d = blockApDefaults(wbits);
+      const r = await runBlockAp({
+        model: str(f, 'model'),
+        calib: (f['calib'] as string | undefined) ?? null,
+        out: str(f, 'out'),
+        wbits,
+        groupSize: int(f, 'group-size'),
+        trainSize: int(f, 'train-size'),
+        valSize: int(f, 'val-size'),
+        seqlen: int(f, 'seqlen'),
+        batchSize: int(f, 'batch-size'),
+        epochs: int(f, 'epochs'),
+        quantLr: f['quant-lr'] as number,
+        weightLr: (f['weight-lr'] as number | undefined) ?? d.weightLr,
+        minLrFactor: f['min-lr-factor'] as number,
+        weightDecay: f['weight-decay'] as number,
+        seed: int(f, 'seed'),
+        maxRamBytes: f['max-ram'] !== undefined ? (f['max-ram'] as number) * 2 ** 30 : undefined,
+        quiet: f['quiet'] as boolean,
+      });
+      if (f['json']) {
+        console.log(JSON.stringify({ ...r, peakRssMiB: peakRssMiB() }));
+      } else {
+        console.log(
+          `wrote ${r.out} (${r.blocks.length} blocks, ${r.seconds.toFixed(1)} s${r.resumedFrom ? `, resumed after block ${r.resumedFrom}` : ''})`,
+        );
+      }
+    },
+  },
+  demo: {
+    summary: 'quantize the bundled llama-tiny (RTN and Block-AP) and compare perplexities',
+    flags: {
+      wbits: { type: 'int', default: 2, min: 2, help: 'weight bits' },
+      'group-size': { type: 'int', default: 32, min: 1, help: 'group size' },
+      'train-size': { type: 'int', default: 128, min: 2, help: 'Block-AP training windows' },
+      seqlen: { type: 'int', default: 256, min: 2, help: 'tokens per window (training and evaluation)' },
+      epochs: { type: 'int', default: 2, min: 1, help: 'Block-AP epochs' },
+      keep: { type: 'string', help: 'keep the quantized checkpoints in this directory' },
+      quiet: { type: 'boolean', default: false, help: 'no progress output' },
+      threads: threadsFlag,
+    },
+    async run(f) {
+      applyThreads(f);
+      await runDemo({
+        wbits: int(f, 'wbits'),
+        groupSize: int(f, 'group-size'),
+        trainSize: int(f, 'train-size'),
+        seqlen: int(f, 'seqlen'),
+        epochs: int(f, 'epochs'),
+        keep: (f['keep'] as string | undefined) ?? null,
+        quiet: f['quiet'] as boolean,
+      });
+    },
+  },
+};

@@ -1,0 +1,103 @@
+// Whole-model forward for evaluation and generation: embedding → blocks → final RMSNorm →
+// lm_head, in f32. Two ways to walk it:
+// - LoadedModel keeps every block in memory (generation, small models);
+// - forwardLayerwise streams one block at a time over a batch of sequences held as hidden
+//   states (evaluation of large models on a machine with less RAM than the model).
+import { Tensor } from '../engine/tensor.js';
+import type { ModelConfig } from './config.js';
+import { allocBlockParams, blockForward, BlockWorkspace, type BlockParams } from './block.js';
+import { ropeTables } from './rope.js';
+import { embeddingForward } from '../ops/embedding.js';
+import { rmsnormForward } from '../ops/rmsnorm.js';
+import { linearForward } from '../ops/linear.js';
+import type { WeightSource } from './weights.js';
+
+export class LoadedModel {
+  private constructor(
+    readonly cfg: ModelConfig,
+    readonly embedding: Tensor, // (V, C)
+    readonly blocks: BlockParams[],
+    readonly finalNorm: Tensor, // (C)
+    readonly lmHead: Tensor, // (V, C)
+  ) {}
+
+  static load(src: WeightSource, onBlock?: (i: number) => void): LoadedModel {
+    const cfg = src.cfg;
+    const embedding = src.embedding();
+    const blocks: BlockParams[] = [];
+    for (let i = 0; i < cfg.numLayers; i++) {
+      const { params } = allocBlockParams(cfg);
+      src.loadBlock(i, params);
+      blocks.push(params);
+      onBlock?.(i);
+    }
+    return new LoadedModel(cfg, embedding, blocks, src.finalNorm(), src.lmHead(embedding));
+  }
+
+  /** logits (B*T, V) for token ids (B, T). */
+  forward(ids: Int32Array, B: number, T: number): Tensor {
+    const cfg = this.cfg;
+    const C = cfg.hiddenSize;
+    const N = B * T;
+    const ws = new BlockWorkspace(cfg, B, T, ropeTables(cfg, 0, T), { training: false });
+    let x = Tensor.zeros([B, T, C]);
+    let y = Tensor.zeros([B, T, C]);
+    embeddingForward(x.view([N, C]), Tensor.fromI32(ids), this.embedding);
+    for (const p of this.blocks) {
+      blockForward(cfg, p, ws, x, y);
+      [x, y] = [y, x];
+    }
+    return headLogits(cfg, x.view([N, C]), this.finalNorm, this.lmHead);
+  }
+}
+
+/** logits (N, V) = lm_head(rmsnorm(x (N, C))). */
+export function headLogits(cfg: ModelConfig, x: Tensor, finalNorm: Tensor, lmHead: Tensor): Tensor {
+  const N = x.dim(0);
+  const normed = Tensor.zeros([N, cfg.hiddenSize]);
+  const rstd = Tensor.zeros([N]);
+  rmsnormForward(normed, rstd, x, finalNorm, cfg.rmsNormEps);
+  const logits = Tensor.zeros([N, cfg.vocabSize]);
+  linearForward(logits, normed, lmHead);
+  return logits;
+}
+
+/**
+ * Runs the embedding and every block over `count` sequences of T tokens, one block at a time,
+ * `batch` sequences per step. Returns the final hidden states (count*T, C) before the final norm.
+ */
+export function forwardLayerwise(
+  src: WeightSource,
+  ids: Int32Array, // (count, T)
+  count: number,
+  T: number,
+  batch: number,
+  onStep?: (done: number, total: number) => void,
+): Tensor {
+  const cfg = src.cfg;
+  const C = cfg.hiddenSize;
+  const hidden = Tensor.zeros([count * T, C]);
+  const emb = src.embedding();
+  embeddingForward(hidden, Tensor.fromI32(ids.subarray(0, count * T)), emb);
+  const { params } = allocBlockParams(cfg);
+  const rope = ropeTables(cfg, 0, T);
+  const wsFull = new BlockWorkspace(cfg, batch, T, rope, { training: false });
+  const rem = count % batch;
+  const wsRem = rem ? new BlockWorkspace(cfg, rem, T, rope, { training: false }) : null;
+  const out = Tensor.zeros([batch, T, C]);
+  const total = cfg.numLayers * Math.ceil(count / batch);
+  let done = 0;
+  for (let l = 0; l < cfg.numLayers; l++) {
+    src.loadBlock(l, params);
+    for (let s = 0; s < count; s += batch) {
+      const b = Math.min(batch, count - s);
+      const ws = b === batch ? wsFull : wsRem!;
+      const x = hidden.rows(s * T, b * T).view([b, T, C]);
+      const y = b === batch ? out : out.rows(0, b);
+      blockForward(cfg, params, ws, x, y.view([b, T, C]));
+      x.f32.set(y.f32.subarray(0, b * T * C));
+      onStep?.(++done, total);
+    }
+  }
+  return hidden;
+}

@@ -1,0 +1,595 @@
+// Block-AP, the first phase of EfficientQAT: one decoder block at a time, train all of its
+// parameters (linear weights, norm weights, biases, per-group step sizes s and zero points z)
+// through fake-quantized weights, minimising MSE(fp_block(X_fp), qblock(X_q)).
+//
+// Per block i (as the official implementation):
+//   targets  Y    = fp_block_i(X_fp)            (computed in place: the X_fp cache becomes Y = X_fp of block i+1)
+//   init     s, z = min-max per group of every linear's weight
+//   train    AdamW (wd 0), groups {s, z} at quant_lr and {weights, norms, biases} at weight_lr, cosine
+//            from lr to lr/20 over epochs·⌊train_size/batch⌋ steps, one sample order for every epoch
+//   freeze   s → f16, z → integer, q = quantize(W); W ← (q − z)·s; the block's shard is written
+//   advance  X_q ← qblock_i(X_q)
+// `--epochs 0` is round-to-nearest with the min-max init.
+//
+// Resume: each finished block is a final checkpoint shard plus a state file in `<out>.partial/`.
+// A rerun of the same command replays the finished blocks forward (fp and frozen) to rebuild
+// the activation caches, then continues; the checkpoint equals an uninterrupted run's byte for
+// byte. The finished checkpoint appears at `<out>` only by a rename at the very end.
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, appendFileSync, readdirSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { totalmem } from 'node:os';
+import { Tensor, Arena } from '../engine/tensor.js';
+import { fromF32, toF32 } from '../engine/dtype.js';
+import { WeightSource, loadBlockParams } from '../model/weights.js';
+import type { ModelConfig } from '../model/config.js';
+import {
+  allocBlockParams,
+  blockBackward,
+  blockForward,
+  BlockWorkspace,
+  BLOCK_LINEARS,
+  type BlockLinear,
+  type BlockParams,
+} from '../model/block.js';
+import { ropeTables } from '../model/rope.js';
+import { embeddingForward } from '../ops/embedding.js';
+import { fill } from '../ops/elementwise.js';
+import { mseBackward, mseForward } from '../ops/reduce.js';
+import { adamwStep } from '../ops/adamw.js';
+import { fakeQuantBackward, fakeQuantForward, quantizeNative } from '../quant/fakequant.js';
+import { checkGroupLayout, dequantize, minMaxInit, qmax, roundHalfEven } from '../quant/primitives.js';
+import { checkPackLayout } from '../quant/formats.js';
+import { SafetensorsFile } from '../io/safetensors.js';
+import { writeSafetensors } from '../io/safetensors-write.js';
+import {
+  blockShardTensors,
+  headShardTensors,
+  shardCount,
+  shardName,
+  writeCheckpointMetadata,
+  writeJsonAtomic,
+  type FrozenLinears,
+} from '../io/quant-checkpoint.js';
+import { loadTokenizer } from '../io/tokenizer.js';
+import { readDocuments } from '../data/documents.js';
+import { sampleWindows } from '../data/windows.js';
+import { ActivationCache } from './activation-cache.js';
+import { progress } from '../cli/progress.js';
+import { eqatVersion } from '../engine/version.js';
+
+/** The recipe: every setting that changes the result. */
+export interface BlockApRecipe {
+  model: string;
+  calib: string | null;
+  wbits: number;
+  groupSize: number;
+  trainSize: number;
+  valSize: number;
+  seqlen: number;
+  batchSize: number;
+  epochs: number;
+  quantLr: number;
+  weightLr: number;
+  minLrFactor: number;
+  weightDecay: number;
+  seed: number;
+}
+
+export interface BlockApOptions extends BlockApRecipe {
+  out: string;
+  /** RAM budget for the activation caches, bytes; beyond it they go to disk. */
+  maxRamBytes?: number;
+  quiet?: boolean;
+  /** Called after every training step (tests use it to interrupt a run). */
+  onStep?: (block: number, step: number) => void;
+}
+
+/** Paper defaults (EfficientQAT Block-AP). */
+export function blockApDefaults(wbits: number): Omit<BlockApRecipe, 'model' | 'calib' | 'wbits' | 'groupSize'> {
+  return {
+    trainSize: 4096,
+    valSize: 64,
+    seqlen: 2048,
+    batchSize: 2,
+    epochs: 2,
+    quantLr: 1e-4,
+    weightLr: wbits === 2 ? 2e-5 : 1e-5,
+    minLrFactor: 20,
+    weightDecay: 0,
+    seed: 2,
+  };
+}
+
+export interface BlockLog {
+  block: number;
+  epoch: number; // 0 = before training (min-max init)
+  trainLoss: number | null;
+  valLoss: number | null;
+  seconds: number;
+}
+
+export interface BlockApResult {
+  out: string;
+  blocks: { block: number; valLossInit: number | null; valLoss: number | null; trainLoss: number | null; seconds: number }[];
+  seconds: number;
+  resumedFrom: number;
+  cachesOnDisk: boolean;
+}
+
+/** Cosine annealing from lr to lr/minLrFactor over totalSteps (CosineAnnealingLR closed form). */
+export function cosineLr(lr: number, minLrFactor: number, step: number, totalSteps: number): number {
+  const etaMin = lr / minLrFactor;
+  if (totalSteps <= 0) return lr;
+  return etaMin + ((lr - etaMin) * (1 + Math.cos((Math.PI * step) / totalSteps))) / 2;
+}
+
+/** Checks everything about a recipe that can be checked before any work; throws naming the flag. */
+export function validateBlockAp(opts: BlockApOptions, cfg: ModelConfig): void {
+  const fail = (flag: string, msg: string): never => {
+    throw new Error(`--${flag}: ${msg}`);
+  };
+  if (![2, 3, 4, 8].includes(opts.wbits)) fail('wbits', `must be 2, 3, 4 or 8, got ${opts.wbits}`);
+  const dims: [string, number][] = [
+    ['hidden_size', cfg.hiddenSize],
+    ['intermediate_size', cfg.intermediateSize],
+    ['num_attention_heads*head_dim', cfg.numHeads * cfg.headDim],
+  ];
+  for (const [what, I] of dims) {
+    if (!Number.isInteger(opts.groupSize) || opts.groupSize <= 0 || I % opts.groupSize !== 0) {
+      fail('group-size', `${opts.groupSize} does not divide ${what} = ${I} of ${opts.model}`);
+    }
+  }
+  for (const [key] of BLOCK_LINEARS) {
+    const [O, I] = linearDims(cfg, key);
+    checkGroupLayout(O, I, opts.groupSize, `--group-size for ${key}_proj`);
+    checkPackLayout(O, I, opts.wbits, `${key}_proj (${O}x${I})`);
+  }
+  if (opts.epochs < 0 || !Number.isInteger(opts.epochs)) fail('epochs', 'must be a non-negative integer');
+  if (opts.epochs > 0) {
+    if (!opts.calib) fail('calib', 'is required when --epochs > 0');
+    if (opts.batchSize < 1) fail('batch-size', 'must be >= 1');
+    if (opts.trainSize < opts.batchSize) fail('train-size', `must be at least --batch-size (${opts.batchSize})`);
+    if (opts.valSize < 0) fail('val-size', 'must be >= 0');
+    if (opts.seqlen < 2) fail('seqlen', 'must be >= 2');
+    if (!(opts.quantLr >= 0) || !(opts.weightLr >= 0)) fail('quant-lr', 'learning rates must be >= 0');
+  }
+}
+
+function linearDims(cfg: ModelConfig, key: BlockLinear): [number, number] {
+  const C = cfg.hiddenSize;
+  const F = cfg.intermediateSize;
+  const qd = cfg.numHeads * cfg.headDim;
+  const kvd = cfg.numKvHeads * cfg.headDim;
+  switch (key) {
+    case 'q':
+      return [qd, C];
+    case 'k':
+    case 'v':
+      return [kvd, C];
+    case 'o':
+      return [C, qd];
+    case 'gate':
+    case 'up':
+      return [F, C];
+    case 'down':
+      return [C, F];
+  }
+}
+
+/** Per-linear step sizes and zero points of a block, (O, I/G) each, in one arena. */
+class QuantParams {
+  readonly arena: Arena;
+  readonly scale = {} as Record<BlockLinear, Tensor>;
+  readonly zero = {} as Record<BlockLinear, Tensor>;
+  constructor(cfg: ModelConfig, G: number) {
+    let n = 0;
+    for (const [key] of BLOCK_LINEARS) {
+      const [O, I] = linearDims(cfg, key);
+      n += 2 * O * (I / G);
+    }
+    this.arena = new Arena(n);
+    for (const [key] of BLOCK_LINEARS) {
+      const [O, I] = linearDims(cfg, key);
+      this.scale[key] = this.arena.take([O, I / G]);
+      this.zero[key] = this.arena.take([O, I / G]);
+    }
+  }
+  get all(): Tensor {
+    return Tensor.fromF32(this.arena.buffer);
+  }
+}
+
+/** Everything one block's training needs, allocated once and reused for every block. */
+class BlockTrainer {
+  readonly P: BlockParams; // master parameters (f32)
+  readonly Pa: Arena;
+  readonly Gp: BlockParams; // their gradients
+  readonly Ga: Arena;
+  readonly mP: Arena;
+  readonly vP: Arena;
+  readonly Wq: BlockParams; // fake-quantized weights for the linears; norms alias P
+  readonly dWq: BlockParams; // gradients w.r.t. fake-quantized weights; norms alias Gp
+  readonly Q: QuantParams;
+  readonly dQ: QuantParams;
+  readonly mQ: QuantParams;
+  readonly vQ: QuantParams;
+  readonly ws: BlockWorkspace;
+  private ws1: BlockWorkspace | null = null;
+  readonly x: Tensor; // (B, T, C)
+  readonly y: Tensor; // (B, T, C)
+  readonly out: Tensor; // (B, T, C)
+  readonly dOut: Tensor; // (B, T, C)
+
+  constructor(
+    readonly cfg: ModelConfig,
+    readonly B: number,
+    readonly T: number,
+    readonly bits: number,
+    readonly G: number,
+    training: boolean,
+  ) {
+    ({ params: this.P, arena: this.Pa } = allocBlockParams(cfg));
+    ({ params: this.Gp, arena: this.Ga } = allocBlockParams(cfg));
+    this.mP = allocBlockParams(cfg).arena;
+    this.vP = allocBlockParams(cfg).arena;
+    const wq = allocBlockParams(cfg).params;
+    const dwq = allocBlockParams(cfg).params;
+    this.Wq = { ...this.P };
+    this.dWq = { ...this.Gp };
+    for (const [key] of BLOCK_LINEARS) {
+      this.Wq[key] = wq[key];
+      this.dWq[key] = dwq[key];
+    }
+    this.Q = new QuantParams(cfg, G);
+    this.dQ = new QuantParams(cfg, G);
+    this.mQ = new QuantParams(cfg, G);
+    this.vQ = new QuantParams(cfg, G);
+    const C = cfg.hiddenSize;
+    this.ws = new BlockWorkspace(cfg, B, T, ropeTables(cfg, 0, T), { training });
+    this.x = Tensor.zeros([B, T, C]);
+    this.y = Tensor.zeros([B, T, C]);
+    this.out = Tensor.zeros([B, T, C]);
+    this.dOut = Tensor.zeros([B, T, C]);
+  }
+
+  workspace(n: number): BlockWorkspace {
+    if (n === this.B) return this.ws;
+    if (n !== 1) throw new Error('internal: workspace for batch ' + n);
+    this.ws1 ??= new BlockWorkspace(this.cfg, 1, this.T, { cos: this.ws.cos, sin: this.ws.sin }, { training: false });
+    return this.ws1;
+  }
+
+  initQuant(): void {
+    for (const [key] of BLOCK_LINEARS) {
+      const w = this.P[key];
+      const [O, I] = w.shape as [number, number];
+      const { scale, zero } = minMaxInit(w.f32, O, I, this.bits, this.G);
+      this.Q.scale[key].f32.set(scale);
+      this.Q.zero[key].f32.set(zero);
+    }
+    this.mP.zero();
+    this.vP.zero();
+    this.mQ.arena.zero();
+    this.vQ.arena.zero();
+  }
+
+  fakeQuantize(): void {
+    for (const [key] of BLOCK_LINEARS) {
+      fakeQuantForward(this.Wq[key], this.P[key], this.Q.scale[key], this.Q.zero[key], this.bits, this.G);
+    }
+  }
+
+  /** One training step on the batch in x (inputs) and y (targets); returns the loss. */
+  step(stepIndex: number, lrQuant: number, lrWeight: number, wd: number): number {
+    const { x, y, out, dOut } = this;
+    this.fakeQuantize();
+    blockForward(this.cfg, this.Wq, this.ws, x, out);
+    const loss = mseForward(out, y);
+    if (!Number.isFinite(loss)) return loss;
+    fill(dOut, 0);
+    mseBackward(dOut, out, y);
+    this.Ga.zero();
+    for (const [key] of BLOCK_LINEARS) fill(this.dWq[key], 0);
+    this.dQ.arena.zero();
+    blockBackward(this.cfg, this.Wq, this.dWq, this.ws, x, dOut, null);
+    for (const [key] of BLOCK_LINEARS) {
+      fakeQuantBackward(
+        this.Gp[key],
+        this.dQ.scale[key],
+        this.dQ.zero[key],
+        this.dWq[key],
+        this.P[key],
+        this.Q.scale[key],
+        this.Q.zero[key],
+        this.bits,
+        this.G,
+      );
+    }
+    const common = { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: wd, step: stepIndex + 1 };
+    if (lrQuant > 0) adamwStep(this.Q.all, this.dQ.all, this.mQ.all, this.vQ.all, { ...common, lr: lrQuant });
+    if (lrWeight > 0) {
+      adamwStep(Tensor.fromF32(this.Pa.buffer), Tensor.fromF32(this.Ga.buffer), Tensor.fromF32(this.mP.buffer), Tensor.fromF32(this.vP.buffer), {
+        ...common,
+        lr: lrWeight,
+      });
+    }
+    return loss;
+  }
+
+  /**
+   * Freezes the block: s → nearest f16 inside [1e-4, 1e4], z → integer in [0, qmax],
+   * q = quantize(W), and the fake-quantized weights Wq become exactly (q − z)·s.
+   */
+  freeze(): FrozenLinears {
+    const frozen = {} as FrozenLinears;
+    const qm = qmax(this.bits);
+    for (const [key] of BLOCK_LINEARS) {
+      const w = this.P[key];
+      const [O, I] = w.shape as [number, number];
+      const s = this.Q.scale[key].f32;
+      const z = this.Q.zero[key].f32;
+      const clamped = new Float32Array(s.length);
+      for (let j = 0; j < s.length; j++) clamped[j] = Math.min(1e4, Math.max(1e-4, s[j]!));
+      const scaleF16 = fromF32('f16', clamped);
+      let s16 = toF32('f16', scaleF16);
+      for (let j = 0; j < s16.length; j++) {
+        // keep the stored f16 scale inside the clamp range so dequantization never re-clamps it
+        while (s16[j]! < 1e-4) s16 = bumpF16(scaleF16, j, +1);
+        while (s16[j]! > 1e4) s16 = bumpF16(scaleF16, j, -1);
+      }
+      const zero = new Uint8Array(z.length);
+      const zf = new Float32Array(z.length);
+      for (let j = 0; j < z.length; j++) {
+        zero[j] = Math.min(qm, Math.max(0, roundHalfEven(z[j]!)));
+        zf[j] = zero[j]!;
+      }
+      const q = new Uint8Array(O * I);
+      quantizeNative(q, w.f32, s16, zf, O, I, this.bits, this.G);
+      dequantize(q, s16, zf, O, I, this.bits, this.G, this.Wq[key].f32);
+      frozen[key] = { q, scaleF16, zero };
+    }
+    return frozen;
+  }
+
+  /** x ← block(x) over cache samples [start, start+count), params p (forward only). */
+  forwardCache(p: BlockParams, cache: ActivationCache, start: number, count: number): void {
+    for (let s = 0; s < count; ) {
+      const n = count - s >= this.B ? this.B : 1;
+      const ws = this.workspace(n);
+      const x = n === this.B ? this.x : this.x.rows(0, 1);
+      const o = n === this.B ? this.out : this.out.rows(0, 1);
+      cache.read(start + s, n, x.f32);
+      blockForward(this.cfg, p, ws, x, o);
+      cache.write(start + s, n, o.f32);
+      s += n;
+    }
+  }
+
+  /** Mean MSE of block(xq) against targets over cache samples [start, start+count). */
+  evalLoss(p: BlockParams, xq: ActivationCache, target: ActivationCache, start: number, count: number): number {
+    let total = 0;
+    for (let s = 0; s < count; ) {
+      const n = count - s >= this.B ? this.B : 1;
+      const ws = this.workspace(n);
+      const x = n === this.B ? this.x : this.x.rows(0, 1);
+      const y = n === this.B ? this.y : this.y.rows(0, 1);
+      const o = n === this.B ? this.out : this.out.rows(0, 1);
+      xq.read(start + s, n, x.f32);
+      target.read(start + s, n, y.f32);
+      blockForward(this.cfg, p, ws, x, o);
+      total += mseForward(o, y) * n;
+      s += n;
+    }
+    return count > 0 ? total / count : NaN;
+  }
+}
+
+function bumpF16(bits: Uint16Array, j: number, dir: number): Float32Array {
+  bits[j] = bits[j]! + dir;
+  return toF32('f16', bits);
+}
+
+interface PartialState {
+  recipe: BlockApRecipe;
+  finishedBlocks: number;
+}
+
+function recipeOf(o: BlockApOptions): BlockApRecipe {
+  return {
+    model: resolve(o.model),
+    calib: o.calib ? resolve(o.calib) : null,
+    wbits: o.wbits,
+    groupSize: o.groupSize,
+    trainSize: o.trainSize,
+    valSize: o.valSize,
+    seqlen: o.seqlen,
+    batchSize: o.batchSize,
+    epochs: o.epochs,
+    quantLr: o.quantLr,
+    weightLr: o.weightLr,
+    minLrFactor: o.minLrFactor,
+    weightDecay: o.weightDecay,
+    seed: o.seed,
+  };
+}
+
+export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
+  const t0 = performance.now();
+  const out = resolve(opts.out);
+  const partial = out + '.partial';
+  if (existsSync(out)) throw new Error(`--out ${opts.out}: already exists; choose another directory or remove it`);
+  const src = WeightSource.open(opts.model);
+  if (src.quant) throw new Error(`--model ${opts.model}: is already quantized; Block-AP needs a full-precision checkpoint`);
+  const cfg = src.cfg;
+  validateBlockAp(opts, cfg);
+  const recipe = recipeOf(opts);
+  const training = opts.epochs > 0;
+  // calibration windows first: a bad --calib fails before anything is written
+  let windows: ReturnType<typeof sampleWindows> | null = null;
+  if (training) {
+    const tok = loadTokenizer(opts.model);
+    const docs = await readDocuments(opts.calib!);
+    windows = sampleWindows(docs, tok, opts, `--calib ${opts.calib}`);
+  }
+
+  // resume bookkeeping
+  let finished = 0;
+  const statePath = join(partial, 'state.json');
+  if (existsSync(statePath)) {
+    const state = JSON.parse(readFileSync(statePath, 'utf8')) as PartialState;
+    for (const k of Object.keys(recipe) as (keyof BlockApRecipe)[]) {
+      if (JSON.stringify(state.recipe[k]) !== JSON.stringify(recipe[k])) {
+        throw new Error(
+          `${partial}: an interrupted run with a different recipe is there (${k}: ${JSON.stringify(state.recipe[k])} vs ${JSON.stringify(recipe[k])}); rerun it with the same flags or remove the directory`,
+        );
+      }
+    }
+    finished = state.finishedBlocks;
+    for (let i = 0; i < finished; i++) {
+      if (!existsSync(join(partial, shardName(i, shardCount(cfg))))) finished = i;
+    }
+  } else {
+    rmSync(partial, { recursive: true, force: true });
+    mkdirSync(partial, { recursive: true });
+    writeJsonAtomic(statePath, { recipe, finishedBlocks: 0 } satisfies PartialState);
+  }
+  const resumedFrom = finished;
+  const logPath = join(partial, 'block-ap-log.jsonl');
+  const log = (entry: BlockLog): void => {
+    appendFileSync(logPath, JSON.stringify(entry) + '\n');
+    if (!opts.quiet) {
+      const f = (v: number | null) => (v === null ? '-' : v.toExponential(4));
+      process.stderr.write(
+        `block ${entry.block} epoch ${entry.epoch}: train ${f(entry.trainLoss)} val ${f(entry.valLoss)} (${entry.seconds.toFixed(1)} s)\n`,
+      );
+    }
+  };
+
+  const B = training ? opts.batchSize : 1;
+  const T = training ? opts.seqlen : 1;
+  const trainer = new BlockTrainer(cfg, B, T, opts.wbits, opts.groupSize, training);
+  const nShards = shardCount(cfg);
+  const shardNames: string[][] = [];
+  const summary: BlockApResult['blocks'] = [];
+  const quantCfg = { bits: opts.wbits, groupSize: opts.groupSize, checkpointFormat: 'gptq_v2' as const, sym: false, descAct: false };
+
+  let xfp: ActivationCache | null = null;
+  let xq: ActivationCache | null = null;
+  const total = opts.trainSize + opts.valSize;
+  let cachesOnDisk = false;
+  try {
+    if (windows) {
+      const C = cfg.hiddenSize;
+      const bytes = 2 * ActivationCache.bytes(total, T, C);
+      const budget = opts.maxRamBytes ?? totalmem() / 2;
+      cachesOnDisk = bytes > budget;
+      const make = (name: string) =>
+        cachesOnDisk ? ActivationCache.onDisk(name, total, T, C, join(partial, 'cache')) : ActivationCache.inRam(name, total, T, C);
+      xfp = make('x_fp');
+      xq = make('x_q');
+      // block-0 inputs: token embeddings of every train and val window
+      const emb = src.embedding();
+      const ids = new Int32Array(T);
+      for (let s = 0; s < total; s++) {
+        ids.set(s < opts.trainSize ? windows.train.subarray(s * T, (s + 1) * T) : windows.val.subarray((s - opts.trainSize) * T, (s - opts.trainSize + 1) * T));
+        const x = trainer.x.rows(0, 1);
+        embeddingForward(x.view([T, C]), Tensor.fromI32(ids), emb);
+        xfp.write(s, 1, x.f32);
+        xq.write(s, 1, x.f32);
+      }
+    }
+
+    // replay finished blocks to rebuild the caches
+    for (let i = 0; i < finished; i++) {
+      const shard = shardName(i, nShards);
+      const st = SafetensorsFile.open(join(partial, shard));
+      shardNames.push(st.names());
+      if (training) {
+        src.loadBlock(i, trainer.P);
+        trainer.forwardCache(trainer.P, xfp!, 0, total);
+        loadBlockParams(st, shard, quantCfg, i, trainer.Wq);
+        // norms and biases of the frozen block live in Wq's non-linear entries, which alias P
+        trainer.forwardCache(trainer.Wq, xq!, 0, total);
+      }
+      st.close();
+      summary.push({ block: i, valLossInit: null, valLoss: null, trainLoss: null, seconds: 0 });
+    }
+
+    const stepsPerEpoch = training ? Math.floor(opts.trainSize / opts.batchSize) : 0;
+    const totalSteps = opts.epochs * stepsPerEpoch;
+    for (let i = finished; i < cfg.numLayers; i++) {
+      const tb = performance.now();
+      src.loadBlock(i, trainer.P);
+      let valLossInit: number | null = null;
+      let valLoss: number | null = null;
+      let trainLoss: number | null = null;
+      if (training) {
+        // targets: Y = fp_block(X_fp), in place (the cache then holds block i+1's fp inputs)
+        trainer.forwardCache(trainer.P, xfp!, 0, total);
+        trainer.initQuant();
+        if (opts.valSize > 0) {
+          trainer.fakeQuantize();
+          valLossInit = trainer.evalLoss(trainer.Wq, xq!, xfp!, opts.trainSize, opts.valSize);
+          log({ block: i, epoch: 0, trainLoss: null, valLoss: valLossInit, seconds: (performance.now() - tb) / 1000 });
+        }
+        const bar = progress(`block ${i + 1}/${cfg.numLayers}`, totalSteps, { quiet: opts.quiet ?? false });
+        let step = 0;
+        for (let epoch = 0; epoch < opts.epochs; epoch++) {
+          let sum = 0;
+          for (let b = 0; b < stepsPerEpoch; b++) {
+            xq!.read(b * B, B, trainer.x.f32);
+            xfp!.read(b * B, B, trainer.y.f32);
+            const lrQ = cosineLr(opts.quantLr, opts.minLrFactor, step, totalSteps);
+            const lrW = cosineLr(opts.weightLr, opts.minLrFactor, step, totalSteps);
+            const loss = trainer.step(step, lrQ, lrW, opts.weightDecay);
+            if (!Number.isFinite(loss)) {
+              throw new Error(`block ${i}, epoch ${epoch + 1}, step ${step + 1}: loss is ${loss}; stopping (no checkpoint written for this block)`);
+            }
+            sum += loss;
+            step++;
+            bar.update(step, { loss });
+            opts.onStep?.(i, step);
+          }
+          bar.stop();
+          trainLoss = sum / stepsPerEpoch;
+          if (opts.valSize > 0) {
+            trainer.fakeQuantize();
+            valLoss = trainer.evalLoss(trainer.Wq, xq!, xfp!, opts.trainSize, opts.valSize);
+          }
+          log({ block: i, epoch: epoch + 1, trainLoss, valLoss, seconds: (performance.now() - tb) / 1000 });
+        }
+      } else {
+        trainer.initQuant();
+      }
+      const frozen = trainer.freeze();
+      const tensors = blockShardTensors(i, frozen, trainer.Wq, opts.wbits, opts.groupSize);
+      writeSafetensors(join(partial, shardName(i, nShards)), tensors);
+      shardNames.push(tensors.map((t) => t.name));
+      if (training && i + 1 < cfg.numLayers) trainer.forwardCache(trainer.Wq, xq!, 0, total);
+      writeJsonAtomic(statePath, { recipe, finishedBlocks: i + 1 } satisfies PartialState);
+      const seconds = (performance.now() - tb) / 1000;
+      if (!training) log({ block: i, epoch: 0, trainLoss: null, valLoss: null, seconds });
+      summary.push({ block: i, valLossInit, valLoss, trainLoss, seconds });
+    }
+
+    // the head shard, metadata, then the rename that makes the checkpoint visible
+    const head = headShardTensors(src.safetensors, cfg);
+    writeSafetensors(join(partial, shardName(cfg.numLayers, nShards)), head);
+    shardNames.push(head.map((t) => t.name));
+    writeCheckpointMetadata(partial, opts.model, opts.wbits, opts.groupSize, shardNames);
+    writeJsonAtomic(join(partial, 'eqat-recipe.json'), {
+      eqat: eqatVersion(),
+      phase: 'block-ap',
+      recipe: { ...recipe, model: opts.model, calib: opts.calib },
+    });
+  } finally {
+    xfp?.free();
+    xq?.free();
+    src.close();
+  }
+  rmSync(join(partial, 'cache'), { recursive: true, force: true });
+  rmSync(statePath, { force: true });
+  for (const f of readdirSync(partial)) if (f.endsWith('.tmp')) rmSync(join(partial, f), { force: true });
+  renameSync(partial, out);
+  return { out, blocks: summary, seconds: (performance.now() - t0) / 1000, resumedFrom, cachesOnDisk };
+}

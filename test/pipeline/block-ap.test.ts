@@ -1,0 +1,146 @@
+// Block-AP on the bundled llama-tiny: RTN (--epochs 0) equals direct min-max fake
+// quantization and loads back bit-identically; training beats RTN's block reconstruction loss;
+// a run killed mid-block (SIGKILL) resumes to a byte-identical checkpoint; bad recipes fail
+// before any output is written.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { runBlockAp, blockApDefaults, type BlockApOptions } from '../../src/pipeline/block-ap.js';
+import { WeightSource } from '../../src/model/weights.js';
+import { allocBlockParams, BLOCK_LINEARS } from '../../src/model/block.js';
+import { dequantize, minMaxInit, quantize } from '../../src/quant/primitives.js';
+import { fromF32, toF32 } from '../../src/engine/dtype.js';
+import { REPO, TINY } from '../golden.js';
+
+const CALIB = join(REPO, 'fixtures', 'text', 'calib-sample.txt');
+const CLI = join(REPO, 'dist', 'src', 'cli', 'main.js');
+
+function tmp(): string {
+  return mkdtempSync(join(tmpdir(), 'eqat-bap-'));
+}
+
+function opts(out: string, over: Partial<BlockApOptions> = {}): BlockApOptions {
+  return {
+    ...blockApDefaults(2),
+    model: TINY,
+    calib: CALIB,
+    out,
+    wbits: 2,
+    groupSize: 32,
+    trainSize: 16,
+    valSize: 4,
+    seqlen: 64,
+    batchSize: 2,
+    epochs: 2,
+    quiet: true,
+    ...over,
+  };
+}
+
+test('RTN (--epochs 0): checkpoint holds min-max quantized weights with f16 scales, loads back exactly', async () => {
+  const dir = tmp();
+  const out = join(dir, 'rtn');
+  await runBlockAp(opts(out, { epochs: 0, calib: null, wbits: 3, groupSize: 64 }));
+  const fp = WeightSource.open(TINY);
+  const q = WeightSource.open(out);
+  assert.deepEqual(q.quant && [q.quant.bits, q.quant.groupSize, q.quant.checkpointFormat], [3, 64, 'gptq_v2']);
+  const { params: pf } = allocBlockParams(fp.cfg);
+  const { params: pq } = allocBlockParams(fp.cfg);
+  for (let i = 0; i < fp.cfg.numLayers; i++) {
+    fp.loadBlock(i, pf);
+    q.loadBlock(i, pq);
+    for (const [key] of BLOCK_LINEARS) {
+      const [O, I] = pf[key].shape as [number, number];
+      const { scale, zero } = minMaxInit(pf[key].f32, O, I, 3, 64);
+      const s16 = toF32('f16', fromF32('f16', scale));
+      const want = dequantize(quantize(pf[key].f32, s16, zero, O, I, 3, 64), s16, zero, O, I, 3, 64);
+      assert.deepEqual(pq[key].f32, want, `block ${i} ${key}`);
+    }
+    assert.deepEqual(pq.inputNorm.f32, pf.inputNorm.f32);
+  }
+  fp.close();
+  q.close();
+  for (const f of ['config.json', 'quantize_config.json', 'tokenizer.json', 'model.safetensors.index.json', 'block-ap-log.jsonl']) {
+    assert.ok(existsSync(join(out, f)), f);
+  }
+  assert.ok(!existsSync(out + '.partial'));
+  rmSync(dir, { recursive: true });
+});
+
+test('Block-AP training beats RTN block reconstruction loss on every block', async () => {
+  const dir = tmp();
+  const r = await runBlockAp(opts(join(dir, 'bap')));
+  assert.equal(r.blocks.length, 4);
+  for (const b of r.blocks) {
+    assert.ok(b.valLoss! < b.valLossInit!, `block ${b.block}: val ${b.valLoss} !< RTN ${b.valLossInit}`);
+  }
+  rmSync(dir, { recursive: true });
+});
+
+function cliArgs(out: string): string[] {
+  return [CLI, 'block-ap', '--model', TINY, '--calib', CALIB, '--out', out, '--wbits', '2', '--group-size', '32',
+    '--train-size', '48', '--val-size', '4', '--seqlen', '128', '--batch-size', '2', '--epochs', '2', '--quiet'];
+}
+
+function runCli(args: string[], killWhen?: (partial: string) => boolean, partial?: string): Promise<number | string> {
+  return new Promise((resolveP, reject) => {
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    let timer: NodeJS.Timeout | undefined;
+    if (killWhen) {
+      timer = setInterval(() => {
+        if (killWhen(partial!)) {
+          child.kill('SIGKILL');
+          clearInterval(timer);
+        }
+      }, 2);
+    }
+    child.on('error', reject);
+    child.on('exit', (code, signal) => {
+      if (timer) clearInterval(timer);
+      if (code !== 0 && !signal) reject(new Error(`eqat exited ${code}: ${stderr}`));
+      resolveP(signal ?? code!);
+    });
+  });
+}
+
+test('a run killed mid-block (SIGKILL) resumes to a byte-identical checkpoint', async () => {
+  const dir = tmp();
+  const a = join(dir, 'a');
+  const b = join(dir, 'b');
+  assert.equal(await runCli(cliArgs(a)), 0);
+  // kill once block 1 has started training (its initial val loss is logged)
+  const midBlock1 = (partial: string): boolean => {
+    try {
+      return readFileSync(join(partial, 'block-ap-log.jsonl'), 'utf8').includes('"block":1,"epoch":0');
+    } catch {
+      return false;
+    }
+  };
+  assert.equal(await runCli(cliArgs(b), midBlock1, b + '.partial'), 'SIGKILL');
+  assert.ok(!existsSync(b), 'no finished checkpoint after the kill');
+  const state = JSON.parse(readFileSync(join(b + '.partial', 'state.json'), 'utf8')) as { finishedBlocks: number };
+  assert.equal(state.finishedBlocks, 1);
+  assert.equal(await runCli(cliArgs(b)), 0);
+  const files = readdirSync(a).filter((f) => f !== 'block-ap-log.jsonl').sort();
+  assert.deepEqual(readdirSync(b).filter((f) => f !== 'block-ap-log.jsonl').sort(), files);
+  for (const f of files) assert.ok(readFileSync(join(a, f)).equals(readFileSync(join(b, f))), `${f} differs`);
+  rmSync(dir, { recursive: true });
+});
+
+test('bad recipes fail before writing anything', async () => {
+  const dir = tmp();
+  const out = join(dir, 'x');
+  await assert.rejects(runBlockAp(opts(out, { groupSize: 48 })), /--group-size: 48 does not divide hidden_size = 128/);
+  await assert.rejects(runBlockAp(opts(out, { wbits: 5 })), /--wbits: must be 2, 3, 4 or 8/);
+  await assert.rejects(runBlockAp(opts(out, { calib: null })), /--calib: is required/);
+  await assert.rejects(runBlockAp(opts(out, { calib: join(dir, 'missing.txt') })), /missing\.txt/);
+  await assert.rejects(runBlockAp(opts(out, { trainSize: 100000 })), /tokens/);
+  assert.deepEqual(readdirSync(dir), []);
+  await assert.rejects(runBlockAp(opts(TINY)), /already exists/);
+  rmSync(dir, { recursive: true });
+});
