@@ -51,7 +51,7 @@ import {
   type FrozenLinears,
 } from '../io/quant-checkpoint.js';
 import { loadTokenizer } from '../io/tokenizer.js';
-import { readDocuments } from '../data/documents.js';
+import { cachedTokenStream } from '../data/token-cache.js';
 import { sampleWindows } from '../data/windows.js';
 import { ActivationCache } from './activation-cache.js';
 import { progress } from '../cli/progress.js';
@@ -428,8 +428,8 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
   let windows: ReturnType<typeof sampleWindows> | null = null;
   if (training) {
     const tok = loadTokenizer(opts.model);
-    const docs = await readDocuments(opts.calib!);
-    windows = sampleWindows(docs, tok, opts, `--calib ${opts.calib}`);
+    const stream = await cachedTokenStream(opts.calib!, opts.model, tok);
+    windows = sampleWindows(stream, tok, opts, `--calib ${opts.calib}`);
   }
 
   // resume bookkeeping

@@ -15,6 +15,9 @@ import { dequantize, minMaxInit, quantize } from '../../src/quant/primitives.js'
 import { fromF32, toF32 } from '../../src/engine/dtype.js';
 import { REPO, TINY } from '../golden.js';
 
+// keep the token-stream cache inside the test's own temp space
+process.env['EQAT_CACHE_DIR'] = mkdtempSync(join(tmpdir(), 'eqat-cache-'));
+
 const CALIB = join(REPO, 'fixtures', 'text', 'calib-sample.txt');
 const CLI = join(REPO, 'dist', 'src', 'cli', 'main.js');
 
