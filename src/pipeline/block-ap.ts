@@ -38,7 +38,7 @@ import { mseBackward, mseForward } from '../ops/reduce.js';
 import { adamwStep } from '../ops/adamw.js';
 import { fakeQuantBackward, fakeQuantForward, quantizeNative } from '../quant/fakequant.js';
 import { checkGroupLayout, dequantize, minMaxInit, qmax, roundHalfEven } from '../quant/primitives.js';
-import { checkPackLayout } from '../quant/formats.js';
+import { checkGptqLayout } from '../quant/formats.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import { writeSafetensors } from '../io/safetensors-write.js';
 import {
@@ -142,7 +142,7 @@ export function validateBlockAp(opts: BlockApOptions, cfg: ModelConfig): void {
   for (const [key] of BLOCK_LINEARS) {
     const [O, I] = linearDims(cfg, key);
     checkGroupLayout(O, I, opts.groupSize, `--group-size for ${key}_proj`);
-    checkPackLayout(O, I, opts.wbits, `${key}_proj (${O}x${I})`);
+    checkGptqLayout(O, I, opts.groupSize, opts.wbits, `${key}_proj (${O}x${I})`);
   }
   if (opts.epochs < 0 || !Number.isInteger(opts.epochs)) fail('epochs', 'must be a non-negative integer');
   if (opts.epochs > 0) {
