@@ -14,8 +14,8 @@
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
-      "cflags": ["-O3", "-fno-math-errno", "-pthread"],
-      "cflags_cc": ["-O3", "-std=c++17", "-fexceptions", "-fno-math-errno", "-pthread"],
+      "cflags": ["-O3", "-fno-math-errno", "-ffp-contract=off", "-pthread"],
+      "cflags_cc": ["-O3", "-std=c++17", "-fexceptions", "-fno-math-errno", "-ffp-contract=off", "-pthread"],
       "ldflags": ["-pthread", "-ldl"]
     }
   ]
