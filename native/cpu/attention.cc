@@ -1,6 +1,7 @@
 // Causal self-attention with grouped-query heads, forward and backward, computed flash-style:
 // query rows are processed in tiles against key tiles, so no T x T score matrix ever exists;
-// each thread holds one (query tile x key tile) block of scores plus O(T) scratch. The forward
+// each thread holds one (query tile x key tile) block of scores, O(T) row statistics and (in
+// the forward) a packed copy of one kv head's keys and values, O(T * D). The forward
 // keeps a running (online) softmax per query row and saves only the natural-log
 // log-sum-exp of the scaled scores per row; the backward recomputes the probabilities from it.
 // Twin: src/ops/ref/attention.ts; wrapper: src/ops/attention.ts.
@@ -390,7 +391,8 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t 
           float* C, int64_t ldc) {
   constexpr int W = Vec::W;
   const int64_t blocks = N / (NV * W), singles = (N % (NV * W)) / W, tail = N % W;
-  for (int64_t i = 0; i < blocks; ++i, B += NV * W, C += NV * W) micro_rows<NV, ACC, false>(M, K, A, ars, aps, B, ldb, C, ldc, W);
+  for (int64_t i = 0; i < blocks; ++i, B += NV * W, C += NV * W)
+    micro_rows<NV, ACC, false>(M, K, A, ars, aps, B, ldb, C, ldc, W);
   for (int64_t i = 0; i < singles; ++i, B += W, C += W) micro_rows<1, ACC, false>(M, K, A, ars, aps, B, ldb, C, ldc, W);
   if (tail > 0) micro_rows<1, ACC, true>(M, K, A, ars, aps, B, ldb, C, ldc, static_cast<int>(tail));
 }

@@ -39,6 +39,8 @@ interface Results {
 
 const FWD_TOL = { atol: 1e-5, rtol: 1e-4 };
 const BWD_TOL = { atol: 2e-5, rtol: 1e-4 };
+// Central differences in f32 with eps 1e-2 agree with the analytic gradient to ~6e-5 here.
+const FD = { eps: 1e-2, samples: 30, atol: 3e-4, rtol: 1e-3 };
 
 function label(c: Case): string {
   return `B=${c.B} Tq=${c.Tq} Tk=${c.Tk} H=${c.H}/${c.Hkv} D=${c.D} ${JSON.stringify(c.opts ?? {})}`;
@@ -227,9 +229,9 @@ test('backward matches finite differences of sum(out * R) for q, k and v', () =>
     const dk = Tensor.zeros(x.k.shape);
     const dv = Tensor.zeros(x.v.shape);
     attentionBackward(dq, dk, dv, R, x.q, x.k, x.v, out, lse, c.opts);
-    checkGrad(loss, x.q.f32, dq.f32, { eps: 1e-2, samples: 30, what: `${label(c)} dq` });
-    checkGrad(loss, x.k.f32, dk.f32, { eps: 1e-2, samples: 30, what: `${label(c)} dk` });
-    checkGrad(loss, x.v.f32, dv.f32, { eps: 1e-2, samples: 30, what: `${label(c)} dv` });
+    checkGrad(loss, x.q.f32, dq.f32, { ...FD, what: `${label(c)} dq` });
+    checkGrad(loss, x.k.f32, dk.f32, { ...FD, what: `${label(c)} dk` });
+    checkGrad(loss, x.v.f32, dv.f32, { ...FD, what: `${label(c)} dv` });
   }
 });
 
