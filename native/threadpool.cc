@@ -24,7 +24,12 @@ class Pool {
     stop();
     nthreads_ = n;
     quit_ = false;
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { loop(i); });
+    uint64_t gen;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      gen = generation_;  // new workers must not pick up a finished job
+    }
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i, gen] { loop(i, gen); });
   }
 
   void run(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t grain) {
@@ -58,8 +63,7 @@ class Pool {
     if (b < e) fn(b, e);
   }
 
-  void loop(int idx) {
-    uint64_t seen = 0;
+  void loop(int idx, uint64_t seen) {
     for (;;) {
       const std::function<void(int64_t, int64_t)>* job;
       int64_t n, parts;
