@@ -8,6 +8,8 @@
 // exp) are added in f64 while the block is still in L1. The loss is max + log(sum) - x[target].
 // The backward makes a second pass that writes scale * softmax and subtracts scale at the
 // target; it reads each logit before writing the same index, so dlogits may be logits.
+// crossEntropyForwardBackward does both with a single statistics pass per row (two passes over
+// the logits instead of three).
 // A target of -100 (the ignore index) gives loss 0 and a zero gradient row.
 // Twin: src/ops/ref/crossentropy.ts.
 #include "eqat.h"
@@ -312,9 +314,44 @@ Napi::Value Backward(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// crossEntropyForwardBackward(losses, dlogits, logits, targets, N, V, scale): both of the above
+// with one statistics pass per row instead of two (dlogits may be logits)
+Napi::Value ForwardBackward(const Napi::CallbackInfo& info) {
+  const char* op = "crossEntropyForwardBackward";
+  check_argc(info, 7, op);
+  const int64_t N = arg_int(info, 4, op, "N"), V = arg_int(info, 5, op, "V");
+  float* losses = arg_f32(info, 0, N, op, "losses");
+  float* dlogits = arg_f32(info, 1, N * V, op, "dlogits");
+  const float* logits = arg_f32(info, 2, N * V, op, "logits");
+  const int32_t* targets = arg_i32(info, 3, N, op, "targets");
+  const double scale = arg_num(info, 6, op, "scale");
+  check_targets(info, op, targets, N, V);
+  const float scale_f = static_cast<float>(scale);
+  parallel_for(N, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int32_t t = targets[r];
+      float* d = dlogits + r * V;
+      if (t == kIgnoreIndex) {
+        losses[r] = 0.0f;
+        std::fill(d, d + V, 0.0f);
+        continue;
+      }
+      const float* x = logits + r * V;
+      float max;
+      double sum;
+      row_stats(x, V, max, sum);
+      losses[r] = row_loss(max, sum, x[t]);  // before the row is overwritten when d == x
+      row_write(d, x, V, max, static_cast<float>(scale / sum));
+      d[t] = d[t] - scale_f;
+    }
+  }, row_grain(V));
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 EQAT_EXPORT(crossEntropyForward, Forward);
 EQAT_EXPORT(crossEntropyBackward, Backward);
+EQAT_EXPORT(crossEntropyForwardBackward, ForwardBackward);
 
 }  // namespace eqat

@@ -6,7 +6,9 @@
 // losses and targets hold N elements each (any shape). A target of -100 marks an ignored row
 // (loss 0, zero gradient); any other target outside [0, V) throws a RangeError naming the row,
 // before anything is written. Native kernel: native/cpu/crossentropy.cc (threads over rows,
-// max-subtracted, f64 sum of exponentials). Twin: src/ops/ref/crossentropy.ts.
+// max-subtracted, f64 sum of exponentials). crossEntropyForwardBackward computes the loss and
+// the gradient together, reading the logits twice instead of three times.
+// Twin: src/ops/ref/crossentropy.ts.
 import { nativeFn } from '../engine/native.js';
 import { expectDtype, expectShape, sameDevice, type Tensor } from '../engine/tensor.js';
 
@@ -22,6 +24,26 @@ type BackwardFn = (
   V: number,
   scale: number,
 ) => void;
+
+type FusedFn = (
+  losses: Float32Array,
+  dlogits: Float32Array,
+  logits: Float32Array,
+  targets: Int32Array,
+  N: number,
+  V: number,
+  scale: number,
+) => void;
+
+/** dlogits may be exactly logits or disjoint from it, not a shifted view of the same storage. */
+function expectNoPartialOverlap(op: string, dlogits: Tensor, logits: Tensor): void {
+  const d = dlogits.data;
+  const x = logits.data;
+  if (d.buffer !== x.buffer || (d.byteOffset === x.byteOffset && d.length === x.length)) return;
+  if (d.byteOffset < x.byteOffset + x.byteLength && x.byteOffset < d.byteOffset + d.byteLength) {
+    throw new RangeError(`${op}: argument 'dlogits' overlaps 'logits' in part; pass the same tensor or disjoint storage`);
+  }
+}
 
 /** Checks logits and targets and returns [N, V]. */
 function rowsOf(op: string, logitsName: string, logits: Tensor, targets: Tensor): [number, number] {
@@ -65,11 +87,27 @@ export function crossEntropyBackward(dlogits: Tensor, logits: Tensor, targets: T
   expectDtype(dlogits, 'f32', `${op}: argument 'dlogits'`);
   expectShape(dlogits, logits.shape, `${op}: argument 'dlogits'`);
   if (typeof scale !== 'number') throw new TypeError(`${op}: argument 'scale' must be a number, got ${typeof scale}`);
-  const d = dlogits.data;
-  const x = logits.data;
-  if (d.buffer === x.buffer && !(d.byteOffset === x.byteOffset && d.length === x.length)) {
-    const overlap = d.byteOffset < x.byteOffset + x.byteLength && x.byteOffset < d.byteOffset + d.byteLength;
-    if (overlap) throw new RangeError(`${op}: argument 'dlogits' overlaps 'logits' in part; pass the same tensor or disjoint storage`);
-  }
+  expectNoPartialOverlap(op, dlogits, logits);
   nativeFn<BackwardFn>('crossEntropyBackward')(dlogits.f32, logits.f32, targets.i32, N, V, scale);
+}
+
+/**
+ * crossEntropyForward followed by crossEntropyBackward, with one pass over each row fewer (the
+ * row's max and sum of exponentials are computed once): the training step's loss and gradient.
+ * Same arguments, results and in-place rule (dlogits may be logits; the losses are computed
+ * before the row is overwritten).
+ */
+export function crossEntropyForwardBackward(losses: Tensor, dlogits: Tensor, logits: Tensor, targets: Tensor, scale: number): void {
+  const op = 'crossEntropyForwardBackward';
+  sameDevice(op, losses, dlogits, logits, targets);
+  const [N, V] = rowsOf(op, 'logits', logits, targets);
+  expectDtype(losses, 'f32', `${op}: argument 'losses'`);
+  if (losses.size !== N) {
+    throw new RangeError(`${op}: argument 'losses' has ${losses.size} elements, expected ${N} (one per row of 'logits')`);
+  }
+  expectDtype(dlogits, 'f32', `${op}: argument 'dlogits'`);
+  expectShape(dlogits, logits.shape, `${op}: argument 'dlogits'`);
+  if (typeof scale !== 'number') throw new TypeError(`${op}: argument 'scale' must be a number, got ${typeof scale}`);
+  expectNoPartialOverlap(op, dlogits, logits);
+  nativeFn<FusedFn>('crossEntropyForwardBackward')(losses.f32, dlogits.f32, logits.f32, targets.i32, N, V, scale);
 }

@@ -6,8 +6,17 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Rng } from '../../src/engine/random.js';
 import { Tensor } from '../../src/engine/tensor.js';
-import { crossEntropyBackward, crossEntropyForward, IGNORE_INDEX } from '../../src/ops/crossentropy.js';
-import { crossEntropyBackwardRef, crossEntropyForwardRef } from '../../src/ops/ref/crossentropy.js';
+import {
+  crossEntropyBackward,
+  crossEntropyForward,
+  crossEntropyForwardBackward,
+  IGNORE_INDEX,
+} from '../../src/ops/crossentropy.js';
+import {
+  crossEntropyBackwardRef,
+  crossEntropyForwardBackwardRef,
+  crossEntropyForwardRef,
+} from '../../src/ops/ref/crossentropy.js';
 import { assertClose, checkGrad, ODD_SIZES, randn } from '../util.js';
 
 function randomTargets(rng: Rng, N: number, V: number, ignoreEvery = 0): Tensor {
@@ -122,6 +131,39 @@ test('backward in place (dlogits = logits) equals the out-of-place result', () =
     crossEntropyBackward(inPlace, inPlace, targets, 0.125);
     assert.deepEqual(inPlace.f32, d.f32, `in place N=${N} V=${V}`);
   }
+});
+
+test('fused forward+backward equals the separate ops, out of place and in place', () => {
+  const rng = new Rng(39);
+  for (const [N, V] of [[1, 1], [3, 17], [7, 2049], [6, 20_003]] as const) {
+    const logits = randn(rng, [N, V], 3);
+    const targets = randomTargets(rng, N, V, 3);
+    const losses = Tensor.zeros([N]);
+    const d = Tensor.zeros([N, V]);
+    crossEntropyForward(losses, logits, targets);
+    crossEntropyBackward(d, logits, targets, 0.25);
+    const fusedLosses = Tensor.zeros([N]);
+    fusedLosses.f32.fill(5);
+    const fused = Tensor.zeros([N, V]);
+    fused.f32.fill(5);
+    crossEntropyForwardBackward(fusedLosses, fused, logits, targets, 0.25);
+    assert.deepEqual(fusedLosses.f32, losses.f32, `fused losses N=${N} V=${V}`);
+    assert.deepEqual(fused.f32, d.f32, `fused dlogits N=${N} V=${V}`);
+    const inPlace = logits.clone();
+    crossEntropyForwardBackward(fusedLosses, inPlace, inPlace, targets, 0.25);
+    assert.deepEqual(fusedLosses.f32, losses.f32, `in-place fused losses N=${N} V=${V}`);
+    assert.deepEqual(inPlace.f32, d.f32, `in-place fused dlogits N=${N} V=${V}`);
+    const lossesRef = Tensor.zeros([N]);
+    const dRef = logits.clone();
+    crossEntropyForwardBackwardRef(lossesRef, dRef, dRef, targets, 0.25);
+    assertClose(fusedLosses.f32, lossesRef.f32, { atol: 2e-6, rtol: 2e-6, what: 'fused vs twin losses' });
+    assertClose(inPlace.f32, dRef.f32, { atol: 1e-7 * 0.25, rtol: 1e-5, what: 'fused vs twin dlogits' });
+  }
+  const bad = Tensor.fromI32(new Int32Array([0, 99]));
+  assert.throws(
+    () => crossEntropyForwardBackward(Tensor.zeros([2]), Tensor.zeros([2, 5]), Tensor.zeros([2, 5]), bad, 1),
+    (e: Error) => e instanceof RangeError && /crossEntropyForwardBackward/.test(e.message) && /row 1/.test(e.message),
+  );
 });
 
 test('backward agrees with finite differences of scale * sum(losses)', () => {

@@ -172,6 +172,20 @@ test('copy and fill, including overlapping views', () => {
   assert.equal(t.f32[4], Math.fround(0.1));
 });
 
+test('empty tensors are a no-op', () => {
+  const e = Tensor.zeros([0]);
+  add(e, e, e);
+  mul(e, e, e);
+  accumulate(e, e, 2);
+  scale(e, e, 2);
+  copy(e, e);
+  fill(e, 1);
+  const dbias = Tensor.fromF32(new Float32Array([1, 2]));
+  biasBackward(dbias, Tensor.zeros([0, 2]));
+  assert.deepEqual([...dbias.f32], [1, 2]);
+  addBias(Tensor.zeros([0, 2]), dbias);
+});
+
 test('errors name the op and the argument', () => {
   const a = Tensor.zeros([3, 4]);
   const b = Tensor.zeros([4, 3]);

@@ -36,6 +36,17 @@ export function crossEntropyForwardRef(losses: Tensor, logits: Tensor, targets: 
   }
 }
 
+export function crossEntropyForwardBackwardRef(
+  losses: Tensor,
+  dlogits: Tensor,
+  logits: Tensor,
+  targets: Tensor,
+  scale: number,
+): void {
+  crossEntropyForwardRef(losses, logits, targets);
+  crossEntropyBackwardRef(dlogits, logits, targets, scale);
+}
+
 export function crossEntropyBackwardRef(dlogits: Tensor, logits: Tensor, targets: Tensor, scale: number): void {
   const V = logits.dim(-1), x = logits.f32, t = targets.i32, d = dlogits.f32;
   checkTargets('crossEntropyBackward', t, V);
