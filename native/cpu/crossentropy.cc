@@ -2,21 +2,26 @@
 // evaluation (perplexity). Rows of logits are up to 128k wide and there are up to a few
 // thousand of them, so this is one of the heaviest memory streams of a training step.
 //
-// Per row (threads split the rows), one streaming pass computes the row's max and sum of
-// exp(x - max) together: the row is read in L1-sized blocks; each block's max is found, the
-// running sum is rescaled when the max grows, and the block's exponentials (a vectorised
-// exp) are added in f64 while the block is still in L1. The loss is max + log(sum) - x[target].
-// The backward makes a second pass that writes scale * softmax and subtracts scale at the
-// target; it reads each logit before writing the same index, so dlogits may be logits.
-// crossEntropyForwardBackward does both with a single statistics pass per row (two passes over
-// the logits instead of three).
+// Threads split the rows; the vectorised exp dominates the cost, so each element's exp is
+// computed once per op.
+// Forward: one streaming pass per row computes the max and the sum of exp(x - max) together:
+// the row is read in L1-sized blocks; each block's max is found, the running sum is rescaled
+// when the max grows, and the block's exponentials are added in f64 while the block is still
+// in L1. The loss is max + log(sum) - x[target].
+// Backward: a max pass, a pass that writes e = exp(x - max) to dlogits and sums it in f64, and a
+// pass that scales dlogits by scale / sum; then scale is subtracted at the target. Each pass
+// reads an element before writing the same index, so dlogits may be logits.
+// crossEntropyForwardBackward is the backward scheme with the loss taken from its max and sum
+// (the target logit is read before the row is overwritten).
 // A target of -100 (the ignore index) gives loss 0 and a zero gradient row.
 // Twin: src/ops/ref/crossentropy.ts.
 #include "eqat.h"
 
-// GCC 12's AVX-512 headers trip a false -Wmaybe-uninitialized (their _mm512_undefined_* helpers).
+// GCC 12's AVX-512 headers trip false -W(maybe-)uninitialized warnings (their
+// _mm512_undefined_* helpers).
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #include <immintrin.h>
 
@@ -77,8 +82,25 @@ void row_stats_scalar(const float* x, int64_t V, float& max_out, double& sum_out
   sum_out = sum;
 }
 
-void row_write_scalar(float* d, const float* x, int64_t V, float max, float coef) {
-  for (int64_t i = 0; i < V; ++i) d[i] = static_cast<float>(std::exp(static_cast<double>(x[i] - max))) * coef;
+float row_max_scalar(const float* x, int64_t V) {
+  float m = kNegInf;
+  for (int64_t i = 0; i < V; ++i) m = std::max(m, x[i]);
+  return m;
+}
+
+// d[i] = exp(x[i] - max); returns the f64 sum of the stored values.
+double row_exp_scalar(float* d, const float* x, int64_t V, float max) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < V; ++i) {
+    const float e = static_cast<float>(std::exp(static_cast<double>(x[i] - max)));
+    d[i] = e;
+    sum += e;
+  }
+  return sum;
+}
+
+void row_scale_scalar(float* d, int64_t V, float coef) {
+  for (int64_t i = 0; i < V; ++i) d[i] = d[i] * coef;
 }
 
 // ---------------------------------------------------------------- AVX2 path
@@ -151,14 +173,49 @@ EQAT_AVX2 void row_stats_avx2(const float* x, int64_t V, float& max_out, double&
   sum_out = sum;
 }
 
-EQAT_AVX2 void row_write_avx2(float* d, const float* x, int64_t V, float max, float coef) {
-  const __m256 vmax = _mm256_set1_ps(max), vc = _mm256_set1_ps(coef);
+EQAT_AVX2 float row_max_avx2(const float* x, int64_t V) {
+  const __m256 ninf = _mm256_set1_ps(kNegInf);
+  __m256 m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
   int64_t i = 0;
-  for (; i + 8 <= V; i += 8) _mm256_storeu_ps(d + i, _mm256_mul_ps(exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax)), vc));
+  for (; i + 32 <= V; i += 32) {
+    m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + i));
+    m1 = _mm256_max_ps(m1, _mm256_loadu_ps(x + i + 8));
+    m2 = _mm256_max_ps(m2, _mm256_loadu_ps(x + i + 16));
+    m3 = _mm256_max_ps(m3, _mm256_loadu_ps(x + i + 24));
+  }
+  for (; i < V; i += 8) m0 = _mm256_max_ps(m0, load_tail_avx2(x + i, std::min<int64_t>(8, V - i), ninf));
+  return hmax_avx2(_mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3)));
+}
+
+EQAT_AVX2 double row_exp_avx2(float* d, const float* x, int64_t V, float max) {
+  const __m256 vmax = _mm256_set1_ps(max);
+  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+  int64_t i = 0;
+  for (; i + 8 <= V; i += 8) {
+    __m256 p = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax));
+    _mm256_storeu_ps(d + i, p);
+    s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
+    s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
+  }
+  if (i < V) {  // absent lanes are -inf, whose exp is 0
+    const __m256i m = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLaneMask + 8 - (V - i)));
+    __m256 p = exp_avx2(_mm256_sub_ps(load_tail_avx2(x + i, V - i, _mm256_set1_ps(kNegInf)), vmax));
+    _mm256_maskstore_ps(d + i, m, p);
+    s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
+    s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
+  }
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, _mm256_add_pd(s0, s1));
+  return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+}
+
+EQAT_AVX2 void row_scale_avx2(float* d, int64_t V, float coef) {
+  const __m256 vc = _mm256_set1_ps(coef);
+  int64_t i = 0;
+  for (; i + 8 <= V; i += 8) _mm256_storeu_ps(d + i, _mm256_mul_ps(_mm256_loadu_ps(d + i), vc));
   if (i < V) {
     const __m256i m = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLaneMask + 8 - (V - i)));
-    __m256 p = _mm256_mul_ps(exp_avx2(_mm256_sub_ps(_mm256_maskload_ps(x + i, m), vmax)), vc);
-    _mm256_maskstore_ps(d + i, m, p);
+    _mm256_maskstore_ps(d + i, m, _mm256_mul_ps(_mm256_maskload_ps(d + i, m), vc));
   }
 }
 
@@ -183,6 +240,14 @@ EQAT_AVX512 inline __m512 exp_avx512(__m512 x) {
 
 EQAT_AVX512 inline __mmask16 tail_mask(int64_t w) { return static_cast<__mmask16>((1u << w) - 1); }
 
+EQAT_AVX512 inline float hmax_avx512(__m512 v) {
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, v);
+  float m = lanes[0];
+  for (int i = 1; i < 16; ++i) m = std::max(m, lanes[i]);
+  return m;
+}
+
 EQAT_AVX512 void row_stats_avx512(const float* x, int64_t V, float& max_out, double& sum_out) {
   const __m512 ninf = _mm512_set1_ps(kNegInf);
   float run_max = kNegInf;
@@ -196,7 +261,7 @@ EQAT_AVX512 void row_stats_avx512(const float* x, int64_t V, float& max_out, dou
       m1 = _mm512_max_ps(m1, _mm512_loadu_ps(x + i + 16));
     }
     for (; i < e; i += 16) m0 = _mm512_max_ps(m0, _mm512_mask_loadu_ps(ninf, tail_mask(std::min<int64_t>(16, e - i)), x + i));
-    rescale(run_max, sum, _mm512_reduce_max_ps(_mm512_max_ps(m0, m1)));
+    rescale(run_max, sum, hmax_avx512(_mm512_max_ps(m0, m1)));
     const __m512 vmax = _mm512_set1_ps(run_max);
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
     for (i = b; i < e; i += 16) {
@@ -213,13 +278,38 @@ EQAT_AVX512 void row_stats_avx512(const float* x, int64_t V, float& max_out, dou
   sum_out = sum;
 }
 
-EQAT_AVX512 void row_write_avx512(float* d, const float* x, int64_t V, float max, float coef) {
-  const __m512 vmax = _mm512_set1_ps(max), vc = _mm512_set1_ps(coef);
+EQAT_AVX512 float row_max_avx512(const float* x, int64_t V) {
+  const __m512 ninf = _mm512_set1_ps(kNegInf);
+  __m512 m0 = ninf, m1 = ninf;
   int64_t i = 0;
-  for (; i + 16 <= V; i += 16) _mm512_storeu_ps(d + i, _mm512_mul_ps(exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmax)), vc));
-  if (i < V) {
-    const __mmask16 m = tail_mask(V - i);
-    _mm512_mask_storeu_ps(d + i, m, _mm512_mul_ps(exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vmax)), vc));
+  for (; i + 32 <= V; i += 32) {
+    m0 = _mm512_max_ps(m0, _mm512_loadu_ps(x + i));
+    m1 = _mm512_max_ps(m1, _mm512_loadu_ps(x + i + 16));
+  }
+  for (; i < V; i += 16) m0 = _mm512_max_ps(m0, _mm512_mask_loadu_ps(ninf, tail_mask(std::min<int64_t>(16, V - i)), x + i));
+  return hmax_avx512(_mm512_max_ps(m0, m1));
+}
+
+EQAT_AVX512 double row_exp_avx512(float* d, const float* x, int64_t V, float max) {
+  const __m512 vmax = _mm512_set1_ps(max), ninf = _mm512_set1_ps(kNegInf);
+  __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+  for (int64_t i = 0; i < V; i += 16) {  // absent tail lanes are -inf, whose exp is 0
+    const __mmask16 m = tail_mask(std::min<int64_t>(16, V - i));
+    __m512 p = exp_avx512(_mm512_sub_ps(_mm512_mask_loadu_ps(ninf, m, x + i), vmax));
+    _mm512_mask_storeu_ps(d + i, m, p);
+    s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(p)));
+    s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(p, 1)));
+  }
+  alignas(64) double lanes[8];
+  _mm512_store_pd(lanes, _mm512_add_pd(s0, s1));
+  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
+EQAT_AVX512 void row_scale_avx512(float* d, int64_t V, float coef) {
+  const __m512 vc = _mm512_set1_ps(coef);
+  for (int64_t i = 0; i < V; i += 16) {
+    const __mmask16 m = tail_mask(std::min<int64_t>(16, V - i));
+    _mm512_mask_storeu_ps(d + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, d + i), vc));
   }
 }
 
@@ -233,12 +323,38 @@ void row_stats(const float* x, int64_t V, float& max, double& sum) {
   }
 }
 
-void row_write(float* d, const float* x, int64_t V, float max, float coef) {
+float row_max(const float* x, int64_t V) {
   switch (isa()) {
-    case Isa::avx512: return row_write_avx512(d, x, V, max, coef);
-    case Isa::avx2: return row_write_avx2(d, x, V, max, coef);
-    default: return row_write_scalar(d, x, V, max, coef);
+    case Isa::avx512: return row_max_avx512(x, V);
+    case Isa::avx2: return row_max_avx2(x, V);
+    default: return row_max_scalar(x, V);
   }
+}
+
+double row_exp(float* d, const float* x, int64_t V, float max) {
+  switch (isa()) {
+    case Isa::avx512: return row_exp_avx512(d, x, V, max);
+    case Isa::avx2: return row_exp_avx2(d, x, V, max);
+    default: return row_exp_scalar(d, x, V, max);
+  }
+}
+
+void row_scale(float* d, int64_t V, float coef) {
+  switch (isa()) {
+    case Isa::avx512: return row_scale_avx512(d, V, coef);
+    case Isa::avx2: return row_scale_avx2(d, V, coef);
+    default: return row_scale_scalar(d, V, coef);
+  }
+}
+
+// dlogits row = scale * (softmax(x) - onehot(t)); returns the row's loss. d may be x.
+float row_backward(float* d, const float* x, int64_t V, int32_t t, double scale) {
+  const float max = row_max(x, V);
+  const float xt = x[t];  // read before the row is overwritten when d == x
+  const double sum = row_exp(d, x, V, max);
+  row_scale(d, V, static_cast<float>(scale / sum));
+  d[t] = d[t] - static_cast<float>(scale);
+  return row_loss(max, sum, xt);
 }
 
 // Throws a RangeError naming the first row whose target is neither the ignore index nor a
@@ -294,7 +410,6 @@ Napi::Value Backward(const Napi::CallbackInfo& info) {
   const int32_t* targets = arg_i32(info, 2, N, op, "targets");
   const double scale = arg_num(info, 5, op, "scale");
   check_targets(info, op, targets, N, V);
-  const float scale_f = static_cast<float>(scale);
   parallel_for(N, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int32_t t = targets[r];
@@ -303,12 +418,7 @@ Napi::Value Backward(const Napi::CallbackInfo& info) {
         std::fill(d, d + V, 0.0f);
         continue;
       }
-      const float* x = logits + r * V;
-      float max;
-      double sum;
-      row_stats(x, V, max, sum);
-      row_write(d, x, V, max, static_cast<float>(scale / sum));
-      d[t] = d[t] - scale_f;
+      row_backward(d, logits + r * V, V, t, scale);
     }
   }, row_grain(V));
   return info.Env().Undefined();
@@ -326,7 +436,6 @@ Napi::Value ForwardBackward(const Napi::CallbackInfo& info) {
   const int32_t* targets = arg_i32(info, 3, N, op, "targets");
   const double scale = arg_num(info, 6, op, "scale");
   check_targets(info, op, targets, N, V);
-  const float scale_f = static_cast<float>(scale);
   parallel_for(N, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int32_t t = targets[r];
@@ -336,13 +445,7 @@ Napi::Value ForwardBackward(const Napi::CallbackInfo& info) {
         std::fill(d, d + V, 0.0f);
         continue;
       }
-      const float* x = logits + r * V;
-      float max;
-      double sum;
-      row_stats(x, V, max, sum);
-      losses[r] = row_loss(max, sum, x[t]);  // before the row is overwritten when d == x
-      row_write(d, x, V, max, static_cast<float>(scale / sum));
-      d[t] = d[t] - scale_f;
+      losses[r] = row_backward(d, logits + r * V, V, t, scale);
     }
   }, row_grain(V));
   return info.Env().Undefined();

@@ -7,9 +7,11 @@
 // Twin: src/ops/ref/reduce.ts.
 #include "eqat.h"
 
-// GCC 12's AVX-512 headers trip a false -Wmaybe-uninitialized (their _mm512_undefined_* helpers).
+// GCC 12's AVX-512 headers trip false -W(maybe-)uninitialized warnings (their
+// _mm512_undefined_* helpers).
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #include <immintrin.h>
 

@@ -147,11 +147,13 @@ test('fused forward+backward equals the separate ops, out of place and in place'
     const fused = Tensor.zeros([N, V]);
     fused.f32.fill(5);
     crossEntropyForwardBackward(fusedLosses, fused, logits, targets, 0.25);
-    assert.deepEqual(fusedLosses.f32, losses.f32, `fused losses N=${N} V=${V}`);
+    // the fused loss sums the exponentials in another order than the forward's online pass
+    assertClose(fusedLosses.f32, losses.f32, { atol: 1e-6, rtol: 1e-6, what: `fused losses N=${N} V=${V}` });
     assert.deepEqual(fused.f32, d.f32, `fused dlogits N=${N} V=${V}`);
+    const fusedOutOfPlace = fusedLosses.f32.slice();
     const inPlace = logits.clone();
     crossEntropyForwardBackward(fusedLosses, inPlace, inPlace, targets, 0.25);
-    assert.deepEqual(fusedLosses.f32, losses.f32, `in-place fused losses N=${N} V=${V}`);
+    assert.deepEqual(fusedLosses.f32, fusedOutOfPlace, `in-place fused losses N=${N} V=${V}`);
     assert.deepEqual(inPlace.f32, d.f32, `in-place fused dlogits N=${N} V=${V}`);
     const lossesRef = Tensor.zeros([N]);
     const dRef = logits.clone();
