@@ -17,9 +17,9 @@
 //   * Two threads (eqat::parallel_for): each takes a contiguous range of MR-row tiles; the
 //     B block is packed cooperatively into a double buffer, with one barrier per block.
 //     When M is too short to split, threads split the columns instead, each on its own.
-//   * Few rows (token-by-token generation, M <= a few tiles): B is not packed at all; with
-//     transB each C element is a dot product of two contiguous rows, otherwise the
-//     micro-kernel streams B rows in place.
+//   * Few rows against a transposed B (token-by-token generation, y = x W^T): nothing is
+//     packed; each C element is a dot product of two rows contiguous in k, computed in small
+//     register tiles while B streams through once.
 //
 // Every kernel is one C++ template over a tiny vector-ops struct (V8 = AVX2 ymm, V16 = AVX-512
 // zmm, V1 = scalar float, V16e = a zmm emulated by two ymm). Templates are instantiated inside
@@ -200,13 +200,22 @@ inline void pack_panel(const float* __restrict src, int64_t s_w, int64_t s_k, in
         for (int j = w; j < P; ++j) d[j] = 0.0f;
       }
     }
-  } else {  // k contiguous (a transposed operand): gather one lane at a time
-    for (int j = 0; j < w; ++j) {
-      const float* s = src + j * s_w;
-      for (int64_t k = 0; k < kc; ++k) dst[k * P + j] = s[k * s_k];
+  } else {  // a transposed operand: gather from P rows at once, walking k
+    const float* rows[P];
+    for (int j = 0; j < P; ++j) rows[j] = src + std::min(j, w - 1) * s_w;
+    if (w == P && s_k == 1) {
+      for (int64_t k = 0; k < kc; ++k) {
+        float* d = dst + k * P;
+#pragma GCC unroll 32
+        for (int j = 0; j < P; ++j) d[j] = rows[j][k];
+      }
+    } else {
+      for (int64_t k = 0; k < kc; ++k) {
+        float* d = dst + k * P;
+        for (int j = 0; j < w; ++j) d[j] = rows[j][k * s_k];
+        for (int j = w; j < P; ++j) d[j] = 0.0f;
+      }
     }
-    for (int j = w; j < P; ++j)
-      for (int64_t k = 0; k < kc; ++k) dst[k * P + j] = 0.0f;
   }
 }
 
@@ -380,6 +389,14 @@ struct View {
   const float* at(int64_t i, int64_t j) const { return p + i * rs + j * cs; }
 };
 
+// Splits `total` into equal blocks of at most `max_block` (a multiple of `multiple`), so a
+// dimension just past a block size does not leave a thin, inefficient last block.
+inline int64_t balanced_block(int64_t total, int64_t max_block, int64_t multiple) {
+  const int64_t nblocks = (total + max_block - 1) / max_block;
+  const int64_t size = (total + nblocks - 1) / nblocks;
+  return std::min(max_block, (size + multiple - 1) / multiple * multiple);
+}
+
 // Writes alpha * tile + beta * C for the valid mr x nr part of an edge tile.
 inline void merge_tile(const float* tile, int nr_full, int mr, int nr, float* c, int64_t ldc, float alpha,
                        float beta) {
@@ -414,12 +431,15 @@ void gemm_blocked(const Family& f, int tid, int nt, Barrier* barrier, float* con
   const int64_t m0 = std::min(M, mtiles * tid / nt * f.mr);
   const int64_t m1 = std::min(M, mtiles * (tid + 1) / nt * f.mr);
   float* ap = t_pack_a.get(static_cast<size_t>(f.mc * f.kc));
+  const int64_t nc = balanced_block(N, f.nc, f.nr);
+  const int64_t kc = balanced_block(K, f.kc, 1);
+  const int64_t mc = m1 > m0 ? balanced_block(m1 - m0, f.mc, f.mr) : f.mc;
   int iter = 0;
-  for (int64_t jc = 0; jc < N; jc += f.nc) {
-    const int64_t ncur = std::min(f.nc, N - jc);
+  for (int64_t jc = 0; jc < N; jc += nc) {
+    const int64_t ncur = std::min(nc, N - jc);
     const int64_t npanels = (ncur + f.nr - 1) / f.nr;
-    for (int64_t pc = 0; pc < K; pc += f.kc) {
-      const int64_t kcur = std::min(f.kc, K - pc);
+    for (int64_t pc = 0; pc < K; pc += kc) {
+      const int64_t kcur = std::min(kc, K - pc);
       float* bp = bufs[iter++ & 1];
       for (int64_t p = npanels * tid / nt; p < npanels * (tid + 1) / nt; ++p) {
         const int w = static_cast<int>(std::min<int64_t>(f.nr, ncur - p * f.nr));
@@ -427,8 +447,8 @@ void gemm_blocked(const Family& f, int tid, int nt, Barrier* barrier, float* con
       }
       if (nt > 1) barrier->wait();
       const float beta_k = pc == 0 ? beta : 1.0f;
-      for (int64_t ic = m0; ic < m1; ic += f.mc) {
-        const int64_t mcur = std::min(f.mc, m1 - ic);
+      for (int64_t ic = m0; ic < m1; ic += mc) {
+        const int64_t mcur = std::min(mc, m1 - ic);
         const int64_t qpanels = (mcur + f.mr - 1) / f.mr;
         for (int64_t q = 0; q < qpanels; ++q) {
           const int w = static_cast<int>(std::min<int64_t>(f.mr, mcur - q * f.mr));
@@ -455,63 +475,32 @@ float* const* b_buffers(const Family& f, float* out[2]) {
   return out;
 }
 
-// Few rows (M small): B is read in place. With transB every element is a dot product of two
-// rows contiguous in k; otherwise the micro-kernel streams B's rows (ldb = N) against a packed A.
-// Threads split the columns.
-void gemm_few_rows(const Family& f, int64_t M, int64_t N, int64_t K, View A, View B, bool trans_b, float* C,
+// Few rows with transB (token-by-token generation: y = x W^T): every element of C is a dot
+// product of a row of op(A) and a row of B, both contiguous in k, so nothing is packed and B,
+// the big operand, is streamed once per dot_rm rows. Threads split the rows of B.
+void gemm_dot_rows(const Family& f, int64_t M, int64_t N, int64_t K, View A, const float* b, float* C,
                    int64_t ldc, float alpha, float beta) {
-  const int nt = num_threads();
-  if (trans_b) {
-    // op(A) rows must be contiguous in k: copy them when A is transposed (M x K floats, small).
-    const float* arows = A.p;
-    int64_t lda = A.rs;
-    if (A.cs != 1) {
-      float* rows = t_rows.get(static_cast<size_t>(M * K));
-      for (int64_t i = 0; i < M; ++i)
-        for (int64_t k = 0; k < K; ++k) rows[i * K + k] = *A.at(i, k);
-      arows = rows;
-      lda = K;
-    }
-    const int64_t jtiles = (N + f.dot_rn - 1) / f.dot_rn;
-    parallel_for(jtiles, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t j = t * f.dot_rn;
-        const int rn = static_cast<int>(std::min<int64_t>(f.dot_rn, N - j));
-        for (int64_t i = 0; i < M; i += f.dot_rm) {
-          const int rm = static_cast<int>(std::min<int64_t>(f.dot_rm, M - i));
-          f.dot(K, arows + i * lda, lda, rm, B.p + j * B.cs, B.cs, rn, C + i * ldc + j, ldc, alpha, beta);
-        }
-      }
-    }, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, K)));
-    return;
+  // op(A) rows must be contiguous in k: copy them when A is transposed (M x K floats, small).
+  const float* arows = A.p;
+  int64_t lda = A.rs;
+  if (A.cs != 1) {
+    float* rows = t_rows.get(static_cast<size_t>(M * K));
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t k = 0; k < K; ++k) rows[i * K + k] = *A.at(i, k);
+    arows = rows;
+    lda = K;
   }
-  // Pack all of op(A) (M rows, padded to whole MR panels), once, before the threads start.
-  const int64_t qpanels = (M + f.mr - 1) / f.mr;
-  float* ap = t_rows.get(static_cast<size_t>(qpanels * f.mr * K));
-  for (int64_t q = 0; q < qpanels; ++q) {
-    const int w = static_cast<int>(std::min<int64_t>(f.mr, M - q * f.mr));
-    f.pack_a(A.at(q * f.mr, 0), A.rs, A.cs, w, K, ap + q * f.mr * K);
-  }
-  const int64_t ntiles = (N + f.nr - 1) / f.nr;
-  (void)nt;
-  parallel_for(ntiles, [&](int64_t t0, int64_t t1) {
+  const int64_t jtiles = (N + f.dot_rn - 1) / f.dot_rn;
+  parallel_for(jtiles, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t j = t * f.nr;
-      const int nr = static_cast<int>(std::min<int64_t>(f.nr, N - j));
-      const float* bp = B.p + j;
-      int64_t ldb = B.rs;
-      if (nr < f.nr) {  // the last columns: pad them into a panel so no load runs past B
-        float* tail = t_pack_b[0].get(static_cast<size_t>(K * f.nr));
-        f.pack_b(bp, 1, B.rs, nr, K, tail);
-        bp = tail;
-        ldb = f.nr;
-      }
-      for (int64_t q = 0; q < qpanels; ++q) {
-        const int mr = static_cast<int>(std::min<int64_t>(f.mr, M - q * f.mr));
-        run_tile(f, K, ap + q * f.mr * K, bp, ldb, C + q * f.mr * ldc + j, ldc, mr, nr, alpha, beta);
+      const int64_t j = t * f.dot_rn;
+      const int rn = static_cast<int>(std::min<int64_t>(f.dot_rn, N - j));
+      for (int64_t i = 0; i < M; i += f.dot_rm) {
+        const int rm = static_cast<int>(std::min<int64_t>(f.dot_rm, M - i));
+        f.dot(K, arows + i * lda, lda, rm, b + j * K, K, rn, C + i * ldc + j, ldc, alpha, beta);
       }
     }
-  }, std::max<int64_t>(1, 8192 / std::max<int64_t>(1, K * M)));
+  }, std::max<int64_t>(1, 16384 / (K * M)));
 }
 
 // C = beta * C (beta == 0 writes zeros without reading C): the whole result when K == 0 or
@@ -539,8 +528,10 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* a, const float* b, float
   const View A = trans_a ? View{a, 1, M} : View{a, K, 1};  // op(A)(i, k)
   const View B = trans_b ? View{b, 1, K} : View{b, N, 1};  // op(B)(k, j)
   const int nt = num_threads();
-  if (M <= 2 * f.mr) {
-    gemm_few_rows(f, M, N, K, A, B, trans_b, c, N, alpha, beta);
+  // Few rows against a transposed B: dot products beat packing B (measured on AVX2 up to
+  // M ~ 128 with K = 4096); short K leaves too little work per dot product.
+  if (trans_b && M <= 32 * f.dot_rm && K >= 32) {
+    gemm_dot_rows(f, M, N, K, A, b, c, N, alpha, beta);
     return;
   }
   const int64_t mtiles = (M + f.mr - 1) / f.mr;
