@@ -6,6 +6,7 @@
 //
 // Op names: NN = a @ b, NT = a @ bᵀ (linear forward), TN = aᵀ @ b (weight gradient), TT = aᵀ @ bᵀ.
 import { readFileSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { native } from '../src/engine/native.js';
 import { Rng } from '../src/engine/random.js';
@@ -77,38 +78,54 @@ const info = native().cpuInfo();
 const lines: string[] = [];
 lines.push(`# matmul benchmark`);
 lines.push('');
-lines.push(`- machine: ${cpuModel()} (${info.avx512 ? 'AVX-512' : info.avx2 ? 'AVX2/FMA' : 'no AVX2'}, pool of ${info.threads} threads)`);
+lines.push(`- machine: ${cpuModel()} (${info.avx512 ? 'AVX-512' : info.avx2 ? 'AVX2/FMA' : 'no AVX2'}, ${cpus().length} logical CPUs, pool of ${info.threads} threads)`);
 lines.push(`- kernel: ${matmulKernel()}`);
 lines.push(`- date: ${new Date().toISOString()}`);
 lines.push(`- command: node dist/bench/matmul.js ${process.argv.slice(2).join(' ')}`.trimEnd());
-lines.push(`- GFLOP/s = 2·M·N·K / time; median of ${reps} reps after one warm-up call`);
+lines.push(`- load average at start: ${loadavg().map((x) => x.toFixed(2)).join(', ')}`);
+lines.push(`- GFLOP/s = 2·M·N·K / wall time, median of ${reps} reps after one warm-up call. "per CPU-s" divides the`);
+lines.push(`  same flops by the process CPU time instead (≈ GFLOP/s ÷ threads on an idle machine; much higher`);
+lines.push(`  means the run was starved of CPU by other processes).`);
 lines.push('');
-lines.push('| M × N × K | op | case | threads | ms | GFLOP/s |');
-lines.push('|---|---|---|---:|---:|---:|');
+lines.push('| M × N × K | op | case | threads | ms | GFLOP/s | GFLOP per CPU-s |');
+lines.push('|---|---|---|---:|---:|---:|---:|');
 console.log(lines.join('\n'));
 
-for (const c of cases) {
-  const a = Tensor.zeros(c.transA ? [c.K, c.M] : [c.M, c.K]);
-  const b = Tensor.zeros(c.transB ? [c.N, c.K] : [c.K, c.N]);
-  const out = Tensor.zeros([c.M, c.N]);
-  rng.fillNormal(a.f32);
-  rng.fillNormal(b.f32);
-  const flops = 2 * c.M * c.N * c.K;
-  for (const t of threadCounts) {
+// Largest thread count first: the pool is only ever shrunk (growing it again after a parallel
+// region has run is unsafe with the current thread pool).
+const ordered = [...threadCounts].sort((p, q) => q - p);
+let current = info.threads;
+for (const t of ordered) {
+  if (t !== current) {
     native().setThreads(t);
+    current = t;
+  }
+  for (const c of cases) {
+    const a = Tensor.zeros(c.transA ? [c.K, c.M] : [c.M, c.K]);
+    const b = Tensor.zeros(c.transB ? [c.N, c.K] : [c.K, c.N]);
+    const out = Tensor.zeros([c.M, c.N]);
+    rng.fillNormal(a.f32);
+    rng.fillNormal(b.f32);
+    const flops = 2 * c.M * c.N * c.K;
     const opts = { transA: c.transA, transB: c.transB };
     matmul(out, a, b, opts); // warm-up: page faults, pack buffers, caches
     // Small cases: repeat inside each timed rep so a rep lasts a few ms.
     const inner = Math.max(1, Math.round(2e8 / flops));
     const times: number[] = [];
+    const cpuTimes: number[] = [];
     for (let r = 0; r < reps; r++) {
+      const c0 = process.cpuUsage();
       const t0 = performance.now();
       for (let i = 0; i < inner; i++) matmul(out, a, b, opts);
       times.push((performance.now() - t0) / inner);
+      const used = process.cpuUsage(c0);
+      cpuTimes.push((used.user + used.system) / 1000 / inner);
     }
     const ms = median(times);
-    const row = `| ${c.M} × ${c.N} × ${c.K} | ${opName(c.transA, c.transB)} | ${c.note} | ${t} | ${ms.toFixed(2)} | ${(flops / ms / 1e6).toFixed(1)} |`;
-    console.log(row);
+    const cpuMs = median(cpuTimes);
+    console.log(
+      `| ${c.M} × ${c.N} × ${c.K} | ${opName(c.transA, c.transB)} | ${c.note} | ${t} | ${ms.toFixed(2)} | ` +
+        `${(flops / ms / 1e6).toFixed(1)} | ${(flops / cpuMs / 1e6).toFixed(1)} |`,
+    );
   }
 }
-native().setThreads(info.threads);

@@ -14,9 +14,11 @@
 //     AVX-512: 12 x 32 (24 zmm accumulators); AVX2/FMA: 6 x 16 (12 ymm); scalar: 4 x 4.
 //   * Edge tiles are computed whole (packing pads with zeros) into a scratch tile and only
 //     the valid part is merged into C.
-//   * Two threads (eqat::parallel_for): each takes a contiguous range of MR-row tiles; the
-//     B block is packed cooperatively into a double buffer, with one barrier per block.
-//     When M is too short to split, threads split the columns instead, each on its own.
+//   * Threads (eqat::parallel_for) share each packed B block (double-buffered, one barrier per
+//     block) and claim its B panels to pack and then its MC-row blocks of C from atomic
+//     counters: on an idle machine every thread gets the same share, and on a busy one a
+//     thread that is descheduled does not leave its share waiting. When M is too short to
+//     split, threads split the columns instead, each on its own.
 //   * Few rows against a transposed B (token-by-token generation, y = x W^T): nothing is
 //     packed; each C element is a dot product of two rows contiguous in k, computed in small
 //     register tiles while B streams through once.
@@ -303,9 +305,13 @@ EQAT_FAMILY_FUNCS(avx512e, EQAT_AVX2, V16e, 12, 32, 4, 4)
 EQAT_FAMILY_FUNCS(avx2, EQAT_AVX2, V8, 6, 16, 3, 4)
 EQAT_FAMILY_FUNCS(scalar, , V1, 4, 4, 2, 2)
 
-const Family kAvx512{"avx512", 12, 32, 240, 256, 4096, 4, 4, avx512_kernel, avx512_pack_a, avx512_pack_b, avx512_dot};
-const Family kAvx512Emulated{"avx512-emulated", 12, 32, 240, 256, 4096, 4, 4,
+// AVX-512 blocking (for 48 KiB L1d / 2 MiB L2): the 32 x 192 B micro-panel (24 KiB) stays in L1
+// beside the streaming A micro-panel; the 384 x 192 A block (288 KiB) in L2.
+const Family kAvx512{"avx512", 12, 32, 384, 192, 4096, 4, 4, avx512_kernel, avx512_pack_a, avx512_pack_b, avx512_dot};
+const Family kAvx512Emulated{"avx512-emulated", 12, 32, 384, 192, 4096, 4, 4,
                              avx512e_kernel, avx512e_pack_a, avx512e_pack_b, avx512e_dot};
+// AVX2 blocking (for 32 KiB L1d / 512 KiB L2): B micro-panel 16 x 256 (16 KiB) in L1, A block
+// 168 x 256 (168 KiB) in L2.
 const Family kAvx2{"avx2", 6, 16, 168, 256, 4080, 3, 4, avx2_kernel, avx2_pack_a, avx2_pack_b, avx2_dot};
 const Family kScalar{"scalar", 4, 4, 128, 256, 4096, 2, 2, scalar_kernel, scalar_pack_a, scalar_pack_b, scalar_dot};
 
@@ -422,33 +428,81 @@ inline void run_tile(const Family& f, int64_t kc, const float* ap, const float* 
   }
 }
 
-// The blocked GEMM as run by thread `tid` of `nt`: this thread owns rows [m0, m1) of C and
-// packs its share of every B block into bufs[] (shared by all nt threads; double-buffered so one
-// barrier per block suffices). With nt == 1 it is the plain serial algorithm.
-void gemm_blocked(const Family& f, int tid, int nt, Barrier* barrier, float* const bufs[2], int64_t M, int64_t N,
-                  int64_t K, View A, View B, float* C, int64_t ldc, float alpha, float beta) {
-  const int64_t mtiles = (M + f.mr - 1) / f.mr;
-  const int64_t m0 = std::min(M, mtiles * tid / nt * f.mr);
-  const int64_t m1 = std::min(M, mtiles * (tid + 1) / nt * f.mr);
-  float* ap = t_pack_a.get(static_cast<size_t>(f.mc * f.kc));
-  const int64_t nc = balanced_block(N, f.nc, f.nr);
-  const int64_t kc = balanced_block(K, f.kc, 1);
-  const int64_t mc = m1 > m0 ? balanced_block(m1 - m0, f.mc, f.mr) : f.mc;
-  int iter = 0;
-  for (int64_t jc = 0; jc < N; jc += nc) {
-    const int64_t ncur = std::min(nc, N - jc);
+// Per-thread pack buffers for B, sized for one KC x NC block.
+float* const* b_buffers(const Family& f, float* out[2]) {
+  const size_t n = static_cast<size_t>(f.kc * ((f.nc + f.nr - 1) / f.nr) * f.nr);
+  out[0] = t_pack_b[0].get(n);
+  out[1] = t_pack_b[1].get(n);
+  return out;
+}
+
+// Work counters of one blocked GEMM: for every (NC, KC) step, the next B panel to pack and
+// the next MC-row block of C to compute.
+class WorkCounters {
+ public:
+  explicit WorkCounters(int64_t steps) : n_(steps), c_(new std::atomic<int64_t>[2 * steps]) {
+    for (int64_t i = 0; i < 2 * steps; ++i) c_[i].store(0, std::memory_order_relaxed);
+  }
+  // Claims `count` items of kind `kind` (0 = B panels, 1 = row blocks) at `step`; returns the first.
+  int64_t claim(int kind, int64_t step, int64_t count) {
+    return c_[kind * n_ + step].fetch_add(count, std::memory_order_relaxed);
+  }
+
+ private:
+  int64_t n_;
+  std::unique_ptr<std::atomic<int64_t>[]> c_;
+};
+
+// Cache-block sizes of one blocked GEMM, the same for every thread.
+struct Blocking {
+  int64_t mc, kc, nc;  // balanced block sizes
+  int64_t mblocks;     // number of MC-row blocks
+  int64_t steps;       // number of (NC, KC) steps
+};
+
+Blocking plan_blocking(const Family& f, int64_t M, int64_t N, int64_t K, int nt) {
+  Blocking b;
+  b.nc = balanced_block(N, f.nc, f.nr);
+  b.kc = balanced_block(K, f.kc, 1);
+  // Row blocks: at most MC rows, and a multiple of the thread count so the shares are equal.
+  int64_t nblocks = (M + f.mc - 1) / f.mc;
+  nblocks = (nblocks + nt - 1) / nt * nt;
+  const int64_t rows = (M + nblocks - 1) / nblocks;
+  b.mc = std::max<int64_t>(f.mr, (rows + f.mr - 1) / f.mr * f.mr);
+  b.mblocks = (M + b.mc - 1) / b.mc;
+  b.steps = ((N + b.nc - 1) / b.nc) * ((K + b.kc - 1) / b.kc);
+  return b;
+}
+
+// The blocked GEMM as run by one of `nt` threads (nt == 1: the plain serial algorithm). Every
+// thread walks the same (NC, KC) steps; at each it packs the B panels it claims into the shared
+// buffer bufs[step % 2], waits at the barrier until the whole block is packed, then computes the
+// row blocks it claims. Double buffering makes the one barrier per step enough: a thread can
+// only start packing step s + 1 after every thread has passed barrier s, that is, has finished
+// computing step s - 1, the last user of that buffer.
+void gemm_blocked(const Family& f, const Blocking& bk, WorkCounters& work, int nt, Barrier* barrier,
+                  float* const bufs[2], int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc,
+                  float alpha, float beta) {
+  float* ap = t_pack_a.get(static_cast<size_t>(bk.mc * bk.kc));
+  constexpr int64_t kPanelChunk = 4;  // B panels claimed at a time
+  int64_t step = 0;
+  for (int64_t jc = 0; jc < N; jc += bk.nc) {
+    const int64_t ncur = std::min(bk.nc, N - jc);
     const int64_t npanels = (ncur + f.nr - 1) / f.nr;
-    for (int64_t pc = 0; pc < K; pc += kc) {
-      const int64_t kcur = std::min(kc, K - pc);
-      float* bp = bufs[iter++ & 1];
-      for (int64_t p = npanels * tid / nt; p < npanels * (tid + 1) / nt; ++p) {
-        const int w = static_cast<int>(std::min<int64_t>(f.nr, ncur - p * f.nr));
-        f.pack_b(B.at(pc, jc + p * f.nr), B.cs, B.rs, w, kcur, bp + p * f.nr * kcur);
+    for (int64_t pc = 0; pc < K; pc += bk.kc, ++step) {
+      const int64_t kcur = std::min(bk.kc, K - pc);
+      float* bp = bufs[step & 1];
+      for (int64_t p0 = work.claim(0, step, kPanelChunk); p0 < npanels; p0 = work.claim(0, step, kPanelChunk)) {
+        for (int64_t p = p0; p < std::min(npanels, p0 + kPanelChunk); ++p) {
+          const int w = static_cast<int>(std::min<int64_t>(f.nr, ncur - p * f.nr));
+          f.pack_b(B.at(pc, jc + p * f.nr), B.cs, B.rs, w, kcur, bp + p * f.nr * kcur);
+        }
       }
       if (nt > 1) barrier->wait();
       const float beta_k = pc == 0 ? beta : 1.0f;
-      for (int64_t ic = m0; ic < m1; ic += mc) {
-        const int64_t mcur = std::min(mc, m1 - ic);
+      for (int64_t blk = work.claim(1, step, 1); blk < bk.mblocks; blk = work.claim(1, step, 1)) {
+        const int64_t ic = blk * bk.mc;
+        const int64_t mcur = std::min(bk.mc, M - ic);
         const int64_t qpanels = (mcur + f.mr - 1) / f.mr;
         for (int64_t q = 0; q < qpanels; ++q) {
           const int w = static_cast<int>(std::min<int64_t>(f.mr, mcur - q * f.mr));
@@ -467,12 +521,14 @@ void gemm_blocked(const Family& f, int tid, int nt, Barrier* barrier, float* con
   }
 }
 
-// Per-thread pack buffers for B, sized for one KC x NC block.
-float* const* b_buffers(const Family& f, float* out[2]) {
-  const size_t n = static_cast<size_t>(f.kc * ((f.nc + f.nr - 1) / f.nr) * f.nr);
-  out[0] = t_pack_b[0].get(n);
-  out[1] = t_pack_b[1].get(n);
-  return out;
+// One thread computes the whole product with its own buffers.
+void gemm_serial(const Family& f, int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc,
+                 float alpha, float beta) {
+  const Blocking bk = plan_blocking(f, M, N, K, 1);
+  WorkCounters work(bk.steps);
+  float* bufs[2];
+  b_buffers(f, bufs);
+  gemm_blocked(f, bk, work, 1, nullptr, bufs, M, N, K, A, B, C, ldc, alpha, beta);
 }
 
 // Few rows with transB (token-by-token generation: y = x W^T): every element of C is a dot
@@ -536,29 +592,27 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* a, const float* b, float
   }
   const int64_t mtiles = (M + f.mr - 1) / f.mr;
   if (nt == 1) {
-    float* bufs[2];
-    gemm_blocked(f, 0, 1, nullptr, b_buffers(f, bufs), M, N, K, A, B, c, N, alpha, beta);
+    gemm_serial(f, M, N, K, A, B, c, N, alpha, beta);
   } else if (mtiles >= 4 * nt) {
-    // Split rows; share the packed B blocks (the caller's buffers).
+    // Share the packed B blocks (the caller's buffers) and the row blocks.
+    const Blocking bk = plan_blocking(f, M, N, K, nt);
+    WorkCounters work(bk.steps);
     float* bufs[2];
     b_buffers(f, bufs);
     Barrier barrier(nt);
     parallel_for(nt, [&](int64_t t0, int64_t t1) {
       if (t1 - t0 == 1) {
-        gemm_blocked(f, static_cast<int>(t0), nt, &barrier, bufs, M, N, K, A, B, c, N, alpha, beta);
-      } else {  // the pool ran the region inline (nested call): do everything here
-        gemm_blocked(f, 0, 1, nullptr, bufs, M, N, K, A, B, c, N, alpha, beta);
+        gemm_blocked(f, bk, work, nt, &barrier, bufs, M, N, K, A, B, c, N, alpha, beta);
+      } else {  // the pool ran the region inline (a nested call): one thread does it all
+        gemm_serial(f, M, N, K, A, B, c, N, alpha, beta);
       }
     });
   } else {
-    // Too few rows to split: split whole NR-wide column panels, each thread on its own.
+    // Too few rows to share: split whole NR-wide column panels, each thread on its own.
     const int64_t ntiles = (N + f.nr - 1) / f.nr;
     parallel_for(ntiles, [&](int64_t t0, int64_t t1) {
-      float* bufs[2];
-      b_buffers(f, bufs);
       const int64_t j0 = t0 * f.nr, j1 = std::min(N, t1 * f.nr);
-      const View Bj{B.at(0, j0), B.rs, B.cs};
-      gemm_blocked(f, 0, 1, nullptr, bufs, M, j1 - j0, K, A, Bj, c + j0, N, alpha, beta);
+      gemm_serial(f, M, j1 - j0, K, A, View{B.at(0, j0), B.rs, B.cs}, c + j0, N, alpha, beta);
     });
   }
 }
