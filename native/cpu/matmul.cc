@@ -44,7 +44,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <memory>
+#include <new>
 #include <thread>
 
 // Vector types cross no ABI boundary here (everything is inlined), so GCC's note that their
@@ -512,10 +514,10 @@ Blocking plan_blocking(const Family& f, int64_t M, int64_t N, int64_t K, int nt)
 // row blocks it claims. Double buffering makes the one barrier per step enough: a thread can
 // only start packing step s + 1 after every thread has passed barrier s, that is, has finished
 // computing step s - 1, the last user of that buffer.
+// `ap` is this thread's A block buffer (mc x kc floats).
 void gemm_blocked(const Family& f, const Blocking& bk, WorkCounters& work, int nt, Barrier* barrier,
-                  float* const bufs[2], int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc,
-                  float alpha, float beta) {
-  float* ap = t_pack_a.get(static_cast<size_t>(bk.mc * bk.kc));
+                  float* const bufs[2], float* ap, int64_t M, int64_t N, int64_t K, View A, View B, float* C,
+                  int64_t ldc, float alpha, float beta) {
   constexpr int64_t kPanelChunk = 4;  // B panels claimed at a time
   int64_t step = 0;
   for (int64_t jc = 0; jc < N; jc += bk.nc) {
@@ -560,7 +562,8 @@ void gemm_serial(const Family& f, int64_t M, int64_t N, int64_t K, View A, View 
   WorkCounters work(bk.steps);
   float* bufs[2];
   b_buffers(f, bufs);
-  gemm_blocked(f, bk, work, 1, nullptr, bufs, M, N, K, A, B, C, ldc, alpha, beta);
+  float* ap = t_pack_a.get(static_cast<size_t>(bk.mc * bk.kc));
+  gemm_blocked(f, bk, work, 1, nullptr, bufs, ap, M, N, K, A, B, C, ldc, alpha, beta);
 }
 
 // Few rows with transB (token-by-token generation: y = x W^T): every element of C is a dot
@@ -626,26 +629,38 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* a, const float* b, float
   if (nt == 1) {
     gemm_serial(f, M, N, K, A, B, c, N, alpha, beta);
   } else if (mtiles >= 4 * nt) {
-    // Share the packed B blocks (the caller's buffers) and the row blocks.
+    // Share the packed B blocks and the row blocks. Every buffer is allocated here, by the
+    // caller: a worker that failed to allocate could not leave the barrier protocol cleanly.
     const Blocking bk = plan_blocking(f, M, N, K, nt);
     WorkCounters work(bk.steps);
     float* bufs[2];
     b_buffers(f, bufs);
+    const int64_t a_block = (bk.mc * bk.kc + 15) / 16 * 16;  // whole cache lines per thread
+    float* apacks = t_pack_a.get(static_cast<size_t>(a_block * nt));
     Barrier barrier(nt);
     parallel_for(nt, [&](int64_t t0, int64_t t1) {
       if (t1 - t0 == 1) {
-        gemm_blocked(f, bk, work, nt, &barrier, bufs, M, N, K, A, B, c, N, alpha, beta);
+        gemm_blocked(f, bk, work, nt, &barrier, bufs, apacks + t0 * a_block, M, N, K, A, B, c, N, alpha, beta);
       } else {  // the pool ran the region inline (a nested call): one thread does it all
-        gemm_serial(f, M, N, K, A, B, c, N, alpha, beta);
+        WorkCounters own(bk.steps);
+        gemm_blocked(f, bk, own, 1, nullptr, bufs, apacks, M, N, K, A, B, c, N, alpha, beta);
       }
     });
   } else {
     // Too few rows to share: split whole NR-wide column panels, each thread on its own.
+    // (Each thread allocates its own buffers; a failure is carried back to the caller.)
     const int64_t ntiles = (N + f.nr - 1) / f.nr;
+    std::exception_ptr error;
+    std::atomic<bool> failed{false};
     parallel_for(ntiles, [&](int64_t t0, int64_t t1) {
-      const int64_t j0 = t0 * f.nr, j1 = std::min(N, t1 * f.nr);
-      gemm_serial(f, M, j1 - j0, K, A, View{B.at(0, j0), B.rs, B.cs}, c + j0, N, alpha, beta);
+      try {
+        const int64_t j0 = t0 * f.nr, j1 = std::min(N, t1 * f.nr);
+        gemm_serial(f, M, j1 - j0, K, A, View{B.at(0, j0), B.rs, B.cs}, c + j0, N, alpha, beta);
+      } catch (...) {
+        if (!failed.exchange(true)) error = std::current_exception();
+      }
     });
+    if (error) std::rethrow_exception(error);
   }
 }
 
@@ -668,7 +683,11 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   const bool trans_b = arg_bool(info, 7, op, "transB");
   const float alpha = static_cast<float>(arg_num(info, 8, op, "alpha"));
   const float beta = static_cast<float>(arg_num(info, 9, op, "beta"));
-  gemm(M, N, K, a, b, out, trans_a, trans_b, alpha, beta);
+  try {
+    gemm(M, N, K, a, b, out, trans_a, trans_b, alpha, beta);
+  } catch (const std::bad_alloc&) {
+    throw Napi::Error::New(info.Env(), "matmul: out of memory for the packing buffers");
+  }
   return info.Env().Undefined();
 }
 
