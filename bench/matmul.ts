@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { performance } from 'node:perf_hooks';
-import { native } from '../src/engine/native.js';
+import { native, nativeFn } from '../src/engine/native.js';
 import { Rng } from '../src/engine/random.js';
 import { Tensor } from '../src/engine/tensor.js';
 import { matmul, matmulKernel, setMatmulKernel, type MatmulKernelName } from '../src/ops/matmul.js';
@@ -74,6 +74,8 @@ cases.push({ M: 1, N: 4096, K: 4096, transA: false, transB: true, note: 'generat
 cases.push({ M: 8, N: 4096, K: 4096, transA: false, transB: true, note: 'generation, 8 rows' });
 
 const rng = new Rng(42);
+const PROBE_MS = 150;
+const fmaPeak = nativeFn<(ms: number) => number>('matmulFmaPeak');
 const info = native().cpuInfo();
 const lines: string[] = [];
 lines.push(`# matmul benchmark`);
@@ -83,12 +85,14 @@ lines.push(`- kernel: ${matmulKernel()}`);
 lines.push(`- date: ${new Date().toISOString()}`);
 lines.push(`- command: node dist/bench/matmul.js ${process.argv.slice(2).join(' ')}`.trimEnd());
 lines.push(`- load average at start: ${loadavg().map((x) => x.toFixed(2)).join(', ')}`);
-lines.push(`- GFLOP/s = 2·M·N·K / wall time, median of ${reps} reps after one warm-up call. "per CPU-s" divides the`);
-lines.push(`  same flops by the process CPU time instead (≈ GFLOP/s ÷ threads on an idle machine; much higher`);
-lines.push(`  means the run was starved of CPU by other processes).`);
+lines.push(`- GFLOP/s = 2·M·N·K / wall time, median of ${reps} reps after one warm-up call.`);
+lines.push(`- peak: bare multiply-add chains on the same vector unit and threads (matmulFmaPeak), measured for`);
+lines.push(`  ${PROBE_MS} ms right before each case, so "% of peak" stays meaningful when other processes share the CPUs.`);
+lines.push(`- per CPU-s: the same flops over the process CPU time (≈ GFLOP/s ÷ threads on an idle machine;`);
+lines.push(`  higher means the run was starved of CPU by other processes).`);
 lines.push('');
-lines.push('| M × N × K | op | case | threads | ms | GFLOP/s | GFLOP per CPU-s |');
-lines.push('|---|---|---|---:|---:|---:|---:|');
+lines.push('| M × N × K | op | case | threads | ms | GFLOP/s | peak GFLOP/s | % of peak | GFLOP per CPU-s |');
+lines.push('|---|---|---|---:|---:|---:|---:|---:|---:|');
 console.log(lines.join('\n'));
 
 // Largest thread count first: the pool is only ever shrunk (growing it again after a parallel
@@ -109,6 +113,7 @@ for (const t of ordered) {
     const flops = 2 * c.M * c.N * c.K;
     const opts = { transA: c.transA, transB: c.transB };
     matmul(out, a, b, opts); // warm-up: page faults, pack buffers, caches
+    const peak = fmaPeak(PROBE_MS);
     // Small cases: repeat inside each timed rep so a rep lasts a few ms.
     const inner = Math.max(1, Math.round(2e8 / flops));
     const times: number[] = [];
@@ -125,7 +130,8 @@ for (const t of ordered) {
     const cpuMs = median(cpuTimes);
     console.log(
       `| ${c.M} × ${c.N} × ${c.K} | ${opName(c.transA, c.transB)} | ${c.note} | ${t} | ${ms.toFixed(2)} | ` +
-        `${(flops / ms / 1e6).toFixed(1)} | ${(flops / cpuMs / 1e6).toFixed(1)} |`,
+        `${(flops / ms / 1e6).toFixed(1)} | ${peak.toFixed(1)} | ${((100 * flops) / ms / 1e6 / peak).toFixed(0)}% | ` +
+        `${(flops / cpuMs / 1e6).toFixed(1)} |`,
     );
   }
 }

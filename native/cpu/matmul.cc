@@ -33,16 +33,20 @@
 //   matmul(out, a, b, M, N, K, transA, transB, alpha, beta)
 //   matmulKernel() -> name of the kernel in use ('avx512' | 'avx2' | 'scalar' | 'avx512-emulated')
 //   matmulSetKernel(name) -> force a kernel ('auto' restores the run-time choice)
+//   matmulFmaPeak(ms) -> GFLOP/s of bare multiply-add chains on all threads (for benchmarks)
 #include "eqat.h"
 
 #include <immintrin.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <memory>
+#include <new>
 #include <thread>
 
 // Vector types cross no ABI boundary here (everything is inlined), so GCC's note that their
@@ -261,6 +265,28 @@ inline void dot_tile(int64_t K, const float* a, int64_t lda, int rm, const float
   }
 }
 
+// FMA throughput probe for benchmarks: NACC independent multiply-add chains (enough to cover
+// the FMA latency) of `iters` steps; returns a value that depends on every lane so nothing is
+// optimised away. 2 * NACC * W flops per step.
+template <class V, int NACC>
+inline float fma_probe(int64_t iters) {
+  using T = typename V::T;
+  T acc[NACC];
+  for (int i = 0; i < NACC; ++i) {  // distinct lanes, so no two chains can be merged
+    float init[V::W];
+    for (int l = 0; l < V::W; ++l) init[l] = 1e-3f * static_cast<float>(i * V::W + l);
+    acc[i] = V::load(init);
+  }
+  const T x = V::set1(0.999999f), y = V::set1(1e-6f);
+  for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 32
+    for (int i = 0; i < NACC; ++i) acc[i] = V::fma(acc[i], x, y);
+  }
+  float s = 0.0f;
+  for (int i = 0; i < NACC; ++i) s += V::hsum(acc[i]);
+  return s;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Kernel families: one per ISA, with their blocking.
 // ---------------------------------------------------------------------------------------------
@@ -270,6 +296,7 @@ using KernelFn = void (*)(int64_t kc, const float* ap, const float* bp, int64_t 
 using PackFn = void (*)(const float* src, int64_t s_w, int64_t s_k, int w, int64_t kc, float* dst);
 using DotFn = void (*)(int64_t K, const float* a, int64_t lda, int rm, const float* b, int64_t ldb, int rn,
                        float* c, int64_t ldc, float alpha, float beta);
+using ProbeFn = float (*)(int64_t iters);
 
 struct Family {
   const char* name;
@@ -279,9 +306,11 @@ struct Family {
   KernelFn kernel;
   PackFn pack_a, pack_b;  // panels of mr and nr lanes
   DotFn dot;
+  ProbeFn probe;       // fma_probe: probe_flops flops per step
+  int probe_flops;
 };
 
-#define EQAT_FAMILY_FUNCS(PREFIX, ATTR, VEC, MR, NR, DRM, DRN)                                                   \
+#define EQAT_FAMILY_FUNCS(PREFIX, ATTR, VEC, MR, NR, DRM, DRN, NACC)                                             \
   ATTR __attribute__((flatten)) void PREFIX##_kernel(int64_t kc, const float* ap, const float* bp, int64_t ldb, \
                                                      float* c, int64_t ldc, float alpha, float beta) {         \
     micro_kernel<VEC, MR, (NR) / VEC::W>(kc, ap, bp, ldb, c, ldc, alpha, beta);                                \
@@ -298,22 +327,27 @@ struct Family {
                                                   int64_t ldb, int rn, float* c, int64_t ldc, float alpha,        \
                                                   float beta) {                                                   \
     dot_tile<VEC, DRM, DRN>(K, a, lda, rm, b, ldb, rn, c, ldc, alpha, beta);                                     \
-  }
+  }                                                                                                              \
+  ATTR __attribute__((flatten)) float PREFIX##_probe(int64_t iters) { return fma_probe<VEC, NACC>(iters); }
 
-EQAT_FAMILY_FUNCS(avx512, EQAT_AVX512, V16, 12, 32, 4, 4)
-EQAT_FAMILY_FUNCS(avx512e, EQAT_AVX2, V16e, 12, 32, 4, 4)
-EQAT_FAMILY_FUNCS(avx2, EQAT_AVX2, V8, 6, 16, 3, 4)
-EQAT_FAMILY_FUNCS(scalar, , V1, 4, 4, 2, 2)
+EQAT_FAMILY_FUNCS(avx512, EQAT_AVX512, V16, 12, 32, 4, 4, 24)
+EQAT_FAMILY_FUNCS(avx512e, EQAT_AVX2, V16e, 12, 32, 4, 4, 6)
+EQAT_FAMILY_FUNCS(avx2, EQAT_AVX2, V8, 6, 16, 3, 4, 12)
+EQAT_FAMILY_FUNCS(scalar, , V1, 4, 4, 2, 2, 8)
 
 // AVX-512 blocking (for 48 KiB L1d / 2 MiB L2): the 32 x 192 B micro-panel (24 KiB) stays in L1
 // beside the streaming A micro-panel; the 384 x 192 A block (288 KiB) in L2.
-const Family kAvx512{"avx512", 12, 32, 384, 192, 4096, 4, 4, avx512_kernel, avx512_pack_a, avx512_pack_b, avx512_dot};
+const Family kAvx512{"avx512", 12, 32, 384, 192, 4096, 4, 4, avx512_kernel, avx512_pack_a, avx512_pack_b, avx512_dot,
+                        avx512_probe, 2 * 24 * 16};
 const Family kAvx512Emulated{"avx512-emulated", 12, 32, 384, 192, 4096, 4, 4,
-                             avx512e_kernel, avx512e_pack_a, avx512e_pack_b, avx512e_dot};
+                             avx512e_kernel, avx512e_pack_a, avx512e_pack_b, avx512e_dot,
+                             avx512e_probe, 2 * 6 * 16};
 // AVX2 blocking (for 32 KiB L1d / 512 KiB L2): B micro-panel 16 x 256 (16 KiB) in L1, A block
 // 168 x 256 (168 KiB) in L2.
-const Family kAvx2{"avx2", 6, 16, 168, 256, 4080, 3, 4, avx2_kernel, avx2_pack_a, avx2_pack_b, avx2_dot};
-const Family kScalar{"scalar", 4, 4, 128, 256, 4096, 2, 2, scalar_kernel, scalar_pack_a, scalar_pack_b, scalar_dot};
+const Family kAvx2{"avx2", 6, 16, 168, 256, 4080, 3, 4, avx2_kernel, avx2_pack_a, avx2_pack_b, avx2_dot,
+                    avx2_probe, 2 * 12 * 8};
+const Family kScalar{"scalar", 4, 4, 128, 256, 4096, 2, 2, scalar_kernel, scalar_pack_a, scalar_pack_b, scalar_dot,
+                      scalar_probe, 2 * 8};
 
 constexpr int kMaxTile = 12 * 32;
 
@@ -480,10 +514,10 @@ Blocking plan_blocking(const Family& f, int64_t M, int64_t N, int64_t K, int nt)
 // row blocks it claims. Double buffering makes the one barrier per step enough: a thread can
 // only start packing step s + 1 after every thread has passed barrier s, that is, has finished
 // computing step s - 1, the last user of that buffer.
+// `ap` is this thread's A block buffer (mc x kc floats).
 void gemm_blocked(const Family& f, const Blocking& bk, WorkCounters& work, int nt, Barrier* barrier,
-                  float* const bufs[2], int64_t M, int64_t N, int64_t K, View A, View B, float* C, int64_t ldc,
-                  float alpha, float beta) {
-  float* ap = t_pack_a.get(static_cast<size_t>(bk.mc * bk.kc));
+                  float* const bufs[2], float* ap, int64_t M, int64_t N, int64_t K, View A, View B, float* C,
+                  int64_t ldc, float alpha, float beta) {
   constexpr int64_t kPanelChunk = 4;  // B panels claimed at a time
   int64_t step = 0;
   for (int64_t jc = 0; jc < N; jc += bk.nc) {
@@ -528,7 +562,8 @@ void gemm_serial(const Family& f, int64_t M, int64_t N, int64_t K, View A, View 
   WorkCounters work(bk.steps);
   float* bufs[2];
   b_buffers(f, bufs);
-  gemm_blocked(f, bk, work, 1, nullptr, bufs, M, N, K, A, B, C, ldc, alpha, beta);
+  float* ap = t_pack_a.get(static_cast<size_t>(bk.mc * bk.kc));
+  gemm_blocked(f, bk, work, 1, nullptr, bufs, ap, M, N, K, A, B, C, ldc, alpha, beta);
 }
 
 // Few rows with transB (token-by-token generation: y = x W^T): every element of C is a dot
@@ -594,26 +629,38 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* a, const float* b, float
   if (nt == 1) {
     gemm_serial(f, M, N, K, A, B, c, N, alpha, beta);
   } else if (mtiles >= 4 * nt) {
-    // Share the packed B blocks (the caller's buffers) and the row blocks.
+    // Share the packed B blocks and the row blocks. Every buffer is allocated here, by the
+    // caller: a worker that failed to allocate could not leave the barrier protocol cleanly.
     const Blocking bk = plan_blocking(f, M, N, K, nt);
     WorkCounters work(bk.steps);
     float* bufs[2];
     b_buffers(f, bufs);
+    const int64_t a_block = (bk.mc * bk.kc + 15) / 16 * 16;  // whole cache lines per thread
+    float* apacks = t_pack_a.get(static_cast<size_t>(a_block * nt));
     Barrier barrier(nt);
     parallel_for(nt, [&](int64_t t0, int64_t t1) {
       if (t1 - t0 == 1) {
-        gemm_blocked(f, bk, work, nt, &barrier, bufs, M, N, K, A, B, c, N, alpha, beta);
+        gemm_blocked(f, bk, work, nt, &barrier, bufs, apacks + t0 * a_block, M, N, K, A, B, c, N, alpha, beta);
       } else {  // the pool ran the region inline (a nested call): one thread does it all
-        gemm_serial(f, M, N, K, A, B, c, N, alpha, beta);
+        WorkCounters own(bk.steps);
+        gemm_blocked(f, bk, own, 1, nullptr, bufs, apacks, M, N, K, A, B, c, N, alpha, beta);
       }
     });
   } else {
     // Too few rows to share: split whole NR-wide column panels, each thread on its own.
+    // (Each thread allocates its own buffers; a failure is carried back to the caller.)
     const int64_t ntiles = (N + f.nr - 1) / f.nr;
+    std::exception_ptr error;
+    std::atomic<bool> failed{false};
     parallel_for(ntiles, [&](int64_t t0, int64_t t1) {
-      const int64_t j0 = t0 * f.nr, j1 = std::min(N, t1 * f.nr);
-      gemm_serial(f, M, j1 - j0, K, A, View{B.at(0, j0), B.rs, B.cs}, c + j0, N, alpha, beta);
+      try {
+        const int64_t j0 = t0 * f.nr, j1 = std::min(N, t1 * f.nr);
+        gemm_serial(f, M, j1 - j0, K, A, View{B.at(0, j0), B.rs, B.cs}, c + j0, N, alpha, beta);
+      } catch (...) {
+        if (!failed.exchange(true)) error = std::current_exception();
+      }
     });
+    if (error) std::rethrow_exception(error);
   }
 }
 
@@ -636,13 +683,46 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   const bool trans_b = arg_bool(info, 7, op, "transB");
   const float alpha = static_cast<float>(arg_num(info, 8, op, "alpha"));
   const float beta = static_cast<float>(arg_num(info, 9, op, "beta"));
-  gemm(M, N, K, a, b, out, trans_a, trans_b, alpha, beta);
+  try {
+    gemm(M, N, K, a, b, out, trans_a, trans_b, alpha, beta);
+  } catch (const std::bad_alloc&) {
+    throw Napi::Error::New(info.Env(), "matmul: out of memory for the packing buffers");
+  }
   return info.Env().Undefined();
 }
 
 Napi::Value MatmulKernel(const Napi::CallbackInfo& info) {
   check_argc(info, 0, "matmulKernel");
   return Napi::String::New(info.Env(), family().name);
+}
+
+// matmulFmaPeak(ms) -> GFLOP/s: the multiply-add throughput of the kernel family's vector unit
+// on every pool thread at once, measured for about `ms` milliseconds (benchmarks quote matmul
+// against it; on a shared machine it also shows how much CPU the run actually got).
+Napi::Value MatmulFmaPeak(const Napi::CallbackInfo& info) {
+  check_argc(info, 1, "matmulFmaPeak");
+  const double ms = arg_num(info, 0, "matmulFmaPeak", "ms");
+  if (!(ms > 0 && ms <= 10000)) throw Napi::RangeError::New(info.Env(), "matmulFmaPeak: argument 'ms' must be in (0, 10000]");
+  const Family& f = family();
+  const int nt = num_threads();
+  std::atomic<float> sink{0.0f};
+  auto run = [&](int64_t iters) {
+    const auto t0 = std::chrono::steady_clock::now();
+    parallel_for(nt, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) sink.store(f.probe(iters), std::memory_order_relaxed);
+    });
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  int64_t iters = 1 << 16;
+  double secs = run(iters);
+  while (secs < 0.02 && iters < (int64_t{1} << 40)) {  // calibrate on at least 20 ms
+    iters *= 4;
+    secs = run(iters);
+  }
+  iters = std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(iters) * (ms / 1000.0) / secs));
+  secs = run(iters);
+  const double flops = static_cast<double>(iters) * f.probe_flops * nt;
+  return Napi::Number::New(info.Env(), flops / secs / 1e9);
 }
 
 // matmulSetKernel(name): a debug knob for tests and benchmarks.
@@ -677,5 +757,6 @@ Napi::Value MatmulSetKernel(const Napi::CallbackInfo& info) {
 EQAT_EXPORT(matmul, Matmul);
 EQAT_EXPORT(matmulKernel, MatmulKernel);
 EQAT_EXPORT(matmulSetKernel, MatmulSetKernel);
+EQAT_EXPORT(matmulFmaPeak, MatmulFmaPeak);
 
 }  // namespace eqat
