@@ -4,8 +4,9 @@
 // wall time and peak RSS come from the CLI's --json summary. Prints a markdown table next to
 // the official implementation's figures.
 //
-// usage: node dist/bench/block-ap.js [config ...]   configs: rtn-w2g64 rtn-w3g128 rtn-w4g128
-//        w2g64 w2g64-seed3 w3g128 w4g128 (default: all)
+// usage: node dist/bench/block-ap.js [--keep DIR] [config ...]   configs: rtn-w2g64 rtn-w3g128
+//        rtn-w4g128 w2g64 w2g64-seed3 w3g128 w4g128 (default: all). --keep DIR keeps the
+//        checkpoints (DIR/<config>) for later phases instead of deleting them.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, readFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
@@ -54,10 +55,13 @@ if (!existsSync(MODEL) || !existsSync(CALIB)) {
   console.log('bench/block-ap: ../shared/models/llama-small or ../shared/data not present; skipping');
   process.exit(0);
 }
-const want = process.argv.slice(2);
+const argv = process.argv.slice(2);
+const ki = argv.indexOf('--keep');
+const keep = ki >= 0 ? argv.splice(ki, 2)[1]! : null;
+const want = argv;
 const selected = want.length ? CONFIGS.filter((c) => want.includes(c.name)) : CONFIGS;
 const golden = JSON.parse(readFileSync(join(MODEL, 'golden.json'), 'utf8')) as { rtn_ppl_fp32_seq512_test_mix: Record<string, number> };
-const work = mkdtempSync(join(tmpdir(), 'eqat-bench-'));
+const work = keep ?? mkdtempSync(join(tmpdir(), 'eqat-bench-'));
 const rows: string[] = [];
 console.log(`# Block-AP on llama-small (${cpus()[0]?.model ?? 'cpu'}, ${cpus().length} threads), ${new Date().toISOString()}`);
 console.log('| config | eqat ppl | official ppl | eqat / official | golden RTN | Block-AP wall s | peak RSS MiB | eval s |');
@@ -75,6 +79,6 @@ for (const c of selected) {
   const row = `| ${c.name} | ${ppl.toFixed(2)} | ${c.official ?? '-'} | ${c.official ? (ppl / c.official).toFixed(4) : '-'} | ${g ? g.toFixed(2) : '-'} | ${(bap['seconds'] as number).toFixed(0)} | ${bap['peakRssMiB']} | ${(ev['seconds'] as number).toFixed(0)} |`;
   rows.push(row);
   console.log(row);
-  rmSync(out, { recursive: true, force: true });
+  if (!keep) rmSync(out, { recursive: true, force: true });
 }
-rmSync(work, { recursive: true, force: true });
+if (!keep) rmSync(work, { recursive: true, force: true });
