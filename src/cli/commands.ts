@@ -8,6 +8,7 @@ import { generateIds } from '../pipeline/generate.js';
 import { native } from '../engine/native.js';
 import { blockApDefaults, runBlockAp } from '../pipeline/block-ap.js';
 import { runDemo } from '../pipeline/demo.js';
+import { e2eQpDefaults, runE2eQp } from '../pipeline/e2e-qp.js';
 
 export interface Command {
   summary: string;
@@ -166,6 +167,52 @@ export const COMMANDS: Record<string, Command> = {
         keep: (f['keep'] as string | undefined) ?? null,
         quiet: f['quiet'] as boolean,
       });
+    },
+  },
+  'e2e-qp': {
+    summary: 'E2E-QP: train only the step sizes of a quantized model end to end (EfficientQAT phase 2)',
+    flags: {
+      model: { type: 'string', required: true, help: 'quantized model directory (output of block-ap)' },
+      data: { type: 'string', required: true, help: 'training text (.txt, .jsonl with `text`, .parquet with `text`)' },
+      out: { type: 'string', required: true, help: 'output directory; must not exist' },
+      'train-size': { type: 'int', default: 4096, min: 1, help: 'training samples' },
+      seqlen: { type: 'int', default: 4096, min: 2, help: 'tokens per sample' },
+      'batch-size': { type: 'int', default: 32, min: 1, help: 'global batch (samples per optimizer step)' },
+      'micro-batch-size': { type: 'int', default: 1, min: 1, help: 'samples per forward/backward (gradient accumulation)' },
+      epochs: { type: 'int', default: 1, min: 1, help: 'epochs' },
+      lr: { type: 'number', min: 0, help: 'learning rate (default: 2e-5 for 2-bit, 1e-5 otherwise)' },
+      'warmup-ratio': { type: 'number', default: 0.03, min: 0, help: 'linear warmup fraction of the steps' },
+      'max-grad-norm': { type: 'number', default: 0.3, min: 0, help: 'gradient-norm clip' },
+      'weight-decay': { type: 'number', default: 0, min: 0, help: 'AdamW weight decay' },
+      seed: { type: 'int', default: 2, help: 'data sampling seed' },
+      quiet: { type: 'boolean', default: false, help: 'no progress output' },
+      json: { type: 'boolean', default: false, help: 'print a JSON summary as the last line of stdout' },
+      threads: threadsFlag,
+    },
+    async run(f) {
+      applyThreads(f);
+      const probe = WeightSource.open(str(f, 'model'));
+      const bits = probe.quant?.bits ?? 4;
+      probe.close();
+      const d = e2eQpDefaults(bits);
+      const r = await runE2eQp({
+        model: str(f, 'model'),
+        data: str(f, 'data'),
+        out: str(f, 'out'),
+        trainSize: int(f, 'train-size'),
+        seqlen: int(f, 'seqlen'),
+        batchSize: int(f, 'batch-size'),
+        microBatchSize: int(f, 'micro-batch-size'),
+        epochs: int(f, 'epochs'),
+        lr: (f['lr'] as number | undefined) ?? d.lr,
+        warmupRatio: f['warmup-ratio'] as number,
+        maxGradNorm: f['max-grad-norm'] as number,
+        weightDecay: f['weight-decay'] as number,
+        seed: int(f, 'seed'),
+        quiet: f['quiet'] as boolean,
+      });
+      if (f['json']) console.log(JSON.stringify({ ...r, peakRssMiB: peakRssMiB() }));
+      else console.log(`wrote ${r.out} (${r.steps} steps, loss ${r.firstLoss.toFixed(4)} -> ${r.lastLoss.toFixed(4)}, ${r.seconds.toFixed(1)} s)`);
     },
   },
 };

@@ -9,7 +9,7 @@
 import { copyFileSync, existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ModelConfig } from '../model/config.js';
-import { BLOCK_LINEARS, BLOCK_PARAM_NAMES, HF_PARAM_NAME, type BlockLinear, type BlockParams } from '../model/block.js';
+import { BLOCK_LINEARS, BLOCK_PARAM_NAMES, HF_PARAM_NAME, blockParamShapes, type BlockLinear, type BlockParams } from '../model/block.js';
 import { writeSafetensors, type TensorToWrite } from './safetensors-write.js';
 import { gIdx, packQweight, packQzeros } from '../quant/gptq-pack.js';
 import { quantConfigJson } from '../quant/checkpoint-config.js';
@@ -45,6 +45,7 @@ export function shardCount(cfg: ModelConfig): number {
 /** The tensors of block i: packed linears, plus norms and biases in f32 (they were trained). */
 export function blockShardTensors(
   i: number,
+  cfg: ModelConfig,
   frozen: FrozenLinears,
   params: BlockParams,
   bits: number,
@@ -52,9 +53,9 @@ export function blockShardTensors(
 ): TensorToWrite[] {
   const out: TensorToWrite[] = [];
   const prefix = `model.layers.${i}.`;
+  const shapes = blockParamShapes(cfg);
   for (const [key, module] of BLOCK_LINEARS) {
-    const w = params[key];
-    const [O, I] = w.shape as [number, number];
+    const [O, I] = shapes[key] as [number, number];
     const groups = I / groupSize;
     const f = frozen[key];
     // scales to (groups, O)

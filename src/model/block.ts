@@ -240,8 +240,52 @@ export class BlockWorkspace {
   }
 }
 
-/** y (B, T, C) = block(x (B, T, C)); keeps what the backward needs in ws. y may not alias x. */
-export function blockForward(cfg: ModelConfig, p: BlockParams, ws: BlockWorkspace, x: Tensor, y: Tensor): void {
+/**
+ * How a block's linear layers compute: dense f32 weights from BlockParams (full precision,
+ * and Block-AP's fake-quantized weights), or packed low-bit weights (E2E-QP, quantized eval).
+ * Biases are part of the layer.
+ */
+export interface LinearImpl {
+  // out (N, O) = x (N, I) Wᵀ + b
+  forward(out: Tensor, x: Tensor, key: BlockLinear): void;
+  // dx (N, I) = dout W (overwritten, or accumulated when accumulateDx); parameter gradients accumulate
+  backward(dx: Tensor | null, dout: Tensor, x: Tensor, key: BlockLinear, accumulateDx: boolean): void;
+}
+
+const BIAS_OF: Record<BlockLinear, BlockParamName> = {
+  q: 'qBias',
+  k: 'kBias',
+  v: 'vBias',
+  o: 'oBias',
+  gate: 'gateBias',
+  up: 'upBias',
+  down: 'downBias',
+};
+
+/** Dense linears reading W and b from p; gradients (when g is given) accumulate into g. */
+export function denseLinears(p: BlockParams, g: BlockParams | null = null): LinearImpl {
+  return {
+    forward(out, x, key) {
+      linearForward(out, x, p[key], p[BIAS_OF[key]]);
+    },
+    backward(dx, dout, x, key, accumulateDx) {
+      linearBackward(dx, g ? g[key] : null, g ? g[BIAS_OF[key]] : null, dout, x, p[key], accumulateDx);
+    },
+  };
+}
+
+/**
+ * y (B, T, C) = block(x (B, T, C)); keeps what the backward needs in ws. y may not alias x.
+ * Norms (and, with the default dense linears, weights and biases) come from p.
+ */
+export function blockForward(
+  cfg: ModelConfig,
+  p: BlockParams,
+  ws: BlockWorkspace,
+  x: Tensor,
+  y: Tensor,
+  lin: LinearImpl = denseLinears(p),
+): void {
   const { B, T } = ws;
   const N = B * T;
   const C = cfg.hiddenSize;
@@ -255,9 +299,9 @@ export function blockForward(cfg: ModelConfig, p: BlockParams, ws: BlockWorkspac
 
   // attention
   rmsnormForward(ws.ln1, ws.rstd1, x2, p.inputNorm, eps);
-  linearForward(ws.qLin, ws.ln1, p.q, p.qBias);
-  linearForward(ws.kLin, ws.ln1, p.k, p.kBias);
-  linearForward(ws.v.view([N, Hkv * D]), ws.ln1, p.v, p.vBias);
+  lin.forward(ws.qLin, ws.ln1, 'q');
+  lin.forward(ws.kLin, ws.ln1, 'k');
+  lin.forward(ws.v.view([N, Hkv * D]), ws.ln1, 'v');
   if (cfg.qkNorm) {
     rmsnormForward(ws.qNormed.view([N * H, D]), ws.qRstd, ws.qLin.view([N * H, D]), p.qNorm!, eps);
     rmsnormForward(ws.kNormed.view([N * Hkv, D]), ws.kRstd, ws.kLin.view([N * Hkv, D]), p.kNorm!, eps);
@@ -265,21 +309,22 @@ export function blockForward(cfg: ModelConfig, p: BlockParams, ws: BlockWorkspac
   ropeForward(ws.qRot, ws.qNormed.view([B, T, H, D]), ws.cos, ws.sin);
   ropeForward(ws.kRot, ws.kNormed.view([B, T, Hkv, D]), ws.cos, ws.sin);
   attentionForward(ws.att, ws.lse, ws.qRot, ws.kRot, ws.v, { window });
-  linearForward(ws.tmpC, ws.att.view([N, H * D]), p.o, p.oBias);
+  lin.forward(ws.tmpC, ws.att.view([N, H * D]), 'o');
   add(ws.h, x2, ws.tmpC);
 
   // MLP
   rmsnormForward(ws.ln2, ws.rstd2, ws.h, p.postNorm, eps);
-  linearForward(ws.gate, ws.ln2, p.gate, p.gateBias);
-  linearForward(ws.up, ws.ln2, p.up, p.upBias);
+  lin.forward(ws.gate, ws.ln2, 'gate');
+  lin.forward(ws.up, ws.ln2, 'up');
   swigluForward(ws.act, ws.gate, ws.up);
-  linearForward(ws.tmpC, ws.act, p.down, p.downBias);
+  lin.forward(ws.tmpC, ws.act, 'down');
   add(y2, ws.h, ws.tmpC);
 }
 
 /**
- * Backward of blockForward (which must have run on the same ws and x).
- * Parameter gradients accumulate into g; dx (B, T, C) is overwritten when given.
+ * Backward of blockForward (which must have run on the same ws, x and linears).
+ * Norm gradients (and, with the default dense linears, weight and bias gradients) accumulate
+ * into g; dx (B, T, C) is overwritten when given.
  */
 export function blockBackward(
   cfg: ModelConfig,
@@ -289,6 +334,7 @@ export function blockBackward(
   x: Tensor,
   dy: Tensor,
   dx: Tensor | null,
+  lin: LinearImpl = denseLinears(p, g),
 ): void {
   const { B, T } = ws;
   const N = B * T;
@@ -301,18 +347,18 @@ export function blockBackward(
   const window = cfg.slidingWindow;
 
   // MLP: y = h + down(act)
-  linearBackward(ws.dAct, g.down, g.downBias, dy2, ws.act, p.down);
+  lin.backward(ws.dAct, dy2, ws.act, 'down', false);
   fill(ws.dGate, 0);
   fill(ws.dUp, 0);
   swigluBackward(ws.dGate, ws.dUp, ws.dAct, ws.gate, ws.up);
-  linearBackward(ws.dln, g.gate, g.gateBias, ws.dGate, ws.ln2, p.gate);
-  linearBackward(ws.dln, g.up, g.upBias, ws.dUp, ws.ln2, p.up, true);
+  lin.backward(ws.dln, ws.dGate, ws.ln2, 'gate', false);
+  lin.backward(ws.dln, ws.dUp, ws.ln2, 'up', true);
   // dh = dy + rmsnorm backward
   ws.dh.f32.set(dy2.f32);
   rmsnormBackward(ws.dh, g.postNorm, ws.dln, ws.h, p.postNorm, ws.rstd2);
 
   // attention: h = x + o(att)
-  linearBackward(ws.dAtt.view([N, H * D]), g.o, g.oBias, ws.dh, ws.att.view([N, H * D]), p.o);
+  lin.backward(ws.dAtt.view([N, H * D]), ws.dh, ws.att.view([N, H * D]), 'o', false);
   fill(ws.dq, 0);
   fill(ws.dk, 0);
   fill(ws.dv, 0);
@@ -331,9 +377,9 @@ export function blockBackward(
     ropeBackward(ws.dqLin.view([B, T, H, D]), ws.dq, ws.cos, ws.sin);
     ropeBackward(ws.dkLin.view([B, T, Hkv, D]), ws.dk, ws.cos, ws.sin);
   }
-  linearBackward(ws.dln, g.q, g.qBias, ws.dqLin, ws.ln1, p.q);
-  linearBackward(ws.dln, g.k, g.kBias, ws.dkLin, ws.ln1, p.k, true);
-  linearBackward(ws.dln, g.v, g.vBias, ws.dv.view([N, Hkv * D]), ws.ln1, p.v, true);
+  lin.backward(ws.dln, ws.dqLin, ws.ln1, 'q', false);
+  lin.backward(ws.dln, ws.dkLin, ws.ln1, 'k', true);
+  lin.backward(ws.dln, ws.dv.view([N, Hkv * D]), ws.ln1, 'v', true);
   if (dx) {
     const dx2 = dx.view([N, C]);
     dx2.f32.set(ws.dh.f32);

@@ -1,11 +1,13 @@
 // Whole-model forward for evaluation and generation: embedding → blocks → final RMSNorm →
 // lm_head, in f32. Two ways to walk it:
 // - LoadedModel keeps every block in memory (generation, small models);
+// Quantized checkpoints run on their packed weights (never dequantized as a whole).
 // - forwardLayerwise streams one block at a time over a batch of sequences held as hidden
 //   states (evaluation of large models on a machine with less RAM than the model).
 import { Tensor } from '../engine/tensor.js';
 import type { ModelConfig } from './config.js';
-import { allocBlockParams, blockForward, BlockWorkspace, type BlockParams } from './block.js';
+import { allocBlockParams, blockForward, BlockWorkspace, denseLinears, type BlockParams, type LinearImpl } from './block.js';
+import { loadPackedBlock, packedLinears } from './quantized.js';
 import { ropeTables } from './rope.js';
 import { embeddingForward } from '../ops/embedding.js';
 import { rmsnormForward } from '../ops/rmsnorm.js';
@@ -16,7 +18,7 @@ export class LoadedModel {
   private constructor(
     readonly cfg: ModelConfig,
     readonly embedding: Tensor, // (V, C)
-    readonly blocks: BlockParams[],
+    readonly blocks: { params: BlockParams; lin: LinearImpl }[],
     readonly finalNorm: Tensor, // (C)
     readonly lmHead: Tensor, // (V, C)
   ) {}
@@ -24,11 +26,9 @@ export class LoadedModel {
   static load(src: WeightSource, onBlock?: (i: number) => void): LoadedModel {
     const cfg = src.cfg;
     const embedding = src.embedding();
-    const blocks: BlockParams[] = [];
+    const blocks: { params: BlockParams; lin: LinearImpl }[] = [];
     for (let i = 0; i < cfg.numLayers; i++) {
-      const { params } = allocBlockParams(cfg);
-      src.loadBlock(i, params);
-      blocks.push(params);
+      blocks.push(loadBlockForCompute(src, i));
       onBlock?.(i);
     }
     return new LoadedModel(cfg, embedding, blocks, src.finalNorm(), src.lmHead(embedding));
@@ -43,8 +43,8 @@ export class LoadedModel {
     let x = Tensor.zeros([B, T, C]);
     let y = Tensor.zeros([B, T, C]);
     embeddingForward(x.view([N, C]), Tensor.fromI32(ids), this.embedding);
-    for (const p of this.blocks) {
-      blockForward(cfg, p, ws, x, y);
+    for (const b of this.blocks) {
+      blockForward(cfg, b.params, ws, x, y, b.lin);
       [x, y] = [y, x];
     }
     return headLogits(cfg, x.view([N, C]), this.finalNorm, this.lmHead);
@@ -79,7 +79,7 @@ export function forwardLayerwise(
   const hidden = Tensor.zeros([count * T, C]);
   const emb = src.embedding();
   embeddingForward(hidden, Tensor.fromI32(ids.subarray(0, count * T)), emb);
-  const { params } = allocBlockParams(cfg);
+  const dense = src.quant ? null : allocBlockParams(cfg).params;
   const rope = ropeTables(cfg, 0, T);
   const wsFull = new BlockWorkspace(cfg, batch, T, rope, { training: false });
   const rem = count % batch;
@@ -88,16 +88,35 @@ export function forwardLayerwise(
   const total = cfg.numLayers * Math.ceil(count / batch);
   let done = 0;
   for (let l = 0; l < cfg.numLayers; l++) {
-    src.loadBlock(l, params);
+    let params: BlockParams;
+    let lin: LinearImpl;
+    if (dense) {
+      src.loadBlock(l, dense);
+      params = dense;
+      lin = denseLinears(dense);
+    } else {
+      ({ params, lin } = loadBlockForCompute(src, l));
+    }
     for (let s = 0; s < count; s += batch) {
       const b = Math.min(batch, count - s);
       const ws = b === batch ? wsFull : wsRem!;
       const x = hidden.rows(s * T, b * T).view([b, T, C]);
       const y = b === batch ? out : out.rows(0, b);
-      blockForward(cfg, params, ws, x, y.view([b, T, C]));
+      blockForward(cfg, params, ws, x, y.view([b, T, C]), lin);
       x.f32.set(y.f32.subarray(0, b * T * C));
       onStep?.(++done, total);
     }
   }
   return hidden;
+}
+
+/** Block i ready to compute: dense f32 for a full-precision checkpoint, packed for a quantized one. */
+export function loadBlockForCompute(src: WeightSource, i: number): { params: BlockParams; lin: LinearImpl } {
+  if (src.quant) {
+    const b = loadPackedBlock(src, i);
+    return { params: b.params, lin: packedLinears(b) };
+  }
+  const { params } = allocBlockParams(src.cfg);
+  src.loadBlock(i, params);
+  return { params, lin: denseLinears(params) };
 }

@@ -19,7 +19,6 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, appendFileSync
 import { join, resolve } from 'node:path';
 import { totalmem } from 'node:os';
 import { Tensor, Arena } from '../engine/tensor.js';
-import { fromF32, toF32 } from '../engine/dtype.js';
 import { WeightSource, loadBlockParams } from '../model/weights.js';
 import type { ModelConfig } from '../model/config.js';
 import {
@@ -37,7 +36,7 @@ import { fill } from '../ops/elementwise.js';
 import { mseBackward, mseForward } from '../ops/reduce.js';
 import { adamwStep } from '../ops/adamw.js';
 import { fakeQuantBackward, fakeQuantForward, quantizeNative } from '../quant/fakequant.js';
-import { checkGroupLayout, dequantize, minMaxInit, qmax, roundHalfEven } from '../quant/primitives.js';
+import { checkGroupLayout, dequantize, minMaxInit, scalesToF16, zerosToInt } from '../quant/primitives.js';
 import { checkGptqLayout } from '../quant/formats.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import { writeSafetensors } from '../io/safetensors-write.js';
@@ -322,27 +321,12 @@ class BlockTrainer {
    */
   freeze(): FrozenLinears {
     const frozen = {} as FrozenLinears;
-    const qm = qmax(this.bits);
     for (const [key] of BLOCK_LINEARS) {
       const w = this.P[key];
       const [O, I] = w.shape as [number, number];
-      const s = this.Q.scale[key].f32;
-      const z = this.Q.zero[key].f32;
-      const clamped = new Float32Array(s.length);
-      for (let j = 0; j < s.length; j++) clamped[j] = Math.min(1e4, Math.max(1e-4, s[j]!));
-      const scaleF16 = fromF32('f16', clamped);
-      let s16 = toF32('f16', scaleF16);
-      for (let j = 0; j < s16.length; j++) {
-        // keep the stored f16 scale inside the clamp range so dequantization never re-clamps it
-        while (s16[j]! < 1e-4) s16 = bumpF16(scaleF16, j, +1);
-        while (s16[j]! > 1e4) s16 = bumpF16(scaleF16, j, -1);
-      }
-      const zero = new Uint8Array(z.length);
-      const zf = new Float32Array(z.length);
-      for (let j = 0; j < z.length; j++) {
-        zero[j] = Math.min(qm, Math.max(0, roundHalfEven(z[j]!)));
-        zf[j] = zero[j]!;
-      }
+      const { f16: scaleF16, f32: s16 } = scalesToF16(this.Q.scale[key].f32);
+      const zero = zerosToInt(this.Q.zero[key].f32, this.bits);
+      const zf = Float32Array.from(zero);
       const q = new Uint8Array(O * I);
       quantizeNative(q, w.f32, s16, zf, O, I, this.bits, this.G);
       dequantize(q, s16, zf, O, I, this.bits, this.G, this.Wq[key].f32);
@@ -382,11 +366,6 @@ class BlockTrainer {
     }
     return count > 0 ? total / count : NaN;
   }
-}
-
-function bumpF16(bits: Uint16Array, j: number, dir: number): Float32Array {
-  bits[j] = bits[j]! + dir;
-  return toF32('f16', bits);
 }
 
 interface PartialState {
@@ -562,7 +541,7 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
         trainer.initQuant();
       }
       const frozen = trainer.freeze();
-      const tensors = blockShardTensors(i, frozen, trainer.Wq, opts.wbits, opts.groupSize);
+      const tensors = blockShardTensors(i, cfg, frozen, trainer.Wq, opts.wbits, opts.groupSize);
       writeSafetensors(join(partial, shardName(i, nShards)), tensors);
       shardNames.push(tensors.map((t) => t.name));
       if (training && i + 1 < cfg.numLayers) trainer.forwardCache(trainer.Wq, xq!, 0, total);

@@ -19,6 +19,7 @@
 //   ds = Σ_group (inRange ? dŴ * (round(u) - u) : dŴ * (q - z_r))
 //   dz = Σ_group (inRange ? 0 : -dŴ * s_c)
 import { expectDtype, expectShape, type Tensor } from '../engine/tensor.js';
+import { f16ToF32Ref, fromF32, toF32 } from '../engine/dtype.js';
 
 const fround = Math.fround;
 
@@ -281,4 +282,29 @@ export function fakeQuantBackwardRef(
     gs[g] = fround(gs[g]! + ds);
     gz[g] = fround(gz[g]! + dz);
   }
+}
+
+/**
+ * Step sizes as a checkpoint stores them: f16, the nearest f16 to the clamped value, moved
+ * inward when rounding left the clamp range, so dequantizing the stored scale never re-clamps
+ * it. Returns the f16 bits and their f32 values (what training continues with / evaluates).
+ */
+export function scalesToF16(scale: Float32Array): { f16: Uint16Array; f32: Float32Array } {
+  const clamped = new Float32Array(scale.length);
+  for (let j = 0; j < scale.length; j++) clamped[j] = clampScale(scale[j]!);
+  const f16 = fromF32('f16', clamped);
+  const f32 = toF32('f16', f16);
+  for (let j = 0; j < f32.length; j++) {
+    while (f32[j]! < SCALE_MIN) f32[j] = f16ToF32Ref((f16[j] = f16[j]! + 1));
+    while (f32[j]! > SCALE_MAX) f32[j] = f16ToF32Ref((f16[j] = f16[j]! - 1));
+  }
+  return { f16, f32 };
+}
+
+/** Integer zero points z_r = clamp(round(z), 0, qmax) as stored. */
+export function zerosToInt(zero: Float32Array, bits: number): Uint8Array {
+  const qm = qmax(bits);
+  const out = new Uint8Array(zero.length);
+  for (let j = 0; j < zero.length; j++) out[j] = roundZero(zero[j]!, qm);
+  return out;
 }
