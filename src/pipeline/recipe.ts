@@ -1,0 +1,608 @@
+// The recipe of `eqat quantize`: every setting of both EfficientQAT phases (Block-AP, then
+// E2E-QP) in one typed object, with the paper's presets per bit width, read from a JSON or YAML
+// file, merged with command-line flags, validated, and written back into the output directory
+// so that a run can be repeated exactly.
+//
+// File format (JSON for .json, YAML for .yaml/.yml; keys in snake_case, every key optional):
+//   model, calib, out, wbits, group_size, seed,
+//   block_ap: { train_size, val_size, seqlen, batch_size, epochs, quant_lr, weight_lr, min_lr_factor, weight_decay }
+//   e2e_qp:   { data, data_format, train_size, seqlen, batch_size, micro_batch_size, epochs, lr,
+//               warmup_ratio, max_grad_norm, weight_decay }
+// Paths are kept as written (relative paths are relative to the working directory, as on the
+// command line). Unknown keys, wrong types and out-of-range values are errors that name the
+// file and the full key path. Keys the file leaves out take the preset for the final wbits.
+//
+// The flow of the quantize command:
+//   const file = recipePath ? loadRecipeFile(recipePath) : {};       // only what the file sets
+//   const recipe = mergeRecipe(file, overridesFromFlags(flags), where); // flags win; presets fill the rest
+//   validateRecipe(recipe, where); validateRecipeForModel(recipe, loadConfig(recipe.model), where);
+//   writeFile(join(out, ...), JSON.stringify(recipeToJson(recipe), null, 2));
+// Presets are applied only at the merge, never at load time: a file without weight_lr run with
+// `--wbits 2` must get the 2-bit learning rate, not the one for the file's own wbits.
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { extname, resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { blockApDefaults } from './block-ap.js';
+import { LINEAR_NAMES, linearShape, type ModelConfig } from '../model/config.js';
+import { checkGptqLayout } from '../quant/formats.js';
+import { SUPPORTED_CORPUS_EXTENSIONS } from '../data/documents.js';
+import { describeJson, isJsonObject } from '../io/errors.js';
+import type { FlagSpec, FlagSpecs, ParsedFlags } from '../cli/args.js';
+
+export interface BlockApSettings {
+  /** Training windows of `seqlen` tokens drawn from the calibration corpus. */
+  trainSize: number;
+  /** Validation windows (disjoint from training); 0 = none. */
+  valSize: number;
+  seqlen: number;
+  /** Windows per optimizer step. */
+  batchSize: number;
+  /** Epochs per block; 0 = round-to-nearest with the min-max init. */
+  epochs: number;
+  /** AdamW learning rate of step sizes and zero points. */
+  quantLr: number;
+  /** AdamW learning rate of weights, norms and biases. */
+  weightLr: number;
+  /** The cosine schedule ends at lr / minLrFactor. */
+  minLrFactor: number;
+  weightDecay: number;
+}
+
+export interface E2eQpSettings {
+  /** Training data; null = the calibration corpus (`calib`). */
+  data: string | null;
+  /** auto: a .json/.jsonl file whose first record has instruction/output or messages is instruction data, anything else text. */
+  dataFormat: 'auto' | 'text' | 'instruct';
+  /** Training samples (text windows or instruction records, cycled when the data has fewer). */
+  trainSize: number;
+  seqlen: number;
+  /** Global batch: samples per optimizer step. */
+  batchSize: number;
+  /** Samples per forward/backward pass; gradients accumulate over batchSize / microBatchSize passes. */
+  microBatchSize: number;
+  /** 0 skips E2E-QP. */
+  epochs: number;
+  /** AdamW learning rate of the step sizes (the only parameters E2E-QP trains). */
+  lr: number;
+  /** Fraction of the steps spent in linear warm-up. */
+  warmupRatio: number;
+  /** Global gradient-norm clip; 0 = no clipping. */
+  maxGradNorm: number;
+  weightDecay: number;
+}
+
+export interface QuantizeRecipe {
+  /** Full-precision Hugging Face model directory. */
+  model: string;
+  /** Calibration corpus of Block-AP (.txt, .jsonl with `text`, .parquet with `text`). */
+  calib: string;
+  /** Output directory. */
+  out: string;
+  wbits: number;
+  groupSize: number;
+  seed: number;
+  blockAp: BlockApSettings;
+  e2eQp: E2eQpSettings;
+}
+
+/** What a file or the command line sets: any subset of the recipe, camelCase, nothing filled in. */
+export interface RecipeOverrides {
+  model?: string;
+  calib?: string;
+  out?: string;
+  wbits?: number;
+  groupSize?: number;
+  seed?: number;
+  blockAp?: Partial<BlockApSettings>;
+  e2eQp?: Partial<E2eQpSettings>;
+}
+
+/** A problem with a recipe; the message starts with where the recipe came from and the key path. */
+export class RecipeError extends Error {
+  /** The file (or e.g. "command line") the recipe came from. */
+  readonly where: string;
+  /** Full snake_case key path, e.g. "block_ap.quant_lr"; '' for the document as a whole. */
+  readonly key: string;
+  constructor(where: string, key: string, problem: string) {
+    super(`${where}: ${key ? key + ': ' : ''}${problem}`);
+    this.name = 'RecipeError';
+    this.where = where;
+    this.key = key;
+  }
+}
+
+export const SUPPORTED_BITS = [2, 3, 4, 8] as const;
+export const DATA_FORMATS = ['auto', 'text', 'instruct'] as const;
+/** Extensions of instruction data files (src/data/instruct.ts). */
+export const INSTRUCT_EXTENSIONS = ['.jsonl', '.json'] as const;
+
+/**
+ * The paper's recipe for `wbits` (EfficientQAT): Block-AP as blockApDefaults (4096 x 2048-token
+ * windows, val 64, batch 2, 2 epochs, s/z lr 1e-4, weight lr 2e-5 at 2 bits else 1e-5, cosine to
+ * lr/20, no weight decay); E2E-QP on the calibration data, 4096 samples x 4096 tokens, global
+ * batch 32 in micro batches of 1, 1 epoch, lr 2e-5 at 2 bits else 1e-5, 3% warm-up, clip 0.3,
+ * no weight decay. Group size 64 at 2 bits, 128 otherwise.
+ */
+export function defaultRecipe(wbits: number): Omit<QuantizeRecipe, 'model' | 'calib' | 'out'> {
+  const b = blockApDefaults(wbits);
+  return {
+    wbits,
+    groupSize: wbits === 2 ? 64 : 128,
+    seed: b.seed,
+    blockAp: {
+      trainSize: b.trainSize,
+      valSize: b.valSize,
+      seqlen: b.seqlen,
+      batchSize: b.batchSize,
+      epochs: b.epochs,
+      quantLr: b.quantLr,
+      weightLr: b.weightLr,
+      minLrFactor: b.minLrFactor,
+      weightDecay: b.weightDecay,
+    },
+    e2eQp: {
+      data: null,
+      dataFormat: 'auto',
+      trainSize: 4096,
+      seqlen: 4096,
+      batchSize: 32,
+      microBatchSize: 1,
+      epochs: 1,
+      lr: wbits === 2 ? 2e-5 : 1e-5,
+      warmupRatio: 0.03,
+      maxGradNorm: 0.3,
+      weightDecay: 0,
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The schema: one table drives file parsing, range checks, flags and recipeToJson.
+
+type FieldKind =
+  | { type: 'string' } // non-empty
+  | { type: 'nullable-string' } // non-empty or null
+  | { type: 'choice'; values: readonly string[] }
+  | { type: 'bits' }
+  | { type: 'int'; min: number; max?: number }
+  | { type: 'number'; min: number; max?: number; maxExclusive?: boolean };
+
+interface Field {
+  /** snake_case key in the file. */
+  key: string;
+  /** camelCase property in the recipe object. */
+  prop: string;
+  kind: FieldKind;
+  help: string;
+}
+
+type Section = 'top' | 'block_ap' | 'e2e_qp';
+
+const SECTION_PROP = { block_ap: 'blockAp', e2e_qp: 'e2eQp' } as const;
+
+const f = (key: string, kind: FieldKind, help: string): Field => ({
+  key,
+  prop: key.replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase()),
+  kind,
+  help,
+});
+
+const SCHEMA: Record<Section, Field[]> = {
+  top: [
+    f('model', { type: 'string' }, 'full-precision Hugging Face model directory'),
+    f('calib', { type: 'string' }, 'Block-AP calibration text (.txt, .jsonl with `text`, .parquet with `text`)'),
+    f('out', { type: 'string' }, 'output directory (GPTQ v2 checkpoint); must not exist'),
+    f('wbits', { type: 'bits' }, 'weight bits: 2, 3, 4 or 8'),
+    f('group_size', { type: 'int', min: 1 }, 'quantization group size along the input dimension (preset: 64 for 2-bit, 128 otherwise)'),
+    f('seed', { type: 'int', min: 0, max: 0xffffffff }, 'seed of data sampling and shuffling (preset: 2)'),
+  ],
+  block_ap: [
+    f('train_size', { type: 'int', min: 1 }, 'Block-AP training windows (preset: 4096)'),
+    f('val_size', { type: 'int', min: 0 }, 'Block-AP validation windows, disjoint from training (preset: 64)'),
+    f('seqlen', { type: 'int', min: 2 }, 'Block-AP tokens per window (preset: 2048)'),
+    f('batch_size', { type: 'int', min: 1 }, 'Block-AP windows per step (preset: 2)'),
+    f('epochs', { type: 'int', min: 0 }, 'Block-AP epochs per block; 0 = round-to-nearest (preset: 2)'),
+    f('quant_lr', { type: 'number', min: 0 }, 'Block-AP learning rate of step sizes and zero points (preset: 1e-4)'),
+    f('weight_lr', { type: 'number', min: 0 }, 'Block-AP learning rate of weights and norms (preset: 2e-5 for 2-bit, 1e-5 otherwise)'),
+    f('min_lr_factor', { type: 'number', min: 1 }, 'Block-AP cosine schedule ends at lr / this (preset: 20)'),
+    f('weight_decay', { type: 'number', min: 0 }, 'Block-AP AdamW weight decay (preset: 0)'),
+  ],
+  e2e_qp: [
+    f('data', { type: 'nullable-string' }, 'E2E-QP training data: text corpus or instruction .jsonl/.json (preset: the calibration data)'),
+    f('data_format', { type: 'choice', values: DATA_FORMATS }, 'E2E-QP data format (preset: auto)'),
+    f('train_size', { type: 'int', min: 1 }, 'E2E-QP training samples (preset: 4096)'),
+    f('seqlen', { type: 'int', min: 2 }, 'E2E-QP tokens per sample (preset: 4096)'),
+    f('batch_size', { type: 'int', min: 1 }, 'E2E-QP global batch, samples per step (preset: 32)'),
+    f('micro_batch_size', { type: 'int', min: 1 }, 'E2E-QP samples per forward/backward pass; divides batch_size (preset: 1)'),
+    f('epochs', { type: 'int', min: 0 }, 'E2E-QP epochs; 0 skips E2E-QP (preset: 1)'),
+    f('lr', { type: 'number', min: 0 }, 'E2E-QP learning rate of the step sizes (preset: 2e-5 for 2-bit, 1e-5 otherwise)'),
+    f('warmup_ratio', { type: 'number', min: 0, max: 1, maxExclusive: true }, 'E2E-QP fraction of steps in linear warm-up (preset: 0.03)'),
+    f('max_grad_norm', { type: 'number', min: 0 }, 'E2E-QP gradient-norm clip; 0 = none (preset: 0.3)'),
+    f('weight_decay', { type: 'number', min: 0 }, 'E2E-QP AdamW weight decay (preset: 0)'),
+  ],
+};
+
+const SECTIONS = ['block_ap', 'e2e_qp'] as const;
+
+function pathOf(section: Section, key: string): string {
+  return section === 'top' ? key : `${section}.${key}`;
+}
+
+function expected(kind: FieldKind): string {
+  switch (kind.type) {
+    case 'string':
+      return 'a string';
+    case 'nullable-string':
+      return 'a string or null';
+    case 'choice':
+      return `one of ${kind.values.map((v) => `'${v}'`).join(', ')}`;
+    case 'bits':
+    case 'int':
+      return 'an integer';
+    case 'number':
+      return 'a number';
+  }
+}
+
+/** Checks one value against its field; returns the problem, or null when it is fine. */
+function fieldProblem(v: unknown, kind: FieldKind): string | null {
+  const got = describeJson(v);
+  switch (kind.type) {
+    case 'string':
+      if (typeof v !== 'string') return `expected ${expected(kind)}, got ${got}`;
+      return v.trim() === '' ? 'must not be empty' : null;
+    case 'nullable-string':
+      if (v === null) return null;
+      if (typeof v !== 'string') return `expected ${expected(kind)}, got ${got}`;
+      return v.trim() === '' ? 'must not be empty (use null for the default)' : null;
+    case 'choice':
+      if (typeof v !== 'string' || !kind.values.includes(v)) return `expected ${expected(kind)}, got ${got}`;
+      return null;
+    case 'bits':
+      if (typeof v !== 'number' || !Number.isInteger(v)) return `expected ${expected(kind)}, got ${got}`;
+      return (SUPPORTED_BITS as readonly number[]).includes(v) ? null : `must be 2, 3, 4 or 8, got ${v}`;
+    case 'int':
+      if (typeof v !== 'number' || !Number.isSafeInteger(v)) return `expected ${expected(kind)}, got ${got}`;
+      if (v < kind.min) return `must be >= ${kind.min}, got ${v}`;
+      if (kind.max !== undefined && v > kind.max) return `must be <= ${kind.max}, got ${v}`;
+      return null;
+    case 'number':
+      if (typeof v !== 'number' || !Number.isFinite(v)) return `expected ${expected(kind)}, got ${got}`;
+      if (v < kind.min) return `must be >= ${kind.min}, got ${v}`;
+      if (kind.max !== undefined && (kind.maxExclusive ? v >= kind.max : v > kind.max)) {
+        return `must be ${kind.maxExclusive ? '<' : '<='} ${kind.max}, got ${v}`;
+      }
+      return null;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// "did you mean" for unknown keys
+
+function levenshtein(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) {
+      cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    prev = cur;
+  }
+  return prev[b.length]!;
+}
+
+/** groupSize, group-size, Group_Size → group_size. */
+function normalizeKey(k: string): string {
+  return k
+    .replace(/([a-z0-9])([A-Z])/g, '$1_$2')
+    .replace(/[-\s.]+/g, '_')
+    .toLowerCase();
+}
+
+/**
+ * Candidate keys for an unknown `key` in `section`: keys of the same section that are close in
+ * spelling or share all words with it (lr → quant_lr, weight_lr), at most two, closest first;
+ * failing that, the same key in another section (train_size at the top → block_ap.train_size).
+ */
+function suggestions(key: string, section: Section): string[] {
+  const norm = normalizeKey(key);
+  const words = norm.split('_').filter(Boolean);
+  const own = SCHEMA[section].map((x) => x.key);
+  if (own.includes(norm)) return [norm];
+  const scored: [string, number][] = [];
+  for (const c of own) {
+    const cw = c.split('_');
+    const d = levenshtein(norm, c);
+    const close = d <= Math.max(1, Math.floor(Math.max(norm.length, c.length) / 4));
+    const sharesWords = words.every((w) => cw.includes(w)) || cw.every((w) => words.includes(w));
+    if (close || sharesWords) scored.push([c, d]);
+  }
+  if (scored.length > 0) {
+    return scored
+      .sort((a, b) => a[1] - b[1])
+      .slice(0, 2)
+      .map(([c]) => c);
+  }
+  const elsewhere: string[] = [];
+  for (const s of ['top', ...SECTIONS] as Section[]) {
+    if (s === section) continue;
+    if (SCHEMA[s].some((x) => x.key === norm)) elsewhere.push(pathOf(s, norm));
+    if (s !== 'top' && (norm === s || levenshtein(norm, s) <= 2)) elsewhere.push(s);
+  }
+  return elsewhere;
+}
+
+function unknownKeyProblem(key: string, section: Section): string {
+  const s = suggestions(key, section);
+  if (s.length === 0) return 'unknown key';
+  const list = s.length === 1 ? s[0]! : `${s.slice(0, -1).join(', ')} or ${s[s.length - 1]}`;
+  return `unknown key (did you mean ${list}?)`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading a recipe file
+
+/**
+ * Parses a JSON/YAML document (already decoded) into overrides: unknown keys, wrong types and
+ * out-of-range values throw a RecipeError naming `where` and the key path. Nothing is filled in.
+ */
+export function parseRecipeObject(doc: unknown, where: string): RecipeOverrides {
+  if (!isJsonObject(doc)) {
+    throw new RecipeError(where, '', `a recipe must be a mapping of keys to values, got ${describeJson(doc)}`);
+  }
+  const out: Record<string, unknown> = {};
+  const readSection = (obj: Record<string, unknown>, section: Section, target: Record<string, unknown>): void => {
+    const fields = SCHEMA[section];
+    for (const key of Object.keys(obj)) {
+      const value = obj[key];
+      if (section === 'top' && (SECTIONS as readonly string[]).includes(key)) {
+        const s = key as (typeof SECTIONS)[number];
+        if (!isJsonObject(value)) throw new RecipeError(where, key, `expected a mapping of settings, got ${describeJson(value)}`);
+        const sub: Record<string, unknown> = {};
+        readSection(value, s, sub);
+        target[SECTION_PROP[s]] = sub;
+        continue;
+      }
+      const field = fields.find((x) => x.key === key);
+      if (!field) throw new RecipeError(where, pathOf(section, key), unknownKeyProblem(key, section));
+      const problem = fieldProblem(value, field.kind);
+      if (problem) throw new RecipeError(where, pathOf(section, key), problem);
+      target[field.prop] = value;
+    }
+  };
+  readSection(doc, 'top', out);
+  return out as RecipeOverrides;
+}
+
+/** Adds "line L, column C" to a JSON.parse message that gives only a character position. */
+function withLineColumn(message: string, text: string): string {
+  const m = /at position (\d+)/.exec(message);
+  if (!m || /line \d+/.test(message)) return message;
+  const before = text.slice(0, Number(m[1]));
+  const line = before.split('\n').length;
+  const column = before.length - before.lastIndexOf('\n');
+  return `${message} (line ${line}, column ${column})`;
+}
+
+/**
+ * Reads a recipe file: JSON for .json, YAML (1.2) for .yaml/.yml. Returns only what the file
+ * sets (merge with mergeRecipe to fill the presets). Errors name the file, and for bad keys the
+ * key path; parse errors give the line.
+ */
+export function loadRecipeFile(path: string): RecipeOverrides {
+  const ext = extname(path).toLowerCase();
+  if (!['.json', '.yaml', '.yml'].includes(ext)) {
+    throw new RecipeError(path, '', `unsupported recipe format (${ext ? `extension "${extname(path)}"` : 'no extension'}); use .json, .yaml or .yml`);
+  }
+  if (!existsSync(path)) throw new RecipeError(path, '', 'recipe file not found');
+  if (!statSync(path).isFile()) throw new RecipeError(path, '', 'not a regular file');
+  let text = readFileSync(path, 'utf8');
+  if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
+  let doc: unknown;
+  if (ext === '.json') {
+    try {
+      doc = JSON.parse(text);
+    } catch (e) {
+      throw new RecipeError(path, '', `not valid JSON: ${withLineColumn((e as Error).message, text)}`);
+    }
+  } else {
+    try {
+      // YAML 1.2 core schema: 1e-5 is a number, yes/no are strings; duplicate keys are errors.
+      doc = parseYaml(text, { prettyErrors: true, uniqueKeys: true });
+    } catch (e) {
+      throw new RecipeError(path, '', `not valid YAML: ${(e as Error).message.replace(/\s+$/, '')}`);
+    }
+    if (doc === null || doc === undefined) throw new RecipeError(path, '', 'the recipe file is empty');
+  }
+  return parseRecipeObject(doc, path);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Merging and validation
+
+function definedOnly<T extends object>(o: T | undefined): Partial<T> {
+  const r: Partial<T> = {};
+  if (!o) return r;
+  for (const [k, v] of Object.entries(o)) if (v !== undefined) (r as Record<string, unknown>)[k] = v;
+  return r;
+}
+
+/**
+ * The full recipe: `overrides` over `base` (key by key, undefined values ignored), then the
+ * presets of the resulting wbits for every setting neither sets. model, calib, out and wbits
+ * have no preset: a RecipeError naming `where` and the key says when one is missing. Values are
+ * not range-checked here; call validateRecipe.
+ */
+export function mergeRecipe(base: RecipeOverrides, overrides: RecipeOverrides = {}, where = 'recipe'): QuantizeRecipe {
+  const top = { ...definedOnly(base), ...definedOnly(overrides) };
+  for (const key of ['model', 'calib', 'out', 'wbits'] as const) {
+    if (top[key] === undefined) {
+      throw new RecipeError(where, key, `missing (set ${key} in the recipe file or pass --${key})`);
+    }
+  }
+  const d = defaultRecipe(top.wbits!);
+  return {
+    model: top.model!,
+    calib: top.calib!,
+    out: top.out!,
+    wbits: top.wbits!,
+    groupSize: top.groupSize ?? d.groupSize,
+    seed: top.seed ?? d.seed,
+    blockAp: { ...d.blockAp, ...definedOnly(base.blockAp), ...definedOnly(overrides.blockAp) },
+    e2eQp: { ...d.e2eQp, ...definedOnly(base.e2eQp), ...definedOnly(overrides.e2eQp) },
+  };
+}
+
+function extOk(path: string, exts: readonly string[]): boolean {
+  return exts.includes(extname(path).toLowerCase());
+}
+
+/**
+ * Everything that can be checked without opening the model: each value's type and range, and
+ * the relations between them (batch sizes, data formats, out ≠ model). Throws a RecipeError
+ * naming `where` and the key.
+ */
+export function validateRecipe(r: QuantizeRecipe, where: string): void {
+  const fail = (key: string, problem: string): never => {
+    throw new RecipeError(where, key, problem);
+  };
+  const obj = r as unknown as Record<string, unknown>;
+  for (const section of ['top', ...SECTIONS] as Section[]) {
+    const holder = section === 'top' ? obj : (obj[SECTION_PROP[section]] as Record<string, unknown> | undefined);
+    if (!isJsonObject(holder)) fail(section, `expected a mapping of settings, got ${describeJson(holder)}`);
+    for (const field of SCHEMA[section]) {
+      const v = holder![field.prop];
+      const problem = v === undefined ? 'missing' : fieldProblem(v, field.kind);
+      if (problem) fail(pathOf(section, field.key), problem);
+    }
+  }
+
+  const corpusExts = SUPPORTED_CORPUS_EXTENSIONS as readonly string[];
+  if (!extOk(r.calib, corpusExts)) {
+    fail('calib', `${r.calib}: unsupported corpus format; supported: ${corpusExts.join(', ')}`);
+  }
+  if (resolve(r.out) === resolve(r.model)) fail('out', `must differ from model (${r.model})`);
+
+  const b = r.blockAp;
+  if (b.epochs > 0 && b.trainSize < b.batchSize) {
+    fail('block_ap.train_size', `${b.trainSize} is less than block_ap.batch_size = ${b.batchSize}`);
+  }
+
+  const e = r.e2eQp;
+  if (e.batchSize % e.microBatchSize !== 0) {
+    fail('e2e_qp.batch_size', `${e.batchSize} is not a multiple of e2e_qp.micro_batch_size = ${e.microBatchSize}`);
+  }
+  if (e.epochs > 0 && e.trainSize < e.batchSize) {
+    fail('e2e_qp.train_size', `${e.trainSize} is less than e2e_qp.batch_size = ${e.batchSize}`);
+  }
+  const data = e.data ?? r.calib;
+  const dataKey = e.data === null ? 'calib' : 'e2e_qp.data';
+  const instructExts = INSTRUCT_EXTENSIONS as readonly string[];
+  if (e.dataFormat === 'instruct' && !extOk(data, instructExts)) {
+    fail(dataKey, `${data}: e2e_qp.data_format 'instruct' needs a ${instructExts.join(' or ')} file`);
+  }
+  if (e.dataFormat === 'text' && !extOk(data, corpusExts)) {
+    fail(dataKey, `${data}: unsupported text corpus format for e2e_qp.data_format 'text'; supported: ${corpusExts.join(', ')}`);
+  }
+  if (e.dataFormat === 'auto' && !extOk(data, [...corpusExts, ...instructExts])) {
+    fail(dataKey, `${data}: unsupported data format; supported: ${[...new Set([...corpusExts, ...instructExts])].join(', ')}`);
+  }
+}
+
+/** What each linear's in_features is, for messages. */
+function inFeaturesName(name: (typeof LINEAR_NAMES)[number]): string {
+  switch (name) {
+    case 'o_proj':
+      return 'num_attention_heads*head_dim';
+    case 'down_proj':
+      return 'intermediate_size';
+    default:
+      return 'hidden_size';
+  }
+}
+
+/**
+ * Checks the recipe against the model's architecture: group_size divides the in_features of
+ * every linear layer, and each layer can be stored in the GPTQ layout at wbits. The error names
+ * group_size and the layers.
+ */
+export function validateRecipeForModel(r: QuantizeRecipe, cfg: ModelConfig, where = 'recipe'): void {
+  const G = r.groupSize;
+  const bad = new Map<string, string[]>(); // "hidden_size = 128" → layers
+  for (const name of LINEAR_NAMES) {
+    const [, I] = linearShape(cfg, name);
+    if (I % G !== 0) {
+      const k = `${inFeaturesName(name)} = ${I}`;
+      bad.set(k, [...(bad.get(k) ?? []), name]);
+    }
+  }
+  if (bad.size > 0) {
+    const parts = [...bad].map(([dim, layers]) => `${layers.join(', ')} (in_features ${dim})`);
+    throw new RecipeError(where, 'group_size', `${G} does not divide the input size of ${parts.join('; ')} of ${r.model}`);
+  }
+  for (const name of LINEAR_NAMES) {
+    const [O, I] = linearShape(cfg, name);
+    try {
+      checkGptqLayout(O, I, G, r.wbits, `${name} (${O}x${I})`);
+    } catch (e) {
+      throw new RecipeError(where, 'group_size', `${r.model} cannot be stored as a GPTQ checkpoint: ${(e as Error).message}`);
+    }
+  }
+}
+
+/**
+ * The recipe as written into the output directory: snake_case, every key, in the file schema,
+ * so that loadRecipeFile reads it back to the same recipe.
+ */
+export function recipeToJson(r: QuantizeRecipe): Record<string, unknown> {
+  const obj = r as unknown as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  for (const field of SCHEMA.top) out[field.key] = obj[field.prop];
+  for (const s of SECTIONS) {
+    const src = obj[SECTION_PROP[s]] as Record<string, unknown>;
+    const sec: Record<string, unknown> = {};
+    for (const field of SCHEMA[s]) sec[field.key] = src[field.prop];
+    out[s] = sec;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Command-line flags: one per key, named after its path (group_size → --group-size,
+// block_ap.train_size → --block-ap-train-size, e2e_qp.lr → --e2e-qp-lr). No flag has a default:
+// unset flags leave the file's value or the preset in place.
+
+function flagName(section: Section, key: string): string {
+  return pathOf(section, key).replace(/[._]/g, '-');
+}
+
+/** Flag specs for every recipe key (none required, none with a default). */
+export function recipeFlagSpecs(): FlagSpecs {
+  const specs: FlagSpecs = {};
+  for (const section of ['top', ...SECTIONS] as Section[]) {
+    for (const field of SCHEMA[section]) {
+      const k = field.kind;
+      let spec: FlagSpec;
+      if (k.type === 'string' || k.type === 'nullable-string') spec = { type: 'string', help: field.help };
+      else if (k.type === 'choice') spec = { type: 'string', help: field.help, choices: k.values };
+      else if (k.type === 'number') spec = { type: 'number', help: field.help, min: k.min };
+      else spec = { type: 'int', help: field.help, ...(k.type === 'int' ? { min: k.min } : {}) };
+      specs[flagName(section, field.key)] = spec;
+    }
+  }
+  return specs;
+}
+
+/** The overrides given by parsed recipe flags (flags that were not given are left out). */
+export function overridesFromFlags(flags: ParsedFlags): RecipeOverrides {
+  const out: Record<string, unknown> = {};
+  for (const section of ['top', ...SECTIONS] as Section[]) {
+    let target = out;
+    if (section !== 'top') target = (out[SECTION_PROP[section]] = {}) as Record<string, unknown>;
+    for (const field of SCHEMA[section]) {
+      const v = flags[flagName(section, field.key)];
+      if (v !== undefined) target[field.prop] = v;
+    }
+  }
+  return out as RecipeOverrides;
+}
