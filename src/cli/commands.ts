@@ -9,6 +9,8 @@ import { native } from '../engine/native.js';
 import { blockApDefaults, runBlockAp } from '../pipeline/block-ap.js';
 import { runDemo } from '../pipeline/demo.js';
 import { e2eQpDefaults, runE2eQp } from '../pipeline/e2e-qp.js';
+import { resolveRecipe, runQuantize } from '../pipeline/quantize.js';
+import { loadRecipeFile, overridesFromFlags, recipeFlagSpecs } from '../pipeline/recipe.js';
 
 export interface Command {
   summary: string;
@@ -173,7 +175,8 @@ export const COMMANDS: Record<string, Command> = {
     summary: 'E2E-QP: train only the step sizes of a quantized model end to end (EfficientQAT phase 2)',
     flags: {
       model: { type: 'string', required: true, help: 'quantized model directory (output of block-ap)' },
-      data: { type: 'string', required: true, help: 'training text (.txt, .jsonl with `text`, .parquet with `text`)' },
+      data: { type: 'string', required: true, help: 'training data: text (.txt, .jsonl/.parquet with `text`) or instructions (.jsonl with instruction/input/output or messages)' },
+      'data-format': { type: 'string', default: 'auto', choices: ['auto', 'text', 'instruct'], help: 'how to read --data' },
       out: { type: 'string', required: true, help: 'output directory; must not exist' },
       'train-size': { type: 'int', default: 4096, min: 1, help: 'training samples' },
       seqlen: { type: 'int', default: 4096, min: 2, help: 'tokens per sample' },
@@ -198,6 +201,7 @@ export const COMMANDS: Record<string, Command> = {
       const r = await runE2eQp({
         model: str(f, 'model'),
         data: str(f, 'data'),
+        dataFormat: str(f, 'data-format') as 'auto' | 'text' | 'instruct',
         out: str(f, 'out'),
         trainSize: int(f, 'train-size'),
         seqlen: int(f, 'seqlen'),
@@ -213,6 +217,29 @@ export const COMMANDS: Record<string, Command> = {
       });
       if (f['json']) console.log(JSON.stringify({ ...r, peakRssMiB: peakRssMiB() }));
       else console.log(`wrote ${r.out} (${r.steps} steps, loss ${r.firstLoss.toFixed(4)} -> ${r.lastLoss.toFixed(4)}, ${r.seconds.toFixed(1)} s)`);
+    },
+  },
+  quantize: {
+    summary: 'EfficientQAT end to end: Block-AP then E2E-QP, from flags and/or a recipe file',
+    flags: {
+      recipe: { type: 'string', help: 'recipe file (.json, .yaml, .yml); flags override its values' },
+      ...recipeFlagSpecs(),
+      'max-ram': { type: 'number', min: 0, help: 'GiB of RAM for Block-AP activation caches before they go to disk (default: half of RAM)' },
+      quiet: { type: 'boolean', default: false, help: 'no progress output' },
+      json: { type: 'boolean', default: false, help: 'print a JSON summary as the last line of stdout' },
+      threads: threadsFlag,
+    },
+    async run(f) {
+      applyThreads(f);
+      const file = f['recipe'] as string | undefined;
+      const where = file ?? 'flags';
+      const recipe = resolveRecipe(file ? loadRecipeFile(file) : {}, overridesFromFlags(f), where);
+      const r = await runQuantize(recipe, {
+        quiet: f['quiet'] as boolean,
+        maxRamBytes: f['max-ram'] !== undefined ? (f['max-ram'] as number) * 2 ** 30 : undefined,
+      });
+      if (f['json']) console.log(JSON.stringify({ ...r, peakRssMiB: peakRssMiB() }));
+      else console.log(`wrote ${r.out} (Block-AP ${r.blockApSeconds.toFixed(1)} s, E2E-QP ${r.e2eQpSeconds.toFixed(1)} s)`);
     },
   },
 };

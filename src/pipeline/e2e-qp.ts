@@ -39,12 +39,15 @@ import {
 import { loadTokenizer } from '../io/tokenizer.js';
 import { cachedTokenStream } from '../data/token-cache.js';
 import { sampleWindows } from '../data/windows.js';
+import { buildSupervisedSamples, detectDataFormat, loadChatTemplate, readInstructRecords } from '../data/instruct.js';
 import { progress } from '../cli/progress.js';
 import { eqatVersion } from '../engine/version.js';
 
 export interface E2eQpRecipe {
   model: string;
   data: string;
+  /** 'auto': .jsonl/.json records with instruction/messages → instruct, otherwise text. */
+  dataFormat: 'auto' | 'text' | 'instruct';
   trainSize: number;
   seqlen: number;
   /** Global batch (samples per optimizer step). */
@@ -67,6 +70,7 @@ export interface E2eQpOptions extends E2eQpRecipe {
 
 export function e2eQpDefaults(wbits: number): Omit<E2eQpRecipe, 'model' | 'data'> {
   return {
+    dataFormat: 'auto',
     trainSize: 4096,
     seqlen: 4096,
     batchSize: 32,
@@ -125,6 +129,24 @@ interface Samples {
   ids: Int32Array;
   labels: Int32Array;
   count: number;
+}
+
+/** Text → next-token labels on every position; instruction data → loss on responses only. */
+async function trainingSamples(o: E2eQpOptions): Promise<Samples> {
+  const format = o.dataFormat === 'auto' ? detectDataFormat(o.data) : o.dataFormat;
+  if (format === 'instruct') {
+    const tok = loadTokenizer(o.model);
+    const records = await readInstructRecords(o.data);
+    const built = buildSupervisedSamples(records, tok, loadChatTemplate(o.model), { seqlen: o.seqlen, count: o.trainSize, seed: o.seed });
+    const ids = new Int32Array(o.trainSize * o.seqlen);
+    const labels = new Int32Array(o.trainSize * o.seqlen);
+    built.forEach((smp, i) => {
+      ids.set(smp.ids, i * o.seqlen);
+      labels.set(smp.labels, i * o.seqlen);
+    });
+    return { ids, labels, count: built.length };
+  }
+  return textSamples(o);
 }
 
 async function textSamples(o: E2eQpOptions): Promise<Samples> {
@@ -269,7 +291,7 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
   const src = WeightSource.open(o.model);
   try {
     if (!src.quant) throw new Error(`--model ${o.model}: not a quantized checkpoint; run block-ap first (or use eqat quantize)`);
-    const samples = await textSamples(o);
+    const samples = await trainingSamples(o);
     const cfg = src.cfg;
     const model = PackedModel.load(src);
     const state = new ScaleState(model.blocks);
@@ -362,6 +384,6 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
 }
 
 function recipeOf(o: E2eQpOptions): E2eQpRecipe {
-  const { model, data, trainSize, seqlen, batchSize, microBatchSize, epochs, lr, warmupRatio, maxGradNorm, weightDecay, seed } = o;
-  return { model, data, trainSize, seqlen, batchSize, microBatchSize, epochs, lr, warmupRatio, maxGradNorm, weightDecay, seed };
+  const { model, data, dataFormat, trainSize, seqlen, batchSize, microBatchSize, epochs, lr, warmupRatio, maxGradNorm, weightDecay, seed } = o;
+  return { model, data, dataFormat, trainSize, seqlen, batchSize, microBatchSize, epochs, lr, warmupRatio, maxGradNorm, weightDecay, seed };
 }

@@ -1,0 +1,100 @@
+// `eqat quantize`: the whole EfficientQAT method behind one command — Block-AP, then E2E-QP
+// on the Block-AP checkpoint — from flags and/or a recipe file (JSON or YAML, validated, with
+// the paper's presets per bit width). The recipe is fully checked against the model before
+// any work. Block-AP's checkpoint is kept at `<out>.block-ap`; the final one is `<out>`.
+// Rerunning an interrupted command resumes: a finished Block-AP phase is reused, an
+// interrupted one continues after its last finished block.
+import { existsSync, readFileSync, renameSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { loadConfig } from '../io/hf-config.js';
+import { writeJsonAtomic } from '../io/quant-checkpoint.js';
+import { mergeRecipe, recipeToJson, validateRecipe, validateRecipeForModel, type QuantizeRecipe, type RecipeOverrides } from './recipe.js';
+import { runBlockAp } from './block-ap.js';
+import { runE2eQp } from './e2e-qp.js';
+import { eqatVersion } from '../engine/version.js';
+
+export interface QuantizeResult {
+  out: string;
+  blockApOut: string;
+  blockApSeconds: number;
+  e2eQpSeconds: number;
+  seconds: number;
+}
+
+/** Merges and validates a recipe (file values, then flag overrides) against the model. */
+export function resolveRecipe(fromFile: RecipeOverrides, fromFlags: RecipeOverrides, where: string): QuantizeRecipe {
+  const r = mergeRecipe(fromFile, fromFlags, where);
+  validateRecipe(r, where);
+  validateRecipeForModel(r, loadConfig(r.model), where);
+  return r;
+}
+
+export async function runQuantize(r: QuantizeRecipe, { quiet = false, maxRamBytes }: { quiet?: boolean; maxRamBytes?: number } = {}): Promise<QuantizeResult> {
+  const t0 = performance.now();
+  const out = resolve(r.out);
+  if (existsSync(out)) throw new Error(`out ${r.out}: already exists; choose another directory or remove it`);
+  const bapOut = out + '.block-ap';
+  const b = r.blockAp;
+  let blockApSeconds = 0;
+  const bapRecipeFile = join(bapOut, 'eqat-recipe.json');
+  const sameBlockAp =
+    existsSync(bapRecipeFile) &&
+    JSON.stringify((JSON.parse(readFileSync(bapRecipeFile, 'utf8')) as { quantize?: unknown }).quantize) ===
+      JSON.stringify(blockApPart(r));
+  if (existsSync(bapOut) && !sameBlockAp) {
+    throw new Error(`${bapOut}: exists from a different recipe; remove it or choose another --out`);
+  }
+  if (!sameBlockAp) {
+    const t = performance.now();
+    await runBlockAp({
+      model: r.model,
+      calib: r.calib,
+      out: bapOut,
+      wbits: r.wbits,
+      groupSize: r.groupSize,
+      seed: r.seed,
+      ...b,
+      quiet,
+      maxRamBytes,
+    });
+    // mark the Block-AP checkpoint with the part of the recipe that produced it (for reuse on rerun)
+    const rec = JSON.parse(readFileSync(bapRecipeFile, 'utf8')) as Record<string, unknown>;
+    writeJsonAtomic(bapRecipeFile, { ...rec, quantize: blockApPart(r) });
+    blockApSeconds = (performance.now() - t) / 1000;
+  }
+  let e2eQpSeconds = 0;
+  const e = r.e2eQp;
+  const record = { quantize_recipe: recipeToJson(r), versions: eqatVersion() };
+  if (e.epochs > 0) {
+    const t = performance.now();
+    await runE2eQp({
+      model: bapOut,
+      data: e.data ?? r.calib,
+      dataFormat: e.dataFormat,
+      out,
+      trainSize: e.trainSize,
+      seqlen: e.seqlen,
+      batchSize: e.batchSize,
+      microBatchSize: e.microBatchSize,
+      epochs: e.epochs,
+      lr: e.lr,
+      warmupRatio: e.warmupRatio,
+      maxGradNorm: e.maxGradNorm,
+      weightDecay: e.weightDecay,
+      seed: r.seed,
+      quiet,
+      record,
+    });
+    e2eQpSeconds = (performance.now() - t) / 1000;
+  } else {
+    renameSync(bapOut, out);
+    const rec = JSON.parse(readFileSync(join(out, 'eqat-recipe.json'), 'utf8')) as Record<string, unknown>;
+    writeJsonAtomic(join(out, 'eqat-recipe.json'), { ...rec, ...record });
+  }
+  writeJsonAtomic(join(out, 'recipe.json'), recipeToJson(r));
+  return { out, blockApOut: bapOut, blockApSeconds, e2eQpSeconds, seconds: (performance.now() - t0) / 1000 };
+}
+
+function blockApPart(r: QuantizeRecipe): unknown {
+  return { model: resolve(r.model), calib: resolve(r.calib), wbits: r.wbits, groupSize: r.groupSize, seed: r.seed, blockAp: r.blockAp };
+}

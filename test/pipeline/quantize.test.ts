@@ -1,0 +1,71 @@
+// `eqat quantize` on the bundled llama-tiny: both phases from a YAML recipe plus flag
+// overrides, the recorded recipe re-loads, and bad recipes fail before any work.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { REPO, TINY } from '../golden.js';
+import { loadRecipeFile, mergeRecipe } from '../../src/pipeline/recipe.js';
+
+const CLI = join(REPO, 'dist', 'src', 'cli', 'main.js');
+const CALIB = join(REPO, 'fixtures', 'text', 'calib-sample.txt');
+const work = mkdtempSync(join(tmpdir(), 'eqat-quantize-'));
+const env = { ...process.env, EQAT_CACHE_DIR: join(work, 'cache') };
+
+function eqat(args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+test('quantize runs Block-AP then E2E-QP from a YAML recipe with flag overrides', () => {
+  const recipe = join(work, 'recipe.yaml');
+  writeFileSync(
+    recipe,
+    [
+      `model: ${TINY}`,
+      `calib: ${CALIB}`,
+      'wbits: 2',
+      'group_size: 32',
+      'block_ap: {train_size: 8, val_size: 2, seqlen: 64, epochs: 1}',
+      'e2e_qp: {train_size: 8, seqlen: 64, batch_size: 4, micro_batch_size: 2, lr: 1.0e-4}',
+      '',
+    ].join('\n'),
+  );
+  const out = join(work, 'q');
+  const r = eqat(['quantize', '--recipe', recipe, '--out', out, '--seed', '5', '--quiet', '--json']);
+  assert.equal(r.status, 0, r.stderr);
+  for (const f of ['config.json', 'recipe.json', 'eqat-recipe.json', 'e2e-qp-log.jsonl', 'block-ap-log.jsonl', 'tokenizer.json']) {
+    assert.ok(existsSync(join(out, f)), f);
+  }
+  assert.ok(existsSync(join(out + '.block-ap', 'config.json')), 'the Block-AP checkpoint is kept');
+  const again = mergeRecipe(loadRecipeFile(join(out, 'recipe.json')));
+  assert.equal(again.seed, 5);
+  assert.equal(again.e2eQp.microBatchSize, 2);
+  assert.equal(again.blockAp.trainSize, 8);
+  const ev = eqat(['eval', '--model', out, '--data', join(REPO, 'fixtures', 'text', 'eval-sample.txt'), '--seqlen', '128', '--max-windows', '4', '--json']);
+  assert.equal(ev.status, 0, ev.stderr);
+  const ppl = (JSON.parse(ev.stdout.trim().split('\n').pop()!) as { ppl: number }).ppl;
+  assert.ok(Number.isFinite(ppl) && ppl > 1, `ppl ${ppl}`);
+});
+
+test('bad recipes fail before any work, naming the key', () => {
+  const cases: [string, RegExp][] = [
+    ['block_ap: {lr: 1}', /block_ap\.lr: unknown key/],
+    ['wbits: "two"', /wbits: expected an integer/],
+    ['group_size: 48', /group_size: 48 does not divide/],
+  ];
+  for (const [line, want] of cases) {
+    const recipe = join(work, 'bad.yaml');
+    writeFileSync(recipe, `model: ${TINY}\ncalib: ${CALIB}\nwbits: 2\n${line}\n`);
+    const out = join(work, 'bad-out');
+    const r = eqat(['quantize', '--recipe', recipe, '--out', out]);
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, want);
+    assert.ok(!existsSync(out) && !existsSync(out + '.block-ap') && !existsSync(out + '.block-ap.partial'));
+  }
+  assert.ok(readdirSync(work).every((f) => !f.startsWith('bad-out')));
+});
+
+test.after(() => rmSync(work, { recursive: true, force: true }));
