@@ -147,7 +147,7 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   demo: {
-    summary: 'quantize the bundled llama-tiny (RTN and Block-AP) and compare perplexities',
+    summary: 'quantize the bundled llama-tiny (RTN, Block-AP, Block-AP + E2E-QP) and compare perplexities',
     flags: {
       wbits: { type: 'int', default: 2, min: 2, help: 'weight bits' },
       'group-size': { type: 'int', default: 32, min: 1, help: 'group size' },

@@ -1,11 +1,13 @@
-// `eqat demo`: the whole method on the bundled llama-tiny in a few minutes on a laptop CPU:
-// perplexity of the full-precision model, of round-to-nearest, and of Block-AP, side by side.
+// `eqat demo`: the whole method on the bundled llama-tiny in a few minutes on a small CPU:
+// perplexity of the full-precision model, of round-to-nearest, of Block-AP and of
+// Block-AP + E2E-QP, side by side.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { packageRoot } from '../engine/native.js';
 import { blockApDefaults, runBlockAp } from './block-ap.js';
 import { evaluatePerplexity } from './eval.js';
+import { e2eQpDefaults, runE2eQp } from './e2e-qp.js';
 
 export interface DemoOptions {
   wbits: number;
@@ -50,6 +52,20 @@ export async function runDemo(o: DemoOptions): Promise<void> {
       epochs: o.epochs,
     });
     rows.push([`Block-AP ${tag}`, await ev(bapDir), (performance.now() - t) / 1000]);
+    t = performance.now();
+    say(`E2E-QP (${o.trainSize} windows x ${o.seqlen} tokens, batch 32, 1 epoch) ...`);
+    const e2eDir = join(work, `llama-tiny-${tag}-e2e-qp`);
+    await runE2eQp({
+      ...e2eQpDefaults(o.wbits),
+      model: bapDir,
+      data: calib,
+      out: e2eDir,
+      trainSize: o.trainSize,
+      seqlen: o.seqlen,
+      microBatchSize: 8,
+      quiet: o.quiet,
+    });
+    rows.push([`Block-AP + E2E-QP ${tag}`, await ev(e2eDir), (performance.now() - t) / 1000]);
     console.log('\n| model | perplexity | seconds |\n|---|---|---|');
     for (const [name, ppl, s] of rows) console.log(`| ${name} | ${ppl.toFixed(3)} | ${s.toFixed(1)} |`);
     if (o.keep) console.log(`\ncheckpoints kept in ${work}`);
