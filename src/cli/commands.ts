@@ -151,7 +151,7 @@ export const COMMANDS: Record<string, Command> = {
     flags: {
       wbits: { type: 'int', default: 2, min: 2, help: 'weight bits' },
       'group-size': { type: 'int', default: 32, min: 1, help: 'group size' },
-      'train-size': { type: 'int', default: 128, min: 2, help: 'Block-AP training windows' },
+      'train-size': { type: 'int', default: 256, min: 32, help: 'training windows (Block-AP and E2E-QP)' },
       seqlen: { type: 'int', default: 256, min: 2, help: 'tokens per window (training and evaluation)' },
       epochs: { type: 'int', default: 2, min: 1, help: 'Block-AP epochs' },
       keep: { type: 'string', help: 'keep the quantized checkpoints in this directory' },
