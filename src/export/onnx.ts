@@ -32,9 +32,14 @@
 // (and sliding-window) mask combined with attention_mask. Embeddings and lm_head keep the
 // checkpoint's dtype (f16/bf16 + Cast, or f32).
 //
+// MatMulNBits runs with float32 activations by default (accuracy_level unset), so the graph
+// reproduces eqat's forward to float rounding; `accuracyLevel: 4` lets onnxruntime quantize
+// activations to int8 per block (faster on CPU, slightly less exact).
+//
 // Everything that can be checked is checked before anything is written; the output appears
-// by a rename once complete. Models whose initializers exceed protobuf's 2 GiB limit are
-// written with external data (onnx/model_q4.onnx_data, referenced from the graph).
+// by a rename once complete. Models whose initializers would approach protobuf's 2 GiB limit
+// are written with external data (onnx/model_q4.onnx_data, referenced from the graph, and
+// "use_external_data_format" in transformers.js_config).
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, rmdirSync, statSync, writeSync, copyFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import type { ModelConfig } from '../model/config.js';
@@ -77,8 +82,16 @@ export interface OnnxExportReport {
 }
 
 export interface OnnxExportOptions {
-  /** Put initializers in onnx/<model>.onnx_data: 'auto' (default) does so only past 2 GiB. */
+  /**
+   * Put initializers in onnx/<model>.onnx_data: 'auto' (default) does so when they would take
+   * more than 1.75 GiB (protobuf refuses files of 2 GiB).
+   */
   externalData?: boolean | 'auto';
+  /**
+   * MatMulNBits accuracy_level: 0 (default, unset: float32 activations, exact eqat weights) or
+   * 4 (onnxruntime may quantize activations to int8 per block: faster on CPU, less exact).
+   */
+  accuracyLevel?: 0 | 4;
 }
 
 const OPSET = 17;
@@ -181,13 +194,6 @@ export function packMatMulNBits(
     }
   }
   return { B, scales, zeroPoints, kBlocks, blob, zpCols };
-}
-
-/** Largest code in q; codes above the storage range cannot be exported. */
-function maxCode(q: Uint8Array): number {
-  let m = 0;
-  for (let i = 0; i < q.length; i++) if (q[i]! > m) m = q[i]!;
-  return m;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -326,6 +332,7 @@ class DecoderExporter {
   constructor(
     private readonly src: WeightSource,
     sink: InitializerSink,
+    private readonly accuracyLevel: number,
   ) {
     this.g = new GraphBuilder(sink);
     this.cfg = src.cfg;
@@ -368,20 +375,15 @@ class DecoderExporter {
     const [O, I] = linearShape(this.cfg, name);
     const path = linearPath(i, name);
     const { q, scale, zero } = readQuantLinear(this.src.safetensors, this.quant, path, O, I);
-    const codeMax = maxCode(q);
-    if (codeMax >= 2 ** this.layout.bits) {
-      throw new Error(`exportOnnx: ${path}: code ${codeMax} does not fit in ${this.layout.bits} bits`);
-    }
     const p = packMatMulNBits(q, scale, zero, O, I, this.quant.groupSize, this.quant.bits, this.layout);
     const g = this.g;
     const B = g.initializer(`${path}.MatMulNBits.B`, ONNX_DTYPE.UINT8, [O, p.kBlocks, p.blob], p.B);
     const s = g.initializer(`${path}.MatMulNBits.scales`, ONNX_DTYPE.FLOAT, [O, p.kBlocks], bytesOf(p.scales));
     const z = g.initializer(`${path}.MatMulNBits.zero_points`, ONNX_DTYPE.UINT8, [O, p.zpCols], p.zeroPoints);
     const scope = `/${path.replaceAll('.', '/')}`;
-    const [y] = g.node('MatMulNBits', `${scope}/MatMulNBits`, [x, B, s, z], {
-      domain: MS_DOMAIN,
-      attrs: { K: { i: I }, N: { i: O }, bits: { i: this.layout.bits }, block_size: { i: this.layout.blockSize } },
-    });
+    const attrs: Record<string, AttrValue> = { K: { i: I }, N: { i: O }, bits: { i: this.layout.bits }, block_size: { i: this.layout.blockSize } };
+    if (this.accuracyLevel) attrs['accuracy_level'] = { i: this.accuracyLevel };
+    const [y] = g.node('MatMulNBits', `${scope}/MatMulNBits`, [x, B, s, z], { domain: MS_DOMAIN, attrs });
     if (!hasBias) return y!;
     const bias = this.f32Param(`${path}.bias`, [O]);
     return g.op(scope, 'Add', [y!, bias], undefined, 'Add_bias');
@@ -598,8 +600,8 @@ function estimateInitializerBytes(cfg: ModelConfig, layout: NBitsLayout, embByte
 
 function checkOutDir(outDir: string): void {
   if (!existsSync(outDir)) return;
-  if (!statSync(outDir).isDirectory()) throw new Error(`exportOnnx: --out ${outDir} exists and is not a directory`);
-  if (readdirSync(outDir).length > 0) throw new Error(`exportOnnx: --out ${outDir} exists and is not empty; refusing to overwrite`);
+  if (!statSync(outDir).isDirectory()) throw new Error(`exportOnnx: outDir ${outDir} exists and is not a directory`);
+  if (readdirSync(outDir).length > 0) throw new Error(`exportOnnx: outDir ${outDir} exists and is not empty; refusing to overwrite`);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -678,6 +680,8 @@ export async function exportOnnx(modelDir: string, outDir: string, opts: OnnxExp
       );
     }
     const layout = nbitsLayout(quant.bits, quant.groupSize);
+    const accuracyLevel = opts.accuracyLevel ?? 0;
+    if (accuracyLevel !== 0 && accuracyLevel !== 4) throw new RangeError(`${op}: accuracyLevel must be 0 or 4, got ${String(accuracyLevel)}`);
     for (const name of LINEAR_NAMES) {
       const [O, I] = linearShape(cfg, name);
       if (I % quant.groupSize !== 0) throw new Error(`${op}: group size ${quant.groupSize} does not divide in_features ${I} of ${name} (${O}x${I})`);
@@ -699,8 +703,9 @@ export async function exportOnnx(modelDir: string, outDir: string, opts: OnnxExp
     const sink = new InitializerSink(external ? join(partial, 'onnx', dataName) : null, dataName);
     let nodes: number;
     let bytes: number;
+    let done = false;
     try {
-      const ex = new DecoderExporter(src, sink);
+      const ex = new DecoderExporter(src, sink, accuracyLevel);
       const { inputs, outputs } = ex.build();
       sink.close();
       const version = eqatVersion().eqat;
@@ -721,8 +726,10 @@ export async function exportOnnx(modelDir: string, outDir: string, opts: OnnxExp
       }
       bytes = writeEncoded(join(partial, 'onnx', file), model) + sink.externalBytes;
       nodes = ex.g.nodes.length;
+      done = true;
     } finally {
       sink.close();
+      if (!done) rmSync(partial, { recursive: true, force: true });
     }
 
     // config.json: the checkpoint's, minus the GPTQ description, plus transformers.js settings

@@ -175,6 +175,23 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   return m;
 }
 
+/** Mean next-token NLL (nats) of logits (W, T, V) for the token rows (W, T), in float64. */
+function meanNll(logits: Float32Array, rows: number[][]): number {
+  const T = rows[0]!.length;
+  let total = 0;
+  for (let w = 0; w < rows.length; w++) {
+    for (let p = 0; p < T - 1; p++) {
+      const row = logits.subarray((w * T + p) * VOCAB, (w * T + p + 1) * VOCAB);
+      let max = -Infinity;
+      for (let k = 0; k < VOCAB; k++) max = Math.max(max, row[k]!);
+      let sum = 0;
+      for (let k = 0; k < VOCAB; k++) sum += Math.exp(row[k]! - max);
+      total += max + Math.log(sum) - row[rows[w]![p + 1]!]!;
+    }
+  }
+  return total / (rows.length * (T - 1));
+}
+
 function argmax(a: Float32Array): number {
   let k = 0;
   for (let i = 1; i < a.length; i++) if (a[i]! > a[k]!) k = i;
@@ -251,18 +268,7 @@ test('onnxruntime: perplexity over 512-token windows within 0.5% of eqat', { ski
     const { nll: eqatNll } = windowsNll(src, windows, COUNT, T, { quiet: true });
     src.close();
     const { logits } = await runOrt(v.session, rows);
-    let total = 0;
-    for (let w = 0; w < COUNT; w++) {
-      for (let p = 0; p < T - 1; p++) {
-        const row = logits.subarray((w * T + p) * VOCAB, (w * T + p + 1) * VOCAB);
-        let max = -Infinity;
-        for (let k = 0; k < VOCAB; k++) max = Math.max(max, row[k]!);
-        let sum = 0;
-        for (let k = 0; k < VOCAB; k++) sum += Math.exp(row[k]! - max);
-        total += max + Math.log(sum) - row[rows[w]![p + 1]!]!;
-      }
-    }
-    const onnxPpl = Math.exp(total / (COUNT * (T - 1)));
+    const onnxPpl = Math.exp(meanNll(logits, rows));
     const eqatPpl = Math.exp(eqatNll);
     const rel = Math.abs(onnxPpl - eqatPpl) / eqatPpl;
     t.diagnostic(`w${v.bits}g${v.group}: ppl onnx ${onnxPpl.toFixed(4)} eqat ${eqatPpl.toFixed(4)} (rel diff ${rel.toExponential(2)})`);
@@ -345,6 +351,23 @@ test('onnxruntime: external data export gives identical logits', { skip: SKIP },
   const a = await runOrt(v.session, [ids]);
   const b = await runOrt(session, [ids]);
   assert.deepEqual(b.logits, a.logits);
+});
+
+test('onnxruntime: accuracy_level 4 (int8 activations) stays within 0.5% perplexity of eqat', { skip: SKIP }, async (t) => {
+  const v = variants.find((x) => x.bits === 4)!;
+  const r = await exportOnnx(v.ckpt, join(work, 'onnx-acc4'), { accuracyLevel: 4 });
+  const s = readModelSummary(readFileSync(r.onnxPath));
+  assert.ok(s.nodes.filter((n) => n.opType === 'MatMulNBits').every((n) => n.ints['accuracy_level'] === 4));
+  const session = await ort!.InferenceSession.create(r.onnxPath);
+  const T = 512;
+  const { windows } = evalWindows(readFileSync(EVAL, 'utf8'), loadTokenizer(TINY), T);
+  const rows = [Array.from(windows.subarray(0, T)), Array.from(windows.subarray(T, 2 * T))];
+  const src = WeightSource.open(v.ckpt);
+  const eqatPpl = Math.exp(windowsNll(src, windows, 2, T, { quiet: true }).nll);
+  src.close();
+  const ppl = Math.exp(meanNll((await runOrt(session, rows)).logits, rows));
+  t.diagnostic(`w4g32 accuracy_level 4: ppl ${ppl.toFixed(4)} vs eqat ${eqatPpl.toFixed(4)}`);
+  assert.ok(Math.abs(ppl - eqatPpl) / eqatPpl <= 0.005);
 });
 
 test('transformers.js loads the export and greedy-generates eqat\'s tokens', { skip: SKIP_TJS }, async (t) => {
@@ -451,6 +474,9 @@ test('bad requests fail before anything is written', async () => {
   delete idx.weight_map['model.layers.2.mlp.up_proj.qzeros'];
   writeFileSync(idxPath, JSON.stringify(idx));
   await assert.rejects(exportOnnx(broken, out), /missing tensor model\.layers\.2\.mlp\.up_proj\.qzeros/);
+  assert.ok(!existsSync(out));
+  // an accuracy level MatMulNBits exports do not offer
+  await assert.rejects(exportOnnx(v.ckpt, out, { accuracyLevel: 2 as 0 }), /accuracyLevel must be 0 or 4, got 2/);
   assert.ok(!existsSync(out));
   // an output directory that is not empty
   mkdirSync(out);
