@@ -10,6 +10,7 @@ import { blockApDefaults, runBlockAp } from '../pipeline/block-ap.js';
 import { runDemo } from '../pipeline/demo.js';
 import { e2eQpDefaults, runE2eQp } from '../pipeline/e2e-qp.js';
 import { resolveRecipe, runQuantize } from '../pipeline/quantize.js';
+import { exportOnnx } from '../export/onnx.js';
 import { loadRecipeFile, overridesFromFlags, recipeFlagSpecs } from '../pipeline/recipe.js';
 
 export interface Command {
@@ -240,6 +241,35 @@ export const COMMANDS: Record<string, Command> = {
       });
       if (f['json']) console.log(JSON.stringify({ ...r, peakRssMiB: peakRssMiB() }));
       else console.log(`wrote ${r.out} (Block-AP ${r.blockApSeconds.toFixed(1)} s, E2E-QP ${r.e2eQpSeconds.toFixed(1)} s)`);
+    },
+  },
+  export: {
+    summary: 'write a quantized checkpoint for other runtimes: GGUF (llama.cpp) or ONNX (onnxruntime, transformers.js)',
+    flags: {
+      model: { type: 'string', required: true, help: 'quantized model directory (eqat output)' },
+      format: { type: 'string', required: true, choices: ['gguf', 'onnx'], help: 'output format' },
+      out: { type: 'string', required: true, help: 'output: a .gguf file, or a directory for onnx' },
+      'gguf-type': { type: 'string', default: 'auto', choices: ['auto', 'q4_0', 'q4_1', 'q5_0', 'q8_0'], help: 'GGUF weight type; auto = the exact mapping for the bit width' },
+      'allow-lossy': { type: 'boolean', default: false, help: 'allow a GGUF type that cannot represent the weights exactly' },
+      'embedding-type': { type: 'string', default: 'f16', choices: ['f16', 'q8_0'], help: 'GGUF embeddings / lm_head type' },
+      'external-data': { type: 'boolean', default: false, help: 'ONNX: weights in an external data file (automatic above 1.75 GiB)' },
+      json: { type: 'boolean', default: false, help: 'print the export report as JSON' },
+    },
+    async run(f) {
+      const model = str(f, 'model');
+      const out = str(f, 'out');
+      let report: object;
+      if (str(f, 'format') === 'onnx') {
+        report = await exportOnnx(model, out, { externalData: f['external-data'] ? true : 'auto' });
+      } else {
+        const { exportGguf } = await import('../export/gguf.js');
+        report = await exportGguf(model, out, {
+          type: str(f, 'gguf-type') as 'auto' | 'q4_0' | 'q4_1' | 'q5_0' | 'q8_0',
+          allowLossy: f['allow-lossy'] as boolean,
+          embeddingType: str(f, 'embedding-type') as 'f16' | 'q8_0',
+        });
+      }
+      console.log(f['json'] ? JSON.stringify(report) : `wrote ${out}\n${JSON.stringify(report, null, 2)}`);
     },
   },
 };
