@@ -184,40 +184,38 @@ QL_AVX2 void fwd_block_avx2(const Packed& w, int64_t k0, int64_t kc, int64_t j0,
 }
 
 // Per-lane shift counts that cut 8 consecutive BITS-bit codes out of a 64-bit run with halves
-// lo, hi: lane l = (lo >> a) | (hi >> b) | (hi << c), masked, with bit = l * BITS; a shift count
-// of 32 yields 0, which switches a term off.
-constexpr int lane_shift(int which, int bits, int l) {
+// lo, hi: lane l = (lo >> a) | (hi >> b), masked, with bit = l * BITS; a count of 32 yields 0,
+// which switches a term off. For 2, 3, 4 and 8 bits no code straddles the two halves (8 codes
+// of <= 4 bits fit in lo; 8-bit codes 0-3 lie in lo, 4-7 in hi).
+constexpr int lane_shift(bool hi, int bits, int l) {
   const int bit = l * bits;
-  if (which == 0) return bit < 32 ? bit : 32;           // a
-  if (which == 1) return bit >= 32 ? bit - 32 : 32;     // b
-  return bit > 0 && bit < 32 ? 32 - bit : 32;           // c (what straddles into hi)
+  return hi ? (bit >= 32 ? bit - 32 : 32) : (bit < 32 ? bit : 32);
 }
 
-template <int BITS, int WHICH>
+template <int BITS, bool HI>
 QL_AVX2 inline __m256i lane_shifts() {
-  return _mm256_setr_epi32(lane_shift(WHICH, BITS, 0), lane_shift(WHICH, BITS, 1), lane_shift(WHICH, BITS, 2),
-                           lane_shift(WHICH, BITS, 3), lane_shift(WHICH, BITS, 4), lane_shift(WHICH, BITS, 5),
-                           lane_shift(WHICH, BITS, 6), lane_shift(WHICH, BITS, 7));
+  return _mm256_setr_epi32(lane_shift(HI, BITS, 0), lane_shift(HI, BITS, 1), lane_shift(HI, BITS, 2),
+                           lane_shift(HI, BITS, 3), lane_shift(HI, BITS, 4), lane_shift(HI, BITS, 5),
+                           lane_shift(HI, BITS, 6), lane_shift(HI, BITS, 7));
 }
 
 // The 32 codes of output o in one 32-input run, as 4 vectors of 8 consecutive inputs. `col`
 // points at the run's first word of column o; its words are `stride` apart.
 template <int BITS>
 QL_AVX2 inline void codes_along_i(const int32_t* col, int64_t stride, __m256i out[4]) {
+  static_assert(BITS == 2 || BITS == 3 || BITS == 4 || BITS == 8, "codes straddle the 32-bit halves");
   alignas(16) uint32_t t[10] = {};  // the run's words, plus room for the last 8-byte read
   for (int b = 0; b < BITS; ++b) t[b] = static_cast<uint32_t>(col[b * stride]);
   const unsigned char* bytes = reinterpret_cast<const unsigned char*>(t);
   const __m256i mask = _mm256_set1_epi32((1 << BITS) - 1);
-  const __m256i a = lane_shifts<BITS, 0>();
   // Codes v*8 .. v*8+7 occupy 8*BITS bits starting at byte v*BITS of the run.
   for (int v = 0; v < 4; ++v) {
     uint64_t u;
     std::memcpy(&u, bytes + v * BITS, sizeof u);
-    __m256i r = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(u))), a);
+    __m256i r = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(u))), lane_shifts<BITS, false>());
     if constexpr (8 * BITS > 32) {
       const __m256i hi = _mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(u >> 32)));
-      r = _mm256_or_si256(r, _mm256_or_si256(_mm256_srlv_epi32(hi, lane_shifts<BITS, 1>()),
-                                             _mm256_sllv_epi32(hi, lane_shifts<BITS, 2>())));
+      r = _mm256_or_si256(r, _mm256_srlv_epi32(hi, lane_shifts<BITS, true>()));
     }
     out[v] = _mm256_and_si256(r, mask);
   }

@@ -253,9 +253,13 @@ test('packed linear: null dx / null dscales compute only the other; large-block 
   assert.deepEqual(dsOnly.f32, dsFull.f32);
   packedLinearBackward(null, null, dout, x, L.w, L.scales); // a no-op, still checked
 
-  // A layer with more than one K block (I, O > 256) and more than one dW tile (I > 1024).
+  // Layers with more than one K block (I, O > 256) and more than one dW tile (I > 1024); with
+  // G = 352 and G = I groups span two dW tiles (the partial sums of both must be added).
   const big = makeLayer(rng, 288, 1056, 4, 32);
   checkAgainstTwin(rng, big, 9, { bias: true, accumulateDx: true }, 'bits=4 288x1056 G=32 N=9');
+  for (const G of [352, 1056]) {
+    checkAgainstTwin(rng, makeLayer(rng, 32, 1056, 3, G), 5, { bias: false, accumulateDx: false }, `bits=3 32x1056 G=${G} N=5`);
+  }
 });
 
 test('dequantizePacked equals dequantize(unpackQweight(...)) bit for bit, every kernel family', () => {
