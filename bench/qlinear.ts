@@ -69,7 +69,8 @@ const info = native().cpuInfo();
 const lines: string[] = [];
 lines.push('# packed low-bit linear benchmark');
 lines.push('');
-lines.push(`- machine: ${cpuModel()} (${info.avx512 ? 'AVX-512' : info.avx2 ? 'AVX2/FMA' : 'no AVX2'}, ${cpus().length} logical CPUs, pool of ${info.threads} threads)`);
+const isa = info.avx512 ? 'AVX-512' : info.avx2 ? 'AVX2/FMA' : 'no AVX2';
+lines.push(`- machine: ${cpuModel()} (${isa}, ${cpus().length} logical CPUs, pool of ${info.threads} threads)`);
 lines.push(`- GEMM kernel: ${matmulKernel()}; N = ${N} rows; group size ${G}`);
 lines.push(`- date: ${new Date().toISOString()}`);
 lines.push(`- command: node dist/bench/qlinear.js ${process.argv.slice(2).join(' ')}`.trimEnd());
@@ -132,7 +133,8 @@ for (const t of ordered) {
     rng.fillUniform(scales.f32, 0.001, 0.01);
     const dscales = Tensor.zeros([O, I / G]);
     const flops = 2 * N * O * I;
-    const gf = (t: { wall: number; cpu: number }): string => `${(flops / t.wall / 1e6).toFixed(1)} / ${(flops / t.cpu / 1e6).toFixed(1)}`;
+    const gf = (t: { wall: number; cpu: number }): string =>
+      `${(flops / t.wall / 1e6).toFixed(1)} / ${(flops / t.cpu / 1e6).toFixed(1)}`;
     for (const bits of bitsList) {
       const w = randomWeight(O, I, bits);
       const peak = fmaPeak(PROBE_MS);
@@ -148,7 +150,8 @@ for (const t of ordered) {
         flops,
       );
       console.log(
-        `| ${O} × ${I} | ${note} | ${bits} | ${t} | ${peak.toFixed(0)} | ${gf(fq!)} | ${gf(ff!)} | ${gf(xq!)} | ${gf(xf!)} | ${gf(sq!)} | ${gf(sf!)} |`,
+        `| ${O} × ${I} | ${note} | ${bits} | ${t} | ${peak.toFixed(0)} | ` +
+          `${gf(fq!)} | ${gf(ff!)} | ${gf(xq!)} | ${gf(xf!)} | ${gf(sq!)} | ${gf(sf!)} |`,
       );
     }
   }

@@ -84,7 +84,7 @@ inline int64_t balanced_block(int64_t total, int64_t max_block, int64_t multiple
 struct Packed {
   const int32_t* qweight;  // (I*bits/32, O)
   const uint8_t* zeros;    // (O, I/G)
-  const float* scales;     // (O, I/G); may be null where only codes and zeros are needed
+  const float* scales;     // (O, I/G)
   int64_t O, I, G, ngroups;
   int bits;
   uint32_t mask;
@@ -136,6 +136,11 @@ void dx_block_scalar(const Packed& w, int64_t k0, int64_t kc, int64_t j0, int64_
   }
 }
 
+// (q - z) * s_c of 8 lanes, as the scalar path computes it: exact int difference, one rounding.
+QL_AVX2 inline __m256 dequant8(__m256i q, __m256i z, __m256 s) {
+  return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q, z)), s);
+}
+
 // Code K of a 32-input run for 8 output lanes: the run's `BITS` words are words[0..BITS).
 template <int BITS, int K>
 QL_AVX2 inline __m256i code_along_o(const __m256i* words, __m256i mask) {
@@ -153,7 +158,7 @@ QL_AVX2 inline void dequant_run_o(const __m256i* words, __m256i z, __m256 s, flo
                                   std::index_sequence<K...>) {
   const __m256i mask = _mm256_set1_epi32((1 << BITS) - 1);
   (_mm256_storeu_ps(dst + static_cast<int64_t>(K) * ld,
-                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(code_along_o<BITS, static_cast<int>(K)>(words, mask), z)), s)),
+                    dequant8(code_along_o<BITS, static_cast<int>(K)>(words, mask), z, s)),
    ...);
 }
 
@@ -168,7 +173,8 @@ QL_AVX2 void fwd_block_avx2(const Packed& w, int64_t k0, int64_t kc, int64_t j0,
       for (int v = 0; v < nr; v += 8) {
         const int64_t o = j0 + p * nr + v;
         __m256i words[BITS];
-        for (int b = 0; b < BITS; ++b) words[b] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(run + b * w.O + o));
+        for (int b = 0; b < BITS; ++b)
+          words[b] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(run + b * w.O + o));
         alignas(32) int32_t zl[8];
         alignas(32) float sl[8];
         for (int l = 0; l < 8; ++l) {
@@ -212,7 +218,8 @@ QL_AVX2 inline void codes_along_i(const int32_t* col, int64_t stride, __m256i ou
   for (int v = 0; v < 4; ++v) {
     uint64_t u;
     std::memcpy(&u, bytes + v * BITS, sizeof u);
-    __m256i r = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(u))), lane_shifts<BITS, false>());
+    const __m256i lo = _mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(u)));
+    __m256i r = _mm256_srlv_epi32(lo, lane_shifts<BITS, false>());
     if constexpr (8 * BITS > 32) {
       const __m256i hi = _mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(u >> 32)));
       r = _mm256_or_si256(r, _mm256_srlv_epi32(hi, lane_shifts<BITS, true>()));
@@ -239,7 +246,7 @@ QL_AVX2 void dx_block_avx2(const Packed& w, int64_t k0, int64_t kc, int64_t j0, 
       const __m256i z = _mm256_set1_epi32(w.zeros[e]);
       const __m256 s = _mm256_set1_ps(clamp_scale(w.scales[e]));
       const int64_t row = (o - k0) * nr;
-      for (int v = 0; v < 4; ++v) _mm256_storeu_ps(d[v] + row, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(c[v], z)), s));
+      for (int v = 0; v < 4; ++v) _mm256_storeu_ps(d[v] + row, dequant8(c[v], z, s));
     }
   }
 }
@@ -265,7 +272,7 @@ QL_AVX2 void rows_avx2(const Packed& w, int64_t o0, int64_t o1, float* out) {
       const __m256i z = _mm256_set1_epi32(w.zeros[e]);
       const __m256 s = _mm256_set1_ps(clamp_scale(w.scales[e]));
       float* d = out + o * w.I + i0;
-      for (int v = 0; v < 4; ++v) _mm256_storeu_ps(d + 8 * v, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(c[v], z)), s));
+      for (int v = 0; v < 4; ++v) _mm256_storeu_ps(d + 8 * v, dequant8(c[v], z, s));
     }
   }
 }
@@ -375,8 +382,11 @@ template <class Task>
 void run_tasks(int64_t ntasks, int nt, Task&& task) {
   std::atomic<int64_t> next{0};
   parallel_for(nt, [&](int64_t slot, int64_t) {
-    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < ntasks; t = next.fetch_add(1, std::memory_order_relaxed))
+    for (;;) {
+      const int64_t t = next.fetch_add(1, std::memory_order_relaxed);
+      if (t >= ntasks) break;
       task(t, slot);
+    }
   });
 }
 
@@ -405,8 +415,8 @@ inline void run_tile(const GemmFamily& f, int64_t kc, const float* ap, const flo
 // (A = dout, op(B) = W_hat).
 // ---------------------------------------------------------------------------------------------
 
-void packed_gemm(const GemmFamily& f, const Packed& w, BlockFn deq, int64_t M, int64_t Ncols, int64_t K, const float* a,
-                 float* c, float beta0, const float* bias) {
+void packed_gemm(const GemmFamily& f, const Packed& w, BlockFn deq, int64_t M, int64_t Ncols, int64_t K,
+                 const float* a, float* c, float beta0, const float* bias) {
   if (M == 0) return;
   const int nt = num_threads();
   const int64_t kc = balanced_block(K, f.kc, 32);
@@ -509,12 +519,14 @@ void dscales_pass(const GemmFamily& f, const Packed& w, ReduceFn reduce, int64_t
         const int wq = static_cast<int>(std::min<int64_t>(f.mr, rows - q * f.mr));
         f.pack_a(dout + pc * O + o0 + q * f.mr, 1, O, wq, kcur, ap + q * f.mr * kcur);
       }
-      for (int64_t p = 0; p < npanels; ++p) f.pack_b(x + pc * I + i0 + p * f.nr, 1, I, f.nr, kcur, bp + p * f.nr * kcur);
+      for (int64_t p = 0; p < npanels; ++p)
+        f.pack_b(x + pc * I + i0 + p * f.nr, 1, I, f.nr, kcur, bp + p * f.nr * kcur);
       const float beta = pc == 0 ? 0.0f : 1.0f;
       for (int64_t p = 0; p < npanels; ++p) {
         for (int64_t q = 0; q < qpanels; ++q) {
           const int mr = static_cast<int>(std::min<int64_t>(f.mr, rows - q * f.mr));
-          run_tile(f, kcur, ap + q * f.mr * kcur, bp + p * f.nr * kcur, ct + q * f.mr * ldt + p * f.nr, ldt, mr, beta);
+          run_tile(f, kcur, ap + q * f.mr * kcur, bp + p * f.nr * kcur, ct + q * f.mr * ldt + p * f.nr, ldt, mr,
+                   beta);
         }
       }
     }
@@ -562,12 +574,14 @@ Layer read_layer(const Napi::CallbackInfo& info, int n_at, size_t o_at, const ch
   if (L.I <= 0 || L.I % 32 != 0)
     throw Napi::RangeError::New(env, p + "argument 'I' must be a positive multiple of 32, got " + std::to_string(L.I));
   if (L.G <= 0 || L.I % L.G != 0)
-    throw Napi::RangeError::New(env, p + "argument 'G' must divide I = " + std::to_string(L.I) + ", got " + std::to_string(L.G));
+    throw Napi::RangeError::New(env, p + "argument 'G' must divide I = " + std::to_string(L.I) + ", got " +
+                                         std::to_string(L.G));
   L.bits = static_cast<int>(bits);
   return L;
 }
 
-Packed read_packed(const Napi::CallbackInfo& info, size_t qw_at, const Layer& L, bool need_scales, const char* op) {
+// qweight, zeros and scales at argument positions qw_at .. qw_at + 2.
+Packed read_packed(const Napi::CallbackInfo& info, size_t qw_at, const Layer& L, const char* op) {
   Packed w{};
   w.O = L.O;
   w.I = L.I;
@@ -578,11 +592,13 @@ Packed read_packed(const Napi::CallbackInfo& info, size_t qw_at, const Layer& L,
   const size_t groups = static_cast<size_t>(L.O * w.ngroups);
   w.qweight = arg_i32(info, qw_at, static_cast<size_t>(L.I / 32 * L.bits * L.O), op, "qweight");
   w.zeros = arg_u8(info, qw_at + 1, groups, op, "zeros");
-  w.scales = need_scales ? arg_f32(info, qw_at + 2, groups, op, "scales") : nullptr;
+  w.scales = arg_f32(info, qw_at + 2, groups, op, "scales");
   return w;
 }
 
-bool is_absent(const Napi::CallbackInfo& info, size_t i) { return i >= info.Length() || info[i].IsNull() || info[i].IsUndefined(); }
+bool is_absent(const Napi::CallbackInfo& info, size_t i) {
+  return i >= info.Length() || info[i].IsNull() || info[i].IsUndefined();
+}
 
 void check_family(const Napi::CallbackInfo& info, const GemmFamily& f, const char* op) {
   if (f.mr * f.nr > kMaxTile || 32 % f.nr != 0)
@@ -596,7 +612,7 @@ Napi::Value QlinearForward(const Napi::CallbackInfo& info) {
   const Layer L = read_layer(info, 6, 7, op);
   float* out = arg_f32(info, 0, static_cast<size_t>(L.N * L.O), op, "out");
   const float* x = arg_f32(info, 1, static_cast<size_t>(L.N * L.I), op, "x");
-  const Packed w = read_packed(info, 2, L, true, op);
+  const Packed w = read_packed(info, 2, L, op);
   const float* bias = is_absent(info, 5) ? nullptr : arg_f32(info, 5, static_cast<size_t>(L.O), op, "bias");
   const GemmFamily& f = gemm_family();
   check_family(info, f, op);
@@ -615,16 +631,20 @@ Napi::Value QlinearBackward(const Napi::CallbackInfo& info) {
   check_argc(info, 13, op);
   const Layer L = read_layer(info, 7, 8, op);
   float* dx = is_absent(info, 0) ? nullptr : arg_f32(info, 0, static_cast<size_t>(L.N * L.I), op, "dx");
-  float* dscales = is_absent(info, 1) ? nullptr : arg_f32(info, 1, static_cast<size_t>(L.O * (L.I / L.G)), op, "dscales");
+  const size_t groups = static_cast<size_t>(L.O * (L.I / L.G));
+  float* dscales = is_absent(info, 1) ? nullptr : arg_f32(info, 1, groups, op, "dscales");
   const float* dout = arg_f32(info, 2, static_cast<size_t>(L.N * L.O), op, "dout");
   const float* x = arg_f32(info, 3, static_cast<size_t>(L.N * L.I), op, "x");
-  const Packed w = read_packed(info, 4, L, true, op);
+  const Packed w = read_packed(info, 4, L, op);
   const bool accumulate = arg_bool(info, 12, op, "accumulateDx");
   const GemmFamily& f = gemm_family();
   check_family(info, f, op);
   const bool fast = use_avx2(f, w);
   try {
-    if (dx) packed_gemm(f, w, fast ? by_bits<PickDx>(w.bits) : dx_block_scalar, L.N, L.I, L.O, dout, dx, accumulate ? 1.0f : 0.0f, nullptr);
+    if (dx) {
+      const BlockFn deq = fast ? by_bits<PickDx>(w.bits) : dx_block_scalar;
+      packed_gemm(f, w, deq, L.N, L.I, L.O, dout, dx, accumulate ? 1.0f : 0.0f, nullptr);
+    }
     if (dscales) dscales_pass(f, w, fast ? by_bits<PickReduce>(w.bits) : reduce_scalar, L.N, dout, x, dscales);
   } catch (const std::bad_alloc&) {
     throw Napi::Error::New(info.Env(), std::string(op) + ": out of memory for the scratch buffers");
@@ -638,7 +658,7 @@ Napi::Value QlinearDequantize(const Napi::CallbackInfo& info) {
   check_argc(info, 8, op);
   const Layer L = read_layer(info, -1, 4, op);
   float* out = arg_f32(info, 0, static_cast<size_t>(L.O * L.I), op, "out");
-  const Packed w = read_packed(info, 1, L, true, op);
+  const Packed w = read_packed(info, 1, L, op);
   const RowsFn rows = use_avx2(gemm_family(), w) ? by_bits<PickRows>(w.bits) : rows_scalar;
   parallel_for(w.O, [&](int64_t o0, int64_t o1) { rows(w, o0, o1, out); }, std::max<int64_t>(1, 65536 / w.I));
   return info.Env().Undefined();

@@ -22,7 +22,10 @@ import { checkGptqLayout, gptqFormat, packedWords } from './formats.js';
 import { packQweight } from './gptq-pack.js';
 import { qmax } from './primitives.js';
 
-/** One quantized linear layer with frozen integers. W_hat[o, i] = (q[o, i] − zeros[o, g]) · scales[o, g], g = floor(i / G). */
+/**
+ * One quantized linear layer with frozen integers:
+ * W_hat[o, i] = (q[o, i] − zeros[o, g]) · scales[o, g], g = floor(i / G).
+ */
 export interface PackedWeight {
   O: number;
   I: number;
@@ -42,7 +45,9 @@ export interface PackedWeight {
 export function packWeight(q: Uint8Array, zeros: Uint8Array, O: number, I: number, bits: number, G: number): PackedWeight {
   const op = 'packWeight';
   checkLayout(op, O, I, bits, G);
-  if (q.length !== O * I) throw new RangeError(`${op}: argument 'q' has ${q.length} elements, expected ${O * I} (O=${O}, I=${I})`);
+  if (q.length !== O * I) {
+    throw new RangeError(`${op}: argument 'q' has ${q.length} elements, expected ${O * I} (O=${O}, I=${I})`);
+  }
   const qm = qmax(bits);
   for (let k = 0; k < q.length; k++) {
     if (q[k]! > qm) throw new RangeError(`${op}: q[${Math.floor(k / I)}, ${k % I}] = ${q[k]} does not fit in ${bits} bits`);
@@ -67,11 +72,14 @@ function checkLayout(op: string, O: number, I: number, bits: number, G: number):
 function checkZeros(op: string, zeros: Uint8Array, O: number, I: number, bits: number, G: number): void {
   if (!(zeros instanceof Uint8Array)) throw new TypeError(`${op}: zeros must be a Uint8Array`);
   const n = (O * I) / G;
-  if (zeros.length !== n) throw new RangeError(`${op}: zeros has ${zeros.length} elements, expected ${n} (O=${O}, I/G=${I / G})`);
+  if (zeros.length !== n) {
+    throw new RangeError(`${op}: zeros has ${zeros.length} elements, expected ${n} (O=${O}, I/G=${I / G})`);
+  }
   const qm = qmax(bits);
   for (let k = 0; k < n; k++) {
     if (zeros[k]! > qm) {
-      throw new RangeError(`${op}: zeros[${Math.floor(k / (I / G))}, ${k % (I / G)}] = ${zeros[k]} exceeds qmax = ${qm} for ${bits} bits`);
+      const at = `${Math.floor(k / (I / G))}, ${k % (I / G)}`;
+      throw new RangeError(`${op}: zeros[${at}] = ${zeros[k]} exceeds qmax = ${qm} for ${bits} bits`);
     }
   }
 }
@@ -82,7 +90,9 @@ export function checkPackedWeight(op: string, w: PackedWeight): void {
   if (!(w.qweight instanceof Int32Array)) throw new TypeError(`${op}: w.qweight must be an Int32Array`);
   const rows = packedWords(gptqFormat(w.bits), w.I, `${op}: w.I`);
   if (w.qweight.length !== rows * w.O) {
-    throw new RangeError(`${op}: w.qweight has ${w.qweight.length} elements, expected ${rows * w.O} (I*bits/32=${rows}, O=${w.O})`);
+    throw new RangeError(
+      `${op}: w.qweight has ${w.qweight.length} elements, expected ${rows * w.O} (I*bits/32=${rows}, O=${w.O})`,
+    );
   }
   checkZeros(op, w.zeros, w.O, w.I, w.bits, w.G);
 }
@@ -104,12 +114,17 @@ function overlaps(a: Float32Array, b: Float32Array): boolean {
   return a.byteOffset < b.byteOffset + b.byteLength && b.byteOffset < a.byteOffset + a.byteLength;
 }
 
-function noOverlap(op: string, outs: Record<string, Tensor | null | undefined>, ins: Record<string, Tensor | null | undefined>): void {
+type Named = Record<string, Tensor | null | undefined>;
+
+/** Throws when an output overlaps any other argument. */
+function noOverlap(op: string, outs: Named, ins: Named): void {
   const o = Object.entries(outs).filter((e): e is [string, Tensor] => !!e[1]);
   const all = [...o, ...Object.entries(ins).filter((e): e is [string, Tensor] => !!e[1])];
   for (const [name, t] of o) {
     for (const [other, u] of all) {
-      if (other !== name && overlaps(t.f32, u.f32)) throw new RangeError(`${op}: argument '${name}' overlaps argument '${other}'`);
+      if (other !== name && overlaps(t.f32, u.f32)) {
+        throw new RangeError(`${op}: argument '${name}' overlaps argument '${other}'`);
+      }
     }
   }
 }
@@ -118,7 +133,8 @@ function checkScales(op: string, scales: Tensor, w: PackedWeight, name = 'scales
   checkF32(op, scales, name);
   const groups = w.I / w.G;
   if (scales.rank !== 2 || scales.dim(0) !== w.O || scales.dim(1) !== groups) {
-    throw new RangeError(`${op}: argument '${name}' must be (O=${w.O}, I/G=${groups}), got shape [${scales.shape.join(', ')}]`);
+    const got = scales.shape.join(', ');
+    throw new RangeError(`${op}: argument '${name}' must be (O=${w.O}, I/G=${groups}), got shape [${got}]`);
   }
 }
 
@@ -126,7 +142,14 @@ function checkScales(op: string, scales: Tensor, w: PackedWeight, name = 'scales
  * Checks a forward call (shared by the native wrapper and the twin so both reject the same
  * calls); returns the number of rows N.
  */
-export function packedForwardShapes(op: string, out: Tensor, x: Tensor, w: PackedWeight, scales: Tensor, bias?: Tensor | null): number {
+export function packedForwardShapes(
+  op: string,
+  out: Tensor,
+  x: Tensor,
+  w: PackedWeight,
+  scales: Tensor,
+  bias?: Tensor | null,
+): number {
   checkPackedWeight(op, w);
   checkF32(op, out, 'out');
   checkF32(op, x, 'x');
@@ -236,7 +259,8 @@ export function packedLinearForward(
 ): void {
   const op = 'packedLinearForward';
   const N = packedForwardShapes(op, out, x, w, scales, bias);
-  nativeFn<ForwardNative>('qlinearForward')(out.f32, x.f32, w.qweight, w.zeros, scales.f32, bias ? bias.f32 : null, N, w.O, w.I, w.bits, w.G);
+  const b = bias ? bias.f32 : null;
+  nativeFn<ForwardNative>('qlinearForward')(out.f32, x.f32, w.qweight, w.zeros, scales.f32, b, N, w.O, w.I, w.bits, w.G);
 }
 
 /**
