@@ -35,6 +35,7 @@
 //   matmulSetKernel(name) -> force a kernel ('auto' restores the run-time choice)
 //   matmulFmaPeak(ms) -> GFLOP/s of bare multiply-add chains on all threads (for benchmarks)
 #include "eqat.h"
+#include "matmul.h"
 
 #include <immintrin.h>
 
@@ -291,24 +292,8 @@ inline float fma_probe(int64_t iters) {
 // Kernel families: one per ISA, with their blocking.
 // ---------------------------------------------------------------------------------------------
 
-using KernelFn = void (*)(int64_t kc, const float* ap, const float* bp, int64_t ldb, float* c, int64_t ldc,
-                          float alpha, float beta);
-using PackFn = void (*)(const float* src, int64_t s_w, int64_t s_k, int w, int64_t kc, float* dst);
-using DotFn = void (*)(int64_t K, const float* a, int64_t lda, int rm, const float* b, int64_t ldb, int rn,
-                       float* c, int64_t ldc, float alpha, float beta);
-using ProbeFn = float (*)(int64_t iters);
-
-struct Family {
-  const char* name;
-  int mr, nr;          // micro-tile (rows x columns of C)
-  int64_t mc, kc, nc;  // cache blocks: A block mc x kc (L2), B block kc x nc (L3), B panel kc x nr (L1)
-  int dot_rm, dot_rn;  // dot-product tile of the few-rows transB path
-  KernelFn kernel;
-  PackFn pack_a, pack_b;  // panels of mr and nr lanes
-  DotFn dot;
-  ProbeFn probe;       // fma_probe: probe_flops flops per step
-  int probe_flops;
-};
+// The family struct is declared in matmul.h, so other kernels can reuse the micro-kernels.
+using Family = GemmFamily;
 
 #define EQAT_FAMILY_FUNCS(PREFIX, ATTR, VEC, MR, NR, DRM, DRN, NACC)                                             \
   ATTR __attribute__((flatten)) void PREFIX##_kernel(int64_t kc, const float* ap, const float* bp, int64_t ldb, \
@@ -753,6 +738,13 @@ Napi::Value MatmulSetKernel(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
+
+const GemmFamily& gemm_family() { return family(); }
+
+void sgemm(int64_t M, int64_t N, int64_t K, const float* a, const float* b, float* c, bool trans_a, bool trans_b,
+           float alpha, float beta) {
+  gemm(M, N, K, a, b, c, trans_a, trans_b, alpha, beta);
+}
 
 EQAT_EXPORT(matmul, Matmul);
 EQAT_EXPORT(matmulKernel, MatmulKernel);
