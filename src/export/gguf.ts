@@ -766,9 +766,17 @@ export async function exportGguf(modelDir: string, outPath: string, opts: GgufEx
       for (const t of tensors) record(t, t.produce());
       if (lossy.length > 0) {
         const worst = lossy.reduce((a, b) => (b.maxAbsError > a.maxAbsError ? b : a));
+        const linearsLossy = lossy.some((l) => l.tensor.startsWith('blk.'));
+        const floatsLossy = lossy.some((l) => !l.tensor.startsWith('blk.'));
+        const hints: string[] = [];
+        if (linearsLossy && typeOpt !== 'auto') hints.push("type 'auto'");
+        if (floatsLossy && embOpt !== 'auto') hints.push("embeddingType 'auto'");
+        const fix =
+          hints.length > 0
+            ? `use ${hints.join(' and ')} for an exact export, or allowLossy to accept it`
+            : `no GGUF block type holds these ${quant.bits}-bit codes exactly (Q8_0 holds q − z only within [−128, 127]); allowLossy re-quantizes the blocks that do not fit`;
         throw new Error(
-          `exportGguf: the requested mapping is not exact for ${lossy.length} tensor(s) (max abs weight error ${worst.maxAbsError.toExponential(3)} in ${worst.tensor}: ${worst.reason}); ` +
-            `use type 'auto'${embOpt === 'q8_0' || embOpt === 'f16' ? " and embeddingType 'auto'" : ''} for an exact export, or allowLossy to accept it. Nothing was written.`,
+          `exportGguf: the requested mapping is not exact for ${lossy.length} tensor(s) (max abs weight error ${worst.maxAbsError.toExponential(3)} in ${worst.tensor}: ${worst.reason}); ${fix}. Nothing was written.`,
         );
       }
       lossy.length = 0;

@@ -27,11 +27,10 @@ import { evalWindows } from '../../src/data/windows.js';
 import { loadTokenizer } from '../../src/io/tokenizer.js';
 import { REPO, TINY, readGolden, sharedModel } from '../golden.js';
 
-process.env['EQAT_CACHE_DIR'] ??= mkdtempSync(join(tmpdir(), 'eqat-cache-'));
-
 const EVAL_TEXT = join(REPO, 'fixtures', 'text', 'eval-sample.txt');
 const CALIB_TEXT = join(REPO, 'fixtures', 'text', 'calib-sample.txt');
 const WORK = mkdtempSync(join(tmpdir(), 'eqat-gguf-'));
+process.env['EQAT_CACHE_DIR'] ??= join(WORK, 'token-cache');
 
 // ---------------------------------------------------------------------------------------------
 // An independent GGUF reader and block decoder
@@ -270,17 +269,24 @@ interface NlcModule {
 
 const NLC_NAME = 'node-llama-cpp';
 let nlc: NlcModule | null = null;
+let llama: NlcLlama | null = null;
+let SKIP_NLC: string | false = false;
 try {
   nlc = (await import(NLC_NAME)) as NlcModule;
 } catch {
-  nlc = null;
+  SKIP_NLC = 'node-llama-cpp is not installed (npm install node-llama-cpp) — llama.cpp checks skipped';
 }
-const SKIP_NLC = nlc === null ? 'node-llama-cpp is not installed (npm install node-llama-cpp) — llama.cpp checks skipped' : false;
-let llama: NlcLlama | null = null;
+if (nlc) {
+  try {
+    // prebuilt CPU binaries only: never build or download anything
+    llama = await nlc.getLlama({ build: 'never', gpu: false, logLevel: 'error', progressLogs: false });
+  } catch (e) {
+    SKIP_NLC = `node-llama-cpp cannot load its prebuilt llama.cpp binary on this machine (${(e as Error).message.split('\n')[0]}) — llama.cpp checks skipped`;
+  }
+}
 
-async function getLlamaOnce(): Promise<NlcLlama> {
-  // prebuilt CPU binaries only: never build or download anything
-  llama ??= await nlc!.getLlama({ build: 'never', gpu: false, logLevel: 'error', progressLogs: false });
+async function llamaCpp(): Promise<NlcLlama> {
+  assert.ok(llama, 'llama.cpp is loaded');
   return llama;
 }
 
@@ -376,6 +382,16 @@ test('explicit types: Q8_0 / Q5_0 / Q4_1 of 2- and 3-bit codes are exact; Q4_1 o
   assert.equal(r.maxAbsWeightError, cmp.linears, 'reported error = error of the decoded file');
   assert.ok(r.bytes < w4.report.bytes, 'Q4_1 is smaller than Q5_0');
   t.diagnostic(`w4 as q4_1 (allowLossy): max abs weight error ${r.maxAbsWeightError.toExponential(3)}, ${r.bytes} vs ${w4.report.bytes} bytes (Q5_0)`);
+
+  // 8-bit codes: q − z spans up to ±255, beyond Q8_0's int8, so even 'auto' is lossy here
+  const w8 = await quantizeRtn(TINY, 8, 32, 'tiny-w8g32');
+  const w8Path = join(WORK, 'w8.gguf');
+  await assert.rejects(exportGguf(w8, w8Path), /no GGUF block type holds these 8-bit codes exactly/);
+  assert.equal(existsSync(w8Path), false);
+  const r8 = await exportGguf(w8, w8Path, { allowLossy: true });
+  assert.equal(r8.types['Q8_0'], 28);
+  assert.equal(r8.maxAbsWeightError, compareWithEqat(parseGguf(w8Path), w8).linears, 'reported error = error of the decoded file');
+  t.diagnostic(`w8 as Q8_0 (allowLossy): max abs weight error ${r8.maxAbsWeightError.toExponential(3)}`);
 
   const embPath = join(WORK, 'w4-embq8.gguf');
   await assert.rejects(exportGguf(w4.dir, embPath, { embeddingType: 'q8_0' }), /not exact/);
@@ -504,7 +520,7 @@ async function compareInference(
   prompt: number[],
   opts: { greedy: number; windows: number; seqlen: number },
 ): Promise<{ agree: number; eqatTokens: number[]; llamaTokens: number[]; pplEqat: number; pplLlama: number }> {
-  const model = await (await getLlamaOnce()).loadModel({ modelPath: gguf, gpuLayers: 0 });
+  const model = await (await llamaCpp()).loadModel({ modelPath: gguf, gpuLayers: 0 });
   const ctx = await model.createContext({ contextSize: opts.seqlen, batchSize: opts.seqlen, sequences: 1, threads: 1 });
   try {
     const seq = ctx.getSequence();
@@ -552,6 +568,10 @@ test('llama.cpp honours RoPE scaling (linear: metadata; llama3: rope_freqs)', { 
     linear: { rope_type: 'linear', factor: 2 },
     llama3: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 },
   };
+  const { windows } = evalWindows(readFileSync(EVAL_TEXT, 'utf8'), loadTokenizer(base.dir), 512);
+  const baseSrc = WeightSource.open(base.dir);
+  const unscaled = Math.exp(windowsNll(baseSrc, windows, 2, 512, { quiet: true }).nll);
+  baseSrc.close();
   for (const [name, scaling] of Object.entries(scalings)) {
     const dir = join(WORK, `rope-${name}`);
     cpSync(base.dir, dir, { recursive: true });
@@ -562,9 +582,34 @@ test('llama.cpp honours RoPE scaling (linear: metadata; llama3: rope_freqs)', { 
     assert.equal(parseGguf(gguf).tensors.has('rope_freqs.weight'), name === 'llama3');
     assert.equal(rep.exact, true);
     const r = await compareInference(dir, gguf, [], { greedy: 0, windows: 2, seqlen: 512 });
-    t.diagnostic(`${name} RoPE scaling: ppl eqat ${r.pplEqat.toFixed(4)} vs llama.cpp ${r.pplLlama.toFixed(4)} (vs ${base.bits}-bit unscaled run above)`);
+    t.diagnostic(`${name} RoPE scaling: ppl eqat ${r.pplEqat.toFixed(4)} vs llama.cpp ${r.pplLlama.toFixed(4)} (eqat unscaled ${unscaled.toFixed(4)})`);
     assert.ok(Math.abs(r.pplLlama / r.pplEqat - 1) < 0.01, `${name}: ppl ${r.pplLlama} vs ${r.pplEqat}`);
+    assert.ok(r.pplEqat / unscaled > 1.05, 'the scaling changes the model enough for the check to see it');
   }
+});
+
+test('tied embeddings: no output tensor, llama.cpp reuses token_embd; mistral: context capped at the sliding window', { skip: SKIP_NLC }, async (t) => {
+  const base = QUANT.find((q) => q.bits === 3)!;
+  const tied = join(WORK, 'tied');
+  cpSync(base.dir, tied, { recursive: true });
+  const cfg = JSON.parse(readFileSync(join(tied, 'config.json'), 'utf8')) as Record<string, unknown>;
+  writeFileSync(join(tied, 'config.json'), JSON.stringify({ ...cfg, tie_word_embeddings: true }));
+  const gguf = join(WORK, 'tied.gguf');
+  const rep = await exportGguf(tied, gguf);
+  assert.equal(rep.tensors, 38);
+  assert.equal(parseGguf(gguf).tensors.has('output.weight'), false);
+  const r = await compareInference(tied, gguf, [], { greedy: 0, windows: 1, seqlen: 512 });
+  t.diagnostic(`tied embeddings: ppl eqat ${r.pplEqat.toFixed(4)} vs llama.cpp ${r.pplLlama.toFixed(4)}`);
+  assert.ok(Math.abs(r.pplLlama / r.pplEqat - 1) < 0.01);
+
+  const mistral = join(WORK, 'mistral');
+  cpSync(base.dir, mistral, { recursive: true });
+  writeFileSync(join(mistral, 'config.json'), JSON.stringify({ ...cfg, model_type: 'mistral', architectures: ['MistralForCausalLM'], sliding_window: 256 }));
+  const mg = join(WORK, 'mistral.gguf');
+  await exportGguf(mistral, mg);
+  const g = parseGguf(mg);
+  assert.equal(g.kv.get('general.architecture'), 'llama');
+  assert.equal(g.kv.get('llama.context_length'), 256);
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -586,7 +631,7 @@ async function tokenizerMismatches(dir: string, texts: string[]): Promise<{ mism
 /** Counts texts llama.cpp (vocabulary of `gguf`) tokenizes differently from `dir`'s tokenizer.json. */
 async function ggufMismatches(gguf: string, dir: string, texts: string[]): Promise<{ mismatches: number; first: string; tokens: number }> {
   const hf = loadTokenizer(dir);
-  const model = await (await getLlamaOnce()).loadModel({ modelPath: gguf, vocabOnly: true });
+  const model = await (await llamaCpp()).loadModel({ modelPath: gguf, vocabOnly: true });
   try {
     let mismatches = 0;
     let first = '';
@@ -618,7 +663,7 @@ test('byte-level BPE: the fixture ("gpt-2") and a Llama-3 style variant ("llama-
   const golden = readGolden(TINY);
   const fixture = await tokenizerMismatches(QUANT[0]!.dir, texts);
   assert.equal(fixture.mismatches, 0, fixture.first);
-  const model = await (await getLlamaOnce()).loadModel({ modelPath: QUANT[0]!.gguf, vocabOnly: true });
+  const model = await (await llamaCpp()).loadModel({ modelPath: QUANT[0]!.gguf, vocabOnly: true });
   for (const c of golden.tokenize) assert.deepEqual([...model.tokenize(c.text, true)], c.ids_no_special, `golden ${JSON.stringify(c.text)}`);
   await model.dispose();
 
