@@ -52,13 +52,13 @@ test('quantize runs Block-AP then E2E-QP from a YAML recipe with flag overrides'
 
 test('bad recipes fail before any work, naming the key', () => {
   const cases: [string, RegExp][] = [
-    ['block_ap: {lr: 1}', /block_ap\.lr: unknown key/],
+    ['wbits: 2\nblock_ap: {lr: 1}', /block_ap\.lr: unknown key/],
     ['wbits: "two"', /wbits: expected an integer/],
-    ['group_size: 48', /group_size: 48 does not divide/],
+    ['wbits: 2\ngroup_size: 48', /group_size: 48 does not divide/],
   ];
   for (const [line, want] of cases) {
     const recipe = join(work, 'bad.yaml');
-    writeFileSync(recipe, `model: ${TINY}\ncalib: ${CALIB}\nwbits: 2\n${line}\n`);
+    writeFileSync(recipe, `model: ${TINY}\ncalib: ${CALIB}\n${line}\n`);
     const out = join(work, 'bad-out');
     const r = eqat(['quantize', '--recipe', recipe, '--out', out]);
     assert.notEqual(r.status, 0);
