@@ -135,6 +135,37 @@ test('a run killed mid-block (SIGKILL) resumes to a byte-identical checkpoint', 
   rmSync(dir, { recursive: true });
 });
 
+function checkpointFiles(dir: string): Map<string, Buffer> {
+  const m = new Map<string, Buffer>();
+  for (const f of readdirSync(dir).sort()) if (f !== 'block-ap-log.jsonl') m.set(f, readFileSync(join(dir, f)));
+  return m;
+}
+
+test('activation caches on disk (--max-ram 0) give the same checkpoint as in RAM, and are removed', async () => {
+  const dir = tmp();
+  const ram = await runBlockAp(opts(join(dir, 'ram'), { trainSize: 8, valSize: 2, epochs: 1 }));
+  const disk = await runBlockAp(opts(join(dir, 'disk'), { trainSize: 8, valSize: 2, epochs: 1, maxRamBytes: 0 }));
+  assert.equal(ram.cachesOnDisk, false);
+  assert.equal(disk.cachesOnDisk, true);
+  const a = checkpointFiles(join(dir, 'ram'));
+  const b = checkpointFiles(join(dir, 'disk'));
+  assert.deepEqual([...b.keys()], [...a.keys()]);
+  for (const [f, bytes] of a) assert.ok(bytes.equals(b.get(f)!), `${f} differs`);
+  assert.ok(!existsSync(join(dir, 'disk', 'cache')) && !existsSync(join(dir, 'disk.partial')));
+  rmSync(dir, { recursive: true });
+});
+
+test('a non-finite loss stops the run naming block and step, and leaves no finished checkpoint', async () => {
+  const dir = tmp();
+  const out = join(dir, 'nan');
+  await assert.rejects(
+    runBlockAp(opts(out, { trainSize: 8, valSize: 2, epochs: 1, quantLr: 1e38, weightLr: 1e38 })),
+    /block 0, epoch 1, step \d+: loss is (NaN|Infinity)/,
+  );
+  assert.ok(!existsSync(out), 'no checkpoint at --out');
+  rmSync(dir, { recursive: true });
+});
+
 test('bad recipes fail before writing anything', async () => {
   const dir = tmp();
   const out = join(dir, 'x');
