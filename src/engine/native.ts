@@ -37,7 +37,7 @@ export function native(): Addon {
   if (addon) return addon;
   const path = join(packageRoot(), 'build', 'Release', 'eqat.node');
   if (!existsSync(path)) {
-    throw new Error(`eqat: native addon not found at ${path}; run \`npm ci\` (or \`npm run build\`) to build it`);
+    throw new Error(`eqat: native addon not found at ${path}; run \`npm install\` (or \`npm run build\`) to build it`);
   }
   addon = createRequire(import.meta.url)(path) as Addon;
   return addon;
