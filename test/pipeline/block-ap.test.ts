@@ -43,7 +43,7 @@ function opts(out: string, over: Partial<BlockApOptions> = {}): BlockApOptions {
   };
 }
 
-test('RTN (--epochs 0): checkpoint holds min-max quantized weights with f16 scales, loads back exactly', async () => {
+test('RTN (--epochs 0): checkpoint holds min-max integers with f16 scales, loads back exactly', async () => {
   const dir = tmp();
   const out = join(dir, 'rtn');
   await runBlockAp(opts(out, { epochs: 0, calib: null, wbits: 3, groupSize: 64 }));
@@ -59,7 +59,7 @@ test('RTN (--epochs 0): checkpoint holds min-max quantized weights with f16 scal
       const [O, I] = pf[key].shape as [number, number];
       const { scale, zero } = minMaxInit(pf[key].f32, O, I, 3, 64);
       const s16 = toF32('f16', fromF32('f16', scale));
-      const want = dequantize(quantize(pf[key].f32, s16, zero, O, I, 3, 64), s16, zero, O, I, 3, 64);
+      const want = dequantize(quantize(pf[key].f32, scale, zero, O, I, 3, 64), s16, zero, O, I, 3, 64);
       assert.deepEqual(pq[key].f32, want, `block ${i} ${key}`);
     }
     assert.deepEqual(pq.inputNorm.f32, pf.inputNorm.f32);

@@ -1,0 +1,32 @@
+// Optional conformance: round-to-nearest (`block-ap --epochs 0`, min-max init) of
+// ../shared/models/llama-tiny at every golden configuration, evaluated at seqlen 512 on
+// test-mix.txt from the written checkpoint, within 0.1% of PyTorch's fake-quantized
+// perplexity. (llama-small's figures are in bench/RESULTS.md.) Skips when ../shared is absent.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { readGolden, sharedModel, SHARED } from '../golden.js';
+import { blockApDefaults, runBlockAp } from '../../src/pipeline/block-ap.js';
+import { evaluatePerplexity } from '../../src/pipeline/eval.js';
+
+const dir = sharedModel('llama-tiny');
+const data = join(SHARED, 'data', 'test-mix.txt');
+const skip = dir && existsSync(data) ? false : '../shared/models/llama-tiny or data not present';
+const configs = dir ? Object.entries(readGolden(dir).rtn_ppl_fp32_seq512_test_mix) : [];
+
+for (const [name, want] of configs) {
+  test(`llama-tiny RTN ${name}: ppl within 0.1% of PyTorch`, { skip }, async () => {
+    const m = /^w(\d+)g(\d+)$/.exec(name)!;
+    const bits = Number(m[1]);
+    const work = mkdtempSync(join(tmpdir(), 'eqat-rtn-'));
+    const out = join(work, name);
+    await runBlockAp({ ...blockApDefaults(bits), model: dir!, calib: null, out, wbits: bits, groupSize: Number(m[2]), epochs: 0, quiet: true });
+    const r = await evaluatePerplexity(out, data, { seqlen: 512, quiet: true });
+    rmSync(work, { recursive: true, force: true });
+    const rel = Math.abs(r.ppl - want) / want;
+    assert.ok(rel <= 1e-3, `ppl ${r.ppl} vs golden ${want} (rel ${rel})`);
+  });
+}
+if (!dir) test('llama-tiny RTN conformance', { skip }, () => {});
