@@ -252,7 +252,8 @@ export interface LinearImpl {
   backward(dx: Tensor | null, dout: Tensor, x: Tensor, key: BlockLinear, accumulateDx: boolean): void;
 }
 
-const BIAS_OF: Record<BlockLinear, BlockParamName> = {
+/** The bias parameter of each linear. */
+export const BIAS_OF: Record<BlockLinear, BlockParamName> = {
   q: 'qBias',
   k: 'kBias',
   v: 'vBias',

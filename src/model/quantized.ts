@@ -5,6 +5,7 @@
 import { Tensor } from '../engine/tensor.js';
 import type { ModelConfig } from './config.js';
 import {
+  BIAS_OF,
   BLOCK_LINEARS,
   BLOCK_PARAM_NAMES,
   HF_PARAM_NAME,
@@ -17,16 +18,6 @@ import { readInto, readQuantLinear, WeightSource } from './weights.js';
 import type { QuantConfig } from '../quant/checkpoint-config.js';
 import { packWeight, packedLinearBackward, packedLinearForward, type PackedWeight } from '../quant/packed-linear.js';
 import { zerosToInt } from '../quant/primitives.js';
-
-const BIAS_OF: Record<BlockLinear, keyof BlockParams> = {
-  q: 'qBias',
-  k: 'kBias',
-  v: 'vBias',
-  o: 'oBias',
-  gate: 'gateBias',
-  up: 'upBias',
-  down: 'downBias',
-};
 
 export interface PackedBlock {
   /** Norms and biases (f32); the linear entries are empty placeholders. */
