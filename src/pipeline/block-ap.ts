@@ -7,7 +7,7 @@
 //   init     s, z = min-max per group of every linear's weight
 //   train    AdamW (wd 0), groups {s, z} at quant_lr and {weights, norms, biases} at weight_lr, cosine
 //            from lr to lr/20 over epochs·⌊train_size/batch⌋ steps, one sample order for every epoch
-//   freeze   q = quantize(W) with the trained s and integer z; s → f16; W ← (q − z)·s_f16;
+//   freeze   s → f16, z → integer, q = quantize(W) on that grid; W ← (q − z)·s_f16;
 //            the block's shard is written
 //   advance  X_q ← qblock_i(X_q)
 // `--epochs 0` is round-to-nearest with the min-max init.
@@ -317,21 +317,21 @@ class BlockTrainer {
   }
 
   /**
-   * Freezes the block: z → integer in [0, qmax], q = quantize(W) with the trained f32 s,
-   * s → nearest f16 inside [1e-4, 1e4], and the weights Wq become exactly (q − z)·s_f16.
+   * Freezes the block: s → nearest f16 inside [1e-4, 1e4], z → integer in [0, qmax],
+   * q = quantize(W) on that grid, and the weights Wq become exactly (q − z)·s_f16.
    */
   freeze(): FrozenLinears {
     const frozen = {} as FrozenLinears;
     for (const [key] of BLOCK_LINEARS) {
       const w = this.P[key];
       const [O, I] = w.shape as [number, number];
-      // integers from the trained f32 step sizes; the checkpoint stores the step sizes as f16,
-      // and from here on the block computes with exactly what the checkpoint holds
+      // round to the nearest point of the grid the checkpoint stores (f16 step sizes); from
+      // here on the block computes with exactly what the checkpoint holds
       const { f16: scaleF16, f32: s16 } = scalesToF16(this.Q.scale[key].f32);
       const zero = zerosToInt(this.Q.zero[key].f32, this.bits);
       const zf = Float32Array.from(zero);
       const q = new Uint8Array(O * I);
-      quantizeNative(q, w.f32, this.Q.scale[key].f32, zf, O, I, this.bits, this.G);
+      quantizeNative(q, w.f32, s16, zf, O, I, this.bits, this.G);
       dequantize(q, s16, zf, O, I, this.bits, this.G, this.Wq[key].f32);
       frozen[key] = { q, scaleF16, zero };
     }

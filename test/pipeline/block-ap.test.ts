@@ -59,7 +59,7 @@ test('RTN (--epochs 0): checkpoint holds min-max integers with f16 scales, loads
       const [O, I] = pf[key].shape as [number, number];
       const { scale, zero } = minMaxInit(pf[key].f32, O, I, 3, 64);
       const s16 = toF32('f16', fromF32('f16', scale));
-      const want = dequantize(quantize(pf[key].f32, scale, zero, O, I, 3, 64), s16, zero, O, I, 3, 64);
+      const want = dequantize(quantize(pf[key].f32, s16, zero, O, I, 3, 64), s16, zero, O, I, 3, 64);
       assert.deepEqual(pq[key].f32, want, `block ${i} ${key}`);
     }
     assert.deepEqual(pq.inputNorm.f32, pf.inputNorm.f32);
