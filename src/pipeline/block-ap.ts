@@ -24,6 +24,7 @@ import { WeightSource, loadBlockParams } from '../model/weights.js';
 import type { ModelConfig } from '../model/config.js';
 import {
   allocBlockParams,
+  blockParamShapes,
   blockBackward,
   blockForward,
   BlockWorkspace,
@@ -155,25 +156,9 @@ export function validateBlockAp(opts: BlockApOptions, cfg: ModelConfig): void {
   }
 }
 
+/** (out_features, in_features) of linear `key`, from the block's parameter shapes. */
 function linearDims(cfg: ModelConfig, key: BlockLinear): [number, number] {
-  const C = cfg.hiddenSize;
-  const F = cfg.intermediateSize;
-  const qd = cfg.numHeads * cfg.headDim;
-  const kvd = cfg.numKvHeads * cfg.headDim;
-  switch (key) {
-    case 'q':
-      return [qd, C];
-    case 'k':
-    case 'v':
-      return [kvd, C];
-    case 'o':
-      return [C, qd];
-    case 'gate':
-    case 'up':
-      return [F, C];
-    case 'down':
-      return [C, F];
-  }
+  return blockParamShapes(cfg)[key] as [number, number];
 }
 
 /** Per-linear step sizes and zero points of a block, (O, I/G) each, in one arena. */
