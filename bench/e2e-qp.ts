@@ -7,7 +7,8 @@
 // E2E-QP never builds).
 //
 // usage: node dist/bench/e2e-qp.js --from DIR [--micro-batch N] [config ...]
-//        configs: w2g64 w3g128 w4g128 (default: all)
+//        configs: w2g64 w3g128 w4g128 (default: all); a suffix such as w2g64-seed3 names
+//        another Block-AP checkpoint of the same config
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
@@ -50,6 +51,8 @@ console.log(`# E2E-QP on llama-small (${cpus()[0]?.model ?? 'cpu'}, ${cpus().len
 console.log('| config | Block-AP ppl | E2E-QP ppl | drop | official Block-AP → E2E-QP | eqat / official | E2E-QP wall s | peak RSS MiB | packed MiB | dense f32 MiB |');
 console.log('|---|---|---|---|---|---|---|---|---|---|');
 for (const c of configs) {
+  const o = OFFICIAL[c.split('-')[0]!];
+  if (!o) throw new Error(`bench/e2e-qp: unknown config ${c} (expected w2g64, w3g128 or w4g128, optionally with a -suffix)`);
   const bap = join(from, c);
   const out = join(outRoot, c);
   const before = run(['eval', '--model', bap, '--data', TEST, '--seqlen', '512', '--json'])['ppl'] as number;
@@ -62,7 +65,6 @@ for (const c of configs) {
   const D = cfg.head_dim ?? cfg.hidden_size / cfg.num_attention_heads;
   const perBlock = cfg.hidden_size * (cfg.num_attention_heads * D * 2 + cfg.num_key_value_heads * D * 2) + 3 * cfg.hidden_size * cfg.intermediate_size;
   const denseMiB = (cfg.num_hidden_layers * perBlock * 4) / 2 ** 20;
-  const o = OFFICIAL[c]!;
   console.log(
     `| ${c} | ${before.toFixed(2)} | ${after.toFixed(2)} | ${(before - after).toFixed(2)} | ${o.bap} → ${o.e2e} (drop ${(o.bap - o.e2e).toFixed(2)}) | ${(after / o.e2e).toFixed(4)} | ${(e['seconds'] as number).toFixed(0)} | ${e['peakRssMiB']} | ${((e['packedBytes'] as number) / 2 ** 20).toFixed(1)} | ${denseMiB.toFixed(1)} |`,
   );
