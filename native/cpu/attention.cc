@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "eqat.h"
+#include "vexp.h"
 
 namespace eqat {
 namespace attention {
@@ -93,21 +94,6 @@ constexpr int NV = 4;  // vectors per micro-kernel block
 #undef EQAT_ATTENTION_KERNEL_BODY
 }  // namespace scalar
 
-// Constants of the vector exp (range reduction by ln 2 split in two parts, then a degree-6
-// polynomial for e^r on |r| <= ln2/2; about 1-2 ulp). Inputs below kExpFlush give exactly 0,
-// which is how masked scores (set to -inf) turn into zero probabilities.
-constexpr float kExpLog2e = 1.44269504088896341f;
-constexpr float kExpLn2Hi = 0.693359375f;
-constexpr float kExpLn2Lo = -2.12194440e-4f;
-constexpr float kExpC0 = 1.9875691500e-4f;
-constexpr float kExpC1 = 1.3981999507e-3f;
-constexpr float kExpC2 = 8.3334519073e-3f;
-constexpr float kExpC3 = 4.1665795894e-2f;
-constexpr float kExpC4 = 1.6666665459e-1f;
-constexpr float kExpC5 = 5.0000001201e-1f;
-constexpr float kExpFlush = -87.33654f;  // ln(smallest normal float)
-constexpr float kExpHigh = 88.37626f;
-
 // ---------------------------------------------------------------------------------------------
 // AVX2 + FMA path: 8 lanes.
 #pragma GCC push_options
@@ -130,25 +116,7 @@ struct Vec {
   static Vec sub(Vec a, Vec b) { return {_mm256_sub_ps(a.v, b.v)}; }
   static Vec mul(Vec a, Vec b) { return {_mm256_mul_ps(a.v, b.v)}; }
   static Vec max(Vec a, Vec b) { return {_mm256_max_ps(a.v, b.v)}; }
-  static Vec exp(Vec xv) {
-    __m256 x = xv.v;
-    __m256 xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(kExpFlush)), _mm256_set1_ps(kExpHigh));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(kExpLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kExpLn2Hi), xc);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kExpLn2Lo), r);
-    __m256 p = _mm256_set1_ps(kExpC0);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC1));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC2));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC3));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC4));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC5));
-    __m256 r2 = _mm256_mul_ps(r, r);
-    p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-    __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(kExpFlush), _CMP_LT_OQ);
-    return {_mm256_andnot_ps(under, y)};
-  }
+  static Vec exp(Vec x) { return {vexp::exp_avx2(x.v)}; }  // below ln(FLT_MIN), e.g. masked -inf: 0
   static float hsum(Vec a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -193,25 +161,7 @@ struct Vec {
   static Vec sub(Vec a, Vec b) { return {_mm512_sub_ps(a.v, b.v)}; }
   static Vec mul(Vec a, Vec b) { return {_mm512_mul_ps(a.v, b.v)}; }
   static Vec max(Vec a, Vec b) { return {_mm512_max_ps(a.v, b.v)}; }
-  static Vec exp(Vec xv) {
-    __m512 x = xv.v;
-    __m512 xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(kExpFlush)), _mm512_set1_ps(kExpHigh));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(kExpLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kExpLn2Hi), xc);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kExpLn2Lo), r);
-    __m512 p = _mm512_set1_ps(kExpC0);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC1));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC2));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC3));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC4));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC5));
-    __m512 r2 = _mm512_mul_ps(r, r);
-    p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    __m512 y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
-    __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpFlush), _CMP_GE_OQ);
-    return {_mm512_maskz_mov_ps(keep, y)};
-  }
+  static Vec exp(Vec x) { return {vexp::exp_avx512(x.v)}; }
   static float hsum(Vec a) { return _mm512_reduce_add_ps(a.v); }
   static float hmax(Vec a) { return _mm512_reduce_max_ps(a.v); }
 };

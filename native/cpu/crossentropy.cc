@@ -30,6 +30,8 @@
 #include <limits>
 #include <string>
 
+#include "vexp.h"
+
 #define EQAT_AVX2 __attribute__((target("avx2,fma")))
 #define EQAT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 
@@ -43,15 +45,6 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 enum class Isa { scalar, avx2, avx512 };
 Isa isa() { return cpu_has_avx512() ? Isa::avx512 : cpu_has_avx2() ? Isa::avx2 : Isa::scalar; }
-
-// exp(x) for x <= 88 in f32: x = n*ln2 + r with |r| <= ln2/2 (ln2 split in two parts so n*ln2
-// is exact enough), exp(r) from a degree-7 polynomial (the classic single-precision minimax
-// coefficients of the Cephes library, about 1 ulp), times 2^n built in the exponent field.
-// Inputs below -87.33 (where exp is subnormal in f32) give exactly 0, as does -inf; NaN stays NaN.
-constexpr float kExpLo = -87.33654f, kExpHi = 88.0f;
-constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f, kP3 = 4.1665795894e-2f,
-                kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
 
 // Loss of one row from its max, sum of exp(x - max) and target logit.
 inline float row_loss(float max, double sum, float target_logit) {
@@ -105,24 +98,6 @@ void row_scale_scalar(float* d, int64_t V, float coef) {
 
 // ---------------------------------------------------------------- AVX2 path
 
-EQAT_AVX2 inline __m256 exp_avx2(__m256 x) {
-  const __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(kExpLo), _CMP_LT_OQ);  // false for NaN
-  // Operand order keeps NaN: max/min return the second operand when either is NaN.
-  x = _mm256_min_ps(_mm256_set1_ps(kExpHi), _mm256_max_ps(_mm256_set1_ps(kExpLo), x));
-  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
-  __m256 p = _mm256_set1_ps(kP0);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP1));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP2));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP3));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP4));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP5));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  p = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-  return _mm256_andnot_ps(under, p);
-}
 
 // Lanes [0, w) of the mask table row start at kLaneMask + 8 - w.
 alignas(32) const int32_t kLaneMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
@@ -156,12 +131,12 @@ EQAT_AVX2 void row_stats_avx2(const float* x, int64_t V, float& max_out, double&
     const __m256 vmax = _mm256_set1_ps(run_max);
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
     for (i = b; i + 8 <= e; i += 8) {
-      __m256 p = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax));
+      __m256 p = vexp::exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax));
       s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
       s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
     }
     if (i < e) {  // absent lanes are -inf, whose exp is 0
-      __m256 p = exp_avx2(_mm256_sub_ps(load_tail_avx2(x + i, e - i, ninf), vmax));
+      __m256 p = vexp::exp_avx2(_mm256_sub_ps(load_tail_avx2(x + i, e - i, ninf), vmax));
       s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
       s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
     }
@@ -192,14 +167,14 @@ EQAT_AVX2 double row_exp_avx2(float* d, const float* x, int64_t V, float max) {
   __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
   int64_t i = 0;
   for (; i + 8 <= V; i += 8) {
-    __m256 p = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax));
+    __m256 p = vexp::exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax));
     _mm256_storeu_ps(d + i, p);
     s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
     s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
   }
   if (i < V) {  // absent lanes are -inf, whose exp is 0
     const __m256i m = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLaneMask + 8 - (V - i)));
-    __m256 p = exp_avx2(_mm256_sub_ps(load_tail_avx2(x + i, V - i, _mm256_set1_ps(kNegInf)), vmax));
+    __m256 p = vexp::exp_avx2(_mm256_sub_ps(load_tail_avx2(x + i, V - i, _mm256_set1_ps(kNegInf)), vmax));
     _mm256_maskstore_ps(d + i, m, p);
     s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
     s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
@@ -221,22 +196,6 @@ EQAT_AVX2 void row_scale_avx2(float* d, int64_t V, float coef) {
 
 // ---------------------------------------------------------------- AVX-512 path
 
-EQAT_AVX512 inline __m512 exp_avx512(__m512 x) {
-  const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpLo), _CMP_NLT_UQ);  // x >= lo, or NaN
-  x = _mm512_min_ps(_mm512_set1_ps(kExpHi), _mm512_max_ps(_mm512_set1_ps(kExpLo), x));
-  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
-  __m512 p = _mm512_set1_ps(kP0);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP1));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP2));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP3));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP4));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP5));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-  return _mm512_maskz_mul_ps(keep, p, _mm512_castsi512_ps(e));
-}
 
 EQAT_AVX512 inline __mmask16 tail_mask(int64_t w) { return static_cast<__mmask16>((1u << w) - 1); }
 
@@ -266,7 +225,7 @@ EQAT_AVX512 void row_stats_avx512(const float* x, int64_t V, float& max_out, dou
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
     for (i = b; i < e; i += 16) {
       __m512 v = _mm512_mask_loadu_ps(ninf, tail_mask(std::min<int64_t>(16, e - i)), x + i);
-      __m512 p = exp_avx512(_mm512_sub_ps(v, vmax));
+      __m512 p = vexp::exp_avx512(_mm512_sub_ps(v, vmax));
       s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(p)));
       s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(p, 1)));
     }
@@ -295,7 +254,7 @@ EQAT_AVX512 double row_exp_avx512(float* d, const float* x, int64_t V, float max
   __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
   for (int64_t i = 0; i < V; i += 16) {  // absent tail lanes are -inf, whose exp is 0
     const __mmask16 m = tail_mask(std::min<int64_t>(16, V - i));
-    __m512 p = exp_avx512(_mm512_sub_ps(_mm512_mask_loadu_ps(ninf, m, x + i), vmax));
+    __m512 p = vexp::exp_avx512(_mm512_sub_ps(_mm512_mask_loadu_ps(ninf, m, x + i), vmax));
     _mm512_mask_storeu_ps(d + i, m, p);
     s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(p)));
     s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(p, 1)));

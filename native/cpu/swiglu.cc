@@ -2,9 +2,8 @@
 //   out = silu(gate) * up,   silu(g) = g / (1 + exp(-g)) = g * s,   s = sigmoid(g)
 //   dgate += dout * up * s * (1 + g * (1 - s)),   dup += dout * silu(g)
 // Memory-bound and elementwise: rows are split across threads; the vector paths evaluate exp
-// with a Cody-Waite range reduction and a degree-6 polynomial (within ~2 ulp of expf over
-// the clamped range; far outside it sigmoid saturates to 0 or 1 anyway). The scalar path and
-// vector tails use std::exp.
+// with native/cpu/vexp.h (about 1 ulp; far outside its range sigmoid saturates to 0 or 1
+// anyway). The scalar path and vector tails use std::exp.
 // Twin: src/ops/ref/swiglu.ts; typed wrapper: src/ops/swiglu.ts.
 #include "eqat.h"
 
@@ -17,6 +16,8 @@
 
 #include <algorithm>
 #include <cmath>
+
+#include "vexp.h"
 
 #ifndef EQAT_AVX512
 #define EQAT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
@@ -31,49 +32,6 @@
 
 namespace eqat {
 namespace {
-
-// exp(x) = 2^n * exp(r), n = round(x / ln 2), r = x - n ln 2 split in two parts for accuracy,
-// exp(r) ~ 1 + r + r^2 * P(r) on |r| <= ln(2)/2 (minimax coefficients, Cephes expf).
-constexpr float kExpHi = 88.0f;    // 2^127 range: keeps n + 127 a valid biased exponent
-constexpr float kExpLo = -87.0f;   // keeps 2^n normal
-constexpr float kLog2e = 1.44269504088896341f;
-constexpr float kLn2Hi = 0.693359375f;
-constexpr float kLn2Lo = -2.12194440e-4f;
-constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f;
-constexpr float kP3 = 4.1665795894e-2f, kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
-
-EQAT_AVX2 inline __m256 exp_avx2(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(kExpLo)), _mm256_set1_ps(kExpHi));
-  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
-  __m256 p = _mm256_set1_ps(kP0);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP1));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP2));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP3));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP4));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP5));
-  __m256 r2 = _mm256_mul_ps(r, r);
-  p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
-EQAT_AVX512 inline __m512 exp_avx512(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(kExpLo)), _mm512_set1_ps(kExpHi));
-  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
-  __m512 p = _mm512_set1_ps(kP0);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP1));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP2));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP3));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP4));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP5));
-  __m512 r2 = _mm512_mul_ps(r, r);
-  p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
-}
 
 // ---------------------------------------------------------------- scalar element kernels
 
@@ -98,7 +56,7 @@ EQAT_AVX2 void forward_avx2(float* out, const float* gate, const float* up, int6
   int64_t i = i0;
   for (; i + 8 <= i1; i += 8) {
     __m256 g = _mm256_loadu_ps(gate + i);
-    __m256 e = exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), g));
+    __m256 e = vexp::exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), g));
     __m256 silu = _mm256_div_ps(g, _mm256_add_ps(one, e));
     _mm256_storeu_ps(out + i, _mm256_mul_ps(silu, _mm256_loadu_ps(up + i)));
   }
@@ -110,14 +68,14 @@ EQAT_AVX512 void forward_avx512(float* out, const float* gate, const float* up, 
   int64_t i = i0;
   for (; i + 16 <= i1; i += 16) {
     __m512 g = _mm512_loadu_ps(gate + i);
-    __m512 e = exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+    __m512 e = vexp::exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g));
     __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, e));
     _mm512_storeu_ps(out + i, _mm512_mul_ps(silu, _mm512_loadu_ps(up + i)));
   }
   if (i < i1) {
     __mmask16 m = static_cast<__mmask16>((1u << (i1 - i)) - 1u);
     __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
-    __m512 e = exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+    __m512 e = vexp::exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g));
     __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, e));
     _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(silu, _mm512_maskz_loadu_ps(m, up + i)));
   }
@@ -136,7 +94,7 @@ EQAT_AVX2 void backward_avx2(float* dgate, float* dup, const float* dout, const 
   int64_t i = i0;
   for (; i + 8 <= i1; i += 8) {
     __m256 g = _mm256_loadu_ps(gate + i), u = _mm256_loadu_ps(up + i), d = _mm256_loadu_ps(dout + i);
-    __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+    __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, vexp::exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), g))));
     __m256 silu = _mm256_mul_ps(g, s);
     __m256 dsilu = _mm256_mul_ps(s, _mm256_fmadd_ps(g, _mm256_sub_ps(one, s), one));
     __m256 gg = _mm256_mul_ps(_mm256_mul_ps(d, u), dsilu), gu = _mm256_mul_ps(d, silu);
@@ -152,7 +110,7 @@ EQAT_AVX512 void backward_avx512(float* dgate, float* dup, const float* dout, co
   int64_t i = i0;
   for (; i + 16 <= i1; i += 16) {
     __m512 g = _mm512_loadu_ps(gate + i), u = _mm512_loadu_ps(up + i), d = _mm512_loadu_ps(dout + i);
-    __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+    __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, vexp::exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g))));
     __m512 silu = _mm512_mul_ps(g, s);
     __m512 dsilu = _mm512_mul_ps(s, _mm512_fmadd_ps(g, _mm512_sub_ps(one, s), one));
     __m512 gg = _mm512_mul_ps(_mm512_mul_ps(d, u), dsilu), gu = _mm512_mul_ps(d, silu);
@@ -163,7 +121,7 @@ EQAT_AVX512 void backward_avx512(float* dgate, float* dup, const float* dout, co
     __mmask16 m = static_cast<__mmask16>((1u << (i1 - i)) - 1u);
     __m512 g = _mm512_maskz_loadu_ps(m, gate + i), u = _mm512_maskz_loadu_ps(m, up + i);
     __m512 d = _mm512_maskz_loadu_ps(m, dout + i);
-    __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+    __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, vexp::exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g))));
     __m512 silu = _mm512_mul_ps(g, s);
     __m512 dsilu = _mm512_mul_ps(s, _mm512_fmadd_ps(g, _mm512_sub_ps(one, s), one));
     __m512 gg = _mm512_mul_ps(_mm512_mul_ps(d, u), dsilu), gu = _mm512_mul_ps(d, silu);
