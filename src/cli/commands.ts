@@ -8,7 +8,7 @@ import { generateIds } from '../pipeline/generate.js';
 import { native } from '../engine/native.js';
 import { blockApDefaults, runBlockAp } from '../pipeline/block-ap.js';
 import { runDemo } from '../pipeline/demo.js';
-import { e2eQpDefaults, runE2eQp } from '../pipeline/e2e-qp.js';
+import { E2E_QP_SAVE_EVERY, E2E_QP_SAVE_SECONDS, e2eQpDefaults, runE2eQp } from '../pipeline/e2e-qp.js';
 import { resolveRecipe, runQuantize } from '../pipeline/quantize.js';
 import { exportOnnx } from '../export/onnx.js';
 import { loadRecipeFile, overridesFromFlags, recipeFlagSpecs } from '../pipeline/recipe.js';
@@ -23,6 +23,18 @@ const str = (f: ParsedFlags, k: string) => f[k] as string;
 const int = (f: ParsedFlags, k: string) => f[k] as number;
 
 const threadsFlag = { type: 'int', min: 1, help: 'CPU threads (default: all cores)' } as const;
+
+/** E2E-QP defaults (seed and every setting that does not depend on the bit width). */
+const E2E = e2eQpDefaults(4);
+
+const saveEveryFlag = {
+  type: 'int',
+  default: E2E_QP_SAVE_EVERY,
+  min: 0,
+  help:
+    `save the training state to OUT.partial/ every N optimizer steps (and after any step ending ${E2E_QP_SAVE_SECONDS / 60} min after the last save); ` +
+    'rerunning an interrupted command resumes from it (same result byte for byte); 0 = never',
+} as const;
 
 /** Peak resident memory of this process so far, MiB. */
 function peakRssMiB(): number {
@@ -177,18 +189,20 @@ export const COMMANDS: Record<string, Command> = {
     flags: {
       model: { type: 'string', required: true, help: 'quantized model directory (output of block-ap)' },
       data: { type: 'string', required: true, help: 'training data: text (.txt, .jsonl/.parquet with `text`) or instructions (.jsonl with instruction/input/output or messages)' },
-      'data-format': { type: 'string', default: 'auto', choices: ['auto', 'text', 'instruct'], help: 'how to read --data' },
+      'data-format': { type: 'string', default: E2E.dataFormat, choices: ['auto', 'text', 'instruct'], help: 'how to read --data' },
       out: { type: 'string', required: true, help: 'output directory; must not exist' },
-      'train-size': { type: 'int', default: 4096, min: 1, help: 'training samples' },
-      seqlen: { type: 'int', default: 4096, min: 2, help: 'tokens per sample' },
-      'batch-size': { type: 'int', default: 32, min: 1, help: 'global batch (samples per optimizer step)' },
-      'micro-batch-size': { type: 'int', default: 1, min: 1, help: 'samples per forward/backward (gradient accumulation)' },
-      epochs: { type: 'int', default: 1, min: 1, help: 'epochs' },
+      'train-size': { type: 'int', default: E2E.trainSize, min: 1, help: 'training samples' },
+      seqlen: { type: 'int', default: E2E.seqlen, min: 2, help: 'tokens per sample' },
+      'batch-size': { type: 'int', default: E2E.batchSize, min: 1, help: 'global batch (samples per optimizer step)' },
+      'micro-batch-size': { type: 'int', default: E2E.microBatchSize, min: 1, help: 'samples per forward/backward (gradient accumulation)' },
+      epochs: { type: 'int', default: E2E.epochs, min: 1, help: 'epochs' },
       lr: { type: 'number', min: 0, help: 'learning rate (default: 2e-5 for 2-bit, 1e-5 otherwise)' },
-      'warmup-ratio': { type: 'number', default: 0.03, min: 0, help: 'linear warmup fraction of the steps' },
-      'max-grad-norm': { type: 'number', default: 0.3, min: 0, help: 'gradient-norm clip' },
-      'weight-decay': { type: 'number', default: 0, min: 0, help: 'AdamW weight decay' },
-      seed: { type: 'int', default: 2, help: 'data sampling seed' },
+      'warmup-ratio': { type: 'number', default: E2E.warmupRatio, min: 0, help: 'linear warmup fraction of the steps' },
+      'max-grad-norm': { type: 'number', default: E2E.maxGradNorm, min: 0, help: 'gradient-norm clip' },
+      'weight-decay': { type: 'number', default: E2E.weightDecay, min: 0, help: 'AdamW weight decay' },
+      seed: { type: 'int', default: E2E.seed, help: 'data sampling seed' },
+      'save-every': saveEveryFlag,
+      restart: { type: 'boolean', default: false, help: 'discard an interrupted run in OUT.partial/ instead of resuming it' },
       quiet: { type: 'boolean', default: false, help: 'no progress output' },
       json: { type: 'boolean', default: false, help: 'print a JSON summary as the last line of stdout' },
       threads: threadsFlag,
@@ -214,10 +228,15 @@ export const COMMANDS: Record<string, Command> = {
         maxGradNorm: f['max-grad-norm'] as number,
         weightDecay: f['weight-decay'] as number,
         seed: int(f, 'seed'),
+        saveEvery: int(f, 'save-every'),
+        restart: f['restart'] as boolean,
         quiet: f['quiet'] as boolean,
       });
       if (f['json']) console.log(JSON.stringify({ ...r, peakRssMiB: peakRssMiB() }));
-      else console.log(`wrote ${r.out} (${r.steps} steps, loss ${r.firstLoss.toFixed(4)} -> ${r.lastLoss.toFixed(4)}, ${r.seconds.toFixed(1)} s)`);
+      else {
+        const resumed = r.resumedFrom ? `, resumed after step ${r.resumedFrom}` : '';
+        console.log(`wrote ${r.out} (${r.steps} steps, loss ${r.firstLoss.toFixed(4)} -> ${r.lastLoss.toFixed(4)}, ${r.seconds.toFixed(1)} s${resumed})`);
+      }
     },
   },
   quantize: {
@@ -226,6 +245,8 @@ export const COMMANDS: Record<string, Command> = {
       recipe: { type: 'string', help: 'recipe file (.json, .yaml, .yml); flags override its values' },
       ...recipeFlagSpecs(),
       'max-ram': { type: 'number', min: 0, help: 'GiB of RAM for Block-AP activation caches before they go to disk (default: half of RAM)' },
+      'save-every': { ...saveEveryFlag, help: `E2E-QP phase: ${saveEveryFlag.help}` },
+      restart: { type: 'boolean', default: false, help: 'discard interrupted phases (OUT.block-ap.partial/, OUT.partial/) instead of resuming them' },
       quiet: { type: 'boolean', default: false, help: 'no progress output' },
       json: { type: 'boolean', default: false, help: 'print a JSON summary as the last line of stdout' },
       threads: threadsFlag,
@@ -238,9 +259,14 @@ export const COMMANDS: Record<string, Command> = {
       const r = await runQuantize(recipe, {
         quiet: f['quiet'] as boolean,
         maxRamBytes: f['max-ram'] !== undefined ? (f['max-ram'] as number) * 2 ** 30 : undefined,
+        saveEvery: int(f, 'save-every'),
+        restart: f['restart'] as boolean,
       });
       if (f['json']) console.log(JSON.stringify({ ...r, peakRssMiB: peakRssMiB() }));
-      else console.log(`wrote ${r.out} (Block-AP ${r.blockApSeconds.toFixed(1)} s, E2E-QP ${r.e2eQpSeconds.toFixed(1)} s)`);
+      else {
+        const resumed = r.e2eQpResumedFrom ? `, resumed after step ${r.e2eQpResumedFrom}` : '';
+        console.log(`wrote ${r.out} (Block-AP ${r.blockApSeconds.toFixed(1)} s, E2E-QP ${r.e2eQpSeconds.toFixed(1)} s${resumed})`);
+      }
     },
   },
   export: {

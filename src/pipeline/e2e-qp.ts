@@ -10,7 +10,18 @@
 // activations are recomputed during the backward (one block's workspace at a time), and the
 // gradient w.r.t. a layer's dequantized weight only ever exists tile by tile inside the
 // packed-linear kernel.
-import { appendFileSync, copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
+//
+// Resume: every `saveEvery` optimizer steps (default 8, and after any step that ends 10 minutes
+// or more after the last save) the training state goes atomically (temp file, fsync, rename)
+// into `<out>.partial/e2e-qp-state.safetensors`: the f32 step sizes, AdamW's m and v, and in its
+// metadata the next step, the losses, the log lines so far and a fingerprint of the inputs
+// (every setting and the seed; size and modification time of the data file and of the model
+// directory's files). A rerun with the same inputs continues from there: batches are a function
+// of the seed and the step index, the lr schedule of the step index, so the checkpoint equals
+// an uninterrupted run's byte for byte; only the timing fields (`seconds` of each log line and
+// of eqat-recipe.json's e2e_qp) differ. Other inputs are refused naming what differs; `restart`
+// discards the state. The finished checkpoint appears at `<out>` only by a rename at the end.
+import { appendFileSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Arena, Tensor } from '../engine/tensor.js';
 import { WeightSource } from '../model/weights.js';
@@ -27,6 +38,8 @@ import { adamwStep, clipGradNorm } from '../ops/adamw.js';
 import { scalesToF16 } from '../quant/primitives.js';
 import { unpackQweight } from '../quant/gptq-pack.js';
 import { writeSafetensors } from '../io/safetensors-write.js';
+import { SafetensorsFile } from '../io/safetensors.js';
+import { isJsonObject } from '../io/errors.js';
 import {
   blockShardTensors,
   headShardTensors,
@@ -43,21 +56,38 @@ import { buildSupervisedSamples, detectDataFormat, loadChatTemplate, readInstruc
 import { progress } from '../cli/progress.js';
 import { eqatVersion } from '../engine/version.js';
 
-export interface E2eQpRecipe {
-  model: string;
-  data: string;
-  /** 'auto': .jsonl/.json records with instruction/messages → instruct, otherwise text. */
+/**
+ * Every E2E-QP setting that changes the trained result, apart from the model, the data path and
+ * the sampling seed: the one type behind the `e2e-qp` flags, the `e2e_qp` section of a quantize
+ * recipe (src/pipeline/recipe.ts, which adds a nullable `data`) and the resume check.
+ */
+export interface E2eQpSettings {
+  /** auto: a .json/.jsonl file whose first record has instruction/output or messages is instruction data, anything else text. */
   dataFormat: 'auto' | 'text' | 'instruct';
+  /** Training samples (text windows or instruction records, cycled when the data has fewer). */
   trainSize: number;
   seqlen: number;
-  /** Global batch (samples per optimizer step). */
+  /** Global batch: samples per optimizer step. */
   batchSize: number;
+  /** Samples per forward/backward pass; gradients accumulate over batchSize / microBatchSize passes. */
   microBatchSize: number;
+  /** Passes over the training samples (a quantize recipe may set 0 to skip E2E-QP). */
   epochs: number;
+  /** AdamW learning rate of the step sizes (the only parameters E2E-QP trains). */
   lr: number;
+  /** Fraction of the steps spent in linear warm-up. */
   warmupRatio: number;
+  /** Global gradient-norm clip; a run needs it > 0 (validateE2eQp). */
   maxGradNorm: number;
   weightDecay: number;
+}
+
+/** The recipe of one run: the settings, what they apply to, and the seed of data sampling. */
+export interface E2eQpRecipe extends E2eQpSettings {
+  /** Quantized model directory (GPTQ v2, e.g. a Block-AP checkpoint). */
+  model: string;
+  /** Training data: text corpus or instruction .jsonl/.json. */
+  data: string;
   seed: number;
 }
 
@@ -66,8 +96,24 @@ export interface E2eQpOptions extends E2eQpRecipe {
   quiet?: boolean;
   /** Extra fields recorded in eqat-recipe.json (e.g. the Block-AP phase of `eqat quantize`). */
   record?: Record<string, unknown>;
+  /**
+   * Save the training state into `<out>.partial/` every this many optimizer steps, and after
+   * any step that ends E2E_QP_SAVE_SECONDS or more after the last save; 0 = never.
+   * Default: E2E_QP_SAVE_EVERY.
+   */
+  saveEvery?: number;
+  /** Discard an interrupted run's state in `<out>.partial/` and start from step 0. */
+  restart?: boolean;
+  /** Called after every optimizer step, after any save (tests use it to interrupt a run). */
+  onStep?: (step: number) => void;
 }
 
+/**
+ * The defaults, the paper's recipe (the one table of E2E-QP presets; recipe.ts takes its e2e_qp
+ * section from here): 4096 samples x 4096 tokens, global batch 32 in micro batches of 1, one
+ * epoch, lr 2e-5 at 2 bits else 1e-5, 3% warm-up, clip 0.3, no weight decay, seed 2.
+ * Keys are in the order eqat-recipe.json records them.
+ */
 export function e2eQpDefaults(wbits: number): Omit<E2eQpRecipe, 'model' | 'data'> {
   return {
     dataFormat: 'auto',
@@ -84,6 +130,13 @@ export function e2eQpDefaults(wbits: number): Omit<E2eQpRecipe, 'model' | 'data'
   };
 }
 
+/** Default of --save-every: optimizer steps between saves of the training state. */
+export const E2E_QP_SAVE_EVERY = 8;
+/** A step that ends this long after the last save saves too (unless saving is off). */
+export const E2E_QP_SAVE_SECONDS = 600;
+/** The training state inside `<out>.partial/` while a run is in progress. */
+export const E2E_QP_STATE_FILE = 'e2e-qp-state.safetensors';
+
 export interface E2eQpStepLog {
   step: number;
   loss: number;
@@ -97,8 +150,11 @@ export interface E2eQpResult {
   steps: number;
   firstLoss: number;
   lastLoss: number;
+  /** Training seconds over all runs (a resumed run adds its time to the saved state's). */
   seconds: number;
   packedBytes: number;
+  /** Optimizer steps restored from a saved state; 0 when the run started from scratch. */
+  resumedFrom: number;
 }
 
 /** transformers' cosine schedule with linear warmup: the lr used at optimizer step `step` (0-based). */
@@ -122,6 +178,8 @@ export function validateE2eQp(o: E2eQpOptions): void {
   if (!(o.warmupRatio >= 0 && o.warmupRatio < 1)) fail('warmup-ratio', 'must be in [0, 1)');
   if (!(o.maxGradNorm > 0)) fail('max-grad-norm', 'must be > 0');
   if (o.epochs < 1) fail('epochs', 'must be >= 1');
+  const saveEvery = o.saveEvery ?? E2E_QP_SAVE_EVERY;
+  if (!Number.isSafeInteger(saveEvery) || saveEvery < 0) fail('save-every', `must be a non-negative integer, got ${saveEvery}`);
 }
 
 /** Training samples: ids (count, T) and shifted labels (count, T) with -100 where no loss. */
@@ -282,16 +340,173 @@ export class E2eTrainer {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Resume: the training state saved in `<out>.partial/` and the check that it belongs to this run
+
+/** What the inputs of a run were: a saved state resumes only under an equal fingerprint. */
+interface Fingerprint {
+  /** Every setting that changes the result (E2eQpSettings and the seed), in e2eQpDefaults' order. */
+  recipe: Record<string, unknown>;
+  /** The model directory (resolved) and "size bytes, modified time" of each file that is read. */
+  model: { dir: string; files: Record<string, string> };
+  /** The training data (resolved path) and its "size bytes, modified time". */
+  data: { path: string; file: string };
+}
+
+/** The state file's metadata (under the key STATE_KEY); the tensors hold the numbers. */
+interface SavedState {
+  format: typeof STATE_FORMAT;
+  fingerprint: Fingerprint;
+  /** Optimizer steps done; the run continues with step index nextStep (0-based). */
+  nextStep: number;
+  totalSteps: number;
+  firstLoss: number;
+  lastLoss: number;
+  /** Wall seconds of the run(s) so far, up to this save. */
+  seconds: number;
+  /** The e2e-qp-log.jsonl lines of steps 1..nextStep, exactly as written. */
+  log: string[];
+}
+
+const STATE_FORMAT = 'eqat-e2e-qp-state/1';
+const STATE_KEY = 'eqat_e2e_qp_state';
+/** Tensors of the state file, each (number of step sizes,) f32: the trained step sizes and AdamW's moments. */
+const STATE_TENSORS = ['scales', 'exp_avg', 'exp_avg_sq'] as const;
+/** Model-directory files that are records of earlier runs, not inputs: not fingerprinted. */
+const RECORD_FILES = new Set(['eqat-recipe.json', 'recipe.json']);
+
+function fileStamp(path: string): string {
+  const st = statSync(path);
+  return `${st.size} bytes, modified ${new Date(st.mtimeMs).toISOString()}`;
+}
+
+function fingerprintOf(o: E2eQpOptions): Fingerprint {
+  const dir = resolve(o.model);
+  const files: Record<string, string> = {};
+  for (const name of readdirSync(dir).sort()) {
+    if (name.startsWith('.') || name.endsWith('.jsonl') || name.endsWith('.tmp') || name.endsWith('.md') || RECORD_FILES.has(name)) continue;
+    const path = join(dir, name);
+    if (statSync(path).isFile()) files[name] = fileStamp(path);
+  }
+  const recipe: Record<string, unknown> = {};
+  const values = o as unknown as Record<string, unknown>;
+  for (const key of Object.keys(e2eQpDefaults(4))) recipe[key] = values[key];
+  return { recipe, model: { dir, files }, data: { path: resolve(o.data), file: fileStamp(o.data) } };
+}
+
+/** The first difference between a saved fingerprint and this run's, in words; null when equal. */
+function fingerprintDifference(saved: Fingerprint, now: Fingerprint): string | null {
+  const show = (v: unknown): string => (v === undefined ? 'absent' : JSON.stringify(v));
+  for (const key of new Set([...Object.keys(now.recipe), ...Object.keys(saved.recipe ?? {})])) {
+    const a = saved.recipe?.[key];
+    const b = now.recipe[key];
+    if (JSON.stringify(a) !== JSON.stringify(b)) return `${key} (--${kebab(key)}) is ${show(a)} in the saved state, ${show(b)} now`;
+  }
+  if (saved.data?.path !== now.data.path) return `the training data is ${show(saved.data?.path)} in the saved state, ${show(now.data.path)} now`;
+  if (saved.data.file !== now.data.file) return `the training data ${now.data.path} has changed (${saved.data.file} in the saved state, ${now.data.file} now)`;
+  if (saved.model?.dir !== now.model.dir) return `the model is ${show(saved.model?.dir)} in the saved state, ${show(now.model.dir)} now`;
+  for (const name of new Set([...Object.keys(saved.model.files ?? {}), ...Object.keys(now.model.files)])) {
+    const a = saved.model.files?.[name];
+    const b = now.model.files[name];
+    if (a !== b) return `the model file ${join(now.model.dir, name)} has changed (${a ?? 'absent'} in the saved state, ${b ?? 'absent'} now)`;
+  }
+  return null;
+}
+
+function kebab(key: string): string {
+  return key.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
+}
+
+/** Reads a state file's metadata; any problem is an error naming the file and how to start over. */
+function readSavedState(path: string): SavedState {
+  const fail = (problem: string): never => {
+    throw stateError(path, problem);
+  };
+  let st: SafetensorsFile | null = null;
+  try {
+    st = SafetensorsFile.open(path);
+    const text = st.metadata[STATE_KEY];
+    if (text === undefined) fail(`no "${STATE_KEY}" entry in its metadata`);
+    let state: SavedState;
+    try {
+      state = JSON.parse(text!) as SavedState;
+    } catch (e) {
+      return fail(`its metadata is not valid JSON: ${(e as Error).message}`);
+    }
+    if (!isJsonObject(state) || state.format !== STATE_FORMAT) fail(`not a ${STATE_FORMAT} state`);
+    const { nextStep, totalSteps, log } = state;
+    if (!Number.isSafeInteger(nextStep) || !Number.isSafeInteger(totalSteps) || nextStep < 1 || nextStep > totalSteps) {
+      fail(`bad step counts (next step ${String(nextStep)} of ${String(totalSteps)})`);
+    }
+    if (typeof state.firstLoss !== 'number' || typeof state.lastLoss !== 'number' || typeof state.seconds !== 'number') fail('no losses or time');
+    if (!Array.isArray(log) || log.length !== nextStep || !log.every((l) => typeof l === 'string')) fail('its log does not match its step count');
+    if (!isJsonObject(state.fingerprint) || !isJsonObject(state.fingerprint.recipe)) fail('no fingerprint of the run');
+    for (const name of STATE_TENSORS) {
+      if (!st.has(name)) fail(`no tensor '${name}'`);
+      const info = st.info(name);
+      if (info.dtype !== 'F32' || info.shape.length !== 1) fail(`tensor '${name}' is ${info.dtype} [${info.shape.join(', ')}], expected F32 [n]`);
+    }
+    return state;
+  } catch (e) {
+    const msg = (e as Error).message;
+    if (msg.startsWith(`${path}: cannot resume`)) throw e;
+    throw stateError(path, msg.startsWith(`${path}: `) ? msg.slice(path.length + 2) : msg);
+  } finally {
+    st?.close();
+  }
+}
+
+/** The error for a state file that cannot be used, naming the file and how to start over. */
+function stateError(path: string, problem: string): Error {
+  return new Error(`${path}: cannot resume from this E2E-QP state (${problem}); pass --restart to discard it and start over`);
+}
+
+/** Loads the saved step sizes and moments into the optimizer state (sizes checked against the model). */
+function loadSavedTensors(path: string, state: ScaleState): void {
+  let st: SafetensorsFile | null = null;
+  try {
+    st = SafetensorsFile.open(path);
+    const targets = [state.params, state.m, state.v];
+    for (let i = 0; i < STATE_TENSORS.length; i++) {
+      const name = STATE_TENSORS[i]!;
+      const n = st.info(name).shape[0]!;
+      const want = targets[i]!.buffer.length;
+      if (n !== want) throw stateError(path, `'${name}' holds ${n} step sizes, the model has ${want}`);
+      st.readF32(name, targets[i]!.buffer);
+    }
+  } catch (e) {
+    const msg = (e as Error).message;
+    if (msg.startsWith(`${path}: cannot resume`)) throw e;
+    throw stateError(path, msg.startsWith(`${path}: `) ? msg.slice(path.length + 2) : msg);
+  } finally {
+    st?.close();
+  }
+}
+
 export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
   const t0 = performance.now();
   const out = resolve(o.out);
   const partial = out + '.partial';
   if (existsSync(out)) throw new Error(`--out ${o.out}: already exists; choose another directory or remove it`);
   validateE2eQp(o);
+  const saveEvery = o.saveEvery ?? E2E_QP_SAVE_EVERY;
   const src = WeightSource.open(o.model);
   try {
     if (!src.quant) throw new Error(`--model ${o.model}: not a quantized checkpoint; run block-ap first (or use eqat quantize)`);
-    const samples = await trainingSamples(o);
+    const samples = await trainingSamples(o); // a bad --data fails here, before anything is written
+    // an interrupted run: resume it if it is this run
+    const statePath = join(partial, E2E_QP_STATE_FILE);
+    if (o.restart) rmSync(partial, { recursive: true, force: true });
+    const fingerprint = fingerprintOf(o);
+    const saved = existsSync(statePath) ? readSavedState(statePath) : null;
+    if (saved) {
+      const diff = fingerprintDifference(saved.fingerprint, fingerprint);
+      if (diff) {
+        throw new Error(
+          `${partial}: holds an interrupted E2E-QP run with other inputs: ${diff}; rerun with the same settings to resume it, or pass --restart to discard it and start over`,
+        );
+      }
+    }
     const cfg = src.cfg;
     const model = PackedModel.load(src);
     const state = new ScaleState(model.blocks);
@@ -304,42 +519,76 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
     const stepsPerEpoch = Math.floor(samples.count / o.batchSize);
     const totalSteps = stepsPerEpoch * o.epochs;
     const warmup = Math.ceil(o.warmupRatio * totalSteps);
-    rmSync(partial, { recursive: true, force: true });
-    mkdirSync(partial, { recursive: true });
     const logPath = join(partial, 'e2e-qp-log.jsonl');
-    const bar = progress('e2e-qp', totalSteps, { quiet: o.quiet ?? false });
+    let step = 0;
     let firstLoss = NaN;
     let lastLoss = NaN;
+    let log: string[] = [];
+    let secondsBefore = 0; // of the interrupted runs, up to their last save
+    if (saved) {
+      if (saved.totalSteps !== totalSteps) {
+        throw stateError(statePath, `it is for ${saved.totalSteps} steps, this run has ${totalSteps}`);
+      }
+      loadSavedTensors(statePath, state);
+      step = saved.nextStep;
+      firstLoss = saved.firstLoss;
+      lastLoss = saved.lastLoss;
+      secondsBefore = saved.seconds;
+      log = saved.log;
+      // the log as of the save (a killed run may have logged steps after it)
+      writeFileSync(logPath + '.tmp', log.map((l) => l + '\n').join(''));
+      renameSync(logPath + '.tmp', logPath);
+    } else {
+      rmSync(partial, { recursive: true, force: true });
+      mkdirSync(partial, { recursive: true });
+    }
+    const resumedFrom = step;
+    const elapsed = (): number => secondsBefore + (performance.now() - t0) / 1000;
+    let lastSave = performance.now();
+    const save = (): void => {
+      const meta: SavedState = { format: STATE_FORMAT, fingerprint, nextStep: step, totalSteps, firstLoss, lastLoss, seconds: elapsed(), log };
+      const tensors = [state.params, state.m, state.v].map((a, i) => ({ name: STATE_TENSORS[i]!, dtype: 'F32' as const, shape: [a.buffer.length], data: a.buffer }));
+      writeSafetensors(statePath, tensors, { [STATE_KEY]: JSON.stringify(meta) });
+      lastSave = performance.now();
+    };
+
+    const bar = progress('e2e-qp', totalSteps, { quiet: o.quiet ?? false });
+    if (step > 0) bar.update(step);
     const microStep = (sample: number): number =>
       trainer.lossAndGrad(samples.ids.subarray(sample * T, (sample + mb) * T), samples.labels.subarray(sample * T, (sample + mb) * T), accum);
 
-    let step = 0;
-    for (let epoch = 0; epoch < o.epochs; epoch++) {
-      for (let s = 0; s < stepsPerEpoch; s++) {
-        const ts = performance.now();
-        state.grads.zero();
-        let loss = 0;
-        for (let a = 0; a < accum; a++) loss += microStep(s * o.batchSize + a * mb) / accum;
-        if (!Number.isFinite(loss)) {
-          throw new Error(`e2e-qp step ${step + 1}: loss is ${loss}; stopping (nothing written)`);
-        }
-        const gradNorm = clipGradNorm([Tensor.fromF32(state.grads.buffer)], o.maxGradNorm);
-        const lr = warmupCosineLr(o.lr, step, totalSteps, warmup);
-        adamwStep(Tensor.fromF32(state.params.buffer), Tensor.fromF32(state.grads.buffer), Tensor.fromF32(state.m.buffer), Tensor.fromF32(state.v.buffer), {
-          lr,
-          beta1: 0.9,
-          beta2: 0.999,
-          eps: 1e-8,
-          weightDecay: o.weightDecay,
-          step: step + 1,
-        });
-        if (step === 0) firstLoss = loss;
-        lastLoss = loss;
-        const entry: E2eQpStepLog = { step: step + 1, loss, lr, gradNorm, seconds: (performance.now() - ts) / 1000 };
-        appendFileSync(logPath, JSON.stringify(entry) + '\n');
-        step++;
-        bar.update(step, { loss, lr });
+    // optimizer step `step` uses samples [s·batch, (s+1)·batch) with s = step mod steps per
+    // epoch: the order depends on the seed only, so a resumed run sees the same batches
+    while (step < totalSteps) {
+      const s = step % stepsPerEpoch;
+      const ts = performance.now();
+      state.grads.zero();
+      let loss = 0;
+      for (let a = 0; a < accum; a++) loss += microStep(s * o.batchSize + a * mb) / accum;
+      if (!Number.isFinite(loss)) {
+        throw new Error(`e2e-qp step ${step + 1}: loss is ${loss}; stopping (nothing written)`);
       }
+      const gradNorm = clipGradNorm([Tensor.fromF32(state.grads.buffer)], o.maxGradNorm);
+      const lr = warmupCosineLr(o.lr, step, totalSteps, warmup);
+      adamwStep(Tensor.fromF32(state.params.buffer), Tensor.fromF32(state.grads.buffer), Tensor.fromF32(state.m.buffer), Tensor.fromF32(state.v.buffer), {
+        lr,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weightDecay: o.weightDecay,
+        step: step + 1,
+      });
+      if (step === 0) firstLoss = loss;
+      lastLoss = loss;
+      const entry: E2eQpStepLog = { step: step + 1, loss, lr, gradNorm, seconds: (performance.now() - ts) / 1000 };
+      const line = JSON.stringify(entry);
+      appendFileSync(logPath, line + '\n');
+      log.push(line);
+      step++;
+      bar.update(step, { loss, lr });
+      const due = step % saveEvery === 0 || step === totalSteps || performance.now() - lastSave >= E2E_QP_SAVE_SECONDS * 1000;
+      if (saveEvery > 0 && due) save();
+      o.onStep?.(step);
     }
     bar.stop();
 
@@ -365,7 +614,7 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
     const previous = existsSync(join(o.model, 'eqat-recipe.json'))
       ? (JSON.parse(readFileSync(join(o.model, 'eqat-recipe.json'), 'utf8')) as Record<string, unknown>)
       : null;
-    const seconds = (performance.now() - t0) / 1000;
+    const seconds = elapsed();
     writeJsonAtomic(join(partial, 'eqat-recipe.json'), {
       eqat: eqatVersion(),
       phase: 'e2e-qp',
@@ -376,14 +625,19 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
     if (existsSync(join(o.model, 'block-ap-log.jsonl'))) {
       copyFileSync(join(o.model, 'block-ap-log.jsonl'), join(partial, 'block-ap-log.jsonl'));
     }
+    // the state and any temporary file of a save cut short go; then the rename makes it visible
+    rmSync(statePath, { force: true });
+    for (const f of readdirSync(partial)) if (f.includes('.tmp')) rmSync(join(partial, f), { force: true });
     renameSync(partial, out);
-    return { out, steps: step, firstLoss, lastLoss, seconds, packedBytes: model.packedBytes() };
+    return { out, steps: step, firstLoss, lastLoss, seconds, packedBytes: model.packedBytes(), resumedFrom };
   } finally {
     src.close();
   }
 }
 
 function recipeOf(o: E2eQpOptions): E2eQpRecipe {
-  const { model, data, dataFormat, trainSize, seqlen, batchSize, microBatchSize, epochs, lr, warmupRatio, maxGradNorm, weightDecay, seed } = o;
-  return { model, data, dataFormat, trainSize, seqlen, batchSize, microBatchSize, epochs, lr, warmupRatio, maxGradNorm, weightDecay, seed };
+  const recipe: Record<string, unknown> = { model: o.model, data: o.data };
+  const values = o as unknown as Record<string, unknown>;
+  for (const key of Object.keys(e2eQpDefaults(4))) recipe[key] = values[key];
+  return recipe as unknown as E2eQpRecipe;
 }

@@ -3,8 +3,9 @@
 // the paper's presets per bit width). The recipe is fully checked against the model before
 // any work. Block-AP's checkpoint is kept at `<out>.block-ap`; the final one is `<out>`.
 // Rerunning an interrupted command resumes: a finished Block-AP phase is reused, an
-// interrupted one continues after its last finished block.
-import { existsSync, readFileSync, renameSync } from 'node:fs';
+// interrupted one continues after its last finished block, and an interrupted E2E-QP phase
+// continues from its last saved step (`<out>.partial/`); `restart` discards interrupted state.
+import { existsSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { loadConfig } from '../io/hf-config.js';
 import { writeJsonAtomic } from '../io/quant-checkpoint.js';
@@ -18,6 +19,8 @@ export interface QuantizeResult {
   blockApOut: string;
   blockApSeconds: number;
   e2eQpSeconds: number;
+  /** E2E-QP steps restored from an interrupted run's saved state; 0 when it started from scratch. */
+  e2eQpResumedFrom: number;
   seconds: number;
 }
 
@@ -29,11 +32,22 @@ export function resolveRecipe(fromFile: RecipeOverrides, fromFlags: RecipeOverri
   return r;
 }
 
-export async function runQuantize(r: QuantizeRecipe, { quiet = false, maxRamBytes }: { quiet?: boolean; maxRamBytes?: number } = {}): Promise<QuantizeResult> {
+export interface QuantizeOptions {
+  quiet?: boolean;
+  /** RAM budget of Block-AP's activation caches, bytes. */
+  maxRamBytes?: number;
+  /** E2E-QP: save its training state every this many steps (runE2eQp's saveEvery). */
+  saveEvery?: number;
+  /** Discard the state of interrupted phases (`<out>.block-ap.partial/`, `<out>.partial/`) and run them from the start. */
+  restart?: boolean;
+}
+
+export async function runQuantize(r: QuantizeRecipe, { quiet = false, maxRamBytes, saveEvery, restart = false }: QuantizeOptions = {}): Promise<QuantizeResult> {
   const t0 = performance.now();
   const out = resolve(r.out);
   if (existsSync(out)) throw new Error(`out ${r.out}: already exists; choose another directory or remove it`);
   const bapOut = out + '.block-ap';
+  if (restart) rmSync(bapOut + '.partial', { recursive: true, force: true }); // E2E-QP's own state goes in runE2eQp
   const b = r.blockAp;
   let blockApSeconds = 0;
   const bapRecipeFile = join(bapOut, 'eqat-recipe.json');
@@ -63,28 +77,12 @@ export async function runQuantize(r: QuantizeRecipe, { quiet = false, maxRamByte
     blockApSeconds = (performance.now() - t) / 1000;
   }
   let e2eQpSeconds = 0;
+  let e2eQpResumedFrom = 0;
   const e = r.e2eQp;
   const record = { quantize_recipe: recipeToJson(r), versions: eqatVersion() };
   if (e.epochs > 0) {
     const t = performance.now();
-    await runE2eQp({
-      model: bapOut,
-      data: e.data ?? r.calib,
-      dataFormat: e.dataFormat,
-      out,
-      trainSize: e.trainSize,
-      seqlen: e.seqlen,
-      batchSize: e.batchSize,
-      microBatchSize: e.microBatchSize,
-      epochs: e.epochs,
-      lr: e.lr,
-      warmupRatio: e.warmupRatio,
-      maxGradNorm: e.maxGradNorm,
-      weightDecay: e.weightDecay,
-      seed: r.seed,
-      quiet,
-      record,
-    });
+    ({ resumedFrom: e2eQpResumedFrom } = await runE2eQp({ ...e, model: bapOut, data: e.data ?? r.calib, out, seed: r.seed, quiet, record, saveEvery, restart }));
     e2eQpSeconds = (performance.now() - t) / 1000;
   } else {
     renameSync(bapOut, out);
@@ -92,7 +90,7 @@ export async function runQuantize(r: QuantizeRecipe, { quiet = false, maxRamByte
     writeJsonAtomic(join(out, 'eqat-recipe.json'), { ...rec, ...record });
   }
   writeJsonAtomic(join(out, 'recipe.json'), recipeToJson(r));
-  return { out, blockApOut: bapOut, blockApSeconds, e2eQpSeconds, seconds: (performance.now() - t0) / 1000 };
+  return { out, blockApOut: bapOut, blockApSeconds, e2eQpSeconds, e2eQpResumedFrom, seconds: (performance.now() - t0) / 1000 };
 }
 
 function blockApPart(r: QuantizeRecipe): unknown {

@@ -23,11 +23,14 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { extname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { blockApDefaults } from './block-ap.js';
+import { e2eQpDefaults, type E2eQpSettings } from './e2e-qp.js';
 import { LINEAR_NAMES, linearShape, type ModelConfig } from '../model/config.js';
 import { checkGptqLayout } from '../quant/formats.js';
 import { SUPPORTED_CORPUS_EXTENSIONS } from '../data/documents.js';
 import { describeJson, isJsonObject } from '../io/errors.js';
 import type { FlagSpec, FlagSpecs, ParsedFlags } from '../cli/args.js';
+
+export type { E2eQpSettings };
 
 export interface BlockApSettings {
   /** Training windows of `seqlen` tokens drawn from the calibration corpus. */
@@ -48,27 +51,14 @@ export interface BlockApSettings {
   weightDecay: number;
 }
 
-export interface E2eQpSettings {
+/**
+ * The e2e_qp section: the E2E-QP settings (one type, defined with their presets in
+ * src/pipeline/e2e-qp.ts) plus the training data, which here may be left to the calibration
+ * corpus. The seed is the recipe's top-level seed.
+ */
+export interface E2eQpSection extends E2eQpSettings {
   /** Training data; null = the calibration corpus (`calib`). */
   data: string | null;
-  /** auto: a .json/.jsonl file whose first record has instruction/output or messages is instruction data, anything else text. */
-  dataFormat: 'auto' | 'text' | 'instruct';
-  /** Training samples (text windows or instruction records, cycled when the data has fewer). */
-  trainSize: number;
-  seqlen: number;
-  /** Global batch: samples per optimizer step. */
-  batchSize: number;
-  /** Samples per forward/backward pass; gradients accumulate over batchSize / microBatchSize passes. */
-  microBatchSize: number;
-  /** 0 skips E2E-QP. */
-  epochs: number;
-  /** AdamW learning rate of the step sizes (the only parameters E2E-QP trains). */
-  lr: number;
-  /** Fraction of the steps spent in linear warm-up. */
-  warmupRatio: number;
-  /** Global gradient-norm clip; 0 = no clipping. */
-  maxGradNorm: number;
-  weightDecay: number;
 }
 
 export interface QuantizeRecipe {
@@ -82,7 +72,7 @@ export interface QuantizeRecipe {
   groupSize: number;
   seed: number;
   blockAp: BlockApSettings;
-  e2eQp: E2eQpSettings;
+  e2eQp: E2eQpSection;
 }
 
 /** What a file or the command line sets: any subset of the recipe, camelCase, nothing filled in. */
@@ -94,7 +84,7 @@ export interface RecipeOverrides {
   groupSize?: number;
   seed?: number;
   blockAp?: Partial<BlockApSettings>;
-  e2eQp?: Partial<E2eQpSettings>;
+  e2eQp?: Partial<E2eQpSection>;
 }
 
 /** A problem with a recipe; the message starts with where the recipe came from and the key path. */
@@ -119,12 +109,13 @@ export const INSTRUCT_EXTENSIONS = ['.jsonl', '.json'] as const;
 /**
  * The paper's recipe for `wbits` (EfficientQAT): Block-AP as blockApDefaults (4096 x 2048-token
  * windows, val 64, batch 2, 2 epochs, s/z lr 1e-4, weight lr 2e-5 at 2 bits else 1e-5, cosine to
- * lr/20, no weight decay); E2E-QP on the calibration data, 4096 samples x 4096 tokens, global
- * batch 32 in micro batches of 1, 1 epoch, lr 2e-5 at 2 bits else 1e-5, 3% warm-up, clip 0.3,
- * no weight decay. Group size 64 at 2 bits, 128 otherwise.
+ * lr/20, no weight decay); E2E-QP as e2eQpDefaults (4096 samples x 4096 tokens, global batch 32
+ * in micro batches of 1, 1 epoch, lr 2e-5 at 2 bits else 1e-5, 3% warm-up, clip 0.3, no weight
+ * decay) on the calibration data. Group size 64 at 2 bits, 128 otherwise.
  */
 export function defaultRecipe(wbits: number): Omit<QuantizeRecipe, 'model' | 'calib' | 'out'> {
   const b = blockApDefaults(wbits);
+  const { seed: _seed, ...e2eQp } = e2eQpDefaults(wbits); // the seed is shared, at the top level
   return {
     wbits,
     groupSize: wbits === 2 ? 64 : 128,
@@ -140,19 +131,7 @@ export function defaultRecipe(wbits: number): Omit<QuantizeRecipe, 'model' | 'ca
       minLrFactor: b.minLrFactor,
       weightDecay: b.weightDecay,
     },
-    e2eQp: {
-      data: null,
-      dataFormat: 'auto',
-      trainSize: 4096,
-      seqlen: 4096,
-      batchSize: 32,
-      microBatchSize: 1,
-      epochs: 1,
-      lr: wbits === 2 ? 2e-5 : 1e-5,
-      warmupRatio: 0.03,
-      maxGradNorm: 0.3,
-      weightDecay: 0,
-    },
+    e2eQp: { data: null, ...e2eQp },
   };
 }
 
@@ -187,6 +166,13 @@ const f = (key: string, kind: FieldKind, help: string): Field => ({
   help,
 });
 
+/** A preset of e2eQpDefaults for help texts: "2e-5 for 2-bit, 1e-5 otherwise" where it depends on wbits. */
+function e2ePreset(key: keyof E2eQpSettings): string {
+  const show = (v: unknown): string => (typeof v === 'number' && v !== 0 && Math.abs(v) < 1e-3 ? v.toExponential() : String(v));
+  const [low, other] = [e2eQpDefaults(2)[key], e2eQpDefaults(4)[key]];
+  return low === other ? show(other) : `${show(low)} for 2-bit, ${show(other)} otherwise`;
+}
+
 const SCHEMA: Record<Section, Field[]> = {
   top: [
     f('model', { type: 'string' }, 'full-precision Hugging Face model directory'),
@@ -209,16 +195,16 @@ const SCHEMA: Record<Section, Field[]> = {
   ],
   e2e_qp: [
     f('data', { type: 'nullable-string' }, 'E2E-QP training data: text corpus or instruction .jsonl/.json (preset: the calibration data)'),
-    f('data_format', { type: 'choice', values: DATA_FORMATS }, 'E2E-QP data format (preset: auto)'),
-    f('train_size', { type: 'int', min: 1 }, 'E2E-QP training samples (preset: 4096)'),
-    f('seqlen', { type: 'int', min: 2 }, 'E2E-QP tokens per sample (preset: 4096)'),
-    f('batch_size', { type: 'int', min: 1 }, 'E2E-QP global batch, samples per step (preset: 32)'),
-    f('micro_batch_size', { type: 'int', min: 1 }, 'E2E-QP samples per forward/backward pass; divides batch_size (preset: 1)'),
-    f('epochs', { type: 'int', min: 0 }, 'E2E-QP epochs; 0 skips E2E-QP (preset: 1)'),
-    f('lr', { type: 'number', min: 0 }, 'E2E-QP learning rate of the step sizes (preset: 2e-5 for 2-bit, 1e-5 otherwise)'),
-    f('warmup_ratio', { type: 'number', min: 0, max: 1, maxExclusive: true }, 'E2E-QP fraction of steps in linear warm-up (preset: 0.03)'),
-    f('max_grad_norm', { type: 'number', min: 0 }, 'E2E-QP gradient-norm clip; 0 = none (preset: 0.3)'),
-    f('weight_decay', { type: 'number', min: 0 }, 'E2E-QP AdamW weight decay (preset: 0)'),
+    f('data_format', { type: 'choice', values: DATA_FORMATS }, `E2E-QP data format (preset: ${e2ePreset('dataFormat')})`),
+    f('train_size', { type: 'int', min: 1 }, `E2E-QP training samples (preset: ${e2ePreset('trainSize')})`),
+    f('seqlen', { type: 'int', min: 2 }, `E2E-QP tokens per sample (preset: ${e2ePreset('seqlen')})`),
+    f('batch_size', { type: 'int', min: 1 }, `E2E-QP global batch, samples per step (preset: ${e2ePreset('batchSize')})`),
+    f('micro_batch_size', { type: 'int', min: 1 }, `E2E-QP samples per forward/backward pass; divides batch_size (preset: ${e2ePreset('microBatchSize')})`),
+    f('epochs', { type: 'int', min: 0 }, `E2E-QP epochs; 0 skips E2E-QP (preset: ${e2ePreset('epochs')})`),
+    f('lr', { type: 'number', min: 0 }, `E2E-QP learning rate of the step sizes (preset: ${e2ePreset('lr')})`),
+    f('warmup_ratio', { type: 'number', min: 0, max: 1, maxExclusive: true }, `E2E-QP fraction of steps in linear warm-up (preset: ${e2ePreset('warmupRatio')})`),
+    f('max_grad_norm', { type: 'number', min: 0 }, `E2E-QP gradient-norm clip; 0 = none (preset: ${e2ePreset('maxGradNorm')})`),
+    f('weight_decay', { type: 'number', min: 0 }, `E2E-QP AdamW weight decay (preset: ${e2ePreset('weightDecay')})`),
   ],
 };
 

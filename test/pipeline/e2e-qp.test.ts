@@ -1,17 +1,20 @@
 // E2E-QP on the bundled llama-tiny (quantized by RTN in the test): the end-to-end step-size
 // gradient against finite differences of the whole-model loss, a short run that keeps the
-// integers and zero points and changes only the scales, and bad requests.
+// integers and zero points and changes only the scales, bad requests, and resume: a run killed
+// (SIGKILL) after a save resumes to a byte-identical checkpoint, a resume with other inputs is
+// refused naming what differs, and an unreadable state file is an error naming the file.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runBlockAp, blockApDefaults } from '../../src/pipeline/block-ap.js';
-import { E2eTrainer, e2eQpDefaults, runE2eQp } from '../../src/pipeline/e2e-qp.js';
+import { E2E_QP_STATE_FILE, E2eTrainer, e2eQpDefaults, runE2eQp, type E2eQpOptions } from '../../src/pipeline/e2e-qp.js';
 import { WeightSource } from '../../src/model/weights.js';
 import { PackedModel } from '../../src/model/quantized.js';
 import { BLOCK_LINEARS, type BlockLinear } from '../../src/model/block.js';
-import { SafetensorsModel } from '../../src/io/safetensors.js';
+import { SafetensorsFile, SafetensorsModel } from '../../src/io/safetensors.js';
 import { Tensor } from '../../src/engine/tensor.js';
 import { Rng } from '../../src/engine/random.js';
 import { REPO, TINY } from '../golden.js';
@@ -19,6 +22,7 @@ import { checkGrad } from '../util.js';
 
 process.env['EQAT_CACHE_DIR'] = mkdtempSync(join(tmpdir(), 'eqat-cache-'));
 const CALIB = join(REPO, 'fixtures', 'text', 'calib-sample.txt');
+const CLI = join(REPO, 'dist', 'src', 'cli', 'main.js');
 const work = mkdtempSync(join(tmpdir(), 'eqat-e2e-'));
 const rtn = join(work, 'rtn-w3g32');
 await runBlockAp({ ...blockApDefaults(3), model: TINY, calib: null, out: rtn, wbits: 3, groupSize: 32, epochs: 0, quiet: true });
@@ -86,6 +90,145 @@ test('E2E-QP refuses a full-precision model and an inconsistent batch', async ()
   const base = { ...e2eQpDefaults(2), data: CALIB, trainSize: 16, seqlen: 32, batchSize: 8, microBatchSize: 4, quiet: true };
   await assert.rejects(runE2eQp({ ...base, model: TINY, out: join(work, 'x1') }), /not a quantized checkpoint/);
   await assert.rejects(runE2eQp({ ...base, model: rtn, out: join(work, 'x2'), batchSize: 6, microBatchSize: 4 }), /--batch-size: must be a multiple of --micro-batch-size/);
+  await assert.rejects(runE2eQp({ ...base, model: rtn, out: join(work, 'x3'), saveEvery: -1 }), /--save-every: must be a non-negative integer, got -1/);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Resume
+
+/** Step count of the training state saved in `partial` (its metadata, as the run wrote it). */
+function savedStep(partial: string): number {
+  const st = SafetensorsFile.open(join(partial, E2E_QP_STATE_FILE));
+  const meta = JSON.parse(st.metadata['eqat_e2e_qp_state']!) as { nextStep: number };
+  st.close();
+  return meta.nextStep;
+}
+
+/** Log and record text with the timing fields ("seconds") blanked: all that may differ on resume. */
+function withoutTiming(text: string): string {
+  return text.replace(/"seconds": ?[-+0-9.eE]+/g, '"seconds":_');
+}
+
+const TIMED = new Set(['e2e-qp-log.jsonl', 'eqat-recipe.json']);
+
+/** Asserts that two checkpoints hold the same files with the same bytes, timing fields aside. */
+function assertSameCheckpoint(a: string, b: string): void {
+  const files = readdirSync(a).sort();
+  assert.deepEqual(readdirSync(b).sort(), files);
+  for (const f of files) {
+    const [x, y] = [readFileSync(join(a, f)), readFileSync(join(b, f))];
+    if (TIMED.has(f)) assert.equal(withoutTiming(y.toString()), withoutTiming(x.toString()), `${f} differs beyond timing`);
+    else assert.ok(x.equals(y), `${f} differs`);
+  }
+}
+
+function cliArgs(out: string): string[] {
+  return [CLI, 'e2e-qp', '--model', rtn, '--data', CALIB, '--out', out, '--train-size', '48', '--seqlen', '32',
+    '--batch-size', '4', '--micro-batch-size', '2', '--lr', '1e-3', '--save-every', '2', '--quiet'];
+}
+
+/** Runs the CLI; with killWhen, SIGKILLs it as soon as killWhen() holds. Resolves the exit code or signal. */
+function runCli(args: string[], killWhen?: () => boolean): Promise<number | string> {
+  return new Promise((resolveP, reject) => {
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    let timer: NodeJS.Timeout | undefined;
+    if (killWhen) {
+      timer = setInterval(() => {
+        if (killWhen()) {
+          child.kill('SIGKILL');
+          clearInterval(timer);
+        }
+      }, 2);
+    }
+    child.on('error', reject);
+    child.on('exit', (code, signal) => {
+      if (timer) clearInterval(timer);
+      if (code !== 0 && !signal) reject(new Error(`eqat exited ${code}: ${stderr}`));
+      resolveP(signal ?? code!);
+    });
+  });
+}
+
+test('a run killed (SIGKILL) after a save resumes to a byte-identical checkpoint', async () => {
+  const a = join(work, 'whole');
+  const b = join(work, 'killed');
+  assert.equal(await runCli(cliArgs(a)), 0);
+  // 12 steps, a save every 2: kill once the first save is there
+  assert.equal(await runCli(cliArgs(b), () => existsSync(join(b + '.partial', E2E_QP_STATE_FILE))), 'SIGKILL');
+  assert.ok(!existsSync(b), 'no finished checkpoint after the kill');
+  const saved = savedStep(b + '.partial');
+  assert.ok(saved >= 2 && saved < 12, `killed after a save and before the end (saved at step ${saved})`);
+  assert.equal(await runCli(cliArgs(b)), 0);
+  assertSameCheckpoint(a, b);
+  assert.ok(!existsSync(b + '.partial'));
+  const steps = readFileSync(join(b, 'e2e-qp-log.jsonl'), 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { step: number }).step);
+  assert.deepEqual(steps, Array.from({ length: 12 }, (_, i) => i + 1));
+});
+
+/** A 4-step run (a save after every step) with the given changes. */
+function small(out: string, over: Partial<E2eQpOptions> = {}): E2eQpOptions {
+  return { ...e2eQpDefaults(3), model: rtn, data: CALIB, out, trainSize: 16, seqlen: 32, batchSize: 4, microBatchSize: 2, lr: 1e-3, saveEvery: 1, quiet: true, ...over };
+}
+
+class Interrupt extends Error {}
+
+/** Starts a run and interrupts it after `steps` optimizer steps (their state saved). */
+async function interrupted(o: E2eQpOptions, steps = 2): Promise<void> {
+  const stop = (s: number): void => {
+    if (s === steps) throw new Interrupt(`stopped after step ${s}`);
+  };
+  await assert.rejects(runE2eQp({ ...o, onStep: stop }), Interrupt);
+  assert.equal(savedStep(o.out + '.partial'), steps);
+}
+
+test('a resume with other inputs is refused, naming what differs; --restart starts over', async () => {
+  const data = join(work, 'calib-copy.txt');
+  copyFileSync(CALIB, data);
+  const out = join(work, 'changed');
+  const partial = out + '.partial';
+  await interrupted(small(out, { data }));
+  const refused = (what: RegExp) => (e: Error) => {
+    assert.match(e.message, what);
+    assert.ok(e.message.startsWith(`${partial}: holds an interrupted E2E-QP run`), e.message);
+    assert.match(e.message, /pass --restart to discard it and start over/);
+    return true;
+  };
+  await assert.rejects(runE2eQp(small(out, { data, lr: 2e-3 })), refused(/lr \(--lr\) is 0\.001 in the saved state, 0\.002 now/));
+  await assert.rejects(runE2eQp(small(out, { data, seed: 3 })), refused(/seed \(--seed\) is 2 in the saved state, 3 now/));
+  await assert.rejects(runE2eQp(small(out, { data, warmupRatio: 0.5 })), refused(/warmupRatio \(--warmup-ratio\) is 0\.03 in the saved state, 0\.5 now/));
+  await assert.rejects(runE2eQp(small(out)), refused(/the training data is ".*calib-copy\.txt" in the saved state, ".*calib-sample\.txt" now/));
+  const later = new Date(statSync(data).mtimeMs + 5000);
+  utimesSync(data, later, later);
+  await assert.rejects(runE2eQp(small(out, { data })), refused(/the training data .*calib-copy\.txt has changed/));
+  assert.equal(savedStep(partial), 2, 'a refused resume leaves the state alone');
+  const r = await runE2eQp(small(out, { data, restart: true }));
+  assert.equal(r.resumedFrom, 0);
+  assert.equal(r.steps, 4);
+});
+
+test('an unreadable state file is an error naming the file; intact, the run resumes', async () => {
+  const whole = await runE2eQp(small(join(work, 'small-whole')));
+  const out = join(work, 'corrupt');
+  await interrupted(small(out));
+  const statePath = join(out + '.partial', E2E_QP_STATE_FILE);
+  const good = readFileSync(statePath);
+  const unreadable = (e: Error) => {
+    assert.ok(e.message.startsWith(`${statePath}: cannot resume from this E2E-QP state (`), e.message);
+    assert.match(e.message, /pass --restart to discard it and start over$/);
+    return true;
+  };
+  writeFileSync(statePath, 'not a state file');
+  await assert.rejects(runE2eQp(small(out)), unreadable);
+  writeFileSync(statePath, good.subarray(0, good.length - 100)); // header intact, data cut short
+  await assert.rejects(runE2eQp(small(out)), unreadable);
+  writeFileSync(statePath, good);
+  const r = await runE2eQp(small(out));
+  assert.equal(r.resumedFrom, 2);
+  assert.equal(r.steps, 4);
+  assert.equal(r.lastLoss, whole.lastLoss);
+  assertSameCheckpoint(join(work, 'small-whole'), out);
 });
 
 test.after(() => rmSync(work, { recursive: true, force: true }));

@@ -1,13 +1,15 @@
 // `eqat quantize` on the bundled llama-tiny: both phases from a YAML recipe plus flag
-// overrides, the recorded recipe re-loads, and bad recipes fail before any work.
+// overrides, the recorded recipe re-loads, a run killed (SIGKILL) during its E2E-QP phase
+// resumes that phase to the same checkpoint, and bad recipes fail before any work.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { REPO, TINY } from '../golden.js';
 import { loadRecipeFile, mergeRecipe } from '../../src/pipeline/recipe.js';
+import { E2E_QP_STATE_FILE } from '../../src/pipeline/e2e-qp.js';
 
 const CLI = join(REPO, 'dist', 'src', 'cli', 'main.js');
 const CALIB = join(REPO, 'fixtures', 'text', 'calib-sample.txt');
@@ -19,8 +21,9 @@ function eqat(args: string[]): { status: number | null; stdout: string; stderr: 
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
+const recipe = join(work, 'recipe.yaml');
+
 test('quantize runs Block-AP then E2E-QP from a YAML recipe with flag overrides', () => {
-  const recipe = join(work, 'recipe.yaml');
   writeFileSync(
     recipe,
     [
@@ -29,7 +32,7 @@ test('quantize runs Block-AP then E2E-QP from a YAML recipe with flag overrides'
       'wbits: 2',
       'group_size: 32',
       'block_ap: {train_size: 8, val_size: 2, seqlen: 64, epochs: 1}',
-      'e2e_qp: {train_size: 8, seqlen: 64, batch_size: 4, micro_batch_size: 2, lr: 1.0e-4}',
+      'e2e_qp: {train_size: 32, seqlen: 64, batch_size: 4, micro_batch_size: 2, lr: 1.0e-4}',
       '',
     ].join('\n'),
   );
@@ -48,6 +51,52 @@ test('quantize runs Block-AP then E2E-QP from a YAML recipe with flag overrides'
   assert.equal(ev.status, 0, ev.stderr);
   const ppl = (JSON.parse(ev.stdout.trim().split('\n').pop()!) as { ppl: number }).ppl;
   assert.ok(Number.isFinite(ppl) && ppl > 1, `ppl ${ppl}`);
+});
+
+/** Runs the CLI, SIGKILLing it as soon as killWhen() holds; resolves the exit code or signal. */
+function eqatKilled(args: string[], killWhen: () => boolean): Promise<number | string> {
+  return new Promise((resolveP, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setInterval(() => {
+      if (killWhen()) {
+        child.kill('SIGKILL');
+        clearInterval(timer);
+      }
+    }, 2);
+    child.on('error', reject);
+    child.on('exit', (code, signal) => {
+      clearInterval(timer);
+      if (code !== 0 && !signal) reject(new Error(`eqat exited ${code}: ${stderr}`));
+      resolveP(signal ?? code!);
+    });
+  });
+}
+
+test('a quantize killed (SIGKILL) during E2E-QP resumes that phase to the same checkpoint', async () => {
+  const ref = join(work, 'q'); // the uninterrupted run of the first test
+  assert.ok(existsSync(ref), 'needs the first test');
+  const out = join(work, 'q-killed');
+  const args = ['quantize', '--recipe', recipe, '--out', out, '--seed', '5', '--quiet'];
+  // 8 E2E-QP steps, a save after each: kill at the first save
+  const state = join(out + '.partial', E2E_QP_STATE_FILE);
+  assert.equal(await eqatKilled([...args, '--save-every', '1'], () => existsSync(state)), 'SIGKILL');
+  assert.ok(!existsSync(out) && existsSync(state));
+  const r = eqat([...args, '--json']);
+  assert.equal(r.status, 0, r.stderr);
+  const summary = JSON.parse(r.stdout.trim().split('\n').pop()!) as { blockApSeconds: number; e2eQpResumedFrom: number };
+  assert.equal(summary.blockApSeconds, 0, 'the finished Block-AP phase is reused');
+  assert.ok(summary.e2eQpResumedFrom >= 1 && summary.e2eQpResumedFrom < 8, `resumed after step ${summary.e2eQpResumedFrom}`);
+  // byte for byte, except timing fields and (in the records) the output path
+  const files = readdirSync(ref).sort();
+  assert.deepEqual(readdirSync(out).sort(), files);
+  const normal = (text: string, dir: string) => text.replaceAll(dir, 'OUT').replace(/"seconds": ?[-+0-9.eE]+/g, '"seconds":_');
+  for (const f of files) {
+    const [a, b] = [readFileSync(join(ref, f)), readFileSync(join(out, f))];
+    if (/\.json(l)?$/.test(f) && !a.equals(b)) assert.equal(normal(b.toString(), out), normal(a.toString(), ref), `${f} differs beyond timing and paths`);
+    else assert.ok(a.equals(b), `${f} differs`);
+  }
 });
 
 test('bad recipes fail before any work, naming the key', () => {

@@ -22,6 +22,7 @@ import {
   type RecipeOverrides,
 } from '../../src/pipeline/recipe.js';
 import { blockApDefaults } from '../../src/pipeline/block-ap.js';
+import { e2eQpDefaults } from '../../src/pipeline/e2e-qp.js';
 import { loadConfig } from '../../src/io/hf-config.js';
 import { parseFlags } from '../../src/cli/args.js';
 import { TINY } from '../golden.js';
@@ -89,6 +90,10 @@ test('presets: the paper recipe per bit width', () => {
     // the Block-AP part agrees with the block-ap command's defaults
     const b = blockApDefaults(bits);
     for (const k of Object.keys(d.blockAp) as (keyof typeof d.blockAp)[]) assert.equal(d.blockAp[k], b[k], k);
+    // the E2E-QP part is the e2e-qp command's defaults (one table), with the data left to calib
+    const { seed, ...e2e } = e2eQpDefaults(bits);
+    assert.deepEqual(d.e2eQp, { data: null, ...e2e });
+    assert.equal(d.seed, seed);
     validateRecipe({ ...d, ...REQUIRED }, 'preset');
   }
 });
