@@ -198,7 +198,7 @@ export const COMMANDS: Record<string, Command> = {
       epochs: { type: 'int', default: E2E.epochs, min: 1, help: 'epochs' },
       lr: { type: 'number', min: 0, help: 'learning rate (default: 2e-5 for 2-bit, 1e-5 otherwise)' },
       'warmup-ratio': { type: 'number', default: E2E.warmupRatio, min: 0, help: 'linear warmup fraction of the steps' },
-      'max-grad-norm': { type: 'number', default: E2E.maxGradNorm, min: 0, help: 'gradient-norm clip' },
+      'max-grad-norm': { type: 'number', default: E2E.maxGradNorm, min: 0, help: 'gradient-norm clip (0: none)' },
       'weight-decay': { type: 'number', default: E2E.weightDecay, min: 0, help: 'AdamW weight decay' },
       seed: { type: 'int', default: E2E.seed, help: 'data sampling seed' },
       'save-every': saveEveryFlag,

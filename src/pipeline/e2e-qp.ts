@@ -34,7 +34,7 @@ import { matmul } from '../ops/matmul.js';
 import { linearForward } from '../ops/linear.js';
 import { crossEntropyForwardBackward } from '../ops/crossentropy.js';
 import { fill } from '../ops/elementwise.js';
-import { adamwStep, clipGradNorm } from '../ops/adamw.js';
+import { adamwStep, clipGradNorm, gradNorm as gradNormOf } from '../ops/adamw.js';
 import { scalesToF16 } from '../quant/primitives.js';
 import { unpackQweight } from '../quant/gptq-pack.js';
 import { writeSafetensors } from '../io/safetensors-write.js';
@@ -176,7 +176,7 @@ export function validateE2eQp(o: E2eQpOptions): void {
   if (o.seqlen < 2) fail('seqlen', 'must be >= 2');
   if (!(o.lr >= 0)) fail('lr', 'must be >= 0');
   if (!(o.warmupRatio >= 0 && o.warmupRatio < 1)) fail('warmup-ratio', 'must be in [0, 1)');
-  if (!(o.maxGradNorm > 0)) fail('max-grad-norm', 'must be > 0');
+  if (!(o.maxGradNorm >= 0)) fail('max-grad-norm', 'must be >= 0 (0: no clipping)');
   if (o.epochs < 1) fail('epochs', 'must be >= 1');
   const saveEvery = o.saveEvery ?? E2E_QP_SAVE_EVERY;
   if (!Number.isSafeInteger(saveEvery) || saveEvery < 0) fail('save-every', `must be a non-negative integer, got ${saveEvery}`);
@@ -568,7 +568,8 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
       if (!Number.isFinite(loss)) {
         throw new Error(`e2e-qp step ${step + 1}: loss is ${loss}; stopping (nothing written)`);
       }
-      const gradNorm = clipGradNorm([Tensor.fromF32(state.grads.buffer)], o.maxGradNorm);
+      const grads = [Tensor.fromF32(state.grads.buffer)];
+      const gradNorm = o.maxGradNorm > 0 ? clipGradNorm(grads, o.maxGradNorm) : gradNormOf(grads);
       const lr = warmupCosineLr(o.lr, step, totalSteps, warmup);
       adamwStep(Tensor.fromF32(state.params.buffer), Tensor.fromF32(state.grads.buffer), Tensor.fromF32(state.m.buffer), Tensor.fromF32(state.v.buffer), {
         lr,

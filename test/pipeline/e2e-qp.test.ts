@@ -232,3 +232,17 @@ test('an unreadable state file is an error naming the file; intact, the run resu
 });
 
 test.after(() => rmSync(work, { recursive: true, force: true }));
+
+test('--max-grad-norm 0 turns clipping off (same bytes as a clip no gradient reaches); negative is refused', async () => {
+  const off = join(work, 'clip-off');
+  const loose = join(work, 'clip-loose');
+  const tight = join(work, 'clip-tight');
+  await runE2eQp(small(off, { maxGradNorm: 0, saveEvery: 0 }));
+  await runE2eQp(small(loose, { maxGradNorm: 1e30, saveEvery: 0 }));
+  await runE2eQp(small(tight, { maxGradNorm: 1e-6, saveEvery: 0 }));
+  const shards = (d: string): Buffer[] => readdirSync(d).filter((f) => f.endsWith('.safetensors')).sort().map((f) => readFileSync(join(d, f)));
+  const [a, b, c] = [shards(off), shards(loose), shards(tight)];
+  assert.ok(a.length > 0 && a.every((x, i) => x.equals(b[i]!)), 'no clipping differs from an unreachable clip');
+  assert.ok(!a.every((x, i) => x.equals(c[i]!)), 'a tight clip must change the result (the check can fail)');
+  await assert.rejects(runE2eQp(small(join(work, 'clip-neg'), { maxGradNorm: -1 })), /--max-grad-norm: must be >= 0/);
+});
