@@ -9,7 +9,7 @@
 // a training step allocates nothing. The block does not know about quantization: Block-AP
 // passes fake-quantized weights in and receives their gradients back.
 import { Tensor, Arena, expectShape } from '../engine/tensor.js';
-import type { ModelConfig } from './config.js';
+import { linearShape, type ModelConfig } from './config.js';
 import { linearBackward, linearForward } from '../ops/linear.js';
 import { rmsnormBackward, rmsnormForward } from '../ops/rmsnorm.js';
 import { ropeBackward, ropeForward } from '../ops/rope.js';
@@ -94,17 +94,9 @@ export function blockParamShapes(cfg: ModelConfig): Partial<Record<BlockParamNam
   const D = cfg.headDim;
   const qd = cfg.numHeads * D;
   const kvd = cfg.numKvHeads * D;
-  const s: Partial<Record<BlockParamName, number[]>> = {
-    inputNorm: [C],
-    q: [qd, C],
-    k: [kvd, C],
-    v: [kvd, C],
-    o: [C, qd],
-    postNorm: [C],
-    gate: [F, C],
-    up: [F, C],
-    down: [C, F],
-  };
+  const s: Partial<Record<BlockParamName, number[]>> = { inputNorm: [C], postNorm: [C] };
+  // linear layouts have one home: config.ts linearShape (HF names)
+  for (const [key] of BLOCK_LINEARS) s[key] = linearShape(cfg, `${key}_proj`);
   if (cfg.qkvBias) {
     s.qBias = [qd];
     s.kBias = [kvd];
