@@ -38,8 +38,8 @@ import { fill } from '../ops/elementwise.js';
 import { mseBackward, mseForward } from '../ops/reduce.js';
 import { adamwStep } from '../ops/adamw.js';
 import { fakeQuantBackward, fakeQuantForward, quantizeNative } from '../quant/fakequant.js';
-import { checkGroupLayout, dequantize, minMaxInit, scalesToF16, zerosToInt } from '../quant/primitives.js';
-import { checkGptqLayout } from '../quant/formats.js';
+import { dequantize, minMaxInit, scalesToF16, zerosToInt } from '../quant/primitives.js';
+import { modelLayoutProblems } from '../quant/formats.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import { writeSafetensors } from '../io/safetensors-write.js';
 import {
@@ -130,21 +130,11 @@ export function validateBlockAp(opts: BlockApOptions, cfg: ModelConfig): void {
     throw new Error(`--${flag}: ${msg}`);
   };
   if (![2, 3, 4, 8].includes(opts.wbits)) fail('wbits', `must be 2, 3, 4 or 8, got ${opts.wbits}`);
-  const dims: [string, number][] = [
-    ['hidden_size', cfg.hiddenSize],
-    ['intermediate_size', cfg.intermediateSize],
-    ['num_attention_heads*head_dim', cfg.numHeads * cfg.headDim],
-  ];
-  for (const [what, I] of dims) {
-    if (!Number.isInteger(opts.groupSize) || opts.groupSize <= 0 || I % opts.groupSize !== 0) {
-      fail('group-size', `${opts.groupSize} does not divide ${what} = ${I} of ${opts.model}`);
-    }
-  }
-  for (const [key] of BLOCK_LINEARS) {
-    const [O, I] = linearDims(cfg, key);
-    checkGroupLayout(O, I, opts.groupSize, `--group-size for ${key}_proj`);
-    checkGptqLayout(O, I, opts.groupSize, opts.wbits, `${key}_proj (${O}x${I})`);
-  }
+  if (!Number.isInteger(opts.groupSize) || opts.groupSize < 1) fail('group-size', `must be a positive integer, got ${opts.groupSize}`);
+  const { indivisible, gptq } = modelLayoutProblems(cfg, opts.groupSize, opts.wbits);
+  const first = indivisible[0];
+  if (first) fail('group-size', `${opts.groupSize} does not divide ${first.field} = ${first.inFeatures} of ${opts.model}`);
+  if (gptq) fail('group-size', `${opts.model} cannot be stored as a GPTQ checkpoint: ${gptq}`);
   if (opts.epochs < 0 || !Number.isInteger(opts.epochs)) fail('epochs', 'must be a non-negative integer');
   if (opts.epochs > 0) {
     if (!opts.calib) fail('calib', 'is required when --epochs > 0');

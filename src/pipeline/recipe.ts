@@ -24,8 +24,8 @@ import { extname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { blockApDefaults } from './block-ap.js';
 import { e2eQpDefaults, type E2eQpSettings } from './e2e-qp.js';
-import { LINEAR_NAMES, linearShape, type ModelConfig } from '../model/config.js';
-import { checkGptqLayout } from '../quant/formats.js';
+import type { ModelConfig } from '../model/config.js';
+import { modelLayoutProblems } from '../quant/formats.js';
 import { SUPPORTED_CORPUS_EXTENSIONS } from '../data/documents.js';
 import { describeJson, isJsonObject } from '../io/errors.js';
 import type { FlagSpec, FlagSpecs, ParsedFlags } from '../cli/args.js';
@@ -495,18 +495,6 @@ export function validateRecipe(r: QuantizeRecipe, where: string): void {
   }
 }
 
-/** What each linear's in_features is, for messages. */
-function inFeaturesName(name: (typeof LINEAR_NAMES)[number]): string {
-  switch (name) {
-    case 'o_proj':
-      return 'num_attention_heads*head_dim';
-    case 'down_proj':
-      return 'intermediate_size';
-    default:
-      return 'hidden_size';
-  }
-}
-
 /**
  * Checks the recipe against the model's architecture: group_size divides the in_features of
  * every linear layer, and each layer can be stored in the GPTQ layout at wbits. The error names
@@ -514,26 +502,17 @@ function inFeaturesName(name: (typeof LINEAR_NAMES)[number]): string {
  */
 export function validateRecipeForModel(r: QuantizeRecipe, cfg: ModelConfig, where = 'recipe'): void {
   const G = r.groupSize;
-  const bad = new Map<string, string[]>(); // "hidden_size = 128" → layers
-  for (const name of LINEAR_NAMES) {
-    const [, I] = linearShape(cfg, name);
-    if (I % G !== 0) {
-      const k = `${inFeaturesName(name)} = ${I}`;
-      bad.set(k, [...(bad.get(k) ?? []), name]);
+  const { indivisible, gptq } = modelLayoutProblems(cfg, G, r.wbits);
+  if (indivisible.length > 0) {
+    const bad = new Map<string, string[]>(); // "hidden_size = 128" → layers
+    for (const l of indivisible) {
+      const k = `${l.field} = ${l.inFeatures}`;
+      bad.set(k, [...(bad.get(k) ?? []), l.name]);
     }
-  }
-  if (bad.size > 0) {
     const parts = [...bad].map(([dim, layers]) => `${layers.join(', ')} (in_features ${dim})`);
     throw new RecipeError(where, 'group_size', `${G} does not divide the input size of ${parts.join('; ')} of ${r.model}`);
   }
-  for (const name of LINEAR_NAMES) {
-    const [O, I] = linearShape(cfg, name);
-    try {
-      checkGptqLayout(O, I, G, r.wbits, `${name} (${O}x${I})`);
-    } catch (e) {
-      throw new RecipeError(where, 'group_size', `${r.model} cannot be stored as a GPTQ checkpoint: ${(e as Error).message}`);
-    }
-  }
+  if (gptq) throw new RecipeError(where, 'group_size', `${r.model} cannot be stored as a GPTQ checkpoint: ${gptq}`);
 }
 
 /**

@@ -6,6 +6,7 @@
 // value k of a packed run at bit offset k*bits of the run's bit stream. For 2/4/8 bits a word
 // holds 32/bits whole values; for 3 bits a unit of three words holds 32 values and values 10
 // and 21 straddle word boundaries. Scales are stored in f16, zero points packed like the codes.
+import { LINEAR_NAMES, linearShape, type LinearName, type ModelConfig } from '../model/config.js';
 
 /** How the zero points are stored: GPTQ v1 stores zero - 1, v2 ("gptq_v2") the zero as is. */
 export type GptqCheckpointFormat = 'gptq' | 'gptq_v2';
@@ -122,4 +123,43 @@ export function gptqQuantizationConfig(
     lm_head: false,
     checkpoint_format: checkpointFormat,
   };
+}
+
+/** The config field a linear layer's in_features comes from, for messages. */
+export function inFeaturesName(name: LinearName): string {
+  switch (name) {
+    case 'o_proj':
+      return 'num_attention_heads*head_dim';
+    case 'down_proj':
+      return 'intermediate_size';
+    default:
+      return 'hidden_size';
+  }
+}
+
+/**
+ * Whether every linear layer of a block of `cfg` can be quantized with groups of G along its
+ * input and stored as a GPTQ checkpoint at `bits`: the layers whose in_features G does not
+ * divide (with the config field that sets it), then the first GPTQ layout problem. The one home
+ * of this check; callers turn it into an error naming their flag or recipe key.
+ */
+export function modelLayoutProblems(cfg: ModelConfig, G: number, bits: number): { indivisible: { name: LinearName; inFeatures: number; field: string }[]; gptq: string | null } {
+  const indivisible: { name: LinearName; inFeatures: number; field: string }[] = [];
+  for (const name of LINEAR_NAMES) {
+    const [, I] = linearShape(cfg, name);
+    if (!Number.isInteger(G) || G < 1 || I % G !== 0) indivisible.push({ name, inFeatures: I, field: inFeaturesName(name) });
+  }
+  let gptq: string | null = null;
+  if (indivisible.length === 0) {
+    for (const name of LINEAR_NAMES) {
+      const [O, I] = linearShape(cfg, name);
+      try {
+        checkGptqLayout(O, I, G, bits, `${name} (${O}x${I})`);
+      } catch (e) {
+        gptq = (e as Error).message;
+        break;
+      }
+    }
+  }
+  return { indivisible, gptq };
 }
