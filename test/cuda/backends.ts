@@ -3,14 +3,19 @@
 // sources (test/cuda/emu; skipped where no host C++ compiler exists). Every CUDA op test
 // compares both against the same TypeScript twins the CPU tests use.
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { nativeCudaBackend, setCudaBackend, type CudaBackend } from '../../src/engine/cuda.js';
 import { cudaEmulator, EmulatorBackend } from './emu/backend.js';
 
 // Compiled kernels of test runs go to a fresh temporary cache, never ~/.cache.
-process.env['EQAT_CACHE_DIR'] = mkdtempSync(join(tmpdir(), 'eqat-cuda-test-cache-'));
+const cacheDir = mkdtempSync(join(tmpdir(), 'eqat-cuda-test-cache-'));
+process.env['EQAT_CACHE_DIR'] = cacheDir;
+process.on('exit', () => {
+  rmSync(cacheDir, { recursive: true, force: true });
+  for (const c of cases ?? []) if (!c.skip && c.name === 'emulator') (c.backend() as EmulatorBackend).dispose();
+});
 
 export interface BackendCase {
   name: 'cuda' | 'emulator';
