@@ -485,14 +485,15 @@ Napi::Value ModuleLoad(const Napi::CallbackInfo& info) {
   const HostBytes img = arg_bytes(info, 0, op, "image");
   if (img.bytes < 4) throw Napi::RangeError::New(info.Env(), "cudaModuleLoad: argument 'image' is empty");
   ensure_context(info.Env(), op);
-  // PTX must be NUL-terminated; ELF (CUBIN) images are passed as they are.
+  // PTX must be NUL-terminated; an ELF (CUBIN) image is passed 8-byte aligned (a view into a
+  // larger buffer may not be).
   const bool elf = img.data[0] == 0x7f && img.data[1] == 'E' && img.data[2] == 'L' && img.data[3] == 'F';
-  std::vector<uint8_t> ptx;
+  std::vector<uint64_t> copy;
   const void* data = img.data;
-  if (!elf && img.data[img.bytes - 1] != 0) {
-    ptx.assign(img.data, img.data + img.bytes);
-    ptx.push_back(0);
-    data = ptx.data();
+  if ((!elf && img.data[img.bytes - 1] != 0) || (elf && reinterpret_cast<uintptr_t>(img.data) % 8 != 0)) {
+    copy.assign(img.bytes / 8 + 1, 0);  // zero-filled: the byte after the image is a NUL
+    std::memcpy(copy.data(), img.data, img.bytes);
+    data = copy.data();
   }
   CUmodule m = nullptr;
   check_cu(info.Env(), api().cuModuleLoadData(&m, data), op, "cuModuleLoadData");

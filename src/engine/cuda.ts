@@ -317,8 +317,15 @@ function storageCtor(dtype: DType): StorageCtor {
 
 /** Copies host data to a new device array (dtype from the typed array; Uint16Array needs one). */
 export function toDevice(data: Storage, dtype: DType = dtypeOfStorage(data)): DeviceArray {
+  const want = storageCtor(dtype);
+  if (!(data instanceof want)) throw new TypeError(`toDevice: a ${dtype} device array needs a ${want.name}`);
   const a = allocDevice(dtype, data.length);
-  uploadDevice(a, data);
+  try {
+    uploadDevice(a, data);
+  } catch (e) {
+    freeDevice(a);
+    throw e;
+  }
   return a;
 }
 
@@ -333,7 +340,8 @@ export function uploadDevice(a: DeviceArray, data: Storage, offset = 0): void {
 export function downloadDevice<T extends Storage>(a: DeviceArray, into?: T, offset = 0): T {
   const dst = into ?? (new (storageCtor(a.dtype))(a.length) as T);
   checkHostMatches('downloadDevice', a, dst, offset);
-  cudaBackend().download(a.handle, dst, offset * BYTES_PER_ELEMENT[a.dtype]);
+  if (dst.length === 0) cudaBackend().synchronize();
+  else cudaBackend().download(a.handle, dst, offset * BYTES_PER_ELEMENT[a.dtype]);
   return dst;
 }
 

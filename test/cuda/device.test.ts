@@ -1,10 +1,18 @@
-// Device selection without a GPU: resolveDevice and deviceForCommand against fake probes, and
-// probeCuda / cudaDevice over a backend whose probe fails or reports no CUDA.
+// Device selection without a GPU: resolveDevice and deviceForCommand against fake probes,
+// probeCuda / cudaDevice over a backend whose probe fails or reports no CUDA, and the
+// DeviceArray helpers over the emulator's host-memory device.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
+  allocDevice,
   cudaDevice,
   deviceForCommand,
+  deviceView,
+  downloadDevice,
+  freeDevice,
+  toDevice,
+  uploadDevice,
+  zeroDevice,
   nativeCudaBackend,
   probeCuda,
   resolveDevice,
@@ -13,6 +21,7 @@ import {
   type CudaProbe,
   type DeviceFlag,
 } from '../../src/engine/cuda.js';
+import { EmulatorBackend } from './emu/backend.js';
 
 function probe(available: boolean, reason?: string): CudaProbe {
   return {
@@ -83,5 +92,40 @@ test('probeCuda memoises until refresh; cudaDevice returns the selected device',
     assert.equal(cudaDevice().device.name, 'Fake H100');
   } finally {
     setCudaBackend(null);
+  }
+});
+
+test('DeviceArray helpers: views, dtype checks, zero-length arrays, no leak on a failed upload', () => {
+  const mem = new EmulatorBackend(''); // memory only: no kernels are launched here
+  setCudaBackend(mem);
+  try {
+    const a = toDevice(new Float32Array([1, 2, 3, 4, 5]));
+    assert.deepEqual([a.dtype, a.length, a.bytes, a.owner], ['f32', 5, 20, true]);
+    const v = deviceView(a, 1, 3);
+    assert.deepEqual([v.handle - a.handle, v.length, v.bytes, v.owner], [4n, 3, 12, false]);
+    assert.deepEqual(Array.from(downloadDevice<Float32Array>(v)), [2, 3, 4]);
+    uploadDevice(a, new Float32Array([9, 8]), 3);
+    assert.deepEqual(Array.from(downloadDevice<Float32Array>(a)), [1, 2, 3, 9, 8]);
+    assert.throws(() => uploadDevice(a, new Float32Array(3), 3), /uploadDevice: 3 elements at offset 3 do not fit the device array of 5/);
+    assert.throws(() => uploadDevice(a, new Int32Array(2)), /uploadDevice: a f32 device array needs a Float32Array/);
+    assert.throws(() => deviceView(a, 4, 2), /deviceView: range \[4, 6\) is outside the array of 5 elements/);
+    assert.throws(() => freeDevice(v), /freeDevice: argument is a view/);
+    assert.throws(() => toDevice(new Uint16Array(2)), /toDevice: a Uint16Array needs an explicit dtype/);
+    assert.throws(() => toDevice(new Float32Array(2), 'bf16'), /toDevice: a bf16 device array needs a Uint16Array/);
+    assert.equal(mem.liveAllocations, 1, 'a rejected upload allocates nothing');
+    const h = toDevice(new Uint16Array([1, 2]), 'bf16');
+    assert.deepEqual([h.bytes, Array.from(downloadDevice<Uint16Array>(h))], [4, [1, 2]]);
+    zeroDevice(h);
+    assert.deepEqual(Array.from(downloadDevice<Uint16Array>(h)), [0, 0]);
+    const empty = allocDevice('f32', 0);
+    assert.equal(empty.handle, 0n);
+    assert.equal(downloadDevice<Float32Array>(empty).length, 0);
+    freeDevice(empty);
+    freeDevice(h);
+    freeDevice(a);
+    assert.equal(mem.liveAllocations, 0);
+  } finally {
+    setCudaBackend(null);
+    mem.dispose();
   }
 });
