@@ -4,10 +4,12 @@
 // whose LD_LIBRARY_PATH puts stand-in libraries first (fake/fake-cuda.c, built here with the C
 // compiler): the probe, device memory and its bounds checks, NVRTC architecture choice and
 // options, module loading and launches with packed arguments, the cuBLASLt call's layouts,
-// and the errors for a failing cuInit, a driver missing entry points and a missing NVRTC.
+// and the errors for a failing cuInit, a driver missing entry points and a missing NVRTC; and,
+// where a real NVRTC library is present, real compiles of every kernel file behind the
+// stand-in driver.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -79,9 +81,9 @@ function buildFakes(): string {
   return root;
 }
 
-function scenario(name: string, libDir: string, env: Record<string, string> = {}): void {
+function scenario(name: string, libDir: string, env: Record<string, string> = {}, extraLibDir?: string): void {
   const childEnv: Record<string, string | undefined> = { ...process.env, ...env };
-  childEnv['LD_LIBRARY_PATH'] = [join(buildFakes(), libDir), process.env['LD_LIBRARY_PATH']].filter(Boolean).join(':');
+  childEnv['LD_LIBRARY_PATH'] = [join(buildFakes(), libDir), extraLibDir, process.env['LD_LIBRARY_PATH']].filter(Boolean).join(':');
   for (const k of ['EQAT_CUDA_DISABLE', 'EQAT_CUDA_DEVICE', 'FAKE_CUDA_INIT', 'FAKE_CUDA_CC', 'FAKE_NVRTC_ARCHS', 'FAKE_CUDA_DEVICES']) {
     if (!(k in env)) delete childEnv[k];
   }
@@ -106,6 +108,22 @@ test('with stand-in libraries: the TypeScript kernel path compiles, caches and l
 test('with stand-in libraries: a failing cuInit is the reason', { skip: fakeSkip }, () => scenario('init-fails', 'full', { FAKE_CUDA_INIT: '100' }));
 test('with stand-in libraries: a driver without the entry points is named', { skip: fakeSkip }, () => scenario('driver-lacks-symbols', 'empty-driver'));
 test('with stand-in libraries: a missing NVRTC is named with every path tried', { skip: fakeSkip }, () => scenario('no-nvrtc', 'driver-only'));
+
+/** A directory holding a real NVRTC: $EQAT_TEST_NVRTC_DIR, else a CUDA toolkit's usual places. */
+function realNvrtcDir(): string | null {
+  const dirs = [process.env['EQAT_TEST_NVRTC_DIR'], process.env['CUDA_HOME'] && join(process.env['CUDA_HOME'], 'lib64'), '/usr/local/cuda/lib64'];
+  for (const d of dirs) {
+    if (d && existsSync(d) && readdirSync(d).some((f) => /^libnvrtc\.so(\.\d+)*$/.test(f))) return d;
+  }
+  return null;
+}
+const nvrtcDir = realNvrtcDir();
+
+test(
+  'with the stand-in driver and a real NVRTC: every kernel compiles to an sm_90 CUBIN, a newer GPU gets PTX',
+  { skip: fakeSkip || (nvrtcDir ? false : 'no NVRTC library (set EQAT_TEST_NVRTC_DIR to a directory holding libnvrtc.so.*)') },
+  () => scenario('real-nvrtc', 'driver-only', {}, nvrtcDir!),
+);
 
 test.after(() => {
   if (fakeRoot) rmSync(fakeRoot, { recursive: true, force: true });

@@ -3,7 +3,7 @@
 // production. Usage: node dist/test/cuda/fake/child.js <scenario>. Exits non-zero with the
 // failed assertion on stderr.
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { nativeFn } from '../../../src/engine/native.js';
@@ -12,8 +12,11 @@ import {
   deviceView,
   downloadDevice,
   freeDevice,
+  KERNEL_OPTIONS,
+  kernelSourceDir,
   nativeCudaBackend,
   packArgs,
+  parseKernelSignatures,
   toDevice,
   uploadDevice,
   zeroDevice,
@@ -224,6 +227,42 @@ const scenarios: Record<string, () => void> = {
     assert.throws(() => cudaGemm(2, 0, 1, 1, 1, 1, x.handle, 1, x.handle, 1, 0, x.handle, 1, 'f32', 'f32'), /cudaGemm: arguments 'opA' and 'opB' must be 0 \(N\) or 1 \(T\)/);
     assert.throws(() => cudaGemm(0, 0, 1, 1, 1, 1, x.handle, 1, x.handle, 1, 0, x.handle, 1, 'f16', 'f32'), /cudaGemm: argument 'abType' must be 'f32' or 'bf16'/);
     freeDevice(x);
+  },
+
+  'real-nvrtc'() {
+    // A real NVRTC behind the stand-in driver (a compute capability 9.0 device): every kernel
+    // file compiles headerless with the production options to an sm_90 CUBIN holding its
+    // kernels, and a device newer than NVRTC gets PTX for the newest architecture it knows.
+    const p = probe();
+    assert.equal(p.available, true, p.reason);
+    assert.ok(p.nvrtcArchs.includes(90), `NVRTC ${p.nvrtcVersion} supports sm_90: ${p.nvrtcArchs}`);
+    const dir = kernelSourceDir();
+    for (const file of readdirSync(dir).filter((f) => f.endsWith('.cu'))) {
+      const source = readFileSync(join(dir, file), 'utf8');
+      const c = compile(source, file, [...KERNEL_OPTIONS]);
+      assert.equal(c.kind, 'cubin', file);
+      assert.equal(c.arch, 'sm_90', file);
+      assert.doesNotMatch(c.log, /warning|error/i, `${file}: ${c.log}`);
+      const image = Buffer.from(c.image);
+      assert.equal(image.subarray(0, 4).toString('latin1'), '\x7fELF', file);
+      assert.ok(!image.includes('fake cubin'), `${file}: a real CUBIN`);
+      for (const name of parseKernelSignatures(source).keys()) assert.ok(image.includes(name), `${file}: CUBIN holds ${name}`);
+    }
+    const newest = Math.max(...p.nvrtcArchs);
+    process.env['FAKE_CUDA_CC'] = String(Math.floor(newest / 10) * 10 + 10 + 9); // a major version beyond NVRTC
+    const src = readFileSync(join(dir, 'elementwise.cu'), 'utf8');
+    const ptx = compile(src, 'elementwise.cu', [...KERNEL_OPTIONS]);
+    assert.equal(ptx.kind, 'ptx');
+    assert.equal(ptx.arch, `compute_${newest}`);
+    const text = Buffer.from(ptx.image).toString('latin1');
+    assert.ok(text.endsWith('\0') && text.includes('.entry eqat_scale'), 'PTX text with its NUL');
+    process.env['FAKE_CUDA_CC'] = '90';
+    // the TypeScript path: compile, cache, load, launch (the stand-in driver runs it as a no-op)
+    process.env['EQAT_CACHE_DIR'] = mkdtempSync(join(tmpdir(), 'eqat-real-nvrtc-cache-'));
+    const x = toDevice(new Float32Array([1, 2, 3]));
+    scaleCuda(x, x, 2);
+    freeDevice(x);
+    rmSync(process.env['EQAT_CACHE_DIR'], { recursive: true, force: true });
   },
 
   'ts-stack'() {

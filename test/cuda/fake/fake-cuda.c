@@ -24,6 +24,13 @@ static int env_int(const char* name, int fallback) {
 typedef unsigned long long CUdeviceptr;
 
 int cuInit(unsigned flags) { (void)flags; return env_int("FAKE_CUDA_INIT", 0); }
+/* NVRTC 13 opens libcuda.so.1 itself and asks for a private export table (for its compilation
+ * cache); refusing makes it go on without. */
+int cuGetExportTable(const void** table, const void* id) {
+  (void)id;
+  *table = 0;
+  return 500;
+}
 int cuDriverGetVersion(int* v) { *v = 13000; return 0; }
 
 static const char* error_name(int e) {
