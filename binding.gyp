@@ -5,7 +5,8 @@
       "sources": [
         "native/binding.cc",
         "native/threadpool.cc",
-        "<!@(node -e \"console.log(require('fs').readdirSync('native/cpu').filter(f=>f.endsWith('.cc')).map(f=>'native/cpu/'+f).join(' '))\")"
+        "<!@(node -e \"console.log(require('fs').readdirSync('native/cpu').filter(f=>f.endsWith('.cc')).map(f=>'native/cpu/'+f).join(' '))\")",
+        "<!@(node -e \"console.log(require('fs').readdirSync('native/cuda').filter(f=>f.endsWith('.cc')).map(f=>'native/cuda/'+f).join(' '))\")"
       ],
       "include_dirs": [
         "<!@(node -p \"require('node-addon-api').include\")",

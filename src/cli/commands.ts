@@ -12,6 +12,7 @@ import { E2E_QP_SAVE_EVERY, E2E_QP_SAVE_SECONDS, e2eQpDefaults, runE2eQp } from 
 import { resolveRecipe, runQuantize } from '../pipeline/quantize.js';
 import { exportOnnx } from '../export/onnx.js';
 import { loadRecipeFile, overridesFromFlags, recipeFlagSpecs } from '../pipeline/recipe.js';
+import { DEVICE_FLAGS, deviceForCommand, type DeviceFlag } from '../engine/cuda.js';
 
 export interface Command {
   summary: string;
@@ -36,6 +37,20 @@ const saveEveryFlag = {
     'rerunning an interrupted command resumes from it (same result byte for byte); 0 = never',
 } as const;
 
+// No pipeline runs on CUDA yet: `--device cuda` fails with the reason (CUDA missing, or not
+// supported by the command) before anything is read or written, and `auto` runs on the CPU.
+const deviceFlag = {
+  type: 'string',
+  default: 'cpu',
+  choices: DEVICE_FLAGS,
+  help: 'compute device; auto = CUDA when present (no command runs on CUDA yet: cuda fails, auto uses the CPU)',
+} as const;
+
+/** Checks --device for a command that runs on the CPU only (throws for an unusable choice). */
+function applyDevice(command: string, f: ParsedFlags): void {
+  deviceForCommand(command, str(f, 'device') as DeviceFlag, ['cpu']);
+}
+
 /** Peak resident memory of this process so far, MiB. */
 function peakRssMiB(): number {
   return Math.round(process.resourceUsage().maxRSS / 1024);
@@ -56,8 +71,10 @@ export const COMMANDS: Record<string, Command> = {
       'max-windows': { type: 'int', min: 1, help: 'evaluate only the first N windows' },
       json: { type: 'boolean', default: false, help: 'print a JSON object as the last line of stdout' },
       threads: threadsFlag,
+      device: deviceFlag,
     },
     async run(f) {
+      applyDevice('eval', f);
       applyThreads(f);
       const r = await evaluatePerplexity(str(f, 'model'), str(f, 'data'), {
         seqlen: int(f, 'seqlen'),
@@ -83,8 +100,10 @@ export const COMMANDS: Record<string, Command> = {
       seed: { type: 'int', default: 0, help: 'sampling seed' },
       json: { type: 'boolean', default: false, help: 'print ids and text as JSON' },
       threads: threadsFlag,
+      device: deviceFlag,
     },
     async run(f) {
+      applyDevice('generate', f);
       applyThreads(f);
       const dir = str(f, 'model');
       const src = WeightSource.open(dir);
@@ -126,8 +145,10 @@ export const COMMANDS: Record<string, Command> = {
       quiet: { type: 'boolean', default: false, help: 'no progress output' },
       json: { type: 'boolean', default: false, help: 'print a JSON summary as the last line of stdout' },
       threads: threadsFlag,
+      device: deviceFlag,
     },
     async run(f) {
+      applyDevice('block-ap', f);
       applyThreads(f);
       const wbits = int(f, 'wbits');
       const d = blockApDefaults(wbits);
@@ -206,8 +227,10 @@ export const COMMANDS: Record<string, Command> = {
       quiet: { type: 'boolean', default: false, help: 'no progress output' },
       json: { type: 'boolean', default: false, help: 'print a JSON summary as the last line of stdout' },
       threads: threadsFlag,
+      device: deviceFlag,
     },
     async run(f) {
+      applyDevice('e2e-qp', f);
       applyThreads(f);
       const probe = WeightSource.open(str(f, 'model'));
       const bits = probe.quant?.bits ?? 4;
@@ -250,8 +273,10 @@ export const COMMANDS: Record<string, Command> = {
       quiet: { type: 'boolean', default: false, help: 'no progress output' },
       json: { type: 'boolean', default: false, help: 'print a JSON summary as the last line of stdout' },
       threads: threadsFlag,
+      device: deviceFlag,
     },
     async run(f) {
+      applyDevice('quantize', f);
       applyThreads(f);
       const file = f['recipe'] as string | undefined;
       const where = file ?? 'flags';

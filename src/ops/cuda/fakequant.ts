@@ -1,0 +1,70 @@
+// Fake quantization on CUDA (forward and straight-through backward) over device arrays: the
+// typed wrapper of native/cuda/kernels/fakequant.cu. Same layout and math as the CPU op
+// (src/quant/fakequant.ts) and its twins fakeQuantForwardRef / fakeQuantBackwardRef
+// (src/quant/primitives.ts): w is (O, I) row-major, scale and zero are (O, I/G), groups are G
+// consecutive inputs.
+import { cudaKernel, expectDeviceDtype, expectDeviceLength, gridFor, launchKernel, type DeviceArray } from '../../engine/cuda.js';
+import { checkBits, checkGroupLayout, qmax } from '../../quant/primitives.js';
+
+const BLOCK = 256;
+const FORWARD = cudaKernel('fakequant.cu', 'eqat_fakequant_forward', ['ptr', 'ptr', 'ptr', 'ptr', 'i64', 'i32', 'i32']);
+const BACKWARD = cudaKernel('fakequant.cu', 'eqat_fakequant_backward', [
+  'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i64', 'i32', 'i32',
+]);
+
+function dims(
+  op: string,
+  O: number,
+  I: number,
+  bits: number,
+  G: number,
+  weightShaped: Record<string, DeviceArray>,
+  groupShaped: Record<string, DeviceArray>,
+): { n: number; groups: number; qm: number } {
+  checkBits(bits, op);
+  checkGroupLayout(O, I, G, op);
+  const n = O * I;
+  const groups = n / G;
+  for (const [name, a] of Object.entries(weightShaped)) {
+    expectDeviceDtype(a, 'f32', `${op}: ${name}`);
+    expectDeviceLength(a, n, `${op}: ${name}`, `(O=${O}, I=${I})`);
+  }
+  for (const [name, a] of Object.entries(groupShaped)) {
+    expectDeviceDtype(a, 'f32', `${op}: ${name}`);
+    expectDeviceLength(a, groups, `${op}: ${name}`, `(O=${O}, I/G=${I / G})`);
+  }
+  return { n, groups, qm: qmax(bits) };
+}
+
+/** out (O, I) = fake-quantized w (O, I) with per-group scale and zero (O, I/G). Overwrites out. */
+export function fakeQuantForwardCuda(
+  out: DeviceArray, // (O, I)
+  w: DeviceArray, // (O, I)
+  scale: DeviceArray, // (O, I/G)
+  zero: DeviceArray, // (O, I/G)
+  O: number,
+  I: number,
+  bits: number,
+  G: number,
+): void {
+  const { n, qm } = dims('fakeQuantForwardCuda', O, I, bits, G, { out, w }, { scale, zero });
+  launchKernel(FORWARD, gridFor(n, BLOCK), BLOCK, [out, w, scale, zero, n, G, qm]);
+}
+
+/** Straight-through backward; accumulates (+=) dw (O, I), dscale and dzero (O, I/G). */
+export function fakeQuantBackwardCuda(
+  dw: DeviceArray, // (O, I) +=
+  dscale: DeviceArray, // (O, I/G) +=
+  dzero: DeviceArray, // (O, I/G) +=
+  dout: DeviceArray, // (O, I)
+  w: DeviceArray, // (O, I)
+  scale: DeviceArray, // (O, I/G)
+  zero: DeviceArray, // (O, I/G)
+  O: number,
+  I: number,
+  bits: number,
+  G: number,
+): void {
+  const { groups, qm } = dims('fakeQuantBackwardCuda', O, I, bits, G, { dw, dout, w }, { dscale, dzero, scale, zero });
+  launchKernel(BACKWARD, gridFor(groups, BLOCK), BLOCK, [dw, dscale, dzero, dout, w, scale, zero, groups, G, qm]);
+}

@@ -1,0 +1,283 @@
+// A CudaBackend that runs the real kernel sources (native/cuda/kernels/*.cu) on the CPU, for
+// tests on machines without a GPU. The sources are compiled unchanged by the host C++ compiler
+// with test/cuda/emu/shim.h in front (coroutine threads, barriers, warp shuffles) into one
+// runner program; each launch writes the kernel's arguments and the device buffers it points
+// into to a file, runs the program and reads the buffers back. Device memory is host memory
+// behind fake addresses; "compiling" returns the source itself (parsed for its kernel
+// signatures, which getFunction and launch check as the driver would); gemm is the column-major
+// reference (gemm-ref.ts).
+//
+// What this checks: the kernels' arithmetic and indexing, their block/warp synchronisation (a
+// divergent barrier or deadlock fails), out-of-bounds accesses past a buffer's end, the
+// wrappers' argument packing and launch shapes, and the kernel cache path. What it cannot:
+// NVRTC itself, the GPU's memory model and timing, and CUDA's own math library (exp may differ
+// from libm's in the last bit).
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { bf16ToF32Ref, f32ToBf16Ref } from '../../../src/engine/dtype.js';
+import {
+  kernelSourceDir,
+  parseKernelSignatures,
+  type CompiledKernelImage,
+  type CudaBackend,
+  type CudaProbe,
+  type Dim3,
+  type GemmArgs,
+  type KernelParam,
+} from '../../../src/engine/cuda.js';
+import { packageRoot } from '../../../src/engine/native.js';
+import { gemmColMajorRef, gemmExtent } from './gemm-ref.js';
+
+const KIND_CODE: Record<KernelParam['kind'], number> = { ptr: 0, i32: 1, u32: 2, i64: 3, u64: 4, f32: 5, f64: 6 };
+const ACCESSOR: Record<KernelParam['kind'], string> = {
+  ptr: 'as_ptr',
+  i32: 'as_i32',
+  u32: 'as_u32',
+  i64: 'as_i64',
+  u64: 'as_u64',
+  f32: 'as_f32',
+  f64: 'as_f64',
+};
+
+/** The dispatch function of the runner: one branch per kernel, casting slots to the declared types. */
+function dispatchSource(kernels: Map<string, KernelParam[]>): string {
+  const lines = ['bool emu_dispatch(const std::string& name, const std::vector<uint64_t>& s) {'];
+  for (const [name, params] of kernels) {
+    const args = params.map((p, i) => `(${p.type})emu::${ACCESSOR[p.kind]}(s[${i}])`);
+    const decls = args.map((a, i) => `auto a${i} = ${a};`).join(' ');
+    const call = `${name}(${params.map((_, i) => `a${i}`).join(', ')})`;
+    lines.push(`  if (name == "${name}") { ${decls} emu::g_kernel = [=] { ${call}; }; return true; }`);
+  }
+  lines.push('  return false;', '}');
+  return lines.join('\n') + '\n';
+}
+
+let built: { exe: string } | { skip: string } | undefined;
+
+/** Builds (once per source version, cached under the temp directory) the runner program. */
+export function buildEmulator(): { exe: string } | { skip: string } {
+  if (built) return built;
+  const emuDir = join(packageRoot(), 'test', 'cuda', 'emu');
+  const kdir = kernelSourceDir();
+  const files = readdirSync(kdir).filter((f) => f.endsWith('.cu')).sort();
+  const kernels = new Map<string, KernelParam[]>();
+  const hash = createHash('sha256');
+  for (const name of ['shim.h', 'runner.h']) hash.update(readFileSync(join(emuDir, name)));
+  for (const f of files) {
+    const src = readFileSync(join(kdir, f), 'utf8');
+    hash.update(f + '\0' + src);
+    for (const [k, v] of parseKernelSignatures(src)) kernels.set(k, v);
+  }
+  const cxx = process.env['CXX'] || 'g++';
+  const version = spawnSync(cxx, ['--version'], { encoding: 'utf8' });
+  if (version.status !== 0) {
+    built = { skip: `no host C++ compiler ('${cxx} --version' failed) to build the CUDA kernel emulator` };
+    return built;
+  }
+  hash.update(version.stdout);
+  const dir = join(tmpdir(), 'eqat-cuda-emu', hash.digest('hex').slice(0, 16));
+  const exe = join(dir, 'runner');
+  if (!existsSync(exe)) {
+    mkdirSync(dir, { recursive: true });
+    const src = [
+      `#include "${join(emuDir, 'shim.h')}"`,
+      ...files.map((f) => `#include "${join(kdir, f)}"`),
+      `#include "${join(emuDir, 'runner.h')}"`,
+      dispatchSource(kernels),
+    ].join('\n');
+    const gen = join(dir, `runner-${process.pid}.cc`);
+    writeFileSync(gen, src);
+    const tmpExe = `${exe}.${process.pid}.tmp`;
+    const r = spawnSync(cxx, ['-std=c++17', '-O1', '-ffp-contract=off', '-w', '-o', tmpExe, gen], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`building the CUDA kernel emulator failed:\n${r.stderr}`);
+    renameSync(tmpExe, exe);
+  }
+  built = { exe };
+  return built;
+}
+
+interface EmuFunction {
+  name: string;
+  params: KernelParam[];
+}
+
+/** The emulator backend (see the file header); counters let tests see compiles and launches. */
+export class EmulatorBackend implements CudaBackend {
+  readonly name = 'emulator';
+  compiles = 0;
+  launches = 0;
+  private readonly allocs = new Map<bigint, Uint8Array>();
+  private nextAddress = 0x10000000n;
+  private readonly modulesById = new Map<bigint, Map<string, KernelParam[]>>();
+  private readonly fns = new Map<bigint, EmuFunction>();
+  private nextHandle = 1n;
+  private readonly work = mkdtempSync(join(tmpdir(), 'eqat-cuda-emu-io-'));
+
+  constructor(private readonly exe: string) {}
+
+  /** Live allocations (for leak checks). */
+  get liveAllocations(): number {
+    return this.allocs.size;
+  }
+
+  dispose(): void {
+    rmSync(this.work, { recursive: true, force: true });
+  }
+
+  probe(): CudaProbe {
+    return {
+      available: true,
+      driverVersion: 0,
+      devices: [{ index: 0, name: 'eqat CUDA kernel emulator (CPU)', computeCapability: [0, 0], totalMemory: 0 }],
+      device: 0,
+      nvrtcVersion: 'emulator',
+      nvrtcArchs: [],
+      cublasLt: true,
+      cublasLtVersion: null,
+      libraries: {},
+      errors: {},
+    };
+  }
+
+  alloc(bytes: number): bigint {
+    if (!Number.isSafeInteger(bytes) || bytes < 1) throw new RangeError("cudaAlloc: argument 'bytes' must be >= 1");
+    const base = this.nextAddress;
+    this.allocs.set(base, new Uint8Array(bytes));
+    // 256-byte aligned like cuMemAlloc, with a gap so adjacent allocations never touch.
+    this.nextAddress += BigInt(Math.ceil(bytes / 256) * 256 + 256);
+    return base;
+  }
+
+  free(handle: bigint): void {
+    if (!this.allocs.delete(handle)) throw new RangeError("cudaFree: argument 'handle' is not a live allocation from cudaAlloc");
+  }
+
+  /** The allocation holding [addr, addr + bytes). */
+  private locate(addr: bigint, bytes: number, op: string): { base: bigint; buf: Uint8Array; at: number } {
+    for (const [base, buf] of this.allocs) {
+      if (addr >= base && addr + BigInt(bytes) <= base + BigInt(buf.length)) return { base, buf, at: Number(addr - base) };
+    }
+    throw new RangeError(`${op}: device range [0x${addr.toString(16)}, +${bytes} bytes) is not inside a live allocation`);
+  }
+
+  upload(handle: bigint, src: ArrayBufferView, byteOffset: number): void {
+    const { buf, at } = this.locate(handle + BigInt(byteOffset), src.byteLength, 'cudaUpload');
+    buf.set(new Uint8Array(src.buffer, src.byteOffset, src.byteLength), at);
+  }
+
+  download(handle: bigint, dst: ArrayBufferView, byteOffset: number): void {
+    const { buf, at } = this.locate(handle + BigInt(byteOffset), dst.byteLength, 'cudaDownload');
+    new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength).set(buf.subarray(at, at + dst.byteLength));
+  }
+
+  memset0(handle: bigint, bytes: number): void {
+    const { buf, at } = this.locate(handle, bytes, 'cudaMemset0');
+    buf.fill(0, at, at + bytes);
+  }
+
+  synchronize(): void {}
+
+  compile(source: string, _name: string, _options: readonly string[]): CompiledKernelImage {
+    this.compiles++;
+    parseKernelSignatures(source); // a malformed declaration fails here, like a compile error
+    return { image: new TextEncoder().encode(source), kind: 'ptx', arch: 'emulator', log: '' };
+  }
+
+  moduleLoad(image: Uint8Array): bigint {
+    const id = this.nextHandle++;
+    this.modulesById.set(id, parseKernelSignatures(new TextDecoder().decode(image)));
+    return id;
+  }
+
+  getFunction(module: bigint, name: string): bigint {
+    const sigs = this.modulesById.get(module);
+    if (!sigs) throw new Error('cudaGetFunction: invalid module handle');
+    const params = sigs.get(name);
+    if (!params) throw new Error(`cudaGetFunction: cuModuleGetFunction(${name}) failed: CUDA_ERROR_NOT_FOUND (named symbol not found)`);
+    const id = this.nextHandle++;
+    this.fns.set(id, { name, params });
+    return id;
+  }
+
+  launch(fn: bigint, grid: Dim3, block: Dim3, sharedBytes: number, args: ArrayBuffer): void {
+    const f = this.fns.get(fn);
+    if (!f) throw new Error('cudaLaunch: invalid function handle');
+    if (args.byteLength % 8 !== 0) throw new RangeError(`cudaLaunch: argument 'args' must hold whole 8-byte slots`);
+    const slots = args.byteLength / 8;
+    if (slots !== f.params.length) {
+      throw new RangeError(`cudaLaunch: the kernel takes ${f.params.length} parameters, 'args' packs ${slots}`);
+    }
+    if (block[0] * block[1] * block[2] > 1024) throw new RangeError(`cudaLaunch: ${f.name}: more than 1024 threads per block`);
+    const view = new DataView(args);
+    const used: bigint[] = [];
+    f.params.forEach((p, i) => {
+      if (p.kind !== 'ptr') return;
+      const addr = view.getBigUint64(8 * i, true);
+      if (addr === 0n) return;
+      const { base } = this.locate(addr, 0, `cudaLaunch (${f.name}, argument ${i} '${p.name}')`);
+      if (!used.includes(base)) used.push(base);
+    });
+    const name = Buffer.from(f.name, 'utf8');
+    const head = Buffer.alloc(8 + 4 + name.length + 28 + 4 + slots);
+    let at = head.write('EQEMU001', 0, 'ascii');
+    at = head.writeUInt32LE(name.length, at);
+    at += name.copy(head, at);
+    for (const d of [...grid, ...block, sharedBytes]) at = head.writeUInt32LE(d, at);
+    at = head.writeUInt32LE(slots, at);
+    for (const p of f.params) at = head.writeUInt8(KIND_CODE[p.kind], at);
+    const bufHeads: Buffer[] = [];
+    for (const base of used) {
+      const h = Buffer.alloc(16);
+      h.writeBigUInt64LE(base, 0);
+      h.writeBigUInt64LE(BigInt(this.allocs.get(base)!.length), 8);
+      bufHeads.push(h, Buffer.from(this.allocs.get(base)!.buffer));
+    }
+    const count = Buffer.alloc(4);
+    count.writeUInt32LE(used.length);
+    const req = join(this.work, 'request.bin'), resp = join(this.work, 'response.bin');
+    writeFileSync(req, Buffer.concat([head, Buffer.from(args), count, ...bufHeads]));
+    const r = spawnSync(this.exe, [req, resp], { encoding: 'utf8' });
+    if (r.status !== 0) {
+      throw new Error(`emulated launch of ${f.name} failed (${r.signal ?? `exit ${r.status}`}): ${r.stderr.trim()}`);
+    }
+    const out = readFileSync(resp);
+    let off = 0;
+    for (const base of used) {
+      const buf = this.allocs.get(base)!;
+      buf.set(out.subarray(off, off + buf.length));
+      off += buf.length;
+    }
+    this.launches++;
+  }
+
+  gemm(g: GemmArgs): void {
+    const rowsA = g.opA === 0 ? g.m : g.k, colsA = g.opA === 0 ? g.k : g.m;
+    const rowsB = g.opB === 0 ? g.k : g.n, colsB = g.opB === 0 ? g.n : g.k;
+    if (g.lda < rowsA || g.ldb < rowsB || g.ldc < g.m) throw new RangeError('cudaGemm: leading dimension too small');
+    const read = (h: bigint, n: number, type: 'f32' | 'bf16'): Float32Array => {
+      const bytes = n * (type === 'f32' ? 4 : 2);
+      const { buf, at } = this.locate(h, bytes, 'cudaGemm');
+      const copy = buf.slice(at, at + bytes);
+      if (type === 'f32') return new Float32Array(copy.buffer);
+      const h16 = new Uint16Array(copy.buffer);
+      return Float32Array.from(h16, (x) => bf16ToF32Ref(x));
+    };
+    const A = read(g.A, gemmExtent(rowsA, colsA, g.lda), g.abType);
+    const B = read(g.B, gemmExtent(rowsB, colsB, g.ldb), g.abType);
+    const nC = gemmExtent(g.m, g.n, g.ldc);
+    const C = read(g.C, nC, g.cType);
+    gemmColMajorRef(g, A, B, C);
+    const { buf, at } = this.locate(g.C, nC * (g.cType === 'f32' ? 4 : 2), 'cudaGemm');
+    if (g.cType === 'f32') buf.set(new Uint8Array(C.buffer), at);
+    else buf.set(new Uint8Array(Uint16Array.from(C, (x) => f32ToBf16Ref(x)).buffer), at);
+  }
+}
+
+/** An emulator backend, or the reason it cannot be built here. */
+export function cudaEmulator(): EmulatorBackend | string {
+  const b = buildEmulator();
+  return 'skip' in b ? b.skip : new EmulatorBackend(b.exe);
+}

@@ -1,0 +1,178 @@
+// CPU emulation of the CUDA C++ subset that native/cuda/kernels/*.cu use, for tests on
+// machines without a GPU: the kernel sources are compiled unchanged by the host C++ compiler
+// with this header in front (test/cuda/emu/backend.ts builds and runs them).
+//
+// Execution model: blocks run one after another; the threads of a block are coroutines
+// (ucontext) on one OS thread. __syncthreads() is a block-wide barrier, each warp shuffle a
+// barrier of the threads of its warp (lanes are linear thread ids / 32); a barrier that not
+// every live thread of its scope reaches is reported as an error, as is a deadlock. __shared__
+// variables become function-local statics, shared by the threads of the running block.
+// Arithmetic is the host's IEEE f32/f64 without contraction (the kernels are compiled with
+// --fmad=false on the GPU); libm's exp may differ from CUDA's in the last bit.
+#pragma once
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <ucontext.h>
+
+#include <functional>
+#include <vector>
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+};
+
+namespace emu {
+
+enum class State { runnable, block_barrier, warp_barrier, done };
+
+struct Thread {
+  ucontext_t ctx;
+  dim3 idx;
+  unsigned linear = 0;
+  State state = State::runnable;
+  char* stack = nullptr;
+};
+
+constexpr size_t kStackBytes = 256 * 1024;
+
+inline dim3 g_blockIdx, g_blockDim, g_gridDim;
+inline Thread* g_current = nullptr;
+inline ucontext_t g_scheduler;
+inline std::vector<Thread> g_threads;
+inline std::vector<uint64_t> g_exchange;  // one shuffle slot per thread
+inline std::function<void()> g_kernel;
+
+[[noreturn]] inline void fail(const char* what) {
+  fprintf(stderr, "emulator: %s (block %u,%u,%u)\n", what, g_blockIdx.x, g_blockIdx.y, g_blockIdx.z);
+  exit(3);
+}
+
+inline void wait_at(State s) {
+  Thread* t = g_current;
+  t->state = s;
+  swapcontext(&t->ctx, &g_scheduler);
+}
+
+inline void thread_main() {
+  g_kernel();
+  g_current->state = State::done;  // uc_link returns to the scheduler
+}
+
+// Runs every thread of the current block to completion.
+inline void run_block() {
+  const unsigned bx = g_blockDim.x, by = g_blockDim.y, bz = g_blockDim.z;
+  const unsigned n = bx * by * bz;
+  if (n < 1 || n > 1024) fail("block size must be in [1, 1024]");
+  if (g_threads.size() < n) g_threads.resize(n);
+  g_exchange.assign(n, 0);
+  for (unsigned i = 0; i < n; ++i) {
+    Thread& t = g_threads[i];
+    if (!t.stack) t.stack = static_cast<char*>(malloc(kStackBytes));
+    t.linear = i;
+    t.idx.x = i % bx;
+    t.idx.y = (i / bx) % by;
+    t.idx.z = i / (bx * by);
+    t.state = State::runnable;
+    getcontext(&t.ctx);
+    t.ctx.uc_stack.ss_sp = t.stack;
+    t.ctx.uc_stack.ss_size = kStackBytes;
+    t.ctx.uc_link = &g_scheduler;
+    makecontext(&t.ctx, thread_main, 0);
+  }
+  for (;;) {
+    for (unsigned i = 0; i < n; ++i) {
+      if (g_threads[i].state != State::runnable) continue;
+      g_current = &g_threads[i];
+      swapcontext(&g_scheduler, &g_threads[i].ctx);
+    }
+    // Every thread now waits at a barrier or has finished. Release complete warp barriers first.
+    bool released = false;
+    for (unsigned w = 0; w * 32 < n; ++w) {
+      unsigned live = 0, waiting = 0, done = 0;
+      for (unsigned i = w * 32; i < n && i < w * 32 + 32; ++i) {
+        const State s = g_threads[i].state;
+        if (s == State::done) ++done;
+        else ++live;
+        if (s == State::warp_barrier) ++waiting;
+      }
+      if (live > 0 && waiting == live) {
+        if (done > 0) fail("warp shuffle in a warp with exited threads");
+        for (unsigned i = w * 32; i < n && i < w * 32 + 32; ++i) g_threads[i].state = State::runnable;
+        released = true;
+      }
+    }
+    if (released) continue;
+    unsigned live = 0, at_block = 0;
+    for (unsigned i = 0; i < n; ++i) {
+      if (g_threads[i].state != State::done) ++live;
+      if (g_threads[i].state == State::block_barrier) ++at_block;
+    }
+    if (live == 0) return;
+    if (at_block == live) {
+      if (live != n) fail("__syncthreads() not reached by every thread of the block");
+      for (unsigned i = 0; i < n; ++i) g_threads[i].state = State::runnable;
+      continue;
+    }
+    fail("deadlock: threads wait at different barriers (divergent __syncthreads or shuffle)");
+  }
+}
+
+template <class T>
+T shuffle(unsigned mask, T v, bool src_valid, unsigned src) {
+  static_assert(sizeof(T) <= 8, "shuffle of a value wider than 8 bytes");
+  if (mask != 0xffffffffu) fail("only full-warp shuffles are emulated");
+  Thread* me = g_current;
+  uint64_t bits = 0;
+  memcpy(&bits, &v, sizeof(T));
+  g_exchange[me->linear] = bits;
+  wait_at(State::warp_barrier);
+  const unsigned from = (src_valid && src < g_exchange.size()) ? src : me->linear;
+  const uint64_t got = g_exchange[from];
+  wait_at(State::warp_barrier);
+  T r;
+  memcpy(&r, &got, sizeof(T));
+  return r;
+}
+
+}  // namespace emu
+
+#define threadIdx (emu::g_current->idx)
+#define blockIdx (emu::g_blockIdx)
+#define blockDim (emu::g_blockDim)
+#define gridDim (emu::g_gridDim)
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __launch_bounds__(...)
+
+inline void __syncthreads() { emu::wait_at(emu::State::block_barrier); }
+
+template <class T>
+T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  const unsigned lane = emu::g_current->linear & 31u, seg = lane % static_cast<unsigned>(width);
+  return emu::shuffle(mask, v, seg + delta < static_cast<unsigned>(width), emu::g_current->linear + delta);
+}
+
+template <class T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  const unsigned lane = emu::g_current->linear & 31u;
+  const unsigned other = lane ^ static_cast<unsigned>(lane_mask);
+  const bool ok = other / static_cast<unsigned>(width) == lane / static_cast<unsigned>(width) && other < 32u;
+  return emu::shuffle(mask, v, ok, emu::g_current->linear - lane + other);
+}
+
+inline unsigned __float_as_uint(float f) {
+  unsigned u;
+  memcpy(&u, &f, 4);
+  return u;
+}
+inline float __uint_as_float(unsigned u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}

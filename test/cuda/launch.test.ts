@@ -1,0 +1,190 @@
+// The launch path without a GPU, through a recording fake backend: kernels are compiled once
+// per file with the NVRTC options and cached on disk (a new process — here a new backend —
+// loads them from the cache), the declared parameters are checked against the source before
+// anything runs, wrappers pick the launch shapes documented in their kernels and pack their
+// arguments as the kernels declare them, and bad arguments fail before any launch.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  cudaKernel,
+  KERNEL_OPTIONS,
+  launchKernel,
+  setCudaBackend,
+  type CompiledKernelImage,
+  type CudaBackend,
+  type CudaProbe,
+  type DeviceArray,
+  type Dim3,
+  type GemmArgs,
+} from '../../src/engine/cuda.js';
+import { scaleCuda } from '../../src/ops/cuda/elementwise.js';
+import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../../src/ops/cuda/rmsnorm.js';
+import { fakeQuantForwardCuda } from '../../src/ops/cuda/fakequant.js';
+import { adamwStepCuda } from '../../src/ops/cuda/adamw.js';
+import { swigluForwardCuda } from '../../src/ops/cuda/swiglu.js';
+
+interface Launch {
+  fn: string;
+  grid: Dim3;
+  block: Dim3;
+  shared: number;
+  args: DataView;
+}
+
+class Recorder implements CudaBackend {
+  readonly name = 'recorder';
+  compiles: { name: string; options: readonly string[] }[] = [];
+  moduleLoads = 0;
+  launches: Launch[] = [];
+  private readonly fnNames = new Map<bigint, string>();
+  private next = 100n;
+  probe(): CudaProbe {
+    return {
+      available: true,
+      driverVersion: 13000,
+      devices: [{ index: 0, name: 'Recorder', computeCapability: [9, 0], totalMemory: 1 }],
+      device: 0,
+      nvrtcVersion: '13.0',
+      nvrtcArchs: [90],
+      cublasLt: true,
+      cublasLtVersion: null,
+      libraries: {},
+      errors: {},
+    };
+  }
+  alloc(): bigint {
+    throw new Error('not used');
+  }
+  free(): void {}
+  upload(): void {}
+  download(): void {}
+  memset0(): void {}
+  synchronize(): void {}
+  compile(_source: string, name: string, options: readonly string[]): CompiledKernelImage {
+    this.compiles.push({ name, options });
+    return { image: new TextEncoder().encode(`image of ${name}`), kind: 'cubin', arch: 'sm_90', log: '' };
+  }
+  moduleLoad(): bigint {
+    this.moduleLoads++;
+    return this.next++;
+  }
+  getFunction(_module: bigint, name: string): bigint {
+    const h = this.next++;
+    this.fnNames.set(h, name);
+    return h;
+  }
+  launch(fn: bigint, grid: Dim3, block: Dim3, shared: number, args: ArrayBuffer): void {
+    this.launches.push({ fn: this.fnNames.get(fn)!, grid, block, shared, args: new DataView(args) });
+  }
+  gemm(_g: GemmArgs): void {}
+}
+
+const arr = (length: number, handle: bigint, dtype: 'f32' | 'bf16' = 'f32'): DeviceArray => ({
+  handle,
+  dtype,
+  length,
+  bytes: length * (dtype === 'f32' ? 4 : 2),
+  owner: false,
+});
+
+function withRecorder(fn: (r: Recorder) => void): Recorder {
+  const r = new Recorder();
+  setCudaBackend(r);
+  try {
+    fn(r);
+  } finally {
+    setCudaBackend(null);
+  }
+  return r;
+}
+
+test('kernels compile once per file with the NVRTC options, then come from the disk cache', () => {
+  const cache = mkdtempSync(join(tmpdir(), 'eqat-launch-cache-'));
+  const saved = process.env['EQAT_CACHE_DIR'];
+  process.env['EQAT_CACHE_DIR'] = cache;
+  try {
+    const first = withRecorder(() => {
+      scaleCuda(arr(1000, 0x1000n), arr(1000, 0x9000n), 2);
+      scaleCuda(arr(10, 0x1000n), arr(10, 0x9000n), 3);
+    });
+    assert.deepEqual(first.compiles, [{ name: 'elementwise.cu', options: KERNEL_OPTIONS }]);
+    assert.equal(first.moduleLoads, 1);
+    assert.equal(readdirSync(join(cache, 'cuda')).length, 1);
+    const [l] = first.launches;
+    assert.equal(l!.fn, 'eqat_scale');
+    assert.deepEqual([l!.grid, l!.block, l!.shared], [[4, 1, 1], [256, 1, 1], 0]);
+    assert.equal(l!.args.byteLength, 32);
+    assert.equal(l!.args.getBigUint64(0, true), 0x1000n);
+    assert.equal(l!.args.getBigUint64(8, true), 0x9000n);
+    assert.equal(l!.args.getFloat32(16, true), 2);
+    assert.equal(l!.args.getBigInt64(24, true), 1000n);
+
+    const second = withRecorder(() => scaleCuda(arr(5, 0x1000n), arr(5, 0x9000n), 2));
+    assert.equal(second.compiles.length, 0, 'a new backend (process) finds the compiled file on disk');
+    assert.equal(second.moduleLoads, 1);
+  } finally {
+    if (saved === undefined) delete process.env['EQAT_CACHE_DIR'];
+    else process.env['EQAT_CACHE_DIR'] = saved;
+    rmSync(cache, { recursive: true, force: true });
+  }
+});
+
+test('a wrapper whose parameters disagree with the kernel source fails before launching', () => {
+  const wrong = cudaKernel('elementwise.cu', 'eqat_scale', ['ptr', 'ptr', 'f32']);
+  const missing = cudaKernel('elementwise.cu', 'eqat_no_such_kernel', []);
+  const r = withRecorder(() => {
+    assert.throws(
+      () => launchKernel(wrong, 1, 32, [1n, 2n, 1]),
+      /elementwise\.cu:eqat_scale: the wrapper passes \(ptr, ptr, f32\) but the source declares \(float\* out, const float\* x, float alpha, long long n\)/,
+    );
+    assert.throws(() => launchKernel(missing, 1, 32, []), /no extern "C" __global__ kernel of that name in elementwise\.cu/);
+    assert.throws(() => launchKernel(wrong, [1, 0, 1], 32, [1n, 2n, 1]), /launchKernel: grid must be positive integers/);
+  });
+  assert.equal(r.launches.length, 0);
+});
+
+test('wrappers choose their launch shapes as their kernels expect', () => {
+  const r = withRecorder(() => {
+    rmsnormForwardCuda(arr(65 * 130, 0x10000n), arr(65, 0x20000n), arr(65 * 130, 0x30000n), arr(130, 0x40000n), 65, 130, 1e-5);
+    rmsnormForwardCuda(arr(3, 0x10000n), arr(3, 0x20000n), arr(3, 0x30000n), arr(1, 0x40000n), 3, 1, 1e-5);
+    rmsnormBackwardCuda(arr(2 * 300, 1n << 20n), arr(300, 2n << 20n), arr(600, 3n << 20n), arr(600, 4n << 20n), arr(300, 5n << 20n), arr(2, 6n << 20n), 2, 300);
+    fakeQuantForwardCuda(arr(17 * 130, 0x10000n), arr(17 * 130, 0x20000n), arr(34, 0x30000n), arr(34, 0x40000n), 17, 130, 4, 65);
+    swigluForwardCuda(arr(0, 0n), arr(0, 0n), arr(0, 0n)); // nothing to do: no launch
+  });
+  const shapes = r.launches.map((l) => [l.fn, l.grid[0], l.block[0]]);
+  assert.deepEqual(shapes, [
+    ['eqat_rmsnorm_forward', 65, 160], // one block per row, C rounded up to whole warps
+    ['eqat_rmsnorm_forward', 3, 32],
+    ['eqat_rmsnorm_backward_dx', 2, 256],
+    ['eqat_rmsnorm_backward_dweight', 2, 256], // one thread per column
+    ['eqat_fakequant_forward', 9, 256], // one thread per element
+  ]);
+  const fq = r.launches[4]!.args;
+  assert.equal(fq.getBigInt64(32, true), BigInt(17 * 130));
+  assert.equal(fq.getInt32(40, true), 65, 'G');
+  assert.equal(fq.getInt32(48, true), 15, 'qmax for 4 bits');
+});
+
+test('wrappers reject bad arguments before any launch, naming the op and argument', () => {
+  const r = withRecorder(() => {
+    assert.throws(() => scaleCuda(arr(3, 1n), arr(4, 2n), 1), /scaleCuda: out: expected 4 elements, got 3/);
+    assert.throws(() => scaleCuda(arr(4, 1n, 'bf16'), arr(4, 2n), 1), /scaleCuda: out: expected a f32 device array, got bf16/);
+    assert.throws(
+      () => rmsnormForwardCuda(arr(6, 1n), arr(2, 2n), arr(6, 3n), arr(2, 4n), 2, 3, 1e-5),
+      /rmsnormForwardCuda: weight: expected 3 elements \(C\), got 2/,
+    );
+    assert.throws(() => rmsnormForwardCuda(arr(6, 1n), arr(2, 2n), arr(6, 3n), arr(3, 4n), 2, 3, -1), /eps must be a finite number >= 0/);
+    assert.throws(
+      () => fakeQuantForwardCuda(arr(12, 1n), arr(12, 2n), arr(3, 3n), arr(3, 4n), 3, 4, 4, 3),
+      /fakeQuantForwardCuda: group size G = 3 does not divide in_features I = 4/,
+    );
+    assert.throws(() => fakeQuantForwardCuda(arr(12, 1n), arr(12, 2n), arr(3, 3n), arr(3, 4n), 3, 4, 9, 4), /bits must be an integer in \[2, 8\]/);
+    const p = arr(8, 0x1000n), g = arr(8, 0x2000n), m = arr(8, 0x3000n), h = { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, step: 1 };
+    assert.throws(() => adamwStepCuda(p, g, arr(8, 0x1010n), arr(8, 0x4000n), h), /adamwStepCuda: arguments 'param' and 'm' share storage/);
+    assert.throws(() => adamwStepCuda(p, g, m, arr(8, 0x4000n), { ...h, step: 0 }), /hyperparameter 'step' must be an integer >= 1/);
+  });
+  assert.equal(r.launches.length, 0);
+});
