@@ -26,6 +26,7 @@ import { windowsNll } from '../../src/pipeline/eval.js';
 import { evalWindows } from '../../src/data/windows.js';
 import { loadTokenizer } from '../../src/io/tokenizer.js';
 import { REPO, TINY, readGolden, sharedModel } from '../golden.js';
+import { llamaGreedy, llamaNll, loadLlamaCpp, type NlcLlama, type NlcModule } from './runtimes.js';
 
 const EVAL_TEXT = join(REPO, 'fixtures', 'text', 'eval-sample.txt');
 const CALIB_TEXT = join(REPO, 'fixtures', 'text', 'calib-sample.txt');
@@ -237,53 +238,10 @@ function compareWithEqat(g: GgufFile, dir: string): { linears: number; others: n
 // ---------------------------------------------------------------------------------------------
 // node-llama-cpp (optional) and the quantized fixtures
 
-interface NlcLogits {
-  next: { logits?: Map<number, number>; totalLogitWeight?: number };
-}
-interface NlcSequence {
-  clearHistory(): Promise<void>;
-  controlledEvaluate(items: unknown[]): Promise<(NlcLogits | undefined)[]>;
-}
-interface NlcContext {
-  getSequence(): NlcSequence;
-  dispose(): Promise<void>;
-}
-interface NlcModel {
-  tokenize(text: string, specialTokens?: boolean): readonly number[];
-  createContext(o: Record<string, unknown>): Promise<NlcContext>;
-  dispose(): Promise<void>;
-}
-interface NlcLlama {
-  loadModel(o: { modelPath: string; gpuLayers?: number; vocabOnly?: boolean }): Promise<NlcModel>;
-  dispose(): Promise<void>;
-}
-interface NlcGgufInfo {
-  version: number;
-  metadata: Record<string, unknown>;
-  tensorInfo?: { name: string; dimensions: readonly (number | bigint)[]; ggmlType: number }[];
-}
-interface NlcModule {
-  getLlama(o: Record<string, unknown>): Promise<NlcLlama>;
-  readGgufFileInfo(path: string, o?: Record<string, unknown>): Promise<NlcGgufInfo>;
-}
-
-const NLC_NAME = 'node-llama-cpp';
-let nlc: NlcModule | null = null;
-let llama: NlcLlama | null = null;
-let SKIP_NLC: string | false = false;
-try {
-  nlc = (await import(NLC_NAME)) as NlcModule;
-} catch {
-  SKIP_NLC = 'node-llama-cpp is not installed (npm install node-llama-cpp) — llama.cpp checks skipped';
-}
-if (nlc) {
-  try {
-    // prebuilt CPU binaries only: never build or download anything
-    llama = await nlc.getLlama({ build: 'never', gpu: false, logLevel: 'error', progressLogs: false });
-  } catch (e) {
-    SKIP_NLC = `node-llama-cpp cannot load its prebuilt llama.cpp binary on this machine (${(e as Error).message.split('\n')[0]}) — llama.cpp checks skipped`;
-  }
-}
+const llamaRuntime = await loadLlamaCpp();
+const nlc: NlcModule | null = llamaRuntime.nlc;
+const llama: NlcLlama | null = llamaRuntime.llama;
+const SKIP_NLC: string | false = llamaRuntime.skip;
 
 async function llamaCpp(): Promise<NlcLlama> {
   assert.ok(llama, 'llama.cpp is loaded');
@@ -477,41 +435,6 @@ test('node-llama-cpp reads the metadata and tensor infos', { skip: SKIP_NLC }, a
 
 // ---------------------------------------------------------------------------------------------
 // llama.cpp runs the exported files
-
-async function llamaGreedy(seq: NlcSequence, prompt: number[], n: number): Promise<number[]> {
-  await seq.clearHistory();
-  const out: number[] = [];
-  let input = [...prompt];
-  for (let step = 0; step < n; step++) {
-    const items = input.map((tok, i) => (i === input.length - 1 ? [tok, { generateNext: { logits: { filter: { tokens: [], includeTop: 1 } } } }] : tok));
-    const res = await seq.controlledEvaluate(items);
-    const top = res[input.length - 1]!.next.logits!.keys().next().value as number;
-    out.push(top);
-    input = [top];
-  }
-  return out;
-}
-
-/** Mean next-token NLL over `count` windows of T ids, from llama.cpp's logits. */
-async function llamaNll(seq: NlcSequence, windows: Int32Array, count: number, T: number): Promise<number> {
-  let total = 0;
-  for (let w = 0; w < count; w++) {
-    await seq.clearHistory();
-    const win = [...windows.subarray(w * T, (w + 1) * T)];
-    const items = win.map((tok, i) =>
-      i < T - 1 ? [tok, { generateNext: { logits: { filter: { tokens: [win[i + 1]!], includeTop: 1 } }, totalLogitWeight: true } }] : tok,
-    );
-    const res = await seq.controlledEvaluate(items);
-    for (let i = 0; i < T - 1; i++) {
-      const next = res[i]!.next;
-      let max = -Infinity;
-      for (const v of next.logits!.values()) max = Math.max(max, v);
-      // log p(target) = logit − max − log Σ exp(logit − max)
-      total -= next.logits!.get(win[i + 1]!)! - max - Math.log(next.totalLogitWeight!);
-    }
-  }
-  return total / (count * (T - 1));
-}
 
 /** Greedy agreement and perplexity of llama.cpp on `gguf` against eqat on `dir`. */
 async function compareInference(

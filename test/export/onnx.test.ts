@@ -30,15 +30,9 @@ import { SafetensorsModel } from '../../src/io/safetensors.js';
 import { writeSafetensors, type TensorToWrite } from '../../src/io/safetensors-write.js';
 import { fromF32 } from '../../src/engine/dtype.js';
 import { readGolden, REPO, TINY } from '../golden.js';
+import { loadOrt, meanNll as meanNllOf, runDecoder, type DecoderDims, type DecoderRunOptions, type OrtSession } from './runtimes.js';
 
-type Ort = typeof import('onnxruntime-node');
-let ort: Ort | null = null;
-try {
-  ort = await import('onnxruntime-node');
-} catch {
-  ort = null;
-}
-const SKIP = ort ? false : 'onnxruntime-node is not installed';
+const { ort, skip: SKIP } = await loadOrt();
 type Tjs = typeof import('@huggingface/transformers');
 let tjs: Tjs | null = null;
 if (ort) {
@@ -137,35 +131,11 @@ function synthesize(dir: string, family: 'qwen3' | 'llama-bias', dtype: 'F32' | 
   for (const f of ['tokenizer.json', 'tokenizer_config.json', 'generation_config.json']) cpSync(join(TINY, f), join(dir, f));
 }
 
-/** Runs the exported decoder on rows of ids (B, S) after `past` cached entries. */
-async function runOrt(
-  session: import('onnxruntime-node').InferenceSession | null,
-  ids: number[][],
-  opts: { mask?: number[][]; positions?: number[][]; past?: Record<string, import('onnxruntime-node').Tensor> } = {},
-): Promise<{ logits: Float32Array; present: Record<string, import('onnxruntime-node').Tensor> }> {
-  const o = ort!;
-  const B = ids.length;
-  const S = ids[0]!.length;
-  const pastLen = opts.past ? opts.past['past_key_values.0.key']!.dims[2]! : 0;
-  const mask = opts.mask ?? ids.map(() => new Array(pastLen + S).fill(1));
-  const positions = opts.positions ?? ids.map(() => Array.from({ length: S }, (_, t) => pastLen + t));
-  const i64 = (rows: number[][]) => new o.Tensor('int64', BigInt64Array.from(rows.flat().map((v) => BigInt(v))), [rows.length, rows[0]!.length]);
-  const feeds: Record<string, import('onnxruntime-node').Tensor> = {
-    input_ids: i64(ids),
-    attention_mask: i64(mask),
-    position_ids: i64(positions),
-  };
-  for (let i = 0; i < NUM_LAYERS; i++) {
-    for (const kv of ['key', 'value']) {
-      const name = `past_key_values.${i}.${kv}`;
-      feeds[name] = opts.past?.[name] ?? new o.Tensor('float32', new Float32Array(0), [B, HKV, 0, HEAD_DIM]);
-    }
-  }
-  const out = await session!.run(feeds);
-  const present: Record<string, import('onnxruntime-node').Tensor> = {};
-  for (const [k, v] of Object.entries(out)) if (k.startsWith('present.')) present[k.replace('present.', 'past_key_values.')] = v;
-  assert.deepEqual(out['logits']!.dims, [B, S, VOCAB]);
-  return { logits: out['logits']!.data as Float32Array, present };
+const TINY_DIMS: DecoderDims = { layers: NUM_LAYERS, kvHeads: HKV, headDim: HEAD_DIM, vocab: VOCAB };
+
+/** Runs the exported llama-tiny decoder on rows of ids (B, S) after `past` cached entries. */
+function runOrt(session: OrtSession | null, ids: number[][], opts: DecoderRunOptions = {}): ReturnType<typeof runDecoder> {
+  return runDecoder(ort!, session!, TINY_DIMS, ids, opts);
 }
 
 function maxAbsDiff(a: Float32Array, b: Float32Array): number {
@@ -177,19 +147,7 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
 
 /** Mean next-token NLL (nats) of logits (W, T, V) for the token rows (W, T), in float64. */
 function meanNll(logits: Float32Array, rows: number[][]): number {
-  const T = rows[0]!.length;
-  let total = 0;
-  for (let w = 0; w < rows.length; w++) {
-    for (let p = 0; p < T - 1; p++) {
-      const row = logits.subarray((w * T + p) * VOCAB, (w * T + p + 1) * VOCAB);
-      let max = -Infinity;
-      for (let k = 0; k < VOCAB; k++) max = Math.max(max, row[k]!);
-      let sum = 0;
-      for (let k = 0; k < VOCAB; k++) sum += Math.exp(row[k]! - max);
-      total += max + Math.log(sum) - row[rows[w]![p + 1]!]!;
-    }
-  }
-  return total / (rows.length * (T - 1));
+  return meanNllOf(logits, rows, VOCAB);
 }
 
 function argmax(a: Float32Array): number {

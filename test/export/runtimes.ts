@@ -1,0 +1,338 @@
+// Running eqat's exports in their target runtimes, for the export tests, the export conformance
+// test and the export benchmark: llama.cpp through node-llama-cpp (GGUF) and onnxruntime-node
+// (ONNX), both optional dependencies that may be missing or unable to load on a machine, so each
+// loader returns a skip reason instead of throwing. Perplexity is computed from each runtime's
+// own logits on token windows cut by eqat (src/data/windows.ts evalWindows): mean next-token NLL
+// over every window, the same protocol as src/pipeline/eval.ts windowsNll.
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Tensor } from '../../src/engine/tensor.js';
+import { crossEntropyForward, IGNORE_INDEX } from '../../src/ops/crossentropy.js';
+import { SHARED } from '../golden.js';
+
+// ---------------------------------------------------------------------------------------------
+// ../shared (or $EQAT_SHARED_DIR for a checkout that has no ../shared next to it)
+
+/** The first of ../shared and $EQAT_SHARED_DIR that holds `relative` (e.g. 'data/test-mix.txt'), or null. */
+export function sharedPath(relative: string): string | null {
+  const env = process.env['EQAT_SHARED_DIR'];
+  for (const root of [SHARED, ...(env ? [env] : [])]) {
+    const p = join(root, relative);
+    if (existsSync(p)) return p;
+  }
+  return null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// node-llama-cpp: the part of its API these checks use (the package stays optional, so its
+// types are not imported)
+
+export interface NlcLogits {
+  next: { logits?: Map<number, number>; totalLogitWeight?: number; confidence?: number };
+}
+export interface NlcSequence {
+  clearHistory(): Promise<void>;
+  controlledEvaluate(items: unknown[]): Promise<(NlcLogits | undefined)[]>;
+}
+export interface NlcContext {
+  getSequence(): NlcSequence;
+  dispose(): Promise<void>;
+}
+export interface NlcModel {
+  tokenize(text: string, specialTokens?: boolean): readonly number[];
+  createContext(o: Record<string, unknown>): Promise<NlcContext>;
+  dispose(): Promise<void>;
+}
+export interface NlcLlama {
+  loadModel(o: { modelPath: string; gpuLayers?: number; vocabOnly?: boolean }): Promise<NlcModel>;
+  dispose(): Promise<void>;
+}
+export interface NlcGgufInfo {
+  version: number;
+  metadata: Record<string, unknown>;
+  tensorInfo?: { name: string; dimensions: readonly (number | bigint)[]; ggmlType: number }[];
+}
+export interface NlcModule {
+  getLlama(o: Record<string, unknown>): Promise<NlcLlama>;
+  readGgufFileInfo(path: string, o?: Record<string, unknown>): Promise<NlcGgufInfo>;
+}
+
+export interface LlamaCppRuntime {
+  /** The module, null when it is not installed. */
+  nlc: NlcModule | null;
+  /** llama.cpp loaded (prebuilt CPU binary), null when it could not be. */
+  llama: NlcLlama | null;
+  /** Why llama.cpp checks must skip, or false when `llama` is usable. */
+  skip: string | false;
+}
+
+const NLC_NAME = 'node-llama-cpp';
+
+/** Loads node-llama-cpp's prebuilt CPU llama.cpp (never builds or downloads anything). */
+export async function loadLlamaCpp(): Promise<LlamaCppRuntime> {
+  let nlc: NlcModule;
+  try {
+    nlc = (await import(NLC_NAME)) as NlcModule;
+  } catch {
+    return { nlc: null, llama: null, skip: 'node-llama-cpp is not installed (npm install node-llama-cpp) — llama.cpp checks skipped' };
+  }
+  try {
+    const llama = await nlc.getLlama({ build: 'never', gpu: false, logLevel: 'error', progressLogs: false });
+    return { nlc, llama, skip: false };
+  } catch (e) {
+    const why = (e as Error).message.split('\n')[0];
+    return { nlc, llama: null, skip: `node-llama-cpp cannot load its prebuilt llama.cpp binary on this machine (${why}) — llama.cpp checks skipped` };
+  }
+}
+
+/** Greedy continuation of `prompt` by llama.cpp, `n` tokens. */
+export async function llamaGreedy(seq: NlcSequence, prompt: number[], n: number): Promise<number[]> {
+  await seq.clearHistory();
+  const out: number[] = [];
+  let input = [...prompt];
+  for (let step = 0; step < n; step++) {
+    const items = input.map((tok, i) => (i === input.length - 1 ? [tok, { generateNext: { logits: { filter: { tokens: [], includeTop: 1 } } } }] : tok));
+    const res = await seq.controlledEvaluate(items);
+    const top = res[input.length - 1]!.next.logits!.keys().next().value as number;
+    out.push(top);
+    input = [top];
+  }
+  return out;
+}
+
+/**
+ * Sum of next-token NLLs (nats) over windows `first`, `first + stride`, … (< count) of `windows`
+ * (count, T), from llama.cpp's logits: each window is evaluated from an empty KV cache (the
+ * sequence's history is cleared), exactly the ids given (no bos added). For every position the
+ * runtime returns the target's logit, the logit of the token its greedy sampler picks (the
+ * largest), Σ exp(logit − largest) over the vocabulary, and the picked token's probability;
+ * log p(target) follows from the first three, and the last (= 1 / Σ exactly when the picked
+ * token is the largest) proves the second is the maximum.
+ */
+export async function llamaNllSum(seq: NlcSequence, windows: Int32Array, count: number, T: number, first = 0, stride = 1): Promise<number> {
+  let total = 0;
+  for (let w = first; w < count; w += stride) {
+    await seq.clearHistory();
+    const win = [...windows.subarray(w * T, (w + 1) * T)];
+    const items = win.map((tok, i) =>
+      i < T - 1
+        ? [tok, { generateNext: { logits: { filter: { tokens: [win[i + 1]!], includeSelected: true } }, totalLogitWeight: true, confidence: true } }]
+        : tok,
+    );
+    const res = await seq.controlledEvaluate(items);
+    for (let i = 0; i < T - 1; i++) {
+      const next = res[i]!.next;
+      let max = -Infinity;
+      for (const v of next.logits!.values()) max = Math.max(max, v);
+      const sum = next.totalLogitWeight!;
+      if (!(Math.abs(next.confidence! * sum - 1) < 1e-4)) {
+        throw new Error(`llamaNllSum: window ${w} position ${i}: the sampled token is not the largest logit (confidence ${next.confidence} vs 1/${sum})`);
+      }
+      // log p(target) = logit − max − log Σ exp(logit − max)
+      total -= next.logits!.get(win[i + 1]!)! - max - Math.log(sum);
+    }
+  }
+  return total;
+}
+
+/** Mean next-token NLL (nats) over `count` windows (count, T) of ids, from llama.cpp's logits. */
+export async function llamaNll(seq: NlcSequence, windows: Int32Array, count: number, T: number): Promise<number> {
+  return (await llamaNllSum(seq, windows, count, T)) / (count * (T - 1));
+}
+
+export interface RuntimePerplexity {
+  nll: number;
+  ppl: number;
+  windows: number;
+  /** Wall seconds for loading the model and scoring every window. */
+  seconds: number;
+}
+
+/**
+ * Perplexity of the GGUF file under llama.cpp (CPU) over `count` windows (count, T). One context
+ * holds `sequences` sequences of T tokens; each takes every sequences-th window, clearing its KV
+ * cache in between, and they run concurrently (their tokens share decode batches, and the
+ * per-token logit reads of one overlap another's).
+ */
+export async function llamaCppPerplexity(
+  llama: NlcLlama,
+  gguf: string,
+  windows: Int32Array,
+  count: number,
+  T: number,
+  { threads = 1, sequences = 4 }: { threads?: number; sequences?: number } = {},
+): Promise<RuntimePerplexity> {
+  const t0 = performance.now();
+  const S = Math.max(1, Math.min(sequences, count));
+  const model = await llama.loadModel({ modelPath: gguf, gpuLayers: 0 });
+  try {
+    const ctx = await model.createContext({ contextSize: T, batchSize: T * S, sequences: S, threads });
+    try {
+      const seqs = Array.from({ length: S }, () => ctx.getSequence());
+      const sums = await Promise.all(seqs.map((seq, s) => llamaNllSum(seq, windows, count, T, s, S)));
+      const nll = sums.reduce((a, b) => a + b, 0) / (count * (T - 1));
+      return { nll, ppl: Math.exp(nll), windows: count, seconds: (performance.now() - t0) / 1000 };
+    } finally {
+      await ctx.dispose();
+    }
+  } finally {
+    await model.dispose();
+  }
+}
+
+/** llama.cpp's tokenization of `text` (no bos, special-token text parsed) with the vocabulary of `gguf`. */
+export async function llamaCppTokenize(llama: NlcLlama, gguf: string, text: string): Promise<number[]> {
+  const model = await llama.loadModel({ modelPath: gguf, vocabOnly: true });
+  try {
+    return [...model.tokenize(text, true)];
+  } finally {
+    await model.dispose();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// onnxruntime-node
+
+export type Ort = typeof import('onnxruntime-node');
+export type OrtSession = import('onnxruntime-node').InferenceSession;
+export type OrtTensor = import('onnxruntime-node').Tensor;
+
+/** Loads onnxruntime-node, or says why ONNX checks must skip. */
+export async function loadOrt(): Promise<{ ort: Ort | null; skip: string | false }> {
+  try {
+    const ort = await import('onnxruntime-node');
+    return { ort, skip: false };
+  } catch (e) {
+    const why = (e as Error).message.split('\n')[0];
+    return { ort: null, skip: `onnxruntime-node is not installed or cannot load (${why}) — onnxruntime checks skipped` };
+  }
+}
+
+/** The sizes the exported decoder's inputs and outputs take. */
+export interface DecoderDims {
+  layers: number;
+  kvHeads: number;
+  headDim: number;
+  vocab: number;
+}
+
+/** Decoder sizes from a Hugging Face config.json in `dir` (a checkpoint or an ONNX export directory). */
+export function decoderDims(dir: string): DecoderDims {
+  const c = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, number | undefined>;
+  const heads = c['num_attention_heads']!;
+  return {
+    layers: c['num_hidden_layers']!,
+    kvHeads: c['num_key_value_heads'] ?? heads,
+    headDim: c['head_dim'] ?? c['hidden_size']! / heads,
+    vocab: c['vocab_size']!,
+  };
+}
+
+export interface DecoderRunOptions {
+  /** (B, past + S); all ones when omitted. */
+  mask?: number[][];
+  /** (B, S); past … past + S − 1 when omitted. */
+  positions?: number[][];
+  /** past_key_values.{i}.{key,value} from an earlier run's `present`. */
+  past?: Record<string, OrtTensor>;
+  /** Fetch only the logits (no present key/values). */
+  logitsOnly?: boolean;
+}
+
+/** Runs the exported decoder on rows of ids (B, S) after `past` cached entries; logits (B, S, V). */
+export async function runDecoder(
+  ort: Ort,
+  session: OrtSession,
+  dims: DecoderDims,
+  ids: ArrayLike<number>[],
+  opts: DecoderRunOptions = {},
+): Promise<{ logits: Float32Array; present: Record<string, OrtTensor> }> {
+  const B = ids.length;
+  const S = ids[0]!.length;
+  const pastLen = opts.past ? opts.past['past_key_values.0.key']!.dims[2]! : 0;
+  const i64 = (rows: ArrayLike<number>[], width: number): OrtTensor => {
+    const data = new BigInt64Array(rows.length * width);
+    rows.forEach((r, b) => {
+      assert.equal(r.length, width, 'runDecoder: ragged rows');
+      for (let t = 0; t < width; t++) data[b * width + t] = BigInt(r[t]!);
+    });
+    return new ort.Tensor('int64', data, [rows.length, width]);
+  };
+  const mask = opts.mask ?? ids.map(() => new Array<number>(pastLen + S).fill(1));
+  const positions = opts.positions ?? ids.map(() => Array.from({ length: S }, (_, t) => pastLen + t));
+  const feeds: Record<string, OrtTensor> = {
+    input_ids: i64(ids, S),
+    attention_mask: i64(mask, pastLen + S),
+    position_ids: i64(positions, S),
+  };
+  for (let i = 0; i < dims.layers; i++) {
+    for (const kv of ['key', 'value']) {
+      const name = `past_key_values.${i}.${kv}`;
+      feeds[name] = opts.past?.[name] ?? new ort.Tensor('float32', new Float32Array(0), [B, dims.kvHeads, 0, dims.headDim]);
+    }
+  }
+  const out = opts.logitsOnly ? await session.run(feeds, ['logits']) : await session.run(feeds);
+  const present: Record<string, OrtTensor> = {};
+  for (const [k, v] of Object.entries(out)) if (k.startsWith('present.')) present[k.replace('present.', 'past_key_values.')] = v;
+  assert.deepEqual(out['logits']!.dims, [B, S, dims.vocab]);
+  return { logits: out['logits']!.data as Float32Array, present };
+}
+
+/** Mean next-token NLL (nats) of logits (W, T, V) for the token rows (W, T), in float64 JavaScript. */
+export function meanNll(logits: Float32Array, rows: ArrayLike<number>[], vocab: number): number {
+  const T = rows[0]!.length;
+  let total = 0;
+  for (let w = 0; w < rows.length; w++) {
+    for (let p = 0; p < T - 1; p++) {
+      const row = logits.subarray((w * T + p) * vocab, (w * T + p + 1) * vocab);
+      let max = -Infinity;
+      for (let k = 0; k < vocab; k++) max = Math.max(max, row[k]!);
+      let sum = 0;
+      for (let k = 0; k < vocab; k++) sum += Math.exp(row[k]! - max);
+      total += max + Math.log(sum) - row[rows[w]![p + 1]!]!;
+    }
+  }
+  return total / (rows.length * (T - 1));
+}
+
+/**
+ * Perplexity of an exported ONNX decoder under onnxruntime (CPU) over `count` windows (count, T),
+ * `batch` windows per run (no past key/values, logits only). The per-token cross-entropy of the
+ * runtime's logits is taken with eqat's native softmax cross-entropy (max-subtracted, f64 sums),
+ * the same op `eqat eval` applies to its own logits.
+ */
+export async function ortPerplexity(
+  ort: Ort,
+  onnxPath: string,
+  dims: DecoderDims,
+  windows: Int32Array,
+  count: number,
+  T: number,
+  { batch = 4, threads = 2 }: { batch?: number; threads?: number } = {},
+): Promise<RuntimePerplexity> {
+  const t0 = performance.now();
+  const session = await ort.InferenceSession.create(onnxPath, { intraOpNumThreads: threads, interOpNumThreads: 1 });
+  try {
+    const targets = new Int32Array(batch * T);
+    const losses = Tensor.zeros([batch * T]);
+    let total = 0;
+    for (let w0 = 0; w0 < count; w0 += batch) {
+      const B = Math.min(batch, count - w0);
+      const rows = Array.from({ length: B }, (_, b) => windows.subarray((w0 + b) * T, (w0 + b + 1) * T));
+      const { logits } = await runDecoder(ort, session, dims, rows, { logitsOnly: true });
+      for (let b = 0; b < B; b++) {
+        for (let t = 0; t < T - 1; t++) targets[b * T + t] = rows[b]![t + 1]!;
+        targets[b * T + T - 1] = IGNORE_INDEX;
+      }
+      const n = B * T;
+      const l = B === batch ? losses : Tensor.zeros([n]);
+      crossEntropyForward(l, Tensor.fromF32(logits, [n, dims.vocab]), Tensor.fromI32(targets.subarray(0, n)));
+      for (let i = 0; i < n; i++) total += l.f32[i]!;
+    }
+    const nll = total / (count * (T - 1));
+    return { nll, ppl: Math.exp(nll), windows: count, seconds: (performance.now() - t0) / 1000 };
+  } finally {
+    await session.release();
+  }
+}
