@@ -3,10 +3,20 @@
 // sources (test/cuda/emu; skipped where no host C++ compiler exists). Every CUDA op test
 // compares both against the same TypeScript twins the CPU tests use.
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { nativeCudaBackend, setCudaBackend, type CudaBackend } from '../../src/engine/cuda.js';
+import {
+  allocDevice,
+  freeDevice,
+  nativeCudaBackend,
+  setCudaBackend,
+  toDevice,
+  type CudaBackend,
+  type DeviceArray,
+} from '../../src/engine/cuda.js';
+import type { DType, Storage } from '../../src/engine/dtype.js';
 import { cudaEmulator, EmulatorBackend } from './emu/backend.js';
 
 // Compiled kernels of test runs go to a fresh temporary cache, never ~/.cache.
@@ -68,5 +78,43 @@ export function assertBitExact(actual: ArrayLike<number>, expected: ArrayLike<nu
   assert.equal(actual.length, expected.length, `${what}: length ${actual.length} != ${expected.length}`);
   for (let i = 0; i < actual.length; i++) {
     if (!Object.is(actual[i], expected[i])) assert.fail(`${what}: element ${i}: got ${actual[i]}, expected ${expected[i]}`);
+  }
+}
+
+/** Device arrays made in one test, freed together. */
+export class Scope {
+  private readonly owned: DeviceArray[] = [];
+  /** Uploads host data (a Uint16Array needs its dtype, bf16 or f16). */
+  up(data: Storage, dtype?: DType): DeviceArray {
+    const a = dtype ? toDevice(data, dtype) : toDevice(data);
+    this.owned.push(a);
+    return a;
+  }
+  alloc(dtype: DType, n: number): DeviceArray {
+    const a = allocDevice(dtype, n);
+    this.owned.push(a);
+    return a;
+  }
+  free(): void {
+    for (const a of this.owned.splice(0)) freeDevice(a);
+  }
+}
+
+/**
+ * Registers one test per backend of backendCases(): `cuda <name> [<backend>]`, run with that
+ * backend installed and a Scope freed afterwards.
+ */
+export function testOnBackends(name: string, body: (s: Scope) => void): void {
+  for (const bc of backendCases()) {
+    test(`cuda ${name} [${bc.name}]`, { skip: bc.skip }, () =>
+      withBackend(bc.backend(), () => {
+        const s = new Scope();
+        try {
+          body(s);
+        } finally {
+          s.free();
+        }
+      }),
+    );
   }
 }

@@ -1,0 +1,107 @@
+// Causal GQA attention on CUDA (src/ops/cuda/attention.ts) against the CPU twin
+// (src/ops/ref/attention.ts) on every backend of backends.ts (GPU when present, the CPU emulator
+// of the kernel sources), with the CPU tests' tolerances: out and lse of the forward, and dq,
+// dk, dv of the backward accumulated into pre-filled gradients (as the CPU op, the backward
+// adds). Odd sequence lengths (1, 7, 33, 65: one to three tiles, partial last tiles), head dims
+// 16, 32 and 64 (and odd ones, and the 128 and 256 kernel instances), GQA ratios 1 and 3,
+// sliding windows on and off, decoding (Tq < Tk, qOffset); argument errors.
+import assert from 'node:assert/strict';
+import { Rng } from '../../src/engine/random.js';
+import { Tensor } from '../../src/engine/tensor.js';
+import { downloadDevice } from '../../src/engine/cuda.js';
+import type { AttentionOptions } from '../../src/ops/attention.js';
+import { attentionBackwardRef, attentionForwardRef } from '../../src/ops/ref/attention.js';
+import { attentionBackwardCuda, attentionForwardCuda, type AttentionShape } from '../../src/ops/cuda/attention.js';
+import { assertClose, randn } from '../util.js';
+import { testOnBackends, type Scope } from './backends.js';
+
+const FWD_TOL = { atol: 1e-5, rtol: 1e-4 };
+const BWD_TOL = { atol: 2e-5, rtol: 1e-4 };
+
+interface Case extends AttentionShape {
+  opts?: AttentionOptions;
+}
+
+function label(c: Case): string {
+  return `B=${c.B} Tq=${c.Tq} Tk=${c.Tk} H=${c.H}/${c.Hkv} D=${c.D} ${JSON.stringify(c.opts ?? {})}`;
+}
+
+/** Forward and backward on the device and with the twin, from the same inputs and pre-filled gradients. */
+function compareWithTwin(s: Scope, c: Case, seed: number): void {
+  const rng = new Rng(seed);
+  const qShape = [c.B, c.Tq, c.H, c.D], kShape = [c.B, c.Tk, c.Hkv, c.D];
+  const q = randn(rng, qShape), k = randn(rng, kShape), v = randn(rng, kShape), dout = randn(rng, qShape);
+  const dq0 = randn(rng, qShape), dk0 = randn(rng, kShape), dv0 = randn(rng, kShape);
+  const what = label(c);
+
+  const out = Tensor.zeros(qShape), lse = Tensor.zeros([c.B, c.H, c.Tq]);
+  attentionForwardRef(out, lse, q, k, v, c.opts);
+  const [dq, dk, dv] = [dq0.clone(), dk0.clone(), dv0.clone()];
+  attentionBackwardRef(dq, dk, dv, dout, q, k, v, out, lse, c.opts);
+
+  const gq = s.up(q.f32), gk = s.up(k.f32), gv = s.up(v.f32), gdout = s.up(dout.f32);
+  const gout = s.alloc('f32', out.size), glse = s.alloc('f32', lse.size);
+  attentionForwardCuda(gout, glse, gq, gk, gv, c, c.opts);
+  const gotOut = downloadDevice<Float32Array>(gout);
+  assertClose(gotOut, out.f32, { ...FWD_TOL, what: `${what} out` });
+  assertClose(downloadDevice<Float32Array>(glse), lse.f32, { ...FWD_TOL, what: `${what} lse` });
+
+  const gdq = s.up(dq0.f32), gdk = s.up(dk0.f32), gdv = s.up(dv0.f32);
+  attentionBackwardCuda(gdq, gdk, gdv, gdout, gq, gk, gv, gout, glse, c, c.opts);
+  assertClose(downloadDevice<Float32Array>(gdq), dq.f32, { ...BWD_TOL, what: `${what} dq` });
+  assertClose(downloadDevice<Float32Array>(gdk), dk.f32, { ...BWD_TOL, what: `${what} dk` });
+  assertClose(downloadDevice<Float32Array>(gdv), dv.f32, { ...BWD_TOL, what: `${what} dv` });
+}
+
+// (H, Hkv, B, window): GQA ratio 1 and 3 (and 3 with two kv heads), window on and off.
+const VARIANTS: [number, number, number, number | null][] = [
+  [2, 2, 2, null],
+  [3, 1, 1, 5],
+  [6, 2, 1, null],
+  [1, 1, 2, 3],
+];
+
+for (const D of [16, 32, 64]) {
+  testOnBackends(`attention D=${D}: T 1, 7, 33, 65; GQA 1 and 3; window on and off; matches the twin`, (s) => {
+    let seed = 1000 * D;
+    for (const T of [1, 7, 33, 65]) {
+      for (const [H, Hkv, B, window] of VARIANTS) compareWithTwin(s, { B, Tq: T, Tk: T, H, Hkv, D, opts: { window } }, seed++);
+    }
+  });
+}
+
+testOnBackends('attention: odd head dims and the D <= 128 / 256 kernels (several tiles each)', (s) => {
+  let seed = 7;
+  for (const D of [2, 17, 33]) compareWithTwin(s, { B: 1, Tq: 19, Tk: 19, H: 3, Hkv: 1, D }, seed++);
+  compareWithTwin(s, { B: 1, Tq: 40, Tk: 40, H: 2, Hkv: 1, D: 100, opts: { window: 9 } }, seed++);
+  compareWithTwin(s, { B: 2, Tq: 33, Tk: 33, H: 3, Hkv: 3, D: 128 }, seed++);
+  compareWithTwin(s, { B: 1, Tq: 21, Tk: 21, H: 2, Hkv: 1, D: 256 }, seed++);
+});
+
+testOnBackends('attention: window sizes 1, exactly T and beyond T; decoding with Tq < Tk', (s) => {
+  let seed = 70;
+  for (const window of [1, 33, 64]) compareWithTwin(s, { B: 1, Tq: 33, Tk: 33, H: 3, Hkv: 1, D: 16, opts: { window } }, seed++);
+  const cases: Case[] = [
+    { B: 1, Tq: 1, Tk: 17, H: 4, Hkv: 2, D: 8 },
+    { B: 2, Tq: 5, Tk: 65, H: 6, Hkv: 2, D: 32 },
+    { B: 1, Tq: 3, Tk: 70, H: 3, Hkv: 3, D: 16, opts: { window: 40 } },
+    { B: 1, Tq: 17, Tk: 80, H: 4, Hkv: 2, D: 8, opts: { qOffset: 30 } },
+    { B: 1, Tq: 40, Tk: 90, H: 2, Hkv: 2, D: 8, opts: { qOffset: 0, window: 5 } },
+  ];
+  for (const c of cases) compareWithTwin(s, c, seed++);
+});
+
+testOnBackends('attention wrapper: argument errors name the op and argument', (s) => {
+  const c: AttentionShape = { B: 1, Tq: 3, Tk: 3, H: 2, Hkv: 1, D: 4 };
+  const q = s.alloc('f32', 24), kv = s.alloc('f32', 12), lse = s.alloc('f32', 6), out = s.alloc('f32', 24);
+  assert.throws(() => attentionForwardCuda(out, lse, q, kv, kv, { ...c, H: 3, Hkv: 2 }), /attentionForwardCuda: q: 3 query heads is not a multiple of k's 2 kv heads/);
+  assert.throws(() => attentionForwardCuda(out, lse, q, kv, kv, { ...c, Tq: 4 }), /Tq must be <= Tk/);
+  assert.throws(() => attentionForwardCuda(out, lse, q, kv, kv, c, { window: 0 }), /attentionForwardCuda: window must be a positive integer/);
+  assert.throws(() => attentionForwardCuda(out, lse, q, kv, kv, c, { qOffset: 1 }), /attentionForwardCuda: qOffset must be an integer in \[0, 0\]/);
+  assert.throws(() => attentionForwardCuda(out, lse, q, kv, kv, { ...c, D: 300 }), /head dim D = 300 is above the largest supported/);
+  assert.throws(() => attentionForwardCuda(out, s.alloc('f32', 5), q, kv, kv, c), /attentionForwardCuda: lse: expected 6 elements \(B=1, H=2, Tq=3\)/);
+  assert.throws(() => attentionForwardCuda(q, lse, q, kv, kv, c), /attentionForwardCuda: out overlaps q/);
+  const g = s.alloc('f32', 24), gk = s.alloc('f32', 12);
+  assert.throws(() => attentionBackwardCuda(g, gk, gk, q, q, kv, kv, out, lse, c), /attentionBackwardCuda: dk overlaps dv/);
+  assert.throws(() => attentionBackwardCuda(g, gk, s.alloc('i32', 12), q, q, kv, kv, out, lse, c), /attentionBackwardCuda: dv: expected a f32 device array/);
+});
