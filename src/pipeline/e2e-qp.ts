@@ -106,6 +106,11 @@ export interface E2eQpOptions extends E2eQpRecipe {
   restart?: boolean;
   /** Called after every optimizer step, after any save (tests use it to interrupt a run). */
   onStep?: (step: number) => void;
+  /**
+   * How a setting (camelCase key) is named in a refused-resume message; default: the e2e-qp
+   * flag, e.g. `lr (--lr)`. `eqat quantize` names its recipe key and flag instead.
+   */
+  settingName?: (key: string) => string;
 }
 
 /**
@@ -395,12 +400,12 @@ function fingerprintOf(o: E2eQpOptions): Fingerprint {
 }
 
 /** The first difference between a saved fingerprint and this run's, in words; null when equal. */
-function fingerprintDifference(saved: Fingerprint, now: Fingerprint): string | null {
+function fingerprintDifference(saved: Fingerprint, now: Fingerprint, settingName: (key: string) => string): string | null {
   const show = (v: unknown): string => (v === undefined ? 'absent' : JSON.stringify(v));
   for (const key of new Set([...Object.keys(now.recipe), ...Object.keys(saved.recipe ?? {})])) {
     const a = saved.recipe?.[key];
     const b = now.recipe[key];
-    if (JSON.stringify(a) !== JSON.stringify(b)) return `${key} (--${kebab(key)}) is ${show(a)} in the saved state, ${show(b)} now`;
+    if (JSON.stringify(a) !== JSON.stringify(b)) return `${settingName(key)} is ${show(a)} in the saved state, ${show(b)} now`;
   }
   if (saved.data?.path !== now.data.path) return `the training data is ${show(saved.data?.path)} in the saved state, ${show(now.data.path)} now`;
   if (saved.data.file !== now.data.file) return `the training data ${now.data.path} has changed (${saved.data.file} in the saved state, ${now.data.file} now)`;
@@ -413,7 +418,7 @@ function fingerprintDifference(saved: Fingerprint, now: Fingerprint): string | n
   return null;
 }
 
-function kebab(key: string): string {
+export function kebab(key: string): string {
   return key.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
 }
 
@@ -500,7 +505,7 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
     const fingerprint = fingerprintOf(o);
     const saved = existsSync(statePath) ? readSavedState(statePath) : null;
     if (saved) {
-      const diff = fingerprintDifference(saved.fingerprint, fingerprint);
+      const diff = fingerprintDifference(saved.fingerprint, fingerprint, o.settingName ?? ((key) => `${key} (--${kebab(key)})`));
       if (diff) {
         throw new Error(
           `${partial}: holds an interrupted E2E-QP run with other inputs: ${diff}; rerun with the same settings to resume it, or pass --restart to discard it and start over`,

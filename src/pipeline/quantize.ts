@@ -11,7 +11,7 @@ import { loadConfig } from '../io/hf-config.js';
 import { writeJsonAtomic } from '../io/quant-checkpoint.js';
 import { mergeRecipe, recipeToJson, validateRecipe, validateRecipeForModel, type QuantizeRecipe, type RecipeOverrides } from './recipe.js';
 import { runBlockAp } from './block-ap.js';
-import { runE2eQp } from './e2e-qp.js';
+import { kebab, runE2eQp } from './e2e-qp.js';
 import { eqatVersion } from '../engine/version.js';
 
 export interface QuantizeResult {
@@ -82,7 +82,7 @@ export async function runQuantize(r: QuantizeRecipe, { quiet = false, maxRamByte
   const record = { quantize_recipe: recipeToJson(r), versions: eqatVersion() };
   if (e.epochs > 0) {
     const t = performance.now();
-    ({ resumedFrom: e2eQpResumedFrom } = await runE2eQp({ ...e, model: bapOut, data: e.data ?? r.calib, out, seed: r.seed, quiet, record, saveEvery, restart }));
+    ({ resumedFrom: e2eQpResumedFrom } = await runE2eQp({ ...e, model: bapOut, data: e.data ?? r.calib, out, seed: r.seed, quiet, record, saveEvery, restart, settingName: quantizeSettingName }));
     e2eQpSeconds = (performance.now() - t) / 1000;
   } else {
     renameSync(bapOut, out);
@@ -95,4 +95,11 @@ export async function runQuantize(r: QuantizeRecipe, { quiet = false, maxRamByte
 
 function blockApPart(r: QuantizeRecipe): unknown {
   return { model: resolve(r.model), calib: resolve(r.calib), wbits: r.wbits, groupSize: r.groupSize, seed: r.seed, blockAp: r.blockAp };
+}
+
+/** An E2E-QP setting as `eqat quantize` names it: recipe key and flag (the seed is shared by both phases). */
+function quantizeSettingName(key: string): string {
+  if (key === 'seed') return 'seed (--seed)';
+  const k = kebab(key);
+  return `e2e_qp.${k.replace(/-/g, '_')} (--e2e-qp-${k})`;
 }

@@ -83,6 +83,11 @@ test('a quantize killed (SIGKILL) during E2E-QP resumes that phase to the same c
   const state = join(out + '.partial', E2E_QP_STATE_FILE);
   assert.equal(await eqatKilled([...args, '--save-every', '1'], () => existsSync(state)), 'SIGKILL');
   assert.ok(!existsSync(out) && existsSync(state));
+  // a resume with another E2E-QP setting is refused, naming the recipe key and the quantize flag
+  const refused = eqat([...args, '--e2e-qp-lr', '0.5']);
+  assert.notEqual(refused.status, 0);
+  assert.match(refused.stderr, /e2e_qp\.lr \(--e2e-qp-lr\) is [0-9.e-]+ in the saved state, 0\.5 now/);
+  assert.ok(!existsSync(out) && existsSync(state), 'a refused resume leaves the state as it was');
   const r = eqat([...args, '--json']);
   assert.equal(r.status, 0, r.stderr);
   const summary = JSON.parse(r.stdout.trim().split('\n').pop()!) as { blockApSeconds: number; e2eQpResumedFrom: number };
