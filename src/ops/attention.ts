@@ -45,13 +45,27 @@ export function attentionDims(op: string, q: Tensor, k: Tensor, v: Tensor, opts:
   const [B, Tq, H, D] = rank4(op, q, 'q', '(B, Tq, H, D)') as [number, number, number, number];
   const [Bk, Tk, Hkv, Dk] = rank4(op, k, 'k', '(B, Tk, Hkv, D)') as [number, number, number, number];
   rank4(op, v, 'v', '(B, Tk, Hkv, D)');
+  if (Bk !== B) throw new RangeError(`${op}: k: batch ${Bk} does not match q's batch ${B}`);
+  if (Dk !== D) throw new RangeError(`${op}: k: head dim ${Dk} does not match q's head dim ${D}`);
+  expectShape(v, [B, Tk, Hkv, D], `${op}: v`);
+  return resolveAttentionDims(op, { B, Tq, Tk, H, Hkv, D }, opts);
+}
+
+/**
+ * The checks every attention implementation shares once the sizes are known (positive sizes,
+ * whole query heads per kv head, Tq <= Tk, window, qOffset), resolving the options: window 0
+ * means none, else min(window, Tk); qOffset defaults to Tk - Tq. Throws a RangeError naming `op`.
+ */
+export function resolveAttentionDims(
+  op: string,
+  sizes: { B: number; Tq: number; Tk: number; H: number; Hkv: number; D: number },
+  opts: AttentionOptions = {},
+): AttentionDims {
+  const { B, Tq, Tk, H, Hkv, D } = sizes;
   for (const [name, n] of [['B', B], ['Tq', Tq], ['H', H], ['D', D], ['Tk', Tk], ['Hkv', Hkv]] as const) {
     if (n < 1) throw new RangeError(`${op}: ${name} must be >= 1, got ${n}`);
   }
-  if (Bk !== B) throw new RangeError(`${op}: k: batch ${Bk} does not match q's batch ${B}`);
-  if (Dk !== D) throw new RangeError(`${op}: k: head dim ${Dk} does not match q's head dim ${D}`);
   if (H % Hkv !== 0) throw new RangeError(`${op}: q: ${H} query heads is not a multiple of k's ${Hkv} kv heads`);
-  expectShape(v, [B, Tk, Hkv, D], `${op}: v`);
   if (Tq > Tk) throw new RangeError(`${op}: q: ${Tq} query rows but only ${Tk} keys (Tq must be <= Tk)`);
   const window = opts.window ?? null;
   if (window !== null && (!Number.isInteger(window) || window < 1)) {

@@ -15,7 +15,7 @@ import {
   type DeviceArray,
   type KernelSpec,
 } from '../../engine/cuda.js';
-import type { AttentionDims, AttentionOptions } from '../attention.js';
+import { resolveAttentionDims, type AttentionDims, type AttentionOptions } from '../attention.js';
 
 /** The sizes of an attention call (device arrays carry no shapes). */
 export interface AttentionShape {
@@ -51,9 +51,9 @@ function tileRows(bound: Bound): number {
 }
 
 /**
- * Checks the sizes and options and resolves them as attentionDims (src/ops/attention.ts) does:
- * window 0 means none, else min(window, Tk); qOffset defaults to Tk - Tq. Throws a RangeError
- * naming `op` and the argument.
+ * Checks the sizes and options (resolveAttentionDims in src/ops/attention.ts, plus the limits of
+ * these kernels: integer sizes below 2^31, D <= 256, B and H within the grid). Throws a
+ * RangeError naming `op` and the argument.
  */
 export function attentionDimsCuda(op: string, shape: AttentionShape, opts: AttentionOptions = {}): AttentionDims {
   const { B, Tq, Tk, H, Hkv, D } = shape;
@@ -61,18 +61,8 @@ export function attentionDimsCuda(op: string, shape: AttentionShape, opts: Atten
     if (!Number.isInteger(n) || n < 1 || n > 2 ** 31 - 1) throw new RangeError(`${op}: ${name} must be an integer >= 1, got ${n}`);
   }
   if (D > 256) throw new RangeError(`${op}: head dim D = ${D} is above the largest supported by the CUDA kernels (256)`);
-  if (H % Hkv !== 0) throw new RangeError(`${op}: q: ${H} query heads is not a multiple of k's ${Hkv} kv heads`);
-  if (Tq > Tk) throw new RangeError(`${op}: q: ${Tq} query rows but only ${Tk} keys (Tq must be <= Tk)`);
   if (H > 65535 || B > 65535) throw new RangeError(`${op}: H and B must be <= 65535 (grid dimensions), got H=${H} B=${B}`);
-  const window = opts.window ?? null;
-  if (window !== null && (!Number.isInteger(window) || window < 1)) {
-    throw new RangeError(`${op}: window must be a positive integer or null, got ${window}`);
-  }
-  const qOffset = opts.qOffset ?? Tk - Tq;
-  if (!Number.isInteger(qOffset) || qOffset < 0 || qOffset > Tk - Tq) {
-    throw new RangeError(`${op}: qOffset must be an integer in [0, ${Tk - Tq}] (Tk - Tq), got ${qOffset}`);
-  }
-  return { B, Tq, Tk, H, Hkv, D, window: window === null ? 0 : Math.min(window, Tk), qOffset };
+  return resolveAttentionDims(op, { B, Tq, Tk, H, Hkv, D }, opts);
 }
 
 function bound(D: number): Bound {
