@@ -373,6 +373,14 @@ export function expectDeviceLength(a: DeviceArray, length: number, what: string,
   }
 }
 
+/**
+ * Throws a RangeError unless v is an integer in [min, 2^31) (a size a kernel takes as a 32-bit
+ * int); `what` names the op and argument, e.g. "rmsnormForwardCuda: C".
+ */
+export function expectKernelInt(v: number, min: 0 | 1, what: string): void {
+  if (!Number.isInteger(v) || v < min || v > 2 ** 31 - 1) throw new RangeError(`${what} must be an integer in [${min}, 2^31), got ${v}`);
+}
+
 // ---------------------------------------------------------------- kernel arguments
 
 /** How one kernel parameter is passed (see the file header). */

@@ -13,6 +13,7 @@ import {
   expectDeviceLength,
   launchKernel,
   type DeviceArray,
+  expectKernelInt,
 } from '../../engine/cuda.js';
 import { IGNORE_INDEX } from '../crossentropy.js';
 import { firstBadIndexCuda, type IndexCheckOptions } from './indices.js';
@@ -39,8 +40,8 @@ function checkArgs(
   dlogits: DeviceArray | null,
   scale: number | null,
 ): void {
-  if (!Number.isInteger(N) || N < 0 || N > 2 ** 31 - 1) throw new RangeError(`${op}: N must be an integer in [0, 2^31), got ${N}`);
-  if (!Number.isInteger(V) || V < 1 || V > 2 ** 31 - 1) throw new RangeError(`${op}: V must be an integer in [1, 2^31), got ${V}`);
+  expectKernelInt(N, 0, `${op}: N`);
+  expectKernelInt(V, 1, `${op}: V`);
   expectDeviceDtype(logits, 'f32', `${op}: argument 'logits'`);
   expectDeviceLength(logits, N * V, `${op}: argument 'logits'`, `(N=${N}, V=${V})`);
   expectDeviceDtype(targets, 'i32', `${op}: argument 'targets'`);

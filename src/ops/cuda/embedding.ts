@@ -12,6 +12,7 @@ import {
   gridFor,
   launchKernel,
   type DeviceArray,
+  expectKernelInt,
 } from '../../engine/cuda.js';
 import { embeddingIdError } from '../embedding.js';
 import { firstBadIndexCuda, type IndexCheckOptions } from './indices.js';
@@ -32,7 +33,7 @@ function checkArgs(
   C: number,
 ): void {
   for (const [name, v] of [['N', N], ['V', V], ['C', C]] as const) {
-    if (!Number.isInteger(v) || v < 0 || v > 2 ** 31 - 1) throw new RangeError(`${op}: ${name} must be an integer in [0, 2^31), got ${v}`);
+    expectKernelInt(v, 0, `${op}: ${name}`);
   }
   expectDeviceDtype(ids, 'i32', `${op}: ids`);
   expectDeviceLength(ids, N, `${op}: ids`, `(N=${N})`);

@@ -24,6 +24,7 @@ import {
   launchKernel,
   toDevice,
   type DeviceArray,
+  expectKernelInt,
 } from '../../engine/cuda.js';
 import { gptqFormat, packedWords } from '../../quant/formats.js';
 import { checkPackedWeight, type PackedWeight } from '../../quant/packed-linear.js';
@@ -81,7 +82,7 @@ export function checkPackedWeightCuda(op: string, w: PackedWeightCuda): number {
     throw new RangeError(`${op}: w.bits must be 2, 3, 4 or 8, got ${bits}`);
   }
   for (const [name, v] of [['O', O], ['I', I], ['G', G]] as const) {
-    if (!Number.isInteger(v) || v < 1 || v > 2 ** 31 - 1) throw new RangeError(`${op}: w.${name} must be an integer in [1, 2^31), got ${v}`);
+    expectKernelInt(v, 1, `${op}: w.${name}`);
   }
   if (I % G !== 0) throw new RangeError(`${op}: group size w.G = ${G} must divide in_features w.I = ${I}`);
   const words = packedWords(fmt, I, `${op}: w.I`);

@@ -13,6 +13,7 @@ import {
   freeDevice,
   launchKernel,
   type DeviceArray,
+  expectKernelInt,
 } from '../../engine/cuda.js';
 
 export interface IndexCheckOptions {
@@ -38,7 +39,7 @@ export function firstBadIndexCuda(
   if (!Number.isInteger(count) || count < 0 || count > ids.length) {
     throw new RangeError(`${what}: count must be an integer in [0, ${ids.length}], got ${count}`);
   }
-  if (!Number.isInteger(V) || V < 0 || V > 2 ** 31 - 1) throw new RangeError(`${what}: V must be an integer in [0, 2^31), got ${V}`);
+  expectKernelInt(V, 0, `${what}: V`);
   if (count === 0) return null;
   const result = allocDevice('i32', 1);
   try {

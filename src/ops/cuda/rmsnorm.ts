@@ -1,7 +1,7 @@
 // RMSNorm on CUDA over device arrays: the typed wrapper of native/cuda/kernels/rmsnorm.cu.
 // x is (rows, C) row-major (all leading dimensions merged), weight (C), rstd (rows). Same math
 // as src/ops/rmsnorm.ts and its twins (src/ops/ref/rmsnorm.ts); the backward accumulates.
-import { cudaKernel, expectDeviceDtype, expectDeviceLength, launchKernel, type DeviceArray } from '../../engine/cuda.js';
+import { cudaKernel, expectDeviceDtype, expectDeviceLength, expectKernelInt, launchKernel, type DeviceArray } from '../../engine/cuda.js';
 
 const FORWARD = cudaKernel('rmsnorm.cu', 'eqat_rmsnorm_forward', ['ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'f32']);
 const BACKWARD_DX = cudaKernel('rmsnorm.cu', 'eqat_rmsnorm_backward_dx', ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32']);
@@ -10,8 +10,8 @@ const BACKWARD_DW = cudaKernel('rmsnorm.cu', 'eqat_rmsnorm_backward_dweight', ['
 const MAX_ROW_BLOCKS = 1 << 20;
 
 function checkDims(op: string, rows: number, C: number): void {
-  if (!Number.isInteger(rows) || rows < 0 || rows > 2 ** 31 - 1) throw new RangeError(`${op}: rows must be an integer in [0, 2^31), got ${rows}`);
-  if (!Number.isInteger(C) || C < 1 || C > 2 ** 31 - 1) throw new RangeError(`${op}: C must be an integer in [1, 2^31), got ${C}`);
+  expectKernelInt(rows, 0, `${op}: rows`);
+  expectKernelInt(C, 1, `${op}: C`);
 }
 
 function checkAll(op: string, rows: number, C: number, arrays: Record<string, [DeviceArray, number, string]>): void {

@@ -11,6 +11,7 @@ import {
   gridFor,
   launchKernel,
   type DeviceArray,
+  expectKernelInt,
 } from '../../engine/cuda.js';
 
 const BLOCK = 256;
@@ -31,7 +32,7 @@ function check(
   D: number,
 ): number {
   for (const [name, v] of [['B', B], ['T', T], ['H', H], ['D', D]] as const) {
-    if (!Number.isInteger(v) || v < 1 || v > 2 ** 31 - 1) throw new RangeError(`${op}: ${name} must be an integer in [1, 2^31), got ${v}`);
+    expectKernelInt(v, 1, `${op}: ${name}`);
   }
   if (D % 2 !== 0) throw new RangeError(`${op}: head dim D must be even and >= 2, got ${D}`);
   const n = B * T * H * D;
