@@ -1,6 +1,7 @@
 // Shared test helpers: seeded random tensors, closeness assertions with a readable report,
 // finite-difference gradient checks, and the list of devices to run each op spec on.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { Rng } from '../src/engine/random.js';
 import { Tensor, type Device } from '../src/engine/tensor.js';
 
@@ -92,3 +93,31 @@ export function devices(): Device[] {
 
 /** Odd and ordinary sizes for shape sweeps: not multiples of 8/16/32, and 1. */
 export const ODD_SIZES = [1, 3, 7, 17, 33, 65] as const;
+
+/**
+ * Runs `node ...args` in a child process; with killWhen, SIGKILLs it as soon as killWhen() holds
+ * (polled every 2 ms). Resolves the exit code, or the signal's name when killed; rejects with
+ * its stderr when it fails on its own. For the interrupted-run (resume) tests.
+ */
+export function runKillable(args: string[], opts: { killWhen?: () => boolean; env?: NodeJS.ProcessEnv } = {}): Promise<number | string> {
+  return new Promise((resolveP, reject) => {
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'], env: opts.env ?? process.env });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const { killWhen } = opts;
+    const timer = killWhen
+      ? setInterval(() => {
+          if (killWhen()) {
+            child.kill('SIGKILL');
+            clearInterval(timer);
+          }
+        }, 2)
+      : undefined;
+    child.on('error', reject);
+    child.on('exit', (code, signal) => {
+      if (timer) clearInterval(timer);
+      if (code !== 0 && !signal) reject(new Error(`node ${args.slice(0, 2).join(' ')} exited ${code}: ${stderr}`));
+      resolveP(signal ?? code!);
+    });
+  });
+}

@@ -4,7 +4,6 @@
 // before any output is written.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,6 +13,7 @@ import { allocBlockParams, BLOCK_LINEARS } from '../../src/model/block.js';
 import { dequantize, minMaxInit, quantize } from '../../src/quant/primitives.js';
 import { fromF32, toF32 } from '../../src/engine/dtype.js';
 import { REPO, TINY } from '../golden.js';
+import { runKillable } from '../util.js';
 
 // keep the token-stream cache inside the test's own temp space
 process.env['EQAT_CACHE_DIR'] = mkdtempSync(join(tmpdir(), 'eqat-cache-'));
@@ -88,34 +88,11 @@ function cliArgs(out: string): string[] {
     '--train-size', '48', '--val-size', '4', '--seqlen', '128', '--batch-size', '2', '--epochs', '2', '--quiet'];
 }
 
-function runCli(args: string[], killWhen?: (partial: string) => boolean, partial?: string): Promise<number | string> {
-  return new Promise((resolveP, reject) => {
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    let timer: NodeJS.Timeout | undefined;
-    if (killWhen) {
-      timer = setInterval(() => {
-        if (killWhen(partial!)) {
-          child.kill('SIGKILL');
-          clearInterval(timer);
-        }
-      }, 2);
-    }
-    child.on('error', reject);
-    child.on('exit', (code, signal) => {
-      if (timer) clearInterval(timer);
-      if (code !== 0 && !signal) reject(new Error(`eqat exited ${code}: ${stderr}`));
-      resolveP(signal ?? code!);
-    });
-  });
-}
-
 test('a run killed mid-block (SIGKILL) resumes to a byte-identical checkpoint', async () => {
   const dir = tmp();
   const a = join(dir, 'a');
   const b = join(dir, 'b');
-  assert.equal(await runCli(cliArgs(a)), 0);
+  assert.equal(await runKillable(cliArgs(a)), 0);
   // kill once block 1 has started training (its initial val loss is logged)
   const midBlock1 = (partial: string): boolean => {
     try {
@@ -124,11 +101,11 @@ test('a run killed mid-block (SIGKILL) resumes to a byte-identical checkpoint', 
       return false;
     }
   };
-  assert.equal(await runCli(cliArgs(b), midBlock1, b + '.partial'), 'SIGKILL');
+  assert.equal(await runKillable(cliArgs(b), { killWhen: () => midBlock1(b + '.partial') }), 'SIGKILL');
   assert.ok(!existsSync(b), 'no finished checkpoint after the kill');
   const state = JSON.parse(readFileSync(join(b + '.partial', 'state.json'), 'utf8')) as { finishedBlocks: number };
   assert.equal(state.finishedBlocks, 1);
-  assert.equal(await runCli(cliArgs(b)), 0);
+  assert.equal(await runKillable(cliArgs(b)), 0);
   const files = readdirSync(a).filter((f) => f !== 'block-ap-log.jsonl').sort();
   assert.deepEqual(readdirSync(b).filter((f) => f !== 'block-ap-log.jsonl').sort(), files);
   for (const f of files) assert.ok(readFileSync(join(a, f)).equals(readFileSync(join(b, f))), `${f} differs`);

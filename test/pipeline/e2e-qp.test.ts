@@ -5,7 +5,6 @@
 // refused naming what differs, and an unreadable state file is an error naming the file.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,7 +17,7 @@ import { SafetensorsFile, SafetensorsModel } from '../../src/io/safetensors.js';
 import { Tensor } from '../../src/engine/tensor.js';
 import { Rng } from '../../src/engine/random.js';
 import { REPO, TINY } from '../golden.js';
-import { checkGrad } from '../util.js';
+import { checkGrad, runKillable } from '../util.js';
 
 process.env['EQAT_CACHE_DIR'] = mkdtempSync(join(tmpdir(), 'eqat-cache-'));
 const CALIB = join(REPO, 'fixtures', 'text', 'calib-sample.txt');
@@ -127,40 +126,16 @@ function cliArgs(out: string): string[] {
     '--batch-size', '4', '--micro-batch-size', '2', '--lr', '1e-3', '--save-every', '2', '--quiet'];
 }
 
-/** Runs the CLI; with killWhen, SIGKILLs it as soon as killWhen() holds. Resolves the exit code or signal. */
-function runCli(args: string[], killWhen?: () => boolean): Promise<number | string> {
-  return new Promise((resolveP, reject) => {
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    let timer: NodeJS.Timeout | undefined;
-    if (killWhen) {
-      timer = setInterval(() => {
-        if (killWhen()) {
-          child.kill('SIGKILL');
-          clearInterval(timer);
-        }
-      }, 2);
-    }
-    child.on('error', reject);
-    child.on('exit', (code, signal) => {
-      if (timer) clearInterval(timer);
-      if (code !== 0 && !signal) reject(new Error(`eqat exited ${code}: ${stderr}`));
-      resolveP(signal ?? code!);
-    });
-  });
-}
-
 test('a run killed (SIGKILL) after a save resumes to a byte-identical checkpoint', async () => {
   const a = join(work, 'whole');
   const b = join(work, 'killed');
-  assert.equal(await runCli(cliArgs(a)), 0);
+  assert.equal(await runKillable(cliArgs(a)), 0);
   // 12 steps, a save every 2: kill once the first save is there
-  assert.equal(await runCli(cliArgs(b), () => existsSync(join(b + '.partial', E2E_QP_STATE_FILE))), 'SIGKILL');
+  assert.equal(await runKillable(cliArgs(b), { killWhen: () => existsSync(join(b + '.partial', E2E_QP_STATE_FILE)) }), 'SIGKILL');
   assert.ok(!existsSync(b), 'no finished checkpoint after the kill');
   const saved = savedStep(b + '.partial');
   assert.ok(saved >= 2 && saved < 12, `killed after a save and before the end (saved at step ${saved})`);
-  assert.equal(await runCli(cliArgs(b)), 0);
+  assert.equal(await runKillable(cliArgs(b)), 0);
   assertSameCheckpoint(a, b);
   assert.ok(!existsSync(b + '.partial'));
   const steps = readFileSync(join(b, 'e2e-qp-log.jsonl'), 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { step: number }).step);

@@ -3,11 +3,12 @@
 // resumes that phase to the same checkpoint, and bad recipes fail before any work.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { REPO, TINY } from '../golden.js';
+import { runKillable } from '../util.js';
 import { loadRecipeFile, mergeRecipe } from '../../src/pipeline/recipe.js';
 import { E2E_QP_STATE_FILE } from '../../src/pipeline/e2e-qp.js';
 
@@ -53,27 +54,6 @@ test('quantize runs Block-AP then E2E-QP from a YAML recipe with flag overrides'
   assert.ok(Number.isFinite(ppl) && ppl > 1, `ppl ${ppl}`);
 });
 
-/** Runs the CLI, SIGKILLing it as soon as killWhen() holds; resolves the exit code or signal. */
-function eqatKilled(args: string[], killWhen: () => boolean): Promise<number | string> {
-  return new Promise((resolveP, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env });
-    let stderr = '';
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setInterval(() => {
-      if (killWhen()) {
-        child.kill('SIGKILL');
-        clearInterval(timer);
-      }
-    }, 2);
-    child.on('error', reject);
-    child.on('exit', (code, signal) => {
-      clearInterval(timer);
-      if (code !== 0 && !signal) reject(new Error(`eqat exited ${code}: ${stderr}`));
-      resolveP(signal ?? code!);
-    });
-  });
-}
-
 test('a quantize killed (SIGKILL) during E2E-QP resumes that phase to the same checkpoint', async () => {
   const ref = join(work, 'q'); // the uninterrupted run of the first test
   assert.ok(existsSync(ref), 'needs the first test');
@@ -81,7 +61,7 @@ test('a quantize killed (SIGKILL) during E2E-QP resumes that phase to the same c
   const args = ['quantize', '--recipe', recipe, '--out', out, '--seed', '5', '--quiet'];
   // 8 E2E-QP steps, a save after each: kill at the first save
   const state = join(out + '.partial', E2E_QP_STATE_FILE);
-  assert.equal(await eqatKilled([...args, '--save-every', '1'], () => existsSync(state)), 'SIGKILL');
+  assert.equal(await runKillable([CLI, ...args, '--save-every', '1'], { killWhen: () => existsSync(state), env }), 'SIGKILL');
   assert.ok(!existsSync(out) && existsSync(state));
   // a resume with another E2E-QP setting is refused, naming the recipe key and the quantize flag
   const refused = eqat([...args, '--e2e-qp-lr', '0.5']);
