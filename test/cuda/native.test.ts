@@ -106,6 +106,10 @@ test('with stand-in libraries: the TypeScript kernel path compiles, caches and l
   scenario('ts-stack', 'full'),
 );
 test('with stand-in libraries: a failing cuInit is the reason', { skip: fakeSkip }, () => scenario('init-fails', 'full', { FAKE_CUDA_INIT: '100' }));
+test('with stand-in libraries: EQAT_CUDA_DEVICE out of range or not a number is the reason', { skip: fakeSkip }, () => {
+  scenario('bad-device-ordinal', 'full', { EQAT_CUDA_DEVICE: '2' });
+  scenario('bad-device-ordinal', 'full', { EQAT_CUDA_DEVICE: 'x' });
+});
 test('with stand-in libraries: a driver without the entry points is named', { skip: fakeSkip }, () => scenario('driver-lacks-symbols', 'empty-driver'));
 test('with stand-in libraries: a missing NVRTC is named with every path tried', { skip: fakeSkip }, () => scenario('no-nvrtc', 'driver-only'));
 

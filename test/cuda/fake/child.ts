@@ -77,6 +77,14 @@ const scenarios: Record<string, () => void> = {
     assert.throws(() => allocDevice('f32', 4), /^Error: cudaAlloc: CUDA is not available: cuInit failed: CUDA_ERROR_NO_DEVICE/);
   },
 
+  'bad-device-ordinal'() {
+    // EQAT_CUDA_DEVICE is '2' or 'x' (set by the test) with one stand-in device
+    const p = probe();
+    assert.equal(p.available, false);
+    assert.match(p.reason ?? '', /^EQAT_CUDA_DEVICE=(2|x) is not a device ordinal in \[0, 1\)$/);
+    assert.throws(() => allocDevice('f32', 4), /cudaAlloc: CUDA is not available: EQAT_CUDA_DEVICE=/);
+  },
+
   'driver-lacks-symbols'() {
     const p = probe();
     assert.equal(p.available, false);
