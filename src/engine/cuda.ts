@@ -469,6 +469,38 @@ export function kernelSourceDir(): string {
   return join(packageRoot(), 'native', 'cuda', 'kernels');
 }
 
+const INCLUDE_LINE = /^[ \t]*#[ \t]*include[ \t]*(["<])([^">]*)[">][ \t]*(?:\/\/.*)?$/;
+
+/**
+ * The text of kernel file `file` as NVRTC compiles it: each `#include "name"` line replaced by
+ * the (likewise expanded) text of native/cuda/kernels/name, once per file (later includes of
+ * the same file become empty, as an include guard would make them). Only plain names from the
+ * kernel directory may be included: NVRTC gets no include paths and kernels use no headers.
+ */
+export function kernelSource(file: string, dir = kernelSourceDir()): string {
+  const seen = new Set<string>();
+  const expand = (name: string, chain: readonly string[]): string => {
+    const text = readFileSync(join(dir, name), 'utf8');
+    return text
+      .split('\n')
+      .map((line, i) => {
+        const m = INCLUDE_LINE.exec(line);
+        if (!m) return line;
+        const inc = m[2]!;
+        const where = `${name}:${i + 1}`;
+        if (m[1] !== '"' || !/^[\w.-]+$/.test(inc)) {
+          throw new Error(`${where}: only #include "name" of a file in the kernel directory is supported, got '${line.trim()}'`);
+        }
+        if (chain.includes(inc)) throw new Error(`${where}: include cycle ${[...chain, inc].join(' -> ')}`);
+        if (seen.has(inc)) return `// #include "${inc}" (already expanded above)`;
+        seen.add(inc);
+        return `// ---- begin ${inc}\n${expand(inc, [...chain, inc])}\n// ---- end ${inc}`;
+      })
+      .join('\n');
+  };
+  return expand(file, [file]);
+}
+
 /** One parameter of an `extern "C" __global__` kernel as declared in its source. */
 export interface KernelParam {
   /** The C type as written, without qualifiers on the name, e.g. 'const float*'. */
@@ -666,7 +698,7 @@ export function loadKernel(spec: KernelSpec): bigint {
   const key = `${spec.file}:${spec.name}`;
   const cached = functions.get(key);
   if (cached !== undefined) return cached;
-  const source = readFileSync(join(kernelSourceDir(), spec.file), 'utf8');
+  const source = kernelSource(spec.file);
   checkKernelSpec(spec, source);
   const fn = cudaBackend().getFunction(loadModule(spec.file, source), spec.name);
   functions.set(key, fn);

@@ -13,6 +13,7 @@ import { spawnSync } from 'node:child_process';
 import {
   argKindOfCType,
   KERNEL_OPTIONS,
+  kernelSource,
   kernelSourceDir,
   packArgs,
   parseKernelSignatures,
@@ -107,6 +108,35 @@ function findNvcc(): string | null {
   return which.status === 0 && which.stdout.trim() ? which.stdout.trim() : null;
 }
 
+test('kernelSource expands #include "name" from the kernel directory once, and rejects anything else', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'eqat-kernel-src-'));
+  try {
+    writeFileSync(join(dir, 'a.cuh'), '#ifndef A\n#define A\nint a;\n#endif');
+    writeFileSync(join(dir, 'b.cuh'), '#include "a.cuh"\nint b;');
+    writeFileSync(join(dir, 'k.cu'), '#include "a.cuh"\n  #include "b.cuh"  // comment\nint k;');
+    const text = kernelSource('k.cu', dir);
+    assert.equal(text.match(/int a;/g)?.length, 1, 'a.cuh is expanded once');
+    assert.match(text, /int b;[\s\S]*int k;/);
+    assert.doesNotMatch(text.replace(/\/\/[^\n]*/g, ''), /#\s*include/);
+    writeFileSync(join(dir, 'sys.cu'), '#include <stdio.h>\n');
+    assert.throws(() => kernelSource('sys.cu', dir), /sys\.cu:1: only #include "name"/);
+    writeFileSync(join(dir, 'path.cu'), '#include "../x.cuh"\n');
+    assert.throws(() => kernelSource('path.cu', dir), /path\.cu:1: only #include "name"/);
+    writeFileSync(join(dir, 'c1.cuh'), '#include "c2.cuh"\n');
+    writeFileSync(join(dir, 'c2.cuh'), '#include "c1.cuh"\n');
+    assert.throws(() => kernelSource('c1.cuh', dir), /include cycle c1\.cuh -> c2\.cuh -> c1\.cuh/);
+    assert.throws(() => kernelSource('missing.cu', dir), /ENOENT/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  // the real sources: every file expands with no include left, and declares the same kernels
+  for (const f of readdirSync(kernelSourceDir()).filter((x) => x.endsWith('.cu'))) {
+    const text = kernelSource(f);
+    assert.doesNotMatch(text.replace(/\/\/[^\n]*/g, ''), /#\s*include/, f);
+    assert.deepEqual([...parseKernelSignatures(text).keys()], [...parseKernelSignatures(readFileSync(join(kernelSourceDir(), f), 'utf8')).keys()], f);
+  }
+});
+
 const nvcc = findNvcc();
 
 test('the kernel sources compile for sm_90 with the NVRTC options (nvcc, when installed)', { skip: nvcc ? false : 'no nvcc (CUDA toolkit) installed' }, () => {
@@ -121,6 +151,15 @@ test('the kernel sources compile for sm_90 with the NVRTC options (nvcc, when in
     });
     assert.equal(r.status, 0, `nvcc failed:\n${r.stderr}`);
     assert.doesNotMatch(r.stderr, /warning/i, r.stderr);
+    // files with includes also compile alone, expanded as NVRTC receives them
+    for (const f of files.filter((x) => /#\s*include/.test(readFileSync(join(dir, x), 'utf8')))) {
+      const alone = join(work, f);
+      writeFileSync(alone, kernelSource(f));
+      const one = spawnSync(nvcc!, ['-arch=sm_90', '-cubin', ...KERNEL_OPTIONS, '-Werror', 'all-warnings', '-o', join(work, f + '.cubin'), alone], {
+        encoding: 'utf8',
+      });
+      assert.equal(one.status, 0, `nvcc failed on the expanded ${f}:\n${one.stderr}`);
+    }
     const spills = [...r.stderr.matchAll(/(\d+) bytes spill stores/g)].map((m) => Number(m[1]));
     assert.ok(spills.length >= 10 && spills.every((s) => s === 0), `register spills: ${r.stderr}`);
   } finally {

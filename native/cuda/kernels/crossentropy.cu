@@ -11,6 +11,8 @@
 // writes it, so dlogits may be logits (in place). Launch: one block per row (grid-stride over
 // rows), blockDim.x a multiple of 32, at most 1024.
 
+#include "reduce.cuh"
+
 namespace eqat_ce {
 
 constexpr int kIgnoreIndex = -100;
@@ -20,11 +22,6 @@ __device__ __forceinline__ float max_nan(float a, float b) { return (a > b || a 
 
 __device__ __forceinline__ float warp_max(float v) {
   for (int offset = 16; offset > 0; offset >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  return v;
-}
-
-__device__ __forceinline__ double warp_sum(double v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
 }
 
@@ -47,25 +44,6 @@ __device__ float block_max(float v) {
   return result;
 }
 
-// Sum of v over the block; every thread receives it.
-__device__ double block_sum(double v) {
-  __shared__ double partial[32];
-  __shared__ double total;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v = warp_sum(v);
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    double t = lane < (int)(blockDim.x >> 5) ? partial[lane] : 0.0;
-    t = warp_sum(t);
-    if (lane == 0) total = t;
-  }
-  __syncthreads();
-  const double result = total;
-  __syncthreads();
-  return result;
-}
-
 __device__ __forceinline__ float quiet_nan() { return __uint_as_float(0x7fc00000u); }
 
 // The row's max and f64 sum of exp(x - max).
@@ -76,7 +54,7 @@ __device__ void row_stats(const float* x, int V, float& max_out, double& sum_out
   double s = 0.0;
   for (int i = threadIdx.x; i < V; i += blockDim.x) s += exp((double)x[i] - (double)m);
   max_out = m;
-  sum_out = block_sum(s);
+  sum_out = eqat::block_sum(s);
 }
 
 // One row of the forward and/or backward (losses or dlogits may be null). Block-uniform control flow.

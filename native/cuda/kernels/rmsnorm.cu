@@ -5,33 +5,7 @@
 // Wrapper: src/ops/cuda/rmsnorm.ts. Launch: one block per row (blockDim.x a multiple of 32,
 // at most 1024) for the forward and dx; one thread per column for dweight.
 
-namespace eqat_rms {
-
-__device__ __forceinline__ double warp_sum(double v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-// Sum of v over the block; every thread receives the total.
-__device__ double block_sum(double v) {
-  __shared__ double partial[32];
-  __shared__ double total;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v = warp_sum(v);
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    double t = lane < (int)(blockDim.x >> 5) ? partial[lane] : 0.0;
-    t = warp_sum(t);
-    if (lane == 0) total = t;
-  }
-  __syncthreads();
-  const double result = total;
-  __syncthreads();  // partial and total are reused by the next call
-  return result;
-}
-
-}  // namespace eqat_rms
+#include "reduce.cuh"
 
 // out (rows, C), rstd (rows) from x (rows, C) and weight (C); block blockIdx.x handles row
 // blockIdx.x (+ k * gridDim.x).
@@ -41,7 +15,7 @@ extern "C" __global__ void eqat_rmsnorm_forward(float* out, float* rstd, const f
     const float* xr = x + (long long)row * C;
     double ss = 0.0;
     for (int c = threadIdx.x; c < C; c += blockDim.x) ss += (double)xr[c] * (double)xr[c];
-    ss = eqat_rms::block_sum(ss);
+    ss = eqat::block_sum(ss);
     const float variance = (float)(ss / C);
     const float rs = (float)(1.0 / sqrt((double)(variance + eps)));
     if (threadIdx.x == 0) rstd[row] = rs;
@@ -58,7 +32,7 @@ extern "C" __global__ void eqat_rmsnorm_backward_dx(float* dx, const float* dout
     const long long base = (long long)row * C;
     double dot = 0.0;
     for (int c = threadIdx.x; c < C; c += blockDim.x) dot += (double)dout[base + c] * (double)weight[c] * (double)x[base + c];
-    dot = eqat_rms::block_sum(dot);
+    dot = eqat::block_sum(dot);
     const double rs = rstd[row];
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
       const double xc = x[base + c];

@@ -68,9 +68,10 @@ export function buildEmulator(): { exe: string } | { skip: string } {
   for (const name of ['shim.h', 'runner.h']) hash.update(readFileSync(join(emuDir, name)));
   for (const f of files) {
     const src = readFileSync(join(kdir, f), 'utf8');
-    hash.update(f + '\0' + src);
     for (const [k, v] of parseKernelSignatures(src)) kernels.set(k, v);
   }
+  // every source and header of the kernel directory (headers change the program too)
+  for (const f of readdirSync(kdir).sort()) hash.update(f + '\0' + readFileSync(join(kdir, f), 'utf8'));
   const cxx = process.env['CXX'] || 'g++';
   const version = spawnSync(cxx, ['--version'], { encoding: 'utf8' });
   if (version.status !== 0) {
