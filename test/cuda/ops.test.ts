@@ -7,14 +7,16 @@ import assert from 'node:assert/strict';
 import { Rng } from '../../src/engine/random.js';
 import { Tensor } from '../../src/engine/tensor.js';
 import { bf16ToF32Ref, f32ToBf16Ref } from '../../src/engine/dtype.js';
-import { deviceView, downloadDevice, uploadDevice, type DeviceArray } from '../../src/engine/cuda.js';
-import { scaleRef } from '../../src/ops/ref/elementwise.js';
+import { deviceView, downloadDevice, freeDevice, uploadDevice, type DeviceArray } from '../../src/engine/cuda.js';
+import { addBiasRef, addRef, biasBackwardRef, scaleRef } from '../../src/ops/ref/elementwise.js';
+import { mseBackwardRef, mseForwardRef } from '../../src/ops/ref/reduce.js';
 import { rmsnormBackwardRef, rmsnormForwardRef } from '../../src/ops/ref/rmsnorm.js';
 import { swigluBackwardRef, swigluForwardRef } from '../../src/ops/ref/swiglu.js';
 import { adamwStepRef } from '../../src/ops/ref/adamw.js';
 import type { AdamWHyper } from '../../src/ops/adamw.js';
 import { fakeQuantBackwardRef, fakeQuantForwardRef, minMaxInit, qmax } from '../../src/quant/primitives.js';
-import { bf16ToF32Cuda, f32ToBf16Cuda, scaleCuda } from '../../src/ops/cuda/elementwise.js';
+import { addBiasCuda, addCuda, bf16ToF32Cuda, biasBackwardCuda, copyCuda, f32ToBf16Cuda, scaleCuda } from '../../src/ops/cuda/elementwise.js';
+import { allocMsePartials, mseBackwardCuda, mseForwardCuda } from '../../src/ops/cuda/loss.js';
 import { fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../../src/ops/cuda/fakequant.js';
 import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../../src/ops/cuda/rmsnorm.js';
 import { swigluBackwardCuda, swigluForwardCuda } from '../../src/ops/cuda/swiglu.js';
@@ -36,6 +38,64 @@ testOnBackends('scale matches scaleRef bit for bit, in place too', (s) => {
     assertBitExact(host(dout), ref.f32, `scale n=${n}`);
     scaleCuda(dx, dx, alpha);
     assertBitExact(host(dx), ref.f32, `scale in place n=${n}`);
+  }
+});
+
+testOnBackends('add, copy, bias add and bias backward match the twins bit for bit', (s) => {
+  const rng = new Rng(11);
+  for (const n of [...ODD_SIZES, 70_001]) {
+    const a = randn(rng, [n]), b = randn(rng, [n]);
+    const ref = Tensor.zeros([n]);
+    addRef(ref, a, b);
+    const da = s.up(a.f32), db = s.up(b.f32), dout = s.alloc('f32', n);
+    addCuda(dout, da, db);
+    assertBitExact(host(dout), ref.f32, `add n=${n}`);
+    addCuda(da, da, db);
+    assertBitExact(host(da), ref.f32, `add in place n=${n}`);
+    const dcopy = s.alloc('f32', n);
+    copyCuda(dcopy, db);
+    assertBitExact(host(dcopy), b.f32, `copy n=${n}`);
+  }
+  for (const [rows, cols] of [[1, 1], [3, 7], [17, 130], [64, 33], [0, 5], [1000, 3]] as const) {
+    const x = randn(rng, [rows, cols]), bias = randn(rng, [cols]), g = randn(rng, [cols]);
+    const out = x.clone();
+    addBiasRef(out, bias);
+    const dx = s.up(x.f32), dbias = s.up(bias.f32);
+    addBiasCuda(dx, dbias, cols);
+    assertBitExact(host(dx), out.f32, `addBias ${rows}x${cols}`);
+    const gref = g.clone();
+    biasBackwardRef(gref, x);
+    const dg = s.up(g.f32);
+    biasBackwardCuda(dg, s.up(x.f32), cols);
+    assertBitExact(host(dg), gref.f32, `biasBackward ${rows}x${cols}`);
+  }
+  const x = s.alloc('f32', 10), bias = s.alloc('f32', 4);
+  assert.throws(() => addBiasCuda(x, bias, 4), /addBiasCuda: out has 10 elements, not a multiple of cols = 4/);
+  assert.throws(() => biasBackwardCuda(bias, x, 5), /biasBackwardCuda: bias/);
+  assert.throws(() => copyCuda(deviceView(x, 0, 6), deviceView(x, 4, 6)), /copyCuda: dst and src overlap/);
+});
+
+testOnBackends('MSE forward matches the twin to f64 rounding; its accumulating backward bit for bit', (s) => {
+  const rng = new Rng(12);
+  const partials = allocMsePartials();
+  try {
+    for (const n of [...ODD_SIZES, 70_001, 300_007]) {
+      const a = randn(rng, [n]), b = randn(rng, [n]), da = randn(rng, [n]);
+      const scale = n % 2 ? 1 : 0.25;
+      const want = mseForwardRef(a, b);
+      const got = mseForwardCuda(s.up(a.f32), s.up(b.f32), partials);
+      assert.ok(Math.abs(got - want) <= 1e-12 * Math.abs(want), `mse n=${n}: ${got} vs ${want}`);
+      const ref = da.clone();
+      mseBackwardRef(ref, a, b, scale);
+      const dda = s.up(da.f32);
+      mseBackwardCuda(dda, s.up(a.f32), s.up(b.f32), scale);
+      assertBitExact(host(dda), ref.f32, `mse backward n=${n}`);
+    }
+    assert.ok(Number.isNaN(mseForwardCuda(s.alloc('f32', 0), s.alloc('f32', 0), partials)), 'empty: NaN');
+    assert.throws(() => mseForwardCuda(s.alloc('f32', 3), s.alloc('f32', 4), partials), /mseForwardCuda: b/);
+    assert.throws(() => mseForwardCuda(s.alloc('f32', 3), s.alloc('f32', 3), s.alloc('u8', 8)), /mseForwardCuda: partials/);
+  } finally {
+    freeDevice(partials);
   }
 });
 
