@@ -4,47 +4,12 @@
 import { test } from 'node:test';
 import { Rng } from '../../src/engine/random.js';
 import { Tensor } from '../../src/engine/tensor.js';
-import type { ModelConfig } from '../../src/model/config.js';
 import { allocBlockParams, blockBackward, blockForward, BlockWorkspace, BLOCK_PARAM_NAMES } from '../../src/model/block.js';
 import { ropeTables } from '../../src/model/rope.js';
 import { checkGrad, randn } from '../util.js';
+import { BLOCK_VARIANTS, tinyConfig } from './tiny-config.js';
 
-function tinyConfig(over: Partial<ModelConfig>): ModelConfig {
-  return {
-    modelType: 'llama',
-    vocabSize: 11,
-    hiddenSize: 12,
-    intermediateSize: 20,
-    numLayers: 1,
-    numHeads: 4,
-    numKvHeads: 2,
-    headDim: 6,
-    rmsNormEps: 1e-5,
-    ropeTheta: 10000,
-    ropeScaling: { type: 'default' },
-    maxPositionEmbeddings: 64,
-    qkvBias: false,
-    oBias: false,
-    mlpBias: false,
-    qkNorm: false,
-    tieWordEmbeddings: false,
-    slidingWindow: null,
-    bosTokenId: 0,
-    eosTokenIds: [1],
-    storageDtype: 'f32',
-    ...over,
-  };
-}
-
-const variants: [string, Partial<ModelConfig>][] = [
-  ['llama (GQA)', {}],
-  ['qwen2 (q/k/v biases)', { modelType: 'qwen2', qkvBias: true }],
-  ['qwen3 (q/k norm)', { modelType: 'qwen3', qkNorm: true }],
-  ['llama with o/mlp biases', { oBias: true, mlpBias: true, qkvBias: true }],
-  ['mistral (sliding window 3)', { modelType: 'mistral', slidingWindow: 3 }],
-];
-
-for (const [name, over] of variants) {
+for (const [name, over] of BLOCK_VARIANTS) {
   test(`block backward matches finite differences: ${name}`, () => {
     const cfg = tinyConfig(over);
     const rng = new Rng(11);

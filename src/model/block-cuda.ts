@@ -1,0 +1,314 @@
+// The decoder block of src/model/block.ts on CUDA: the same forward / backward composition, op
+// for op, over device arrays (src/ops/cuda/*). Parameters, gradients and activations live in
+// device allocations made once (DeviceBlockArena, DeviceBlockWorkspace), so a training step
+// allocates nothing and crosses to the host only where its caller asks (the loss).
+//
+// Device arrays carry no shapes; the config and the workspace's B and T give every size, and
+// shape comments name them as in block.ts. Tested against the CPU block (which is tested
+// against its TypeScript twins) on the CUDA backends of test/cuda/backends.ts.
+import { allocDevice, deviceView, downloadDevice, freeDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
+import type { ModelConfig } from './config.js';
+import { BIAS_OF, BLOCK_PARAM_NAMES, blockParamCount, blockParamShapes, type BlockLinear, type BlockParamName, type BlockParams } from './block.js';
+import { linearBackwardCuda, linearForwardCuda, type LinearDims } from '../ops/cuda/linear.js';
+import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../ops/cuda/rmsnorm.js';
+import { ropeBackwardCuda, ropeForwardCuda } from '../ops/cuda/rope.js';
+import { attentionBackwardCuda, attentionForwardCuda } from '../ops/cuda/attention.js';
+import { swigluBackwardCuda, swigluForwardCuda } from '../ops/cuda/swiglu.js';
+import { addCuda, copyCuda } from '../ops/cuda/elementwise.js';
+
+/** One block's parameters (or gradients) on the device; optional entries as in BlockParams. */
+export type DeviceBlockParams = { [K in BlockParamName]?: DeviceArray } & {
+  inputNorm: DeviceArray; // (C)
+  q: DeviceArray; // (H*D, C)
+  k: DeviceArray; // (Hkv*D, C)
+  v: DeviceArray; // (Hkv*D, C)
+  o: DeviceArray; // (C, H*D)
+  postNorm: DeviceArray; // (C)
+  gate: DeviceArray; // (F, C)
+  up: DeviceArray; // (F, C)
+  down: DeviceArray; // (C, F)
+};
+
+/** A block's parameters as views into one f32 device allocation, laid out as allocBlockParams. */
+export class DeviceBlockArena {
+  readonly all: DeviceArray; // (blockParamCount)
+  readonly params: DeviceBlockParams;
+
+  constructor(cfg: ModelConfig) {
+    const shapes = blockParamShapes(cfg);
+    this.all = allocDevice('f32', blockParamCount(cfg));
+    const p: Partial<Record<BlockParamName, DeviceArray>> = {};
+    let at = 0;
+    for (const name of BLOCK_PARAM_NAMES) {
+      const shape = shapes[name];
+      if (!shape) continue;
+      const n = shape.reduce((a, b) => a * b, 1);
+      p[name] = deviceView(this.all, at, n);
+      at += n;
+    }
+    this.params = p as DeviceBlockParams;
+  }
+
+  zero(): void {
+    zeroDevice(this.all);
+  }
+
+  free(): void {
+    freeDevice(this.all);
+  }
+}
+
+/** Copies every parameter of host block `src` into device block `dst` (same config). */
+export function uploadBlockParams(dst: DeviceBlockParams, src: BlockParams): void {
+  for (const name of BLOCK_PARAM_NAMES) {
+    const d = dst[name], s = src[name];
+    if (!d !== !s) throw new Error(`uploadBlockParams: parameter ${name} exists on one side only`);
+    if (d && s) uploadDevice(d, s.f32);
+  }
+}
+
+/** Copies every parameter of device block `src` into host block `dst` (same config). */
+export function downloadBlockParams(dst: BlockParams, src: DeviceBlockParams): void {
+  for (const name of BLOCK_PARAM_NAMES) {
+    const d = dst[name], s = src[name];
+    if (!d !== !s) throw new Error(`downloadBlockParams: parameter ${name} exists on one side only`);
+    if (d && s) downloadDevice(s, d.f32);
+  }
+}
+
+/** Activations and scratch of one block for B sequences of T tokens (N = B*T rows), on the device. */
+export class DeviceBlockWorkspace {
+  readonly B: number;
+  readonly T: number;
+  readonly ln1!: DeviceArray; // (N, C)
+  readonly rstd1!: DeviceArray; // (N)
+  readonly qLin!: DeviceArray; // (N, H*D) q projection (before qk-norm)
+  readonly kLin!: DeviceArray; // (N, Hkv*D)
+  readonly qNormed!: DeviceArray; // (N, H*D) after qk-norm (aliases qLin without qk-norm)
+  readonly kNormed!: DeviceArray; // (N, Hkv*D)
+  readonly qRstd!: DeviceArray; // (N*H)
+  readonly kRstd!: DeviceArray; // (N*Hkv)
+  readonly qRot!: DeviceArray; // (B, T, H, D)
+  readonly kRot!: DeviceArray; // (B, T, Hkv, D)
+  readonly v!: DeviceArray; // (B, T, Hkv, D)
+  readonly att!: DeviceArray; // (B, T, H, D)
+  readonly lse!: DeviceArray; // (B, H, T)
+  readonly h!: DeviceArray; // (N, C) residual after attention
+  readonly ln2!: DeviceArray; // (N, C)
+  readonly rstd2!: DeviceArray; // (N)
+  readonly gate!: DeviceArray; // (N, F)
+  readonly up!: DeviceArray; // (N, F)
+  readonly act!: DeviceArray; // (N, F)
+  readonly tmpC!: DeviceArray; // (N, C)
+  readonly dh!: DeviceArray; // (N, C)
+  readonly dln!: DeviceArray; // (N, C)
+  readonly dAct!: DeviceArray; // (N, F)
+  readonly dGate!: DeviceArray; // (N, F)
+  readonly dUp!: DeviceArray; // (N, F)
+  readonly dAtt!: DeviceArray; // (B, T, H, D)
+  readonly dq!: DeviceArray; // (B, T, H, D)
+  readonly dk!: DeviceArray; // (B, T, Hkv, D)
+  readonly dv!: DeviceArray; // (B, T, Hkv, D)
+  readonly dqLin!: DeviceArray; // (N, H*D)
+  readonly dkLin!: DeviceArray; // (N, Hkv*D)
+  readonly dqNormed!: DeviceArray; // (N, H*D) qk-norm families only
+  readonly dkNormed!: DeviceArray; // (N, Hkv*D)
+  readonly cos!: DeviceArray; // (T, D/2)
+  readonly sin!: DeviceArray; // (T, D/2)
+  private readonly arena: DeviceArray;
+
+  constructor(
+    readonly cfg: ModelConfig,
+    B: number,
+    T: number,
+    rope: { cos: Float32Array; sin: Float32Array },
+    { training = true }: { training?: boolean } = {},
+  ) {
+    this.B = B;
+    this.T = T;
+    const N = B * T;
+    const C = cfg.hiddenSize;
+    const F = cfg.intermediateSize;
+    const H = cfg.numHeads;
+    const Hkv = cfg.numKvHeads;
+    const D = cfg.headDim;
+    if (rope.cos.length !== (T * D) / 2 || rope.sin.length !== (T * D) / 2) {
+      throw new RangeError(`DeviceBlockWorkspace: rope tables must be (T=${T}, D/2=${D / 2})`);
+    }
+    const qk = cfg.qkNorm;
+    const g = training ? 1 : 0;
+    // every buffer in one allocation, carved in declaration order
+    const sizes: [string, number][] = [
+      ['ln1', N * C], ['rstd1', N], ['qLin', N * H * D], ['kLin', N * Hkv * D],
+      ['qNormed', qk ? N * H * D : 0], ['kNormed', qk ? N * Hkv * D : 0],
+      ['qRstd', qk ? N * H : 0], ['kRstd', qk ? N * Hkv : 0],
+      ['qRot', N * H * D], ['kRot', N * Hkv * D], ['v', N * Hkv * D], ['att', N * H * D], ['lse', B * H * T],
+      ['h', N * C], ['ln2', N * C], ['rstd2', N], ['gate', N * F], ['up', N * F], ['act', N * F], ['tmpC', N * C],
+      ['dh', g * N * C], ['dln', g * N * C], ['dAct', g * N * F], ['dGate', g * N * F], ['dUp', g * N * F],
+      ['dAtt', g * N * H * D], ['dq', g * N * H * D], ['dk', g * N * Hkv * D], ['dv', g * N * Hkv * D],
+      ['dqLin', g * N * H * D], ['dkLin', g * N * Hkv * D],
+      ['dqNormed', qk ? g * N * H * D : 0], ['dkNormed', qk ? g * N * Hkv * D : 0],
+      ['cos', (T * D) / 2], ['sin', (T * D) / 2],
+    ];
+    this.arena = allocDevice('f32', sizes.reduce((a, [, n]) => a + n, 0));
+    const views: Record<string, DeviceArray> = {};
+    let at = 0;
+    for (const [name, n] of sizes) {
+      views[name] = deviceView(this.arena, at, n);
+      at += n;
+    }
+    Object.assign(this, views); // every field marked ! above is one of these views
+    if (!qk) {
+      this.qNormed = this.qLin;
+      this.kNormed = this.kLin;
+    }
+    uploadDevice(this.cos, rope.cos);
+    uploadDevice(this.sin, rope.sin);
+  }
+
+  free(): void {
+    freeDevice(this.arena);
+  }
+}
+
+/** How a block's linear layers compute on the device (dense here; packed for E2E-QP). */
+export interface LinearImplCuda {
+  // out (N, O) = x (N, I) Wᵀ + b
+  forward(out: DeviceArray, x: DeviceArray, key: BlockLinear, N: number): void;
+  // dx (N, I) = dout W (overwritten, or accumulated when accumulateDx); parameter gradients accumulate
+  backward(dx: DeviceArray | null, dout: DeviceArray, x: DeviceArray, key: BlockLinear, N: number, accumulateDx: boolean): void;
+}
+
+/** (O, I) of linear `key`. */
+export function linearDimsOf(cfg: ModelConfig, key: BlockLinear): [number, number] {
+  return blockParamShapes(cfg)[key] as [number, number];
+}
+
+/** Dense linears reading W and b from p; gradients (when g is given) accumulate into g. */
+export function denseLinearsCuda(cfg: ModelConfig, p: DeviceBlockParams, g: DeviceBlockParams | null = null): LinearImplCuda {
+  const dims = {} as Record<BlockLinear, [number, number]>;
+  const dimsOf = (key: BlockLinear) => (dims[key] ??= linearDimsOf(cfg, key));
+  const d = (key: BlockLinear, N: number): LinearDims => {
+    const [O, I] = dimsOf(key);
+    return { N, O, I };
+  };
+  return {
+    forward(out, x, key, N) {
+      linearForwardCuda(out, x, p[key], p[BIAS_OF[key]], d(key, N));
+    },
+    backward(dx, dout, x, key, N, accumulateDx) {
+      linearBackwardCuda(dx, g ? g[key] : null, g ? g[BIAS_OF[key]] : null, dout, x, p[key], d(key, N), accumulateDx);
+    },
+  };
+}
+
+/** y (B, T, C) = block(x (B, T, C)) on the device; keeps what the backward needs in ws. y may not alias x. */
+export function blockForwardCuda(
+  cfg: ModelConfig,
+  p: DeviceBlockParams,
+  ws: DeviceBlockWorkspace,
+  x: DeviceArray,
+  y: DeviceArray,
+  lin: LinearImplCuda = denseLinearsCuda(cfg, p),
+): void {
+  const { B, T } = ws;
+  const N = B * T;
+  const C = cfg.hiddenSize;
+  const H = cfg.numHeads;
+  const Hkv = cfg.numKvHeads;
+  const D = cfg.headDim;
+  const eps = cfg.rmsNormEps;
+  const att = { B, Tq: T, Tk: T, H, Hkv, D };
+  const window = cfg.slidingWindow;
+
+  // attention
+  rmsnormForwardCuda(ws.ln1, ws.rstd1, x, p.inputNorm, N, C, eps);
+  lin.forward(ws.qLin, ws.ln1, 'q', N);
+  lin.forward(ws.kLin, ws.ln1, 'k', N);
+  lin.forward(ws.v, ws.ln1, 'v', N);
+  if (cfg.qkNorm) {
+    rmsnormForwardCuda(ws.qNormed, ws.qRstd, ws.qLin, p.qNorm!, N * H, D, eps);
+    rmsnormForwardCuda(ws.kNormed, ws.kRstd, ws.kLin, p.kNorm!, N * Hkv, D, eps);
+  }
+  ropeForwardCuda(ws.qRot, ws.qNormed, ws.cos, ws.sin, B, T, H, D);
+  ropeForwardCuda(ws.kRot, ws.kNormed, ws.cos, ws.sin, B, T, Hkv, D);
+  attentionForwardCuda(ws.att, ws.lse, ws.qRot, ws.kRot, ws.v, att, { window });
+  lin.forward(ws.tmpC, ws.att, 'o', N);
+  addCuda(ws.h, x, ws.tmpC);
+
+  // MLP
+  rmsnormForwardCuda(ws.ln2, ws.rstd2, ws.h, p.postNorm, N, C, eps);
+  lin.forward(ws.gate, ws.ln2, 'gate', N);
+  lin.forward(ws.up, ws.ln2, 'up', N);
+  swigluForwardCuda(ws.act, ws.gate, ws.up);
+  lin.forward(ws.tmpC, ws.act, 'down', N);
+  addCuda(y, ws.h, ws.tmpC);
+}
+
+/**
+ * Backward of blockForwardCuda (which must have run on the same ws, x and linears). Norm
+ * gradients (and, with the dense linears, weight and bias gradients) accumulate into g; dx
+ * (B, T, C) is overwritten when given.
+ */
+export function blockBackwardCuda(
+  cfg: ModelConfig,
+  p: DeviceBlockParams,
+  g: DeviceBlockParams,
+  ws: DeviceBlockWorkspace,
+  x: DeviceArray,
+  dy: DeviceArray,
+  dx: DeviceArray | null,
+  lin: LinearImplCuda = denseLinearsCuda(cfg, p, g),
+): void {
+  const { B, T } = ws;
+  const N = B * T;
+  const C = cfg.hiddenSize;
+  const H = cfg.numHeads;
+  const Hkv = cfg.numKvHeads;
+  const D = cfg.headDim;
+  const att = { B, Tq: T, Tk: T, H, Hkv, D };
+  const window = cfg.slidingWindow;
+
+  // MLP: y = h + down(act)
+  lin.backward(ws.dAct, dy, ws.act, 'down', N, false);
+  zeroDevice(ws.dGate);
+  zeroDevice(ws.dUp);
+  swigluBackwardCuda(ws.dGate, ws.dUp, ws.dAct, ws.gate, ws.up);
+  lin.backward(ws.dln, ws.dGate, ws.ln2, 'gate', N, false);
+  lin.backward(ws.dln, ws.dUp, ws.ln2, 'up', N, true);
+  // dh = dy + rmsnorm backward
+  copyCuda(ws.dh, dy);
+  rmsnormBackwardCuda(ws.dh, g.postNorm, ws.dln, ws.h, p.postNorm, ws.rstd2, N, C);
+
+  // attention: h = x + o(att)
+  lin.backward(ws.dAtt, ws.dh, ws.att, 'o', N, false);
+  zeroDevice(ws.dq);
+  zeroDevice(ws.dk);
+  zeroDevice(ws.dv);
+  attentionBackwardCuda(ws.dq, ws.dk, ws.dv, ws.dAtt, ws.qRot, ws.kRot, ws.v, ws.att, ws.lse, att, { window });
+  zeroDevice(ws.dqLin);
+  zeroDevice(ws.dkLin);
+  if (cfg.qkNorm) {
+    // rope backward into the normed-q/k gradients, then the per-head norm backward
+    zeroDevice(ws.dqNormed);
+    zeroDevice(ws.dkNormed);
+    ropeBackwardCuda(ws.dqNormed, ws.dq, ws.cos, ws.sin, B, T, H, D);
+    ropeBackwardCuda(ws.dkNormed, ws.dk, ws.cos, ws.sin, B, T, Hkv, D);
+    rmsnormBackwardCuda(ws.dqLin, g.qNorm!, ws.dqNormed, ws.qLin, p.qNorm!, ws.qRstd, N * H, D);
+    rmsnormBackwardCuda(ws.dkLin, g.kNorm!, ws.dkNormed, ws.kLin, p.kNorm!, ws.kRstd, N * Hkv, D);
+  } else {
+    ropeBackwardCuda(ws.dqLin, ws.dq, ws.cos, ws.sin, B, T, H, D);
+    ropeBackwardCuda(ws.dkLin, ws.dk, ws.cos, ws.sin, B, T, Hkv, D);
+  }
+  lin.backward(ws.dln, ws.dqLin, ws.ln1, 'q', N, false);
+  lin.backward(ws.dln, ws.dkLin, ws.ln1, 'k', N, true);
+  lin.backward(ws.dln, ws.dv, ws.ln1, 'v', N, true);
+  if (dx) {
+    copyCuda(dx, ws.dh);
+    rmsnormBackwardCuda(dx, g.inputNorm, ws.dln, x, p.inputNorm, ws.rstd1, N, C);
+  } else {
+    // parameter gradient of the input norm only: route dx into scratch
+    zeroDevice(ws.tmpC);
+    rmsnormBackwardCuda(ws.tmpC, g.inputNorm, ws.dln, x, p.inputNorm, ws.rstd1, N, C);
+  }
+}
