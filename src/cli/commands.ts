@@ -37,18 +37,19 @@ const saveEveryFlag = {
     'rerunning an interrupted command resumes from it (same result byte for byte); 0 = never',
 } as const;
 
-// No pipeline runs on CUDA yet: `--device cuda` fails with the reason (CUDA missing, or not
-// supported by the command) before anything is read or written, and `auto` runs on the CPU.
+// Block-AP runs on CUDA; the other commands do not yet: there `--device cuda` fails with the
+// reason (CUDA missing, or not supported by the command) before anything is read or written,
+// and `auto` runs on the CPU.
 const deviceFlag = {
   type: 'string',
   default: 'cpu',
   choices: DEVICE_FLAGS,
-  help: 'compute device; auto = CUDA when present (no command runs on CUDA yet: cuda fails, auto uses the CPU)',
+  help: 'compute device; auto = CUDA when present (only block-ap runs on CUDA so far; elsewhere cuda fails and auto uses the CPU)',
 } as const;
 
-/** Checks --device for a command that runs on the CPU only (throws for an unusable choice). */
-function applyDevice(command: string, f: ParsedFlags): void {
-  deviceForCommand(command, str(f, 'device') as DeviceFlag, ['cpu']);
+/** The device of a command from --device and what the command supports (throws for an unusable choice). */
+function applyDevice(command: string, f: ParsedFlags, supported: readonly ('cpu' | 'cuda')[] = ['cpu']): 'cpu' | 'cuda' {
+  return deviceForCommand(command, str(f, 'device') as DeviceFlag, supported);
 }
 
 /** Peak resident memory of this process so far, MiB. */
@@ -148,7 +149,7 @@ export const COMMANDS: Record<string, Command> = {
       device: deviceFlag,
     },
     async run(f) {
-      applyDevice('block-ap', f);
+      const device = applyDevice('block-ap', f, ['cpu', 'cuda']);
       applyThreads(f);
       const wbits = int(f, 'wbits');
       const d = blockApDefaults(wbits);
@@ -170,6 +171,7 @@ export const COMMANDS: Record<string, Command> = {
         seed: int(f, 'seed'),
         maxRamBytes: f['max-ram'] !== undefined ? (f['max-ram'] as number) * 2 ** 30 : undefined,
         quiet: f['quiet'] as boolean,
+        device,
       });
       if (f['json']) {
         console.log(JSON.stringify({ ...r, peakRssMiB: peakRssMiB() }));

@@ -237,10 +237,14 @@ export function deviceForCommand(
   if (flag === 'cuda' && !supported.includes('cuda')) {
     const p = probe();
     if (!p.available) throw new Error(`${command} --device cuda: CUDA is not available: ${p.reason}`);
-    throw new Error(`${command} --device cuda: not yet supported by ${command} (no pipeline runs on CUDA yet); use --device cpu`);
+    throw new Error(`${command} --device cuda: not yet supported by ${command} (only block-ap runs on CUDA so far); use --device cpu`);
   }
   if (flag === 'auto' && !supported.includes('cuda')) return 'cpu';
-  return resolveDevice(flag, probe);
+  try {
+    return resolveDevice(flag, probe);
+  } catch (e) {
+    throw new Error(`${command} ${(e as Error).message}`);
+  }
 }
 
 // ---------------------------------------------------------------- device arrays

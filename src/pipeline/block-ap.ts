@@ -19,26 +19,10 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, appendFileSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { totalmem } from 'node:os';
-import { Tensor, Arena } from '../engine/tensor.js';
+import { Tensor } from '../engine/tensor.js';
 import { WeightSource, loadBlockParams } from '../model/weights.js';
 import type { ModelConfig } from '../model/config.js';
-import {
-  allocBlockParams,
-  blockParamShapes,
-  blockBackward,
-  blockForward,
-  BlockWorkspace,
-  BLOCK_LINEARS,
-  type BlockLinear,
-  type BlockParams,
-} from '../model/block.js';
-import { ropeTables } from '../model/rope.js';
 import { embeddingForward } from '../ops/embedding.js';
-import { fill } from '../ops/elementwise.js';
-import { mseBackward, mseForward } from '../ops/reduce.js';
-import { adamwStep } from '../ops/adamw.js';
-import { fakeQuantBackward, fakeQuantForward, quantizeNative } from '../quant/fakequant.js';
-import { dequantize, minMaxInit, scalesToF16, zerosToInt } from '../quant/primitives.js';
 import { modelLayoutProblems } from '../quant/formats.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import { writeSafetensors } from '../io/safetensors-write.js';
@@ -55,6 +39,8 @@ import { loadTokenizer } from '../io/tokenizer.js';
 import { cachedTokenStream } from '../data/token-cache.js';
 import { sampleWindows } from '../data/windows.js';
 import { ActivationCache } from './activation-cache.js';
+import { BlockTrainerCpu, type BlockApTrainer } from './block-trainer.js';
+import { BlockTrainerCuda } from './block-trainer-cuda.js';
 import { progress } from '../cli/progress.js';
 import { eqatVersion } from '../engine/version.js';
 
@@ -78,6 +64,8 @@ export interface BlockApRecipe {
 
 export interface BlockApOptions extends BlockApRecipe {
   out: string;
+  /** Where the arithmetic runs (default cpu); results agree to rounding, not bit for bit. */
+  device?: 'cpu' | 'cuda';
   /** RAM budget for the activation caches, bytes; beyond it they go to disk. */
   maxRamBytes?: number;
   quiet?: boolean;
@@ -143,206 +131,6 @@ export function validateBlockAp(opts: BlockApOptions, cfg: ModelConfig): void {
     if (opts.valSize < 0) fail('val-size', 'must be >= 0');
     if (opts.seqlen < 2) fail('seqlen', 'must be >= 2');
     if (!(opts.quantLr >= 0) || !(opts.weightLr >= 0)) fail('quant-lr', 'learning rates must be >= 0');
-  }
-}
-
-/** (out_features, in_features) of linear `key`, from the block's parameter shapes. */
-function linearDims(cfg: ModelConfig, key: BlockLinear): [number, number] {
-  return blockParamShapes(cfg)[key] as [number, number];
-}
-
-/** Per-linear step sizes and zero points of a block, (O, I/G) each, in one arena. */
-class QuantParams {
-  readonly arena: Arena;
-  readonly scale = {} as Record<BlockLinear, Tensor>;
-  readonly zero = {} as Record<BlockLinear, Tensor>;
-  constructor(cfg: ModelConfig, G: number) {
-    let n = 0;
-    for (const [key] of BLOCK_LINEARS) {
-      const [O, I] = linearDims(cfg, key);
-      n += 2 * O * (I / G);
-    }
-    this.arena = new Arena(n);
-    for (const [key] of BLOCK_LINEARS) {
-      const [O, I] = linearDims(cfg, key);
-      this.scale[key] = this.arena.take([O, I / G]);
-      this.zero[key] = this.arena.take([O, I / G]);
-    }
-  }
-  get all(): Tensor {
-    return Tensor.fromF32(this.arena.buffer);
-  }
-}
-
-/** Everything one block's training needs, allocated once and reused for every block. */
-class BlockTrainer {
-  readonly P: BlockParams; // master parameters (f32)
-  readonly Pa: Arena;
-  readonly Gp: BlockParams; // their gradients
-  readonly Ga: Arena;
-  readonly mP: Arena;
-  readonly vP: Arena;
-  readonly Wq: BlockParams; // fake-quantized weights for the linears; norms alias P
-  readonly dWq: BlockParams; // gradients w.r.t. fake-quantized weights; norms alias Gp
-  readonly Q: QuantParams;
-  readonly dQ: QuantParams;
-  readonly mQ: QuantParams;
-  readonly vQ: QuantParams;
-  readonly ws: BlockWorkspace;
-  private ws1: BlockWorkspace | null = null;
-  readonly x: Tensor; // (B, T, C)
-  readonly y: Tensor; // (B, T, C)
-  readonly out: Tensor; // (B, T, C)
-  readonly dOut: Tensor; // (B, T, C)
-
-  constructor(
-    readonly cfg: ModelConfig,
-    readonly B: number,
-    readonly T: number,
-    readonly bits: number,
-    readonly G: number,
-    training: boolean,
-  ) {
-    ({ params: this.P, arena: this.Pa } = allocBlockParams(cfg));
-    ({ params: this.Gp, arena: this.Ga } = allocBlockParams(cfg));
-    this.mP = allocBlockParams(cfg).arena;
-    this.vP = allocBlockParams(cfg).arena;
-    const wq = allocBlockParams(cfg).params;
-    const dwq = allocBlockParams(cfg).params;
-    this.Wq = { ...this.P };
-    this.dWq = { ...this.Gp };
-    for (const [key] of BLOCK_LINEARS) {
-      this.Wq[key] = wq[key];
-      this.dWq[key] = dwq[key];
-    }
-    this.Q = new QuantParams(cfg, G);
-    this.dQ = new QuantParams(cfg, G);
-    this.mQ = new QuantParams(cfg, G);
-    this.vQ = new QuantParams(cfg, G);
-    const C = cfg.hiddenSize;
-    this.ws = new BlockWorkspace(cfg, B, T, ropeTables(cfg, 0, T), { training });
-    this.x = Tensor.zeros([B, T, C]);
-    this.y = Tensor.zeros([B, T, C]);
-    this.out = Tensor.zeros([B, T, C]);
-    this.dOut = Tensor.zeros([B, T, C]);
-  }
-
-  workspace(n: number): BlockWorkspace {
-    if (n === this.B) return this.ws;
-    if (n !== 1) throw new Error('internal: workspace for batch ' + n);
-    this.ws1 ??= new BlockWorkspace(this.cfg, 1, this.T, { cos: this.ws.cos, sin: this.ws.sin }, { training: false });
-    return this.ws1;
-  }
-
-  initQuant(): void {
-    for (const [key] of BLOCK_LINEARS) {
-      const w = this.P[key];
-      const [O, I] = w.shape as [number, number];
-      const { scale, zero } = minMaxInit(w.f32, O, I, this.bits, this.G);
-      this.Q.scale[key].f32.set(scale);
-      this.Q.zero[key].f32.set(zero);
-    }
-    this.mP.zero();
-    this.vP.zero();
-    this.mQ.arena.zero();
-    this.vQ.arena.zero();
-  }
-
-  fakeQuantize(): void {
-    for (const [key] of BLOCK_LINEARS) {
-      fakeQuantForward(this.Wq[key], this.P[key], this.Q.scale[key], this.Q.zero[key], this.bits, this.G);
-    }
-  }
-
-  /** One training step on the batch in x (inputs) and y (targets); returns the loss. */
-  step(stepIndex: number, lrQuant: number, lrWeight: number, wd: number): number {
-    const { x, y, out, dOut } = this;
-    this.fakeQuantize();
-    blockForward(this.cfg, this.Wq, this.ws, x, out);
-    const loss = mseForward(out, y);
-    if (!Number.isFinite(loss)) return loss;
-    fill(dOut, 0);
-    mseBackward(dOut, out, y);
-    this.Ga.zero();
-    for (const [key] of BLOCK_LINEARS) fill(this.dWq[key], 0);
-    this.dQ.arena.zero();
-    blockBackward(this.cfg, this.Wq, this.dWq, this.ws, x, dOut, null);
-    for (const [key] of BLOCK_LINEARS) {
-      fakeQuantBackward(
-        this.Gp[key],
-        this.dQ.scale[key],
-        this.dQ.zero[key],
-        this.dWq[key],
-        this.P[key],
-        this.Q.scale[key],
-        this.Q.zero[key],
-        this.bits,
-        this.G,
-      );
-    }
-    const common = { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: wd, step: stepIndex + 1 };
-    if (lrQuant > 0) adamwStep(this.Q.all, this.dQ.all, this.mQ.all, this.vQ.all, { ...common, lr: lrQuant });
-    if (lrWeight > 0) {
-      adamwStep(Tensor.fromF32(this.Pa.buffer), Tensor.fromF32(this.Ga.buffer), Tensor.fromF32(this.mP.buffer), Tensor.fromF32(this.vP.buffer), {
-        ...common,
-        lr: lrWeight,
-      });
-    }
-    return loss;
-  }
-
-  /**
-   * Freezes the block: s → nearest f16 inside [1e-4, 1e4], z → integer in [0, qmax],
-   * q = quantize(W) on that grid, and the weights Wq become exactly (q − z)·s_f16.
-   */
-  freeze(): FrozenLinears {
-    const frozen = {} as FrozenLinears;
-    for (const [key] of BLOCK_LINEARS) {
-      const w = this.P[key];
-      const [O, I] = w.shape as [number, number];
-      // round to the nearest point of the grid the checkpoint stores (f16 step sizes); from
-      // here on the block computes with exactly what the checkpoint holds
-      const { f16: scaleF16, f32: s16 } = scalesToF16(this.Q.scale[key].f32);
-      const zero = zerosToInt(this.Q.zero[key].f32, this.bits);
-      const zf = Float32Array.from(zero);
-      const q = new Uint8Array(O * I);
-      quantizeNative(q, w.f32, s16, zf, O, I, this.bits, this.G);
-      dequantize(q, s16, zf, O, I, this.bits, this.G, this.Wq[key].f32);
-      frozen[key] = { q, scaleF16, zero };
-    }
-    return frozen;
-  }
-
-  /** x ← block(x) over cache samples [start, start+count), params p (forward only). */
-  forwardCache(p: BlockParams, cache: ActivationCache, start: number, count: number): void {
-    for (let s = 0; s < count; ) {
-      const n = count - s >= this.B ? this.B : 1;
-      const ws = this.workspace(n);
-      const x = n === this.B ? this.x : this.x.rows(0, 1);
-      const o = n === this.B ? this.out : this.out.rows(0, 1);
-      cache.read(start + s, n, x.f32);
-      blockForward(this.cfg, p, ws, x, o);
-      cache.write(start + s, n, o.f32);
-      s += n;
-    }
-  }
-
-  /** Mean MSE of block(xq) against targets over cache samples [start, start+count). */
-  evalLoss(p: BlockParams, xq: ActivationCache, target: ActivationCache, start: number, count: number): number {
-    let total = 0;
-    for (let s = 0; s < count; ) {
-      const n = count - s >= this.B ? this.B : 1;
-      const ws = this.workspace(n);
-      const x = n === this.B ? this.x : this.x.rows(0, 1);
-      const y = n === this.B ? this.y : this.y.rows(0, 1);
-      const o = n === this.B ? this.out : this.out.rows(0, 1);
-      xq.read(start + s, n, x.f32);
-      target.read(start + s, n, y.f32);
-      blockForward(this.cfg, p, ws, x, o);
-      total += mseForward(o, y) * n;
-      s += n;
-    }
-    return count > 0 ? total / count : NaN;
   }
 }
 
@@ -422,9 +210,13 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
     }
   };
 
+  const device = opts.device ?? 'cpu';
   const B = training ? opts.batchSize : 1;
   const T = training ? opts.seqlen : 1;
-  const trainer = new BlockTrainer(cfg, B, T, opts.wbits, opts.groupSize, training);
+  const trainer: BlockApTrainer =
+    device === 'cuda'
+      ? new BlockTrainerCuda(cfg, B, T, opts.wbits, opts.groupSize, training)
+      : new BlockTrainerCpu(cfg, B, T, opts.wbits, opts.groupSize, training);
   const nShards = shardCount(cfg);
   const shardNames: string[][] = [];
   const summary: BlockApResult['blocks'] = [];
@@ -463,10 +255,10 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
       shardNames.push(st.names());
       if (training) {
         src.loadBlock(i, trainer.P);
-        trainer.forwardCache(trainer.P, xfp!, 0, total);
+        trainer.forwardCache('fp', xfp!, 0, total);
         loadBlockParams(st, shard, quantCfg, i, trainer.Wq);
         // norms and biases of the frozen block live in Wq's non-linear entries, which alias P
-        trainer.forwardCache(trainer.Wq, xq!, 0, total);
+        trainer.forwardCache('frozen', xq!, 0, total);
       }
       st.close();
       summary.push({ block: i, valLossInit: null, valLoss: null, trainLoss: null, seconds: 0 });
@@ -482,11 +274,10 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
       let trainLoss: number | null = null;
       if (training) {
         // targets: Y = fp_block(X_fp), in place (the cache then holds block i+1's fp inputs)
-        trainer.forwardCache(trainer.P, xfp!, 0, total);
+        trainer.forwardCache('fp', xfp!, 0, total);
         trainer.initQuant();
         if (opts.valSize > 0) {
-          trainer.fakeQuantize();
-          valLossInit = trainer.evalLoss(trainer.Wq, xq!, xfp!, opts.trainSize, opts.valSize);
+          valLossInit = trainer.evalFakeQuantLoss(xq!, xfp!, opts.trainSize, opts.valSize);
           log({ block: i, epoch: 0, trainLoss: null, valLoss: valLossInit, seconds: (performance.now() - tb) / 1000 });
         }
         const bar = progress(`block ${i + 1}/${cfg.numLayers}`, totalSteps, { quiet: opts.quiet ?? false });
@@ -509,10 +300,7 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
           }
           bar.stop();
           trainLoss = sum / stepsPerEpoch;
-          if (opts.valSize > 0) {
-            trainer.fakeQuantize();
-            valLoss = trainer.evalLoss(trainer.Wq, xq!, xfp!, opts.trainSize, opts.valSize);
-          }
+          if (opts.valSize > 0) valLoss = trainer.evalFakeQuantLoss(xq!, xfp!, opts.trainSize, opts.valSize);
           log({ block: i, epoch: epoch + 1, trainLoss, valLoss, seconds: (performance.now() - tb) / 1000 });
         }
       } else {
@@ -522,7 +310,7 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
       const tensors = blockShardTensors(i, cfg, frozen, trainer.Wq, opts.wbits, opts.groupSize);
       writeSafetensors(join(partial, shardName(i, nShards)), tensors);
       shardNames.push(tensors.map((t) => t.name));
-      if (training && i + 1 < cfg.numLayers) trainer.forwardCache(trainer.Wq, xq!, 0, total);
+      if (training && i + 1 < cfg.numLayers) trainer.forwardCache('frozen', xq!, 0, total);
       writeJsonAtomic(statePath, { recipe, finishedBlocks: i + 1 } satisfies PartialState);
       const seconds = (performance.now() - tb) / 1000;
       if (!training) log({ block: i, epoch: 0, trainLoss: null, valLoss: null, seconds });
@@ -537,11 +325,13 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
     writeJsonAtomic(join(partial, 'eqat-recipe.json'), {
       eqat: eqatVersion(),
       phase: 'block-ap',
+      device,
       recipe: { ...recipe, model: opts.model, calib: opts.calib },
     });
   } finally {
     xfp?.free();
     xq?.free();
+    trainer.free();
     src.close();
   }
   rmSync(join(partial, 'cache'), { recursive: true, force: true });

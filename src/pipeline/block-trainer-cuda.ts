@@ -1,0 +1,247 @@
+// The Block-AP trainer on CUDA (see block-trainer.ts for the interface and the CPU twin). All
+// of one block's training state lives on the device, allocated once for the whole run:
+//   P, G, m_P, v_P   master parameters, gradients and AdamW moments (one arena each)
+//   Q, dQ, m_Q, v_Q  step sizes and zero points with theirs, laid out as the host QuantParams
+//   Wq, dWq          fake-quantized linear weights and their gradients (norms alias P and G)
+//   workspace        the block's activations for B × T tokens (and a batch-1 one for tails)
+// A step uploads its batch, runs fake quant → block forward → MSE → backward → STE → AdamW on
+// the device and downloads one number, the loss. The host P and Wq are copied in when a pass
+// over the caches starts and P, Q come back in freeze(), which then shares the CPU's host code.
+import { allocDevice, deviceView, downloadDevice, freeDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
+import { Tensor } from '../engine/tensor.js';
+import type { ModelConfig } from '../model/config.js';
+import { allocBlockParams, BLOCK_LINEARS, type BlockLinear, type BlockParams } from '../model/block.js';
+import {
+  blockBackwardCuda,
+  blockForwardCuda,
+  DeviceBlockArena,
+  DeviceBlockWorkspace,
+  downloadBlockParams,
+  uploadBlockParams,
+  type DeviceBlockParams,
+} from '../model/block-cuda.js';
+import { ropeTables } from '../model/rope.js';
+import { fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../ops/cuda/fakequant.js';
+import { adamwStepCuda } from '../ops/cuda/adamw.js';
+import { allocMsePartials, mseBackwardCuda, mseForwardCuda } from '../ops/cuda/loss.js';
+import type { FrozenLinears } from '../io/quant-checkpoint.js';
+import type { ActivationCache } from './activation-cache.js';
+import { freezeLinears, linearDims, minMaxInitInto, QuantParams, withLinears, type BlockApTrainer, type PassWeights } from './block-trainer.js';
+
+/** Step sizes and zero points on the device, as views into one allocation laid out as QuantParams. */
+class DeviceQuantParams {
+  readonly all: DeviceArray;
+  readonly scale = {} as Record<BlockLinear, DeviceArray>;
+  readonly zero = {} as Record<BlockLinear, DeviceArray>;
+  constructor(cfg: ModelConfig, G: number) {
+    this.all = allocDevice('f32', QuantParams.count(cfg, G));
+    let at = 0;
+    for (const [key] of BLOCK_LINEARS) {
+      const [O, I] = linearDims(cfg, key);
+      const n = O * (I / G);
+      this.scale[key] = deviceView(this.all, at, n);
+      this.zero[key] = deviceView(this.all, at + n, n);
+      at += 2 * n;
+    }
+  }
+}
+
+export class BlockTrainerCuda implements BlockApTrainer {
+  readonly device = 'cuda' as const;
+  readonly P: BlockParams;
+  readonly Wq: BlockParams;
+  readonly x: Tensor; // (B, T, C)
+  readonly y: Tensor; // (B, T, C)
+  private readonly Qhost: QuantParams;
+  // device state (see the file header)
+  private readonly dP: DeviceBlockArena;
+  private readonly dG: DeviceBlockArena;
+  private readonly mP: DeviceArray;
+  private readonly vP: DeviceArray;
+  private readonly dQ: DeviceQuantParams;
+  private readonly dQgrad: DeviceQuantParams;
+  private readonly mQ: DeviceArray;
+  private readonly vQ: DeviceArray;
+  private readonly dWqLin: DeviceBlockArena; // linears used; the rest of the arena is idle
+  private readonly dWqGradLin: DeviceBlockArena;
+  private readonly Wqd: DeviceBlockParams; // fake-quantized or frozen linears, norms of dP
+  private readonly dWqd: DeviceBlockParams; // their gradients, norms of dG
+  private readonly ws: DeviceBlockWorkspace;
+  private ws1: DeviceBlockWorkspace | null = null;
+  private readonly xd: DeviceArray; // (B, T, C)
+  private readonly yd: DeviceArray; // (B, T, C)
+  private readonly outd: DeviceArray; // (B, T, C)
+  private readonly dOut: DeviceArray; // (B, T, C)
+  private readonly partials: DeviceArray;
+  private readonly owned: { free(): void }[] = [];
+
+  constructor(
+    readonly cfg: ModelConfig,
+    readonly B: number,
+    readonly T: number,
+    readonly bits: number,
+    readonly G: number,
+    training: boolean,
+  ) {
+    this.P = allocBlockParams(cfg).params;
+    this.Wq = withLinears(this.P, allocBlockParams(cfg).params) as BlockParams;
+    this.Qhost = new QuantParams(cfg, G);
+    const C = cfg.hiddenSize;
+    this.x = Tensor.zeros([B, T, C]);
+    this.y = Tensor.zeros([B, T, C]);
+    const arr = (n: number): DeviceArray => {
+      const a = allocDevice('f32', n);
+      this.owned.push({ free: () => freeDevice(a) });
+      return a;
+    };
+    const keep = <T extends { free(): void }>(t: T): T => {
+      this.owned.push(t);
+      return t;
+    };
+    try {
+      this.dP = keep(new DeviceBlockArena(cfg));
+      this.dG = keep(new DeviceBlockArena(cfg));
+      this.mP = arr(this.dP.all.length);
+      this.vP = arr(this.dP.all.length);
+      this.dQ = new DeviceQuantParams(cfg, G);
+      this.owned.push({ free: () => freeDevice(this.dQ.all) });
+      this.dQgrad = new DeviceQuantParams(cfg, G);
+      this.owned.push({ free: () => freeDevice(this.dQgrad.all) });
+      this.mQ = arr(this.dQ.all.length);
+      this.vQ = arr(this.dQ.all.length);
+      this.dWqLin = keep(new DeviceBlockArena(cfg));
+      this.dWqGradLin = keep(new DeviceBlockArena(cfg));
+      this.Wqd = withLinears(this.dP.params, this.dWqLin.params) as DeviceBlockParams;
+      this.dWqd = withLinears(this.dG.params, this.dWqGradLin.params) as DeviceBlockParams;
+      const rope = ropeTables(cfg, 0, T);
+      this.ws = keep(new DeviceBlockWorkspace(cfg, B, T, { cos: rope.cos.f32, sin: rope.sin.f32 }, { training }));
+      this.xd = arr(B * T * C);
+      this.yd = arr(B * T * C);
+      this.outd = arr(B * T * C);
+      this.dOut = arr(B * T * C);
+      this.partials = allocMsePartials();
+      const partials = this.partials;
+      this.owned.push({ free: () => freeDevice(partials) });
+    } catch (e) {
+      this.free();
+      throw e;
+    }
+  }
+
+  private workspace(n: number): DeviceBlockWorkspace {
+    if (n === this.B) return this.ws;
+    if (n !== 1) throw new Error('internal: workspace for batch ' + n);
+    if (!this.ws1) {
+      const rope = ropeTables(this.cfg, 0, this.T);
+      this.ws1 = new DeviceBlockWorkspace(this.cfg, 1, this.T, { cos: rope.cos.f32, sin: rope.sin.f32 }, { training: false });
+      this.owned.push(this.ws1);
+    }
+    return this.ws1;
+  }
+
+  initQuant(): void {
+    minMaxInitInto(this.Qhost, this.P, this.bits, this.G);
+    uploadBlockParams(this.dP.params, this.P);
+    uploadDevice(this.dQ.all, this.Qhost.arena.buffer);
+    for (const a of [this.mP, this.vP, this.mQ, this.vQ]) zeroDevice(a);
+  }
+
+  private fakeQuantize(): void {
+    for (const [key] of BLOCK_LINEARS) {
+      const [O, I] = linearDims(this.cfg, key);
+      fakeQuantForwardCuda(this.Wqd[key], this.dP.params[key], this.dQ.scale[key], this.dQ.zero[key], O, I, this.bits, this.G);
+    }
+  }
+
+  step(stepIndex: number, lrQuant: number, lrWeight: number, wd: number): number {
+    const { xd, yd, outd, dOut } = this;
+    uploadDevice(xd, this.x.f32);
+    uploadDevice(yd, this.y.f32);
+    this.fakeQuantize();
+    blockForwardCuda(this.cfg, this.Wqd, this.ws, xd, outd);
+    const loss = mseForwardCuda(outd, yd, this.partials);
+    if (!Number.isFinite(loss)) return loss;
+    zeroDevice(dOut);
+    mseBackwardCuda(dOut, outd, yd);
+    this.dG.zero();
+    this.dWqGradLin.zero();
+    zeroDevice(this.dQgrad.all);
+    blockBackwardCuda(this.cfg, this.Wqd, this.dWqd, this.ws, xd, dOut, null);
+    for (const [key] of BLOCK_LINEARS) {
+      const [O, I] = linearDims(this.cfg, key);
+      fakeQuantBackwardCuda(
+        this.dG.params[key],
+        this.dQgrad.scale[key],
+        this.dQgrad.zero[key],
+        this.dWqd[key],
+        this.dP.params[key],
+        this.dQ.scale[key],
+        this.dQ.zero[key],
+        O,
+        I,
+        this.bits,
+        this.G,
+      );
+    }
+    const common = { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: wd, step: stepIndex + 1 };
+    if (lrQuant > 0) adamwStepCuda(this.dQ.all, this.dQgrad.all, this.mQ, this.vQ, { ...common, lr: lrQuant });
+    if (lrWeight > 0) adamwStepCuda(this.dP.all, this.dG.all, this.mP, this.vP, { ...common, lr: lrWeight });
+    return loss;
+  }
+
+  freeze(): FrozenLinears {
+    // the trained parameters come home; the host code freezes them as on the CPU
+    downloadBlockParams(this.P, this.dP.params);
+    downloadDevice(this.dQ.all, this.Qhost.arena.buffer);
+    const frozen = freezeLinears(this.P, this.Qhost, this.bits, this.G, this.Wq);
+    return frozen;
+  }
+
+  forwardCache(weights: PassWeights, cache: ActivationCache, start: number, count: number): void {
+    // the host copy is the truth at a pass's start: P just loaded, or Wq just frozen / read from a shard
+    uploadBlockParams(this.dP.params, this.P);
+    if (weights === 'frozen') uploadBlockParams(this.Wqd, this.Wq);
+    this.forwardBatches(weights === 'fp' ? this.dP.params : this.Wqd, cache, null, start, count);
+  }
+
+  evalFakeQuantLoss(xq: ActivationCache, target: ActivationCache, start: number, count: number): number {
+    this.fakeQuantize();
+    return this.forwardBatches(this.Wqd, xq, target, start, count);
+  }
+
+  /**
+   * Forwards cache samples [start, start+count) in batches of B (then singles) with params p.
+   * Without a target the outputs are written back to the cache; with one, returns the mean MSE.
+   */
+  private forwardBatches(p: DeviceBlockParams, cache: ActivationCache, target: ActivationCache | null, start: number, count: number): number {
+    const C = this.cfg.hiddenSize;
+    let total = 0;
+    for (let s = 0; s < count; ) {
+      const n = count - s >= this.B ? this.B : 1;
+      const ws = this.workspace(n);
+      const rows = n * this.T * C;
+      const x = n === this.B ? this.x.f32 : this.x.f32.subarray(0, rows);
+      const xd = n === this.B ? this.xd : deviceView(this.xd, 0, rows);
+      const od = n === this.B ? this.outd : deviceView(this.outd, 0, rows);
+      cache.read(start + s, n, x);
+      uploadDevice(xd, x);
+      blockForwardCuda(this.cfg, p, ws, xd, od);
+      if (target) {
+        const y = n === this.B ? this.y.f32 : this.y.f32.subarray(0, rows);
+        const yd = n === this.B ? this.yd : deviceView(this.yd, 0, rows);
+        target.read(start + s, n, y);
+        uploadDevice(yd, y);
+        total += mseForwardCuda(od, yd, this.partials) * n;
+      } else {
+        downloadDevice(od, x);
+        cache.write(start + s, n, x);
+      }
+      s += n;
+    }
+    return target ? (count > 0 ? total / count : NaN) : 0;
+  }
+
+  free(): void {
+    for (const o of this.owned.splice(0).reverse()) o.free();
+  }
+}
