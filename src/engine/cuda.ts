@@ -263,11 +263,25 @@ function checkLength(op: string, length: number): void {
   if (!Number.isSafeInteger(length) || length < 0) throw new RangeError(`${op}: length must be an integer >= 0, got ${length}`);
 }
 
+const allocStats = { liveBytes: 0, peakBytes: 0 };
+
+/** Bytes held by allocDevice allocations now and at most so far (the CUDA context and cuBLASLt's workspace are extra). */
+export function deviceAllocStats(): { liveBytes: number; peakBytes: number } {
+  return { ...allocStats };
+}
+
+/** Restarts the peak at the current live bytes (benchmarks measure one phase at a time). */
+export function resetDevicePeak(): void {
+  allocStats.peakBytes = allocStats.liveBytes;
+}
+
 /** Allocates `length` elements of `dtype` (uninitialised; length 0 allocates nothing). */
 export function allocDevice(dtype: DType, length: number): DeviceArray {
   checkLength('allocDevice', length);
   const bytes = length * BYTES_PER_ELEMENT[dtype];
   const handle = bytes === 0 ? 0n : cudaBackend().alloc(bytes);
+  allocStats.liveBytes += bytes;
+  allocStats.peakBytes = Math.max(allocStats.peakBytes, allocStats.liveBytes);
   return { handle, dtype, length, bytes, owner: true };
 }
 
@@ -275,6 +289,7 @@ export function allocDevice(dtype: DType, length: number): DeviceArray {
 export function freeDevice(a: DeviceArray): void {
   if (!a.owner) throw new Error('freeDevice: argument is a view, not an allocation');
   if (a.handle !== 0n) cudaBackend().free(a.handle);
+  allocStats.liveBytes -= a.bytes;
 }
 
 /** Elements [offset, offset + length) of a, sharing its memory. */
