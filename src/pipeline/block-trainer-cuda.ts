@@ -2,26 +2,34 @@
 // of one block's training state lives on the device, allocated once for the whole run:
 //   P, G, m_P, v_P   master parameters, gradients and AdamW moments (one arena each)
 //   Q, dQ, m_Q, v_Q  step sizes and zero points with theirs, laid out as the host QuantParams
-//   Wq, dWq          fake-quantized linear weights and their gradients (norms alias P and G)
+//   wTile, dwTile    one fake-quantized weight and one weight gradient, the largest linear's size
 //   workspace        the block's activations for B × T tokens (and a batch-1 one for tails)
-// A step uploads its batch, runs fake quant → block forward → MSE → backward → STE → AdamW on
-// the device and downloads one number, the loss. The host P and Wq are copied in when a pass
-// over the caches starts and P, Q come back in freeze(), which then shares the CPU's host code.
+// Fake quantization is fused into the weight path (fakeQuantLinearsCuda): each linear quantizes
+// its weight into wTile right before its forward GEMM and again before its backward GEMMs, and
+// its weight gradient goes through the straight-through estimator into G and dQ as soon as it
+// is formed, so no fake-quantized copy of the block (or of its gradient) ever exists. Frozen
+// weights for the passes between blocks are held in G's linears (gradients are dead there).
+// A step uploads its batch, runs block forward → MSE → backward → AdamW on the device and
+// downloads one number, the loss. The host P and Wq are copied in when a pass over the caches
+// starts and P, Q come back in freeze(), which then shares the CPU's host code.
 import { allocDevice, deviceView, downloadDevice, freeDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
 import { Tensor } from '../engine/tensor.js';
 import type { ModelConfig } from '../model/config.js';
-import { allocBlockParams, BLOCK_LINEARS, type BlockLinear, type BlockParams } from '../model/block.js';
+import { allocBlockParams, BIAS_OF, BLOCK_LINEARS, type BlockLinear, type BlockParams } from '../model/block.js';
 import {
   blockBackwardCuda,
   blockForwardCuda,
+  denseLinearsCuda,
   DeviceBlockArena,
   DeviceBlockWorkspace,
   downloadBlockParams,
   uploadBlockParams,
   type DeviceBlockParams,
+  type LinearImplCuda,
 } from '../model/block-cuda.js';
 import { ropeTables } from '../model/rope.js';
 import { fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../ops/cuda/fakequant.js';
+import { linearBackwardCuda, linearForwardCuda } from '../ops/cuda/linear.js';
 import { adamwStepCuda } from '../ops/cuda/adamw.js';
 import { allocMsePartials, mseBackwardCuda, mseForwardCuda } from '../ops/cuda/loss.js';
 import type { FrozenLinears } from '../io/quant-checkpoint.js';
@@ -29,7 +37,7 @@ import type { ActivationCache } from './activation-cache.js';
 import { freezeLinears, linearDims, minMaxInitInto, QuantParams, withLinears, type BlockApTrainer, type PassWeights } from './block-trainer.js';
 
 /** Step sizes and zero points on the device, as views into one allocation laid out as QuantParams. */
-class DeviceQuantParams {
+export class DeviceQuantParams {
   readonly all: DeviceArray;
   readonly scale = {} as Record<BlockLinear, DeviceArray>;
   readonly zero = {} as Record<BlockLinear, DeviceArray>;
@@ -44,6 +52,44 @@ class DeviceQuantParams {
       at += 2 * n;
     }
   }
+}
+
+/**
+ * Linears that compute with fake-quantized weights without storing them: W̃ = fakequant(P, s, z)
+ * is formed in wTile right before each use, forward and backward, and the weight gradient
+ * formed in dwTile goes straight through the STE into G (weights) and dQ (s, z). Biases are
+ * P's and G's, as in the dense linears.
+ */
+export function fakeQuantLinearsCuda(
+  cfg: ModelConfig,
+  P: DeviceBlockParams,
+  Gr: DeviceBlockParams,
+  Q: DeviceQuantParams,
+  dQ: DeviceQuantParams,
+  bits: number,
+  G: number,
+  wTile: DeviceArray,
+  dwTile: DeviceArray,
+): LinearImplCuda {
+  const quantized = (key: BlockLinear): { w: DeviceArray; O: number; I: number } => {
+    const [O, I] = linearDims(cfg, key);
+    const w = deviceView(wTile, 0, O * I);
+    fakeQuantForwardCuda(w, P[key], Q.scale[key], Q.zero[key], O, I, bits, G);
+    return { w, O, I };
+  };
+  return {
+    forward(out, x, key, N) {
+      const { w, O, I } = quantized(key);
+      linearForwardCuda(out, x, w, P[BIAS_OF[key]], { N, O, I });
+    },
+    backward(dx, dout, x, key, N, accumulateDx) {
+      const { w, O, I } = quantized(key);
+      const dw = deviceView(dwTile, 0, O * I);
+      zeroDevice(dw);
+      linearBackwardCuda(dx, dw, Gr[BIAS_OF[key]], dout, x, w, { N, O, I }, accumulateDx);
+      fakeQuantBackwardCuda(Gr[key], dQ.scale[key], dQ.zero[key], dw, P[key], Q.scale[key], Q.zero[key], O, I, bits, G);
+    },
+  };
 }
 
 export class BlockTrainerCuda implements BlockApTrainer {
@@ -62,10 +108,10 @@ export class BlockTrainerCuda implements BlockApTrainer {
   private readonly dQgrad: DeviceQuantParams;
   private readonly mQ: DeviceArray;
   private readonly vQ: DeviceArray;
-  private readonly dWqLin: DeviceBlockArena; // linears used; the rest of the arena is idle
-  private readonly dWqGradLin: DeviceBlockArena;
-  private readonly Wqd: DeviceBlockParams; // fake-quantized or frozen linears, norms of dP
-  private readonly dWqd: DeviceBlockParams; // their gradients, norms of dG
+  private readonly wTile: DeviceArray; // (largest O·I) fake-quantized weight of the linear at work
+  private readonly dwTile: DeviceArray; // (largest O·I) its gradient
+  private readonly frozen: DeviceBlockParams; // frozen linears (in G's storage), norms and biases of P
+  private readonly fakeQuant: LinearImplCuda; // P through fake quantization, gradients into G and dQ
   private readonly ws: DeviceBlockWorkspace;
   private ws1: DeviceBlockWorkspace | null = null;
   private readonly xd: DeviceArray; // (B, T, C)
@@ -109,10 +155,12 @@ export class BlockTrainerCuda implements BlockApTrainer {
       this.owned.push({ free: () => freeDevice(this.dQgrad.all) });
       this.mQ = arr(this.dQ.all.length);
       this.vQ = arr(this.dQ.all.length);
-      this.dWqLin = keep(new DeviceBlockArena(cfg));
-      this.dWqGradLin = keep(new DeviceBlockArena(cfg));
-      this.Wqd = withLinears(this.dP.params, this.dWqLin.params) as DeviceBlockParams;
-      this.dWqd = withLinears(this.dG.params, this.dWqGradLin.params) as DeviceBlockParams;
+      let largest = 0;
+      for (const [key] of BLOCK_LINEARS) largest = Math.max(largest, linearDims(cfg, key).reduce((a, b) => a * b, 1));
+      this.wTile = arr(largest);
+      this.dwTile = arr(training ? largest : 0);
+      this.frozen = withLinears(this.dP.params, this.dG.params) as DeviceBlockParams;
+      this.fakeQuant = fakeQuantLinearsCuda(cfg, this.dP.params, this.dG.params, this.dQ, this.dQgrad, bits, G, this.wTile, this.dwTile);
       const rope = ropeTables(cfg, 0, T);
       this.ws = keep(new DeviceBlockWorkspace(cfg, B, T, { cos: rope.cos.f32, sin: rope.sin.f32 }, { training }));
       this.xd = arr(B * T * C);
@@ -146,43 +194,18 @@ export class BlockTrainerCuda implements BlockApTrainer {
     for (const a of [this.mP, this.vP, this.mQ, this.vQ]) zeroDevice(a);
   }
 
-  private fakeQuantize(): void {
-    for (const [key] of BLOCK_LINEARS) {
-      const [O, I] = linearDims(this.cfg, key);
-      fakeQuantForwardCuda(this.Wqd[key], this.dP.params[key], this.dQ.scale[key], this.dQ.zero[key], O, I, this.bits, this.G);
-    }
-  }
-
   step(stepIndex: number, lrQuant: number, lrWeight: number, wd: number): number {
     const { xd, yd, outd, dOut } = this;
     uploadDevice(xd, this.x.f32);
     uploadDevice(yd, this.y.f32);
-    this.fakeQuantize();
-    blockForwardCuda(this.cfg, this.Wqd, this.ws, xd, outd);
+    blockForwardCuda(this.cfg, this.dP.params, this.ws, xd, outd, this.fakeQuant);
     const loss = mseForwardCuda(outd, yd, this.partials);
     if (!Number.isFinite(loss)) return loss;
     zeroDevice(dOut);
     mseBackwardCuda(dOut, outd, yd);
     this.dG.zero();
-    this.dWqGradLin.zero();
     zeroDevice(this.dQgrad.all);
-    blockBackwardCuda(this.cfg, this.Wqd, this.dWqd, this.ws, xd, dOut, null);
-    for (const [key] of BLOCK_LINEARS) {
-      const [O, I] = linearDims(this.cfg, key);
-      fakeQuantBackwardCuda(
-        this.dG.params[key],
-        this.dQgrad.scale[key],
-        this.dQgrad.zero[key],
-        this.dWqd[key],
-        this.dP.params[key],
-        this.dQ.scale[key],
-        this.dQ.zero[key],
-        O,
-        I,
-        this.bits,
-        this.G,
-      );
-    }
+    blockBackwardCuda(this.cfg, this.dP.params, this.dG.params, this.ws, xd, dOut, null, this.fakeQuant);
     const common = { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: wd, step: stepIndex + 1 };
     if (lrQuant > 0) adamwStepCuda(this.dQ.all, this.dQgrad.all, this.mQ, this.vQ, { ...common, lr: lrQuant });
     if (lrWeight > 0) adamwStepCuda(this.dP.all, this.dG.all, this.mP, this.vP, { ...common, lr: lrWeight });
@@ -200,20 +223,28 @@ export class BlockTrainerCuda implements BlockApTrainer {
   forwardCache(weights: PassWeights, cache: ActivationCache, start: number, count: number): void {
     // the host copy is the truth at a pass's start: P just loaded, or Wq just frozen / read from a shard
     uploadBlockParams(this.dP.params, this.P);
-    if (weights === 'frozen') uploadBlockParams(this.Wqd, this.Wq);
-    this.forwardBatches(weights === 'fp' ? this.dP.params : this.Wqd, cache, null, start, count);
+    if (weights === 'frozen') uploadBlockParams(this.frozen, this.Wq);
+    const p = weights === 'fp' ? this.dP.params : this.frozen;
+    this.forwardBatches(p, denseLinearsCuda(this.cfg, p), cache, null, start, count);
   }
 
   evalFakeQuantLoss(xq: ActivationCache, target: ActivationCache, start: number, count: number): number {
-    this.fakeQuantize();
-    return this.forwardBatches(this.Wqd, xq, target, start, count);
+    return this.forwardBatches(this.dP.params, this.fakeQuant, xq, target, start, count);
   }
 
   /**
-   * Forwards cache samples [start, start+count) in batches of B (then singles) with params p.
+   * Forwards cache samples [start, start+count) in batches of B (then singles) with norms and
+   * biases from p and the linears of lin.
    * Without a target the outputs are written back to the cache; with one, returns the mean MSE.
    */
-  private forwardBatches(p: DeviceBlockParams, cache: ActivationCache, target: ActivationCache | null, start: number, count: number): number {
+  private forwardBatches(
+    p: DeviceBlockParams,
+    lin: LinearImplCuda,
+    cache: ActivationCache,
+    target: ActivationCache | null,
+    start: number,
+    count: number,
+  ): number {
     const C = this.cfg.hiddenSize;
     let total = 0;
     for (let s = 0; s < count; ) {
@@ -225,7 +256,7 @@ export class BlockTrainerCuda implements BlockApTrainer {
       const od = n === this.B ? this.outd : deviceView(this.outd, 0, rows);
       cache.read(start + s, n, x);
       uploadDevice(xd, x);
-      blockForwardCuda(this.cfg, p, ws, xd, od);
+      blockForwardCuda(this.cfg, p, ws, xd, od, lin);
       if (target) {
         const y = n === this.B ? this.y.f32 : this.y.f32.subarray(0, rows);
         const yd = n === this.B ? this.yd : deviceView(this.yd, 0, rows);

@@ -2,7 +2,8 @@
 // the CUDA backends of backends.ts (the GPU where present, the CPU emulator of the kernel
 // sources elsewhere): the per-block losses agree to rounding, the checkpoints hold the same
 // frozen integers except where a weight sits on a rounding boundary, the norms agree, and the
-// CUDA run releases every device allocation it made.
+// CUDA run releases every device allocation it made. And the trainers themselves, step by step,
+// for every family variant (biases, q/k norm, sliding window), since llama-tiny has none of them.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -14,7 +15,12 @@ import { WeightSource } from '../../src/model/weights.js';
 import { allocBlockParams, BLOCK_LINEARS } from '../../src/model/block.js';
 import { REPO, TINY } from '../golden.js';
 import { assertClose } from '../util.js';
-import { backendCases } from './backends.js';
+import { backendCases, testOnBackends } from './backends.js';
+import { Rng } from '../../src/engine/random.js';
+import { BLOCK_PARAM_NAMES } from '../../src/model/block.js';
+import { BlockTrainerCpu } from '../../src/pipeline/block-trainer.js';
+import { BlockTrainerCuda } from '../../src/pipeline/block-trainer-cuda.js';
+import { BLOCK_VARIANTS, tinyConfig } from '../model/tiny-config.js';
 import { EmulatorBackend } from './emu/backend.js';
 
 process.env['EQAT_CACHE_DIR'] ??= mkdtempSync(join(tmpdir(), 'eqat-cache-'));
@@ -86,5 +92,42 @@ for (const bc of backendCases()) {
     qc.close();
     qg.close();
     assert.ok(differ <= weights * 1e-3, `${differ} of ${weights} dequantized weights differ (rounding-boundary flips only)`);
+  });
+}
+
+for (const [name, over] of BLOCK_VARIANTS) {
+  testOnBackends(`Block-AP trainer steps match the CPU trainer: ${name}`, () => {
+    // hidden 64 and head dim 8 so that group size 16 divides every linear's input
+    const cfg = tinyConfig({ ...over, hiddenSize: 64, intermediateSize: 48, numHeads: 4, numKvHeads: 2, headDim: 8 });
+    const B = 2, T = 9, bits = 2, G = 16;
+    const cpu = new BlockTrainerCpu(cfg, B, T, bits, G, true);
+    const gpu = new BlockTrainerCuda(cfg, B, T, bits, G, true);
+    try {
+      const rng = new Rng(5);
+      for (const k of BLOCK_PARAM_NAMES) {
+        const t = cpu.P[k];
+        if (!t) continue;
+        if (k.endsWith('Norm')) rng.fillUniform(t.f32, 0.5, 1.5);
+        else rng.fillNormal(t.f32, 0.3);
+        gpu.P[k]!.f32.set(t.f32);
+      }
+      cpu.initQuant();
+      gpu.initQuant();
+      for (let step = 0; step < 3; step++) {
+        rng.fillNormal(cpu.x.f32, 1);
+        rng.fillNormal(cpu.y.f32, 1);
+        gpu.x.f32.set(cpu.x.f32);
+        gpu.y.f32.set(cpu.y.f32);
+        const lc = cpu.step(step, 1e-3, 1e-3, 0.01), lg = gpu.step(step, 1e-3, 1e-3, 0.01);
+        assertClose([lg], [lc], { atol: 0, rtol: 1e-5, what: `loss at step ${step}` });
+      }
+      cpu.freeze();
+      gpu.freeze();
+      for (const k of BLOCK_PARAM_NAMES) {
+        if (cpu.P[k]) assertClose(gpu.P[k]!.f32, cpu.P[k]!.f32, { atol: 1e-6, rtol: 1e-5, what: `trained ${k}` });
+      }
+    } finally {
+      gpu.free();
+    }
   });
 }
