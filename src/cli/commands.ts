@@ -147,6 +147,11 @@ export const COMMANDS: Record<string, Command> = {
       json: { type: 'boolean', default: false, help: 'print a JSON summary as the last line of stdout' },
       threads: threadsFlag,
       device: deviceFlag,
+      precision: {
+        type: 'string',
+        choices: ['f32', 'bf16'],
+        help: 'GEMM input precision on CUDA: bf16 (tensor cores, f32 sums; the default there) or f32; the CPU computes in f32',
+      },
     },
     async run(f) {
       const device = applyDevice('block-ap', f, ['cpu', 'cuda']);
@@ -172,6 +177,7 @@ export const COMMANDS: Record<string, Command> = {
         maxRamBytes: f['max-ram'] !== undefined ? (f['max-ram'] as number) * 2 ** 30 : undefined,
         quiet: f['quiet'] as boolean,
         device,
+        precision: f['precision'] as 'f32' | 'bf16' | undefined,
       });
       if (f['json']) {
         console.log(JSON.stringify({ ...r, peakRssMiB: peakRssMiB() }));

@@ -9,7 +9,7 @@
 import { allocDevice, deviceView, downloadDevice, freeDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
 import type { ModelConfig } from './config.js';
 import { BIAS_OF, BLOCK_PARAM_NAMES, blockParamCount, blockParamShapes, type BlockLinear, type BlockParamName, type BlockParams } from './block.js';
-import { linearBackwardCuda, linearForwardCuda, type LinearDims } from '../ops/cuda/linear.js';
+import { linearBackwardCuda, linearForwardCuda, type LinearDims, type LowPrecisionScratch } from '../ops/cuda/linear.js';
 import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../ops/cuda/rmsnorm.js';
 import { ropeBackwardCuda, ropeForwardCuda } from '../ops/cuda/rope.js';
 import { attentionBackwardCuda, attentionForwardCuda } from '../ops/cuda/attention.js';
@@ -184,8 +184,21 @@ export function linearDimsOf(cfg: ModelConfig, key: BlockLinear): [number, numbe
   return blockParamShapes(cfg)[key] as [number, number];
 }
 
-/** Dense linears reading W and b from p; gradients (when g is given) accumulate into g. */
-export function denseLinearsCuda(cfg: ModelConfig, p: DeviceBlockParams, g: DeviceBlockParams | null = null): LinearImplCuda {
+/** The widest activation a linear of this config reads or writes, per row: max(C, F, H·D, Hkv·D). */
+export function linearRowWidth(cfg: ModelConfig): number {
+  return Math.max(cfg.hiddenSize, cfg.intermediateSize, cfg.numHeads * cfg.headDim, cfg.numKvHeads * cfg.headDim);
+}
+
+/**
+ * Dense linears reading W and b from p; gradients (when g is given) accumulate into g. With
+ * `lowp` scratch the GEMMs take bf16 copies of their inputs (see src/ops/cuda/linear.ts).
+ */
+export function denseLinearsCuda(
+  cfg: ModelConfig,
+  p: DeviceBlockParams,
+  g: DeviceBlockParams | null = null,
+  lowp: LowPrecisionScratch | null = null,
+): LinearImplCuda {
   const dims = {} as Record<BlockLinear, [number, number]>;
   const dimsOf = (key: BlockLinear) => (dims[key] ??= linearDimsOf(cfg, key));
   const d = (key: BlockLinear, N: number): LinearDims => {
@@ -194,10 +207,10 @@ export function denseLinearsCuda(cfg: ModelConfig, p: DeviceBlockParams, g: Devi
   };
   return {
     forward(out, x, key, N) {
-      linearForwardCuda(out, x, p[key], p[BIAS_OF[key]], d(key, N));
+      linearForwardCuda(out, x, p[key], p[BIAS_OF[key]], d(key, N), lowp);
     },
     backward(dx, dout, x, key, N, accumulateDx) {
-      linearBackwardCuda(dx, g ? g[key] : null, g ? g[BIAS_OF[key]] : null, dout, x, p[key], d(key, N), accumulateDx);
+      linearBackwardCuda(dx, g ? g[key] : null, g ? g[BIAS_OF[key]] : null, dout, x, p[key], d(key, N), accumulateDx, lowp);
     },
   };
 }

@@ -66,6 +66,8 @@ export interface BlockApOptions extends BlockApRecipe {
   out: string;
   /** Where the arithmetic runs (default cpu); results agree to rounding, not bit for bit. */
   device?: 'cpu' | 'cuda';
+  /** GEMM input precision on CUDA (default bf16; f32 available); the CPU computes in f32 only. */
+  precision?: 'f32' | 'bf16';
   /** RAM budget for the activation caches, bytes; beyond it they go to disk. */
   maxRamBytes?: number;
   quiet?: boolean;
@@ -123,6 +125,8 @@ export function validateBlockAp(opts: BlockApOptions, cfg: ModelConfig): void {
   const first = indivisible[0];
   if (first) fail('group-size', `${opts.groupSize} does not divide ${first.field} = ${first.inFeatures} of ${opts.model}`);
   if (gptq) fail('group-size', `${opts.model} cannot be stored as a GPTQ checkpoint: ${gptq}`);
+  if (opts.precision !== undefined && opts.precision !== 'f32' && opts.precision !== 'bf16') fail('precision', `must be f32 or bf16, got ${String(opts.precision)}`);
+  if (opts.precision === 'bf16' && (opts.device ?? 'cpu') !== 'cuda') fail('precision', 'bf16 needs --device cuda (the CPU computes in f32)');
   if (opts.epochs < 0 || !Number.isInteger(opts.epochs)) fail('epochs', 'must be a non-negative integer');
   if (opts.epochs > 0) {
     if (!opts.calib) fail('calib', 'is required when --epochs > 0');
@@ -211,11 +215,12 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
   };
 
   const device = opts.device ?? 'cpu';
+  const precision = opts.precision ?? (device === 'cuda' ? 'bf16' : 'f32');
   const B = training ? opts.batchSize : 1;
   const T = training ? opts.seqlen : 1;
   const trainer: BlockApTrainer =
     device === 'cuda'
-      ? new BlockTrainerCuda(cfg, B, T, opts.wbits, opts.groupSize, training)
+      ? new BlockTrainerCuda(cfg, B, T, opts.wbits, opts.groupSize, training, precision)
       : new BlockTrainerCpu(cfg, B, T, opts.wbits, opts.groupSize, training);
   const nShards = shardCount(cfg);
   const shardNames: string[][] = [];
@@ -326,6 +331,7 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
       eqat: eqatVersion(),
       phase: 'block-ap',
       device,
+      precision,
       recipe: { ...recipe, model: opts.model, calib: opts.calib },
     });
   } finally {

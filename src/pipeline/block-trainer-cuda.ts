@@ -3,6 +3,8 @@
 //   P, G, m_P, v_P   master parameters, gradients and AdamW moments (one arena each)
 //   Q, dQ, m_Q, v_Q  step sizes and zero points with theirs, laid out as the host QuantParams
 //   wTile, dwTile    one fake-quantized weight and one weight gradient, the largest linear's size
+//   lowp             bf16 copies of a GEMM's inputs (precision 'bf16', the default: bf16 products,
+//                    f32 sums, f32 master weights, activations and optimiser state)
 //   workspace        the block's activations for B × T tokens (and a batch-1 one for tails)
 // Fake quantization is fused into the weight path (fakeQuantLinearsCuda): each linear quantizes
 // its weight into wTile right before its forward GEMM and again before its backward GEMMs, and
@@ -21,6 +23,7 @@ import {
   blockForwardCuda,
   denseLinearsCuda,
   DeviceBlockArena,
+  linearRowWidth,
   DeviceBlockWorkspace,
   downloadBlockParams,
   uploadBlockParams,
@@ -29,7 +32,7 @@ import {
 } from '../model/block-cuda.js';
 import { ropeTables } from '../model/rope.js';
 import { fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../ops/cuda/fakequant.js';
-import { linearBackwardCuda, linearForwardCuda } from '../ops/cuda/linear.js';
+import { linearBackwardCuda, linearForwardCuda, type LowPrecisionScratch } from '../ops/cuda/linear.js';
 import { adamwStepCuda } from '../ops/cuda/adamw.js';
 import { allocMsePartials, mseBackwardCuda, mseForwardCuda } from '../ops/cuda/loss.js';
 import type { FrozenLinears } from '../io/quant-checkpoint.js';
@@ -58,7 +61,7 @@ export class DeviceQuantParams {
  * Linears that compute with fake-quantized weights without storing them: W̃ = fakequant(P, s, z)
  * is formed in wTile right before each use, forward and backward, and the weight gradient
  * formed in dwTile goes straight through the STE into G (weights) and dQ (s, z). Biases are
- * P's and G's, as in the dense linears.
+ * P's and G's, as in the dense linears. With `lowp` scratch the GEMMs run in bf16 (f32 sums).
  */
 export function fakeQuantLinearsCuda(
   cfg: ModelConfig,
@@ -70,6 +73,7 @@ export function fakeQuantLinearsCuda(
   G: number,
   wTile: DeviceArray,
   dwTile: DeviceArray,
+  lowp: LowPrecisionScratch | null = null,
 ): LinearImplCuda {
   const quantized = (key: BlockLinear): { w: DeviceArray; O: number; I: number } => {
     const [O, I] = linearDims(cfg, key);
@@ -80,13 +84,13 @@ export function fakeQuantLinearsCuda(
   return {
     forward(out, x, key, N) {
       const { w, O, I } = quantized(key);
-      linearForwardCuda(out, x, w, P[BIAS_OF[key]], { N, O, I });
+      linearForwardCuda(out, x, w, P[BIAS_OF[key]], { N, O, I }, lowp);
     },
     backward(dx, dout, x, key, N, accumulateDx) {
       const { w, O, I } = quantized(key);
       const dw = deviceView(dwTile, 0, O * I);
       zeroDevice(dw);
-      linearBackwardCuda(dx, dw, Gr[BIAS_OF[key]], dout, x, w, { N, O, I }, accumulateDx);
+      linearBackwardCuda(dx, dw, Gr[BIAS_OF[key]], dout, x, w, { N, O, I }, accumulateDx, lowp);
       fakeQuantBackwardCuda(Gr[key], dQ.scale[key], dQ.zero[key], dw, P[key], Q.scale[key], Q.zero[key], O, I, bits, G);
     },
   };
@@ -112,6 +116,7 @@ export class BlockTrainerCuda implements BlockApTrainer {
   private readonly dwTile: DeviceArray; // (largest O·I) its gradient
   private readonly frozen: DeviceBlockParams; // frozen linears (in G's storage), norms and biases of P
   private readonly fakeQuant: LinearImplCuda; // P through fake quantization, gradients into G and dQ
+  private readonly lowp: LowPrecisionScratch | null = null; // bf16 GEMM inputs (precision 'bf16')
   private readonly ws: DeviceBlockWorkspace;
   private ws1: DeviceBlockWorkspace | null = null;
   private readonly xd: DeviceArray; // (B, T, C)
@@ -128,6 +133,7 @@ export class BlockTrainerCuda implements BlockApTrainer {
     readonly bits: number,
     readonly G: number,
     training: boolean,
+    readonly precision: 'f32' | 'bf16' = 'bf16',
   ) {
     this.P = allocBlockParams(cfg).params;
     this.Wq = withLinears(this.P, allocBlockParams(cfg).params) as BlockParams;
@@ -160,7 +166,16 @@ export class BlockTrainerCuda implements BlockApTrainer {
       this.wTile = arr(largest);
       this.dwTile = arr(training ? largest : 0);
       this.frozen = withLinears(this.dP.params, this.dG.params) as DeviceBlockParams;
-      this.fakeQuant = fakeQuantLinearsCuda(cfg, this.dP.params, this.dG.params, this.dQ, this.dQgrad, bits, G, this.wTile, this.dwTile);
+      if (precision === 'bf16') {
+        const bf = (n: number): DeviceArray => {
+          const a = allocDevice('bf16', n);
+          this.owned.push({ free: () => freeDevice(a) });
+          return a;
+        };
+        const rows = B * T * linearRowWidth(cfg);
+        this.lowp = { xb: bf(rows), doutb: bf(training ? rows : 0), wb: bf(largest) };
+      }
+      this.fakeQuant = fakeQuantLinearsCuda(cfg, this.dP.params, this.dG.params, this.dQ, this.dQgrad, bits, G, this.wTile, this.dwTile, this.lowp);
       const rope = ropeTables(cfg, 0, T);
       this.ws = keep(new DeviceBlockWorkspace(cfg, B, T, { cos: rope.cos.f32, sin: rope.sin.f32 }, { training }));
       this.xd = arr(B * T * C);
@@ -225,7 +240,7 @@ export class BlockTrainerCuda implements BlockApTrainer {
     uploadBlockParams(this.dP.params, this.P);
     if (weights === 'frozen') uploadBlockParams(this.frozen, this.Wq);
     const p = weights === 'fp' ? this.dP.params : this.frozen;
-    this.forwardBatches(p, denseLinearsCuda(this.cfg, p), cache, null, start, count);
+    this.forwardBatches(p, denseLinearsCuda(this.cfg, p, null, this.lowp), cache, null, start, count);
   }
 
   evalFakeQuantLoss(xq: ActivationCache, target: ActivationCache, start: number, count: number): number {

@@ -6,7 +6,7 @@
 // for every family variant (biases, q/k norm, sliding window), since llama-tiny has none of them.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setCudaBackend } from '../../src/engine/cuda.js';
@@ -27,7 +27,7 @@ process.env['EQAT_CACHE_DIR'] ??= mkdtempSync(join(tmpdir(), 'eqat-cache-'));
 
 const CALIB = join(REPO, 'fixtures', 'text', 'calib-sample.txt');
 
-function opts(out: string, device: 'cpu' | 'cuda'): BlockApOptions {
+function opts(out: string, device: 'cpu' | 'cuda', precision?: 'f32' | 'bf16'): BlockApOptions {
   // small enough for the emulator (a process per kernel launch): 4 blocks × 2 epochs × 2 steps
   return {
     ...blockApDefaults(2),
@@ -43,6 +43,7 @@ function opts(out: string, device: 'cpu' | 'cuda'): BlockApOptions {
     epochs: 2,
     quiet: true,
     device,
+    precision,
   };
 }
 
@@ -51,7 +52,7 @@ process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 let cpuRun: Promise<Awaited<ReturnType<typeof runBlockAp>>> | null = null;
 
 for (const bc of backendCases()) {
-  test(`cuda Block-AP --device cuda matches the CPU run on llama-tiny [${bc.name}]`, { skip: bc.skip }, async () => {
+  test(`cuda Block-AP --device cuda --precision f32 matches the CPU run on llama-tiny [${bc.name}]`, { skip: bc.skip }, async () => {
     cpuRun ??= runBlockAp(opts(join(dir, 'cpu'), 'cpu'));
     const cpu = await cpuRun;
     const b = bc.backend();
@@ -59,7 +60,7 @@ for (const bc of backendCases()) {
     setCudaBackend(b);
     let gpu;
     try {
-      gpu = await runBlockAp(opts(join(dir, `cuda-${bc.name}`), 'cuda'));
+      gpu = await runBlockAp(opts(join(dir, `cuda-${bc.name}`), 'cuda', 'f32'));
     } finally {
       setCudaBackend(null);
     }
@@ -72,8 +73,8 @@ for (const bc of backendCases()) {
         assertClose([g[k]!], [c[k]!], { atol: 0, rtol: 2e-3, what: `block ${i} ${k}` });
       }
     }
-    const recipe = JSON.parse(readFileSync(join(gpu.out, 'eqat-recipe.json'), 'utf8')) as { device: string };
-    assert.equal(recipe.device, 'cuda');
+    const recipe = JSON.parse(readFileSync(join(gpu.out, 'eqat-recipe.json'), 'utf8')) as { device: string; precision: string };
+    assert.deepEqual([recipe.device, recipe.precision], ['cuda', 'f32']);
 
     const qc = WeightSource.open(cpu.out), qg = WeightSource.open(gpu.out);
     const pc = allocBlockParams(qc.cfg).params, pg = allocBlockParams(qc.cfg).params;
@@ -95,13 +96,21 @@ for (const bc of backendCases()) {
   });
 }
 
-for (const [name, over] of BLOCK_VARIANTS) {
-  testOnBackends(`Block-AP trainer steps match the CPU trainer: ${name}`, () => {
+// bf16 GEMM inputs carry 8 significant bits: losses then agree to about 1%, and parameters to
+// within what three AdamW steps of lr 1e-3 can move them apart (each step moves an element by
+// at most about lr, whichever way its gradient's noise points).
+const PRECISIONS = [
+  ['f32', { loss: 1e-5, atol: 1e-6, rtol: 1e-5 }],
+  ['bf16', { loss: 2e-2, atol: 6e-3, rtol: 0 }],
+] as const;
+
+for (const [name, over] of BLOCK_VARIANTS) for (const [precision, tol] of PRECISIONS) {
+  testOnBackends(`Block-AP trainer steps (${precision}) match the CPU trainer: ${name}`, () => {
     // hidden 64 and head dim 8 so that group size 16 divides every linear's input
     const cfg = tinyConfig({ ...over, hiddenSize: 64, intermediateSize: 48, numHeads: 4, numKvHeads: 2, headDim: 8 });
     const B = 2, T = 9, bits = 2, G = 16;
     const cpu = new BlockTrainerCpu(cfg, B, T, bits, G, true);
-    const gpu = new BlockTrainerCuda(cfg, B, T, bits, G, true);
+    const gpu = new BlockTrainerCuda(cfg, B, T, bits, G, true, precision);
     try {
       const rng = new Rng(5);
       for (const k of BLOCK_PARAM_NAMES) {
@@ -119,15 +128,42 @@ for (const [name, over] of BLOCK_VARIANTS) {
         gpu.x.f32.set(cpu.x.f32);
         gpu.y.f32.set(cpu.y.f32);
         const lc = cpu.step(step, 1e-3, 1e-3, 0.01), lg = gpu.step(step, 1e-3, 1e-3, 0.01);
-        assertClose([lg], [lc], { atol: 0, rtol: 1e-5, what: `loss at step ${step}` });
+        assertClose([lg], [lc], { atol: 0, rtol: tol.loss, what: `loss at step ${step}` });
       }
       cpu.freeze();
       gpu.freeze();
       for (const k of BLOCK_PARAM_NAMES) {
-        if (cpu.P[k]) assertClose(gpu.P[k]!.f32, cpu.P[k]!.f32, { atol: 1e-6, rtol: 1e-5, what: `trained ${k}` });
+        if (cpu.P[k]) assertClose(gpu.P[k]!.f32, cpu.P[k]!.f32, { atol: tol.atol, rtol: tol.rtol, what: `trained ${k}` });
       }
     } finally {
       gpu.free();
     }
   });
 }
+
+for (const bc of backendCases()) {
+  test(`cuda Block-AP --device cuda (bf16 GEMMs, the default) stays close to the CPU run on llama-tiny [${bc.name}]`, { skip: bc.skip }, async () => {
+    cpuRun ??= runBlockAp(opts(join(dir, 'cpu'), 'cpu'));
+    const cpu = await cpuRun;
+    setCudaBackend(bc.backend());
+    let gpu;
+    try {
+      gpu = await runBlockAp(opts(join(dir, `cuda-bf16-${bc.name}`), 'cuda'));
+    } finally {
+      setCudaBackend(null);
+    }
+    const recipe = JSON.parse(readFileSync(join(gpu.out, 'eqat-recipe.json'), 'utf8')) as { precision: string };
+    assert.equal(recipe.precision, 'bf16');
+    for (let i = 0; i < cpu.blocks.length; i++) {
+      const c = cpu.blocks[i]!, g = gpu.blocks[i]!;
+      for (const k of ['valLossInit', 'valLoss'] as const) assertClose([g[k]!], [c[k]!], { atol: 0, rtol: 3e-2, what: `block ${i} ${k}` });
+    }
+  });
+}
+
+test('--precision bf16 on the CPU is refused before anything is written', async () => {
+  const out = join(dir, 'refused');
+  await assert.rejects(runBlockAp(opts(out, 'cpu', 'bf16')), /--precision: bf16 needs --device cuda/);
+  assert.equal(existsSync(out), false);
+  assert.equal(existsSync(out + '.partial'), false);
+});

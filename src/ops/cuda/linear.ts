@@ -1,8 +1,14 @@
 // Linear layer y = x Wᵀ + b on CUDA, composed from cuBLASLt matmuls and the bias kernels, with
 // the semantics of src/ops/linear.ts. W is (O, I) as Hugging Face stores it.
+//
+// Precision: with `lowp` scratch given, every GEMM reads bf16 copies of its two inputs (made
+// here by round-to-nearest-even conversion into the scratch) and accumulates and writes f32,
+// as mixed-precision training does: f32 master weights and activations, bf16 tensor-core
+// products, f32 sums. Without it the GEMMs are f32 throughout.
 import type { DeviceArray } from '../../engine/cuda.js';
+import { deviceView } from '../../engine/cuda.js';
 import { matmulCuda } from './matmul.js';
-import { addBiasCuda, biasBackwardCuda } from './elementwise.js';
+import { addBiasCuda, biasBackwardCuda, f32ToBf16Cuda } from './elementwise.js';
 
 /** Sizes of one linear application: N rows through an (O, I) weight. */
 export interface LinearDims {
@@ -11,15 +17,37 @@ export interface LinearDims {
   I: number;
 }
 
+/** bf16 scratch for mixed-precision GEMMs: at least N·max(I) (x), N·max(O) (dout), max(O·I) (w) elements. */
+export interface LowPrecisionScratch {
+  xb: DeviceArray; // bf16
+  doutb: DeviceArray; // bf16
+  wb: DeviceArray; // bf16
+}
+
+/** A bf16 copy of a (first n elements) in scratch s. */
+function bf16(s: DeviceArray, a: DeviceArray, n: number): DeviceArray {
+  const v = deviceView(s, 0, n);
+  f32ToBf16Cuda(v, n === a.length ? a : deviceView(a, 0, n));
+  return v;
+}
+
 // out (N, O) = x (N, I) @ w (O, I)ᵀ + bias (O)
-export function linearForwardCuda(out: DeviceArray, x: DeviceArray, w: DeviceArray, bias: DeviceArray | null | undefined, d: LinearDims): void {
-  matmulCuda(out, x, w, d.N, d.O, d.I, { transB: true });
+export function linearForwardCuda(
+  out: DeviceArray,
+  x: DeviceArray,
+  w: DeviceArray,
+  bias: DeviceArray | null | undefined,
+  d: LinearDims,
+  lowp: LowPrecisionScratch | null = null,
+): void {
+  if (lowp) matmulCuda(out, bf16(lowp.xb, x, d.N * d.I), bf16(lowp.wb, w, d.O * d.I), d.N, d.O, d.I, { transB: true });
+  else matmulCuda(out, x, w, d.N, d.O, d.I, { transB: true });
   if (bias) addBiasCuda(out, bias, d.O);
 }
 
 /**
  * dx (N, I) = dout (N, O) @ w (O, I), overwritten unless accumulateDx;
- * dw (O, I) += doutᵀ @ x; dbias (O) += column sums of dout. dx/dw/dbias may be null.
+ * dw (O, I) += doutᵀ @ x; dbias (O) += column sums of dout (f32). dx/dw/dbias may be null.
  */
 export function linearBackwardCuda(
   dx: DeviceArray | null,
@@ -30,8 +58,10 @@ export function linearBackwardCuda(
   w: DeviceArray,
   d: LinearDims,
   accumulateDx = false,
+  lowp: LowPrecisionScratch | null = null,
 ): void {
-  if (dx) matmulCuda(dx, dout, w, d.N, d.I, d.O, { beta: accumulateDx ? 1 : 0 });
-  if (dw) matmulCuda(dw, dout, x, d.O, d.I, d.N, { transA: true, beta: 1 });
+  const doutIn = lowp && (dx || dw) ? bf16(lowp.doutb, dout, d.N * d.O) : dout;
+  if (dx) matmulCuda(dx, doutIn, lowp ? bf16(lowp.wb, w, d.O * d.I) : w, d.N, d.I, d.O, { beta: accumulateDx ? 1 : 0 });
+  if (dw) matmulCuda(dw, doutIn, lowp ? bf16(lowp.xb, x, d.N * d.I) : x, d.O, d.I, d.N, { transA: true, beta: 1 });
   if (dbias) biasBackwardCuda(dbias, dout, d.O);
 }
