@@ -37,14 +37,20 @@ const saveEveryFlag = {
     'rerunning an interrupted command resumes from it (same result byte for byte); 0 = never',
 } as const;
 
-// Block-AP runs on CUDA; the other commands do not yet: there `--device cuda` fails with the
-// reason (CUDA missing, or not supported by the command) before anything is read or written,
-// and `auto` runs on the CPU.
+// Block-AP and eval run on CUDA; the other commands do not yet: there `--device cuda` fails
+// with the reason (CUDA missing, or not supported by the command) before anything is read or
+// written, and `auto` runs on the CPU.
 const deviceFlag = {
   type: 'string',
   default: 'cpu',
   choices: DEVICE_FLAGS,
-  help: 'compute device; auto = CUDA when present (only block-ap runs on CUDA so far; elsewhere cuda fails and auto uses the CPU)',
+  help: 'compute device; auto = CUDA when present (block-ap and eval run on CUDA so far; elsewhere cuda fails and auto uses the CPU)',
+} as const;
+
+const precisionFlag = {
+  type: 'string',
+  choices: ['f32', 'bf16'],
+  help: 'GEMM input precision on CUDA: bf16 (tensor cores, f32 sums; the default there) or f32; the CPU computes in f32',
 } as const;
 
 /** The device of a command from --device and what the command supports (throws for an unusable choice). */
@@ -73,14 +79,17 @@ export const COMMANDS: Record<string, Command> = {
       json: { type: 'boolean', default: false, help: 'print a JSON object as the last line of stdout' },
       threads: threadsFlag,
       device: deviceFlag,
+      precision: precisionFlag,
     },
     async run(f) {
-      applyDevice('eval', f);
+      const device = applyDevice('eval', f, ['cpu', 'cuda']);
       applyThreads(f);
       const r = await evaluatePerplexity(str(f, 'model'), str(f, 'data'), {
         seqlen: int(f, 'seqlen'),
         batch: int(f, 'batch'),
         maxWindows: f['max-windows'] as number | undefined,
+        device,
+        precision: f['precision'] as 'f32' | 'bf16' | undefined,
       });
       if (f['json']) {
         console.log(JSON.stringify({ model: str(f, 'model'), data: str(f, 'data'), ...r, peakRssMiB: peakRssMiB() }));
@@ -147,11 +156,7 @@ export const COMMANDS: Record<string, Command> = {
       json: { type: 'boolean', default: false, help: 'print a JSON summary as the last line of stdout' },
       threads: threadsFlag,
       device: deviceFlag,
-      precision: {
-        type: 'string',
-        choices: ['f32', 'bf16'],
-        help: 'GEMM input precision on CUDA: bf16 (tensor cores, f32 sums; the default there) or f32; the CPU computes in f32',
-      },
+      precision: precisionFlag,
     },
     async run(f) {
       const device = applyDevice('block-ap', f, ['cpu', 'cuda']);

@@ -8,7 +8,7 @@
 // against its TypeScript twins) on the CUDA backends of test/cuda/backends.ts.
 import { allocDevice, deviceView, downloadDevice, freeDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
 import type { ModelConfig } from './config.js';
-import { BIAS_OF, BLOCK_PARAM_NAMES, blockParamCount, blockParamShapes, type BlockLinear, type BlockParamName, type BlockParams } from './block.js';
+import { BIAS_OF, BLOCK_LINEARS, BLOCK_PARAM_NAMES, blockParamShapes, type BlockLinear, type BlockParamName, type BlockParams } from './block.js';
 import { linearBackwardCuda, linearForwardCuda, type LinearDims, type LowPrecisionScratch } from '../ops/cuda/linear.js';
 import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../ops/cuda/rmsnorm.js';
 import { ropeBackwardCuda, ropeForwardCuda } from '../ops/cuda/rope.js';
@@ -29,20 +29,28 @@ export type DeviceBlockParams = { [K in BlockParamName]?: DeviceArray } & {
   down: DeviceArray; // (C, F)
 };
 
-/** A block's parameters as views into one f32 device allocation, laid out as allocBlockParams. */
+/**
+ * A block's parameters as views into one f32 device allocation, laid out as allocBlockParams.
+ * With `linears: false` the linear weights are empty views (a packed block keeps its weights
+ * elsewhere) and only norms and biases take memory.
+ */
 export class DeviceBlockArena {
-  readonly all: DeviceArray; // (blockParamCount)
+  readonly all: DeviceArray; // (blockParamCount), or norms and biases only
   readonly params: DeviceBlockParams;
 
-  constructor(cfg: ModelConfig) {
+  constructor(cfg: ModelConfig, { linears = true }: { linears?: boolean } = {}) {
     const shapes = blockParamShapes(cfg);
-    this.all = allocDevice('f32', blockParamCount(cfg));
+    const linearKeys = new Set<string>(BLOCK_LINEARS.map(([k]) => k));
+    const size = (name: BlockParamName): number => (!linears && linearKeys.has(name) ? 0 : shapes[name]!.reduce((a, b) => a * b, 1));
+    let total = 0;
+    for (const name of BLOCK_PARAM_NAMES) if (shapes[name]) total += size(name);
+    this.all = allocDevice('f32', total);
     const p: Partial<Record<BlockParamName, DeviceArray>> = {};
     let at = 0;
     for (const name of BLOCK_PARAM_NAMES) {
       const shape = shapes[name];
       if (!shape) continue;
-      const n = shape.reduce((a, b) => a * b, 1);
+      const n = size(name);
       p[name] = deviceView(this.all, at, n);
       at += n;
     }
@@ -58,12 +66,12 @@ export class DeviceBlockArena {
   }
 }
 
-/** Copies every parameter of host block `src` into device block `dst` (same config). */
+/** Copies every parameter of host block `src` into device block `dst` (same config; empty entries of either side are skipped). */
 export function uploadBlockParams(dst: DeviceBlockParams, src: BlockParams): void {
   for (const name of BLOCK_PARAM_NAMES) {
     const d = dst[name], s = src[name];
     if (!d !== !s) throw new Error(`uploadBlockParams: parameter ${name} exists on one side only`);
-    if (d && s) uploadDevice(d, s.f32);
+    if (d && s && d.length > 0 && s.size > 0) uploadDevice(d, s.f32);
   }
 }
 

@@ -1,7 +1,9 @@
 // Perplexity evaluation (`eqat eval`): the whole text tokenized without special tokens, cut
 // into non-overlapping windows of seqlen tokens (remainder dropped), mean next-token NLL over
-// all windows (seqlen − 1 predictions per window), exp. The model is walked one block at a
-// time over all windows, so only one block's weights are in memory.
+// all windows (seqlen − 1 predictions per window), exp. On the CPU the model is walked one
+// block at a time over all windows, so only one block's weights are in memory; on CUDA the
+// model is uploaded once (packed when quantized) and windows run through it in batches
+// (src/model/model-cuda.ts).
 import { readFileSync, existsSync } from 'node:fs';
 import { extname } from 'node:path';
 import { Tensor } from '../engine/tensor.js';
@@ -12,6 +14,7 @@ import { loadTokenizer } from '../io/tokenizer.js';
 import { evalWindows } from '../data/windows.js';
 import { readDocuments } from '../data/documents.js';
 import { progress } from '../cli/progress.js';
+import { DeviceModel } from '../model/model-cuda.js';
 
 export interface EvalOptions {
   seqlen: number;
@@ -20,6 +23,10 @@ export interface EvalOptions {
   /** Evaluate at most this many windows (all when undefined). */
   maxWindows?: number;
   quiet?: boolean;
+  /** Where the forward runs (default cpu). */
+  device?: 'cpu' | 'cuda';
+  /** GEMM input precision on CUDA (default bf16); the CPU computes in f32. */
+  precision?: 'f32' | 'bf16';
 }
 
 export interface EvalResult {
@@ -72,8 +79,36 @@ export function windowsNll(
   return { nll: total / predictions, predictions };
 }
 
+/** windowsNll on CUDA: the same windows, losses and summation order, the forward on the device. */
+export function windowsNllCuda(
+  src: WeightSource,
+  ids: Int32Array,
+  count: number,
+  T: number,
+  { batch = 4, quiet = false, precision = 'bf16' }: { batch?: number; quiet?: boolean; precision?: 'f32' | 'bf16' } = {},
+): { nll: number; predictions: number } {
+  const B = Math.min(batch, count);
+  const model = new DeviceModel(src, B, T, precision);
+  try {
+    const bar = progress('eval', count, { quiet });
+    let total = 0;
+    for (let w0 = 0; w0 < count; w0 += B) {
+      const n = Math.min(B, count - w0);
+      const losses = model.windowLosses(ids.subarray(w0 * T, (w0 + n) * T), n);
+      for (let w = 0; w < n; w++) for (let t = 0; t < T - 1; t++) total += losses[w * T + t]!;
+      bar.update(w0 + n);
+    }
+    bar.stop();
+    const predictions = count * (T - 1);
+    return { nll: total / predictions, predictions };
+  } finally {
+    model.free();
+  }
+}
+
 export async function evaluatePerplexity(modelDir: string, dataFile: string, opts: EvalOptions): Promise<EvalResult> {
   const t0 = performance.now();
+  if (opts.precision === 'bf16' && opts.device !== 'cuda') throw new Error('--precision: bf16 needs --device cuda (the CPU computes in f32)');
   const src = WeightSource.open(modelDir);
   try {
     const tok = loadTokenizer(modelDir);
@@ -83,10 +118,11 @@ export async function evaluatePerplexity(modelDir: string, dataFile: string, opt
     if (count === 0) {
       throw new Error(`${dataFile}: fewer than --seqlen ${opts.seqlen} tokens; nothing to evaluate`);
     }
-    const { nll, predictions } = windowsNll(src, windows, count, opts.seqlen, {
-      batch: opts.batch ?? 4,
-      quiet: opts.quiet ?? false,
-    });
+    const run = { batch: opts.batch ?? 4, quiet: opts.quiet ?? false };
+    const { nll, predictions } =
+      opts.device === 'cuda'
+        ? windowsNllCuda(src, windows, count, opts.seqlen, { ...run, precision: opts.precision ?? 'bf16' })
+        : windowsNll(src, windows, count, opts.seqlen, run);
     return {
       ppl: Math.exp(nll),
       nll,

@@ -28,7 +28,7 @@ test('--device cuda fails clearly, exits non-zero and writes nothing', () => {
     assert.equal(r.status, 1, r.stderr);
     const p = probeCuda();
     if (p.available) {
-      assert.match(r.stderr, /^eqat: e2e-qp --device cuda: not yet supported by e2e-qp \(only block-ap runs on CUDA so far\); use --device cpu$/m);
+      assert.match(r.stderr, /^eqat: e2e-qp --device cuda: not yet supported by e2e-qp \(only block-ap and eval run on CUDA so far\); use --device cpu$/m);
     } else {
       assert.match(r.stderr, /^eqat: e2e-qp --device cuda: CUDA is not available: /m);
       assert.ok(r.stderr.includes(p.reason!), `the message carries the probe's reason:\n${r.stderr}`);
@@ -64,7 +64,7 @@ test('--device rejects unknown values and --help documents it with its default',
   assert.match(bad.stderr, /eqat eval: --device must be one of cpu, cuda, auto, got 'gpu'/);
   const help = eqat(['block-ap', '--help']);
   assert.equal(help.status, 0);
-  assert.match(help.stdout, /--device <str>\s+compute device; auto = CUDA when present \(only block-ap runs on CUDA so far; elsewhere cuda fails and auto uses the CPU\) \[cpu\|cuda\|auto\] \(default: cpu\)/);
+  assert.match(help.stdout, /--device <str>\s+compute device; auto = CUDA when present \(block-ap and eval run on CUDA so far; elsewhere cuda fails and auto uses the CPU\) \[cpu\|cuda\|auto\] \(default: cpu\)/);
 });
 
 test('--device auto runs on the CPU without CUDA', () => {

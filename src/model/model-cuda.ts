@@ -1,0 +1,209 @@
+// Whole-model forward on CUDA for evaluation: embedding → blocks → final RMSNorm → lm_head →
+// cross-entropy, on the device, windows in batches. The model is uploaded once: a quantized
+// checkpoint stays packed (GPTQ integers and zero points, f32 step sizes; each linear
+// dequantizes its weight into one shared tile right before its GEMM), a full-precision one is
+// held as f32. Only token ids go up and per-token losses come back.
+//
+// Numerics follow the CPU path (src/model/model.ts, src/pipeline/eval.ts) op for op; with
+// precision 'bf16' the GEMMs take bf16 copies of their inputs (f32 sums), as in Block-AP.
+import { allocDevice, deviceView, downloadDevice, freeDevice, toDevice, uploadDevice, type DeviceArray } from '../engine/cuda.js';
+import type { ModelConfig } from './config.js';
+import { BIAS_OF, BLOCK_LINEARS, allocBlockParams, type BlockLinear } from './block.js';
+import {
+  blockForwardCuda,
+  DeviceBlockArena,
+  DeviceBlockWorkspace,
+  denseLinearsCuda,
+  linearDimsOf,
+  linearRowWidth,
+  uploadBlockParams,
+  type LinearImplCuda,
+} from './block-cuda.js';
+import { loadPackedBlock } from './quantized.js';
+import { ropeTables } from './rope.js';
+import type { WeightSource } from './weights.js';
+import { dequantizeGptqCuda, freePackedWeightCuda, uploadPackedWeight, type PackedWeightCuda } from '../ops/cuda/gptq.js';
+import { linearForwardCuda, type LowPrecisionScratch } from '../ops/cuda/linear.js';
+import { embeddingForwardCuda } from '../ops/cuda/embedding.js';
+import { rmsnormForwardCuda } from '../ops/cuda/rmsnorm.js';
+import { crossEntropyForwardCuda } from '../ops/cuda/crossentropy.js';
+
+/** A quantized block's linears on the device: packed integers, zero points and f32 step sizes. */
+interface PackedLinearsCuda {
+  weights: Record<BlockLinear, PackedWeightCuda>;
+  scales: Record<BlockLinear, DeviceArray>; // (O, I/G) f32
+}
+
+/**
+ * Forward-only linears over packed weights: W = (q − z)·s is dequantized into wTile (f32)
+ * right before each GEMM; biases from `params`.
+ */
+export function packedLinearsCuda(
+  cfg: ModelConfig,
+  packed: PackedLinearsCuda,
+  biases: Partial<Record<string, DeviceArray>>,
+  wTile: DeviceArray,
+  lowp: LowPrecisionScratch | null,
+): LinearImplCuda {
+  return {
+    forward(out, x, key, N) {
+      const [O, I] = linearDimsOf(cfg, key);
+      const w = deviceView(wTile, 0, O * I);
+      dequantizeGptqCuda(w, packed.weights[key], packed.scales[key]);
+      linearForwardCuda(out, x, w, biases[BIAS_OF[key]], { N, O, I }, lowp);
+    },
+    backward() {
+      throw new Error('packedLinearsCuda: forward only (evaluation)');
+    },
+  };
+}
+
+interface DeviceBlock {
+  arena: DeviceBlockArena;
+  lin: LinearImplCuda;
+  packed: PackedLinearsCuda | null;
+}
+
+export class DeviceModel {
+  private readonly owned: (() => void)[] = [];
+  private readonly blocks: DeviceBlock[] = [];
+  private embedding!: DeviceArray; // (V, C)
+  private lmHead!: DeviceArray; // (V, C)
+  private finalNorm!: DeviceArray; // (C)
+  private readonly ws: DeviceBlockWorkspace;
+  private readonly x: DeviceArray; // (B*T, C)
+  private readonly y: DeviceArray; // (B*T, C)
+  private readonly normed: DeviceArray; // (B*T, C)
+  private readonly rstd: DeviceArray; // (B*T)
+  private readonly logits: DeviceArray; // (B*T, V)
+  private readonly ids: DeviceArray; // (B*T) i32
+  private readonly targets: DeviceArray; // (B*T) i32
+  private readonly losses: DeviceArray; // (B*T)
+  private readonly lowp: LowPrecisionScratch | null = null;
+  private readonly wTile: DeviceArray;
+  readonly cfg: ModelConfig;
+
+  /** Uploads the model for batches of up to B windows of T tokens. */
+  constructor(src: WeightSource, readonly B: number, readonly T: number, precision: 'f32' | 'bf16') {
+    const cfg = (this.cfg = src.cfg);
+    const C = cfg.hiddenSize;
+    const N = B * T;
+    const arr = (dtype: 'f32' | 'i32' | 'bf16', n: number): DeviceArray => {
+      const a = allocDevice(dtype, n);
+      this.owned.push(() => freeDevice(a));
+      return a;
+    };
+    const up = (data: Float32Array): DeviceArray => {
+      const a = toDevice(data);
+      this.owned.push(() => freeDevice(a));
+      return a;
+    };
+    try {
+      let largest = 0;
+      for (const [key] of BLOCK_LINEARS) largest = Math.max(largest, linearDimsOf(cfg, key).reduce((a, b) => a * b, 1));
+      this.wTile = arr('f32', src.quant ? largest : 0);
+      // bf16 scratch: x up to the widest activation, w up to the largest linear or lm_head (V, C)
+      if (precision === 'bf16') {
+        this.lowp = { xb: arr('bf16', N * linearRowWidth(cfg)), doutb: arr('bf16', 0), wb: arr('bf16', Math.max(largest, cfg.vocabSize * C)) };
+      }
+      const rope = ropeTables(cfg, 0, T);
+      this.ws = new DeviceBlockWorkspace(cfg, B, T, { cos: rope.cos.f32, sin: rope.sin.f32 }, { training: false });
+      const ws = this.ws;
+      this.owned.push(() => ws.free());
+      for (let i = 0; i < cfg.numLayers; i++) this.blocks.push(this.loadBlock(src, i));
+      const emb = src.embedding();
+      this.embedding = up(emb.f32);
+      const head = src.lmHead(emb);
+      this.lmHead = head === emb ? this.embedding : up(head.f32);
+      this.finalNorm = up(src.finalNorm().f32);
+      this.x = arr('f32', N * C);
+      this.y = arr('f32', N * C);
+      this.normed = arr('f32', N * C);
+      this.rstd = arr('f32', N);
+      this.logits = arr('f32', N * cfg.vocabSize);
+      this.ids = arr('i32', N);
+      this.targets = arr('i32', N);
+      this.losses = arr('f32', N);
+    } catch (e) {
+      this.free();
+      throw e;
+    }
+  }
+
+  private loadBlock(src: WeightSource, i: number): DeviceBlock {
+    const cfg = this.cfg;
+    if (!src.quant) {
+      const arena = new DeviceBlockArena(cfg);
+      this.owned.push(() => arena.free());
+      const host = allocBlockParams(cfg).params;
+      src.loadBlock(i, host);
+      uploadBlockParams(arena.params, host);
+      return { arena, lin: denseLinearsCuda(cfg, arena.params, null, this.lowp), packed: null };
+    }
+    const b = loadPackedBlock(src, i);
+    const arena = new DeviceBlockArena(cfg, { linears: false });
+    this.owned.push(() => arena.free());
+    uploadBlockParams(arena.params, b.params);
+    const packed: PackedLinearsCuda = { weights: {} as PackedLinearsCuda['weights'], scales: {} as PackedLinearsCuda['scales'] };
+    for (const [key] of BLOCK_LINEARS) {
+      const w = uploadPackedWeight(b.weights[key]);
+      this.owned.push(() => freePackedWeightCuda(w));
+      packed.weights[key] = w;
+      const s = toDevice(b.scales[key].f32);
+      this.owned.push(() => freeDevice(s));
+      packed.scales[key] = s;
+    }
+    return { arena, lin: packedLinearsCuda(cfg, packed, arena.params, this.wTile, this.lowp), packed };
+  }
+
+  /**
+   * Next-token losses of `count` ≤ B windows of T tokens (ids (count, T)): losses[w*T + t] for
+   * predicting token t+1 of window w, t < T − 1 (the last position of each window is 0).
+   */
+  windowLosses(ids: Int32Array, count: number): Float32Array {
+    const { cfg, T } = this;
+    const C = cfg.hiddenSize;
+    const V = cfg.vocabSize;
+    if (count < 1 || count > this.B) throw new RangeError(`DeviceModel.windowLosses: count must be in [1, ${this.B}], got ${count}`);
+    if (ids.length !== count * T) throw new RangeError(`DeviceModel.windowLosses: ids must hold ${count} × ${T} tokens, got ${ids.length}`);
+    const N = count * T;
+    // batches smaller than B run through a workspace of their own size
+    const ws = count === this.B ? this.ws : this.tailWorkspace(count);
+    const view = (a: DeviceArray, n: number) => (n === a.length ? a : deviceView(a, 0, n));
+    const idsD = view(this.ids, N), tD = view(this.targets, N), lossD = view(this.losses, N);
+    uploadDevice(idsD, ids);
+    const targets = new Int32Array(N);
+    for (let w = 0; w < count; w++) {
+      for (let t = 0; t < T - 1; t++) targets[w * T + t] = ids[w * T + t + 1]!;
+      targets[w * T + T - 1] = -100;
+    }
+    uploadDevice(tD, targets);
+    let x = view(this.x, N * C), y = view(this.y, N * C);
+    embeddingForwardCuda(x, idsD, this.embedding, N, V, C);
+    for (const b of this.blocks) {
+      blockForwardCuda(cfg, b.arena.params, ws, x, y, b.lin);
+      [x, y] = [y, x];
+    }
+    const normed = view(this.normed, N * C), rstd = view(this.rstd, N), logits = view(this.logits, N * V);
+    rmsnormForwardCuda(normed, rstd, x, this.finalNorm, N, C, cfg.rmsNormEps);
+    linearForwardCuda(logits, normed, this.lmHead, null, { N, O: V, I: C }, this.lowp);
+    crossEntropyForwardCuda(lossD, logits, tD, N, V, { check: false });
+    return downloadDevice(lossD, new Float32Array(N));
+  }
+
+  private tail: DeviceBlockWorkspace | null = null;
+  private tailWorkspace(count: number): DeviceBlockWorkspace {
+    if (this.tail?.B !== count) {
+      this.tail?.free();
+      const rope = ropeTables(this.cfg, 0, this.T);
+      this.tail = new DeviceBlockWorkspace(this.cfg, count, this.T, { cos: rope.cos.f32, sin: rope.sin.f32 }, { training: false });
+    }
+    return this.tail;
+  }
+
+  free(): void {
+    this.tail?.free();
+    this.tail = null;
+    for (const f of this.owned.splice(0).reverse()) f();
+  }
+}
