@@ -34,7 +34,7 @@ import { ropeTables } from '../model/rope.js';
 import { fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../ops/cuda/fakequant.js';
 import { linearBackwardCuda, linearForwardCuda, type LowPrecisionScratch } from '../ops/cuda/linear.js';
 import { adamwStepCuda } from '../ops/cuda/adamw.js';
-import { allocMsePartials, mseBackwardCuda, mseForwardCuda } from '../ops/cuda/loss.js';
+import { allocReducePartials, mseBackwardCuda, mseForwardCuda } from '../ops/cuda/reduce.js';
 import type { FrozenLinears } from '../io/quant-checkpoint.js';
 import type { ActivationCache } from './activation-cache.js';
 import { freezeLinears, linearDims, minMaxInitInto, QuantParams, withLinears, type BlockApTrainer, type PassWeights } from './block-trainer.js';
@@ -182,7 +182,7 @@ export class BlockTrainerCuda implements BlockApTrainer {
       this.yd = arr(B * T * C);
       this.outd = arr(B * T * C);
       this.dOut = arr(B * T * C);
-      this.partials = allocMsePartials();
+      this.partials = allocReducePartials();
       const partials = this.partials;
       this.owned.push({ free: () => freeDevice(partials) });
     } catch (e) {

@@ -9,14 +9,14 @@ import { Tensor } from '../../src/engine/tensor.js';
 import { bf16ToF32Ref, f32ToBf16Ref } from '../../src/engine/dtype.js';
 import { deviceView, downloadDevice, freeDevice, uploadDevice, type DeviceArray } from '../../src/engine/cuda.js';
 import { addBiasRef, addRef, biasBackwardRef, scaleRef } from '../../src/ops/ref/elementwise.js';
-import { mseBackwardRef, mseForwardRef } from '../../src/ops/ref/reduce.js';
+import { mseBackwardRef, mseForwardRef, sumSquaresRef } from '../../src/ops/ref/reduce.js';
 import { rmsnormBackwardRef, rmsnormForwardRef } from '../../src/ops/ref/rmsnorm.js';
 import { swigluBackwardRef, swigluForwardRef } from '../../src/ops/ref/swiglu.js';
 import { adamwStepRef } from '../../src/ops/ref/adamw.js';
 import type { AdamWHyper } from '../../src/ops/adamw.js';
 import { fakeQuantBackwardRef, fakeQuantForwardRef, minMaxInit, qmax } from '../../src/quant/primitives.js';
 import { addBiasCuda, addCuda, bf16ToF32Cuda, biasBackwardCuda, copyCuda, f32ToBf16Cuda, scaleCuda } from '../../src/ops/cuda/elementwise.js';
-import { allocMsePartials, mseBackwardCuda, mseForwardCuda } from '../../src/ops/cuda/loss.js';
+import { allocReducePartials, mseBackwardCuda, mseForwardCuda, sumSquaresCuda } from '../../src/ops/cuda/reduce.js';
 import { fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../../src/ops/cuda/fakequant.js';
 import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../../src/ops/cuda/rmsnorm.js';
 import { swigluBackwardCuda, swigluForwardCuda } from '../../src/ops/cuda/swiglu.js';
@@ -75,14 +75,16 @@ testOnBackends('add, copy, bias add and bias backward match the twins bit for bi
   assert.throws(() => copyCuda(deviceView(x, 0, 6), deviceView(x, 4, 6)), /copyCuda: dst and src overlap/);
 });
 
-testOnBackends('MSE forward matches the twin to f64 rounding; its accumulating backward bit for bit', (s) => {
+testOnBackends('sum of squares and MSE forward match the twins to f64 rounding; the MSE backward bit for bit', (s) => {
   const rng = new Rng(12);
-  const partials = allocMsePartials();
+  const partials = allocReducePartials();
   try {
     for (const n of [...ODD_SIZES, 70_001, 300_007]) {
       const a = randn(rng, [n]), b = randn(rng, [n]), da = randn(rng, [n]);
       const scale = n % 2 ? 1 : 0.25;
       const want = mseForwardRef(a, b);
+      const ss = sumSquaresCuda(s.up(a.f32), partials), wantSs = sumSquaresRef(a);
+      assert.ok(Math.abs(ss - wantSs) <= 1e-12 * wantSs, `sumsq n=${n}: ${ss} vs ${wantSs}`);
       const got = mseForwardCuda(s.up(a.f32), s.up(b.f32), partials);
       assert.ok(Math.abs(got - want) <= 1e-12 * Math.abs(want), `mse n=${n}: ${got} vs ${want}`);
       const ref = da.clone();
@@ -92,6 +94,7 @@ testOnBackends('MSE forward matches the twin to f64 rounding; its accumulating b
       assertBitExact(host(dda), ref.f32, `mse backward n=${n}`);
     }
     assert.ok(Number.isNaN(mseForwardCuda(s.alloc('f32', 0), s.alloc('f32', 0), partials)), 'empty: NaN');
+    assert.equal(sumSquaresCuda(s.alloc('f32', 0), partials), 0);
     assert.throws(() => mseForwardCuda(s.alloc('f32', 3), s.alloc('f32', 4), partials), /mseForwardCuda: b/);
     assert.throws(() => mseForwardCuda(s.alloc('f32', 3), s.alloc('f32', 3), s.alloc('u8', 8)), /mseForwardCuda: partials/);
   } finally {

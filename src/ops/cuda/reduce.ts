@@ -1,0 +1,79 @@
+// Whole-array reductions over device arrays: the sum of squares (gradient norms) and the
+// Block-AP reconstruction loss, mean squared error, with its accumulating backward
+// (native/cuda/kernels/reduce.cu). Twins: sumSquaresRef / mseForwardRef / mseBackwardRef
+// (src/ops/ref/reduce.ts); the CPU ops are in src/ops/reduce.ts.
+//
+// The sums need a small device buffer for per-block partial sums, allocated once by the caller
+// (allocReducePartials) and reused; they return a JS number, which is a device-to-host transfer.
+import {
+  allocDevice,
+  cudaKernel,
+  downloadDevice,
+  expectDeviceDtype,
+  expectDeviceLength,
+  gridFor,
+  launchKernel,
+  type DeviceArray,
+} from '../../engine/cuda.js';
+
+const BLOCK = 256;
+/** Blocks of the forward: enough to fill a GPU, few enough that the host sum is trivial. */
+const MAX_BLOCKS = 512;
+const PARTIAL = cudaKernel('reduce.cu', 'eqat_mse_partial', ['ptr', 'ptr', 'ptr', 'i64']);
+const BACKWARD = cudaKernel('reduce.cu', 'eqat_mse_backward', ['ptr', 'ptr', 'ptr', 'f32', 'i64']);
+const SUMSQ = cudaKernel('reduce.cu', 'eqat_sumsq_partial', ['ptr', 'ptr', 'i64']);
+
+/** Device scratch for the sums (mseForwardCuda, sumSquaresCuda): MAX_BLOCKS f64 partial sums (as bytes). */
+export function allocReducePartials(): DeviceArray {
+  return allocDevice('u8', MAX_BLOCKS * 8);
+}
+
+function checkPair(op: string, a: DeviceArray, b: DeviceArray): void {
+  expectDeviceDtype(a, 'f32', `${op}: a`);
+  expectDeviceDtype(b, 'f32', `${op}: b`);
+  expectDeviceLength(b, a.length, `${op}: b`);
+}
+
+function checkPartials(op: string, partials: DeviceArray): void {
+  expectDeviceDtype(partials, 'u8', `${op}: partials`);
+  expectDeviceLength(partials, MAX_BLOCKS * 8, `${op}: partials`, '(allocReducePartials)');
+}
+
+/** Launches `spec` with one partial per block and returns the partials' sum, in block order. */
+function sumPartials(spec: typeof SUMSQ, n: number, partials: DeviceArray, args: (DeviceArray | number)[]): number {
+  const blocks = Math.min(gridFor(n, BLOCK), MAX_BLOCKS);
+  launchKernel(spec, blocks, BLOCK, [partials, ...args]);
+  const bytes = downloadDevice(partials, new Uint8Array(blocks * 8));
+  const sums = new Float64Array(bytes.buffer, 0, blocks);
+  let total = 0;
+  for (let i = 0; i < blocks; i++) total += sums[i]!;
+  return total;
+}
+
+/** Sum of squares of all elements (f64 accumulation); 0 for an empty array. */
+export function sumSquaresCuda(a: DeviceArray, partials: DeviceArray): number {
+  const op = 'sumSquaresCuda';
+  expectDeviceDtype(a, 'f32', `${op}: a`);
+  checkPartials(op, partials);
+  return a.length === 0 ? 0 : sumPartials(SUMSQ, a.length, partials, [a, a.length]);
+}
+
+/** Mean over all elements of (a - b)^2 (f64 sums); NaN for empty arrays, as the CPU op. */
+export function mseForwardCuda(a: DeviceArray, b: DeviceArray, partials: DeviceArray): number {
+  const op = 'mseForwardCuda';
+  checkPair(op, a, b);
+  checkPartials(op, partials);
+  if (a.length === 0) return NaN;
+  return sumPartials(PARTIAL, a.length, partials, [a, b, a.length]) / a.length;
+}
+
+/** da += scale * 2 * (a - b) / numel, the factor rounded to f32 once (as the CPU op). */
+export function mseBackwardCuda(da: DeviceArray, a: DeviceArray, b: DeviceArray, scale = 1): void {
+  const op = 'mseBackwardCuda';
+  checkPair(op, a, b);
+  expectDeviceDtype(da, 'f32', `${op}: da`);
+  expectDeviceLength(da, a.length, `${op}: da`);
+  if (typeof scale !== 'number') throw new TypeError(`${op}: argument 'scale' must be a number, got ${typeof scale}`);
+  if (a.length === 0) return;
+  launchKernel(BACKWARD, gridFor(a.length, BLOCK), BLOCK, [da, a, b, Math.fround((scale * 2) / a.length), a.length]);
+}
