@@ -37,14 +37,13 @@ const saveEveryFlag = {
     'rerunning an interrupted command resumes from it (same result byte for byte); 0 = never',
 } as const;
 
-// Block-AP and eval run on CUDA; the other commands do not yet: there `--device cuda` fails
-// with the reason (CUDA missing, or not supported by the command) before anything is read or
-// written, and `auto` runs on the CPU.
+// block-ap, e2e-qp, quantize and eval run on CUDA; generate does not yet: there `--device
+// cuda` fails with the reason before anything is read or written, and `auto` runs on the CPU.
 const deviceFlag = {
   type: 'string',
   default: 'cpu',
   choices: DEVICE_FLAGS,
-  help: 'compute device; auto = CUDA when present (block-ap and eval run on CUDA so far; elsewhere cuda fails and auto uses the CPU)',
+  help: 'compute device; auto = CUDA when present (generate runs on the CPU only so far)',
 } as const;
 
 const precisionFlag = {
@@ -241,9 +240,10 @@ export const COMMANDS: Record<string, Command> = {
       json: { type: 'boolean', default: false, help: 'print a JSON summary as the last line of stdout' },
       threads: threadsFlag,
       device: deviceFlag,
+      precision: precisionFlag,
     },
     async run(f) {
-      applyDevice('e2e-qp', f);
+      const device = applyDevice('e2e-qp', f, ['cpu', 'cuda']);
       applyThreads(f);
       const probe = WeightSource.open(str(f, 'model'));
       const bits = probe.quant?.bits ?? 4;
@@ -267,6 +267,8 @@ export const COMMANDS: Record<string, Command> = {
         saveEvery: int(f, 'save-every'),
         restart: f['restart'] as boolean,
         quiet: f['quiet'] as boolean,
+        device,
+        precision: f['precision'] as 'f32' | 'bf16' | undefined,
       });
       if (f['json']) console.log(JSON.stringify({ ...r, peakRssMiB: peakRssMiB() }));
       else {
@@ -287,9 +289,10 @@ export const COMMANDS: Record<string, Command> = {
       json: { type: 'boolean', default: false, help: 'print a JSON summary as the last line of stdout' },
       threads: threadsFlag,
       device: deviceFlag,
+      precision: precisionFlag,
     },
     async run(f) {
-      applyDevice('quantize', f);
+      const device = applyDevice('quantize', f, ['cpu', 'cuda']);
       applyThreads(f);
       const file = f['recipe'] as string | undefined;
       const where = file ?? 'flags';
@@ -299,6 +302,8 @@ export const COMMANDS: Record<string, Command> = {
         maxRamBytes: f['max-ram'] !== undefined ? (f['max-ram'] as number) * 2 ** 30 : undefined,
         saveEvery: int(f, 'save-every'),
         restart: f['restart'] as boolean,
+        device,
+        precision: f['precision'] as 'f32' | 'bf16' | undefined,
       });
       if (f['json']) console.log(JSON.stringify({ ...r, peakRssMiB: peakRssMiB() }));
       else {

@@ -237,7 +237,7 @@ export function deviceForCommand(
   if (flag === 'cuda' && !supported.includes('cuda')) {
     const p = probe();
     if (!p.available) throw new Error(`${command} --device cuda: CUDA is not available: ${p.reason}`);
-    throw new Error(`${command} --device cuda: not yet supported by ${command} (only block-ap and eval run on CUDA so far); use --device cpu`);
+    throw new Error(`${command} --device cuda: not yet supported by ${command} (it runs on the CPU only so far); use --device cpu`);
   }
   if (flag === 'auto' && !supported.includes('cuda')) return 'cpu';
   try {

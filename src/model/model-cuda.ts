@@ -6,7 +6,7 @@
 //
 // Numerics follow the CPU path (src/model/model.ts, src/pipeline/eval.ts) op for op; with
 // precision 'bf16' the GEMMs take bf16 copies of their inputs (f32 sums), as in Block-AP.
-import { allocDevice, deviceView, downloadDevice, freeDevice, toDevice, uploadDevice, type DeviceArray } from '../engine/cuda.js';
+import { allocDevice, deviceView, downloadDevice, freeDevice, toDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
 import type { ModelConfig } from './config.js';
 import { BIAS_OF, BLOCK_LINEARS, allocBlockParams, type BlockLinear } from './block.js';
 import {
@@ -22,21 +22,23 @@ import {
 import { loadPackedBlock } from './quantized.js';
 import { ropeTables } from './rope.js';
 import type { WeightSource } from './weights.js';
-import { dequantizeGptqCuda, freePackedWeightCuda, uploadPackedWeight, type PackedWeightCuda } from '../ops/cuda/gptq.js';
-import { linearForwardCuda, type LowPrecisionScratch } from '../ops/cuda/linear.js';
+import { dequantizeGptqCuda, freePackedWeightCuda, gptqScaleGradCuda, uploadPackedWeight, type PackedWeightCuda } from '../ops/cuda/gptq.js';
+import { linearBackwardCuda, linearForwardCuda, type LowPrecisionScratch } from '../ops/cuda/linear.js';
 import { embeddingForwardCuda } from '../ops/cuda/embedding.js';
 import { rmsnormForwardCuda } from '../ops/cuda/rmsnorm.js';
 import { crossEntropyForwardCuda } from '../ops/cuda/crossentropy.js';
 
 /** A quantized block's linears on the device: packed integers, zero points and f32 step sizes. */
-interface PackedLinearsCuda {
+export interface PackedLinearsCuda {
   weights: Record<BlockLinear, PackedWeightCuda>;
   scales: Record<BlockLinear, DeviceArray>; // (O, I/G) f32
 }
 
 /**
- * Forward-only linears over packed weights: W = (q − z)·s is dequantized into wTile (f32)
- * right before each GEMM; biases from `params`.
+ * Linears over packed weights: W = (q − z)·s is dequantized into wTile (f32) right before each
+ * GEMM; biases from `biases` (frozen). With `train`, the backward forms dx and, in dwTile, the
+ * layer's weight gradient dW = doutᵀ x, which goes at once into the step-size gradient
+ * dscales[o, g] += Σ_{i in g} (q − z)·dW (E2E-QP); without it the linears are forward only.
  */
 export function packedLinearsCuda(
   cfg: ModelConfig,
@@ -44,16 +46,26 @@ export function packedLinearsCuda(
   biases: Partial<Record<string, DeviceArray>>,
   wTile: DeviceArray,
   lowp: LowPrecisionScratch | null,
+  train: { dscales: Record<BlockLinear, DeviceArray>; dwTile: DeviceArray } | null = null,
 ): LinearImplCuda {
+  const dequantized = (key: BlockLinear): { w: DeviceArray; O: number; I: number } => {
+    const [O, I] = linearDimsOf(cfg, key);
+    const w = deviceView(wTile, 0, O * I);
+    dequantizeGptqCuda(w, packed.weights[key], packed.scales[key]);
+    return { w, O, I };
+  };
   return {
     forward(out, x, key, N) {
-      const [O, I] = linearDimsOf(cfg, key);
-      const w = deviceView(wTile, 0, O * I);
-      dequantizeGptqCuda(w, packed.weights[key], packed.scales[key]);
+      const { w, O, I } = dequantized(key);
       linearForwardCuda(out, x, w, biases[BIAS_OF[key]], { N, O, I }, lowp);
     },
-    backward() {
-      throw new Error('packedLinearsCuda: forward only (evaluation)');
+    backward(dx, dout, x, key, N, accumulateDx) {
+      if (!train) throw new Error('packedLinearsCuda: built for the forward only (no step-size gradients given)');
+      const { w, O, I } = dequantized(key);
+      const dw = deviceView(train.dwTile, 0, O * I);
+      zeroDevice(dw);
+      linearBackwardCuda(dx, dw, null, dout, x, w, { N, O, I }, accumulateDx, lowp);
+      gptqScaleGradCuda(train.dscales[key], dw, packed.weights[key]);
     },
   };
 }

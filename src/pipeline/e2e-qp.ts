@@ -34,7 +34,8 @@ import { matmul } from '../ops/matmul.js';
 import { linearForward } from '../ops/linear.js';
 import { crossEntropyForwardBackward } from '../ops/crossentropy.js';
 import { fill } from '../ops/elementwise.js';
-import { adamwStep, clipGradNorm, gradNorm as gradNormOf } from '../ops/adamw.js';
+import { adamwStep, clipGradNorm, gradNorm as gradNormOf, type AdamWHyper } from '../ops/adamw.js';
+import { E2eStepperCuda } from './e2e-trainer-cuda.js';
 import { scalesToF16 } from '../quant/primitives.js';
 import { unpackQweight } from '../quant/gptq-pack.js';
 import { writeSafetensors } from '../io/safetensors-write.js';
@@ -106,6 +107,10 @@ export interface E2eQpOptions extends E2eQpRecipe {
   restart?: boolean;
   /** Called after every optimizer step, after any save (tests use it to interrupt a run). */
   onStep?: (step: number) => void;
+  /** Where the arithmetic runs (default cpu); a saved state resumes on either device. */
+  device?: 'cpu' | 'cuda';
+  /** GEMM input precision on CUDA (default bf16); the CPU computes in f32. */
+  precision?: 'f32' | 'bf16';
   /**
    * How a setting (camelCase key) is named in a refused-resume message; default: the e2e-qp
    * flag, e.g. `lr (--lr)`. `eqat quantize` names its recipe key and flag instead.
@@ -183,6 +188,8 @@ export function validateE2eQp(o: E2eQpOptions): void {
   if (!(o.warmupRatio >= 0 && o.warmupRatio < 1)) fail('warmup-ratio', 'must be in [0, 1)');
   if (!(o.maxGradNorm >= 0)) fail('max-grad-norm', 'must be >= 0 (0: no clipping)');
   if (o.epochs < 1) fail('epochs', 'must be >= 1');
+  if (o.precision !== undefined && o.precision !== 'f32' && o.precision !== 'bf16') fail('precision', `must be f32 or bf16, got ${String(o.precision)}`);
+  if (o.precision === 'bf16' && (o.device ?? 'cpu') !== 'cuda') fail('precision', 'bf16 needs --device cuda (the CPU computes in f32)');
   const saveEvery = o.saveEvery ?? E2E_QP_SAVE_EVERY;
   if (!Number.isSafeInteger(saveEvery) || saveEvery < 0) fail('save-every', `must be a non-negative integer, got ${saveEvery}`);
 }
@@ -225,8 +232,12 @@ async function textSamples(o: E2eQpOptions): Promise<Samples> {
   return { ids: w.train, labels, count: o.trainSize };
 }
 
-/** Step sizes of all blocks in one arena (so one fused AdamW call covers them), with grads and moments. */
-class ScaleState {
+/**
+ * Step sizes of all blocks in one arena (so one fused AdamW call covers them), with grads and
+ * moments. Layout: for each block in order, for each linear in BLOCK_LINEARS order, its (O, I/G)
+ * step sizes (the CUDA stepper mirrors it on the device).
+ */
+export class ScaleState {
   readonly params: Arena;
   readonly grads: Arena;
   readonly m: Arena;
@@ -343,6 +354,50 @@ export class E2eTrainer {
     }
     return valid > 0 ? sum / valid : 0;
   }
+}
+
+/**
+ * The arithmetic of E2E-QP optimizer steps on one device; runE2eQp drives it. The host
+ * ScaleState is the state saved and written: a device implementation copies it in (fromHost,
+ * after a resume) and out (toHost, before a save and at the end).
+ */
+export interface E2eStepper {
+  readonly device: 'cpu' | 'cuda';
+  zeroGrads(): void;
+  /** Mean next-token loss of one micro-batch; step-size gradients of loss / accum accumulate. */
+  microStep(ids: Int32Array, labels: Int32Array, accum: number): number;
+  /** The global gradient norm; gradients are then scaled to at most maxNorm when maxNorm > 0. */
+  clip(maxNorm: number): number;
+  adamw(h: AdamWHyper): void;
+  fromHost(): void;
+  toHost(): void;
+  free(): void;
+}
+
+/** The CPU stepper: E2eTrainer over the host ScaleState. */
+export class E2eStepperCpu implements E2eStepper {
+  readonly device = 'cpu' as const;
+  private readonly trainer: E2eTrainer;
+  constructor(model: PackedModel, private readonly state: ScaleState, mb: number, T: number) {
+    this.trainer = new E2eTrainer(model, mb, T, state.dscales);
+  }
+  zeroGrads(): void {
+    this.state.grads.zero();
+  }
+  microStep(ids: Int32Array, labels: Int32Array, accum: number): number {
+    return this.trainer.lossAndGrad(ids, labels, accum);
+  }
+  clip(maxNorm: number): number {
+    const grads = [Tensor.fromF32(this.state.grads.buffer)];
+    return maxNorm > 0 ? clipGradNorm(grads, maxNorm) : gradNormOf(grads);
+  }
+  adamw(h: AdamWHyper): void {
+    const st = this.state;
+    adamwStep(Tensor.fromF32(st.params.buffer), Tensor.fromF32(st.grads.buffer), Tensor.fromF32(st.m.buffer), Tensor.fromF32(st.v.buffer), h);
+  }
+  fromHost(): void {}
+  toHost(): void {}
+  free(): void {}
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -496,6 +551,7 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
   validateE2eQp(o);
   const saveEvery = o.saveEvery ?? E2E_QP_SAVE_EVERY;
   const src = WeightSource.open(o.model);
+  let stepper: E2eStepper | null = null;
   try {
     if (!src.quant) throw new Error(`--model ${o.model}: not a quantized checkpoint; run block-ap first (or use eqat quantize)`);
     const samples = await trainingSamples(o); // a bad --data fails here, before anything is written
@@ -516,7 +572,12 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
     const model = PackedModel.load(src);
     const state = new ScaleState(model.blocks);
 
-    const trainer = new E2eTrainer(model, o.microBatchSize, o.seqlen, state.dscales);
+    const device = o.device ?? 'cpu';
+    const precision = o.precision ?? (device === 'cuda' ? 'bf16' : 'f32');
+    stepper =
+      device === 'cuda'
+        ? new E2eStepperCuda(model, state, o.microBatchSize, o.seqlen, precision)
+        : new E2eStepperCpu(model, state, o.microBatchSize, o.seqlen);
     const mb = o.microBatchSize;
     const T = o.seqlen;
     const L = cfg.numLayers;
@@ -550,7 +611,9 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
     const resumedFrom = step;
     const elapsed = (): number => secondsBefore + (performance.now() - t0) / 1000;
     let lastSave = performance.now();
+    stepper.fromHost(); // the state to start from: loaded, or the checkpoint's step sizes
     const save = (): void => {
+      stepper!.toHost();
       const meta: SavedState = { format: STATE_FORMAT, fingerprint, nextStep: step, totalSteps, firstLoss, lastLoss, seconds: elapsed(), log };
       const tensors = [state.params, state.m, state.v].map((a, i) => ({ name: STATE_TENSORS[i]!, dtype: 'F32' as const, shape: [a.buffer.length], data: a.buffer }));
       writeSafetensors(statePath, tensors, { [STATE_KEY]: JSON.stringify(meta) });
@@ -559,24 +622,24 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
 
     const bar = progress('e2e-qp', totalSteps, { quiet: o.quiet ?? false });
     if (step > 0) bar.update(step);
+    const run = stepper;
     const microStep = (sample: number): number =>
-      trainer.lossAndGrad(samples.ids.subarray(sample * T, (sample + mb) * T), samples.labels.subarray(sample * T, (sample + mb) * T), accum);
+      run.microStep(samples.ids.subarray(sample * T, (sample + mb) * T), samples.labels.subarray(sample * T, (sample + mb) * T), accum);
 
     // optimizer step `step` uses samples [s·batch, (s+1)·batch) with s = step mod steps per
     // epoch: the order depends on the seed only, so a resumed run sees the same batches
     while (step < totalSteps) {
       const s = step % stepsPerEpoch;
       const ts = performance.now();
-      state.grads.zero();
+      run.zeroGrads();
       let loss = 0;
       for (let a = 0; a < accum; a++) loss += microStep(s * o.batchSize + a * mb) / accum;
       if (!Number.isFinite(loss)) {
         throw new Error(`e2e-qp step ${step + 1}: loss is ${loss}; stopping (nothing written)`);
       }
-      const grads = [Tensor.fromF32(state.grads.buffer)];
-      const gradNorm = o.maxGradNorm > 0 ? clipGradNorm(grads, o.maxGradNorm) : gradNormOf(grads);
+      const gradNorm = run.clip(o.maxGradNorm);
       const lr = warmupCosineLr(o.lr, step, totalSteps, warmup);
-      adamwStep(Tensor.fromF32(state.params.buffer), Tensor.fromF32(state.grads.buffer), Tensor.fromF32(state.m.buffer), Tensor.fromF32(state.v.buffer), {
+      run.adamw({
         lr,
         beta1: 0.9,
         beta2: 0.999,
@@ -597,6 +660,7 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
       o.onStep?.(step);
     }
     bar.stop();
+    run.toHost(); // the trained step sizes, into the model the checkpoint is written from
 
     // write the checkpoint: same integers and zero points, trained step sizes (f16)
     const nShards = shardCount(cfg);
@@ -626,7 +690,7 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
       phase: 'e2e-qp',
       previous,
       ...(o.record ?? {}),
-      e2e_qp: { recipe: { ...recipeOf(o) }, steps: step, first_loss: firstLoss, last_loss: lastLoss, seconds },
+      e2e_qp: { recipe: { ...recipeOf(o) }, device, precision, steps: step, first_loss: firstLoss, last_loss: lastLoss, seconds },
     });
     if (existsSync(join(o.model, 'block-ap-log.jsonl'))) {
       copyFileSync(join(o.model, 'block-ap-log.jsonl'), join(partial, 'block-ap-log.jsonl'));
@@ -637,6 +701,7 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
     renameSync(partial, out);
     return { out, steps: step, firstLoss, lastLoss, seconds, packedBytes: model.packedBytes(), resumedFrom };
   } finally {
+    stepper?.free();
     src.close();
   }
 }

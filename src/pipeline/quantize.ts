@@ -40,9 +40,15 @@ export interface QuantizeOptions {
   saveEvery?: number;
   /** Discard the state of interrupted phases (`<out>.block-ap.partial/`, `<out>.partial/`) and run them from the start. */
   restart?: boolean;
+  /** Where both phases compute (default cpu), and their GEMM precision on CUDA (default bf16). */
+  device?: 'cpu' | 'cuda';
+  precision?: 'f32' | 'bf16';
 }
 
-export async function runQuantize(r: QuantizeRecipe, { quiet = false, maxRamBytes, saveEvery, restart = false }: QuantizeOptions = {}): Promise<QuantizeResult> {
+export async function runQuantize(
+  r: QuantizeRecipe,
+  { quiet = false, maxRamBytes, saveEvery, restart = false, device, precision }: QuantizeOptions = {},
+): Promise<QuantizeResult> {
   const t0 = performance.now();
   const out = resolve(r.out);
   if (existsSync(out)) throw new Error(`out ${r.out}: already exists; choose another directory or remove it`);
@@ -70,6 +76,8 @@ export async function runQuantize(r: QuantizeRecipe, { quiet = false, maxRamByte
       ...b,
       quiet,
       maxRamBytes,
+      device,
+      precision,
     });
     // mark the Block-AP checkpoint with the part of the recipe that produced it (for reuse on rerun)
     const rec = JSON.parse(readFileSync(bapRecipeFile, 'utf8')) as Record<string, unknown>;
@@ -82,7 +90,7 @@ export async function runQuantize(r: QuantizeRecipe, { quiet = false, maxRamByte
   const record = { quantize_recipe: recipeToJson(r), versions: eqatVersion() };
   if (e.epochs > 0) {
     const t = performance.now();
-    ({ resumedFrom: e2eQpResumedFrom } = await runE2eQp({ ...e, model: bapOut, data: e.data ?? r.calib, out, seed: r.seed, quiet, record, saveEvery, restart, settingName: quantizeSettingName }));
+    ({ resumedFrom: e2eQpResumedFrom } = await runE2eQp({ ...e, model: bapOut, data: e.data ?? r.calib, out, seed: r.seed, quiet, record, saveEvery, restart, settingName: quantizeSettingName, device, precision }));
     e2eQpSeconds = (performance.now() - t) / 1000;
   } else {
     renameSync(bapOut, out);

@@ -1,7 +1,8 @@
 // The --device flag of the pipeline commands: `cuda` fails before anything is read or written,
 // with the probe's reason when CUDA is unavailable (here, and with EQAT_CUDA_DISABLE=1) or
-// "not yet supported" for a command that has no CUDA path yet; `auto` falls back to the CPU;
-// unknown values are usage errors. (Block-AP on CUDA itself: block-ap.test.ts.)
+// "not yet supported" for a command that has no CUDA path yet (generate); `auto` falls back to
+// the CPU; unknown values are usage errors. (The CUDA runs themselves: block-ap.test.ts,
+// eval.test.ts, e2e-qp.test.ts.)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -24,13 +25,13 @@ test('--device cuda fails clearly, exits non-zero and writes nothing', () => {
   const dir = mkdtempSync(join(tmpdir(), 'eqat-cli-device-'));
   try {
     const out = join(dir, 'out');
-    const r = eqat(['e2e-qp', '--model', tiny, '--data', 'missing.txt', '--out', out, '--device', 'cuda']);
+    const r = eqat(['generate', '--model', tiny, '--prompt', 'hi', '--device', 'cuda']);
     assert.equal(r.status, 1, r.stderr);
     const p = probeCuda();
     if (p.available) {
-      assert.match(r.stderr, /^eqat: e2e-qp --device cuda: not yet supported by e2e-qp \(only block-ap and eval run on CUDA so far\); use --device cpu$/m);
+      assert.match(r.stderr, /^eqat: generate --device cuda: not yet supported by generate \(it runs on the CPU only so far\); use --device cpu$/m);
     } else {
-      assert.match(r.stderr, /^eqat: e2e-qp --device cuda: CUDA is not available: /m);
+      assert.match(r.stderr, /^eqat: generate --device cuda: CUDA is not available: /m);
       assert.ok(r.stderr.includes(p.reason!), `the message carries the probe's reason:\n${r.stderr}`);
       if (p.errors.driver) assert.match(r.stderr, /libcuda\.so\.1/);
     }
@@ -64,7 +65,7 @@ test('--device rejects unknown values and --help documents it with its default',
   assert.match(bad.stderr, /eqat eval: --device must be one of cpu, cuda, auto, got 'gpu'/);
   const help = eqat(['block-ap', '--help']);
   assert.equal(help.status, 0);
-  assert.match(help.stdout, /--device <str>\s+compute device; auto = CUDA when present \(block-ap and eval run on CUDA so far; elsewhere cuda fails and auto uses the CPU\) \[cpu\|cuda\|auto\] \(default: cpu\)/);
+  assert.match(help.stdout, /--device <str>\s+compute device; auto = CUDA when present \(generate runs on the CPU only so far\) \[cpu\|cuda\|auto\] \(default: cpu\)/);
 });
 
 test('--device auto runs on the CPU without CUDA', () => {

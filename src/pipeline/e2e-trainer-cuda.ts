@@ -1,0 +1,233 @@
+// E2E-QP optimizer steps on CUDA (the E2eStepper of src/pipeline/e2e-qp.ts; the CPU twin is
+// E2eTrainer there). The packed model lives on the device for the whole run: per block the
+// GPTQ integers and zero points (uploaded once), norms and biases; embeddings, final norm and
+// lm_head in f32. The trainable step sizes, their gradients and AdamW moments are four device
+// arenas laid out exactly as the host ScaleState, so a save or the final write is one download
+// each and a resume one upload.
+//
+// A micro-batch: embedding → blocks (each block's input kept: L+1 hidden states) → final norm →
+// lm_head → cross-entropy forward and backward in one pass → back through the head, then block
+// by block in reverse: recompute the block's activations from its saved input and run its
+// backward, whose packed linears form each layer's weight gradient in one shared tile and fold
+// it at once into the step sizes' gradient. Memory is bounded by one block's activations plus
+// the L+1 hidden states; no dequantized copy of the model exists (one weight tile at a time).
+import { allocDevice, deviceView, downloadDevice, freeDevice, toDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
+import type { ModelConfig } from '../model/config.js';
+import { BLOCK_LINEARS, type BlockLinear } from '../model/block.js';
+import {
+  blockBackwardCuda,
+  blockForwardCuda,
+  DeviceBlockArena,
+  DeviceBlockWorkspace,
+  linearDimsOf,
+  linearRowWidth,
+  uploadBlockParams,
+  type LinearImplCuda,
+} from '../model/block-cuda.js';
+import { packedLinearsCuda, type PackedLinearsCuda } from '../model/model-cuda.js';
+import type { PackedModel } from '../model/quantized.js';
+import { ropeTables } from '../model/rope.js';
+import { freePackedWeightCuda, uploadPackedWeight } from '../ops/cuda/gptq.js';
+import { linearBackwardCuda, linearForwardCuda, type LowPrecisionScratch } from '../ops/cuda/linear.js';
+import { embeddingForwardCuda } from '../ops/cuda/embedding.js';
+import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../ops/cuda/rmsnorm.js';
+import { crossEntropyForwardBackwardCuda } from '../ops/cuda/crossentropy.js';
+import { scaleCuda } from '../ops/cuda/elementwise.js';
+import { adamwStepCuda } from '../ops/cuda/adamw.js';
+import { allocReducePartials, sumSquaresCuda } from '../ops/cuda/reduce.js';
+import type { AdamWHyper } from '../ops/adamw.js';
+import type { E2eStepper, ScaleState } from './e2e-qp.js';
+
+interface BlockOnDevice {
+  arena: DeviceBlockArena; // norms and biases
+  lin: LinearImplCuda; // packed linears with step-size gradients
+}
+
+export class E2eStepperCuda implements E2eStepper {
+  readonly device = 'cuda' as const;
+  private readonly cfg: ModelConfig;
+  private readonly owned: (() => void)[] = [];
+  private readonly blocks: BlockOnDevice[] = [];
+  // step sizes, gradients and moments: the host ScaleState's layout
+  private readonly params: DeviceArray;
+  private readonly grads: DeviceArray;
+  private readonly m: DeviceArray;
+  private readonly v: DeviceArray;
+  private readonly embedding: DeviceArray; // (V, C)
+  private readonly lmHead: DeviceArray; // (V, C)
+  private readonly finalNorm: DeviceArray; // (C)
+  private readonly dFinalNorm: DeviceArray; // (C) not trained: a sink for the norm backward
+  private readonly gNorms: DeviceBlockArena; // the same for the blocks' norms and biases
+  private readonly ws: DeviceBlockWorkspace;
+  private readonly hidden: DeviceArray[]; // L+1 × (mb, T, C): every block's input, and the last output
+  private readonly scratch: DeviceArray; // (mb, T, C)
+  private dH: DeviceArray; // (mb, T, C)
+  private dX: DeviceArray; // (mb, T, C)
+  private readonly normed: DeviceArray; // (N, C)
+  private readonly rstd: DeviceArray; // (N)
+  private readonly logits: DeviceArray; // (N, V), then its gradient in place
+  private readonly losses: DeviceArray; // (N)
+  private readonly dNormed: DeviceArray; // (N, C)
+  private readonly ids: DeviceArray; // (N) i32
+  private readonly labels: DeviceArray; // (N) i32
+  private readonly partials: DeviceArray;
+  private readonly lowp: LowPrecisionScratch | null = null;
+
+  constructor(
+    model: PackedModel,
+    private readonly state: ScaleState,
+    readonly mb: number,
+    readonly T: number,
+    precision: 'f32' | 'bf16',
+  ) {
+    const cfg = (this.cfg = model.cfg);
+    const C = cfg.hiddenSize;
+    const V = cfg.vocabSize;
+    const N = mb * T;
+    const L = cfg.numLayers;
+    const arr = (dtype: 'f32' | 'i32' | 'bf16', n: number): DeviceArray => {
+      const a = allocDevice(dtype, n);
+      this.owned.push(() => freeDevice(a));
+      return a;
+    };
+    const up = (data: Float32Array): DeviceArray => {
+      const a = toDevice(data);
+      this.owned.push(() => freeDevice(a));
+      return a;
+    };
+    try {
+      const n = state.params.buffer.length;
+      this.params = arr('f32', n);
+      this.grads = arr('f32', n);
+      this.m = arr('f32', n);
+      this.v = arr('f32', n);
+      let largest = 0;
+      for (const [key] of BLOCK_LINEARS) largest = Math.max(largest, linearDimsOf(cfg, key).reduce((a, b) => a * b, 1));
+      const wTile = arr('f32', largest);
+      const dwTile = arr('f32', largest);
+      if (precision === 'bf16') {
+        // GEMM inputs up to the widest activation, lm_head (V, C) and dlogits (N, V)
+        this.lowp = {
+          xb: arr('bf16', N * linearRowWidth(cfg)),
+          doutb: arr('bf16', Math.max(N * linearRowWidth(cfg), N * V)),
+          wb: arr('bf16', Math.max(largest, V * C)),
+        };
+      }
+      // the blocks, with views into the step-size arenas in ScaleState order
+      let at = 0;
+      for (const b of model.blocks) {
+        const arena = new DeviceBlockArena(cfg, { linears: false });
+        this.owned.push(() => arena.free());
+        uploadBlockParams(arena.params, b.params);
+        const packed: PackedLinearsCuda = { weights: {} as PackedLinearsCuda['weights'], scales: {} as PackedLinearsCuda['scales'] };
+        const dscales = {} as Record<BlockLinear, DeviceArray>;
+        for (const [key] of BLOCK_LINEARS) {
+          const w = uploadPackedWeight(b.weights[key]);
+          this.owned.push(() => freePackedWeightCuda(w));
+          packed.weights[key] = w;
+          const size = b.scales[key].size;
+          packed.scales[key] = deviceView(this.params, at, size);
+          dscales[key] = deviceView(this.grads, at, size);
+          at += size;
+        }
+        this.blocks.push({ arena, lin: packedLinearsCuda(cfg, packed, arena.params, wTile, this.lowp, { dscales, dwTile }) });
+      }
+      if (at !== n) throw new Error(`internal: step sizes laid out over ${at} of ${n} elements`);
+      this.embedding = up(model.embedding.f32);
+      this.lmHead = model.lmHead === model.embedding ? this.embedding : up(model.lmHead.f32);
+      this.finalNorm = up(model.finalNorm.f32);
+      this.dFinalNorm = arr('f32', C);
+      this.gNorms = new DeviceBlockArena(cfg, { linears: false });
+      const gNorms = this.gNorms;
+      this.owned.push(() => gNorms.free());
+      const rope = ropeTables(cfg, 0, T);
+      this.ws = new DeviceBlockWorkspace(cfg, mb, T, { cos: rope.cos.f32, sin: rope.sin.f32 });
+      const ws = this.ws;
+      this.owned.push(() => ws.free());
+      this.hidden = Array.from({ length: L + 1 }, () => arr('f32', N * C));
+      this.scratch = arr('f32', N * C);
+      this.dH = arr('f32', N * C);
+      this.dX = arr('f32', N * C);
+      this.normed = arr('f32', N * C);
+      this.rstd = arr('f32', N);
+      this.logits = arr('f32', N * V);
+      this.losses = arr('f32', N);
+      this.dNormed = arr('f32', N * C);
+      this.ids = arr('i32', N);
+      this.labels = arr('i32', N);
+      this.partials = allocReducePartials();
+      const partials = this.partials;
+      this.owned.push(() => freeDevice(partials));
+    } catch (e) {
+      this.free();
+      throw e;
+    }
+  }
+
+  zeroGrads(): void {
+    zeroDevice(this.grads);
+  }
+
+  microStep(ids: Int32Array, labels: Int32Array, accum: number): number {
+    const { cfg, mb, T } = this;
+    const L = cfg.numLayers;
+    const C = cfg.hiddenSize;
+    const V = cfg.vocabSize;
+    const N = mb * T;
+    uploadDevice(this.ids, ids);
+    uploadDevice(this.labels, labels);
+    let valid = 0;
+    for (const l of labels) if (l !== -100) valid++;
+    const h = this.hidden;
+    embeddingForwardCuda(h[0]!, this.ids, this.embedding, N, V, C);
+    for (let l = 0; l < L; l++) blockForwardCuda(cfg, this.blocks[l]!.arena.params, this.ws, h[l]!, h[l + 1]!, this.blocks[l]!.lin);
+    rmsnormForwardCuda(this.normed, this.rstd, h[L]!, this.finalNorm, N, C, cfg.rmsNormEps);
+    linearForwardCuda(this.logits, this.normed, this.lmHead, null, { N, O: V, I: C }, this.lowp);
+    // loss = mean over the micro-batch's predicted tokens, averaged over accumulated micro-batches
+    crossEntropyForwardBackwardCuda(this.losses, this.logits, this.logits, this.labels, N, V, valid > 0 ? 1 / (valid * accum) : 0);
+    const losses = downloadDevice(this.losses, new Float32Array(N));
+    let sum = 0;
+    for (let t = 0; t < N; t++) sum += losses[t]!;
+    // dnormed (N, C) = dlogits (N, V) @ lm_head (V, C)
+    linearBackwardCuda(this.dNormed, null, null, this.logits, this.normed, this.lmHead, { N, O: V, I: C }, false, this.lowp);
+    zeroDevice(this.dH);
+    rmsnormBackwardCuda(this.dH, this.dFinalNorm, this.dNormed, h[L]!, this.finalNorm, this.rstd, N, C);
+    for (let l = L - 1; l >= 0; l--) {
+      const b = this.blocks[l]!;
+      blockForwardCuda(cfg, b.arena.params, this.ws, h[l]!, this.scratch, b.lin); // recompute activations
+      blockBackwardCuda(cfg, b.arena.params, this.gNorms.params, this.ws, h[l]!, this.dH, l > 0 ? this.dX : null, b.lin);
+      [this.dH, this.dX] = [this.dX, this.dH];
+    }
+    return valid > 0 ? sum / valid : 0;
+  }
+
+  clip(maxNorm: number): number {
+    const norm = Math.sqrt(sumSquaresCuda(this.grads, this.partials));
+    if (maxNorm > 0) {
+      // torch.nn.utils.clip_grad_norm_, as the CPU's clipGradNorm
+      const coef = Math.min(1, maxNorm / (norm + 1e-6));
+      if (coef !== 1) scaleCuda(this.grads, this.grads, coef);
+    }
+    return norm;
+  }
+
+  adamw(h: AdamWHyper): void {
+    adamwStepCuda(this.params, this.grads, this.m, this.v, h);
+  }
+
+  fromHost(): void {
+    uploadDevice(this.params, this.state.params.buffer);
+    uploadDevice(this.m, this.state.m.buffer);
+    uploadDevice(this.v, this.state.v.buffer);
+  }
+
+  toHost(): void {
+    downloadDevice(this.params, this.state.params.buffer);
+    downloadDevice(this.m, this.state.m.buffer);
+    downloadDevice(this.v, this.state.v.buffer);
+  }
+
+  free(): void {
+    for (const f of this.owned.splice(0).reverse()) f();
+  }
+}

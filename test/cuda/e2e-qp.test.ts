@@ -1,0 +1,120 @@
+// E2E-QP with --device cuda (src/pipeline/e2e-trainer-cuda.ts) on the bundled llama-tiny,
+// quantized by RTN here, against the same run on the CPU, on the backends of backends.ts: with
+// f32 GEMMs every step's loss and gradient norm and the trained step sizes agree to rounding;
+// with bf16 GEMMs (the CUDA default) the losses agree to about 1%; a state saved by a CUDA run
+// resumes on the CPU; and the CUDA run releases every device allocation it made.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setCudaBackend } from '../../src/engine/cuda.js';
+import { runBlockAp, blockApDefaults } from '../../src/pipeline/block-ap.js';
+import { e2eQpDefaults, runE2eQp, type E2eQpOptions, type E2eQpStepLog } from '../../src/pipeline/e2e-qp.js';
+import { WeightSource } from '../../src/model/weights.js';
+import { PackedModel } from '../../src/model/quantized.js';
+import { BLOCK_LINEARS } from '../../src/model/block.js';
+import { REPO, TINY } from '../golden.js';
+import { assertClose } from '../util.js';
+import { backendCases } from './backends.js';
+import { EmulatorBackend } from './emu/backend.js';
+
+process.env['EQAT_CACHE_DIR'] ??= mkdtempSync(join(tmpdir(), 'eqat-cache-'));
+const CALIB = join(REPO, 'fixtures', 'text', 'calib-sample.txt');
+const work = mkdtempSync(join(tmpdir(), 'eqat-e2e-cuda-'));
+process.on('exit', () => rmSync(work, { recursive: true, force: true }));
+
+let rtn: Promise<string> | null = null;
+function quantized(): Promise<string> {
+  rtn ??= runBlockAp({ ...blockApDefaults(2), model: TINY, calib: null, out: join(work, 'rtn'), wbits: 2, groupSize: 32, epochs: 0, quiet: true }).then((r) => r.out);
+  return rtn;
+}
+
+// two optimizer steps of two micro-batches each: accumulation, clipping (norms are far above
+// 0.05) and AdamW all run; small enough for the emulator (a process per kernel launch)
+async function options(out: string, over: Partial<E2eQpOptions> = {}): Promise<E2eQpOptions> {
+  return {
+    ...e2eQpDefaults(2),
+    model: await quantized(),
+    data: CALIB,
+    out,
+    trainSize: 8,
+    seqlen: 16,
+    batchSize: 4,
+    microBatchSize: 2,
+    lr: 1e-3,
+    warmupRatio: 0,
+    maxGradNorm: 0.05,
+    quiet: true,
+    saveEvery: 0,
+    ...over,
+  };
+}
+
+function stepLog(dir: string): E2eQpStepLog[] {
+  return readFileSync(join(dir, 'e2e-qp-log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as E2eQpStepLog);
+}
+
+function scalesOf(dir: string): Float32Array[] {
+  const src = WeightSource.open(dir);
+  const m = PackedModel.load(src);
+  src.close();
+  return m.blocks.flatMap((b) => BLOCK_LINEARS.map(([k]) => b.scales[k].f32));
+}
+
+let cpuRun: Promise<string> | null = null;
+function cpuOut(): Promise<string> {
+  cpuRun ??= options(join(work, 'cpu')).then(runE2eQp).then((r) => r.out);
+  return cpuRun;
+}
+
+for (const bc of backendCases()) {
+  test(`cuda E2E-QP --device cuda matches the CPU run, f32 and bf16; its saved state resumes on the CPU [${bc.name}]`, { skip: bc.skip }, async () => {
+    const cpu = await cpuOut();
+    const b = bc.backend();
+    const live = b instanceof EmulatorBackend ? b.liveAllocations : 0;
+    const f32 = join(work, `cuda-f32-${bc.name}`), bf16 = join(work, `cuda-bf16-${bc.name}`), handoff = join(work, `handoff-${bc.name}`);
+    setCudaBackend(b);
+    try {
+      await runE2eQp(await options(f32, { device: 'cuda', precision: 'f32' }));
+      await runE2eQp(await options(bf16, { device: 'cuda' }));
+      // a CUDA run that saves after step 1 and is stopped there
+      await assert.rejects(
+        runE2eQp(
+          await options(handoff, {
+            device: 'cuda',
+            precision: 'f32',
+            saveEvery: 1,
+            onStep: (s) => {
+              if (s === 1) throw new Error('stop after step 1');
+            },
+          }),
+        ),
+        /stop after step 1/,
+      );
+    } finally {
+      setCudaBackend(null);
+    }
+    if (b instanceof EmulatorBackend) assert.equal(b.liveAllocations, live, 'device allocations leaked');
+    const want = stepLog(cpu);
+    const got = stepLog(f32);
+    assert.equal(got.length, 2);
+    for (let i = 0; i < want.length; i++) {
+      assertClose([got[i]!.loss, got[i]!.gradNorm], [want[i]!.loss, want[i]!.gradNorm], { atol: 0, rtol: 1e-4, what: `f32 step ${i + 1}` });
+      assertClose([stepLog(bf16)[i]!.loss], [want[i]!.loss], { atol: 0, rtol: 2e-2, what: `bf16 step ${i + 1}` });
+    }
+    const sc = scalesOf(cpu), sg = scalesOf(f32);
+    for (let j = 0; j < sc.length; j++) assertClose(sg[j]!, sc[j]!, { atol: 0, rtol: 2e-3, what: `trained scales ${j}` });
+    const rec = JSON.parse(readFileSync(join(f32, 'eqat-recipe.json'), 'utf8')) as { e2e_qp: { device: string; precision: string } };
+    assert.deepEqual([rec.e2e_qp.device, rec.e2e_qp.precision], ['cuda', 'f32']);
+    // the CUDA run's saved state finishes on the CPU, where the CPU run would have gone
+    const r = await runE2eQp(await options(handoff));
+    assert.equal(r.resumedFrom, 1);
+    const sh = scalesOf(handoff);
+    for (let j = 0; j < sc.length; j++) assertClose(sh[j]!, sc[j]!, { atol: 0, rtol: 2e-3, what: `resumed scales ${j}` });
+  });
+}
+
+test('e2e-qp --precision bf16 without --device cuda is refused before anything is written', async () => {
+  await assert.rejects(runE2eQp(await options(join(work, 'refused'), { precision: 'bf16' })), /--precision: bf16 needs --device cuda/);
+});
