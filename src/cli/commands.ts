@@ -12,7 +12,7 @@ import { E2E_QP_SAVE_EVERY, E2E_QP_SAVE_SECONDS, e2eQpDefaults, runE2eQp } from 
 import { resolveRecipe, runQuantize } from '../pipeline/quantize.js';
 import { exportOnnx } from '../export/onnx.js';
 import { loadRecipeFile, overridesFromFlags, recipeFlagSpecs } from '../pipeline/recipe.js';
-import { DEVICE_FLAGS, deviceForCommand, type DeviceFlag } from '../engine/cuda.js';
+import { DEVICE_FLAGS, deviceForCommand, setDeviceMemoryBudget, type DeviceFlag } from '../engine/cuda.js';
 
 export interface Command {
   summary: string;
@@ -52,6 +52,18 @@ const precisionFlag = {
   help: 'GEMM input precision on CUDA: bf16 (tensor cores, f32 sums; the default there) or f32; the CPU computes in f32',
 } as const;
 
+const maxGpuMemoryFlag = {
+  type: 'number',
+  min: 0,
+  help: 'GiB of GPU memory the run may allocate (--device cuda); a run that needs more stops before it starts',
+} as const;
+
+/** Applies --max-gpu-memory (a cap on device allocations) when given. */
+function applyGpuBudget(f: ParsedFlags): void {
+  const gib = f['max-gpu-memory'] as number | undefined;
+  if (gib !== undefined) setDeviceMemoryBudget(gib * 2 ** 30, `--max-gpu-memory ${gib}`);
+}
+
 /** The device of a command from --device and what the command supports (throws for an unusable choice). */
 function applyDevice(command: string, f: ParsedFlags, supported: readonly ('cpu' | 'cuda')[] = ['cpu']): 'cpu' | 'cuda' {
   return deviceForCommand(command, str(f, 'device') as DeviceFlag, supported);
@@ -79,9 +91,11 @@ export const COMMANDS: Record<string, Command> = {
       threads: threadsFlag,
       device: deviceFlag,
       precision: precisionFlag,
+      'max-gpu-memory': maxGpuMemoryFlag,
     },
     async run(f) {
       const device = applyDevice('eval', f, ['cpu', 'cuda']);
+      applyGpuBudget(f);
       applyThreads(f);
       const r = await evaluatePerplexity(str(f, 'model'), str(f, 'data'), {
         seqlen: int(f, 'seqlen'),
@@ -156,9 +170,11 @@ export const COMMANDS: Record<string, Command> = {
       threads: threadsFlag,
       device: deviceFlag,
       precision: precisionFlag,
+      'max-gpu-memory': maxGpuMemoryFlag,
     },
     async run(f) {
       const device = applyDevice('block-ap', f, ['cpu', 'cuda']);
+      applyGpuBudget(f);
       applyThreads(f);
       const wbits = int(f, 'wbits');
       const d = blockApDefaults(wbits);
@@ -241,9 +257,11 @@ export const COMMANDS: Record<string, Command> = {
       threads: threadsFlag,
       device: deviceFlag,
       precision: precisionFlag,
+      'max-gpu-memory': maxGpuMemoryFlag,
     },
     async run(f) {
       const device = applyDevice('e2e-qp', f, ['cpu', 'cuda']);
+      applyGpuBudget(f);
       applyThreads(f);
       const probe = WeightSource.open(str(f, 'model'));
       const bits = probe.quant?.bits ?? 4;
@@ -290,9 +308,11 @@ export const COMMANDS: Record<string, Command> = {
       threads: threadsFlag,
       device: deviceFlag,
       precision: precisionFlag,
+      'max-gpu-memory': maxGpuMemoryFlag,
     },
     async run(f) {
       const device = applyDevice('quantize', f, ['cpu', 'cuda']);
+      applyGpuBudget(f);
       applyThreads(f);
       const file = f['recipe'] as string | undefined;
       const where = file ?? 'flags';

@@ -264,6 +264,17 @@ function checkLength(op: string, length: number): void {
 }
 
 const allocStats = { liveBytes: 0, peakBytes: 0 };
+let budget: { bytes: number; what: string } | null = null;
+
+/**
+ * Caps the bytes allocDevice may hold at once (null: no cap). `what` names the setting in the
+ * error, e.g. '--max-gpu-memory 6'. The pipelines allocate their device state before they
+ * start, so a run that does not fit stops before any work.
+ */
+export function setDeviceMemoryBudget(bytes: number | null, what = 'the device memory budget'): void {
+  if (bytes !== null && !(bytes >= 0)) throw new RangeError(`setDeviceMemoryBudget: bytes must be >= 0, got ${bytes}`);
+  budget = bytes === null ? null : { bytes, what };
+}
 
 /** Bytes held by allocDevice allocations now and at most so far (the CUDA context and cuBLASLt's workspace are extra). */
 export function deviceAllocStats(): { liveBytes: number; peakBytes: number } {
@@ -279,6 +290,13 @@ export function resetDevicePeak(): void {
 export function allocDevice(dtype: DType, length: number): DeviceArray {
   checkLength('allocDevice', length);
   const bytes = length * BYTES_PER_ELEMENT[dtype];
+  if (budget && allocStats.liveBytes + bytes > budget.bytes) {
+    const mib = (b: number) => (b / 2 ** 20).toFixed(1);
+    throw new Error(
+      `${budget.what}: allocating ${mib(bytes)} MiB more on the GPU (${mib(allocStats.liveBytes)} MiB held) would exceed ${mib(budget.bytes)} MiB; ` +
+        'raise the budget, or use a smaller batch / sequence length',
+    );
+  }
   const handle = bytes === 0 ? 0n : cudaBackend().alloc(bytes);
   allocStats.liveBytes += bytes;
   allocStats.peakBytes = Math.max(allocStats.peakBytes, allocStats.liveBytes);

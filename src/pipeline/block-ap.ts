@@ -181,26 +181,42 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
     windows = sampleWindows(stream, tok, opts, `--calib ${opts.calib}`);
   }
 
-  // resume bookkeeping
+  // the trainer's memory (on a GPU, all of it) before anything is written: a run that does not fit stops here
+  const device = opts.device ?? 'cpu';
+  const precision = opts.precision ?? (device === 'cuda' ? 'bf16' : 'f32');
+  const B = training ? opts.batchSize : 1;
+  const T = training ? opts.seqlen : 1;
+  const trainer: BlockApTrainer =
+    device === 'cuda'
+      ? new BlockTrainerCuda(cfg, B, T, opts.wbits, opts.groupSize, training, precision)
+      : new BlockTrainerCpu(cfg, B, T, opts.wbits, opts.groupSize, training);
+
+  // resume bookkeeping (a refusal here releases the trainer and the model files)
   let finished = 0;
   const statePath = join(partial, 'state.json');
-  if (existsSync(statePath)) {
-    const state = JSON.parse(readFileSync(statePath, 'utf8')) as PartialState;
-    for (const k of Object.keys(recipe) as (keyof BlockApRecipe)[]) {
-      if (JSON.stringify(state.recipe[k]) !== JSON.stringify(recipe[k])) {
-        throw new Error(
-          `${partial}: an interrupted run with a different recipe is there (${k}: ${JSON.stringify(state.recipe[k])} vs ${JSON.stringify(recipe[k])}); rerun it with the same flags or remove the directory`,
-        );
+  try {
+    if (existsSync(statePath)) {
+      const state = JSON.parse(readFileSync(statePath, 'utf8')) as PartialState;
+      for (const k of Object.keys(recipe) as (keyof BlockApRecipe)[]) {
+        if (JSON.stringify(state.recipe[k]) !== JSON.stringify(recipe[k])) {
+          throw new Error(
+            `${partial}: an interrupted run with a different recipe is there (${k}: ${JSON.stringify(state.recipe[k])} vs ${JSON.stringify(recipe[k])}); rerun it with the same flags or remove the directory`,
+          );
+        }
       }
+      finished = state.finishedBlocks;
+      for (let i = 0; i < finished; i++) {
+        if (!existsSync(join(partial, shardName(i, shardCount(cfg))))) finished = i;
+      }
+    } else {
+      rmSync(partial, { recursive: true, force: true });
+      mkdirSync(partial, { recursive: true });
+      writeJsonAtomic(statePath, { recipe, finishedBlocks: 0 } satisfies PartialState);
     }
-    finished = state.finishedBlocks;
-    for (let i = 0; i < finished; i++) {
-      if (!existsSync(join(partial, shardName(i, shardCount(cfg))))) finished = i;
-    }
-  } else {
-    rmSync(partial, { recursive: true, force: true });
-    mkdirSync(partial, { recursive: true });
-    writeJsonAtomic(statePath, { recipe, finishedBlocks: 0 } satisfies PartialState);
+  } catch (e) {
+    trainer.free();
+    src.close();
+    throw e;
   }
   const resumedFrom = finished;
   const logPath = join(partial, 'block-ap-log.jsonl');
@@ -214,14 +230,6 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
     }
   };
 
-  const device = opts.device ?? 'cpu';
-  const precision = opts.precision ?? (device === 'cuda' ? 'bf16' : 'f32');
-  const B = training ? opts.batchSize : 1;
-  const T = training ? opts.seqlen : 1;
-  const trainer: BlockApTrainer =
-    device === 'cuda'
-      ? new BlockTrainerCuda(cfg, B, T, opts.wbits, opts.groupSize, training, precision)
-      : new BlockTrainerCpu(cfg, B, T, opts.wbits, opts.groupSize, training);
   const nShards = shardCount(cfg);
   const shardNames: string[][] = [];
   const summary: BlockApResult['blocks'] = [];

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setCudaBackend } from '../../src/engine/cuda.js';
+import { setCudaBackend, setDeviceMemoryBudget } from '../../src/engine/cuda.js';
 import { runBlockAp, blockApDefaults, type BlockApOptions } from '../../src/pipeline/block-ap.js';
 import { WeightSource } from '../../src/model/weights.js';
 import { allocBlockParams, BLOCK_LINEARS } from '../../src/model/block.js';
@@ -167,3 +167,22 @@ test('--precision bf16 on the CPU is refused before anything is written', async 
   assert.equal(existsSync(out), false);
   assert.equal(existsSync(out + '.partial'), false);
 });
+
+for (const bc of backendCases()) {
+  test(`cuda Block-AP over the GPU memory budget stops before anything is written, leaking nothing [${bc.name}]`, { skip: bc.skip }, async () => {
+    const b = bc.backend();
+    const live = b instanceof EmulatorBackend ? b.liveAllocations : 0;
+    const out = join(dir, `over-budget-${bc.name}`);
+    setCudaBackend(b);
+    setDeviceMemoryBudget(2 ** 20, '--max-gpu-memory 0.0009765625');
+    try {
+      await assert.rejects(runBlockAp(opts(out, 'cuda')), /^Error: --max-gpu-memory 0\.0009765625: allocating [\d.]+ MiB more on the GPU \([\d.]+ MiB held\) would exceed 1\.0 MiB/);
+    } finally {
+      setDeviceMemoryBudget(null);
+      setCudaBackend(null);
+    }
+    if (b instanceof EmulatorBackend) assert.equal(b.liveAllocations, live, 'device allocations leaked');
+    assert.equal(existsSync(out), false);
+    assert.equal(existsSync(out + '.partial'), false);
+  });
+}
