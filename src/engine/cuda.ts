@@ -100,6 +100,8 @@ export interface CudaBackend {
   download(handle: bigint, dst: ArrayBufferView, byteOffset: number): void;
   memset0(handle: bigint, bytes: number): void;
   synchronize(): void;
+  /** Free and total bytes of device memory (all processes' allocations, the context included). */
+  memInfo(): { free: number; total: number };
   compile(source: string, name: string, options: readonly string[]): CompiledKernelImage;
   moduleLoad(image: Uint8Array): bigint;
   getFunction(module: bigint, name: string): bigint;
@@ -120,6 +122,7 @@ export function nativeCudaBackend(): CudaBackend {
     download: (h, dst, off) => nativeFn<Fn<[bigint, ArrayBufferView, number]>>('cudaDownload')(h, dst, off),
     memset0: (h, bytes) => nativeFn<Fn<[bigint, number]>>('cudaMemset0')(h, bytes),
     synchronize: () => nativeFn<Fn<[]>>('cudaSynchronize')(),
+    memInfo: () => nativeFn<Fn<[], { free: number; total: number }>>('cudaMemInfo')(),
     compile: (source, name, options) =>
       nativeFn<Fn<[string, string, string[]], CompiledKernelImage>>('cudaCompile')(source, name, [...options]),
     moduleLoad: (image) => nativeFn<Fn<[Uint8Array], bigint>>('cudaModuleLoad')(image),
@@ -385,6 +388,11 @@ export function downloadDevice<T extends Storage>(a: DeviceArray, into?: T, offs
 /** Zeroes every byte of a. */
 export function zeroDevice(a: DeviceArray): void {
   if (a.bytes > 0) cudaBackend().memset0(a.handle, a.bytes);
+}
+
+/** Free and total bytes of the device's memory, as the driver reports them. */
+export function deviceMemInfo(): { free: number; total: number } {
+  return cudaBackend().memInfo();
 }
 
 /** Waits until all queued work has finished (and reports asynchronous errors). */

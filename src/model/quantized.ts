@@ -80,6 +80,18 @@ export class PackedModel {
     readonly lmHead: Tensor, // (V, C)
   ) {}
 
+  /** A packed model from its parts (e.g. random weights of a given shape for benchmarks). */
+  static fromParts(
+    cfg: ModelConfig,
+    quant: QuantConfig,
+    embedding: Tensor,
+    blocks: PackedBlock[],
+    finalNorm: Tensor,
+    lmHead: Tensor,
+  ): PackedModel {
+    return new PackedModel(cfg, quant, embedding, blocks, finalNorm, lmHead);
+  }
+
   static load(src: WeightSource): PackedModel {
     if (!src.quant) throw new Error(`${src.dir}: not a quantized checkpoint (no quantization_config in config.json)`);
     const blocks: PackedBlock[] = [];

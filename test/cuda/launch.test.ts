@@ -63,6 +63,9 @@ class Recorder implements CudaBackend {
   download(): void {}
   memset0(): void {}
   synchronize(): void {}
+  memInfo(): { free: number; total: number } {
+    return { free: 0, total: 0 };
+  }
   compile(_source: string, name: string, options: readonly string[]): CompiledKernelImage {
     this.compiles.push({ name, options });
     return { image: new TextEncoder().encode(`image of ${name}`), kind: 'cubin', arch: 'sm_90', log: '' };

@@ -128,6 +128,13 @@ export class EmulatorBackend implements CudaBackend {
     rmSync(this.work, { recursive: true, force: true });
   }
 
+  /** Host memory stands in for the device: "total" is a fixed 1 TiB, "free" what the live allocations leave. */
+  memInfo(): { free: number; total: number } {
+    let used = 0;
+    for (const a of this.allocs.values()) used += a.byteLength;
+    return { free: 2 ** 40 - used, total: 2 ** 40 };
+  }
+
   probe(): CudaProbe {
     return {
       available: true,
