@@ -71,9 +71,8 @@ export function packedLinearsCuda(
 }
 
 interface DeviceBlock {
-  arena: DeviceBlockArena;
+  arena: DeviceBlockArena; // norms and biases (and dense linears for a full-precision model)
   lin: LinearImplCuda;
-  packed: PackedLinearsCuda | null;
 }
 
 export class DeviceModel {
@@ -150,7 +149,7 @@ export class DeviceModel {
       const host = allocBlockParams(cfg).params;
       src.loadBlock(i, host);
       uploadBlockParams(arena.params, host);
-      return { arena, lin: denseLinearsCuda(cfg, arena.params, null, this.lowp), packed: null };
+      return { arena, lin: denseLinearsCuda(cfg, arena.params, null, this.lowp) };
     }
     const b = loadPackedBlock(src, i);
     const arena = new DeviceBlockArena(cfg, { linears: false });
@@ -165,7 +164,7 @@ export class DeviceModel {
       this.owned.push(() => freeDevice(s));
       packed.scales[key] = s;
     }
-    return { arena, lin: packedLinearsCuda(cfg, packed, arena.params, this.wTile, this.lowp), packed };
+    return { arena, lin: packedLinearsCuda(cfg, packed, arena.params, this.wTile, this.lowp) };
   }
 
   /**
