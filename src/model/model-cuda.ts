@@ -35,10 +35,11 @@ export interface PackedLinearsCuda {
 }
 
 /**
- * Linears over packed weights: W = (q − z)·s is dequantized into wTile (f32) right before each
- * GEMM; biases from `biases` (frozen). With `train`, the backward forms dx and, in dwTile, the
- * layer's weight gradient dW = doutᵀ x, which goes at once into the step-size gradient
- * dscales[o, g] += Σ_{i in g} (q − z)·dW (E2E-QP); without it the linears are forward only.
+ * Linears over packed weights: W = (q − z)·s is dequantized into wTile (f32), or into lowp.wb
+ * (bf16) with bf16 GEMMs, right before each GEMM; biases from `biases` (frozen). With `train`,
+ * the backward forms dx and, in dwTile, the layer's weight gradient dW = doutᵀ x, which goes at
+ * once into the step-size gradient dscales[o, g] += Σ_{i in g} (q − z)·dW (E2E-QP); without it
+ * the linears are forward only.
  */
 export function packedLinearsCuda(
   cfg: ModelConfig,
@@ -48,9 +49,10 @@ export function packedLinearsCuda(
   lowp: LowPrecisionScratch | null,
   train: { dscales: Record<BlockLinear, DeviceArray>; dwTile: DeviceArray } | null = null,
 ): LinearImplCuda {
+  // with bf16 GEMMs the weight is dequantized straight into the bf16 scratch the GEMM reads
   const dequantized = (key: BlockLinear): { w: DeviceArray; O: number; I: number } => {
     const [O, I] = linearDimsOf(cfg, key);
-    const w = deviceView(wTile, 0, O * I);
+    const w = deviceView(lowp ? lowp.wb : wTile, 0, O * I);
     dequantizeGptqCuda(w, packed.weights[key], packed.scales[key]);
     return { w, O, I };
   };
@@ -112,7 +114,7 @@ export class DeviceModel {
     try {
       let largest = 0;
       for (const [key] of BLOCK_LINEARS) largest = Math.max(largest, linearDimsOf(cfg, key).reduce((a, b) => a * b, 1));
-      this.wTile = arr('f32', src.quant ? largest : 0);
+      this.wTile = arr('f32', src.quant && precision === 'f32' ? largest : 0); // bf16: lowp.wb holds the weight
       // bf16 scratch: x up to the widest activation, w up to the largest linear or lm_head (V, C)
       if (precision === 'bf16') {
         this.lowp = { xb: arr('bf16', N * linearRowWidth(cfg)), doutb: arr('bf16', 0), wb: arr('bf16', Math.max(largest, cfg.vocabSize * C)) };

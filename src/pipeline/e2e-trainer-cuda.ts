@@ -103,7 +103,7 @@ export class E2eStepperCuda implements E2eStepper {
       this.v = arr('f32', n);
       let largest = 0;
       for (const [key] of BLOCK_LINEARS) largest = Math.max(largest, linearDimsOf(cfg, key).reduce((a, b) => a * b, 1));
-      const wTile = arr('f32', largest);
+      const wTile = arr('f32', precision === 'f32' ? largest : 0); // bf16: lowp.wb holds the weight
       const dwTile = arr('f32', largest);
       if (precision === 'bf16') {
         // GEMM inputs up to the widest activation, lm_head (V, C) and dlogits (N, V)

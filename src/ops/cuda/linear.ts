@@ -2,7 +2,9 @@
 // the semantics of src/ops/linear.ts. W is (O, I) as Hugging Face stores it.
 //
 // Precision: with `lowp` scratch given, every GEMM reads bf16 copies of its two inputs (made
-// here by round-to-nearest-even conversion into the scratch) and accumulates and writes f32,
+// here by round-to-nearest-even conversion into the scratch, or the input itself when the
+// caller produced it in bf16, e.g. a weight dequantized straight to bf16) and accumulates and
+// writes f32,
 // as mixed-precision training does: f32 master weights and activations, bf16 tensor-core
 // products, f32 sums. Without it the GEMMs are f32 throughout.
 import type { DeviceArray } from '../../engine/cuda.js';
@@ -24,8 +26,9 @@ export interface LowPrecisionScratch {
   wb: DeviceArray; // bf16
 }
 
-/** A bf16 copy of a (first n elements) in scratch s. */
+/** A bf16 copy of a (first n elements) in scratch s; a itself when it is already bf16. */
 function bf16(s: DeviceArray, a: DeviceArray, n: number): DeviceArray {
+  if (a.dtype === 'bf16') return n === a.length ? a : deviceView(a, 0, n);
   const v = deviceView(s, 0, n);
   f32ToBf16Cuda(v, n === a.length ? a : deviceView(a, 0, n));
   return v;
