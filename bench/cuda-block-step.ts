@@ -14,31 +14,24 @@
 // memory-bound and not counted. Memory: the peak of eqat's device allocations, and the device
 // memory in use by the process (total − free, which adds the CUDA context, cuBLASLt's
 // workspace and the kernels) after the timed steps.
-import { deviceAllocStats, deviceMemInfo, probeCuda, resetDevicePeak, synchronizeCuda } from '../src/engine/cuda.js';
+import { deviceAllocStats, deviceMemInfo, resetDevicePeak, synchronizeCuda } from '../src/engine/cuda.js';
 import { Rng } from '../src/engine/random.js';
 import type { ModelConfig } from '../src/model/config.js';
-import { BLOCK_LINEARS, BLOCK_PARAM_NAMES } from '../src/model/block.js';
+import { BLOCK_LINEARS, BLOCK_PARAM_NAMES, linearDims } from '../src/model/block.js';
 import { BlockTrainerCuda } from '../src/pipeline/block-trainer-cuda.js';
-import { linearDims } from '../src/pipeline/block-trainer.js';
-import { flagValue, shapeConfig } from './shapes.js';
+import { cudaDeviceOrSkip, flagValue, shapeConfig } from './shapes.js';
 
 const argv = process.argv.slice(2);
 const shapeName = flagValue(argv, '--shape', '7b');
-const cfg: ModelConfig = { ...shapeConfig(shapeName, 'bench/cuda-block-step'), numLayers: 1 };
 const B = Number(flagValue(argv, '--batch', '2'));
 const T = Number(flagValue(argv, '--seqlen', '2048'));
+const cfg: ModelConfig = { ...shapeConfig(shapeName, T, 'bench/cuda-block-step'), numLayers: 1 };
 const steps = Number(flagValue(argv, '--steps', '20'));
 const bits = Number(flagValue(argv, '--wbits', '2'));
 const G = Number(flagValue(argv, '--group-size', '64'));
 const precision = flagValue(argv, '--precision', 'bf16') as 'f32' | 'bf16';
-cfg.maxPositionEmbeddings = Math.max(cfg.maxPositionEmbeddings, T);
 
-const probe = probeCuda();
-if (!probe.available) {
-  console.log(`bench/cuda-block-step: no CUDA device (${probe.reason}); skipping`);
-  process.exit(0);
-}
-const dev = probe.devices[probe.device ?? 0]!;
+const dev = cudaDeviceOrSkip('bench/cuda-block-step');
 const before = deviceMemInfo();
 resetDevicePeak();
 const t = new BlockTrainerCuda(cfg, B, T, bits, G, true, precision);

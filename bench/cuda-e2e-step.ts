@@ -10,7 +10,7 @@
 //                                         [--precision bf16|f32]
 // Exits 0 with a message where no CUDA device is usable. Host memory: the packed weights and
 // the f32 step-size state (params, grads, moments) are built on the host first (≈ 40 GB for 70B).
-import { deviceAllocStats, deviceMemInfo, probeCuda, resetDevicePeak } from '../src/engine/cuda.js';
+import { deviceAllocStats, deviceMemInfo, resetDevicePeak } from '../src/engine/cuda.js';
 import { Rng } from '../src/engine/random.js';
 import { Tensor } from '../src/engine/tensor.js';
 import { BLOCK_LINEARS, BLOCK_PARAM_NAMES, blockParamShapes, type BlockLinear, type BlockParams } from '../src/model/block.js';
@@ -19,26 +19,20 @@ import { gptqFormat, packedWords } from '../src/quant/formats.js';
 import type { PackedWeight } from '../src/quant/packed-linear.js';
 import { ScaleState } from '../src/pipeline/e2e-qp.js';
 import { E2eStepperCuda } from '../src/pipeline/e2e-trainer-cuda.js';
-import { flagValue, shapeConfig } from './shapes.js';
+import { cudaDeviceOrSkip, flagValue, shapeConfig } from './shapes.js';
 
 const argv = process.argv.slice(2);
 const shapeName = flagValue(argv, '--shape', '70b');
-const cfg = shapeConfig(shapeName, 'bench/cuda-e2e-step');
+const T = Number(flagValue(argv, '--seqlen', '2048'));
+const cfg = shapeConfig(shapeName, T, 'bench/cuda-e2e-step');
 cfg.numLayers = Number(flagValue(argv, '--layers', String(cfg.numLayers)));
 const mb = Number(flagValue(argv, '--micro-batch', '1'));
-const T = Number(flagValue(argv, '--seqlen', '2048'));
 const accum = Number(flagValue(argv, '--accum', '4'));
 const bits = Number(flagValue(argv, '--wbits', '2'));
 const G = Number(flagValue(argv, '--group-size', '64'));
 const precision = flagValue(argv, '--precision', 'bf16') as 'f32' | 'bf16';
-cfg.maxPositionEmbeddings = Math.max(cfg.maxPositionEmbeddings, T);
 
-const probe = probeCuda();
-if (!probe.available) {
-  console.log(`bench/cuda-e2e-step: no CUDA device (${probe.reason}); skipping`);
-  process.exit(0);
-}
-const dev = probe.devices[probe.device ?? 0]!;
+const dev = cudaDeviceOrSkip('bench/cuda-e2e-step');
 
 // random packed blocks: any int32 word is a valid packing of 32/bits codes
 const rng = new Rng(1);

@@ -1,41 +1,38 @@
-// Llama-family model shapes for the GPU benchmarks (random weights; nothing is downloaded):
-// Llama-2-7B (hidden 4096, ffn 11008, 32 heads, no GQA), Llama-2-70B (hidden 8192, ffn 28672,
-// 64 heads, 8 kv heads) and the project's llama-small.
+// What the GPU benchmarks share: Llama-family model shapes with random weights (nothing is
+// downloaded), written as the config.json of Llama-2-7B (hidden 4096, ffn 11008, 32 heads, no
+// GQA), Llama-2-70B (hidden 8192, ffn 28672, 64 heads, 8 kv heads) and the project's
+// llama-small, and read by the same parser as a real checkpoint; the flag reader; and the
+// CUDA-or-skip check.
+import { parseConfig } from '../src/io/hf-config.js';
+import { probeCuda, type CudaDeviceInfo } from '../src/engine/cuda.js';
 import type { ModelConfig } from '../src/model/config.js';
 
-const SHAPES = {
-  '7b': { hiddenSize: 4096, intermediateSize: 11008, numHeads: 32, numKvHeads: 32, headDim: 128, numLayers: 32, vocabSize: 32000 },
-  '70b': { hiddenSize: 8192, intermediateSize: 28672, numHeads: 64, numKvHeads: 8, headDim: 128, numLayers: 80, vocabSize: 32000 },
-  small: { hiddenSize: 384, intermediateSize: 1024, numHeads: 6, numKvHeads: 2, headDim: 64, numLayers: 6, vocabSize: 4096 },
-} as const;
+const SHAPES: Record<string, Record<string, number>> = {
+  '7b': { hidden_size: 4096, intermediate_size: 11008, num_attention_heads: 32, num_key_value_heads: 32, num_hidden_layers: 32, vocab_size: 32000 },
+  '70b': { hidden_size: 8192, intermediate_size: 28672, num_attention_heads: 64, num_key_value_heads: 8, num_hidden_layers: 80, vocab_size: 32000 },
+  small: { hidden_size: 384, intermediate_size: 1024, num_attention_heads: 6, num_key_value_heads: 2, num_hidden_layers: 6, vocab_size: 4096 },
+};
 
-export const SHAPE_NAMES = Object.keys(SHAPES) as (keyof typeof SHAPES)[];
-
-/** The config of shape `name` (throws naming the choices for an unknown one). */
-export function shapeConfig(name: string, what: string): ModelConfig {
-  const shape = (SHAPES as Record<string, (typeof SHAPES)[keyof typeof SHAPES]>)[name];
-  if (!shape) throw new Error(`${what}: --shape must be one of ${SHAPE_NAMES.join(', ')}, got ${name}`);
-  return {
-    modelType: 'llama',
-    rmsNormEps: 1e-5,
-    ropeTheta: 10000,
-    ropeScaling: { type: 'default' },
-    maxPositionEmbeddings: 4096,
-    qkvBias: false,
-    oBias: false,
-    mlpBias: false,
-    qkNorm: false,
-    tieWordEmbeddings: false,
-    slidingWindow: null,
-    bosTokenId: 1,
-    eosTokenIds: [2],
-    storageDtype: 'f32',
-    ...shape,
-  };
+/** The config of shape `name` for sequences up to T tokens (throws naming the choices for an unknown one). */
+export function shapeConfig(name: string, T: number, what: string): ModelConfig {
+  const shape = SHAPES[name];
+  if (!shape) throw new Error(`${what}: --shape must be one of ${Object.keys(SHAPES).join(', ')}, got ${name}`);
+  const json = { model_type: 'llama', torch_dtype: 'float32', max_position_embeddings: Math.max(4096, T), ...shape };
+  return parseConfig(json, `${what} --shape ${name}`);
 }
 
 /** Value of `--name` in argv, else the default. */
 export function flagValue(argv: readonly string[], name: string, dflt: string): string {
   const i = argv.indexOf(name);
   return i >= 0 && i + 1 < argv.length ? argv[i + 1]! : dflt;
+}
+
+/** The CUDA device to measure; without one, says why and exits 0 (a benchmark, not a failure). */
+export function cudaDeviceOrSkip(what: string): CudaDeviceInfo {
+  const probe = probeCuda();
+  if (!probe.available) {
+    console.log(`${what}: no CUDA device (${probe.reason}); skipping`);
+    process.exit(0);
+  }
+  return probe.devices[probe.device ?? 0]!;
 }

@@ -369,6 +369,37 @@ export function toDevice(data: Storage, dtype: DType = dtypeOfStorage(data)): De
   return a;
 }
 
+/**
+ * Device memory that lives and dies together (a trainer's state, a test's arrays): everything
+ * allocated, uploaded or adopted here is released by one free(), newest first. An owner makes
+ * its device state through one of these in its constructor and frees it if the constructor
+ * fails half way, so nothing leaks either way.
+ */
+export class DeviceAllocations {
+  private readonly releases: (() => void)[] = [];
+
+  /** allocDevice, released by free(). */
+  alloc(dtype: DType, length: number): DeviceArray {
+    return this.adopt(allocDevice(dtype, length));
+  }
+
+  /** toDevice (a Uint16Array needs its dtype, bf16 or f16), released by free(). */
+  upload(data: Storage, dtype?: DType): DeviceArray {
+    return this.adopt(toDevice(data, dtype));
+  }
+
+  /** Takes over an allocation, or anything with a free() of its own. */
+  adopt<T extends DeviceArray | { free(): void }>(owned: T): T {
+    if ('handle' in owned) this.releases.push(() => freeDevice(owned));
+    else this.releases.push(() => owned.free());
+    return owned;
+  }
+
+  free(): void {
+    for (const release of this.releases.splice(0).reverse()) release();
+  }
+}
+
 /** Copies data into a starting at element `offset`. */
 export function uploadDevice(a: DeviceArray, data: Storage, offset = 0): void {
   checkHostMatches('uploadDevice', a, data, offset);

@@ -32,7 +32,7 @@
 import { closeSync, existsSync, openSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
 import { WeightSource, readQuantLinear } from '../model/weights.js';
-import { BLOCK_LINEARS, type BlockLinear } from '../model/block.js';
+import { BLOCK_LINEARS, linearDims, type BlockLinear } from '../model/block.js';
 import type { ModelConfig } from '../model/config.js';
 import { ropeInvFreq } from '../model/rope.js';
 import { clampScale, dequantize, qmax, roundZero } from '../quant/primitives.js';
@@ -799,23 +799,3 @@ export async function exportGguf(modelDir: string, outPath: string, opts: GgufEx
   }
 }
 
-function linearDims(cfg: ModelConfig, key: BlockLinear): [number, number] {
-  const C = cfg.hiddenSize;
-  const q = cfg.numHeads * cfg.headDim;
-  const kv = cfg.numKvHeads * cfg.headDim;
-  const F = cfg.intermediateSize;
-  switch (key) {
-    case 'q':
-      return [q, C];
-    case 'k':
-    case 'v':
-      return [kv, C];
-    case 'o':
-      return [C, q];
-    case 'gate':
-    case 'up':
-      return [F, C];
-    case 'down':
-      return [C, F];
-  }
-}

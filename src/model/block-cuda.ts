@@ -8,7 +8,8 @@
 // against its TypeScript twins) on the CUDA backends of test/cuda/backends.ts.
 import { allocDevice, deviceView, downloadDevice, freeDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
 import type { ModelConfig } from './config.js';
-import { BIAS_OF, BLOCK_LINEARS, BLOCK_PARAM_NAMES, blockParamShapes, type BlockLinear, type BlockParamName, type BlockParams } from './block.js';
+import { ropeTables } from './rope.js';
+import { BIAS_OF, BLOCK_LINEARS, BLOCK_PARAM_NAMES, blockParamShapes, linearDims, type BlockLinear, type BlockParamName, type BlockParams } from './block.js';
 import { linearBackwardCuda, linearForwardCuda, type LinearDims, type LowPrecisionScratch } from '../ops/cuda/linear.js';
 import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../ops/cuda/rmsnorm.js';
 import { ropeBackwardCuda, ropeForwardCuda } from '../ops/cuda/rope.js';
@@ -125,13 +126,7 @@ export class DeviceBlockWorkspace {
   readonly sin!: DeviceArray; // (T, D/2)
   private readonly arena: DeviceArray;
 
-  constructor(
-    readonly cfg: ModelConfig,
-    B: number,
-    T: number,
-    rope: { cos: Float32Array; sin: Float32Array },
-    { training = true }: { training?: boolean } = {},
-  ) {
+  constructor(readonly cfg: ModelConfig, B: number, T: number, { training = true }: { training?: boolean } = {}) {
     this.B = B;
     this.T = T;
     const N = B * T;
@@ -140,9 +135,6 @@ export class DeviceBlockWorkspace {
     const H = cfg.numHeads;
     const Hkv = cfg.numKvHeads;
     const D = cfg.headDim;
-    if (rope.cos.length !== (T * D) / 2 || rope.sin.length !== (T * D) / 2) {
-      throw new RangeError(`DeviceBlockWorkspace: rope tables must be (T=${T}, D/2=${D / 2})`);
-    }
     const qk = cfg.qkNorm;
     const g = training ? 1 : 0;
     // every buffer in one allocation, carved in declaration order
@@ -170,8 +162,9 @@ export class DeviceBlockWorkspace {
       this.qNormed = this.qLin;
       this.kNormed = this.kLin;
     }
-    uploadDevice(this.cos, rope.cos);
-    uploadDevice(this.sin, rope.sin);
+    const rope = ropeTables(cfg, 0, T); // positions 0..T-1, as the CPU workspace's tables
+    uploadDevice(this.cos, rope.cos.f32);
+    uploadDevice(this.sin, rope.sin.f32);
   }
 
   free(): void {
@@ -185,11 +178,6 @@ export interface LinearImplCuda {
   forward(out: DeviceArray, x: DeviceArray, key: BlockLinear, N: number): void;
   // dx (N, I) = dout W (overwritten, or accumulated when accumulateDx); parameter gradients accumulate
   backward(dx: DeviceArray | null, dout: DeviceArray, x: DeviceArray, key: BlockLinear, N: number, accumulateDx: boolean): void;
-}
-
-/** (O, I) of linear `key`. */
-export function linearDimsOf(cfg: ModelConfig, key: BlockLinear): [number, number] {
-  return blockParamShapes(cfg)[key] as [number, number];
 }
 
 /** The widest activation a linear of this config reads or writes, per row: max(C, F, H·D, Hkv·D). */
@@ -208,7 +196,7 @@ export function denseLinearsCuda(
   lowp: LowPrecisionScratch | null = null,
 ): LinearImplCuda {
   const dims = {} as Record<BlockLinear, [number, number]>;
-  const dimsOf = (key: BlockLinear) => (dims[key] ??= linearDimsOf(cfg, key));
+  const dimsOf = (key: BlockLinear) => (dims[key] ??= linearDims(cfg, key));
   const d = (key: BlockLinear, N: number): LinearDims => {
     const [O, I] = dimsOf(key);
     return { N, O, I };

@@ -87,6 +87,21 @@ export const HF_PARAM_NAME: Record<BlockParamName, string> = {
   downBias: 'mlp.down_proj.bias',
 };
 
+/** (out_features, in_features) of linear `key` (the layout's one home: config.ts linearShape). */
+export function linearDims(cfg: ModelConfig, key: BlockLinear): [number, number] {
+  return linearShape(cfg, `${key}_proj`);
+}
+
+/** Elements of the block's largest linear weight (the size of a one-weight-at-a-time tile). */
+export function largestLinearSize(cfg: ModelConfig): number {
+  let largest = 0;
+  for (const [key] of BLOCK_LINEARS) {
+    const [O, I] = linearDims(cfg, key);
+    largest = Math.max(largest, O * I);
+  }
+  return largest;
+}
+
 /** Shapes of the parameters this config's blocks have (absent ones omitted). */
 export function blockParamShapes(cfg: ModelConfig): Partial<Record<BlockParamName, number[]>> {
   const C = cfg.hiddenSize;
@@ -96,7 +111,7 @@ export function blockParamShapes(cfg: ModelConfig): Partial<Record<BlockParamNam
   const kvd = cfg.numKvHeads * D;
   const s: Partial<Record<BlockParamName, number[]>> = { inputNorm: [C], postNorm: [C] };
   // linear layouts have one home: config.ts linearShape (HF names)
-  for (const [key] of BLOCK_LINEARS) s[key] = linearShape(cfg, `${key}_proj`);
+  for (const [key] of BLOCK_LINEARS) s[key] = linearDims(cfg, key);
   if (cfg.qkvBias) {
     s.qBias = [qd];
     s.kBias = [kvd];

@@ -6,21 +6,20 @@
 //
 // Numerics follow the CPU path (src/model/model.ts, src/pipeline/eval.ts) op for op; with
 // precision 'bf16' the GEMMs take bf16 copies of their inputs (f32 sums), as in Block-AP.
-import { allocDevice, deviceView, downloadDevice, freeDevice, toDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
+import { DeviceAllocations, deviceView, downloadDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
+import type { Tensor } from '../engine/tensor.js';
 import type { ModelConfig } from './config.js';
-import { BIAS_OF, BLOCK_LINEARS, allocBlockParams, type BlockLinear } from './block.js';
+import { BIAS_OF, BLOCK_LINEARS, allocBlockParams, largestLinearSize, linearDims, type BlockLinear } from './block.js';
 import {
   blockForwardCuda,
   DeviceBlockArena,
   DeviceBlockWorkspace,
   denseLinearsCuda,
-  linearDimsOf,
   linearRowWidth,
   uploadBlockParams,
   type LinearImplCuda,
 } from './block-cuda.js';
-import { loadPackedBlock } from './quantized.js';
-import { ropeTables } from './rope.js';
+import { loadPackedBlock, type PackedBlock } from './quantized.js';
 import type { WeightSource } from './weights.js';
 import { dequantizeGptqCuda, freePackedWeightCuda, gptqScaleGradCuda, uploadPackedWeight, type PackedWeightCuda } from '../ops/cuda/gptq.js';
 import { linearBackwardCuda, linearForwardCuda, type LowPrecisionScratch } from '../ops/cuda/linear.js';
@@ -51,7 +50,7 @@ export function packedLinearsCuda(
 ): LinearImplCuda {
   // with bf16 GEMMs the weight is dequantized straight into the bf16 scratch the GEMM reads
   const dequantized = (key: BlockLinear): { w: DeviceArray; O: number; I: number } => {
-    const [O, I] = linearDimsOf(cfg, key);
+    const [O, I] = linearDims(cfg, key);
     const w = deviceView(lowp ? lowp.wb : wTile, 0, O * I);
     dequantizeGptqCuda(w, packed.weights[key], packed.scales[key]);
     return { w, O, I };
@@ -72,13 +71,37 @@ export function packedLinearsCuda(
   };
 }
 
+/**
+ * Uploads packed block b: its norms and biases into an arena without dense linears, and the
+ * GPTQ integers and zero points of every linear, all owned by `mem`. Each linear's step sizes go
+ * where `scales` puts them: an upload of their own for evaluation, a view into the trained
+ * step-size arena for E2E-QP.
+ */
+export function uploadPackedBlock(
+  cfg: ModelConfig,
+  b: PackedBlock,
+  mem: DeviceAllocations,
+  scales: (key: BlockLinear, host: Tensor) => DeviceArray,
+): { arena: DeviceBlockArena; packed: PackedLinearsCuda } {
+  const arena = mem.adopt(new DeviceBlockArena(cfg, { linears: false }));
+  uploadBlockParams(arena.params, b.params);
+  const packed: PackedLinearsCuda = { weights: {} as PackedLinearsCuda['weights'], scales: {} as PackedLinearsCuda['scales'] };
+  for (const [key] of BLOCK_LINEARS) {
+    const w = uploadPackedWeight(b.weights[key]);
+    mem.adopt({ free: () => freePackedWeightCuda(w) });
+    packed.weights[key] = w;
+    packed.scales[key] = scales(key, b.scales[key]);
+  }
+  return { arena, packed };
+}
+
 interface DeviceBlock {
   arena: DeviceBlockArena; // norms and biases (and dense linears for a full-precision model)
   lin: LinearImplCuda;
 }
 
 export class DeviceModel {
-  private readonly owned: (() => void)[] = [];
+  private readonly mem = new DeviceAllocations(); // everything on the device but the tail workspace
   private readonly blocks: DeviceBlock[] = [];
   private embedding!: DeviceArray; // (V, C)
   private lmHead!: DeviceArray; // (V, C)
@@ -101,42 +124,29 @@ export class DeviceModel {
     const cfg = (this.cfg = src.cfg);
     const C = cfg.hiddenSize;
     const N = B * T;
-    const arr = (dtype: 'f32' | 'i32' | 'bf16', n: number): DeviceArray => {
-      const a = allocDevice(dtype, n);
-      this.owned.push(() => freeDevice(a));
-      return a;
-    };
-    const up = (data: Float32Array): DeviceArray => {
-      const a = toDevice(data);
-      this.owned.push(() => freeDevice(a));
-      return a;
-    };
+    const mem = this.mem;
     try {
-      let largest = 0;
-      for (const [key] of BLOCK_LINEARS) largest = Math.max(largest, linearDimsOf(cfg, key).reduce((a, b) => a * b, 1));
-      this.wTile = arr('f32', src.quant && precision === 'f32' ? largest : 0); // bf16: lowp.wb holds the weight
+      const largest = largestLinearSize(cfg);
+      this.wTile = mem.alloc('f32', src.quant && precision === 'f32' ? largest : 0); // bf16: lowp.wb holds the weight
       // bf16 scratch: x up to the widest activation, w up to the largest linear or lm_head (V, C)
       if (precision === 'bf16') {
-        this.lowp = { xb: arr('bf16', N * linearRowWidth(cfg)), doutb: arr('bf16', 0), wb: arr('bf16', Math.max(largest, cfg.vocabSize * C)) };
+        this.lowp = { xb: mem.alloc('bf16', N * linearRowWidth(cfg)), doutb: mem.alloc('bf16', 0), wb: mem.alloc('bf16', Math.max(largest, cfg.vocabSize * C)) };
       }
-      const rope = ropeTables(cfg, 0, T);
-      this.ws = new DeviceBlockWorkspace(cfg, B, T, { cos: rope.cos.f32, sin: rope.sin.f32 }, { training: false });
-      const ws = this.ws;
-      this.owned.push(() => ws.free());
+      this.ws = mem.adopt(new DeviceBlockWorkspace(cfg, B, T, { training: false }));
       for (let i = 0; i < cfg.numLayers; i++) this.blocks.push(this.loadBlock(src, i));
       const emb = src.embedding();
-      this.embedding = up(emb.f32);
+      this.embedding = mem.upload(emb.f32);
       const head = src.lmHead(emb);
-      this.lmHead = head === emb ? this.embedding : up(head.f32);
-      this.finalNorm = up(src.finalNorm().f32);
-      this.x = arr('f32', N * C);
-      this.y = arr('f32', N * C);
-      this.normed = arr('f32', N * C);
-      this.rstd = arr('f32', N);
-      this.logits = arr('f32', N * cfg.vocabSize);
-      this.ids = arr('i32', N);
-      this.targets = arr('i32', N);
-      this.losses = arr('f32', N);
+      this.lmHead = head === emb ? this.embedding : mem.upload(head.f32);
+      this.finalNorm = mem.upload(src.finalNorm().f32);
+      this.x = mem.alloc('f32', N * C);
+      this.y = mem.alloc('f32', N * C);
+      this.normed = mem.alloc('f32', N * C);
+      this.rstd = mem.alloc('f32', N);
+      this.logits = mem.alloc('f32', N * cfg.vocabSize);
+      this.ids = mem.alloc('i32', N);
+      this.targets = mem.alloc('i32', N);
+      this.losses = mem.alloc('f32', N);
     } catch (e) {
       this.free();
       throw e;
@@ -146,26 +156,13 @@ export class DeviceModel {
   private loadBlock(src: WeightSource, i: number): DeviceBlock {
     const cfg = this.cfg;
     if (!src.quant) {
-      const arena = new DeviceBlockArena(cfg);
-      this.owned.push(() => arena.free());
+      const arena = this.mem.adopt(new DeviceBlockArena(cfg));
       const host = allocBlockParams(cfg).params;
       src.loadBlock(i, host);
       uploadBlockParams(arena.params, host);
       return { arena, lin: denseLinearsCuda(cfg, arena.params, null, this.lowp) };
     }
-    const b = loadPackedBlock(src, i);
-    const arena = new DeviceBlockArena(cfg, { linears: false });
-    this.owned.push(() => arena.free());
-    uploadBlockParams(arena.params, b.params);
-    const packed: PackedLinearsCuda = { weights: {} as PackedLinearsCuda['weights'], scales: {} as PackedLinearsCuda['scales'] };
-    for (const [key] of BLOCK_LINEARS) {
-      const w = uploadPackedWeight(b.weights[key]);
-      this.owned.push(() => freePackedWeightCuda(w));
-      packed.weights[key] = w;
-      const s = toDevice(b.scales[key].f32);
-      this.owned.push(() => freeDevice(s));
-      packed.scales[key] = s;
-    }
+    const { arena, packed } = uploadPackedBlock(cfg, loadPackedBlock(src, i), this.mem, (_, host) => this.mem.upload(host.f32));
     return { arena, lin: packedLinearsCuda(cfg, packed, arena.params, this.wTile, this.lowp) };
   }
 
@@ -208,8 +205,7 @@ export class DeviceModel {
   private tailWorkspace(count: number): DeviceBlockWorkspace {
     if (this.tail?.B !== count) {
       this.tail?.free();
-      const rope = ropeTables(this.cfg, 0, this.T);
-      this.tail = new DeviceBlockWorkspace(this.cfg, count, this.T, { cos: rope.cos.f32, sin: rope.sin.f32 }, { training: false });
+      this.tail = new DeviceBlockWorkspace(this.cfg, count, this.T, { training: false });
     }
     return this.tail;
   }
@@ -217,6 +213,6 @@ export class DeviceModel {
   free(): void {
     this.tail?.free();
     this.tail = null;
-    for (const f of this.owned.splice(0).reverse()) f();
+    this.mem.free();
   }
 }

@@ -14,10 +14,10 @@
 // A step uploads its batch, runs block forward → MSE → backward → AdamW on the device and
 // downloads one number, the loss. The host P and Wq are copied in when a pass over the caches
 // starts and P, Q come back in freeze(), which then shares the CPU's host code.
-import { allocDevice, deviceView, downloadDevice, freeDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
+import { allocDevice, DeviceAllocations, deviceView, downloadDevice, freeDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
 import { Tensor } from '../engine/tensor.js';
 import type { ModelConfig } from '../model/config.js';
-import { allocBlockParams, BIAS_OF, BLOCK_LINEARS, type BlockLinear, type BlockParams } from '../model/block.js';
+import { allocBlockParams, BIAS_OF, BLOCK_LINEARS, largestLinearSize, linearDims, type BlockLinear, type BlockParams } from '../model/block.js';
 import {
   blockBackwardCuda,
   blockForwardCuda,
@@ -30,14 +30,13 @@ import {
   type DeviceBlockParams,
   type LinearImplCuda,
 } from '../model/block-cuda.js';
-import { ropeTables } from '../model/rope.js';
 import { fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../ops/cuda/fakequant.js';
 import { linearBackwardCuda, linearForwardCuda, type LowPrecisionScratch } from '../ops/cuda/linear.js';
 import { adamwStepCuda } from '../ops/cuda/adamw.js';
 import { allocReducePartials, mseBackwardCuda, mseForwardCuda } from '../ops/cuda/reduce.js';
 import type { FrozenLinears } from '../io/quant-checkpoint.js';
 import type { ActivationCache } from './activation-cache.js';
-import { freezeLinears, linearDims, minMaxInitInto, QuantParams, withLinears, type BlockApTrainer, type PassWeights } from './block-trainer.js';
+import { freezeLinears, minMaxInitInto, QuantParams, withLinears, type BlockApTrainer, type PassWeights } from './block-trainer.js';
 
 /** Step sizes and zero points on the device, as views into one allocation laid out as QuantParams. */
 export class DeviceQuantParams {
@@ -45,7 +44,7 @@ export class DeviceQuantParams {
   readonly scale = {} as Record<BlockLinear, DeviceArray>;
   readonly zero = {} as Record<BlockLinear, DeviceArray>;
   constructor(cfg: ModelConfig, G: number) {
-    this.all = allocDevice('f32', QuantParams.count(cfg, G));
+    this.all = allocDevice('f32', QuantParams.count(cfg, G)); // released by free()
     let at = 0;
     for (const [key] of BLOCK_LINEARS) {
       const [O, I] = linearDims(cfg, key);
@@ -54,6 +53,9 @@ export class DeviceQuantParams {
       this.zero[key] = deviceView(this.all, at + n, n);
       at += 2 * n;
     }
+  }
+  free(): void {
+    freeDevice(this.all);
   }
 }
 
@@ -124,7 +126,7 @@ export class BlockTrainerCuda implements BlockApTrainer {
   private readonly outd: DeviceArray; // (B, T, C)
   private readonly dOut: DeviceArray; // (B, T, C)
   private readonly partials: DeviceArray;
-  private readonly owned: { free(): void }[] = [];
+  private readonly mem = new DeviceAllocations(); // every device allocation above
 
   constructor(
     readonly cfg: ModelConfig,
@@ -141,50 +143,31 @@ export class BlockTrainerCuda implements BlockApTrainer {
     const C = cfg.hiddenSize;
     this.x = Tensor.zeros([B, T, C]);
     this.y = Tensor.zeros([B, T, C]);
-    const arr = (n: number): DeviceArray => {
-      const a = allocDevice('f32', n);
-      this.owned.push({ free: () => freeDevice(a) });
-      return a;
-    };
-    const keep = <T extends { free(): void }>(t: T): T => {
-      this.owned.push(t);
-      return t;
-    };
+    const mem = this.mem;
     try {
-      this.dP = keep(new DeviceBlockArena(cfg));
-      this.dG = keep(new DeviceBlockArena(cfg));
-      this.mP = arr(this.dP.all.length);
-      this.vP = arr(this.dP.all.length);
-      this.dQ = new DeviceQuantParams(cfg, G);
-      this.owned.push({ free: () => freeDevice(this.dQ.all) });
-      this.dQgrad = new DeviceQuantParams(cfg, G);
-      this.owned.push({ free: () => freeDevice(this.dQgrad.all) });
-      this.mQ = arr(this.dQ.all.length);
-      this.vQ = arr(this.dQ.all.length);
-      let largest = 0;
-      for (const [key] of BLOCK_LINEARS) largest = Math.max(largest, linearDims(cfg, key).reduce((a, b) => a * b, 1));
-      this.wTile = arr(largest);
-      this.dwTile = arr(training ? largest : 0);
+      this.dP = mem.adopt(new DeviceBlockArena(cfg));
+      this.dG = mem.adopt(new DeviceBlockArena(cfg));
+      this.mP = mem.alloc('f32', this.dP.all.length);
+      this.vP = mem.alloc('f32', this.dP.all.length);
+      this.dQ = mem.adopt(new DeviceQuantParams(cfg, G));
+      this.dQgrad = mem.adopt(new DeviceQuantParams(cfg, G));
+      this.mQ = mem.alloc('f32', this.dQ.all.length);
+      this.vQ = mem.alloc('f32', this.dQ.all.length);
+      const largest = largestLinearSize(cfg);
+      this.wTile = mem.alloc('f32', largest);
+      this.dwTile = mem.alloc('f32', training ? largest : 0);
       this.frozen = withLinears(this.dP.params, this.dG.params) as DeviceBlockParams;
       if (precision === 'bf16') {
-        const bf = (n: number): DeviceArray => {
-          const a = allocDevice('bf16', n);
-          this.owned.push({ free: () => freeDevice(a) });
-          return a;
-        };
         const rows = B * T * linearRowWidth(cfg);
-        this.lowp = { xb: bf(rows), doutb: bf(training ? rows : 0), wb: bf(largest) };
+        this.lowp = { xb: mem.alloc('bf16', rows), doutb: mem.alloc('bf16', training ? rows : 0), wb: mem.alloc('bf16', largest) };
       }
       this.fakeQuant = fakeQuantLinearsCuda(cfg, this.dP.params, this.dG.params, this.dQ, this.dQgrad, bits, G, this.wTile, this.dwTile, this.lowp);
-      const rope = ropeTables(cfg, 0, T);
-      this.ws = keep(new DeviceBlockWorkspace(cfg, B, T, { cos: rope.cos.f32, sin: rope.sin.f32 }, { training }));
-      this.xd = arr(B * T * C);
-      this.yd = arr(B * T * C);
-      this.outd = arr(B * T * C);
-      this.dOut = arr(B * T * C);
-      this.partials = allocReducePartials();
-      const partials = this.partials;
-      this.owned.push({ free: () => freeDevice(partials) });
+      this.ws = mem.adopt(new DeviceBlockWorkspace(cfg, B, T, { training }));
+      this.xd = mem.alloc('f32', B * T * C);
+      this.yd = mem.alloc('f32', B * T * C);
+      this.outd = mem.alloc('f32', B * T * C);
+      this.dOut = mem.alloc('f32', B * T * C);
+      this.partials = mem.adopt(allocReducePartials());
     } catch (e) {
       this.free();
       throw e;
@@ -194,11 +177,7 @@ export class BlockTrainerCuda implements BlockApTrainer {
   private workspace(n: number): DeviceBlockWorkspace {
     if (n === this.B) return this.ws;
     if (n !== 1) throw new Error('internal: workspace for batch ' + n);
-    if (!this.ws1) {
-      const rope = ropeTables(this.cfg, 0, this.T);
-      this.ws1 = new DeviceBlockWorkspace(this.cfg, 1, this.T, { cos: rope.cos.f32, sin: rope.sin.f32 }, { training: false });
-      this.owned.push(this.ws1);
-    }
+    this.ws1 ??= this.mem.adopt(new DeviceBlockWorkspace(this.cfg, 1, this.T, { training: false }));
     return this.ws1;
   }
 
@@ -288,6 +267,6 @@ export class BlockTrainerCuda implements BlockApTrainer {
   }
 
   free(): void {
-    for (const o of this.owned.splice(0).reverse()) o.free();
+    this.mem.free();
   }
 }

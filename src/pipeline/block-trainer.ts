@@ -13,11 +13,11 @@ import { Tensor, Arena } from '../engine/tensor.js';
 import type { ModelConfig } from '../model/config.js';
 import {
   allocBlockParams,
-  blockParamShapes,
   blockBackward,
   blockForward,
   BlockWorkspace,
   BLOCK_LINEARS,
+  linearDims,
   type BlockLinear,
   type BlockParams,
 } from '../model/block.js';
@@ -55,11 +55,6 @@ export interface BlockApTrainer {
   forwardCache(weights: PassWeights, cache: ActivationCache, start: number, count: number): void;
   /** Releases device memory (no-op on the CPU). */
   free(): void;
-}
-
-/** (out_features, in_features) of linear `key`, from the block's parameter shapes. */
-export function linearDims(cfg: ModelConfig, key: BlockLinear): [number, number] {
-  return blockParamShapes(cfg)[key] as [number, number];
 }
 
 /** Per-linear step sizes and zero points of a block, (O, I/G) each, in one arena. */

@@ -11,23 +11,19 @@
 // backward, whose packed linears form each layer's weight gradient in one shared tile and fold
 // it at once into the step sizes' gradient. Memory is bounded by one block's activations plus
 // the L+1 hidden states; no dequantized copy of the model exists (one weight tile at a time).
-import { allocDevice, deviceView, downloadDevice, freeDevice, toDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
+import { DeviceAllocations, deviceView, downloadDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
 import type { ModelConfig } from '../model/config.js';
-import { BLOCK_LINEARS, type BlockLinear } from '../model/block.js';
+import { largestLinearSize, type BlockLinear } from '../model/block.js';
 import {
   blockBackwardCuda,
   blockForwardCuda,
   DeviceBlockArena,
   DeviceBlockWorkspace,
-  linearDimsOf,
   linearRowWidth,
-  uploadBlockParams,
   type LinearImplCuda,
 } from '../model/block-cuda.js';
-import { packedLinearsCuda, type PackedLinearsCuda } from '../model/model-cuda.js';
+import { packedLinearsCuda, uploadPackedBlock } from '../model/model-cuda.js';
 import type { PackedModel } from '../model/quantized.js';
-import { ropeTables } from '../model/rope.js';
-import { freePackedWeightCuda, uploadPackedWeight } from '../ops/cuda/gptq.js';
 import { linearBackwardCuda, linearForwardCuda, type LowPrecisionScratch } from '../ops/cuda/linear.js';
 import { embeddingForwardCuda } from '../ops/cuda/embedding.js';
 import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../ops/cuda/rmsnorm.js';
@@ -46,7 +42,7 @@ interface BlockOnDevice {
 export class E2eStepperCuda implements E2eStepper {
   readonly device = 'cuda' as const;
   private readonly cfg: ModelConfig;
-  private readonly owned: (() => void)[] = [];
+  private readonly mem = new DeviceAllocations(); // every device allocation of the stepper
   private readonly blocks: BlockOnDevice[] = [];
   // step sizes, gradients and moments: the host ScaleState's layout
   private readonly params: DeviceArray;
@@ -85,79 +81,55 @@ export class E2eStepperCuda implements E2eStepper {
     const V = cfg.vocabSize;
     const N = mb * T;
     const L = cfg.numLayers;
-    const arr = (dtype: 'f32' | 'i32' | 'bf16', n: number): DeviceArray => {
-      const a = allocDevice(dtype, n);
-      this.owned.push(() => freeDevice(a));
-      return a;
-    };
-    const up = (data: Float32Array): DeviceArray => {
-      const a = toDevice(data);
-      this.owned.push(() => freeDevice(a));
-      return a;
-    };
+    const mem = this.mem;
     try {
       const n = state.params.buffer.length;
-      this.params = arr('f32', n);
-      this.grads = arr('f32', n);
-      this.m = arr('f32', n);
-      this.v = arr('f32', n);
-      let largest = 0;
-      for (const [key] of BLOCK_LINEARS) largest = Math.max(largest, linearDimsOf(cfg, key).reduce((a, b) => a * b, 1));
-      const wTile = arr('f32', precision === 'f32' ? largest : 0); // bf16: lowp.wb holds the weight
-      const dwTile = arr('f32', largest);
+      this.params = mem.alloc('f32', n);
+      this.grads = mem.alloc('f32', n);
+      this.m = mem.alloc('f32', n);
+      this.v = mem.alloc('f32', n);
+      const largest = largestLinearSize(cfg);
+      const wTile = mem.alloc('f32', precision === 'f32' ? largest : 0); // bf16: lowp.wb holds the weight
+      const dwTile = mem.alloc('f32', largest);
       if (precision === 'bf16') {
         // GEMM inputs up to the widest activation, lm_head (V, C) and dlogits (N, V)
         this.lowp = {
-          xb: arr('bf16', N * linearRowWidth(cfg)),
-          doutb: arr('bf16', Math.max(N * linearRowWidth(cfg), N * V)),
-          wb: arr('bf16', Math.max(largest, V * C)),
+          xb: mem.alloc('bf16', N * linearRowWidth(cfg)),
+          doutb: mem.alloc('bf16', Math.max(N * linearRowWidth(cfg), N * V)),
+          wb: mem.alloc('bf16', Math.max(largest, V * C)),
         };
       }
-      // the blocks, with views into the step-size arenas in ScaleState order
+      // the blocks, their step sizes and gradients as views into the arenas, in ScaleState order
       let at = 0;
       for (const b of model.blocks) {
-        const arena = new DeviceBlockArena(cfg, { linears: false });
-        this.owned.push(() => arena.free());
-        uploadBlockParams(arena.params, b.params);
-        const packed: PackedLinearsCuda = { weights: {} as PackedLinearsCuda['weights'], scales: {} as PackedLinearsCuda['scales'] };
         const dscales = {} as Record<BlockLinear, DeviceArray>;
-        for (const [key] of BLOCK_LINEARS) {
-          const w = uploadPackedWeight(b.weights[key]);
-          this.owned.push(() => freePackedWeightCuda(w));
-          packed.weights[key] = w;
-          const size = b.scales[key].size;
-          packed.scales[key] = deviceView(this.params, at, size);
-          dscales[key] = deviceView(this.grads, at, size);
-          at += size;
-        }
+        const { arena, packed } = uploadPackedBlock(cfg, b, mem, (key, host) => {
+          const view = deviceView(this.params, at, host.size);
+          dscales[key] = deviceView(this.grads, at, host.size);
+          at += host.size;
+          return view;
+        });
         this.blocks.push({ arena, lin: packedLinearsCuda(cfg, packed, arena.params, wTile, this.lowp, { dscales, dwTile }) });
       }
       if (at !== n) throw new Error(`internal: step sizes laid out over ${at} of ${n} elements`);
-      this.embedding = up(model.embedding.f32);
-      this.lmHead = model.lmHead === model.embedding ? this.embedding : up(model.lmHead.f32);
-      this.finalNorm = up(model.finalNorm.f32);
-      this.dFinalNorm = arr('f32', C);
-      this.gNorms = new DeviceBlockArena(cfg, { linears: false });
-      const gNorms = this.gNorms;
-      this.owned.push(() => gNorms.free());
-      const rope = ropeTables(cfg, 0, T);
-      this.ws = new DeviceBlockWorkspace(cfg, mb, T, { cos: rope.cos.f32, sin: rope.sin.f32 });
-      const ws = this.ws;
-      this.owned.push(() => ws.free());
-      this.hidden = Array.from({ length: L + 1 }, () => arr('f32', N * C));
-      this.scratch = arr('f32', N * C);
-      this.dH = arr('f32', N * C);
-      this.dX = arr('f32', N * C);
-      this.normed = arr('f32', N * C);
-      this.rstd = arr('f32', N);
-      this.logits = arr('f32', N * V);
-      this.losses = arr('f32', N);
-      this.dNormed = arr('f32', N * C);
-      this.ids = arr('i32', N);
-      this.labels = arr('i32', N);
-      this.partials = allocReducePartials();
-      const partials = this.partials;
-      this.owned.push(() => freeDevice(partials));
+      this.embedding = mem.upload(model.embedding.f32);
+      this.lmHead = model.lmHead === model.embedding ? this.embedding : mem.upload(model.lmHead.f32);
+      this.finalNorm = mem.upload(model.finalNorm.f32);
+      this.dFinalNorm = mem.alloc('f32', C);
+      this.gNorms = mem.adopt(new DeviceBlockArena(cfg, { linears: false }));
+      this.ws = mem.adopt(new DeviceBlockWorkspace(cfg, mb, T));
+      this.hidden = Array.from({ length: L + 1 }, () => mem.alloc('f32', N * C));
+      this.scratch = mem.alloc('f32', N * C);
+      this.dH = mem.alloc('f32', N * C);
+      this.dX = mem.alloc('f32', N * C);
+      this.normed = mem.alloc('f32', N * C);
+      this.rstd = mem.alloc('f32', N);
+      this.logits = mem.alloc('f32', N * V);
+      this.losses = mem.alloc('f32', N);
+      this.dNormed = mem.alloc('f32', N * C);
+      this.ids = mem.alloc('i32', N);
+      this.labels = mem.alloc('i32', N);
+      this.partials = mem.adopt(allocReducePartials());
     } catch (e) {
       this.free();
       throw e;
@@ -228,6 +200,6 @@ export class E2eStepperCuda implements E2eStepper {
   }
 
   free(): void {
-    for (const f of this.owned.splice(0).reverse()) f();
+    this.mem.free();
   }
 }

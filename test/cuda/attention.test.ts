@@ -39,14 +39,14 @@ function compareWithTwin(s: Scope, c: Case, seed: number): void {
   const [dq, dk, dv] = [dq0.clone(), dk0.clone(), dv0.clone()];
   attentionBackwardRef(dq, dk, dv, dout, q, k, v, out, lse, c.opts);
 
-  const gq = s.up(q.f32), gk = s.up(k.f32), gv = s.up(v.f32), gdout = s.up(dout.f32);
+  const gq = s.upload(q.f32), gk = s.upload(k.f32), gv = s.upload(v.f32), gdout = s.upload(dout.f32);
   const gout = s.alloc('f32', out.size), glse = s.alloc('f32', lse.size);
   attentionForwardCuda(gout, glse, gq, gk, gv, c, c.opts);
   const gotOut = downloadDevice<Float32Array>(gout);
   assertClose(gotOut, out.f32, { ...FWD_TOL, what: `${what} out` });
   assertClose(downloadDevice<Float32Array>(glse), lse.f32, { ...FWD_TOL, what: `${what} lse` });
 
-  const gdq = s.up(dq0.f32), gdk = s.up(dk0.f32), gdv = s.up(dv0.f32);
+  const gdq = s.upload(dq0.f32), gdk = s.upload(dk0.f32), gdv = s.upload(dv0.f32);
   attentionBackwardCuda(gdq, gdk, gdv, gdout, gq, gk, gv, gout, glse, c, c.opts);
   assertClose(downloadDevice<Float32Array>(gdq), dq.f32, { ...BWD_TOL, what: `${what} dq` });
   assertClose(downloadDevice<Float32Array>(gdk), dk.f32, { ...BWD_TOL, what: `${what} dk` });

@@ -7,16 +7,7 @@ import { test } from 'node:test';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import {
-  allocDevice,
-  freeDevice,
-  nativeCudaBackend,
-  setCudaBackend,
-  toDevice,
-  type CudaBackend,
-  type DeviceArray,
-} from '../../src/engine/cuda.js';
-import type { DType, Storage } from '../../src/engine/dtype.js';
+import { DeviceAllocations, nativeCudaBackend, setCudaBackend, type CudaBackend } from '../../src/engine/cuda.js';
 import { cudaEmulator, EmulatorBackend } from './emu/backend.js';
 
 // Compiled kernels of test runs go to a fresh temporary cache, never ~/.cache.
@@ -82,23 +73,7 @@ export function assertBitExact(actual: ArrayLike<number>, expected: ArrayLike<nu
 }
 
 /** Device arrays made in one test, freed together. */
-export class Scope {
-  private readonly owned: DeviceArray[] = [];
-  /** Uploads host data (a Uint16Array needs its dtype, bf16 or f16). */
-  up(data: Storage, dtype?: DType): DeviceArray {
-    const a = dtype ? toDevice(data, dtype) : toDevice(data);
-    this.owned.push(a);
-    return a;
-  }
-  alloc(dtype: DType, n: number): DeviceArray {
-    const a = allocDevice(dtype, n);
-    this.owned.push(a);
-    return a;
-  }
-  free(): void {
-    for (const a of this.owned.splice(0)) freeDevice(a);
-  }
-}
+export type Scope = DeviceAllocations;
 
 /**
  * Registers one test per backend of backendCases(): `cuda <name> [<backend>]`, run with that
@@ -108,7 +83,7 @@ export function testOnBackends(name: string, body: (s: Scope) => void): void {
   for (const bc of backendCases()) {
     test(`cuda ${name} [${bc.name}]`, { skip: bc.skip }, () =>
       withBackend(bc.backend(), () => {
-        const s = new Scope();
+        const s = new DeviceAllocations();
         try {
           body(s);
         } finally {

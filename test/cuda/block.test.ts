@@ -45,11 +45,11 @@ for (const [name, over] of BLOCK_VARIANTS) {
     blockBackward(cfg, p, g, ws, x, dy, dx);
 
     const dp = new DeviceBlockArena(cfg), dg = new DeviceBlockArena(cfg);
-    const dws = new DeviceBlockWorkspace(cfg, B, T, { cos: rope.cos.f32, sin: rope.sin.f32 });
+    const dws = new DeviceBlockWorkspace(cfg, B, T);
     try {
       uploadBlockParams(dp.params, p);
       uploadBlockParams(dg.params, g0);
-      const dxd = s.up(x.f32), dyd = s.alloc('f32', x.size), ddy = s.up(dy.f32), ddx = s.alloc('f32', x.size);
+      const dxd = s.upload(x.f32), dyd = s.alloc('f32', x.size), ddy = s.upload(dy.f32), ddx = s.alloc('f32', x.size);
       blockForwardCuda(cfg, dp.params, dws, dxd, dyd);
       blockBackwardCuda(cfg, dp.params, dg.params, dws, dxd, ddy, ddx);
       const tol = { atol: 2e-5, rtol: 2e-4 };

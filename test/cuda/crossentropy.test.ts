@@ -38,23 +38,23 @@ function compareCrossEntropy(s: Scope, logits: Tensor, targets: Tensor, scale: n
   crossEntropyBackwardRef(d, logits, targets, scale);
   const lossTol = { atol: 2e-6, rtol: 2e-6 }, gradTol = { atol: 1e-7 * Math.abs(scale), rtol: 1e-5 };
 
-  const gx = s.up(logits.f32), gt = s.up(targets.i32), gl = s.up(new Float32Array(N).fill(9));
+  const gx = s.upload(logits.f32), gt = s.upload(targets.i32), gl = s.upload(new Float32Array(N).fill(9));
   crossEntropyForwardCuda(gl, gx, gt, N, V);
   assertClose(host(gl), losses.f32, { ...lossTol, what: `${what} losses` });
-  const gd = s.up(new Float32Array(N * V).fill(123)); // must be overwritten
+  const gd = s.upload(new Float32Array(N * V).fill(123)); // must be overwritten
   crossEntropyBackwardCuda(gd, gx, gt, N, V, scale);
   const outOfPlace = host(gd);
   assertClose(outOfPlace, d.f32, { ...gradTol, what: `${what} dlogits` });
 
-  const gl2 = s.up(new Float32Array(N).fill(5)), gd2 = s.up(new Float32Array(N * V).fill(5));
+  const gl2 = s.upload(new Float32Array(N).fill(5)), gd2 = s.upload(new Float32Array(N * V).fill(5));
   crossEntropyForwardBackwardCuda(gl2, gd2, gx, gt, N, V, scale);
   assertBitExact(host(gl2), host(gl), `${what} fused losses = forward losses`);
   assertBitExact(host(gd2), outOfPlace, `${what} fused dlogits = backward dlogits`);
 
-  const inPlace = s.up(logits.f32);
+  const inPlace = s.upload(logits.f32);
   crossEntropyBackwardCuda(inPlace, inPlace, gt, N, V, scale);
   assertBitExact(host(inPlace), outOfPlace, `${what} in-place dlogits`);
-  const inPlaceFused = s.up(logits.f32), gl3 = s.alloc('f32', N);
+  const inPlaceFused = s.upload(logits.f32), gl3 = s.alloc('f32', N);
   crossEntropyForwardBackwardCuda(gl3, inPlaceFused, inPlaceFused, gt, N, V, scale);
   assertBitExact(host(gl3), host(gl), `${what} in-place fused losses`);
   assertBitExact(host(inPlaceFused), outOfPlace, `${what} in-place fused dlogits`);
@@ -84,12 +84,12 @@ testOnBackends('cross-entropy: extreme, masked (-inf) and uniform logits, all ro
   const targets = Tensor.fromI32(new Int32Array([3, 500, 1, 7, 7, 0]));
   compareCrossEntropy(s, logits, targets, 1, 'extreme');
   const gl = s.alloc('f32', N);
-  crossEntropyForwardCuda(gl, s.up(x), s.up(targets.i32), N, V);
+  crossEntropyForwardCuda(gl, s.upload(x), s.upload(targets.i32), N, V);
   const l = host(gl);
   assertClose([l[3]!], [Math.log(V)], { atol: 1e-6, rtol: 1e-6, what: 'uniform row loss = log V' });
   assert.equal(l[4], 0, 'a dominant correct logit gives loss 0');
-  const all = s.up(new Int32Array(N).fill(IGNORE_INDEX)), gd = s.up(new Float32Array(N * V).fill(7));
-  crossEntropyForwardBackwardCuda(gl, gd, s.up(x), all, N, V, 1);
+  const all = s.upload(new Int32Array(N).fill(IGNORE_INDEX)), gd = s.upload(new Float32Array(N * V).fill(7));
+  crossEntropyForwardBackwardCuda(gl, gd, s.upload(x), all, N, V, 1);
   assert.deepEqual([...host(gl)], new Array(N).fill(0));
   assert.ok(host(gd).every((g) => Object.is(g, 0)), 'ignored rows get +0 gradients');
 });
@@ -97,10 +97,10 @@ testOnBackends('cross-entropy: extreme, masked (-inf) and uniform logits, all ro
 testOnBackends('cross-entropy: a bad target throws naming the row before anything is written; check: false gives NaN rows', (s) => {
   const rng = new Rng(53);
   const N = 4, V = 17;
-  const gx = s.up(randn(rng, [N, V]).f32);
+  const gx = s.upload(randn(rng, [N, V]).f32);
   for (const bad of [V, -1, 1 << 30, -101]) {
-    const gt = s.up(new Int32Array([0, IGNORE_INDEX, bad, 3]));
-    const gl = s.up(new Float32Array(N).fill(7)), gd = s.up(new Float32Array(N * V).fill(7));
+    const gt = s.upload(new Int32Array([0, IGNORE_INDEX, bad, 3]));
+    const gl = s.upload(new Float32Array(N).fill(7)), gd = s.upload(new Float32Array(N * V).fill(7));
     const message = (op: string) => (e: Error) =>
       e instanceof RangeError && e.message === `${op}: argument 'targets': row 2 has target ${bad}, outside [0, ${V}) and not the ignore index -100`;
     assert.throws(() => crossEntropyForwardCuda(gl, gx, gt, N, V), message('crossEntropyForwardCuda'));
@@ -118,7 +118,7 @@ testOnBackends('cross-entropy: a bad target throws naming the row before anythin
   ids[4321] = -5;
   ids[777] = 99;
   ids[777 + 3 * 256] = 98; // a later bad id searched by the same thread
-  const gids = s.up(ids);
+  const gids = s.upload(ids);
   assert.deepEqual(firstBadIndexCuda(gids, ids.length, 50), { row: 777, value: 99 });
   assert.deepEqual(firstBadIndexCuda(gids, 777, 50), null);
   assert.deepEqual(firstBadIndexCuda(gids, ids.length, 100), { row: 4321, value: -5 });
@@ -146,23 +146,23 @@ testOnBackends('embedding forward and accumulating backward match the twins bit 
     for (let n = 0; n < N; n++) ids.i32[n] = n % 4 === 3 ? ids.i32[n - 1]! : rng.int(0, V); // repeated ids
     const out = Tensor.zeros([N, C]);
     embeddingForwardRef(out, ids, table);
-    const gt = s.up(table.f32), gi = s.up(ids.i32), go = s.alloc('f32', N * C);
+    const gt = s.upload(table.f32), gi = s.upload(ids.i32), go = s.alloc('f32', N * C);
     embeddingForwardCuda(go, gi, gt, N, V, C);
     assertBitExact(host(go), out.f32, `${what} forward`);
     const dout = randn(rng, [N, C]), dtable = randn(rng, [V, C]);
-    const gdt = s.up(dtable.f32);
+    const gdt = s.upload(dtable.f32);
     embeddingBackwardRef(dtable, dout, ids);
-    embeddingBackwardCuda(gdt, s.up(dout.f32), gi, N, V, C);
+    embeddingBackwardCuda(gdt, s.upload(dout.f32), gi, N, V, C);
     assertBitExact(host(gdt), dtable.f32, `${what} backward (accumulated)`);
   }
 });
 
 testOnBackends('embedding: an id outside [0, V) throws naming the row, nothing written; argument errors', (s) => {
   const N = 4, V = 5, C = 3;
-  const table = s.up(new Float32Array(V * C).fill(1)), dout = s.up(new Float32Array(N * C).fill(1));
+  const table = s.upload(new Float32Array(V * C).fill(1)), dout = s.upload(new Float32Array(N * C).fill(1));
   for (const bad of [V, -1, IGNORE_INDEX]) {
-    const ids = s.up(new Int32Array([0, 4, 2, bad]));
-    const out = s.up(new Float32Array(N * C).fill(7)), dt = s.up(new Float32Array(V * C).fill(7));
+    const ids = s.upload(new Int32Array([0, 4, 2, bad]));
+    const out = s.upload(new Float32Array(N * C).fill(7)), dt = s.upload(new Float32Array(V * C).fill(7));
     assert.throws(
       () => embeddingForwardCuda(out, ids, table, N, V, C),
       (e: Error) => e instanceof RangeError && e.message === `embeddingForwardCuda: argument 'ids': id ${bad} at row 3 is outside [0, ${V})`,
@@ -175,7 +175,7 @@ testOnBackends('embedding: an id outside [0, V) throws naming the row, nothing w
     embeddingBackwardCuda(dt, dout, ids, N, V, C, { check: false });
     assert.equal(host(dt).reduce((a, v) => a + v, 0), 7 * V * C + 3 * C, 'unchecked: the bad row is skipped');
   }
-  const ids = s.up(new Int32Array(N)), out = s.alloc('f32', N * C);
+  const ids = s.upload(new Int32Array(N)), out = s.alloc('f32', N * C);
   assert.throws(() => embeddingForwardCuda(out, ids, table, N, V, 4), /embeddingForwardCuda: out: expected 16 elements/);
   assert.throws(() => embeddingForwardCuda(out, s.alloc('f32', N), table, N, V, C), /embeddingForwardCuda: ids: expected a i32 device array/);
   assert.throws(() => embeddingForwardCuda(viewOf(table, 0, N * C), ids, table, N, V, C), /embeddingForwardCuda: out overlaps table/);

@@ -56,7 +56,7 @@ function randomLayer(rng: Rng, O: number, I: number, bits: number, G: number): L
 }
 
 function upload(s: Scope, L: Layer): PackedWeightCuda {
-  return { O: L.O, I: L.I, bits: L.bits, G: L.G, qweight: s.up(packQweight(L.q, L.O, L.I, L.bits)), zeros: s.up(L.zeros) };
+  return { O: L.O, I: L.I, bits: L.bits, G: L.G, qweight: s.upload(packQweight(L.q, L.O, L.I, L.bits)), zeros: s.upload(L.zeros) };
 }
 
 /** W_hat (O, I) by the reference route: unpack the packed codes, then primitives.dequantize. */
@@ -104,8 +104,8 @@ testOnBackends('gptq dequantize (f32, bf16, tiles) matches the TS unpack + dequa
       const what = `bits=${bits} O=${O} I=${I} G=${G}`;
       const L = randomLayer(rng, O, I, bits, G);
       const want = referenceWeights(L);
-      const w = upload(s, L), scales = s.up(L.scales);
-      const out = s.up(new Float32Array(O * I).fill(NaN));
+      const w = upload(s, L), scales = s.upload(L.scales);
+      const out = s.upload(new Float32Array(O * I).fill(NaN));
       dequantizeGptqCuda(out, w, scales);
       assertBitExact(downloadDevice<Float32Array>(out), want, `${what} f32`);
       const out16 = s.alloc('bf16', O * I);
@@ -127,9 +127,9 @@ testOnBackends('gptq pack -> dequant round trip returns the codes (scale 1, zero
     const O = 5, I = bits === 3 ? 96 : 32, G = I;
     const qm = qmax(bits);
     const q = Uint8Array.from({ length: O * I }, (_, k) => (k % 7 === 0 ? qm : rng.int(0, qm + 1)));
-    const w: PackedWeightCuda = { O, I, bits, G, qweight: s.up(packQweight(q, O, I, bits)), zeros: s.up(new Uint8Array(O)) };
+    const w: PackedWeightCuda = { O, I, bits, G, qweight: s.upload(packQweight(q, O, I, bits)), zeros: s.upload(new Uint8Array(O)) };
     const out = s.alloc('f32', O * I);
-    dequantizeGptqCuda(out, w, s.up(new Float32Array(O).fill(1)));
+    dequantizeGptqCuda(out, w, s.upload(new Float32Array(O).fill(1)));
     assertBitExact(downloadDevice<Float32Array>(out), Float32Array.from(q), `bits=${bits} codes`);
   }
 });
@@ -144,15 +144,15 @@ testOnBackends('gptq step-size gradient matches the twin: whole matrix, row and 
       const groups = I / G;
       const whole: GptqTile = { o0: 0, rows: O, i0: 0, cols: I };
       const dW = randn(rng, [O, I]).f32, ds0 = randn(rng, [O, groups]).f32;
-      const dds = s.up(ds0);
-      gptqScaleGradCuda(dds, s.up(dW), w);
+      const dds = s.upload(ds0);
+      gptqScaleGradCuda(dds, s.upload(dW), w);
       const want = referenceScaleGrad(L, ds0, dW, whole);
       assertBitExact(downloadDevice<Float32Array>(dds), want, `${what} dscales`);
       // a tile of rows and whole groups, accumulated on top
       const g0 = rng.int(0, groups), o0 = rng.int(0, O);
       const t: GptqTile = { o0, rows: rng.int(1, O - o0 + 1), i0: g0 * G, cols: rng.int(1, groups - g0 + 1) * G };
       const dWt = randn(rng, [t.rows, t.cols]).f32;
-      gptqScaleGradCuda(dds, s.up(dWt), w, t);
+      gptqScaleGradCuda(dds, s.upload(dWt), w, t);
       assertBitExact(downloadDevice<Float32Array>(dds), referenceScaleGrad(L, want, dWt, t), `${what} tile ${JSON.stringify(t)}`);
     }
   }
@@ -170,16 +170,16 @@ testOnBackends('gptq on checkpoint layouts: dequantizePackedRef and packedLinear
     const w = uploadPackedWeight(pw);
     try {
       const out = s.alloc('f32', O * I);
-      dequantizeGptqCuda(out, w, s.up(L.scales));
+      dequantizeGptqCuda(out, w, s.upload(L.scales));
       assertBitExact(downloadDevice<Float32Array>(out), want.f32, `${what} W_hat`);
       // E2E-QP: dscales of the twin's backward vs the kernel on the same dW = doutᵀ x
       const x = randn(rng, [N, I]), dout = randn(rng, [N, O]);
       const dscales = randn(rng, [O, I / G]);
-      const dds = s.up(dscales.f32);
+      const dds = s.upload(dscales.f32);
       packedLinearBackwardRef(null, dscales, dout, x, pw, scales);
       const dW = Tensor.zeros([O, I]);
       matmulRef(dW, dout, x, { transA: true });
-      gptqScaleGradCuda(dds, s.up(dW.f32), w);
+      gptqScaleGradCuda(dds, s.upload(dW.f32), w);
       assertBitExact(downloadDevice<Float32Array>(dds), dscales.f32, `${what} dscales`);
     } finally {
       freePackedWeightCuda(w);
@@ -191,7 +191,7 @@ testOnBackends('gptq wrappers: argument errors name the op and argument', (s) =>
   const O = 3, I = 32, bits = 4, G = 8;
   const w: PackedWeightCuda = { O, I, bits, G, qweight: s.alloc('i32', (I / 8) * O), zeros: s.alloc('u8', O * 4) };
   uploadDevice(w.zeros, new Uint8Array(O * 4));
-  const scales = s.up(new Float32Array(O * 4).fill(1)), out = s.alloc('f32', O * I);
+  const scales = s.upload(new Float32Array(O * 4).fill(1)), out = s.alloc('f32', O * I);
   assert.throws(() => dequantizeGptqCuda(out, { ...w, bits: 5 }, scales), /dequantizeGptqCuda: w.bits must be 2, 3, 4 or 8, got 5/);
   assert.throws(() => dequantizeGptqCuda(out, { ...w, G: 5 }, scales), /group size w.G = 5 must divide in_features w.I = 32/);
   assert.throws(() => dequantizeGptqCuda(out, { ...w, I: 36, G: 4 }, scales), /dequantizeGptqCuda: w.I: gptq-w4 packs values in units of 8/);

@@ -33,7 +33,7 @@ testOnBackends('scale matches scaleRef bit for bit, in place too', (s) => {
     const alpha = rng.normal();
     const ref = Tensor.zeros([n]);
     scaleRef(ref, x, alpha);
-    const dx = s.up(x.f32), dout = s.alloc('f32', n);
+    const dx = s.upload(x.f32), dout = s.alloc('f32', n);
     scaleCuda(dout, dx, alpha);
     assertBitExact(host(dout), ref.f32, `scale n=${n}`);
     scaleCuda(dx, dx, alpha);
@@ -47,7 +47,7 @@ testOnBackends('add, copy, bias add and bias backward match the twins bit for bi
     const a = randn(rng, [n]), b = randn(rng, [n]);
     const ref = Tensor.zeros([n]);
     addRef(ref, a, b);
-    const da = s.up(a.f32), db = s.up(b.f32), dout = s.alloc('f32', n);
+    const da = s.upload(a.f32), db = s.upload(b.f32), dout = s.alloc('f32', n);
     addCuda(dout, da, db);
     assertBitExact(host(dout), ref.f32, `add n=${n}`);
     addCuda(da, da, db);
@@ -60,13 +60,13 @@ testOnBackends('add, copy, bias add and bias backward match the twins bit for bi
     const x = randn(rng, [rows, cols]), bias = randn(rng, [cols]), g = randn(rng, [cols]);
     const out = x.clone();
     addBiasRef(out, bias);
-    const dx = s.up(x.f32), dbias = s.up(bias.f32);
+    const dx = s.upload(x.f32), dbias = s.upload(bias.f32);
     addBiasCuda(dx, dbias, cols);
     assertBitExact(host(dx), out.f32, `addBias ${rows}x${cols}`);
     const gref = g.clone();
     biasBackwardRef(gref, x);
-    const dg = s.up(g.f32);
-    biasBackwardCuda(dg, s.up(x.f32), cols);
+    const dg = s.upload(g.f32);
+    biasBackwardCuda(dg, s.upload(x.f32), cols);
     assertBitExact(host(dg), gref.f32, `biasBackward ${rows}x${cols}`);
   }
   const x = s.alloc('f32', 10), bias = s.alloc('f32', 4);
@@ -83,14 +83,14 @@ testOnBackends('sum of squares and MSE forward match the twins to f64 rounding; 
       const a = randn(rng, [n]), b = randn(rng, [n]), da = randn(rng, [n]);
       const scale = n % 2 ? 1 : 0.25;
       const want = mseForwardRef(a, b);
-      const ss = sumSquaresCuda(s.up(a.f32), partials), wantSs = sumSquaresRef(a);
+      const ss = sumSquaresCuda(s.upload(a.f32), partials), wantSs = sumSquaresRef(a);
       assert.ok(Math.abs(ss - wantSs) <= 1e-12 * wantSs, `sumsq n=${n}: ${ss} vs ${wantSs}`);
-      const got = mseForwardCuda(s.up(a.f32), s.up(b.f32), partials);
+      const got = mseForwardCuda(s.upload(a.f32), s.upload(b.f32), partials);
       assert.ok(Math.abs(got - want) <= 1e-12 * Math.abs(want), `mse n=${n}: ${got} vs ${want}`);
       const ref = da.clone();
       mseBackwardRef(ref, a, b, scale);
-      const dda = s.up(da.f32);
-      mseBackwardCuda(dda, s.up(a.f32), s.up(b.f32), scale);
+      const dda = s.upload(da.f32);
+      mseBackwardCuda(dda, s.upload(a.f32), s.upload(b.f32), scale);
       assertBitExact(host(dda), ref.f32, `mse backward n=${n}`);
     }
     assert.ok(Number.isNaN(mseForwardCuda(s.alloc('f32', 0), s.alloc('f32', 0), partials)), 'empty: NaN');
@@ -111,14 +111,14 @@ testOnBackends('f32 <-> bf16 conversions match the twins bit for bit (ties, NaN,
   // exact ties between two bf16 values: the 16 dropped bits are 0x8000
   const u = new Uint32Array(x.buffer);
   for (let i = special.length; i < special.length + 64; i++) u[i] = ((rng.nextU32() & 0xffff0000) | 0x8000) >>> 0;
-  const dx = s.up(x), dh = s.alloc('bf16', x.length);
+  const dx = s.upload(x), dh = s.alloc('bf16', x.length);
   f32ToBf16Cuda(dh, dx);
   const got = downloadDevice<Uint16Array>(dh);
   assertBitExact(got, Uint16Array.from(x, (v) => f32ToBf16Ref(v)), 'f32 -> bf16');
   // every bf16 bit pattern back to f32: the twin's definition is the bit pattern h << 16
   // (compared as bits: reading a NaN through a JS number would lose its payload)
   const all = new Uint16Array(65536).map((_, i) => i);
-  const dall = s.up(all, 'bf16'), dback = s.alloc('f32', all.length);
+  const dall = s.upload(all, 'bf16'), dback = s.alloc('f32', all.length);
   bf16ToF32Cuda(dback, dall);
   const back = host(dback);
   assertBitExact(new Uint32Array(back.buffer), Uint32Array.from(all, (h) => (h << 16) >>> 0), 'bf16 -> f32 bits');
@@ -141,14 +141,14 @@ testOnBackends('fake quant forward and STE backward match the twins bit for bit'
       const { w, scale, zero } = fakeQuantCase(rng, O, I, G, bits);
       const out = Tensor.zeros([O, I]);
       fakeQuantForwardRef(out, w, scale, zero, bits, G);
-      const dw = s.up(w.f32), ds = s.up(scale.f32), dz = s.up(zero.f32), dout = s.alloc('f32', O * I);
+      const dw = s.upload(w.f32), ds = s.upload(scale.f32), dz = s.upload(zero.f32), dout = s.alloc('f32', O * I);
       fakeQuantForwardCuda(dout, dw, ds, dz, O, I, bits, G);
       assertBitExact(host(dout), out.f32, `forward ${what}`);
 
       const g = randn(rng, [O, I]);
       const gw = randn(rng, [O, I]), gs = randn(rng, [O, I / G]), gz = randn(rng, [O, I / G]);
       for (let i = 0; i < gw.size; i += 5) gw.f32[i] = -0; // clipped elements turn -0 into +0
-      const dgw = s.up(gw.f32), dgs = s.up(gs.f32), dgz = s.up(gz.f32), dg = s.up(g.f32);
+      const dgw = s.upload(gw.f32), dgs = s.upload(gs.f32), dgz = s.upload(gz.f32), dg = s.upload(g.f32);
       fakeQuantBackwardRef(gw, gs, gz, g, w, scale, zero, bits, G);
       fakeQuantBackwardCuda(dgw, dgs, dgz, dg, dw, ds, dz, O, I, bits, G);
       assertBitExact(host(dgw), gw.f32, `backward dw ${what}`);
@@ -168,14 +168,14 @@ testOnBackends('rmsnorm forward and accumulating backward match the twins on odd
     rng.fillNormal(w.f32, 0.2, 1);
     const out = Tensor.zeros([rows, C]), rstd = Tensor.zeros([rows]);
     rmsnormForwardRef(out, rstd, x, w, 1e-5);
-    const dx = s.up(x.f32), dw = s.up(w.f32), dout = s.alloc('f32', rows * C), drstd = s.alloc('f32', rows);
+    const dx = s.upload(x.f32), dw = s.upload(w.f32), dout = s.alloc('f32', rows * C), drstd = s.alloc('f32', rows);
     rmsnormForwardCuda(dout, drstd, dx, dw, rows, C, 1e-5);
     assertClose(host(drstd), rstd.f32, { atol: 1e-6, rtol: 1e-5, what: `rstd ${what}` });
     assertClose(host(dout), out.f32, { atol: 1e-6, rtol: 1e-5, what: `out ${what}` });
 
     const g = randn(rng, [rows, C]);
     const gx = randn(rng, [rows, C]), gw = randn(rng, [C]);
-    const dgx = s.up(gx.f32), dgw = s.up(gw.f32), dg = s.up(g.f32), drs = s.up(rstd.f32);
+    const dgx = s.upload(gx.f32), dgw = s.upload(gw.f32), dg = s.upload(g.f32), drs = s.upload(rstd.f32);
     rmsnormBackwardRef(gx, gw, g, x, w, rstd);
     rmsnormBackwardCuda(dgx, dgw, dg, dx, dw, drs, rows, C);
     assertClose(host(dgx), gx.f32, { atol: 1e-5, rtol: 1e-4, what: `dx ${what}` });
@@ -190,12 +190,12 @@ testOnBackends('swiglu forward and accumulating backward match the twins', (s) =
     gate.f32[0] = -2.4; // silu' cancels here
     const out = Tensor.zeros([1, n]);
     swigluForwardRef(out, gate.view([1, n]), up.view([1, n]));
-    const dgate = s.up(gate.f32), dup = s.up(up.f32), dout = s.alloc('f32', n);
+    const dgate = s.upload(gate.f32), dup = s.upload(up.f32), dout = s.alloc('f32', n);
     swigluForwardCuda(dout, dgate, dup);
     assertClose(host(dout), out.f32, { atol: 1e-30, rtol: 1e-6, what: `forward n=${n}` });
 
     const g = randn(rng, [n]), gg = randn(rng, [n]), gu = randn(rng, [n]);
-    const dgg = s.up(gg.f32), dgu = s.up(gu.f32), dg = s.up(g.f32);
+    const dgg = s.upload(gg.f32), dgu = s.upload(gu.f32), dg = s.upload(g.f32);
     swigluBackwardRef(gg.view([1, n]), gu.view([1, n]), g.view([1, n]), gate.view([1, n]), up.view([1, n]));
     swigluBackwardCuda(dgg, dgu, dg, dgate, dup);
     assertClose(host(dgg), gg.f32, { atol: 1e-6, rtol: 1e-5, what: `dgate n=${n}` });
@@ -219,7 +219,7 @@ testOnBackends('adamw matches the twin bit for bit over several steps, on arena 
       const whole = new Float32Array(n + 2 * pad).fill(-777);
       if (init) whole.set(init, pad);
       else whole.fill(0, pad, pad + n);
-      return s.up(whole);
+      return s.upload(whole);
     };
     const ap = arena(p.f32), ag = arena(), am = arena(), av = arena();
     const [vp, vg, vm, vv] = [ap, ag, am, av].map((a) => deviceView(a, pad, n)) as [DeviceArray, DeviceArray, DeviceArray, DeviceArray];

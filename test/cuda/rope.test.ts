@@ -26,7 +26,7 @@ function compare(s: Scope, rng: Rng, B: number, T: number, H: number, D: number,
   const x = randn(rng, [B, T, H, D]);
   const want = Tensor.zeros(x.shape);
   ropeForwardRef(want, x, cos, sin);
-  const dx = s.up(x.f32), dcos = s.up(cos.f32), dsin = s.up(sin.f32), dout = s.alloc('f32', x.size);
+  const dx = s.upload(x.f32), dcos = s.upload(cos.f32), dsin = s.upload(sin.f32), dout = s.alloc('f32', x.size);
   ropeForwardCuda(dout, dx, dcos, dsin, B, T, H, D);
   assertBitExact(downloadDevice<Float32Array>(dout), want.f32, `${what} out`);
   ropeForwardCuda(dx, dx, dcos, dsin, B, T, H, D);
@@ -35,7 +35,7 @@ function compare(s: Scope, rng: Rng, B: number, T: number, H: number, D: number,
   const g = randn(rng, x.shape), grad0 = randn(rng, x.shape);
   const gradWant = grad0.clone();
   ropeBackwardRef(gradWant, g, cos, sin);
-  const dgrad = s.up(grad0.f32), dg = s.up(g.f32);
+  const dgrad = s.upload(grad0.f32), dg = s.upload(g.f32);
   ropeBackwardCuda(dgrad, dg, dcos, dsin, B, T, H, D);
   assertBitExact(downloadDevice<Float32Array>(dgrad), gradWant.f32, `${what} dx (accumulated)`);
 }
