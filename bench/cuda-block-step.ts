@@ -67,6 +67,7 @@ try {
   const flops = 6 * tokens * linearParams + 3.5 * attnFwd;
   const gib = (b: number) => (b / 2 ** 30).toFixed(2);
   console.log(`# Block-AP step on CUDA: ${shapeName}-shaped block, w${bits}g${G}, batch ${B} × ${T} tokens, ${precision} GEMMs (${dev.name}), ${new Date().toISOString()}`);
+  console.log(`# steps ${t.graphs.eagerReason === null ? 'replayed from a CUDA graph' : `run op by op (${t.graphs.eagerReason})`}`);
   console.log('| ms/step (median) | min | max | TFLOP/s | eqat allocations peak GiB | process device memory GiB |');
   console.log('|---|---|---|---|---|---|');
   console.log(

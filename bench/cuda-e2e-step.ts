@@ -95,6 +95,7 @@ try {
   console.log(
     `# E2E-QP step on CUDA: ${shapeName}-shaped model (${cfg.numLayers} layers), w${bits}g${G} packed, ${accum} micro-batches of ${mb} × ${T} tokens, ${precision} GEMMs (${dev.name}), ${new Date().toISOString()}`,
   );
+  console.log(`# micro-batches ${stepper.graphs.eagerReason === null ? 'replayed from a CUDA graph' : `run op by op (${stepper.graphs.eagerReason})`}`);
   console.log('| s / micro-batch (median) | s / optimizer step | tokens/s | eqat allocations peak GiB | process device memory GiB |');
   console.log('|---|---|---|---|---|');
   console.log(

@@ -23,6 +23,8 @@ using CUcontext = struct CUctx_opaque*;
 using CUmodule = struct CUmod_opaque*;
 using CUfunction = struct CUfunc_opaque*;
 using CUstream = struct CUstream_opaque*;
+using CUgraph = struct CUgraph_opaque*;
+using CUgraphExec = struct CUgraphExec_opaque*;
 
 constexpr CUresult CUDA_SUCCESS = 0;
 constexpr CUresult CUDA_ERROR_INVALID_VALUE = 1;
@@ -38,6 +40,10 @@ constexpr int CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
 
 // cuStreamCreate flag: 0 = ordinary stream (ordered with the legacy default stream).
 constexpr unsigned CU_STREAM_DEFAULT = 0;
+
+// CUstreamCaptureMode: RELAXED lets other threads make unsafe calls while a capture is open
+// (eqat captures from its one JS thread and checks itself that nothing synchronous is queued).
+constexpr int CU_STREAM_CAPTURE_MODE_RELAXED = 2;
 
 using PFN_cuInit = CUresult (*)(unsigned flags);
 using PFN_cuDriverGetVersion = CUresult (*)(int* version);
@@ -72,6 +78,14 @@ using PFN_cuFuncGetParamInfo = CUresult (*)(CUfunction fn, size_t index, size_t*
 using PFN_cuLaunchKernel = CUresult (*)(CUfunction fn, unsigned grid_x, unsigned grid_y, unsigned grid_z,
                                         unsigned block_x, unsigned block_y, unsigned block_z,
                                         unsigned shared_bytes, CUstream stream, void** params, void** extra);
+
+// Stream capture and graphs (driver 11.4+; optional: without them steps run eagerly).
+using PFN_cuStreamBeginCapture = CUresult (*)(CUstream stream, int mode);  // cuStreamBeginCapture_v2
+using PFN_cuStreamEndCapture = CUresult (*)(CUstream stream, CUgraph* graph);
+using PFN_cuGraphInstantiateWithFlags = CUresult (*)(CUgraphExec* exec, CUgraph graph, unsigned long long flags);
+using PFN_cuGraphLaunch = CUresult (*)(CUgraphExec exec, CUstream stream);
+using PFN_cuGraphExecDestroy = CUresult (*)(CUgraphExec exec);
+using PFN_cuGraphDestroy = CUresult (*)(CUgraph graph);
 
 // ---------------------------------------------------------------- NVRTC (libnvrtc)
 
@@ -195,6 +209,14 @@ struct CudaApi {
   PFN_cuFuncSetAttribute cuFuncSetAttribute = nullptr;
   PFN_cuFuncGetParamInfo cuFuncGetParamInfo = nullptr;  // optional
   PFN_cuLaunchKernel cuLaunchKernel = nullptr;
+  // optional as a group: all set or all null (graph_error says what is missing)
+  PFN_cuStreamBeginCapture cuStreamBeginCapture = nullptr;
+  PFN_cuStreamEndCapture cuStreamEndCapture = nullptr;
+  PFN_cuGraphInstantiateWithFlags cuGraphInstantiateWithFlags = nullptr;
+  PFN_cuGraphLaunch cuGraphLaunch = nullptr;
+  PFN_cuGraphExecDestroy cuGraphExecDestroy = nullptr;
+  PFN_cuGraphDestroy cuGraphDestroy = nullptr;
+  std::string graph_error;  // "" when the graph entry points are bound
 
   // libnvrtc
   bool nvrtc_loaded = false;

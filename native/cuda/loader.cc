@@ -174,6 +174,22 @@ void load_driver(CudaApi& a) {
   bind(h, a.cuLaunchKernel, {"cuLaunchKernel"}, missing);
   std::string optional;
   bind(h, a.cuFuncGetParamInfo, {"cuFuncGetParamInfo"}, optional);
+  std::string graph_missing;
+  bind(h, a.cuStreamBeginCapture, {"cuStreamBeginCapture_v2"}, graph_missing);
+  bind(h, a.cuStreamEndCapture, {"cuStreamEndCapture"}, graph_missing);
+  bind(h, a.cuGraphInstantiateWithFlags, {"cuGraphInstantiateWithFlags"}, graph_missing);
+  bind(h, a.cuGraphLaunch, {"cuGraphLaunch"}, graph_missing);
+  bind(h, a.cuGraphExecDestroy, {"cuGraphExecDestroy"}, graph_missing);
+  bind(h, a.cuGraphDestroy, {"cuGraphDestroy"}, graph_missing);
+  if (!graph_missing.empty()) {
+    a.cuStreamBeginCapture = nullptr;
+    a.cuStreamEndCapture = nullptr;
+    a.cuGraphInstantiateWithFlags = nullptr;
+    a.cuGraphLaunch = nullptr;
+    a.cuGraphExecDestroy = nullptr;
+    a.cuGraphDestroy = nullptr;
+    a.graph_error = "CUDA driver library " + o.path + " lacks " + graph_missing + " (driver older than 11.4?)";
+  }
   a.driver_path = o.path;
   if (!missing.empty()) {
     a.driver_error = "CUDA driver library " + o.path + " lacks " + missing + " (driver too old?)";

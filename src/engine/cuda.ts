@@ -107,6 +107,15 @@ export interface CudaBackend {
   getFunction(module: bigint, name: string): bigint;
   launch(fn: bigint, grid: Dim3, block: Dim3, sharedBytes: number, args: ArrayBuffer): void;
   gemm(args: GemmArgs): void;
+  /** CUDA graphs (optional; see CudaStepGraphs): '' when this backend can capture and replay, else why not. */
+  graphSupport?(): string;
+  /** Starts capturing queued work into a graph instead of running it. */
+  graphBegin?(): void;
+  /** Ends the capture and returns the instantiated graph; throws when the capture was invalidated. */
+  graphEnd?(): bigint;
+  /** Queues a whole instantiated graph. */
+  graphLaunch?(exec: bigint): void;
+  graphDestroy?(exec: bigint): void;
 }
 
 type Fn<A extends unknown[], R = void> = (...args: A) => R;
@@ -133,6 +142,11 @@ export function nativeCudaBackend(): CudaBackend {
       nativeFn<
         Fn<[number, number, number, number, number, number, bigint, number, bigint, number, number, bigint, number, string, string]>
       >('cudaGemm')(g.opA, g.opB, g.m, g.n, g.k, g.alpha, g.A, g.lda, g.B, g.ldb, g.beta, g.C, g.ldc, g.abType, g.cType),
+    graphSupport: () => nativeFn<Fn<[], string>>('cudaGraphSupport')(),
+    graphBegin: () => nativeFn<Fn<[]>>('cudaGraphBegin')(),
+    graphEnd: () => nativeFn<Fn<[], bigint>>('cudaGraphEnd')(),
+    graphLaunch: (exec) => nativeFn<Fn<[bigint]>>('cudaGraphLaunch')(exec),
+    graphDestroy: (exec) => nativeFn<Fn<[bigint]>>('cudaGraphDestroy')(exec),
   };
 }
 
@@ -292,6 +306,7 @@ export function resetDevicePeak(): void {
 /** Allocates `length` elements of `dtype` (uninitialised; length 0 allocates nothing). */
 export function allocDevice(dtype: DType, length: number): DeviceArray {
   checkLength('allocDevice', length);
+  refuseWhileCapturing('allocDevice');
   const bytes = length * BYTES_PER_ELEMENT[dtype];
   if (budget && allocStats.liveBytes + bytes > budget.bytes) {
     const mib = (b: number) => (b / 2 ** 20).toFixed(1);
@@ -309,6 +324,7 @@ export function allocDevice(dtype: DType, length: number): DeviceArray {
 /** Frees an allocation from allocDevice / toDevice (views cannot be freed). */
 export function freeDevice(a: DeviceArray): void {
   if (!a.owner) throw new Error('freeDevice: argument is a view, not an allocation');
+  refuseWhileCapturing('freeDevice');
   if (a.handle !== 0n) cudaBackend().free(a.handle);
   allocStats.liveBytes -= a.bytes;
 }
@@ -403,6 +419,7 @@ export class DeviceAllocations {
 /** Copies data into a starting at element `offset`. */
 export function uploadDevice(a: DeviceArray, data: Storage, offset = 0): void {
   checkHostMatches('uploadDevice', a, data, offset);
+  refuseWhileCapturing('uploadDevice');
   if (data.length === 0) return;
   cudaBackend().upload(a.handle, data, offset * BYTES_PER_ELEMENT[a.dtype]);
 }
@@ -411,6 +428,7 @@ export function uploadDevice(a: DeviceArray, data: Storage, offset = 0): void {
 export function downloadDevice<T extends Storage>(a: DeviceArray, into?: T, offset = 0): T {
   const dst = into ?? (new (storageCtor(a.dtype))(a.length) as T);
   checkHostMatches('downloadDevice', a, dst, offset);
+  refuseWhileCapturing('downloadDevice');
   if (dst.length === 0) cudaBackend().synchronize();
   else cudaBackend().download(a.handle, dst, offset * BYTES_PER_ELEMENT[a.dtype]);
   return dst;
@@ -428,6 +446,7 @@ export function deviceMemInfo(): { free: number; total: number } {
 
 /** Waits until all queued work has finished (and reports asynchronous errors). */
 export function synchronizeCuda(): void {
+  refuseWhileCapturing('synchronizeCuda');
   cudaBackend().synchronize();
 }
 
@@ -805,4 +824,89 @@ export function launchKernel(
 /** Blocks for an elementwise kernel over n items: ceil(n / block), at least 1, at most 2^20 (kernels loop). */
 export function gridFor(n: number, block: number): number {
   return Math.max(1, Math.min(Math.ceil(n / block), 1 << 20));
+}
+
+// ---------------------------------------------------------------- CUDA graphs
+
+let capturing: string | null = null; // what is being captured, while a capture is open
+
+/**
+ * Host-synchronous work cannot be part of a graph (a capture would record a copy from pageable
+ * memory, or wait on itself), so it is refused while a capture is open, on every backend alike.
+ */
+function refuseWhileCapturing(op: string): void {
+  if (capturing !== null) throw new Error(`${op}: not allowed while a CUDA graph of ${capturing} is being captured`);
+}
+
+/** Why graph replay is off in this process ('' when it may be used): EQAT_CUDA_GRAPHS=0, or the backend cannot. */
+export function cudaGraphsUnavailable(): string {
+  const env = process.env['EQAT_CUDA_GRAPHS'];
+  if (env !== undefined && env !== '' && env !== '1') return `EQAT_CUDA_GRAPHS=${env}`;
+  const b = cudaBackend();
+  if (!b.graphSupport || !b.graphBegin || !b.graphEnd || !b.graphLaunch || !b.graphDestroy) return `the ${b.name} CUDA backend has no graphs`;
+  return b.graphSupport();
+}
+
+/**
+ * Replays fixed sequences of device work, e.g. a training step, from captured CUDA graphs: one
+ * driver call per step instead of one launch per op. Each sequence has a key (the variants of a
+ * step, such as which parameter groups are updated). The first run of a key is eager (it loads
+ * the kernels and lets cuBLASLt pick its algorithms), the second is captured and launched, and
+ * every later one launches the captured graph.
+ *
+ * A sequence may only queue kernels, matmuls and memsets on fixed device buffers: uploads,
+ * downloads, allocations and synchronisation are refused while capturing, and anything that
+ * changes between runs (learning rates, batch data) must be written to device memory before
+ * run(). If graphs are unavailable, or a capture fails on the device, runs stay eager and
+ * `eagerReason` says why (a failed capture runs its sequence eagerly, so no step is lost).
+ */
+export class CudaStepGraphs {
+  private readonly execs = new Map<string, bigint>();
+  private readonly warmed = new Set<string>();
+  /** Why runs are eager, or null while graphs are in use. */
+  eagerReason: string | null;
+
+  constructor(readonly what: string) {
+    const why = cudaGraphsUnavailable();
+    this.eagerReason = why === '' ? null : why;
+  }
+
+  /** Queues the sequence `key` (built by `queue`), replaying its graph when it has one. */
+  run(key: string, queue: () => void): void {
+    const b = cudaBackend();
+    const exec = this.execs.get(key);
+    if (exec !== undefined) return b.graphLaunch!(exec);
+    if (this.eagerReason !== null || !this.warmed.has(key)) {
+      this.warmed.add(key);
+      return queue();
+    }
+    let captured: bigint | null = null;
+    try {
+      b.graphBegin!();
+      capturing = this.what;
+      try {
+        queue();
+      } finally {
+        capturing = null;
+        captured = b.graphEnd!(); // always ends the capture; throws when it was invalidated
+      }
+    } catch (e) {
+      if (captured !== null) b.graphDestroy!(captured);
+      this.eagerReason = `capturing a CUDA graph of ${this.what} failed: ${e instanceof Error ? e.message : String(e)}`;
+      return queue();
+    }
+    this.execs.set(key, captured);
+    b.graphLaunch!(captured);
+  }
+
+  /** Number of captured graphs (tests). */
+  get graphs(): number {
+    return this.execs.size;
+  }
+
+  free(): void {
+    const b = cudaBackend();
+    for (const exec of this.execs.values()) b.graphDestroy!(exec);
+    this.execs.clear();
+  }
 }

@@ -11,10 +11,21 @@
 // its weight gradient goes through the straight-through estimator into G and dQ as soon as it
 // is formed, so no fake-quantized copy of the block (or of its gradient) ever exists. Frozen
 // weights for the passes between blocks are held in G's linears (gradients are dead there).
-// A step uploads its batch, runs block forward → MSE → backward → AdamW on the device and
-// downloads one number, the loss. The host P and Wq are copied in when a pass over the caches
+// A step uploads its batch and AdamW's scalars, runs block forward → MSE → backward → AdamW on
+// the device and downloads one number, the loss. The device part is one CUDA graph, captured on
+// the second step and replayed from then on (CudaStepGraphs; eager where graphs are unavailable). The host P and Wq are copied in when a pass over the caches
 // starts and P, Q come back in freeze(), which then shares the CPU's host code.
-import { allocDevice, DeviceAllocations, deviceView, downloadDevice, freeDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
+import {
+  allocDevice,
+  CudaStepGraphs,
+  DeviceAllocations,
+  deviceView,
+  downloadDevice,
+  freeDevice,
+  uploadDevice,
+  zeroDevice,
+  type DeviceArray,
+} from '../engine/cuda.js';
 import { Tensor } from '../engine/tensor.js';
 import type { ModelConfig } from '../model/config.js';
 import { allocBlockParams, BIAS_OF, BLOCK_LINEARS, largestLinearSize, linearDims, type BlockLinear, type BlockParams } from '../model/block.js';
@@ -32,8 +43,8 @@ import {
 } from '../model/block-cuda.js';
 import { fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../ops/cuda/fakequant.js';
 import { linearBackwardCuda, linearForwardCuda, type LowPrecisionScratch } from '../ops/cuda/linear.js';
-import { adamwStepCuda } from '../ops/cuda/adamw.js';
-import { allocReducePartials, mseBackwardCuda, mseForwardCuda } from '../ops/cuda/reduce.js';
+import { ADAMW_SCALARS, adamwLaunchCuda, writeAdamWScalars } from '../ops/cuda/adamw.js';
+import { allocReducePartials, mseBackwardCuda, mseForwardCuda, mseQueueCuda, readMseCuda } from '../ops/cuda/reduce.js';
 import type { FrozenLinears } from '../io/quant-checkpoint.js';
 import type { ActivationCache } from './activation-cache.js';
 import { freezeLinears, minMaxInitInto, QuantParams, withLinears, type BlockApTrainer, type PassWeights } from './block-trainer.js';
@@ -126,7 +137,11 @@ export class BlockTrainerCuda implements BlockApTrainer {
   private readonly outd: DeviceArray; // (B, T, C)
   private readonly dOut: DeviceArray; // (B, T, C)
   private readonly partials: DeviceArray;
+  private readonly scalarsQ: DeviceArray; // AdamW's per-step scalars for the step sizes and zero points
+  private readonly scalarsP: DeviceArray; // and for the block's parameters
   private readonly mem = new DeviceAllocations(); // every device allocation above
+  /** The training step's device work, replayed from CUDA graphs (one per set of updated groups). */
+  readonly graphs = new CudaStepGraphs('the Block-AP step');
 
   constructor(
     readonly cfg: ModelConfig,
@@ -168,6 +183,8 @@ export class BlockTrainerCuda implements BlockApTrainer {
       this.outd = mem.alloc('f32', B * T * C);
       this.dOut = mem.alloc('f32', B * T * C);
       this.partials = mem.adopt(allocReducePartials());
+      this.scalarsQ = mem.alloc('f32', ADAMW_SCALARS);
+      this.scalarsP = mem.alloc('f32', ADAMW_SCALARS);
     } catch (e) {
       this.free();
       throw e;
@@ -192,18 +209,24 @@ export class BlockTrainerCuda implements BlockApTrainer {
     const { xd, yd, outd, dOut } = this;
     uploadDevice(xd, this.x.f32);
     uploadDevice(yd, this.y.f32);
-    blockForwardCuda(this.cfg, this.dP.params, this.ws, xd, outd, this.fakeQuant);
-    const loss = mseForwardCuda(outd, yd, this.partials);
-    if (!Number.isFinite(loss)) return loss;
-    zeroDevice(dOut);
-    mseBackwardCuda(dOut, outd, yd);
-    this.dG.zero();
-    zeroDevice(this.dQgrad.all);
-    blockBackwardCuda(this.cfg, this.dP.params, this.dG.params, this.ws, xd, dOut, null, this.fakeQuant);
     const common = { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: wd, step: stepIndex + 1 };
-    if (lrQuant > 0) adamwStepCuda(this.dQ.all, this.dQgrad.all, this.mQ, this.vQ, { ...common, lr: lrQuant });
-    if (lrWeight > 0) adamwStepCuda(this.dP.all, this.dG.all, this.mP, this.vP, { ...common, lr: lrWeight });
-    return loss;
+    const updateQ = lrQuant > 0, updateP = lrWeight > 0;
+    if (updateQ) writeAdamWScalars(this.scalarsQ, { ...common, lr: lrQuant });
+    if (updateP) writeAdamWScalars(this.scalarsP, { ...common, lr: lrWeight });
+    this.graphs.run(`q${+updateQ}p${+updateP}`, () => {
+      blockForwardCuda(this.cfg, this.dP.params, this.ws, xd, outd, this.fakeQuant);
+      mseQueueCuda(outd, yd, this.partials);
+      zeroDevice(dOut);
+      mseBackwardCuda(dOut, outd, yd);
+      this.dG.zero();
+      zeroDevice(this.dQgrad.all);
+      blockBackwardCuda(this.cfg, this.dP.params, this.dG.params, this.ws, xd, dOut, null, this.fakeQuant);
+      if (updateQ) adamwLaunchCuda(this.dQ.all, this.dQgrad.all, this.mQ, this.vQ, this.scalarsQ);
+      if (updateP) adamwLaunchCuda(this.dP.all, this.dG.all, this.mP, this.vP, this.scalarsP);
+    });
+    // The loss is read after the update (one transfer per step). A non-finite loss stops the
+    // run before this block is written, so the update it made is never used.
+    return readMseCuda(this.partials, outd.length);
   }
 
   freeze(): FrozenLinears {
@@ -267,6 +290,13 @@ export class BlockTrainerCuda implements BlockApTrainer {
   }
 
   free(): void {
+    this.graphs.free();
     this.mem.free();
   }
+}
+
+/** One line on stderr when steps run op by op although graphs were not turned off (EQAT_CUDA_GRAPHS=0). */
+export function noteEagerSteps(reason: string | null, quiet: boolean): void {
+  if (reason === null || quiet || reason.startsWith('EQAT_CUDA_GRAPHS=')) return;
+  process.stderr.write(`note: CUDA steps run op by op, without graphs (${reason})\n`);
 }

@@ -11,7 +11,12 @@
 // backward, whose packed linears form each layer's weight gradient in one shared tile and fold
 // it at once into the step sizes' gradient. Memory is bounded by one block's activations plus
 // the L+1 hidden states; no dequantized copy of the model exists (one weight tile at a time).
-import { DeviceAllocations, deviceView, downloadDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
+//
+// The device work of a micro-batch is one CUDA graph, captured on the second micro-batch and
+// replayed from then on (CudaStepGraphs): token ids, labels and the loss scale are written to
+// device memory before it, and the per-token losses are read after it. Ids and labels are
+// checked on the host, where they come from.
+import { CudaStepGraphs, DeviceAllocations, deviceView, downloadDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
 import type { ModelConfig } from '../model/config.js';
 import { largestLinearSize, type BlockLinear } from '../model/block.js';
 import {
@@ -27,9 +32,9 @@ import type { PackedModel } from '../model/quantized.js';
 import { linearBackwardCuda, linearForwardCuda, type LowPrecisionScratch } from '../ops/cuda/linear.js';
 import { embeddingForwardCuda } from '../ops/cuda/embedding.js';
 import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../ops/cuda/rmsnorm.js';
-import { crossEntropyForwardBackwardCuda } from '../ops/cuda/crossentropy.js';
+import { allocLossScale, crossEntropyForwardBackwardCuda, writeLossScale } from '../ops/cuda/crossentropy.js';
 import { scaleCuda } from '../ops/cuda/elementwise.js';
-import { adamwStepCuda } from '../ops/cuda/adamw.js';
+import { ADAMW_SCALARS, adamwStepCuda } from '../ops/cuda/adamw.js';
 import { allocReducePartials, sumSquaresCuda } from '../ops/cuda/reduce.js';
 import type { AdamWHyper } from '../ops/adamw.js';
 import type { E2eStepper, ScaleState } from './e2e-qp.js';
@@ -57,8 +62,8 @@ export class E2eStepperCuda implements E2eStepper {
   private readonly ws: DeviceBlockWorkspace;
   private readonly hidden: DeviceArray[]; // L+1 × (mb, T, C): every block's input, and the last output
   private readonly scratch: DeviceArray; // (mb, T, C)
-  private dH: DeviceArray; // (mb, T, C)
-  private dX: DeviceArray; // (mb, T, C)
+  private readonly dH: DeviceArray; // (mb, T, C)
+  private readonly dX: DeviceArray; // (mb, T, C)
   private readonly normed: DeviceArray; // (N, C)
   private readonly rstd: DeviceArray; // (N)
   private readonly logits: DeviceArray; // (N, V), then its gradient in place
@@ -67,6 +72,10 @@ export class E2eStepperCuda implements E2eStepper {
   private readonly ids: DeviceArray; // (N) i32
   private readonly labels: DeviceArray; // (N) i32
   private readonly partials: DeviceArray;
+  private readonly adamwScalars: DeviceArray; // AdamW's per-step scalars
+  private readonly lossScale: DeviceArray; // the micro-batch's gradient scale, one f64
+  /** A micro-batch's device work, replayed from a CUDA graph. */
+  readonly graphs = new CudaStepGraphs('the E2E-QP micro-batch');
   private readonly lowp: LowPrecisionScratch | null = null;
 
   constructor(
@@ -130,6 +139,8 @@ export class E2eStepperCuda implements E2eStepper {
       this.ids = mem.alloc('i32', N);
       this.labels = mem.alloc('i32', N);
       this.partials = mem.adopt(allocReducePartials());
+      this.adamwScalars = mem.alloc('f32', ADAMW_SCALARS);
+      this.lossScale = mem.adopt(allocLossScale());
     } catch (e) {
       this.free();
       throw e;
@@ -146,30 +157,41 @@ export class E2eStepperCuda implements E2eStepper {
     const C = cfg.hiddenSize;
     const V = cfg.vocabSize;
     const N = mb * T;
+    let valid = 0;
+    for (let t = 0; t < N; t++) {
+      const id = ids[t]!, label = labels[t]!;
+      if (!(id >= 0 && id < V)) throw new RangeError(`e2e-qp: token id ${id} at position ${t} of the micro-batch is outside [0, ${V})`);
+      if (label === -100) continue;
+      if (!(label >= 0 && label < V)) throw new RangeError(`e2e-qp: label ${label} at position ${t} of the micro-batch is outside [0, ${V}) and not -100`);
+      valid++;
+    }
     uploadDevice(this.ids, ids);
     uploadDevice(this.labels, labels);
-    let valid = 0;
-    for (const l of labels) if (l !== -100) valid++;
-    const h = this.hidden;
-    embeddingForwardCuda(h[0]!, this.ids, this.embedding, N, V, C);
-    for (let l = 0; l < L; l++) blockForwardCuda(cfg, this.blocks[l]!.arena.params, this.ws, h[l]!, h[l + 1]!, this.blocks[l]!.lin);
-    rmsnormForwardCuda(this.normed, this.rstd, h[L]!, this.finalNorm, N, C, cfg.rmsNormEps);
-    linearForwardCuda(this.logits, this.normed, this.lmHead, null, { N, O: V, I: C }, this.lowp);
     // loss = mean over the micro-batch's predicted tokens, averaged over accumulated micro-batches
-    crossEntropyForwardBackwardCuda(this.losses, this.logits, this.logits, this.labels, N, V, valid > 0 ? 1 / (valid * accum) : 0);
+    writeLossScale(this.lossScale, valid > 0 ? 1 / (valid * accum) : 0);
+    this.graphs.run('micro-batch', () => {
+      const h = this.hidden;
+      const unchecked = { check: false }; // checked above
+      embeddingForwardCuda(h[0]!, this.ids, this.embedding, N, V, C, unchecked);
+      for (let l = 0; l < L; l++) blockForwardCuda(cfg, this.blocks[l]!.arena.params, this.ws, h[l]!, h[l + 1]!, this.blocks[l]!.lin);
+      rmsnormForwardCuda(this.normed, this.rstd, h[L]!, this.finalNorm, N, C, cfg.rmsNormEps);
+      linearForwardCuda(this.logits, this.normed, this.lmHead, null, { N, O: V, I: C }, this.lowp);
+      crossEntropyForwardBackwardCuda(this.losses, this.logits, this.logits, this.labels, N, V, this.lossScale, unchecked);
+      // dnormed (N, C) = dlogits (N, V) @ lm_head (V, C)
+      linearBackwardCuda(this.dNormed, null, null, this.logits, this.normed, this.lmHead, { N, O: V, I: C }, false, this.lowp);
+      let dH = this.dH, dX = this.dX;
+      zeroDevice(dH);
+      rmsnormBackwardCuda(dH, this.dFinalNorm, this.dNormed, h[L]!, this.finalNorm, this.rstd, N, C);
+      for (let l = L - 1; l >= 0; l--) {
+        const b = this.blocks[l]!;
+        blockForwardCuda(cfg, b.arena.params, this.ws, h[l]!, this.scratch, b.lin); // recompute activations
+        blockBackwardCuda(cfg, b.arena.params, this.gNorms.params, this.ws, h[l]!, dH, l > 0 ? dX : null, b.lin);
+        [dH, dX] = [dX, dH];
+      }
+    });
     const losses = downloadDevice(this.losses, new Float32Array(N));
     let sum = 0;
     for (let t = 0; t < N; t++) sum += losses[t]!;
-    // dnormed (N, C) = dlogits (N, V) @ lm_head (V, C)
-    linearBackwardCuda(this.dNormed, null, null, this.logits, this.normed, this.lmHead, { N, O: V, I: C }, false, this.lowp);
-    zeroDevice(this.dH);
-    rmsnormBackwardCuda(this.dH, this.dFinalNorm, this.dNormed, h[L]!, this.finalNorm, this.rstd, N, C);
-    for (let l = L - 1; l >= 0; l--) {
-      const b = this.blocks[l]!;
-      blockForwardCuda(cfg, b.arena.params, this.ws, h[l]!, this.scratch, b.lin); // recompute activations
-      blockBackwardCuda(cfg, b.arena.params, this.gNorms.params, this.ws, h[l]!, this.dH, l > 0 ? this.dX : null, b.lin);
-      [this.dH, this.dX] = [this.dX, this.dH];
-    }
     return valid > 0 ? sum / valid : 0;
   }
 
@@ -184,7 +206,7 @@ export class E2eStepperCuda implements E2eStepper {
   }
 
   adamw(h: AdamWHyper): void {
-    adamwStepCuda(this.params, this.grads, this.m, this.v, h);
+    adamwStepCuda(this.params, this.grads, this.m, this.v, h, this.adamwScalars);
   }
 
   fromHost(): void {
@@ -200,6 +222,7 @@ export class E2eStepperCuda implements E2eStepper {
   }
 
   free(): void {
+    this.graphs.free();
     this.mem.free();
   }
 }

@@ -15,6 +15,8 @@ import { embeddingBackwardRef, embeddingForwardRef } from '../../src/ops/ref/emb
 import {
   crossEntropyBackwardCuda,
   crossEntropyForwardBackwardCuda,
+  allocLossScale,
+  writeLossScale,
   crossEntropyForwardCuda,
 } from '../../src/ops/cuda/crossentropy.js';
 import { embeddingBackwardCuda, embeddingForwardCuda } from '../../src/ops/cuda/embedding.js';
@@ -47,7 +49,9 @@ function compareCrossEntropy(s: Scope, logits: Tensor, targets: Tensor, scale: n
   assertClose(outOfPlace, d.f32, { ...gradTol, what: `${what} dlogits` });
 
   const gl2 = s.upload(new Float32Array(N).fill(5)), gd2 = s.upload(new Float32Array(N * V).fill(5));
-  crossEntropyForwardBackwardCuda(gl2, gd2, gx, gt, N, V, scale);
+  const gs = s.adopt(allocLossScale());
+  writeLossScale(gs, scale);
+  crossEntropyForwardBackwardCuda(gl2, gd2, gx, gt, N, V, gs);
   assertBitExact(host(gl2), host(gl), `${what} fused losses = forward losses`);
   assertBitExact(host(gd2), outOfPlace, `${what} fused dlogits = backward dlogits`);
 
@@ -55,7 +59,7 @@ function compareCrossEntropy(s: Scope, logits: Tensor, targets: Tensor, scale: n
   crossEntropyBackwardCuda(inPlace, inPlace, gt, N, V, scale);
   assertBitExact(host(inPlace), outOfPlace, `${what} in-place dlogits`);
   const inPlaceFused = s.upload(logits.f32), gl3 = s.alloc('f32', N);
-  crossEntropyForwardBackwardCuda(gl3, inPlaceFused, inPlaceFused, gt, N, V, scale);
+  crossEntropyForwardBackwardCuda(gl3, inPlaceFused, inPlaceFused, gt, N, V, gs);
   assertBitExact(host(gl3), host(gl), `${what} in-place fused losses`);
   assertBitExact(host(inPlaceFused), outOfPlace, `${what} in-place fused dlogits`);
 }
@@ -89,7 +93,9 @@ testOnBackends('cross-entropy: extreme, masked (-inf) and uniform logits, all ro
   assertClose([l[3]!], [Math.log(V)], { atol: 1e-6, rtol: 1e-6, what: 'uniform row loss = log V' });
   assert.equal(l[4], 0, 'a dominant correct logit gives loss 0');
   const all = s.upload(new Int32Array(N).fill(IGNORE_INDEX)), gd = s.upload(new Float32Array(N * V).fill(7));
-  crossEntropyForwardBackwardCuda(gl, gd, s.upload(x), all, N, V, 1);
+  const one = s.adopt(allocLossScale());
+  writeLossScale(one, 1);
+  crossEntropyForwardBackwardCuda(gl, gd, s.upload(x), all, N, V, one);
   assert.deepEqual([...host(gl)], new Array(N).fill(0));
   assert.ok(host(gd).every((g) => Object.is(g, 0)), 'ignored rows get +0 gradients');
 });
@@ -98,6 +104,8 @@ testOnBackends('cross-entropy: a bad target throws naming the row before anythin
   const rng = new Rng(53);
   const N = 4, V = 17;
   const gx = s.upload(randn(rng, [N, V]).f32);
+  const one = s.adopt(allocLossScale());
+  writeLossScale(one, 1);
   for (const bad of [V, -1, 1 << 30, -101]) {
     const gt = s.upload(new Int32Array([0, IGNORE_INDEX, bad, 3]));
     const gl = s.upload(new Float32Array(N).fill(7)), gd = s.upload(new Float32Array(N * V).fill(7));
@@ -105,10 +113,10 @@ testOnBackends('cross-entropy: a bad target throws naming the row before anythin
       e instanceof RangeError && e.message === `${op}: argument 'targets': row 2 has target ${bad}, outside [0, ${V}) and not the ignore index -100`;
     assert.throws(() => crossEntropyForwardCuda(gl, gx, gt, N, V), message('crossEntropyForwardCuda'));
     assert.throws(() => crossEntropyBackwardCuda(gd, gx, gt, N, V, 1), message('crossEntropyBackwardCuda'));
-    assert.throws(() => crossEntropyForwardBackwardCuda(gl, gd, gx, gt, N, V, 1), message('crossEntropyForwardBackwardCuda'));
+    assert.throws(() => crossEntropyForwardBackwardCuda(gl, gd, gx, gt, N, V, one), message('crossEntropyForwardBackwardCuda'));
     assert.deepEqual([...host(gl)], [7, 7, 7, 7], 'losses untouched');
     assert.ok(host(gd).every((v) => v === 7), 'dlogits untouched');
-    crossEntropyForwardBackwardCuda(gl, gd, gx, gt, N, V, 1, { check: false });
+    crossEntropyForwardBackwardCuda(gl, gd, gx, gt, N, V, one, { check: false });
     const l = host(gl), d = host(gd);
     assert.ok(Number.isNaN(l[2]) && Number.isFinite(l[0]) && l[1] === 0 && Number.isFinite(l[3]), `unchecked losses ${[...l]}`);
     assert.ok(d.subarray(2 * V, 3 * V).every(Number.isNaN) && d.subarray(0, 2 * V).every(Number.isFinite), 'unchecked gradient rows');
@@ -134,7 +142,10 @@ testOnBackends('cross-entropy wrapper: argument errors name the op and argument'
   assert.throws(() => crossEntropyBackwardCuda(s.alloc('f32', 12), x, t, 3, 4, '1' as unknown as number), /argument 'scale' must be a number/);
   const big = s.alloc('f32', 24);
   assert.throws(() => crossEntropyBackwardCuda(viewOf(big, 2, 12), viewOf(big, 0, 12), t, 3, 4, 1), /'dlogits' overlaps 'logits' in part/);
-  assert.throws(() => crossEntropyForwardBackwardCuda(l, l as never, x, t, 3, 4, 1), /argument 'dlogits': expected 12 elements/);
+  const scale = s.adopt(allocLossScale());
+  assert.throws(() => crossEntropyForwardBackwardCuda(l, l as never, x, t, 3, 4, scale), /argument 'dlogits': expected 12 elements/);
+  assert.throws(() => crossEntropyForwardBackwardCuda(l, x, x, t, 3, 4, s.alloc('u8', 4)), /crossEntropyForwardBackwardCuda: argument 'scale': expected 8 elements/);
+  assert.throws(() => writeLossScale(scale, NaN), /writeLossScale: scale must be a finite number, got NaN/);
 });
 
 testOnBackends('embedding forward and accumulating backward match the twins bit for bit', (s) => {

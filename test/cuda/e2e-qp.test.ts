@@ -73,6 +73,7 @@ for (const bc of backendCases()) {
     const cpu = await cpuOut();
     const b = bc.backend();
     const live = b instanceof EmulatorBackend ? b.liveAllocations : 0;
+    const graphLaunches = b instanceof EmulatorBackend ? b.graphLaunches : 0;
     const f32 = join(work, `cuda-f32-${bc.name}`), bf16 = join(work, `cuda-bf16-${bc.name}`), handoff = join(work, `handoff-${bc.name}`);
     setCudaBackend(b);
     try {
@@ -95,7 +96,12 @@ for (const bc of backendCases()) {
     } finally {
       setCudaBackend(null);
     }
-    if (b instanceof EmulatorBackend) assert.equal(b.liveAllocations, live, 'device allocations leaked');
+    if (b instanceof EmulatorBackend) {
+      assert.equal(b.liveAllocations, live, 'device allocations leaked');
+      assert.equal(b.liveGraphs, 0, 'graphs released');
+      // 4 micro-batches per full run: eager, captured, replayed, replayed; the stopped run has 2
+      assert.equal(b.graphLaunches - graphLaunches, 3 + 3 + 1, 'micro-batches replayed from graphs');
+    }
     const want = stepLog(cpu);
     const got = stepLog(f32);
     assert.equal(got.length, 2);

@@ -186,8 +186,8 @@ test('wrappers reject bad arguments before any launch, naming the op and argumen
     );
     assert.throws(() => fakeQuantForwardCuda(arr(12, 1n), arr(12, 2n), arr(3, 3n), arr(3, 4n), 3, 4, 9, 4), /bits must be an integer in \[2, 8\]/);
     const p = arr(8, 0x1000n), g = arr(8, 0x2000n), m = arr(8, 0x3000n), h = { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, step: 1 };
-    assert.throws(() => adamwStepCuda(p, g, arr(8, 0x1010n), arr(8, 0x4000n), h), /adamwStepCuda: arguments 'param' and 'm' share storage/);
-    assert.throws(() => adamwStepCuda(p, g, m, arr(8, 0x4000n), { ...h, step: 0 }), /hyperparameter 'step' must be an integer >= 1/);
+    assert.throws(() => adamwStepCuda(p, g, arr(8, 0x1010n), arr(8, 0x4000n), h, arr(8, 0x5000n)), /adamwStepCuda: arguments 'param' and 'm' share storage/);
+    assert.throws(() => adamwStepCuda(p, g, m, arr(8, 0x4000n), { ...h, step: 0 }, arr(8, 0x5000n)), /hyperparameter 'step' must be an integer >= 1/);
   });
   assert.equal(r.launches.length, 0);
 });

@@ -60,19 +60,22 @@ const cc = process.env['CC'] || 'cc';
 const haveCc = spawnSync(cc, ['--version']).status === 0;
 let fakeRoot: string | undefined;
 
-/** Builds the stand-ins into <root>/full (all three), <root>/driver-only and <root>/empty-driver. */
+/** Builds the stand-ins into <root>/full (all three), <root>/no-graphs (all three, a driver without graphs), <root>/driver-only and <root>/empty-driver. */
 function buildFakes(): string {
   if (fakeRoot) return fakeRoot;
   const root = mkdtempSync(join(tmpdir(), 'eqat-fake-cuda-'));
   const src = join(packageRoot(), 'test', 'cuda', 'fake', 'fake-cuda.c');
-  const build = (define: string | null, out: string, source = src): void => {
+  const build = (define: string | null, out: string, source = src, extra: string[] = []): void => {
     mkdirSync(join(out, '..'), { recursive: true });
-    const r = spawnSync(cc, ['-shared', '-fPIC', '-O1', ...(define ? [`-D${define}`] : []), '-o', out, source], { encoding: 'utf8' });
+    const r = spawnSync(cc, ['-shared', '-fPIC', '-O1', ...(define ? [`-D${define}`] : []), ...extra, '-o', out, source], { encoding: 'utf8' });
     assert.equal(r.status, 0, `building ${out}:\n${r.stderr}`);
   };
   build('FAKE_DRIVER', join(root, 'full', 'libcuda.so.1'));
   build('FAKE_NVRTC', join(root, 'full', 'libnvrtc.so'));
   build('FAKE_CUBLASLT', join(root, 'full', 'libcublasLt.so'));
+  build('FAKE_DRIVER', join(root, 'no-graphs', 'libcuda.so.1'), src, ['-DFAKE_NO_GRAPHS']);
+  build('FAKE_NVRTC', join(root, 'no-graphs', 'libnvrtc.so'));
+  build('FAKE_CUBLASLT', join(root, 'no-graphs', 'libcublasLt.so'));
   build('FAKE_DRIVER', join(root, 'driver-only', 'libcuda.so.1'));
   const empty = join(root, 'empty.c');
   writeFileSync(empty, 'int eqat_fake_nothing;\n');
@@ -101,6 +104,10 @@ test('with stand-in libraries: NVRTC gets the options and the architecture (CUBI
   scenario('compile', 'full'),
 );
 test('with stand-in libraries: modules, functions and launches with packed arguments', { skip: fakeSkip }, () => scenario('launch', 'full'));
+test('with stand-in libraries: CUDA graphs capture, replay and refuse copies', { skip: fakeSkip }, () => scenario('graph', 'full'));
+test('with stand-in libraries: a driver without graphs is named and steps run eagerly', { skip: fakeSkip }, () =>
+  scenario('no-graphs', 'no-graphs'),
+);
 test('with stand-in libraries: matmulCuda through the native cuBLASLt call matches the twin', { skip: fakeSkip }, () => scenario('gemm', 'full'));
 test('with stand-in libraries: the TypeScript kernel path compiles, caches and launches natively', { skip: fakeSkip }, () =>
   scenario('ts-stack', 'full'),

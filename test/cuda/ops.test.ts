@@ -20,7 +20,7 @@ import { allocReducePartials, mseBackwardCuda, mseForwardCuda, sumSquaresCuda } 
 import { fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../../src/ops/cuda/fakequant.js';
 import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../../src/ops/cuda/rmsnorm.js';
 import { swigluBackwardCuda, swigluForwardCuda } from '../../src/ops/cuda/swiglu.js';
-import { adamwStepCuda } from '../../src/ops/cuda/adamw.js';
+import { ADAMW_SCALARS, adamwStepCuda } from '../../src/ops/cuda/adamw.js';
 import { assertClose, ODD_SIZES, randn } from '../util.js';
 import { assertBitExact, testOnBackends } from './backends.js';
 
@@ -224,12 +224,13 @@ testOnBackends('adamw matches the twin bit for bit over several steps, on arena 
     const ap = arena(p.f32), ag = arena(), am = arena(), av = arena();
     const [vp, vg, vm, vv] = [ap, ag, am, av].map((a) => deviceView(a, pad, n)) as [DeviceArray, DeviceArray, DeviceArray, DeviceArray];
     const ref = { p: p.clone(), m: Tensor.zeros([n]), v: Tensor.zeros([n]) };
+    const scalars = s.alloc('f32', ADAMW_SCALARS);
     for (let step = 1; step <= 4; step++) {
       const g = randn(rng, [n], 0.1 * step);
       if (n > 4) g.f32[3] = 0;
       uploadDevice(vg, g.f32);
       adamwStepRef(ref.p, g, ref.m, ref.v, { ...base, step });
-      adamwStepCuda(vp, vg, vm, vv, { ...base, step });
+      adamwStepCuda(vp, vg, vm, vv, { ...base, step }, scalars);
     }
     assertBitExact(host(vp), ref.p.f32, `param n=${n}`);
     assertBitExact(host(vm), ref.m.f32, `m n=${n}`);

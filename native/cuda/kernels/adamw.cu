@@ -6,12 +6,17 @@
 //   v = v * beta2 + ((1 - beta2) * g) * g
 //   p = p + ((-lr / (1 - beta1^step)) * m) / (sqrt(v) / sqrt(1 - beta2^step) + eps)
 // Every other operation rounds to f32 (--fmad=false), matching the twin adamwStepRef in
-// src/ops/ref/adamw.ts. The per-step scalars are computed on the host in f64 and rounded to
-// f32 once (src/ops/cuda/adamw.ts).
+// src/ops/ref/adamw.ts. The per-step scalars are computed on the host in f64, rounded to f32
+// once and read from device memory (src/ops/cuda/adamw.ts writes them before the step), so a
+// step captured in a CUDA graph uses each replay's learning rate and bias corrections:
+//   hyper = [decay, w1, w1_small (0 or 1), beta2, w2 = 1 - beta2, sqrt(1 - beta2^step), eps,
+//            neg_step = -lr / (1 - beta1^step)]
 
 extern "C" __global__ void eqat_adamw_step(float* param, const float* grad, float* m, float* v, long long n,
-                                           float decay, float w1, int w1_small, float beta2, float w2,
-                                           float bc2_sqrt, float eps, float neg_step) {
+                                           const float* hyper) {
+  const float decay = hyper[0], w1 = hyper[1], beta2 = hyper[3], w2 = hyper[4], bc2_sqrt = hyper[5], eps = hyper[6],
+              neg_step = hyper[7];
+  const bool w1_small = hyper[2] != 0.0f;
   const long long stride = (long long)gridDim.x * blockDim.x;
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
     const float gi = grad[i];

@@ -96,6 +96,7 @@ extern "C" __global__ void eqat_cross_entropy_backward(float* dlogits, const flo
 
 // Both at once: the row's max and sum are computed once.
 extern "C" __global__ void eqat_cross_entropy_forward_backward(float* losses, float* dlogits, const float* logits,
-                                                               const int* targets, int N, int V, double scale) {
-  for (int n = blockIdx.x; n < N; n += gridDim.x) eqat_ce::row(losses, dlogits, logits, targets, n, V, scale);
+                                                               const int* targets, int N, int V, const double* scale) {
+  const double s = *scale;  // from device memory, so a captured step takes each replay's value
+  for (int n = blockIdx.x; n < N; n += gridDim.x) eqat_ce::row(losses, dlogits, logits, targets, n, V, s);
 }

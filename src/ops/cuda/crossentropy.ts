@@ -6,8 +6,13 @@
 // A target outside [0, V) other than -100 throws the CPU op's RangeError naming the row before
 // anything is written (src/ops/cuda/indices.ts; one small read-back, skipped with
 // `check: false`, in which case such a row gets a NaN loss and gradient).
+//
+// The fused pass reads its gradient scale from device memory (one f64: allocLossScale,
+// writeLossScale), so a training step captured in a CUDA graph takes each replay's scale.
 import {
+  allocDevice,
   cudaKernel,
+  uploadDevice,
   deviceOverlaps,
   expectDeviceDtype,
   expectDeviceLength,
@@ -20,7 +25,7 @@ import { firstBadIndexCuda, type IndexCheckOptions } from './indices.js';
 
 const FORWARD = cudaKernel('crossentropy.cu', 'eqat_cross_entropy_forward', ['ptr', 'ptr', 'ptr', 'i32', 'i32']);
 const BACKWARD = cudaKernel('crossentropy.cu', 'eqat_cross_entropy_backward', ['ptr', 'ptr', 'ptr', 'i32', 'i32', 'f64']);
-const FUSED = cudaKernel('crossentropy.cu', 'eqat_cross_entropy_forward_backward', ['ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'f64']);
+const FUSED = cudaKernel('crossentropy.cu', 'eqat_cross_entropy_forward_backward', ['ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'ptr']);
 
 const MAX_ROW_BLOCKS = 1 << 20;
 
@@ -111,7 +116,23 @@ export function crossEntropyBackwardCuda(
   launchKernel(BACKWARD, Math.min(N, MAX_ROW_BLOCKS), rowBlock(V), [dlogits, logits, targets, N, V, scale]);
 }
 
-/** crossEntropyForwardCuda and crossEntropyBackwardCuda in one pass over each row's statistics. */
+/** Device home of the fused pass's gradient scale: one f64, as 8 bytes (write it with writeLossScale). */
+export function allocLossScale(): DeviceArray {
+  return allocDevice('u8', 8);
+}
+
+/** Stores `scale` (a finite number) for the fused pass. */
+export function writeLossScale(buf: DeviceArray, scale: number): void {
+  expectDeviceDtype(buf, 'u8', "writeLossScale: argument 'buf'");
+  expectDeviceLength(buf, 8, "writeLossScale: argument 'buf'", '(allocLossScale)');
+  if (typeof scale !== 'number' || !Number.isFinite(scale)) throw new TypeError(`writeLossScale: scale must be a finite number, got ${scale}`);
+  uploadDevice(buf, new Uint8Array(new Float64Array([scale]).buffer));
+}
+
+/**
+ * crossEntropyForwardCuda and crossEntropyBackwardCuda in one pass over each row's statistics,
+ * with the scale last written to `scale` (allocLossScale / writeLossScale).
+ */
 export function crossEntropyForwardBackwardCuda(
   losses: DeviceArray, // (N)
   dlogits: DeviceArray, // (N, V)
@@ -119,11 +140,13 @@ export function crossEntropyForwardBackwardCuda(
   targets: DeviceArray, // (N) i32
   N: number,
   V: number,
-  scale: number,
+  scale: DeviceArray, // one f64 (allocLossScale)
   opts: IndexCheckOptions = {},
 ): void {
   const op = 'crossEntropyForwardBackwardCuda';
-  checkArgs(op, logits, targets, N, V, opts, losses, dlogits, scale);
+  expectDeviceDtype(scale, 'u8', `${op}: argument 'scale'`);
+  expectDeviceLength(scale, 8, `${op}: argument 'scale'`, '(allocLossScale)');
+  checkArgs(op, logits, targets, N, V, opts, losses, dlogits, null);
   if (N === 0) return;
   launchKernel(FUSED, Math.min(N, MAX_ROW_BLOCKS), rowBlock(V), [losses, dlogits, logits, targets, N, V, scale]);
 }

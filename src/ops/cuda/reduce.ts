@@ -5,6 +5,8 @@
 //
 // The sums need a small device buffer for per-block partial sums, allocated once by the caller
 // (allocReducePartials) and reused; they return a JS number, which is a device-to-host transfer.
+// The MSE also comes in two halves, mseQueueCuda (kernels only, fit for a captured CUDA graph)
+// and readMseCuda (the transfer and the host sum, after the work has run).
 import {
   allocDevice,
   cudaKernel,
@@ -39,10 +41,17 @@ function checkPartials(op: string, partials: DeviceArray): void {
   expectDeviceLength(partials, MAX_BLOCKS * 8, `${op}: partials`, '(allocReducePartials)');
 }
 
+const partialBlocks = (n: number): number => Math.min(gridFor(n, BLOCK), MAX_BLOCKS);
+
 /** Launches `spec` with one partial per block and returns the partials' sum, in block order. */
 function sumPartials(spec: typeof SUMSQ, n: number, partials: DeviceArray, args: (DeviceArray | number)[]): number {
-  const blocks = Math.min(gridFor(n, BLOCK), MAX_BLOCKS);
-  launchKernel(spec, blocks, BLOCK, [partials, ...args]);
+  launchKernel(spec, partialBlocks(n), BLOCK, [partials, ...args]);
+  return readPartials(partials, n);
+}
+
+/** Sum of the partials a launch over n elements left, in block order. */
+function readPartials(partials: DeviceArray, n: number): number {
+  const blocks = partialBlocks(n);
   const bytes = downloadDevice(partials, new Uint8Array(blocks * 8));
   const sums = new Float64Array(bytes.buffer, 0, blocks);
   let total = 0;
@@ -65,6 +74,21 @@ export function mseForwardCuda(a: DeviceArray, b: DeviceArray, partials: DeviceA
   checkPartials(op, partials);
   if (a.length === 0) return NaN;
   return sumPartials(PARTIAL, a.length, partials, [a, b, a.length]) / a.length;
+}
+
+/** Queues the MSE of a and b (non-empty) into `partials`; readMseCuda(partials, a.length) reads it once the work has run. */
+export function mseQueueCuda(a: DeviceArray, b: DeviceArray, partials: DeviceArray): void {
+  const op = 'mseQueueCuda';
+  checkPair(op, a, b);
+  checkPartials(op, partials);
+  if (a.length === 0) throw new RangeError(`${op}: empty arrays have no mean`);
+  launchKernel(PARTIAL, partialBlocks(a.length), BLOCK, [partials, a, b, a.length]);
+}
+
+/** The mean squared error mseQueueCuda left in `partials` for arrays of n elements (a device-to-host transfer). */
+export function readMseCuda(partials: DeviceArray, n: number): number {
+  checkPartials('readMseCuda', partials);
+  return readPartials(partials, n) / n;
 }
 
 /** da += scale * 2 * (a - b) / numel, the factor rounded to f32 once (as the CPU op). */

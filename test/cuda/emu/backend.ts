@@ -110,6 +110,10 @@ export class EmulatorBackend implements CudaBackend {
   readonly name = 'emulator';
   compiles = 0;
   launches = 0;
+  graphLaunches = 0;
+  /** Work recorded by an open capture (graphBegin .. graphEnd), run by graphLaunch. */
+  private capture: (() => void)[] | null = null;
+  private readonly graphs = new Map<bigint, (() => void)[]>();
   private readonly allocs = new Map<bigint, Uint8Array>();
   private nextAddress = 0x10000000n;
   private readonly modulesById = new Map<bigint, Map<string, KernelParam[]>>();
@@ -172,21 +176,79 @@ export class EmulatorBackend implements CudaBackend {
   }
 
   upload(handle: bigint, src: ArrayBufferView, byteOffset: number): void {
+    this.refuseInCapture('cudaUpload');
     const { buf, at } = this.locate(handle + BigInt(byteOffset), src.byteLength, 'cudaUpload');
     buf.set(new Uint8Array(src.buffer, src.byteOffset, src.byteLength), at);
   }
 
   download(handle: bigint, dst: ArrayBufferView, byteOffset: number): void {
+    this.refuseInCapture('cudaDownload');
     const { buf, at } = this.locate(handle + BigInt(byteOffset), dst.byteLength, 'cudaDownload');
     new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength).set(buf.subarray(at, at + dst.byteLength));
   }
 
   memset0(handle: bigint, bytes: number): void {
     const { buf, at } = this.locate(handle, bytes, 'cudaMemset0');
+    if (this.capture) {
+      this.capture.push(() => this.memset0(handle, bytes));
+      return;
+    }
     buf.fill(0, at, at + bytes);
   }
 
-  synchronize(): void {}
+  // Graphs: a capture records each launch, matmul and memset with a copy of its arguments (as
+  // the driver copies kernel parameters), a launch of the graph replays them in order; copies
+  // and synchronisation during a capture invalidate it, as on a GPU.
+  graphSupport(): string {
+    return '';
+  }
+
+  graphBegin(): void {
+    if (this.capture) throw new Error('cudaGraphBegin: cuStreamBeginCapture_v2 failed: a capture is already open');
+    this.capture = [];
+  }
+
+  graphEnd(): bigint {
+    const work = this.capture;
+    if (!work) throw new Error('cudaGraphEnd: cuStreamEndCapture failed: no capture is open');
+    this.capture = null;
+    if (this.captureInvalid) {
+      this.captureInvalid = false;
+      throw new Error('cudaGraphEnd: cuStreamEndCapture failed: CUDA_ERROR_STREAM_CAPTURE_INVALIDATED');
+    }
+    const id = this.nextHandle++;
+    this.graphs.set(id, work);
+    return id;
+  }
+
+  graphLaunch(exec: bigint): void {
+    const work = this.graphs.get(exec);
+    if (!work || this.capture) throw new Error('cudaGraphLaunch: cuGraphLaunch failed: CUDA_ERROR_INVALID_VALUE');
+    for (const w of work) w();
+    this.graphLaunches++;
+  }
+
+  graphDestroy(exec: bigint): void {
+    if (!this.graphs.delete(exec)) throw new Error('cudaGraphDestroy: cuGraphExecDestroy failed: CUDA_ERROR_INVALID_VALUE');
+  }
+
+  /** Live instantiated graphs (leak checks). */
+  get liveGraphs(): number {
+    return this.graphs.size;
+  }
+
+  private captureInvalid = false;
+
+  /** A copy or wait during a capture: the capture is invalidated and the call fails, as on a GPU. */
+  private refuseInCapture(op: string): void {
+    if (!this.capture) return;
+    this.captureInvalid = true;
+    throw new Error(`${op}: CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED (operation not permitted when stream is capturing)`);
+  }
+
+  synchronize(): void {
+    this.refuseInCapture('cudaSynchronize');
+  }
 
   compile(source: string, _name: string, _options: readonly string[]): CompiledKernelImage {
     this.compiles++;
@@ -219,6 +281,11 @@ export class EmulatorBackend implements CudaBackend {
       throw new RangeError(`cudaLaunch: the kernel takes ${f.params.length} parameters, 'args' packs ${slots}`);
     }
     if (block[0] * block[1] * block[2] > 1024) throw new RangeError(`cudaLaunch: ${f.name}: more than 1024 threads per block`);
+    if (this.capture) {
+      const copy = args.slice(0);
+      this.capture.push(() => this.launch(fn, grid, block, sharedBytes, copy));
+      return;
+    }
     const view = new DataView(args);
     const used: bigint[] = [];
     f.params.forEach((p, i) => {
@@ -262,6 +329,11 @@ export class EmulatorBackend implements CudaBackend {
   }
 
   gemm(g: GemmArgs): void {
+    if (this.capture) {
+      const copy = { ...g };
+      this.capture.push(() => this.gemm(copy));
+      return;
+    }
     const rowsA = g.opA === 0 ? g.m : g.k, colsA = g.opA === 0 ? g.k : g.m;
     const rowsB = g.opB === 0 ? g.k : g.n, colsB = g.opB === 0 ? g.n : g.k;
     if (g.lda < rowsA || g.ldb < rowsB || g.ldc < g.m) throw new RangeError('cudaGemm: leading dimension too small');

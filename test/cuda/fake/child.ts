@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { nativeFn } from '../../../src/engine/native.js';
 import {
   allocDevice,
+  CudaStepGraphs,
   deviceView,
   downloadDevice,
   freeDevice,
@@ -187,6 +188,45 @@ const scenarios: Record<string, () => void> = {
     const wide = getFunction(m, 'wide');
     assert.throws(() => launch(wide, [1, 1, 1], [1, 1, 1], 0, new ArrayBuffer(16)), /cudaLaunch: kernel parameter 0 is wider than 8 bytes/);
     freeDevice(out);
+  },
+
+  graph() {
+    // the native graph entry points: capture records instead of running, launches replay with the
+    // captured parameters, a copy during the capture invalidates it
+    const b = nativeCudaBackend();
+    assert.equal(b.graphSupport!(), '');
+    const c = compile('extern "C" __global__ void fill(float* out, int n, float v) {}', 'fill.cu', []);
+    const fill = getFunction(moduleLoad(c.image), 'fill');
+    const out = toDevice(new Float32Array(8));
+    b.graphBegin!();
+    launch(fill, [2, 1, 1], [32, 1, 1], 0, packArgs(['ptr', 'i32', 'f32'], [out, 3, 7]));
+    b.memset0(deviceView(out, 1, 1).handle, 4);
+    const exec = b.graphEnd!();
+    assert.deepEqual(Array.from(downloadDevice<Float32Array>(out)), [0, 0, 0, 0, 0, 0, 0, 0], 'nothing ran while capturing');
+    b.graphLaunch!(exec);
+    assert.deepEqual(Array.from(downloadDevice<Float32Array>(out)), [7, 0, 7, 2, 32, 0, 0, 0]);
+    uploadDevice(out, new Float32Array(8));
+    b.graphLaunch!(exec);
+    assert.deepEqual(Array.from(downloadDevice<Float32Array>(out)), [7, 0, 7, 2, 32, 0, 0, 0], 'a replay runs again');
+    b.graphDestroy!(exec);
+    b.graphBegin!();
+    assert.throws(() => b.upload(out.handle, new Float32Array(1), 0), /cudaUpload: cuMemcpyHtoDAsync_v2 failed/);
+    assert.throws(() => b.graphEnd!(), /cudaGraphEnd: cuStreamEndCapture failed/);
+    assert.throws(() => b.graphLaunch!(0n), /cudaGraphLaunch/);
+    freeDevice(out);
+  },
+
+  'no-graphs'() {
+    assert.equal(probe().available, true);
+    const why = /^CUDA driver library libcuda\.so\.1 lacks cuStreamBeginCapture_v2, .*cuGraphDestroy \(driver older than 11\.4\?\)$/;
+    assert.match(nativeCudaBackend().graphSupport!(), why);
+    assert.throws(() => nativeCudaBackend().graphBegin!(), /cudaGraphBegin: CUDA graphs unavailable: CUDA driver library/);
+    const graphs = new CudaStepGraphs('a test step');
+    assert.match(graphs.eagerReason!, why);
+    let runs = 0;
+    for (let i = 0; i < 3; i++) graphs.run('k', () => runs++);
+    assert.equal(runs, 3, 'every run is eager');
+    assert.equal(graphs.graphs, 0);
   },
 
   gemm() {

@@ -5,7 +5,8 @@
  * malloc'ed host addresses), so the tests check how eqat calls them: argument packing, bounds
  * checks, architecture choice, compile options, matrix layouts. Behaviour knobs (read at each
  * call): FAKE_CUDA_INIT (cuInit's result), FAKE_CUDA_DEVICES, FAKE_CUDA_CC (e.g. 90),
- * FAKE_NVRTC_ARCHS (e.g. "75,80,86,89,90").
+ * FAKE_NVRTC_ARCHS (e.g. "75,80,86,89,90"). With -DFAKE_NO_GRAPHS the driver lacks the graph entry
+ * points (a driver older than 11.4).
  *
  * Kernels known to the fake driver: "fill" (float* out, int n, float v): out[0..n) = v, then
  * out[n..n+3) = gridDim.x, blockDim.x, shared bytes; "wide" (one 16-byte parameter); any name
@@ -83,18 +84,50 @@ int cuMemAlloc_v2(CUdeviceptr* p, size_t n) {
   return 0;
 }
 int cuMemFree_v2(CUdeviceptr p) { free((void*)(uintptr_t)p); return 0; }
+/* Stream capture: while capturing, "fill" launches and memsets are recorded (parameters copied,
+ * as the driver does) instead of run; a copy invalidates the capture (pageable memory cannot be
+ * captured); cuGraphLaunch replays the records in order. One graph object doubles as its exec. */
+enum { MAX_NODES = 64 };
+struct node {
+  int kind; /* 0 fill, 1 memset, 2 no-op */
+  float* out;
+  int n;
+  float v;
+  unsigned gx, bx, shared;
+  CUdeviceptr dst;
+  unsigned char byte;
+  size_t count;
+};
+struct graph {
+  int nodes;
+  struct node node[MAX_NODES];
+};
+static struct graph* capture; /* the graph being captured, or 0 */
+static int capture_invalid;
+static int record(struct node n) {
+  if (capture->nodes == MAX_NODES) { capture_invalid = 1; return 999; }
+  capture->node[capture->nodes++] = n;
+  return 0;
+}
 int cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* s, size_t n, void* st) {
   if (st != &the_stream) return 1;
+  if (capture) { capture_invalid = 1; return 900; /* CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED */ }
   memcpy((void*)(uintptr_t)d, s, n);
   return 0;
 }
 int cuMemcpyDtoHAsync_v2(void* d, CUdeviceptr s, size_t n, void* st) {
   if (st != &the_stream) return 1;
+  if (capture) { capture_invalid = 1; return 900; }
   memcpy(d, (const void*)(uintptr_t)s, n);
   return 0;
 }
 int cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, void* st) {
   if (st != &the_stream) return 1;
+  if (capture) {
+    struct node r = {0};
+    r.kind = 1; r.dst = d; r.byte = v; r.count = n;
+    return record(r);
+  }
   memset((void*)(uintptr_t)d, v, n);
   return 0;
 }
@@ -132,22 +165,68 @@ int cuFuncGetParamInfo(void* f, size_t i, size_t* offset, size_t* size) {
   }
   return 801;
 }
+static void run_fill(float* out, int n, float v, unsigned gx, unsigned bx, unsigned shared) {
+  for (int i = 0; i < n; ++i) out[i] = v;
+  out[n] = (float)gx;
+  out[n + 1] = (float)bx;
+  out[n + 2] = (float)shared;
+}
 int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned shared,
                    void* st, void** params, void** extra) {
   (void)gy; (void)gz; (void)by; (void)bz;
   if (st != &the_stream || extra) return 1;
   if (f == &fill_fn) {
-    float* out = *(float**)params[0];
-    const int n = *(int*)params[1];
-    const float v = *(float*)params[2];
-    for (int i = 0; i < n; ++i) out[i] = v;
-    out[n] = (float)gx;
-    out[n + 1] = (float)bx;
-    out[n + 2] = (float)shared;
+    struct node n = {0};
+    n.out = *(float**)params[0];
+    n.n = *(int*)params[1];
+    n.v = *(float*)params[2];
+    n.gx = gx; n.bx = bx; n.shared = shared;
+    if (capture) return record(n);
+    run_fill(n.out, n.n, n.v, gx, bx, shared);
     return 0;
   }
-  return f == &noop_fn || f == &wide_fn ? 0 : 1;
+  if (f == &noop_fn || f == &wide_fn) {
+    if (capture) { struct node n = {0}; n.kind = 2; return record(n); }
+    return 0;
+  }
+  return 1;
 }
+#ifndef FAKE_NO_GRAPHS
+int cuStreamBeginCapture_v2(void* st, int mode) {
+  if (st != &the_stream || mode != 2 || capture) return 1;
+  capture = calloc(1, sizeof *capture);
+  capture_invalid = 0;
+  return 0;
+}
+int cuStreamEndCapture(void* st, void** graph) {
+  if (st != &the_stream || !capture) return 1;
+  struct graph* g = capture;
+  capture = 0;
+  if (capture_invalid) { free(g); *graph = 0; return 901; /* CUDA_ERROR_STREAM_CAPTURE_INVALIDATED */ }
+  *graph = g;
+  return 0;
+}
+int cuGraphInstantiateWithFlags(void** exec, void* graph, unsigned long long flags) {
+  if (flags) return 1;
+  struct graph* copy = malloc(sizeof *copy);
+  memcpy(copy, graph, sizeof *copy);
+  *exec = copy;
+  return 0;
+}
+int cuGraphDestroy(void* graph) { free(graph); return 0; }
+int cuGraphExecDestroy(void* exec) { free(exec); return 0; }
+int cuGraphLaunch(void* exec, void* st) {
+  if (!exec) return 400; /* CUDA_ERROR_INVALID_HANDLE */
+  if (st != &the_stream || capture) return 1;
+  const struct graph* g = exec;
+  for (int i = 0; i < g->nodes; ++i) {
+    const struct node* n = &g->node[i];
+    if (n->kind == 0) run_fill(n->out, n->n, n->v, n->gx, n->bx, n->shared);
+    else if (n->kind == 1) memset((void*)(uintptr_t)n->dst, n->byte, n->count);
+  }
+  return 0;
+}
+#endif /* FAKE_NO_GRAPHS */
 #endif
 
 #ifdef FAKE_NVRTC
