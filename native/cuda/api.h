@@ -62,6 +62,8 @@ using PFN_cuStreamSynchronize = CUresult (*)(CUstream stream);
 using PFN_cuMemGetInfo = CUresult (*)(size_t* free_bytes, size_t* total_bytes);     // cuMemGetInfo_v2
 using PFN_cuMemAlloc = CUresult (*)(CUdeviceptr* ptr, size_t bytes);                // cuMemAlloc_v2
 using PFN_cuMemFree = CUresult (*)(CUdeviceptr ptr);                                // cuMemFree_v2
+using PFN_cuMemHostAlloc = CUresult (*)(void** ptr, size_t bytes, unsigned flags);   // page-locked host memory
+using PFN_cuMemFreeHost = CUresult (*)(void* ptr);
 using PFN_cuMemcpyHtoDAsync = CUresult (*)(CUdeviceptr dst, const void* src, size_t bytes,
                                            CUstream stream);                        // _v2
 using PFN_cuMemcpyDtoHAsync = CUresult (*)(void* dst, CUdeviceptr src, size_t bytes,
@@ -200,6 +202,8 @@ struct CudaApi {
   PFN_cuMemGetInfo cuMemGetInfo = nullptr;
   PFN_cuMemAlloc cuMemAlloc = nullptr;
   PFN_cuMemFree cuMemFree = nullptr;
+  PFN_cuMemHostAlloc cuMemHostAlloc = nullptr;  // optional (with cuMemFreeHost)
+  PFN_cuMemFreeHost cuMemFreeHost = nullptr;    // optional
   PFN_cuMemcpyHtoDAsync cuMemcpyHtoDAsync = nullptr;
   PFN_cuMemcpyDtoHAsync cuMemcpyDtoHAsync = nullptr;
   PFN_cuMemsetD8Async cuMemsetD8Async = nullptr;

@@ -174,6 +174,10 @@ void load_driver(CudaApi& a) {
   bind(h, a.cuLaunchKernel, {"cuLaunchKernel"}, missing);
   std::string optional;
   bind(h, a.cuFuncGetParamInfo, {"cuFuncGetParamInfo"}, optional);
+  if (!bind(h, a.cuMemHostAlloc, {"cuMemHostAlloc"}, optional) || !bind(h, a.cuMemFreeHost, {"cuMemFreeHost"}, optional)) {
+    a.cuMemHostAlloc = nullptr;
+    a.cuMemFreeHost = nullptr;
+  }
   std::string graph_missing;
   bind(h, a.cuStreamBeginCapture, {"cuStreamBeginCapture_v2"}, graph_missing);
   bind(h, a.cuStreamEndCapture, {"cuStreamEndCapture"}, graph_missing);

@@ -95,6 +95,8 @@ export interface CudaBackend {
   probe(): CudaProbe;
   alloc(bytes: number): bigint;
   free(handle: bigint): void;
+  /** Page-locked host memory (optional): an ArrayBuffer released when it is garbage-collected, or null when unavailable. */
+  hostAlloc?(bytes: number): ArrayBuffer | null;
   upload(handle: bigint, src: ArrayBufferView, byteOffset: number): void;
   /** Waits for queued work, then copies into dst. */
   download(handle: bigint, dst: ArrayBufferView, byteOffset: number): void;
@@ -127,6 +129,7 @@ export function nativeCudaBackend(): CudaBackend {
     probe: () => nativeFn<Fn<[], CudaProbe>>('cudaProbe')(),
     alloc: (bytes) => nativeFn<Fn<[number], bigint>>('cudaAlloc')(bytes),
     free: (h) => nativeFn<Fn<[bigint]>>('cudaFree')(h),
+    hostAlloc: (bytes) => nativeFn<Fn<[number], ArrayBuffer | null>>('cudaHostAlloc')(bytes),
     upload: (h, src, off) => nativeFn<Fn<[bigint, ArrayBufferView, number]>>('cudaUpload')(h, src, off),
     download: (h, dst, off) => nativeFn<Fn<[bigint, ArrayBufferView, number]>>('cudaDownload')(h, dst, off),
     memset0: (h, bytes) => nativeFn<Fn<[bigint, number]>>('cudaMemset0')(h, bytes),
@@ -414,6 +417,18 @@ export class DeviceAllocations {
   free(): void {
     for (const release of this.releases.splice(0).reverse()) release();
   }
+}
+
+/**
+ * Host memory for data on its way to the device, e.g. a training batch: page-locked where the
+ * backend can give it (copies from it run at full bus speed, without a staging copy), else an
+ * ordinary array. Page-locked memory is released when the array is garbage-collected.
+ */
+export function allocHostStaging(length: number): Float32Array {
+  checkLength('allocHostStaging', length);
+  refuseWhileCapturing('allocHostStaging');
+  const pinned = length > 0 ? (cudaBackend().hostAlloc?.(length * 4) ?? null) : null;
+  return pinned ? new Float32Array(pinned) : new Float32Array(length);
 }
 
 /** Copies data into a starting at element `offset`. */

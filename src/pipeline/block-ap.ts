@@ -295,14 +295,19 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
         }
         const bar = progress(`block ${i + 1}/${cfg.numLayers}`, totalSteps, { quiet: opts.quiet ?? false });
         let step = 0;
+        const readBatch = (b: number): void => {
+          xq!.read(b * B, B, trainer.x.f32);
+          xfp!.read(b * B, B, trainer.y.f32);
+        };
         for (let epoch = 0; epoch < opts.epochs; epoch++) {
           let sum = 0;
+          readBatch(0);
           for (let b = 0; b < stepsPerEpoch; b++) {
-            xq!.read(b * B, B, trainer.x.f32);
-            xfp!.read(b * B, B, trainer.y.f32);
             const lrQ = cosineLr(opts.quantLr, opts.minLrFactor, step, totalSteps);
             const lrW = cosineLr(opts.weightLr, opts.minLrFactor, step, totalSteps);
-            const loss = trainer.step(step, lrQ, lrW, opts.weightDecay);
+            trainer.submit(step, lrQ, lrW, opts.weightDecay);
+            if (b + 1 < stepsPerEpoch) readBatch(b + 1); // while the step runs (on CUDA)
+            const loss = trainer.finish();
             if (!Number.isFinite(loss)) {
               throw new Error(`block ${i}, epoch ${epoch + 1}, step ${step + 1}: loss is ${loss}; stopping (no checkpoint written for this block)`);
             }

@@ -11,12 +11,16 @@
 // its weight gradient goes through the straight-through estimator into G and dQ as soon as it
 // is formed, so no fake-quantized copy of the block (or of its gradient) ever exists. Frozen
 // weights for the passes between blocks are held in G's linears (gradients are dead there).
-// A step uploads its batch and AdamW's scalars, runs block forward → MSE → backward → AdamW on
-// the device and downloads one number, the loss. The device part is one CUDA graph, captured on
+// A step (submit) uploads its batch from page-locked host staging and AdamW's scalars, and
+// queues block forward → MSE → backward → AdamW on the device; finish() downloads one number,
+// the loss. Between the two the host is free to read the next batch from the activation cache
+// into the other staging buffer (x and y alternate between two), so the cache read overlaps
+// the step. The device part is one CUDA graph, captured on
 // the second step and replayed from then on (CudaStepGraphs; eager where graphs are unavailable). The host P and Wq are copied in when a pass over the caches
 // starts and P, Q come back in freeze(), which then shares the CPU's host code.
 import {
   allocDevice,
+  allocHostStaging,
   CudaStepGraphs,
   DeviceAllocations,
   deviceView,
@@ -113,8 +117,9 @@ export class BlockTrainerCuda implements BlockApTrainer {
   readonly device = 'cuda' as const;
   readonly P: BlockParams;
   readonly Wq: BlockParams;
-  readonly x: Tensor; // (B, T, C)
-  readonly y: Tensor; // (B, T, C)
+  private readonly staging: { x: Tensor; y: Tensor }[]; // two batches' host staging, (B, T, C) each
+  private current = 0; // the staging x and y show
+  private pending = false; // a submitted step's loss is still to be read
   private readonly Qhost: QuantParams;
   // device state (see the file header)
   private readonly dP: DeviceBlockArena;
@@ -156,8 +161,8 @@ export class BlockTrainerCuda implements BlockApTrainer {
     this.Wq = withLinears(this.P, allocBlockParams(cfg).params) as BlockParams;
     this.Qhost = new QuantParams(cfg, G);
     const C = cfg.hiddenSize;
-    this.x = Tensor.zeros([B, T, C]);
-    this.y = Tensor.zeros([B, T, C]);
+    const page = (): Tensor => Tensor.fromF32(allocHostStaging(B * T * C), [B, T, C]);
+    this.staging = training ? [{ x: page(), y: page() }, { x: page(), y: page() }] : [{ x: page(), y: page() }];
     const mem = this.mem;
     try {
       this.dP = mem.adopt(new DeviceBlockArena(cfg));
@@ -191,6 +196,16 @@ export class BlockTrainerCuda implements BlockApTrainer {
     }
   }
 
+  /** Inputs of the batch the next submit() trains on (see BlockApTrainer). */
+  get x(): Tensor {
+    return this.staging[this.current]!.x;
+  }
+
+  /** Targets of that batch. */
+  get y(): Tensor {
+    return this.staging[this.current]!.y;
+  }
+
   private workspace(n: number): DeviceBlockWorkspace {
     if (n === this.B) return this.ws;
     if (n !== 1) throw new Error('internal: workspace for batch ' + n);
@@ -206,6 +221,12 @@ export class BlockTrainerCuda implements BlockApTrainer {
   }
 
   step(stepIndex: number, lrQuant: number, lrWeight: number, wd: number): number {
+    this.submit(stepIndex, lrQuant, lrWeight, wd);
+    return this.finish();
+  }
+
+  submit(stepIndex: number, lrQuant: number, lrWeight: number, wd: number): void {
+    if (this.pending) throw new Error('internal: submit() before the previous step finished');
     const { xd, yd, outd, dOut } = this;
     uploadDevice(xd, this.x.f32);
     uploadDevice(yd, this.y.f32);
@@ -224,9 +245,18 @@ export class BlockTrainerCuda implements BlockApTrainer {
       if (updateQ) adamwLaunchCuda(this.dQ.all, this.dQgrad.all, this.mQ, this.vQ, this.scalarsQ);
       if (updateP) adamwLaunchCuda(this.dP.all, this.dG.all, this.mP, this.vP, this.scalarsP);
     });
-    // The loss is read after the update (one transfer per step). A non-finite loss stops the
-    // run before this block is written, so the update it made is never used.
-    return readMseCuda(this.partials, outd.length);
+    // The other staging buffer takes the next batch. The one just uploaded is written again only
+    // after the next submit, by which time finish() has waited for this step (and its copies).
+    this.current = (this.current + 1) % this.staging.length;
+    this.pending = true;
+  }
+
+  finish(): number {
+    if (!this.pending) throw new Error('internal: finish() without submit()');
+    this.pending = false;
+    // The loss is read after the update (the step's one transfer back). A non-finite loss stops
+    // the run before this block is written, so the update it made is never used.
+    return readMseCuda(this.partials, this.outd.length);
   }
 
   freeze(): FrozenLinears {

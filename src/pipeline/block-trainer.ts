@@ -40,12 +40,20 @@ export interface BlockApTrainer {
   readonly P: BlockParams;
   /** Host frozen weights (linears) with P's norms and biases: shards are written from here. */
   readonly Wq: BlockParams;
-  /** Host staging for one batch of inputs and targets, (B, T, C) each. */
+  /**
+   * Host staging for the batch the next submit() trains on: inputs and targets, (B, T, C) each.
+   * Right after submit() they are free for the following batch, which can then be read from the
+   * activation cache while the device runs the step (CUDA: two page-locked buffers, alternating).
+   */
   readonly x: Tensor;
   readonly y: Tensor;
   /** Min-max s and z from P; clears the optimiser state. */
   initQuant(): void;
-  /** One training step on the batch in x (inputs) and y (targets); returns the loss. */
+  /** Starts one training step on the batch in x (inputs) and y (targets). */
+  submit(stepIndex: number, lrQuant: number, lrWeight: number, wd: number): void;
+  /** Waits for the submitted step and returns its loss. */
+  finish(): number;
+  /** submit() then finish(). */
   step(stepIndex: number, lrQuant: number, lrWeight: number, wd: number): number;
   /** Mean MSE over cache samples [start, start+count) of the fake-quantized block against targets. */
   evalFakeQuantLoss(xq: ActivationCache, target: ActivationCache, start: number, count: number): number;
@@ -194,6 +202,25 @@ export class BlockTrainerCpu implements BlockApTrainer {
   }
 
   step(stepIndex: number, lrQuant: number, lrWeight: number, wd: number): number {
+    this.submit(stepIndex, lrQuant, lrWeight, wd);
+    return this.finish();
+  }
+
+  finish(): number {
+    if (this.submitted === null) throw new Error('internal: finish() without submit()');
+    const loss = this.submitted;
+    this.submitted = null;
+    return loss;
+  }
+
+  /** The step runs here, synchronously; finish() returns its loss. */
+  submit(stepIndex: number, lrQuant: number, lrWeight: number, wd: number): void {
+    this.submitted = this.train(stepIndex, lrQuant, lrWeight, wd);
+  }
+
+  private submitted: number | null = null;
+
+  private train(stepIndex: number, lrQuant: number, lrWeight: number, wd: number): number {
     const { x, y, out, dOut } = this;
     this.fakeQuantize();
     blockForward(this.cfg, this.Wq, this.ws, x, out);

@@ -1,5 +1,6 @@
 // CUDA graphs (CudaStepGraphs): a Block-AP step replayed from its captured graph gives the same
-// losses and parameters, bit for bit, as the same steps run op by op; a sequence that does
+// losses and parameters, bit for bit, as the same steps run op by op (the replayed trainer driven
+// as the pipeline drives it, the next batch staged while a step runs); a sequence that does
 // something a graph cannot hold (a host copy) falls back to eager runs without losing the run;
 // EQAT_CUDA_GRAPHS=0 turns replay off; nothing is left behind on the device.
 import assert from 'node:assert/strict';
@@ -50,15 +51,33 @@ testOnBackends('graph replay of the Block-AP step equals the eager steps bit for
     // learning rates change every step (they reach the graph through device memory); steps 3
     // and 4 leave the weights alone, which is a second graph
     const lrs: [number, number][] = [[1e-3, 2e-4], [9e-4, 1.5e-4], [7e-4, 1e-4], [5e-4, 0], [3e-4, 0], [1e-4, 2e-5]];
+    const C = cfg.hiddenSize;
+    const batches = lrs.map(() => {
+      const x = new Float32Array(B * T * C), y = new Float32Array(B * T * C);
+      rng.fillNormal(x, 1);
+      rng.fillNormal(y, 1);
+      return { x, y };
+    });
+    // the replayed trainer as the pipeline drives it: the next batch goes into the staging while
+    // the step runs; the eager one step by step
+    replayed.x.f32.set(batches[0]!.x);
+    replayed.y.f32.set(batches[0]!.y);
     lrs.forEach(([lrQ, lrW], step) => {
-      rng.fillNormal(replayed.x.f32, 1);
-      rng.fillNormal(replayed.y.f32, 1);
-      eager.x.f32.set(replayed.x.f32);
-      eager.y.f32.set(replayed.y.f32);
-      const lr = replayed.step(step, lrQ, lrW, 0.01);
+      const staged = replayed.x;
+      replayed.submit(step, lrQ, lrW, 0.01);
+      assert.notEqual(replayed.x, staged, 'x alternates between two staging buffers');
+      const next = batches[step + 1];
+      if (next) {
+        replayed.x.f32.set(next.x);
+        replayed.y.f32.set(next.y);
+      }
+      const lr = replayed.finish();
+      eager.x.f32.set(batches[step]!.x);
+      eager.y.f32.set(batches[step]!.y);
       const le = eager.step(step, lrQ, lrW, 0.01);
       assertBitExact([lr], [le], `loss at step ${step}`);
     });
+    assert.throws(() => replayed.finish(), /internal: finish\(\) without submit\(\)/);
     assert.equal(replayed.graphs.eagerReason, null, 'no capture failed');
     assert.equal(replayed.graphs.graphs, 2, 'one graph per set of updated groups');
     assert.equal(eager.graphs.graphs, 0);

@@ -104,6 +104,7 @@ test('with stand-in libraries: NVRTC gets the options and the architecture (CUBI
   scenario('compile', 'full'),
 );
 test('with stand-in libraries: modules, functions and launches with packed arguments', { skip: fakeSkip }, () => scenario('launch', 'full'));
+test('with stand-in libraries: page-locked staging memory for uploads', { skip: fakeSkip }, () => scenario('pinned', 'full'));
 test('with stand-in libraries: CUDA graphs capture, replay and refuse copies', { skip: fakeSkip }, () => scenario('graph', 'full'));
 test('with stand-in libraries: a driver without graphs is named and steps run eagerly', { skip: fakeSkip }, () =>
   scenario('no-graphs', 'no-graphs'),

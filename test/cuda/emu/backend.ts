@@ -111,6 +111,7 @@ export class EmulatorBackend implements CudaBackend {
   compiles = 0;
   launches = 0;
   graphLaunches = 0;
+  hostAllocs = 0;
   /** Work recorded by an open capture (graphBegin .. graphEnd), run by graphLaunch. */
   private capture: (() => void)[] | null = null;
   private readonly graphs = new Map<bigint, (() => void)[]>();
@@ -161,6 +162,12 @@ export class EmulatorBackend implements CudaBackend {
     // 256-byte aligned like cuMemAlloc, with a gap so adjacent allocations never touch.
     this.nextAddress += BigInt(Math.ceil(bytes / 256) * 256 + 256);
     return base;
+  }
+
+  /** Page-locked host memory is ordinary memory here (copies are synchronous anyway). */
+  hostAlloc(bytes: number): ArrayBuffer {
+    this.hostAllocs++;
+    return new ArrayBuffer(bytes);
   }
 
   free(handle: bigint): void {

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { nativeFn } from '../../../src/engine/native.js';
 import {
   allocDevice,
+  allocHostStaging,
   CudaStepGraphs,
   deviceView,
   downloadDevice,
@@ -214,6 +215,21 @@ const scenarios: Record<string, () => void> = {
     assert.throws(() => b.graphEnd!(), /cudaGraphEnd: cuStreamEndCapture failed/);
     assert.throws(() => b.graphLaunch!(0n), /cudaGraphLaunch/);
     freeDevice(out);
+  },
+
+  pinned() {
+    // page-locked staging comes from cuMemHostAlloc (the stand-in's free memory drops by one per
+    // live allocation), is writable, and uploads from it arrive
+    const free0 = nativeCudaBackend().memInfo().free;
+    const staging = allocHostStaging(5);
+    assert.equal(staging.length, 5);
+    assert.equal(nativeCudaBackend().memInfo().free, free0 - 1, 'cuMemHostAlloc gave the memory');
+    staging.set([1, 2, 3, 4, 5]);
+    const d = allocDevice('f32', 5);
+    uploadDevice(d, staging);
+    assert.deepEqual(Array.from(downloadDevice<Float32Array>(d)), [1, 2, 3, 4, 5]);
+    freeDevice(d);
+    assert.equal(allocHostStaging(0).length, 0);
   },
 
   'no-graphs'() {

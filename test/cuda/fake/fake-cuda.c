@@ -75,7 +75,8 @@ int cuCtxSetCurrent(void* ctx) { return ctx == &the_context ? 0 : 1; }
 int cuCtxSynchronize(void) { return 0; }
 int cuStreamCreate(void** s, unsigned flags) { (void)flags; *s = &the_stream; return 0; }
 int cuStreamSynchronize(void* s) { return s == &the_stream ? 0 : 1; }
-int cuMemGetInfo_v2(size_t* f, size_t* t) { *f = (size_t)1 << 30; *t = (size_t)80 << 30; return 0; }
+static int pinned_live; /* page-locked allocations not yet freed (cuMemGetInfo's free bytes drop by one each) */
+int cuMemGetInfo_v2(size_t* f, size_t* t) { *f = ((size_t)1 << 30) - (size_t)pinned_live; *t = (size_t)80 << 30; return 0; }
 int cuMemAlloc_v2(CUdeviceptr* p, size_t n) {
   if (n == 0) return 1;
   void* m = malloc(n);
@@ -84,6 +85,14 @@ int cuMemAlloc_v2(CUdeviceptr* p, size_t n) {
   return 0;
 }
 int cuMemFree_v2(CUdeviceptr p) { free((void*)(uintptr_t)p); return 0; }
+int cuMemHostAlloc(void** p, size_t n, unsigned flags) {
+  if (flags || n == 0) return 1;
+  *p = malloc(n);
+  if (!*p) return 2;
+  ++pinned_live;
+  return 0;
+}
+int cuMemFreeHost(void* p) { free(p); --pinned_live; return 0; }
 /* Stream capture: while capturing, "fill" launches and memsets are recorded (parameters copied,
  * as the driver does) instead of run; a copy invalidates the capture (pageable memory cannot be
  * captured); cuGraphLaunch replays the records in order. One graph object doubles as its exec. */
