@@ -162,26 +162,23 @@ function recipeOf(o: BlockApOptions): BlockApRecipe {
   };
 }
 
-export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
-  const t0 = performance.now();
-  const out = resolve(opts.out);
-  const partial = out + '.partial';
-  if (existsSync(out)) throw new Error(`--out ${opts.out}: already exists; choose another directory or remove it`);
-  const src = WeightSource.open(opts.model);
+/**
+ * What runBlockAp checks and builds before it writes anything: the recipe against the model,
+ * the calibration windows (a bad --calib fails here) and the trainer's memory (on a GPU, all of
+ * it: a run that does not fit stops here).
+ */
+async function prepareBlockAp(opts: BlockApOptions, src: WeightSource) {
   if (src.quant) throw new Error(`--model ${opts.model}: is already quantized; Block-AP needs a full-precision checkpoint`);
   const cfg = src.cfg;
   validateBlockAp(opts, cfg);
   const recipe = recipeOf(opts);
   const training = opts.epochs > 0;
-  // calibration windows first: a bad --calib fails before anything is written
   let windows: ReturnType<typeof sampleWindows> | null = null;
   if (training) {
     const tok = loadTokenizer(opts.model);
     const stream = await cachedTokenStream(opts.calib!, opts.model, tok);
     windows = sampleWindows(stream, tok, opts, `--calib ${opts.calib}`);
   }
-
-  // the trainer's memory (on a GPU, all of it) before anything is written: a run that does not fit stops here
   const device = opts.device ?? 'cpu';
   const precision = opts.precision ?? (device === 'cuda' ? 'bf16' : 'f32');
   const B = training ? opts.batchSize : 1;
@@ -190,6 +187,24 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
     device === 'cuda'
       ? new BlockTrainerCuda(cfg, B, T, opts.wbits, opts.groupSize, training, precision)
       : new BlockTrainerCpu(cfg, B, T, opts.wbits, opts.groupSize, training);
+  return { cfg, recipe, training, windows, device, precision, trainer, B, T };
+}
+
+export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
+  const t0 = performance.now();
+  const out = resolve(opts.out);
+  const partial = out + '.partial';
+  if (existsSync(out)) throw new Error(`--out ${opts.out}: already exists; choose another directory or remove it`);
+  const src = WeightSource.open(opts.model);
+  // everything up to the trainer can refuse the run; the model files are closed when it does
+  let prepared: Awaited<ReturnType<typeof prepareBlockAp>>;
+  try {
+    prepared = await prepareBlockAp(opts, src);
+  } catch (e) {
+    src.close();
+    throw e;
+  }
+  const { cfg, recipe, training, windows, device, precision, trainer, B, T } = prepared;
 
   // resume bookkeeping (a refusal here releases the trainer and the model files)
   let finished = 0;

@@ -25,18 +25,24 @@ test('--device cuda fails clearly, exits non-zero and writes nothing', () => {
   const dir = mkdtempSync(join(tmpdir(), 'eqat-cli-device-'));
   try {
     const out = join(dir, 'out');
-    const r = eqat(['generate', '--model', tiny, '--prompt', 'hi', '--device', 'cuda']);
-    assert.equal(r.status, 1, r.stderr);
     const p = probeCuda();
     if (p.available) {
+      // a command without a CUDA path
+      const r = eqat(['generate', '--model', tiny, '--prompt', 'hi', '--device', 'cuda']);
+      assert.equal(r.status, 1, r.stderr);
       assert.match(r.stderr, /^eqat: generate --device cuda: not yet supported by generate \(it runs on the CPU only so far\); use --device cpu$/m);
+      assert.equal(r.stdout, '');
     } else {
-      assert.match(r.stderr, /^eqat: generate --device cuda: CUDA is not available: /m);
+      // a command that would write --out
+      const r = eqat(['block-ap', '--model', tiny, '--wbits', '2', '--group-size', '32', '--epochs', '0', '--out', out, '--device', 'cuda']);
+      assert.equal(r.status, 1, r.stderr);
+      assert.match(r.stderr, /^eqat: block-ap --device cuda: CUDA is not available: /m);
       assert.ok(r.stderr.includes(p.reason!), `the message carries the probe's reason:\n${r.stderr}`);
       if (p.errors.driver) assert.match(r.stderr, /libcuda\.so\.1/);
+      assert.equal(r.stdout, '');
+      assert.equal(existsSync(out), false, 'nothing written');
+      assert.equal(existsSync(out + '.partial'), false, 'nothing written');
     }
-    assert.equal(existsSync(out), false, 'nothing written');
-    assert.equal(r.stdout, '');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
