@@ -132,6 +132,9 @@ constexpr int CUBLAS_OP_T = 1;
 constexpr int CUBLASLT_MATMUL_DESC_TRANSA = 3;
 constexpr int CUBLASLT_MATMUL_DESC_TRANSB = 4;
 // cublasLtMatmulPreferenceAttributes_t
+// cublasLtMatrixLayoutAttribute_t: strided batches.
+constexpr int CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT = 5;           // int32
+constexpr int CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET = 6;  // int64, elements
 constexpr int CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1;  // uint64
 constexpr int CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES = 5;  // uint32, default 256
 constexpr int CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES = 6;
@@ -161,6 +164,8 @@ using PFN_cublasLtMatmulDescSetAttribute = cublasStatus_t (*)(cublasLtMatmulDesc
 using PFN_cublasLtMatrixLayoutCreate = cublasStatus_t (*)(cublasLtMatrixLayout_t* layout, int type, uint64_t rows,
                                                           uint64_t cols, int64_t ld);
 using PFN_cublasLtMatrixLayoutDestroy = cublasStatus_t (*)(cublasLtMatrixLayout_t layout);
+using PFN_cublasLtMatrixLayoutSetAttribute = cublasStatus_t (*)(cublasLtMatrixLayout_t layout, int attribute,
+                                                                const void* value, size_t bytes);
 using PFN_cublasLtMatmulPreferenceCreate = cublasStatus_t (*)(cublasLtMatmulPreference_t* pref);
 using PFN_cublasLtMatmulPreferenceDestroy = cublasStatus_t (*)(cublasLtMatmulPreference_t pref);
 using PFN_cublasLtMatmulPreferenceSetAttribute = cublasStatus_t (*)(cublasLtMatmulPreference_t pref, int attribute,
@@ -252,6 +257,7 @@ struct CudaApi {
   PFN_cublasLtMatmulDescSetAttribute cublasLtMatmulDescSetAttribute = nullptr;
   PFN_cublasLtMatrixLayoutCreate cublasLtMatrixLayoutCreate = nullptr;
   PFN_cublasLtMatrixLayoutDestroy cublasLtMatrixLayoutDestroy = nullptr;
+  PFN_cublasLtMatrixLayoutSetAttribute cublasLtMatrixLayoutSetAttribute = nullptr;
   PFN_cublasLtMatmulPreferenceCreate cublasLtMatmulPreferenceCreate = nullptr;
   PFN_cublasLtMatmulPreferenceDestroy cublasLtMatmulPreferenceDestroy = nullptr;
   PFN_cublasLtMatmulPreferenceSetAttribute cublasLtMatmulPreferenceSetAttribute = nullptr;

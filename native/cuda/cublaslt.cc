@@ -7,6 +7,12 @@
 // (CUBLAS_COMPUTE_32F, no TF32 down-conversion of f32 inputs) and alpha/beta are f32 host values.
 // beta = 0 does not read C.
 //
+// Strided batches (optional trailing arguments batch, strideA, strideB, strideC, in elements):
+// `batch` independent products, the i-th reading A + i·strideA and B + i·strideB and writing
+// C + i·strideC (cuBLASLt's BATCH_COUNT / STRIDED_BATCH_OFFSET layout attributes). Batches may
+// interleave (e.g. the heads of a (T, heads, D) array: stride D, leading dimension heads·D) but
+// must not share an element of C; the caller guarantees that.
+//
 // Row-major callers (src/ops/cuda/matmul.ts) map their problem onto this one by computing
 // Cᵀ = op(B)ᵀ op(A)ᵀ; that mapping lives in TypeScript so it is tested without a GPU.
 // m, n, k >= 1 here; degenerate shapes are handled by the caller.
@@ -78,11 +84,20 @@ struct Pref {
   }
 };
 
-// cudaGemm(opA, opB, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, abType, cType)
+// Sets the strided-batch attributes of a layout (nothing for a single product).
+void set_batch(const Napi::Env& env, cublasLtMatrixLayout_t l, int32_t batch, int64_t stride, const char* what) {
+  if (batch == 1) return;
+  check_lt(env, api().cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof batch), what);
+  check_lt(env, api().cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof stride), what);
+}
+
+// cudaGemm(opA, opB, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, abType, cType[, batch, strideA, strideB, strideC])
 Napi::Value Gemm(const Napi::CallbackInfo& info) {
   const char* op = "cudaGemm";
   Napi::Env env = info.Env();
-  check_argc(info, 15, op);
+  if (info.Length() != 15 && info.Length() != 19) {
+    throw Napi::TypeError::New(env, "cudaGemm: expected 15 arguments, or 19 with a strided batch, got " + std::to_string(info.Length()));
+  }
   const int64_t op_a = arg_int(info, 0, op, "opA"), op_b = arg_int(info, 1, op, "opB");
   if ((op_a != 0 && op_a != 1) || (op_b != 0 && op_b != 1)) {
     throw Napi::RangeError::New(env, "cudaGemm: arguments 'opA' and 'opB' must be 0 (N) or 1 (T)");
@@ -109,13 +124,24 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   if (lda < a_rows) throw Napi::RangeError::New(env, "cudaGemm: argument 'lda' must be >= " + std::to_string(a_rows));
   if (ldb < b_rows) throw Napi::RangeError::New(env, "cudaGemm: argument 'ldb' must be >= " + std::to_string(b_rows));
   if (ldc < m) throw Napi::RangeError::New(env, "cudaGemm: argument 'ldc' must be >= " + std::to_string(m));
+  int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
+  if (info.Length() == 19) {
+    batch = arg_int(info, 15, op, "batch");
+    stride_a = arg_int(info, 16, op, "strideA");
+    stride_b = arg_int(info, 17, op, "strideB");
+    stride_c = arg_int(info, 18, op, "strideC");
+    if (batch < 1 || batch > 2147483647) throw Napi::RangeError::New(env, "cudaGemm: argument 'batch' must be in [1, 2^31-1]");
+    if (stride_a < 0 || stride_b < 0 || stride_c < 0) throw Napi::RangeError::New(env, "cudaGemm: batch strides must be >= 0");
+    if (batch > 1 && stride_c < 1) throw Napi::RangeError::New(env, "cudaGemm: argument 'strideC' must be >= 1 for a batch");
+  }
 
   const CudaApi& a = api();
   if (!a.cublaslt_loaded) throw Napi::Error::New(env, "cudaGemm: cuBLASLt is not available: " + a.cublaslt_error);
   CUstream stream = ensure_context(env, op);
-  check_range(env, A, static_cast<uint64_t>((a_cols - 1) * lda + a_rows) * ab_bytes, op, "A");
-  check_range(env, B, static_cast<uint64_t>((b_cols - 1) * ldb + b_rows) * ab_bytes, op, "B");
-  check_range(env, C, static_cast<uint64_t>((n - 1) * ldc + m) * c_bytes, op, "C");
+  // the last batch's extent covers all of them (strides are >= 0)
+  check_range(env, A, static_cast<uint64_t>((batch - 1) * stride_a + (a_cols - 1) * lda + a_rows) * ab_bytes, op, "A");
+  check_range(env, B, static_cast<uint64_t>((batch - 1) * stride_b + (b_cols - 1) * ldb + b_rows) * ab_bytes, op, "B");
+  check_range(env, C, static_cast<uint64_t>((batch - 1) * stride_c + (n - 1) * ldc + m) * c_bytes, op, "C");
   {
     std::lock_guard<std::mutex> lock(lt().mu);
     if (!lt().handle) check_lt(env, a.cublasLtCreate(&lt().handle), "cublasLtCreate");
@@ -132,6 +158,10 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   check_lt(env, a.cublasLtMatrixLayoutCreate(&la.h, ab_type, a_rows, a_cols, lda), "cublasLtMatrixLayoutCreate(A)");
   check_lt(env, a.cublasLtMatrixLayoutCreate(&lb.h, ab_type, b_rows, b_cols, ldb), "cublasLtMatrixLayoutCreate(B)");
   check_lt(env, a.cublasLtMatrixLayoutCreate(&lc.h, c_type, m, n, ldc), "cublasLtMatrixLayoutCreate(C)");
+  const int32_t batch32 = static_cast<int32_t>(batch);
+  set_batch(env, la.h, batch32, stride_a, "set the batch of A");
+  set_batch(env, lb.h, batch32, stride_b, "set the batch of B");
+  set_batch(env, lc.h, batch32, stride_c, "set the batch of C");
   Pref pref;
   check_lt(env, a.cublasLtMatmulPreferenceCreate(&pref.h), "cublasLtMatmulPreferenceCreate");
   const uint64_t ws = kWorkspaceBytes;

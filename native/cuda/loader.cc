@@ -259,6 +259,7 @@ void load_cublaslt(CudaApi& a) {
   bind(h, a.cublasLtMatmulDescSetAttribute, {"cublasLtMatmulDescSetAttribute"}, missing);
   bind(h, a.cublasLtMatrixLayoutCreate, {"cublasLtMatrixLayoutCreate"}, missing);
   bind(h, a.cublasLtMatrixLayoutDestroy, {"cublasLtMatrixLayoutDestroy"}, missing);
+  bind(h, a.cublasLtMatrixLayoutSetAttribute, {"cublasLtMatrixLayoutSetAttribute"}, missing);
   bind(h, a.cublasLtMatmulPreferenceCreate, {"cublasLtMatmulPreferenceCreate"}, missing);
   bind(h, a.cublasLtMatmulPreferenceDestroy, {"cublasLtMatmulPreferenceDestroy"}, missing);
   bind(h, a.cublasLtMatmulPreferenceSetAttribute, {"cublasLtMatmulPreferenceSetAttribute"}, missing);

@@ -87,6 +87,8 @@ export interface GemmArgs {
   ldc: number;
   abType: 'f32' | 'bf16';
   cType: 'f32' | 'bf16';
+  /** Strided batch: `count` products, the i-th at A + i·strideA, B + i·strideB, C + i·strideC (elements). */
+  batch?: { count: number; strideA: number; strideB: number; strideC: number };
 }
 
 /** The operations the CUDA backend needs; handles are device addresses / driver handles. */
@@ -141,10 +143,11 @@ export function nativeCudaBackend(): CudaBackend {
     getFunction: (module, name) => nativeFn<Fn<[bigint, string], bigint>>('cudaGetFunction')(module, name),
     launch: (fn, grid, block, shared, args) =>
       nativeFn<Fn<[bigint, number[], number[], number, ArrayBuffer]>>('cudaLaunch')(fn, [...grid], [...block], shared, args),
-    gemm: (g) =>
-      nativeFn<
-        Fn<[number, number, number, number, number, number, bigint, number, bigint, number, number, bigint, number, string, string]>
-      >('cudaGemm')(g.opA, g.opB, g.m, g.n, g.k, g.alpha, g.A, g.lda, g.B, g.ldb, g.beta, g.C, g.ldc, g.abType, g.cType),
+    gemm: (g) => {
+      const args = [g.opA, g.opB, g.m, g.n, g.k, g.alpha, g.A, g.lda, g.B, g.ldb, g.beta, g.C, g.ldc, g.abType, g.cType];
+      const batch = g.batch ? [g.batch.count, g.batch.strideA, g.batch.strideB, g.batch.strideC] : [];
+      nativeFn<(...a: unknown[]) => void>('cudaGemm')(...args, ...batch);
+    },
     graphSupport: () => nativeFn<Fn<[], string>>('cudaGraphSupport')(),
     graphBegin: () => nativeFn<Fn<[]>>('cudaGraphBegin')(),
     graphEnd: () => nativeFn<Fn<[], bigint>>('cudaGraphEnd')(),

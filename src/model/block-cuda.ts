@@ -14,6 +14,7 @@ import { linearBackwardCuda, linearForwardCuda, type LinearDims, type LowPrecisi
 import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../ops/cuda/rmsnorm.js';
 import { ropeBackwardCuda, ropeForwardCuda } from '../ops/cuda/rope.js';
 import { attentionBackwardCuda, attentionForwardCuda } from '../ops/cuda/attention.js';
+import { AttentionGemmScratch, attentionGemmBackwardCuda, attentionGemmForwardCuda, attentionPathCuda } from '../ops/cuda/attention-gemm.js';
 import { swigluBackwardCuda, swigluForwardCuda } from '../ops/cuda/swiglu.js';
 import { addCuda, copyCuda } from '../ops/cuda/elementwise.js';
 
@@ -124,9 +125,17 @@ export class DeviceBlockWorkspace {
   readonly dkNormed!: DeviceArray; // (N, Hkv*D)
   readonly cos!: DeviceArray; // (T, D/2)
   readonly sin!: DeviceArray; // (T, D/2)
+  /** Scratch of attention through GEMMs (null: the flash kernels, EQAT_CUDA_ATTENTION=flash). */
+  readonly attention: AttentionGemmScratch | null;
   private readonly arena: DeviceArray;
 
-  constructor(readonly cfg: ModelConfig, B: number, T: number, { training = true }: { training?: boolean } = {}) {
+  /** `precision` is that of the GEMMs (attention's included), as in linearForwardCuda's `lowp`. */
+  constructor(
+    readonly cfg: ModelConfig,
+    B: number,
+    T: number,
+    { training = true, precision = 'f32' }: { training?: boolean; precision?: 'f32' | 'bf16' } = {},
+  ) {
     this.B = B;
     this.T = T;
     const N = B * T;
@@ -165,9 +174,17 @@ export class DeviceBlockWorkspace {
     const rope = ropeTables(cfg, 0, T); // positions 0..T-1, as the CPU workspace's tables
     uploadDevice(this.cos, rope.cos.f32);
     uploadDevice(this.sin, rope.sin.f32);
+    try {
+      const shape = { B, Tq: T, Tk: T, H, Hkv, D };
+      this.attention = attentionPathCuda() === 'gemm' ? new AttentionGemmScratch(shape, precision, { training }) : null;
+    } catch (e) {
+      freeDevice(this.arena);
+      throw e;
+    }
   }
 
   free(): void {
+    this.attention?.free();
     freeDevice(this.arena);
   }
 }
@@ -241,7 +258,8 @@ export function blockForwardCuda(
   }
   ropeForwardCuda(ws.qRot, ws.qNormed, ws.cos, ws.sin, B, T, H, D);
   ropeForwardCuda(ws.kRot, ws.kNormed, ws.cos, ws.sin, B, T, Hkv, D);
-  attentionForwardCuda(ws.att, ws.lse, ws.qRot, ws.kRot, ws.v, att, { window });
+  if (ws.attention) attentionGemmForwardCuda(ws.att, ws.lse, ws.qRot, ws.kRot, ws.v, att, { window }, ws.attention);
+  else attentionForwardCuda(ws.att, ws.lse, ws.qRot, ws.kRot, ws.v, att, { window });
   lin.forward(ws.tmpC, ws.att, 'o', N);
   addCuda(ws.h, x, ws.tmpC);
 
@@ -294,7 +312,8 @@ export function blockBackwardCuda(
   zeroDevice(ws.dq);
   zeroDevice(ws.dk);
   zeroDevice(ws.dv);
-  attentionBackwardCuda(ws.dq, ws.dk, ws.dv, ws.dAtt, ws.qRot, ws.kRot, ws.v, ws.att, ws.lse, att, { window });
+  if (ws.attention) attentionGemmBackwardCuda(ws.dq, ws.dk, ws.dv, ws.dAtt, ws.qRot, ws.kRot, ws.v, ws.att, ws.lse, att, { window }, ws.attention);
+  else attentionBackwardCuda(ws.dq, ws.dk, ws.dv, ws.dAtt, ws.qRot, ws.kRot, ws.v, ws.att, ws.lse, att, { window });
   zeroDevice(ws.dqLin);
   zeroDevice(ws.dkLin);
   if (cfg.qkNorm) {

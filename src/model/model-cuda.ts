@@ -120,7 +120,7 @@ export class DeviceModel {
   readonly cfg: ModelConfig;
 
   /** Uploads the model for batches of up to B windows of T tokens. */
-  constructor(src: WeightSource, readonly B: number, readonly T: number, precision: 'f32' | 'bf16') {
+  constructor(src: WeightSource, readonly B: number, readonly T: number, readonly precision: 'f32' | 'bf16') {
     const cfg = (this.cfg = src.cfg);
     const C = cfg.hiddenSize;
     const N = B * T;
@@ -132,7 +132,7 @@ export class DeviceModel {
       if (precision === 'bf16') {
         this.lowp = { xb: mem.alloc('bf16', N * linearRowWidth(cfg)), doutb: mem.alloc('bf16', 0), wb: mem.alloc('bf16', Math.max(largest, cfg.vocabSize * C)) };
       }
-      this.ws = mem.adopt(new DeviceBlockWorkspace(cfg, B, T, { training: false }));
+      this.ws = mem.adopt(new DeviceBlockWorkspace(cfg, B, T, { training: false, precision }));
       for (let i = 0; i < cfg.numLayers; i++) this.blocks.push(this.loadBlock(src, i));
       const emb = src.embedding();
       this.embedding = mem.upload(emb.f32);
@@ -205,7 +205,7 @@ export class DeviceModel {
   private tailWorkspace(count: number): DeviceBlockWorkspace {
     if (this.tail?.B !== count) {
       this.tail?.free();
-      this.tail = new DeviceBlockWorkspace(this.cfg, count, this.T, { training: false });
+      this.tail = new DeviceBlockWorkspace(this.cfg, count, this.T, { training: false, precision: this.precision });
     }
     return this.tail;
   }

@@ -182,7 +182,7 @@ export class BlockTrainerCuda implements BlockApTrainer {
         this.lowp = { xb: mem.alloc('bf16', rows), doutb: mem.alloc('bf16', training ? rows : 0), wb: mem.alloc('bf16', largest) };
       }
       this.fakeQuant = fakeQuantLinearsCuda(cfg, this.dP.params, this.dG.params, this.dQ, this.dQgrad, bits, G, this.wTile, this.dwTile, this.lowp);
-      this.ws = mem.adopt(new DeviceBlockWorkspace(cfg, B, T, { training }));
+      this.ws = mem.adopt(new DeviceBlockWorkspace(cfg, B, T, { training, precision }));
       this.xd = mem.alloc('f32', B * T * C);
       this.yd = mem.alloc('f32', B * T * C);
       this.outd = mem.alloc('f32', B * T * C);
@@ -209,7 +209,7 @@ export class BlockTrainerCuda implements BlockApTrainer {
   private workspace(n: number): DeviceBlockWorkspace {
     if (n === this.B) return this.ws;
     if (n !== 1) throw new Error('internal: workspace for batch ' + n);
-    this.ws1 ??= this.mem.adopt(new DeviceBlockWorkspace(this.cfg, 1, this.T, { training: false }));
+    this.ws1 ??= this.mem.adopt(new DeviceBlockWorkspace(this.cfg, 1, this.T, { training: false, precision: this.precision }));
     return this.ws1;
   }
 

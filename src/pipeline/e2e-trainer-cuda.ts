@@ -126,7 +126,7 @@ export class E2eStepperCuda implements E2eStepper {
       this.finalNorm = mem.upload(model.finalNorm.f32);
       this.dFinalNorm = mem.alloc('f32', C);
       this.gNorms = mem.adopt(new DeviceBlockArena(cfg, { linears: false }));
-      this.ws = mem.adopt(new DeviceBlockWorkspace(cfg, mb, T));
+      this.ws = mem.adopt(new DeviceBlockWorkspace(cfg, mb, T, { precision }));
       this.hidden = Array.from({ length: L + 1 }, () => mem.alloc('f32', N * C));
       this.scratch = mem.alloc('f32', N * C);
       this.dH = mem.alloc('f32', N * C);

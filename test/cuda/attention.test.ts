@@ -8,10 +8,11 @@
 import assert from 'node:assert/strict';
 import { Rng } from '../../src/engine/random.js';
 import { Tensor } from '../../src/engine/tensor.js';
-import { downloadDevice } from '../../src/engine/cuda.js';
+import { downloadDevice, type DeviceArray } from '../../src/engine/cuda.js';
 import type { AttentionOptions } from '../../src/ops/attention.js';
 import { attentionBackwardRef, attentionForwardRef } from '../../src/ops/ref/attention.js';
 import { attentionBackwardCuda, attentionForwardCuda, type AttentionShape } from '../../src/ops/cuda/attention.js';
+import { AttentionGemmScratch, attentionGemmBackwardCuda, attentionGemmForwardCuda } from '../../src/ops/cuda/attention-gemm.js';
 import { assertClose, randn } from '../util.js';
 import { testOnBackends, type Scope } from './backends.js';
 
@@ -26,8 +27,48 @@ function label(c: Case): string {
   return `B=${c.B} Tq=${c.Tq} Tk=${c.Tk} H=${c.H}/${c.Hkv} D=${c.D} ${JSON.stringify(c.opts ?? {})}`;
 }
 
+/** A CUDA implementation of the op: the flash kernels, or the GEMM path with its scratch. */
+interface Impl {
+  forward(s: Scope, out: DeviceArray, lse: DeviceArray, q: DeviceArray, k: DeviceArray, v: DeviceArray, c: Case): void;
+  backward(
+    s: Scope,
+    dq: DeviceArray, dk: DeviceArray, dv: DeviceArray, dout: DeviceArray, q: DeviceArray, k: DeviceArray, v: DeviceArray,
+    out: DeviceArray, lse: DeviceArray, c: Case,
+  ): void;
+  fwdTol: { atol: number; rtol: number };
+  bwdTol: { atol: number; rtol: number };
+}
+
+const FLASH: Impl = {
+  forward: (_s, out, lse, q, k, v, c) => attentionForwardCuda(out, lse, q, k, v, c, c.opts),
+  backward: (_s, dq, dk, dv, dout, q, k, v, out, lse, c) => attentionBackwardCuda(dq, dk, dv, dout, q, k, v, out, lse, c, c.opts),
+  fwdTol: FWD_TOL,
+  bwdTol: BWD_TOL,
+};
+
+/** The GEMM path, with scratch for chunks of `rows` query rows (scoreBytes chosen to give that). */
+function gemmImpl(precision: 'f32' | 'bf16', rows: number): Impl {
+  const scratch = (s: Scope, c: Case): AttentionGemmScratch => {
+    const e = precision === 'bf16' ? 2 : 4;
+    const scoreBytes = rows * c.Hkv * Math.ceil(c.Tk / 8) * 8 * (8 + 2 * e);
+    const sc = s.adopt(new AttentionGemmScratch(c, precision, { scoreBytes }));
+    assert.equal(sc.chunk, Math.min(rows, c.Tq));
+    return sc;
+  };
+  // bf16 GEMM inputs (8 significant bits) against the f64 twin: errors of a few bf16 ulps of the
+  // O(1) values involved; a masking or indexing error is off by O(1)
+  const loose = { atol: 3e-2, rtol: 3e-2 };
+  return {
+    forward: (s, out, lse, q, k, v, c) => attentionGemmForwardCuda(out, lse, q, k, v, c, c.opts ?? {}, scratch(s, c)),
+    backward: (s, dq, dk, dv, dout, q, k, v, out, lse, c) =>
+      attentionGemmBackwardCuda(dq, dk, dv, dout, q, k, v, out, lse, c, c.opts ?? {}, scratch(s, c)),
+    fwdTol: precision === 'f32' ? FWD_TOL : loose,
+    bwdTol: precision === 'f32' ? BWD_TOL : { atol: 6e-2, rtol: 3e-2 },
+  };
+}
+
 /** Forward and backward on the device and with the twin, from the same inputs and pre-filled gradients. */
-function compareWithTwin(s: Scope, c: Case, seed: number): void {
+function compareWithTwin(s: Scope, c: Case, seed: number, impl: Impl = FLASH): void {
   const rng = new Rng(seed);
   const qShape = [c.B, c.Tq, c.H, c.D], kShape = [c.B, c.Tk, c.Hkv, c.D];
   const q = randn(rng, qShape), k = randn(rng, kShape), v = randn(rng, kShape), dout = randn(rng, qShape);
@@ -41,16 +82,16 @@ function compareWithTwin(s: Scope, c: Case, seed: number): void {
 
   const gq = s.upload(q.f32), gk = s.upload(k.f32), gv = s.upload(v.f32), gdout = s.upload(dout.f32);
   const gout = s.alloc('f32', out.size), glse = s.alloc('f32', lse.size);
-  attentionForwardCuda(gout, glse, gq, gk, gv, c, c.opts);
+  impl.forward(s, gout, glse, gq, gk, gv, c);
   const gotOut = downloadDevice<Float32Array>(gout);
-  assertClose(gotOut, out.f32, { ...FWD_TOL, what: `${what} out` });
-  assertClose(downloadDevice<Float32Array>(glse), lse.f32, { ...FWD_TOL, what: `${what} lse` });
+  assertClose(gotOut, out.f32, { ...impl.fwdTol, what: `${what} out` });
+  assertClose(downloadDevice<Float32Array>(glse), lse.f32, { ...impl.fwdTol, what: `${what} lse` });
 
   const gdq = s.upload(dq0.f32), gdk = s.upload(dk0.f32), gdv = s.upload(dv0.f32);
-  attentionBackwardCuda(gdq, gdk, gdv, gdout, gq, gk, gv, gout, glse, c, c.opts);
-  assertClose(downloadDevice<Float32Array>(gdq), dq.f32, { ...BWD_TOL, what: `${what} dq` });
-  assertClose(downloadDevice<Float32Array>(gdk), dk.f32, { ...BWD_TOL, what: `${what} dk` });
-  assertClose(downloadDevice<Float32Array>(gdv), dv.f32, { ...BWD_TOL, what: `${what} dv` });
+  impl.backward(s, gdq, gdk, gdv, gdout, gq, gk, gv, gout, glse, c);
+  assertClose(downloadDevice<Float32Array>(gdq), dq.f32, { ...impl.bwdTol, what: `${what} dq` });
+  assertClose(downloadDevice<Float32Array>(gdk), dk.f32, { ...impl.bwdTol, what: `${what} dk` });
+  assertClose(downloadDevice<Float32Array>(gdv), dv.f32, { ...impl.bwdTol, what: `${what} dv` });
 }
 
 // (H, Hkv, B, window): GQA ratio 1 and 3 (and 3 with two kv heads), window on and off.
@@ -89,6 +130,36 @@ testOnBackends('attention: window sizes 1, exactly T and beyond T; decoding with
     { B: 1, Tq: 40, Tk: 90, H: 2, Hkv: 2, D: 8, opts: { qOffset: 0, window: 5 } },
   ];
   for (const c of cases) compareWithTwin(s, c, seed++);
+});
+
+for (const precision of ['f32', 'bf16'] as const) {
+  testOnBackends(`attention through GEMMs (${precision}): chunks of 1, 5 and all rows; GQA; windows; decoding; matches the twin`, (s) => {
+    let seed = precision === 'f32' ? 500 : 600;
+    for (const rows of [1, 5, 1000]) {
+      for (const T of [1, 7, 33]) {
+        for (const [H, Hkv, B, window] of VARIANTS) compareWithTwin(s, { B, Tq: T, Tk: T, H, Hkv, D: 16, opts: { window } }, seed++, gemmImpl(precision, rows));
+      }
+    }
+    const cases: Case[] = [
+      { B: 2, Tq: 5, Tk: 65, H: 6, Hkv: 2, D: 32 },
+      { B: 1, Tq: 17, Tk: 80, H: 4, Hkv: 2, D: 8, opts: { qOffset: 30 } },
+      { B: 1, Tq: 40, Tk: 90, H: 2, Hkv: 2, D: 8, opts: { qOffset: 0, window: 5 } },
+      { B: 1, Tq: 19, Tk: 19, H: 3, Hkv: 1, D: 17 },
+    ];
+    for (const c of cases) for (const rows of [3, 64]) compareWithTwin(s, c, seed++, gemmImpl(precision, rows));
+  });
+}
+
+testOnBackends('attention through GEMMs: a scratch of another shape, or without the backward buffers, is refused', (s) => {
+  const c: AttentionShape = { B: 1, Tq: 3, Tk: 3, H: 2, Hkv: 1, D: 4 };
+  const q = s.alloc('f32', 24), kv = s.alloc('f32', 12), lse = s.alloc('f32', 6), out = s.alloc('f32', 24);
+  const other = s.adopt(new AttentionGemmScratch({ ...c, Tq: 2, Tk: 2 }, 'f32'));
+  assert.throws(() => attentionGemmForwardCuda(out, lse, q, kv, kv, c, {}, other), /attentionGemmForwardCuda: the scratch was made for another shape/);
+  const fwdOnly = s.adopt(new AttentionGemmScratch(c, 'bf16', { training: false }));
+  attentionGemmForwardCuda(out, lse, q, kv, kv, c, {}, fwdOnly);
+  const g = s.alloc('f32', 24), gk = s.alloc('f32', 12), gv = s.alloc('f32', 12);
+  assert.throws(() => attentionGemmBackwardCuda(g, gk, gv, q, q, kv, kv, out, lse, c, {}, fwdOnly), /without the backward's buffers/);
+  assert.throws(() => attentionGemmForwardCuda(out, s.alloc('f32', 5), q, kv, kv, c, {}, fwdOnly), /attentionGemmForwardCuda: lse: expected 6 elements/);
 });
 
 testOnBackends('attention wrapper: argument errors name the op and argument', (s) => {

@@ -17,40 +17,13 @@ namespace eqat_ce {
 
 constexpr int kIgnoreIndex = -100;
 
-// Math.max semantics: NaN wins.
-__device__ __forceinline__ float max_nan(float a, float b) { return (a > b || a != a) ? a : b; }
-
-__device__ __forceinline__ float warp_max(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  return v;
-}
-
-// Max of v over the block; every thread receives it.
-__device__ float block_max(float v) {
-  __shared__ float partial[32];
-  __shared__ float total;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v = warp_max(v);
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    float t = lane < (int)(blockDim.x >> 5) ? partial[lane] : partial[0];
-    t = warp_max(t);
-    if (lane == 0) total = t;
-  }
-  __syncthreads();
-  const float result = total;
-  __syncthreads();  // partial and total are reused by the next call
-  return result;
-}
-
 __device__ __forceinline__ float quiet_nan() { return __uint_as_float(0x7fc00000u); }
 
 // The row's max and f64 sum of exp(x - max).
 __device__ void row_stats(const float* x, int V, float& max_out, double& sum_out) {
   float m = __uint_as_float(0xff800000u);  // -inf
-  for (int i = threadIdx.x; i < V; i += blockDim.x) m = max_nan(m, x[i]);
-  m = block_max(m);
+  for (int i = threadIdx.x; i < V; i += blockDim.x) m = eqat::max_nan(m, x[i]);
+  m = eqat::block_max(m);
   double s = 0.0;
   for (int i = threadIdx.x; i < V; i += blockDim.x) s += exp((double)x[i] - (double)m);
   max_out = m;

@@ -344,6 +344,7 @@ export class EmulatorBackend implements CudaBackend {
     const rowsA = g.opA === 0 ? g.m : g.k, colsA = g.opA === 0 ? g.k : g.m;
     const rowsB = g.opB === 0 ? g.k : g.n, colsB = g.opB === 0 ? g.n : g.k;
     if (g.lda < rowsA || g.ldb < rowsB || g.ldc < g.m) throw new RangeError('cudaGemm: leading dimension too small');
+    const abBytes = g.abType === 'f32' ? 4 : 2, cBytes = g.cType === 'f32' ? 4 : 2;
     const read = (h: bigint, n: number, type: 'f32' | 'bf16'): Float32Array => {
       const bytes = n * (type === 'f32' ? 4 : 2);
       const { buf, at } = this.locate(h, bytes, 'cudaGemm');
@@ -352,14 +353,18 @@ export class EmulatorBackend implements CudaBackend {
       const h16 = new Uint16Array(copy.buffer);
       return Float32Array.from(h16, (x) => bf16ToF32Ref(x));
     };
-    const A = read(g.A, gemmExtent(rowsA, colsA, g.lda), g.abType);
-    const B = read(g.B, gemmExtent(rowsB, colsB, g.ldb), g.abType);
-    const nC = gemmExtent(g.m, g.n, g.ldc);
-    const C = read(g.C, nC, g.cType);
-    gemmColMajorRef(g, A, B, C);
-    const { buf, at } = this.locate(g.C, nC * (g.cType === 'f32' ? 4 : 2), 'cudaGemm');
-    if (g.cType === 'f32') buf.set(new Uint8Array(C.buffer), at);
-    else buf.set(new Uint8Array(Uint16Array.from(C, (x) => f32ToBf16Ref(x)).buffer), at);
+    const b = g.batch ?? { count: 1, strideA: 0, strideB: 0, strideC: 0 };
+    for (let i = 0; i < b.count; i++) {
+      const Ah = g.A + BigInt(i * b.strideA * abBytes), Bh = g.B + BigInt(i * b.strideB * abBytes), Ch = g.C + BigInt(i * b.strideC * cBytes);
+      const A = read(Ah, gemmExtent(rowsA, colsA, g.lda), g.abType);
+      const B = read(Bh, gemmExtent(rowsB, colsB, g.ldb), g.abType);
+      const nC = gemmExtent(g.m, g.n, g.ldc);
+      const C = read(Ch, nC, g.cType);
+      gemmColMajorRef(g, A, B, C);
+      const { buf, at } = this.locate(Ch, nC * cBytes, 'cudaGemm');
+      if (g.cType === 'f32') buf.set(new Uint8Array(C.buffer), at);
+      else buf.set(new Uint8Array(Uint16Array.from(C, (x) => f32ToBf16Ref(x)).buffer), at);
+    }
   }
 }
 

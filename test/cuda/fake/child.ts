@@ -288,6 +288,25 @@ const scenarios: Record<string, () => void> = {
     assert.throws(() => cudaGemm(0, 0, 2, 3, 1, 1, x.handle, 1, x.handle, 1, 0, x.handle, 2, 'f32', 'f32'), /cudaGemm: argument 'lda' must be >= 2/);
     assert.throws(() => cudaGemm(0, 0, 3, 3, 1, 1, x.handle, 3, x.handle, 1, 0, x.handle, 3, 'f32', 'f32'), /cudaGemm: argument 'C': device range .* is not inside a live allocation/);
     assert.throws(() => cudaGemm(0, 0, 1, 1, 1, 1, x.handle, 1, x.handle, 1, 0, x.handle, 1, 'f32', 'bf16'), /cudaGemm: f32 inputs need an f32 output/);
+    // a strided batch: three 2×3 products C_i = A_i B_i with A_i (2×4), B_i (4×3), column-major
+    {
+      const A = new Float32Array(3 * 8).map((_, i) => (i % 7) - 3), B = new Float32Array(3 * 12).map((_, i) => (i % 5) - 2);
+      const dA = toDevice(A), dB = toDevice(B), dC = toDevice(new Float32Array(3 * 6).fill(1));
+      nativeCudaBackend().gemm({ opA: 0, opB: 0, m: 2, n: 3, k: 4, alpha: 1, A: dA.handle, lda: 2, B: dB.handle, ldb: 4, beta: 0.5, C: dC.handle, ldc: 2, abType: 'f32', cType: 'f32', batch: { count: 3, strideA: 8, strideB: 12, strideC: 6 } });
+      const got = downloadDevice<Float32Array>(dC);
+      for (let b = 0; b < 3; b++) {
+        for (let j = 0; j < 3; j++) {
+          for (let i = 0; i < 2; i++) {
+            let s = 0;
+            for (let l = 0; l < 4; l++) s += A[b * 8 + i + l * 2]! * B[b * 12 + l + j * 4]!;
+            assert.equal(got[b * 6 + i + j * 2], s + 0.5, `batch ${b} C(${i}, ${j})`);
+          }
+        }
+      }
+      assert.throws(() => cudaGemm(0, 0, 2, 3, 4, 1, dA.handle, 2, dB.handle, 4, 0, dC.handle, 2, 'f32', 'f32', 3, 8, 12, 0), /cudaGemm: argument 'strideC' must be >= 1 for a batch/);
+      assert.throws(() => cudaGemm(0, 0, 2, 3, 4, 1, dA.handle, 2, dB.handle, 4, 0, dC.handle, 2, 'f32', 'f32', 4, 8, 12, 6), /cudaGemm: argument 'A': device range .* is not inside a live allocation/);
+      for (const d of [dA, dB, dC]) freeDevice(d);
+    }
     assert.throws(() => cudaGemm(2, 0, 1, 1, 1, 1, x.handle, 1, x.handle, 1, 0, x.handle, 1, 'f32', 'f32'), /cudaGemm: arguments 'opA' and 'opB' must be 0 \(N\) or 1 \(T\)/);
     assert.throws(() => cudaGemm(0, 0, 1, 1, 1, 1, x.handle, 1, x.handle, 1, 0, x.handle, 1, 'f16', 'f32'), /cudaGemm: argument 'abType' must be 'f32' or 'bf16'/);
     freeDevice(x);

@@ -317,7 +317,7 @@ int nvrtcGetCUBIN(struct prog* p, char* out) {
 
 #ifdef FAKE_CUBLASLT
 struct desc { int compute, scale, transa, transb; };
-struct layout { int type; uint64_t rows, cols; int64_t ld; };
+struct layout { int type; uint64_t rows, cols; int64_t ld; int32_t batch; int64_t stride; };
 static int lt_handle, pref_token;
 int cublasLtCreate(void** h) { *h = &lt_handle; return 0; }
 size_t cublasLtGetVersion(void) { return 130000; }
@@ -349,9 +349,17 @@ int cublasLtMatrixLayoutCreate(struct layout** l, int type, uint64_t rows, uint6
   (*l)->rows = rows;
   (*l)->cols = cols;
   (*l)->ld = ld;
+  (*l)->batch = 1;
+  (*l)->stride = 0;
   return 0;
 }
 int cublasLtMatrixLayoutDestroy(struct layout* l) { free(l); return 0; }
+int cublasLtMatrixLayoutSetAttribute(struct layout* l, int attr, const void* buf, size_t n) {
+  if (attr == 5 && n == 4) memcpy(&l->batch, buf, 4);
+  else if (attr == 6 && n == 8) memcpy(&l->stride, buf, 8);
+  else return 7;
+  return l->batch >= 1 && l->stride >= 0 ? 0 : 7;
+}
 int cublasLtMatmulPreferenceCreate(void** p) { *p = &pref_token; return 0; }
 int cublasLtMatmulPreferenceDestroy(void* p) { return p == &pref_token ? 0 : 7; }
 int cublasLtMatmulPreferenceSetAttribute(void* p, int attr, const void* buf, size_t n) {
@@ -365,7 +373,8 @@ static int shapes_ok(const struct desc* d, const struct layout* a, const struct 
   const uint64_t m = c->rows, n = c->cols;
   const uint64_t am = d->transa ? a->cols : a->rows, ak = d->transa ? a->rows : a->cols;
   const uint64_t bk = d->transb ? b->cols : b->rows, bn = d->transb ? b->rows : b->cols;
-  return am == m && bn == n && ak == bk && a->type == b->type && (a->type == 14 || c->type == 0);
+  return am == m && bn == n && ak == bk && a->type == b->type && (a->type == 14 || c->type == 0) && a->batch == c->batch &&
+         b->batch == c->batch;
 }
 int cublasLtMatmulAlgoGetHeuristic(void* h, struct desc* d, struct layout* a, struct layout* b, struct layout* c,
                                    struct layout* dl, void* pref, int requested, void* results, int* returned) {
@@ -394,23 +403,31 @@ static void store(void* base, int type, uint64_t i, float v) {
   memcpy(&u, &v, 4);
   ((uint16_t*)base)[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
+/* One product per batch: the i-th reads A + i·strideA, B + i·strideB and C, writes D + i·strideC. */
 int cublasLtMatmul(void* h, struct desc* d, const float* alpha, const void* A, struct layout* a, const void* B, struct layout* b,
                    const float* beta, const void* C, struct layout* c, void* D, struct layout* dl, const void* algo, void* ws,
                    size_t wsz, void* stream) {
   (void)h; (void)algo; (void)ws; (void)wsz; (void)stream; (void)dl;
   if (!shapes_ok(d, a, b, c)) return 7;
   const uint64_t m = c->rows, n = c->cols, k = d->transa ? a->rows : a->cols;
-  for (uint64_t j = 0; j < n; ++j) {
-    for (uint64_t i = 0; i < m; ++i) {
-      double s = 0;
-      for (uint64_t l = 0; l < k; ++l) {
-        const float x = load(A, a->type, d->transa ? l + i * a->ld : i + l * a->ld);
-        const float y = load(B, b->type, d->transb ? j + l * b->ld : l + j * b->ld);
-        s += (double)x * y;
+  const size_t ab = a->type == 0 ? 4 : 2, cb = c->type == 0 ? 4 : 2;
+  for (int32_t batch = 0; batch < c->batch; ++batch) {
+    const char* Ab = (const char*)A + batch * a->stride * ab;
+    const char* Bb = (const char*)B + batch * b->stride * ab;
+    const char* Cb = (const char*)C + batch * c->stride * cb;
+    char* Db = (char*)D + batch * c->stride * cb;
+    for (uint64_t j = 0; j < n; ++j) {
+      for (uint64_t i = 0; i < m; ++i) {
+        double s = 0;
+        for (uint64_t l = 0; l < k; ++l) {
+          const float x = load(Ab, a->type, d->transa ? l + i * a->ld : i + l * a->ld);
+          const float y = load(Bb, b->type, d->transb ? j + l * b->ld : l + j * b->ld);
+          s += (double)x * y;
+        }
+        float r = *alpha * (float)s;
+        if (*beta != 0) r += *beta * load(Cb, c->type, i + j * c->ld);
+        store(Db, c->type, i + j * c->ld, r);
       }
-      float r = *alpha * (float)s;
-      if (*beta != 0) r += *beta * load(C, c->type, i + j * c->ld);
-      store(D, c->type, i + j * c->ld, r);
     }
   }
   return 0;

@@ -1,0 +1,324 @@
+// Causal grouped-query attention on CUDA through GEMMs: the same op as src/ops/cuda/attention.ts
+// (layout, options, saved lse, accumulating backward; twin src/ops/ref/attention.ts), with the
+// products on tensor cores. Query rows are taken a chunk at a time; for each chunk, each batch
+// entry b and each member i of a query-head group, one strided-batched cuBLASLt GEMM over the kv
+// groups forms the scores S = Q Kᵀ of the keys the chunk can see (causal and window bounds),
+// a row kernel (native/cuda/kernels/attention_rows.cu) turns them into P and lse, and a second
+// GEMM forms O = P V. The backward recomputes S, forms dP = dO Vᵀ, turns both into P and
+// dS = scale · P (dP - delta) (delta = rowsum(dO ∘ O)), and adds dV += Pᵀ dO, dK += dSᵀ Q and
+// dQ += dS K with three more GEMMs. Scores exist for one chunk at a time: the scratch holds
+// (Hkv, chunk, Tk) of them, never the whole (Tq, Tk) of every head.
+//
+// Precision: 'bf16' gives the GEMMs bf16 copies of q, k, v, dout and bf16 P and dS (f32 sums,
+// f32 scores and outputs); 'f32' keeps every GEMM in f32 (matches the twin to rounding).
+//
+// Column-major views used below (cuBLASLt's convention, src/engine/cuda.ts GemmArgs): a head's
+// rows of q, k, v, out (B, T, heads, D) are a (D × rows) matrix with leading dimension heads·D;
+// a chunk's scores of one kv group are a (keys × rows) matrix with leading dimension ld, so a
+// query row's scores are contiguous.
+import {
+  cudaBackend,
+  cudaKernel,
+  DeviceAllocations,
+  deviceView,
+  expectDeviceDtype,
+  expectDeviceLength,
+  launchKernel,
+  type DeviceArray,
+} from '../../engine/cuda.js';
+import type { AttentionDims, AttentionOptions } from '../attention.js';
+import { attentionDimsCuda, type AttentionShape } from './attention.js';
+import { f32ToBf16Cuda } from './elementwise.js';
+
+const ROW_THREADS = 256;
+const MAX_ROW_BLOCKS = 1 << 20;
+const ROW_SCALARS = ['i64', 'i32', 'i64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'f32'] as const;
+const ROWS_FORWARD = cudaKernel('attention_rows.cu', 'eqat_attn_rows_forward', ['ptr', 'ptr', 'ptr', 'ptr', ...ROW_SCALARS]);
+const ROWS_BACKWARD = cudaKernel('attention_rows.cu', 'eqat_attn_rows_backward', [
+  'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', ...ROW_SCALARS,
+]);
+const DELTA = cudaKernel('attention_rows.cu', 'eqat_attn_delta', ['ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32']);
+
+/**
+ * Which CUDA attention the blocks use: 'gemm' (this file, the default) or 'flash' (the kernels
+ * of src/ops/cuda/attention.ts, no score chunks at all), from EQAT_CUDA_ATTENTION.
+ */
+export function attentionPathCuda(): 'gemm' | 'flash' {
+  const v = process.env['EQAT_CUDA_ATTENTION'];
+  if (v === undefined || v === '' || v === 'gemm') return 'gemm';
+  if (v === 'flash') return 'flash';
+  throw new Error(`EQAT_CUDA_ATTENTION=${v}: must be 'gemm' or 'flash'`);
+}
+
+/** Default cap on the scratch's score buffers (S and dP in f32, P and dS in the GEMM type). */
+export const ATTENTION_SCORE_BYTES = 128 * 2 ** 20;
+
+/**
+ * Device scratch of attention through GEMMs for one shape and precision, allocated once (a
+ * block workspace owns one): the score buffers of a chunk of query rows and, in bf16, copies
+ * of q, k, v and dout for the GEMMs. `chunk` rows per chunk are chosen to keep the score
+ * buffers under `scoreBytes`.
+ */
+export class AttentionGemmScratch {
+  readonly chunk: number; // query rows per chunk
+  readonly ld: number; // leading dimension of a chunk's score rows (Tk rounded up to 8)
+  readonly S: DeviceArray; // (Hkv, chunk, ld) f32 scores
+  readonly dP: DeviceArray; // (Hkv, chunk, ld) f32, backward only
+  readonly P: DeviceArray; // (Hkv, chunk, ld) probabilities, GEMM type
+  readonly dS: DeviceArray; // (Hkv, chunk, ld) score gradients, GEMM type, backward only
+  readonly delta: DeviceArray; // (B, H, Tq) f32, backward only
+  readonly lowp: { q: DeviceArray; k: DeviceArray; v: DeviceArray; dout: DeviceArray } | null; // bf16 copies
+  private readonly mem = new DeviceAllocations();
+
+  constructor(
+    readonly shape: AttentionShape,
+    readonly precision: 'f32' | 'bf16',
+    { training = true, scoreBytes = ATTENTION_SCORE_BYTES }: { training?: boolean; scoreBytes?: number } = {},
+  ) {
+    const { B, Tq, Tk, H, Hkv, D } = shape;
+    const e = precision === 'bf16' ? 2 : 4;
+    this.ld = Math.ceil(Tk / 8) * 8;
+    const perRow = Hkv * this.ld * (training ? 2 * 4 + 2 * e : 4 + e);
+    let chunk = Math.max(1, Math.min(Tq, Math.floor(scoreBytes / perRow)));
+    if (chunk >= 64 && chunk < Tq) chunk -= chunk % 64; // whole tiles for the GEMMs
+    this.chunk = chunk;
+    const n = Hkv * chunk * this.ld;
+    const gemmType = precision === 'bf16' ? 'bf16' : 'f32';
+    try {
+      this.S = this.mem.alloc('f32', n);
+      this.P = this.mem.alloc(gemmType, n);
+      this.dP = this.mem.alloc('f32', training ? n : 0);
+      this.dS = this.mem.alloc(gemmType, training ? n : 0);
+      this.delta = this.mem.alloc('f32', training ? B * H * Tq : 0);
+      const nq = B * Tq * H * D, nkv = B * Tk * Hkv * D;
+      this.lowp =
+        precision === 'bf16'
+          ? {
+              q: this.mem.alloc('bf16', nq),
+              k: this.mem.alloc('bf16', nkv),
+              v: this.mem.alloc('bf16', nkv),
+              dout: this.mem.alloc('bf16', training ? nq : 0),
+            }
+          : null;
+    } catch (e) {
+      this.mem.free();
+      throw e;
+    }
+  }
+
+  free(): void {
+    this.mem.free();
+  }
+}
+
+/** The GEMM operand for a: its bf16 copy (made now) in bf16 precision, else a itself. */
+function operand(a: DeviceArray, copy: DeviceArray | undefined): DeviceArray {
+  if (!copy) return a;
+  f32ToBf16Cuda(copy, a);
+  return copy;
+}
+
+interface ChunkRange {
+  b: number;
+  i: number; // member of the query-head group
+  t0: number; // first query row
+  nq: number; // query rows
+  jlo: number; // first visible key
+  n: number; // keys from jlo
+}
+
+/** Every (b, i, chunk) of a call, with the keys its rows can see. */
+function* chunks(d: AttentionDims, chunk: number): Generator<ChunkRange> {
+  const r = d.H / d.Hkv;
+  for (let b = 0; b < d.B; b++) {
+    for (let i = 0; i < r; i++) {
+      for (let t0 = 0; t0 < d.Tq; t0 += chunk) {
+        const nq = Math.min(chunk, d.Tq - t0);
+        const pos0 = d.qOffset + t0;
+        const jhi = Math.min(d.Tk, pos0 + nq);
+        const jlo = d.window > 0 ? Math.max(0, pos0 - d.window + 1) : 0;
+        yield { b, i, t0, nq, jlo, n: jhi - jlo };
+      }
+    }
+  }
+}
+
+/**
+ * One strided-batched GEMM over the kv groups, C_g = op(A_g) op(B_g) (+ C_g when accumulating);
+ * offsets and strides in elements, operands given as arrays plus an element offset.
+ */
+function groupGemm(
+  g: number,
+  opA: 0 | 1,
+  opB: 0 | 1,
+  m: number,
+  n: number,
+  k: number,
+  A: DeviceArray,
+  aOff: number,
+  lda: number,
+  strideA: number,
+  B: DeviceArray,
+  bOff: number,
+  ldb: number,
+  strideB: number,
+  C: DeviceArray,
+  cOff: number,
+  ldc: number,
+  strideC: number,
+  accumulate: boolean,
+): void {
+  const at = (a: DeviceArray, off: number): bigint => a.handle + BigInt(off * (a.dtype === 'f32' ? 4 : 2));
+  cudaBackend().gemm({
+    opA,
+    opB,
+    m,
+    n,
+    k,
+    alpha: 1,
+    A: at(A, aOff),
+    lda,
+    B: at(B, bOff),
+    ldb,
+    beta: accumulate ? 1 : 0,
+    C: at(C, cOff),
+    ldc,
+    abType: A.dtype === 'bf16' ? 'bf16' : 'f32',
+    cType: C.dtype === 'bf16' ? 'bf16' : 'f32',
+    batch: g > 1 ? { count: g, strideA, strideB, strideC } : undefined,
+  });
+}
+
+function checkScratch(op: string, s: AttentionGemmScratch, d: AttentionDims, training: boolean): void {
+  const sh = s.shape;
+  if (sh.B !== d.B || sh.Tq !== d.Tq || sh.Tk !== d.Tk || sh.H !== d.H || sh.Hkv !== d.Hkv || sh.D !== d.D) {
+    throw new RangeError(`${op}: the scratch was made for another shape`);
+  }
+  if (training && s.dP.length === 0) throw new RangeError(`${op}: the scratch was made without the backward's buffers`);
+}
+
+function checkF32(op: string, arrays: Record<string, [DeviceArray, number]>): void {
+  for (const [name, [a, n]] of Object.entries(arrays)) {
+    expectDeviceDtype(a, 'f32', `${op}: ${name}`);
+    expectDeviceLength(a, n, `${op}: ${name}`);
+  }
+}
+
+/** Scores S (f32) of chunk c for the kv groups: S_g = K_g[keys] Q_h[rows]ᵀ, h = g·r + i. */
+function scores(d: AttentionDims, c: ChunkRange, out: DeviceArray, keys: DeviceArray, rowsOf: DeviceArray, ld: number, chunk: number): void {
+  const { D, H, Hkv, Tq, Tk } = d;
+  const r = H / Hkv;
+  groupGemm(Hkv, 1, 0, c.n, c.nq, D,
+    keys, (c.b * Tk + c.jlo) * Hkv * D, Hkv * D, D,
+    rowsOf, ((c.b * Tq + c.t0) * H + c.i) * D, H * D, r * D,
+    out, 0, ld, chunk * ld, false);
+}
+
+/** out[rows of head h] (=, or += when accumulating) P_g (rows × keys) · V_g[keys]: the O and dQ products. */
+function rowsTimesKeys(
+  d: AttentionDims,
+  c: ChunkRange,
+  out: DeviceArray,
+  P: DeviceArray,
+  keys: DeviceArray,
+  ld: number,
+  chunk: number,
+  accumulate: boolean,
+): void {
+  const { D, H, Hkv, Tq, Tk } = d;
+  const r = H / Hkv;
+  groupGemm(Hkv, 0, 0, D, c.nq, c.n,
+    keys, (c.b * Tk + c.jlo) * Hkv * D, Hkv * D, D,
+    P, 0, ld, chunk * ld,
+    out, ((c.b * Tq + c.t0) * H + c.i) * D, H * D, r * D, accumulate);
+}
+
+/** dkv[keys of group g] += P_gᵀ (keys × rows) · rowsOf[rows of head h]: the dV and dK products. */
+function keysTimesRows(d: AttentionDims, c: ChunkRange, dkv: DeviceArray, P: DeviceArray, rowsOf: DeviceArray, ld: number, chunk: number): void {
+  const { D, H, Hkv, Tq, Tk } = d;
+  const r = H / Hkv;
+  groupGemm(Hkv, 0, 1, D, c.n, c.nq,
+    rowsOf, ((c.b * Tq + c.t0) * H + c.i) * D, H * D, r * D,
+    P, 0, ld, chunk * ld,
+    dkv, (c.b * Tk + c.jlo) * Hkv * D, Hkv * D, D, true);
+}
+
+/** The row kernels' shared scalars for chunk c. */
+function rowScalars(d: AttentionDims, c: ChunkRange, s: AttentionGemmScratch): number[] {
+  const r = d.H / d.Hkv;
+  return [s.chunk * s.ld, s.ld, r * d.Tq, c.nq, d.Hkv, c.n, d.qOffset + c.t0, c.jlo, d.window, 1 / Math.sqrt(d.D)];
+}
+
+/** View of the (B, H, Tq) array at row t0 of head i of batch entry b (groups then step by r·Tq). */
+function rowView(a: DeviceArray, d: AttentionDims, c: ChunkRange): DeviceArray {
+  const at = (c.b * d.H + c.i) * d.Tq + c.t0;
+  return deviceView(a, at, a.length - at);
+}
+
+/** attentionForwardCuda's result (out and lse) through GEMMs; `scratch` made for this shape. */
+export function attentionGemmForwardCuda(
+  out: DeviceArray, // (B, Tq, H, D)
+  lse: DeviceArray, // (B, H, Tq)
+  q: DeviceArray, // (B, Tq, H, D)
+  k: DeviceArray, // (B, Tk, Hkv, D)
+  v: DeviceArray, // (B, Tk, Hkv, D)
+  shape: AttentionShape,
+  opts: AttentionOptions,
+  scratch: AttentionGemmScratch,
+): void {
+  const op = 'attentionGemmForwardCuda';
+  const d = attentionDimsCuda(op, shape, opts);
+  checkScratch(op, scratch, d, false);
+  const nq = d.B * d.Tq * d.H * d.D, nkv = d.B * d.Tk * d.Hkv * d.D;
+  checkF32(op, { out: [out, nq], lse: [lse, d.B * d.H * d.Tq], q: [q, nq], k: [k, nkv], v: [v, nkv] });
+  const lp = scratch.lowp;
+  const qg = operand(q, lp?.q), kg = operand(k, lp?.k), vg = operand(v, lp?.v);
+  const { S, P, ld, chunk } = scratch;
+  const p32 = P.dtype === 'f32' ? P : null, p16 = P.dtype === 'bf16' ? P : null;
+  for (const c of chunks(d, chunk)) {
+    scores(d, c, S, kg, qg, ld, chunk);
+    launchKernel(ROWS_FORWARD, Math.min(c.nq * d.Hkv, MAX_ROW_BLOCKS), ROW_THREADS, [S, p32 ?? 0n, p16 ?? 0n, rowView(lse, d, c), ...rowScalars(d, c, scratch)]);
+    rowsTimesKeys(d, c, out, P, vg, ld, chunk, false);
+  }
+}
+
+/** attentionBackwardCuda through GEMMs: ACCUMULATES (+=) into dq, dk and dv. */
+export function attentionGemmBackwardCuda(
+  dq: DeviceArray, // (B, Tq, H, D) +=
+  dk: DeviceArray, // (B, Tk, Hkv, D) +=
+  dv: DeviceArray, // (B, Tk, Hkv, D) +=
+  dout: DeviceArray, // (B, Tq, H, D)
+  q: DeviceArray, // (B, Tq, H, D)
+  k: DeviceArray, // (B, Tk, Hkv, D)
+  v: DeviceArray, // (B, Tk, Hkv, D)
+  out: DeviceArray, // (B, Tq, H, D)
+  lse: DeviceArray, // (B, H, Tq)
+  shape: AttentionShape,
+  opts: AttentionOptions,
+  scratch: AttentionGemmScratch,
+): void {
+  const op = 'attentionGemmBackwardCuda';
+  const d = attentionDimsCuda(op, shape, opts);
+  checkScratch(op, scratch, d, true);
+  const nq = d.B * d.Tq * d.H * d.D, nkv = d.B * d.Tk * d.Hkv * d.D;
+  checkF32(op, {
+    dq: [dq, nq], dk: [dk, nkv], dv: [dv, nkv], dout: [dout, nq], q: [q, nq], k: [k, nkv], v: [v, nkv], out: [out, nq],
+    lse: [lse, d.B * d.H * d.Tq],
+  });
+  const { S, dP, P, dS, delta, ld, chunk } = scratch;
+  launchKernel(DELTA, Math.min(d.B * d.Tq * d.H, MAX_ROW_BLOCKS), 32 * Math.min(8, Math.ceil(d.D / 32)), [delta, dout, out, d.B, d.Tq, d.H, d.D]);
+  const lp = scratch.lowp;
+  const qg = operand(q, lp?.q), kg = operand(k, lp?.k), vg = operand(v, lp?.v), dog = operand(dout, lp?.dout);
+  const p32 = P.dtype === 'f32' ? P : null, p16 = P.dtype === 'bf16' ? P : null;
+  const ds32 = dS.dtype === 'f32' ? dS : null, ds16 = dS.dtype === 'bf16' ? dS : null;
+  for (const c of chunks(d, chunk)) {
+    scores(d, c, S, kg, qg, ld, chunk);
+    scores(d, c, dP, vg, dog, ld, chunk); // dP = dO Vᵀ, laid out as the scores
+    launchKernel(ROWS_BACKWARD, Math.min(c.nq * d.Hkv, MAX_ROW_BLOCKS), ROW_THREADS, [
+      S, dP, p32 ?? 0n, p16 ?? 0n, ds32 ?? 0n, ds16 ?? 0n, rowView(lse, d, c), rowView(delta, d, c), ...rowScalars(d, c, scratch),
+    ]);
+    keysTimesRows(d, c, dv, P, dog, ld, chunk); // dV += Pᵀ dO
+    keysTimesRows(d, c, dk, dS, qg, ld, chunk); // dK += dSᵀ Q
+    rowsTimesKeys(d, c, dq, dS, kg, ld, chunk, true); // dQ += dS K
+  }
+}
