@@ -14,6 +14,7 @@
 // memory-bound and not counted. Memory: the peak of eqat's device allocations, and the device
 // memory in use by the process (total − free, which adds the CUDA context, cuBLASLt's
 // workspace and the kernels) after the timed steps.
+import { attentionPathCuda } from '../src/ops/cuda/attention-gemm.js';
 import { deviceAllocStats, deviceMemInfo, resetDevicePeak, synchronizeCuda } from '../src/engine/cuda.js';
 import { Rng } from '../src/engine/random.js';
 import type { ModelConfig } from '../src/model/config.js';
@@ -67,7 +68,7 @@ try {
   const flops = 6 * tokens * linearParams + 3.5 * attnFwd;
   const gib = (b: number) => (b / 2 ** 30).toFixed(2);
   console.log(`# Block-AP step on CUDA: ${shapeName}-shaped block, w${bits}g${G}, batch ${B} × ${T} tokens, ${precision} GEMMs (${dev.name}), ${new Date().toISOString()}`);
-  console.log(`# steps ${t.graphs.eagerReason === null ? 'replayed from a CUDA graph' : `run op by op (${t.graphs.eagerReason})`}`);
+  console.log(`# steps ${t.graphs.eagerReason === null ? 'replayed from a CUDA graph' : `run op by op (${t.graphs.eagerReason})`}; attention: ${attentionPathCuda()}`);
   console.log('| ms/step (median) | min | max | TFLOP/s | eqat allocations peak GiB | process device memory GiB |');
   console.log('|---|---|---|---|---|---|');
   console.log(

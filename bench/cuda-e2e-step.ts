@@ -10,6 +10,7 @@
 //                                         [--precision bf16|f32]
 // Exits 0 with a message where no CUDA device is usable. Host memory: the packed weights and
 // the f32 step-size state (params, grads, moments) are built on the host first (≈ 40 GB for 70B).
+import { attentionPathCuda } from '../src/ops/cuda/attention-gemm.js';
 import { deviceAllocStats, deviceMemInfo, resetDevicePeak } from '../src/engine/cuda.js';
 import { Rng } from '../src/engine/random.js';
 import { Tensor } from '../src/engine/tensor.js';
@@ -95,7 +96,7 @@ try {
   console.log(
     `# E2E-QP step on CUDA: ${shapeName}-shaped model (${cfg.numLayers} layers), w${bits}g${G} packed, ${accum} micro-batches of ${mb} × ${T} tokens, ${precision} GEMMs (${dev.name}), ${new Date().toISOString()}`,
   );
-  console.log(`# micro-batches ${stepper.graphs.eagerReason === null ? 'replayed from a CUDA graph' : `run op by op (${stepper.graphs.eagerReason})`}`);
+  console.log(`# micro-batches ${stepper.graphs.eagerReason === null ? 'replayed from a CUDA graph' : `run op by op (${stepper.graphs.eagerReason})`}; attention: ${attentionPathCuda()}`);
   console.log('| s / micro-batch (median) | s / optimizer step | tokens/s | eqat allocations peak GiB | process device memory GiB |');
   console.log('|---|---|---|---|---|');
   console.log(
