@@ -2,12 +2,12 @@
 // of one block's training state lives on the device, allocated once for the whole run:
 //   P, G, m_P, v_P   master parameters, gradients and AdamW moments (one arena each)
 //   Q, dQ, m_Q, v_Q  step sizes and zero points with theirs, laid out as the host QuantParams
-//   wTile, dwTile    one fake-quantized weight and one weight gradient, the largest linear's size
+//   wTile, dwTile    one fake-quantized weight (in bf16 precision: lowp.wb) and one weight gradient, the largest linear's size
 //   lowp             bf16 copies of a GEMM's inputs (precision 'bf16', the default: bf16 products,
 //                    f32 sums, f32 master weights, activations and optimiser state)
 //   workspace        the block's activations for B × T tokens (and a batch-1 one for tails)
 // Fake quantization is fused into the weight path (fakeQuantLinearsCuda): each linear quantizes
-// its weight into wTile right before its forward GEMM and again before its backward GEMMs, and
+// its weight into wTile (lowp.wb in bf16) right before its forward GEMM and again before its backward GEMMs, and
 // its weight gradient goes through the straight-through estimator into G and dQ as soon as it
 // is formed, so no fake-quantized copy of the block (or of its gradient) ever exists. Frozen
 // weights for the passes between blocks are held in G's linears (gradients are dead there).
@@ -76,7 +76,7 @@ export class DeviceQuantParams {
 
 /**
  * Linears that compute with fake-quantized weights without storing them: W̃ = fakequant(P, s, z)
- * is formed in wTile right before each use, forward and backward, and the weight gradient
+ * is formed in wTile (in bf16, lowp.wb) right before each use, forward and backward, and the weight gradient
  * formed in dwTile goes straight through the STE into G (weights) and dQ (s, z). Biases are
  * P's and G's, as in the dense linears. With `lowp` scratch the GEMMs run in bf16 (f32 sums).
  */
@@ -94,7 +94,8 @@ export function fakeQuantLinearsCuda(
 ): LinearImplCuda {
   const quantized = (key: BlockLinear): { w: DeviceArray; O: number; I: number } => {
     const [O, I] = linearDims(cfg, key);
-    const w = deviceView(wTile, 0, O * I);
+    // bf16 GEMMs take the fake-quantized weight straight in bf16 (no f32 tile, no conversion)
+    const w = deviceView(lowp ? lowp.wb : wTile, 0, O * I);
     fakeQuantForwardCuda(w, P[key], Q.scale[key], Q.zero[key], O, I, bits, G);
     return { w, O, I };
   };
@@ -130,7 +131,7 @@ export class BlockTrainerCuda implements BlockApTrainer {
   private readonly dQgrad: DeviceQuantParams;
   private readonly mQ: DeviceArray;
   private readonly vQ: DeviceArray;
-  private readonly wTile: DeviceArray; // (largest O·I) fake-quantized weight of the linear at work
+  private readonly wTile: DeviceArray; // (largest O·I) fake-quantized weight of the linear at work (f32 precision)
   private readonly dwTile: DeviceArray; // (largest O·I) its gradient
   private readonly frozen: DeviceBlockParams; // frozen linears (in G's storage), norms and biases of P
   private readonly fakeQuant: LinearImplCuda; // P through fake quantization, gradients into G and dQ
@@ -174,7 +175,7 @@ export class BlockTrainerCuda implements BlockApTrainer {
       this.mQ = mem.alloc('f32', this.dQ.all.length);
       this.vQ = mem.alloc('f32', this.dQ.all.length);
       const largest = largestLinearSize(cfg);
-      this.wTile = mem.alloc('f32', largest);
+      this.wTile = mem.alloc('f32', precision === 'f32' ? largest : 0); // bf16: lowp.wb holds the weight
       this.dwTile = mem.alloc('f32', training ? largest : 0);
       this.frozen = withLinears(this.dP.params, this.dG.params) as DeviceBlockParams;
       if (precision === 'bf16') {

@@ -144,6 +144,10 @@ testOnBackends('fake quant forward and STE backward match the twins bit for bit'
       const dw = s.upload(w.f32), ds = s.upload(scale.f32), dz = s.upload(zero.f32), dout = s.alloc('f32', O * I);
       fakeQuantForwardCuda(dout, dw, ds, dz, O, I, bits, G);
       assertBitExact(host(dout), out.f32, `forward ${what}`);
+      // straight to bf16: the twin's values rounded to bf16
+      const dout16 = s.alloc('bf16', O * I);
+      fakeQuantForwardCuda(dout16, dw, ds, dz, O, I, bits, G);
+      assertBitExact(downloadDevice<Uint16Array>(dout16), Uint16Array.from(out.f32, (x) => f32ToBf16Ref(x)), `forward to bf16 ${what}`);
 
       const g = randn(rng, [O, I]);
       const gw = randn(rng, [O, I]), gs = randn(rng, [O, I / G]), gz = randn(rng, [O, I / G]);

@@ -8,22 +8,17 @@
 // src/ops/attention.ts. lse and delta of row r of group g are at lse[g·lseGroup + r] (views of the
 // (B, H, Tq) arrays). One block per row (grid-stride), blockDim.x a multiple of 32; exp and the
 // row sums in f64, rounded once, like the cross-entropy kernel.
+#include "bf16.cuh"
 #include "reduce.cuh"
 
 namespace eqat_rows {
 
 __device__ __forceinline__ bool visible(int pos, int j, int window) { return j <= pos && (window == 0 || j > pos - window); }
 
-__device__ __forceinline__ unsigned short to_bf16(float x) {
-  const unsigned u = __float_as_uint(x);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
-  return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
 // Stores x at i of whichever output is given (f32 or bf16).
 __device__ __forceinline__ void put(float* o32, unsigned short* o16, long long i, float x) {
   if (o32) o32[i] = x;
-  else o16[i] = to_bf16(x);
+  else o16[i] = eqat::to_bf16(x);
 }
 
 }  // namespace eqat_rows

@@ -9,6 +9,8 @@
 // bf16ToF32Ref in src/engine/dtype.ts (round to nearest even, NaN kept quiet).
 
 // out[i] = alpha * x[i] for i < n (out may be x).
+#include "bf16.cuh"
+
 extern "C" __global__ void eqat_scale(float* out, const float* x, float alpha, long long n) {
   const long long stride = (long long)gridDim.x * blockDim.x;
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) out[i] = alpha * x[i];
@@ -47,11 +49,7 @@ extern "C" __global__ void eqat_bias_backward(float* dbias, const float* dout, l
 extern "C" __global__ void eqat_f32_to_bf16(unsigned short* out, const float* x, long long n) {
   const long long stride = (long long)gridDim.x * blockDim.x;
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const unsigned u = __float_as_uint(x[i]);
-    unsigned short h;
-    if ((u & 0x7fffffffu) > 0x7f800000u) h = (unsigned short)((u >> 16) | 0x40u);
-    else h = (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-    out[i] = h;
+    out[i] = eqat::to_bf16(x[i]);
   }
 }
 

@@ -7,6 +7,8 @@
 // --fmad=false so no multiply-add is fused). Wrapper: src/ops/cuda/fakequant.ts.
 //   s_c = clamp(s, 1e-4, 1e4)    z_r = clamp(round(z), 0, qmax)    (NaN passes both clamps)
 
+#include "bf16.cuh"
+
 namespace eqat_fq {
 
 // x clamped to [lo, hi]; NaN passes through (as the twin's clamp).
@@ -16,19 +18,33 @@ __device__ __forceinline__ float clamp_scale(float s) { return clamp_keep_nan(s,
 
 __device__ __forceinline__ float round_zero(float z, float qm) { return clamp_keep_nan(rintf(z), 0.0f, qm); }
 
+// Fake-quantized value of element e of w.
+__device__ __forceinline__ float fake_quant_at(const float* w, const float* scale, const float* zero, long long e, int G, float qm) {
+  const long long g = e / G;
+  const float s = clamp_scale(scale[g]);
+  const float zr = round_zero(zero[g], qm);
+  const float q = clamp_keep_nan(rintf(w[e] / s) + zr, 0.0f, qm);
+  return (q - zr) * s;
+}
+
 }  // namespace eqat_fq
 
 // out (n) = fake-quantized w (n), n = groups * G; one thread per element.
 extern "C" __global__ void eqat_fakequant_forward(float* out, const float* w, const float* scale, const float* zero,
                                                   long long n, int G, int qmax) {
-  const float qm = (float)qmax;
   const long long stride = (long long)gridDim.x * blockDim.x;
   for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += stride) {
-    const long long g = e / G;
-    const float s = eqat_fq::clamp_scale(scale[g]);
-    const float zr = eqat_fq::round_zero(zero[g], qm);
-    const float q = eqat_fq::clamp_keep_nan(rintf(w[e] / s) + zr, 0.0f, qm);
-    out[e] = (q - zr) * s;
+    out[e] = eqat_fq::fake_quant_at(w, scale, zero, e, G, (float)qmax);
+  }
+}
+
+// The same, stored as bf16 (the f32 value rounded to nearest even): the weight tile of a bf16
+// GEMM, with no f32 tile and no conversion pass.
+extern "C" __global__ void eqat_fakequant_forward_bf16(unsigned short* out, const float* w, const float* scale, const float* zero,
+                                                       long long n, int G, int qmax) {
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += stride) {
+    out[e] = eqat::to_bf16(eqat_fq::fake_quant_at(w, scale, zero, e, G, (float)qmax));
   }
 }
 

@@ -12,6 +12,8 @@
 // [o0, o0 + rows) and columns [i0, i0 + cols) of the (O, I) matrix, stored densely (rows, cols).
 // Wrapper: src/ops/cuda/gptq.ts.
 
+#include "bf16.cuh"
+
 namespace eqat_gptq {
 
 // Code q[o, i] read from column o of qweight (O words per packed row).
@@ -32,13 +34,6 @@ __device__ __forceinline__ float dequant(const int* qweight, const unsigned char
   const int groups = I / G;
   const long long gi = (long long)o * groups + i / G;
   return (float)(code_at(qweight, O, o, i, bits) - (int)zeros[gi]) * clamp_scale(scales[gi]);
-}
-
-// f32 -> bf16 bits, round to nearest even; NaN stays a quiet NaN with its sign (as elementwise.cu).
-__device__ __forceinline__ unsigned short to_bf16(float x) {
-  const unsigned u = __float_as_uint(x);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
-  return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
 }  // namespace eqat_gptq
@@ -64,7 +59,7 @@ extern "C" __global__ void eqat_gptq_dequant_bf16(unsigned short* out, const int
   const long long stride = (long long)gridDim.x * blockDim.x;
   for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += stride) {
     const int r = (int)(e / cols), c = (int)(e - (long long)r * cols);
-    out[e] = eqat_gptq::to_bf16(eqat_gptq::dequant(qweight, zeros, scales, O, I, bits, G, o0 + r, i0 + c));
+    out[e] = eqat::to_bf16(eqat_gptq::dequant(qweight, zeros, scales, O, I, bits, G, o0 + r, i0 + c));
   }
 }
 

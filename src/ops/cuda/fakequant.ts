@@ -8,6 +8,7 @@ import { checkBits, checkGroupLayout, qmax } from '../../quant/primitives.js';
 
 const BLOCK = 256;
 const FORWARD = cudaKernel('fakequant.cu', 'eqat_fakequant_forward', ['ptr', 'ptr', 'ptr', 'ptr', 'i64', 'i32', 'i32']);
+const FORWARD_BF16 = cudaKernel('fakequant.cu', 'eqat_fakequant_forward_bf16', ['ptr', 'ptr', 'ptr', 'ptr', 'i64', 'i32', 'i32']);
 const BACKWARD = cudaKernel('fakequant.cu', 'eqat_fakequant_backward', [
   'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i64', 'i32', 'i32',
 ]);
@@ -36,9 +37,12 @@ function dims(
   return { n, groups, qm: qmax(bits) };
 }
 
-/** out (O, I) = fake-quantized w (O, I) with per-group scale and zero (O, I/G). Overwrites out. */
+/**
+ * out (O, I) = fake-quantized w (O, I) with per-group scale and zero (O, I/G). Overwrites out;
+ * an f32 out gets the values, a bf16 one their bf16 rounding (a bf16 GEMM's weight, made in one pass).
+ */
 export function fakeQuantForwardCuda(
-  out: DeviceArray, // (O, I)
+  out: DeviceArray, // (O, I) f32 or bf16
   w: DeviceArray, // (O, I)
   scale: DeviceArray, // (O, I/G)
   zero: DeviceArray, // (O, I/G)
@@ -47,8 +51,11 @@ export function fakeQuantForwardCuda(
   bits: number,
   G: number,
 ): void {
-  const { n, qm } = dims('fakeQuantForwardCuda', O, I, bits, G, { out, w }, { scale, zero });
-  launchKernel(FORWARD, gridFor(n, BLOCK), BLOCK, [out, w, scale, zero, n, G, qm]);
+  const op = 'fakeQuantForwardCuda';
+  const bf16 = out.dtype === 'bf16';
+  if (bf16) expectDeviceLength(out, O * I, `${op}: out`, `(O=${O}, I=${I})`);
+  const { n, qm } = dims(op, O, I, bits, G, bf16 ? { w } : { out, w }, { scale, zero });
+  launchKernel(bf16 ? FORWARD_BF16 : FORWARD, gridFor(n, BLOCK), BLOCK, [out, w, scale, zero, n, G, qm]);
 }
 
 /** Straight-through backward; accumulates (+=) dw (O, I), dscale and dzero (O, I/G). */
