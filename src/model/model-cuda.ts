@@ -22,7 +22,7 @@ import {
 import { loadPackedBlock, type PackedBlock } from './quantized.js';
 import type { WeightSource } from './weights.js';
 import { dequantizeGptqCuda, freePackedWeightCuda, gptqScaleGradCuda, uploadPackedWeight, type PackedWeightCuda } from '../ops/cuda/gptq.js';
-import { linearBackwardCuda, linearForwardCuda, type LowPrecisionScratch } from '../ops/cuda/linear.js';
+import { linearBackwardCuda, linearForwardCuda, uploadFrozenWeight, type LowPrecisionScratch } from '../ops/cuda/linear.js';
 import { embeddingForwardCuda } from '../ops/cuda/embedding.js';
 import { rmsnormForwardCuda } from '../ops/cuda/rmsnorm.js';
 import { crossEntropyForwardCuda } from '../ops/cuda/crossentropy.js';
@@ -128,16 +128,16 @@ export class DeviceModel {
     try {
       const largest = largestLinearSize(cfg);
       this.wTile = mem.alloc('f32', src.quant && precision === 'f32' ? largest : 0); // bf16: lowp.wb holds the weight
-      // bf16 scratch: x up to the widest activation, w up to the largest linear or lm_head (V, C)
+      // bf16 scratch: x up to the widest activation, w up to the largest linear (lm_head is kept in bf16)
       if (precision === 'bf16') {
-        this.lowp = { xb: mem.alloc('bf16', N * linearRowWidth(cfg)), doutb: mem.alloc('bf16', 0), wb: mem.alloc('bf16', Math.max(largest, cfg.vocabSize * C)) };
+        this.lowp = { xb: mem.alloc('bf16', N * linearRowWidth(cfg)), doutb: mem.alloc('bf16', 0), wb: mem.alloc('bf16', largest) };
       }
       this.ws = mem.adopt(new DeviceBlockWorkspace(cfg, B, T, { training: false, precision }));
       for (let i = 0; i < cfg.numLayers; i++) this.blocks.push(this.loadBlock(src, i));
       const emb = src.embedding();
       this.embedding = mem.upload(emb.f32);
       const head = src.lmHead(emb);
-      this.lmHead = head === emb ? this.embedding : mem.upload(head.f32);
+      this.lmHead = head === emb && precision === 'f32' ? this.embedding : uploadFrozenWeight(mem, head.f32, precision); // bf16 with bf16 GEMMs
       this.finalNorm = mem.upload(src.finalNorm().f32);
       this.x = mem.alloc('f32', N * C);
       this.y = mem.alloc('f32', N * C);

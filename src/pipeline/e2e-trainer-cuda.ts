@@ -29,7 +29,7 @@ import {
 } from '../model/block-cuda.js';
 import { packedLinearsCuda, uploadPackedBlock } from '../model/model-cuda.js';
 import type { PackedModel } from '../model/quantized.js';
-import { linearBackwardCuda, linearForwardCuda, type LowPrecisionScratch } from '../ops/cuda/linear.js';
+import { linearBackwardCuda, linearForwardCuda, uploadFrozenWeight, type LowPrecisionScratch } from '../ops/cuda/linear.js';
 import { embeddingForwardCuda } from '../ops/cuda/embedding.js';
 import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../ops/cuda/rmsnorm.js';
 import { allocLossScale, crossEntropyForwardBackwardCuda, writeLossScale } from '../ops/cuda/crossentropy.js';
@@ -55,7 +55,7 @@ export class E2eStepperCuda implements E2eStepper {
   private readonly m: DeviceArray;
   private readonly v: DeviceArray;
   private readonly embedding: DeviceArray; // (V, C)
-  private readonly lmHead: DeviceArray; // (V, C)
+  private readonly lmHead: DeviceArray; // (V, C), bf16 with bf16 GEMMs
   private readonly finalNorm: DeviceArray; // (C)
   private readonly dFinalNorm: DeviceArray; // (C) not trained: a sink for the norm backward
   private readonly gNorms: DeviceBlockArena; // the same for the blocks' norms and biases
@@ -101,11 +101,12 @@ export class E2eStepperCuda implements E2eStepper {
       const wTile = mem.alloc('f32', precision === 'f32' ? largest : 0); // bf16: lowp.wb holds the weight
       const dwTile = mem.alloc('f32', largest);
       if (precision === 'bf16') {
-        // GEMM inputs up to the widest activation, lm_head (V, C) and dlogits (N, V)
+        // GEMM inputs up to the widest activation and dlogits (N, V); weights up to the largest
+        // linear (lm_head is kept in bf16)
         this.lowp = {
           xb: mem.alloc('bf16', N * linearRowWidth(cfg)),
           doutb: mem.alloc('bf16', Math.max(N * linearRowWidth(cfg), N * V)),
-          wb: mem.alloc('bf16', Math.max(largest, V * C)),
+          wb: mem.alloc('bf16', largest),
         };
       }
       // the blocks, their step sizes and gradients as views into the arenas, in ScaleState order
@@ -122,7 +123,8 @@ export class E2eStepperCuda implements E2eStepper {
       }
       if (at !== n) throw new Error(`internal: step sizes laid out over ${at} of ${n} elements`);
       this.embedding = mem.upload(model.embedding.f32);
-      this.lmHead = model.lmHead === model.embedding ? this.embedding : mem.upload(model.lmHead.f32);
+      const tied = model.lmHead === model.embedding && precision === 'f32';
+      this.lmHead = tied ? this.embedding : uploadFrozenWeight(mem, model.lmHead.f32, precision); // frozen: bf16 with bf16 GEMMs
       this.finalNorm = mem.upload(model.finalNorm.f32);
       this.dFinalNorm = mem.alloc('f32', C);
       this.gNorms = mem.adopt(new DeviceBlockArena(cfg, { linears: false }));

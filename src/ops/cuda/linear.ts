@@ -7,8 +7,8 @@
 // writes f32,
 // as mixed-precision training does: f32 master weights and activations, bf16 tensor-core
 // products, f32 sums. Without it the GEMMs are f32 throughout.
-import type { DeviceArray } from '../../engine/cuda.js';
-import { deviceView } from '../../engine/cuda.js';
+import type { DeviceAllocations, DeviceArray } from '../../engine/cuda.js';
+import { deviceView, freeDevice, toDevice } from '../../engine/cuda.js';
 import { matmulCuda } from './matmul.js';
 import { addBiasCuda, biasBackwardCuda, f32ToBf16Cuda } from './elementwise.js';
 
@@ -24,6 +24,22 @@ export interface LowPrecisionScratch {
   xb: DeviceArray; // bf16
   doutb: DeviceArray; // bf16
   wb: DeviceArray; // bf16
+}
+
+/**
+ * A frozen weight uploaded once as the GEMMs of `precision` take it: f32, or its bf16 rounding
+ * (converted on the device through a transient f32 copy), so no GEMM converts it again.
+ */
+export function uploadFrozenWeight(mem: DeviceAllocations, w: Float32Array, precision: 'f32' | 'bf16'): DeviceArray {
+  if (precision === 'f32') return mem.upload(w);
+  const f32 = toDevice(w);
+  try {
+    const out = mem.alloc('bf16', w.length);
+    f32ToBf16Cuda(out, f32);
+    return out;
+  } finally {
+    freeDevice(f32);
+  }
 }
 
 /** A bf16 copy of a (first n elements) in scratch s; a itself when it is already bf16. */
