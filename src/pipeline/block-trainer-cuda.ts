@@ -48,7 +48,7 @@ import {
 import { fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../ops/cuda/fakequant.js';
 import { linearBackwardCuda, linearForwardCuda, type LowPrecisionScratch } from '../ops/cuda/linear.js';
 import { ADAMW_SCALARS, adamwLaunchCuda, writeAdamWScalars } from '../ops/cuda/adamw.js';
-import { allocReducePartials, mseBackwardCuda, mseForwardCuda, mseQueueCuda, readMseCuda } from '../ops/cuda/reduce.js';
+import { allocReducePartials, mseBackwardCuda, mseQueueCuda, readMseCuda } from '../ops/cuda/reduce.js';
 import type { FrozenLinears } from '../io/quant-checkpoint.js';
 import type { ActivationCache } from './activation-cache.js';
 import { freezeLinears, minMaxInitInto, QuantParams, withLinears, type BlockApTrainer, type PassWeights } from './block-trainer.js';
@@ -284,6 +284,8 @@ export class BlockTrainerCuda implements BlockApTrainer {
    * Forwards cache samples [start, start+count) in batches of B (then singles) with norms and
    * biases from p and the linears of lin.
    * Without a target the outputs are written back to the cache; with one, returns the mean MSE.
+   * With two staging buffers (a training trainer), the next batch is read from the cache while
+   * the device runs the current one.
    */
   private forwardBatches(
     p: DeviceBlockParams,
@@ -294,29 +296,43 @@ export class BlockTrainerCuda implements BlockApTrainer {
     count: number,
   ): number {
     const C = this.cfg.hiddenSize;
-    let total = 0;
+    const batches: { s: number; n: number }[] = [];
     for (let s = 0; s < count; ) {
       const n = count - s >= this.B ? this.B : 1;
-      const ws = this.workspace(n);
-      const rows = n * this.T * C;
-      const x = n === this.B ? this.x.f32 : this.x.f32.subarray(0, rows);
-      const xd = n === this.B ? this.xd : deviceView(this.xd, 0, rows);
-      const od = n === this.B ? this.outd : deviceView(this.outd, 0, rows);
-      cache.read(start + s, n, x);
-      uploadDevice(xd, x);
-      blockForwardCuda(this.cfg, p, ws, xd, od, lin);
-      if (target) {
-        const y = n === this.B ? this.y.f32 : this.y.f32.subarray(0, rows);
-        const yd = n === this.B ? this.yd : deviceView(this.yd, 0, rows);
-        target.read(start + s, n, y);
-        uploadDevice(yd, y);
-        total += mseForwardCuda(od, yd, this.partials) * n;
-      } else {
-        downloadDevice(od, x);
-        cache.write(start + s, n, x);
-      }
+      batches.push({ s, n });
       s += n;
     }
+    const slots = this.staging.length;
+    const host = (k: number, which: 'x' | 'y'): Float32Array => {
+      const a = this.staging[k % slots]![which].f32;
+      return a.subarray(0, batches[k]!.n * this.T * C);
+    };
+    const read = (k: number): void => {
+      const { s, n } = batches[k]!;
+      cache.read(start + s, n, host(k, 'x'));
+      if (target) target.read(start + s, n, host(k, 'y'));
+    };
+    let total = 0;
+    if (batches.length > 0) read(0);
+    batches.forEach(({ s, n }, k) => {
+      const rows = n * this.T * C;
+      const xd = deviceView(this.xd, 0, rows), yd = deviceView(this.yd, 0, rows), od = deviceView(this.outd, 0, rows);
+      uploadDevice(xd, host(k, 'x'));
+      blockForwardCuda(this.cfg, p, this.workspace(n), xd, od, lin);
+      if (target) {
+        uploadDevice(yd, host(k, 'y'));
+        mseQueueCuda(od, yd, this.partials);
+      }
+      // the next batch goes into the other staging buffer while the device works on this one
+      const overlap = slots > 1 && k + 1 < batches.length;
+      if (overlap) read(k + 1);
+      if (target) total += readMseCuda(this.partials, rows) * n;
+      else {
+        downloadDevice(od, host(k, 'x'));
+        cache.write(start + s, n, host(k, 'x'));
+      }
+      if (!overlap && k + 1 < batches.length) read(k + 1);
+    });
     return target ? (count > 0 ? total / count : NaN) : 0;
   }
 
