@@ -143,32 +143,20 @@ function* chunks(d: AttentionDims, chunk: number): Generator<ChunkRange> {
   }
 }
 
+/** A GEMM operand: a column-major matrix at element `off` of `a` with leading dimension `ld`, the next group's `stride` elements on. */
+interface Operand {
+  a: DeviceArray;
+  off: number;
+  ld: number;
+  stride: number;
+}
+
 /**
- * One strided-batched GEMM over the kv groups, C_g = op(A_g) op(B_g) (+ C_g when accumulating);
- * offsets and strides in elements, operands given as arrays plus an element offset.
+ * One strided-batched GEMM over `groups` kv groups: C_g (m × n) = op(A_g) op(B_g), or += when
+ * accumulating (f32 sums; bf16 or f32 inputs as stored).
  */
-function groupGemm(
-  g: number,
-  opA: 0 | 1,
-  opB: 0 | 1,
-  m: number,
-  n: number,
-  k: number,
-  A: DeviceArray,
-  aOff: number,
-  lda: number,
-  strideA: number,
-  B: DeviceArray,
-  bOff: number,
-  ldb: number,
-  strideB: number,
-  C: DeviceArray,
-  cOff: number,
-  ldc: number,
-  strideC: number,
-  accumulate: boolean,
-): void {
-  const at = (a: DeviceArray, off: number): bigint => a.handle + BigInt(off * (a.dtype === 'f32' ? 4 : 2));
+function groupGemm(groups: number, opA: 0 | 1, opB: 0 | 1, m: number, n: number, k: number, A: Operand, B: Operand, C: Operand, accumulate: boolean): void {
+  const at = (o: Operand): bigint => o.a.handle + BigInt(o.off * (o.a.dtype === 'f32' ? 4 : 2));
   cudaBackend().gemm({
     opA,
     opB,
@@ -176,17 +164,32 @@ function groupGemm(
     n,
     k,
     alpha: 1,
-    A: at(A, aOff),
-    lda,
-    B: at(B, bOff),
-    ldb,
+    A: at(A),
+    lda: A.ld,
+    B: at(B),
+    ldb: B.ld,
     beta: accumulate ? 1 : 0,
-    C: at(C, cOff),
-    ldc,
-    abType: A.dtype === 'bf16' ? 'bf16' : 'f32',
-    cType: C.dtype === 'bf16' ? 'bf16' : 'f32',
-    batch: g > 1 ? { count: g, strideA, strideB, strideC } : undefined,
+    C: at(C),
+    ldc: C.ld,
+    abType: A.a.dtype === 'bf16' ? 'bf16' : 'f32',
+    cType: C.a.dtype === 'bf16' ? 'bf16' : 'f32',
+    batch: groups > 1 ? { count: groups, strideA: A.stride, strideB: B.stride, strideC: C.stride } : undefined,
   });
+}
+
+/** Chunk c's keys of every kv group in a (B, Tk, Hkv, D) array: (D × keys), group g at +g·D. */
+function keysOf(a: DeviceArray, d: AttentionDims, c: ChunkRange): Operand {
+  return { a, off: (c.b * d.Tk + c.jlo) * d.Hkv * d.D, ld: d.Hkv * d.D, stride: d.D };
+}
+
+/** Chunk c's query rows of heads g·r + i in a (B, Tq, H, D) array: (D × rows), group g at +r·D. */
+function rowsOf(a: DeviceArray, d: AttentionDims, c: ChunkRange): Operand {
+  return { a, off: ((c.b * d.Tq + c.t0) * d.H + c.i) * d.D, ld: d.H * d.D, stride: (d.H / d.Hkv) * d.D };
+}
+
+/** A chunk buffer of the scratch: (keys × rows) per group, rows `ld` apart, groups chunk·ld apart. */
+function chunkOf(a: DeviceArray, s: AttentionGemmScratch): Operand {
+  return { a, off: 0, ld: s.ld, stride: s.chunk * s.ld };
 }
 
 function checkScratch(op: string, s: AttentionGemmScratch, d: AttentionDims, training: boolean): void {
@@ -204,43 +207,19 @@ function checkF32(op: string, arrays: Record<string, [DeviceArray, number]>): vo
   }
 }
 
-/** Scores S (f32) of chunk c for the kv groups: S_g = K_g[keys] Q_h[rows]ᵀ, h = g·r + i. */
-function scores(d: AttentionDims, c: ChunkRange, out: DeviceArray, keys: DeviceArray, rowsOf: DeviceArray, ld: number, chunk: number): void {
-  const { D, H, Hkv, Tq, Tk } = d;
-  const r = H / Hkv;
-  groupGemm(Hkv, 1, 0, c.n, c.nq, D,
-    keys, (c.b * Tk + c.jlo) * Hkv * D, Hkv * D, D,
-    rowsOf, ((c.b * Tq + c.t0) * H + c.i) * D, H * D, r * D,
-    out, 0, ld, chunk * ld, false);
+/** S_g (keys × rows) = keys_g · rows_hᵀ for chunk c, h = g·r + i: the scores (keys K, rows Q) and dP (keys V, rows dO). */
+function scores(d: AttentionDims, c: ChunkRange, S: DeviceArray, keys: DeviceArray, rows: DeviceArray, s: AttentionGemmScratch): void {
+  groupGemm(d.Hkv, 1, 0, c.n, c.nq, d.D, keysOf(keys, d, c), rowsOf(rows, d, c), chunkOf(S, s), false);
 }
 
-/** out[rows of head h] (=, or += when accumulating) P_g (rows × keys) · V_g[keys]: the O and dQ products. */
-function rowsTimesKeys(
-  d: AttentionDims,
-  c: ChunkRange,
-  out: DeviceArray,
-  P: DeviceArray,
-  keys: DeviceArray,
-  ld: number,
-  chunk: number,
-  accumulate: boolean,
-): void {
-  const { D, H, Hkv, Tq, Tk } = d;
-  const r = H / Hkv;
-  groupGemm(Hkv, 0, 0, D, c.nq, c.n,
-    keys, (c.b * Tk + c.jlo) * Hkv * D, Hkv * D, D,
-    P, 0, ld, chunk * ld,
-    out, ((c.b * Tq + c.t0) * H + c.i) * D, H * D, r * D, accumulate);
+/** out_h[rows] (=, or += when accumulating) P_g (rows × keys) · keys_g: O = P V and dQ += dS K. */
+function rowsTimesKeys(d: AttentionDims, c: ChunkRange, out: DeviceArray, P: DeviceArray, keys: DeviceArray, s: AttentionGemmScratch, accumulate: boolean): void {
+  groupGemm(d.Hkv, 0, 0, d.D, c.nq, c.n, keysOf(keys, d, c), chunkOf(P, s), rowsOf(out, d, c), accumulate);
 }
 
-/** dkv[keys of group g] += P_gᵀ (keys × rows) · rowsOf[rows of head h]: the dV and dK products. */
-function keysTimesRows(d: AttentionDims, c: ChunkRange, dkv: DeviceArray, P: DeviceArray, rowsOf: DeviceArray, ld: number, chunk: number): void {
-  const { D, H, Hkv, Tq, Tk } = d;
-  const r = H / Hkv;
-  groupGemm(Hkv, 0, 1, D, c.n, c.nq,
-    rowsOf, ((c.b * Tq + c.t0) * H + c.i) * D, H * D, r * D,
-    P, 0, ld, chunk * ld,
-    dkv, (c.b * Tk + c.jlo) * Hkv * D, Hkv * D, D, true);
+/** dkv_g[keys] += P_gᵀ (keys × rows) · rows_h: dV += Pᵀ dO and dK += dSᵀ Q. */
+function keysTimesRows(d: AttentionDims, c: ChunkRange, dkv: DeviceArray, P: DeviceArray, rows: DeviceArray, s: AttentionGemmScratch): void {
+  groupGemm(d.Hkv, 0, 1, d.D, c.n, c.nq, rowsOf(rows, d, c), chunkOf(P, s), keysOf(dkv, d, c), true);
 }
 
 /** The row kernels' shared scalars for chunk c. */
@@ -273,12 +252,12 @@ export function attentionGemmForwardCuda(
   checkF32(op, { out: [out, nq], lse: [lse, d.B * d.H * d.Tq], q: [q, nq], k: [k, nkv], v: [v, nkv] });
   const lp = scratch.lowp;
   const qg = operand(q, lp?.q), kg = operand(k, lp?.k), vg = operand(v, lp?.v);
-  const { S, P, ld, chunk } = scratch;
+  const { S, P, chunk } = scratch;
   const p32 = P.dtype === 'f32' ? P : null, p16 = P.dtype === 'bf16' ? P : null;
   for (const c of chunks(d, chunk)) {
-    scores(d, c, S, kg, qg, ld, chunk);
+    scores(d, c, S, kg, qg, scratch);
     launchKernel(ROWS_FORWARD, Math.min(c.nq * d.Hkv, MAX_ROW_BLOCKS), ROW_THREADS, [S, p32 ?? 0n, p16 ?? 0n, rowView(lse, d, c), ...rowScalars(d, c, scratch)]);
-    rowsTimesKeys(d, c, out, P, vg, ld, chunk, false);
+    rowsTimesKeys(d, c, out, P, vg, scratch, false);
   }
 }
 
@@ -305,20 +284,20 @@ export function attentionGemmBackwardCuda(
     dq: [dq, nq], dk: [dk, nkv], dv: [dv, nkv], dout: [dout, nq], q: [q, nq], k: [k, nkv], v: [v, nkv], out: [out, nq],
     lse: [lse, d.B * d.H * d.Tq],
   });
-  const { S, dP, P, dS, delta, ld, chunk } = scratch;
+  const { S, dP, P, dS, delta, chunk } = scratch;
   launchKernel(DELTA, Math.min(d.B * d.Tq * d.H, MAX_ROW_BLOCKS), 32 * Math.min(8, Math.ceil(d.D / 32)), [delta, dout, out, d.B, d.Tq, d.H, d.D]);
   const lp = scratch.lowp;
   const qg = operand(q, lp?.q), kg = operand(k, lp?.k), vg = operand(v, lp?.v), dog = operand(dout, lp?.dout);
   const p32 = P.dtype === 'f32' ? P : null, p16 = P.dtype === 'bf16' ? P : null;
   const ds32 = dS.dtype === 'f32' ? dS : null, ds16 = dS.dtype === 'bf16' ? dS : null;
   for (const c of chunks(d, chunk)) {
-    scores(d, c, S, kg, qg, ld, chunk);
-    scores(d, c, dP, vg, dog, ld, chunk); // dP = dO Vᵀ, laid out as the scores
+    scores(d, c, S, kg, qg, scratch);
+    scores(d, c, dP, vg, dog, scratch); // dP = dO Vᵀ, laid out as the scores
     launchKernel(ROWS_BACKWARD, Math.min(c.nq * d.Hkv, MAX_ROW_BLOCKS), ROW_THREADS, [
       S, dP, p32 ?? 0n, p16 ?? 0n, ds32 ?? 0n, ds16 ?? 0n, rowView(lse, d, c), rowView(delta, d, c), ...rowScalars(d, c, scratch),
     ]);
-    keysTimesRows(d, c, dv, P, dog, ld, chunk); // dV += Pᵀ dO
-    keysTimesRows(d, c, dk, dS, qg, ld, chunk); // dK += dSᵀ Q
-    rowsTimesKeys(d, c, dq, dS, kg, ld, chunk, true); // dQ += dS K
+    keysTimesRows(d, c, dv, P, dog, scratch); // dV += Pᵀ dO
+    keysTimesRows(d, c, dk, dS, qg, scratch); // dK += dSᵀ Q
+    rowsTimesKeys(d, c, dq, dS, kg, scratch, true); // dQ += dS K
   }
 }
