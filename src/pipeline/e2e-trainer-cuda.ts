@@ -37,6 +37,8 @@ import { scaleCuda } from '../ops/cuda/elementwise.js';
 import { ADAMW_SCALARS, adamwStepCuda } from '../ops/cuda/adamw.js';
 import { allocReducePartials, sumSquaresCuda } from '../ops/cuda/reduce.js';
 import type { AdamWHyper } from '../ops/adamw.js';
+import { embeddingIdError } from '../ops/embedding.js';
+import { crossEntropyTargetError, IGNORE_INDEX } from '../ops/crossentropy.js';
 import type { E2eStepper, ScaleState } from './e2e-qp.js';
 
 interface BlockOnDevice {
@@ -162,9 +164,10 @@ export class E2eStepperCuda implements E2eStepper {
     let valid = 0;
     for (let t = 0; t < N; t++) {
       const id = ids[t]!, label = labels[t]!;
-      if (!(id >= 0 && id < V)) throw new RangeError(`e2e-qp: token id ${id} at position ${t} of the micro-batch is outside [0, ${V})`);
-      if (label === -100) continue;
-      if (!(label >= 0 && label < V)) throw new RangeError(`e2e-qp: label ${label} at position ${t} of the micro-batch is outside [0, ${V}) and not -100`);
+      // the errors the ops' device checks would raise (skipped in the graph)
+      if (!(id >= 0 && id < V)) throw embeddingIdError('embeddingForwardCuda', t, id, V);
+      if (label === IGNORE_INDEX) continue;
+      if (!(label >= 0 && label < V)) throw crossEntropyTargetError('crossEntropyForwardBackwardCuda', t, label, V);
       valid++;
     }
     uploadDevice(this.ids, ids);

@@ -20,7 +20,7 @@ import { Rng } from '../../src/engine/random.js';
 import { BLOCK_PARAM_NAMES } from '../../src/model/block.js';
 import { BlockTrainerCpu } from '../../src/pipeline/block-trainer.js';
 import { BlockTrainerCuda } from '../../src/pipeline/block-trainer-cuda.js';
-import { BLOCK_VARIANTS, tinyConfig } from '../model/tiny-config.js';
+import { BLOCK_VARIANTS, randomBlockParams, tinyConfig } from '../model/tiny-config.js';
 import { EmulatorBackend } from './emu/backend.js';
 
 process.env['EQAT_CACHE_DIR'] ??= mkdtempSync(join(tmpdir(), 'eqat-cache-'));
@@ -113,13 +113,7 @@ for (const [name, over] of BLOCK_VARIANTS) for (const [precision, tol] of PRECIS
     const gpu = new BlockTrainerCuda(cfg, B, T, bits, G, true, precision);
     try {
       const rng = new Rng(5);
-      for (const k of BLOCK_PARAM_NAMES) {
-        const t = cpu.P[k];
-        if (!t) continue;
-        if (k.endsWith('Norm')) rng.fillUniform(t.f32, 0.5, 1.5);
-        else rng.fillNormal(t.f32, 0.3);
-        gpu.P[k]!.f32.set(t.f32);
-      }
+      randomBlockParams(rng, cpu.P, gpu.P);
       cpu.initQuant();
       gpu.initQuant();
       for (let step = 0; step < 3; step++) {

@@ -9,7 +9,7 @@ import { Rng } from '../../src/engine/random.js';
 import { BLOCK_PARAM_NAMES } from '../../src/model/block.js';
 import { BlockTrainerCuda } from '../../src/pipeline/block-trainer-cuda.js';
 import { scaleCuda } from '../../src/ops/cuda/elementwise.js';
-import { tinyConfig } from '../model/tiny-config.js';
+import { randomBlockParams, tinyConfig } from '../model/tiny-config.js';
 import { assertBitExact, testOnBackends } from './backends.js';
 import { cudaBackend } from '../../src/engine/cuda.js';
 import { EmulatorBackend } from './emu/backend.js';
@@ -39,13 +39,7 @@ testOnBackends('graph replay of the Block-AP step equals the eager steps bit for
     assert.equal(replayed.graphs.eagerReason, null);
     assert.equal(eager.graphs.eagerReason, 'EQAT_CUDA_GRAPHS=0');
     const rng = new Rng(11);
-    for (const k of BLOCK_PARAM_NAMES) {
-      const t = replayed.P[k];
-      if (!t) continue;
-      if (k.endsWith('Norm')) rng.fillUniform(t.f32, 0.5, 1.5);
-      else rng.fillNormal(t.f32, 0.3);
-      eager.P[k]!.f32.set(t.f32);
-    }
+    randomBlockParams(rng, replayed.P, eager.P);
     replayed.initQuant();
     eager.initQuant();
     // learning rates change every step (they reach the graph through device memory); steps 3

@@ -1,6 +1,8 @@
 // A tiny random-shaped config of the Llama family and the block variants the family has, for
-// the block tests on every device.
+// the block tests on every device; random block parameters for trainers compared side by side.
 import type { ModelConfig } from '../../src/model/config.js';
+import type { Rng } from '../../src/engine/random.js';
+import { BLOCK_PARAM_NAMES, type BlockParams } from '../../src/model/block.js';
 
 export function tinyConfig(over: Partial<ModelConfig>): ModelConfig {
   return {
@@ -36,3 +38,14 @@ export const BLOCK_VARIANTS: [string, Partial<ModelConfig>][] = [
   ['llama with o/mlp biases', { oBias: true, mlpBias: true, qkvBias: true }],
   ['mistral (sliding window 3)', { modelType: 'mistral', slidingWindow: 3 }],
 ];
+
+/** Fills P with random block parameters (norms in [0.5, 1.5], the rest N(0, 0.3²)) and copies them into each of `copies`. */
+export function randomBlockParams(rng: Rng, P: BlockParams, ...copies: BlockParams[]): void {
+  for (const k of BLOCK_PARAM_NAMES) {
+    const t = P[k];
+    if (!t) continue;
+    if (k.endsWith('Norm')) rng.fillUniform(t.f32, 0.5, 1.5);
+    else rng.fillNormal(t.f32, 0.3);
+    for (const c of copies) c[k]!.f32.set(t.f32);
+  }
+}

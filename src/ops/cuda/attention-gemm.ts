@@ -27,7 +27,7 @@ import {
   type DeviceArray,
 } from '../../engine/cuda.js';
 import type { AttentionDims, AttentionOptions } from '../attention.js';
-import { attentionDimsCuda, type AttentionShape } from './attention.js';
+import { attentionDimsCuda, attentionShapes, checkAttentionArrays, type AttentionShape } from './attention.js';
 import { f32ToBf16Cuda } from './elementwise.js';
 
 const ROW_THREADS = 256;
@@ -200,13 +200,6 @@ function checkScratch(op: string, s: AttentionGemmScratch, d: AttentionDims, tra
   if (training && s.dP.length === 0) throw new RangeError(`${op}: the scratch was made without the backward's buffers`);
 }
 
-function checkF32(op: string, arrays: Record<string, [DeviceArray, number]>): void {
-  for (const [name, [a, n]] of Object.entries(arrays)) {
-    expectDeviceDtype(a, 'f32', `${op}: ${name}`);
-    expectDeviceLength(a, n, `${op}: ${name}`);
-  }
-}
-
 /** S_g (keys × rows) = keys_g · rows_hᵀ for chunk c, h = g·r + i: the scores (keys K, rows Q) and dP (keys V, rows dO). */
 function scores(d: AttentionDims, c: ChunkRange, S: DeviceArray, keys: DeviceArray, rows: DeviceArray, s: AttentionGemmScratch): void {
   groupGemm(d.Hkv, 1, 0, c.n, c.nq, d.D, keysOf(keys, d, c), rowsOf(rows, d, c), chunkOf(S, s), false);
@@ -248,8 +241,8 @@ export function attentionGemmForwardCuda(
   const op = 'attentionGemmForwardCuda';
   const d = attentionDimsCuda(op, shape, opts);
   checkScratch(op, scratch, d, false);
-  const nq = d.B * d.Tq * d.H * d.D, nkv = d.B * d.Tk * d.Hkv * d.D;
-  checkF32(op, { out: [out, nq], lse: [lse, d.B * d.H * d.Tq], q: [q, nq], k: [k, nkv], v: [v, nkv] });
+  const sh = attentionShapes(d);
+  checkAttentionArrays(op, { out: [out, ...sh.q], lse: [lse, ...sh.lse], q: [q, ...sh.q], k: [k, ...sh.kv], v: [v, ...sh.kv] }, ['out', 'lse']);
   const lp = scratch.lowp;
   const qg = operand(q, lp?.q), kg = operand(k, lp?.k), vg = operand(v, lp?.v);
   const { S, P, chunk } = scratch;
@@ -279,11 +272,15 @@ export function attentionGemmBackwardCuda(
   const op = 'attentionGemmBackwardCuda';
   const d = attentionDimsCuda(op, shape, opts);
   checkScratch(op, scratch, d, true);
-  const nq = d.B * d.Tq * d.H * d.D, nkv = d.B * d.Tk * d.Hkv * d.D;
-  checkF32(op, {
-    dq: [dq, nq], dk: [dk, nkv], dv: [dv, nkv], dout: [dout, nq], q: [q, nq], k: [k, nkv], v: [v, nkv], out: [out, nq],
-    lse: [lse, d.B * d.H * d.Tq],
-  });
+  const sh = attentionShapes(d);
+  checkAttentionArrays(
+    op,
+    {
+      dq: [dq, ...sh.q], dk: [dk, ...sh.kv], dv: [dv, ...sh.kv], dout: [dout, ...sh.q], q: [q, ...sh.q], k: [k, ...sh.kv],
+      v: [v, ...sh.kv], out: [out, ...sh.q], lse: [lse, ...sh.lse],
+    },
+    ['dq', 'dk', 'dv'],
+  );
   const { S, dP, P, dS, delta, chunk } = scratch;
   launchKernel(DELTA, Math.min(d.B * d.Tq * d.H, MAX_ROW_BLOCKS), 32 * Math.min(8, Math.ceil(d.D / 32)), [delta, dout, out, d.B, d.Tq, d.H, d.D]);
   const lp = scratch.lowp;

@@ -69,9 +69,10 @@ function bound(D: number): Bound {
   return HEAD_DIM_BOUNDS.find((b) => D <= b)!;
 }
 
-type Arrays = Record<string, [DeviceArray, number, string]>;
+export type AttentionArrays = Record<string, [DeviceArray, number, string]>;
 
-function checkArrays(op: string, arrays: Arrays, written: readonly string[]): void {
+/** Checks each array's dtype (f32) and length (with its shape in the message), and that no written array overlaps another. */
+export function checkAttentionArrays(op: string, arrays: AttentionArrays, written: readonly string[]): void {
   for (const [name, [a, n, shape]] of Object.entries(arrays)) {
     expectDeviceDtype(a, 'f32', `${op}: ${name}`);
     expectDeviceLength(a, n, `${op}: ${name}`, shape);
@@ -83,7 +84,8 @@ function checkArrays(op: string, arrays: Arrays, written: readonly string[]): vo
   }
 }
 
-function shapes(d: AttentionDims): { q: [number, string]; kv: [number, string]; lse: [number, string] } {
+/** Lengths and shape texts of q-shaped, kv-shaped and lse arrays. */
+export function attentionShapes(d: AttentionDims): { q: [number, string]; kv: [number, string]; lse: [number, string] } {
   return {
     q: [d.B * d.Tq * d.H * d.D, `(B=${d.B}, Tq=${d.Tq}, H=${d.H}, D=${d.D})`],
     kv: [d.B * d.Tk * d.Hkv * d.D, `(B=${d.B}, Tk=${d.Tk}, Hkv=${d.Hkv}, D=${d.D})`],
@@ -110,8 +112,8 @@ export function attentionForwardCuda(
 ): void {
   const op = 'attentionForwardCuda';
   const d = attentionDimsCuda(op, shape, opts);
-  const s = shapes(d);
-  checkArrays(op, { out: [out, ...s.q], lse: [lse, ...s.lse], q: [q, ...s.q], k: [k, ...s.kv], v: [v, ...s.kv] }, ['out', 'lse']);
+  const s = attentionShapes(d);
+  checkAttentionArrays(op, { out: [out, ...s.q], lse: [lse, ...s.lse], q: [q, ...s.q], k: [k, ...s.kv], v: [v, ...s.kv] }, ['out', 'lse']);
   const b = bound(d.D);
   launchKernel(KERNELS[b].forward, [Math.ceil(d.Tq / tileRows(b)), d.H, d.B], THREADS, [out, lse, q, k, v, ...scalars(d)]);
 }
@@ -135,8 +137,8 @@ export function attentionBackwardCuda(
 ): void {
   const op = 'attentionBackwardCuda';
   const d = attentionDimsCuda(op, shape, opts);
-  const s = shapes(d);
-  checkArrays(
+  const s = attentionShapes(d);
+  checkAttentionArrays(
     op,
     {
       dq: [dq, ...s.q], dk: [dk, ...s.kv], dv: [dv, ...s.kv], dout: [dout, ...s.q], q: [q, ...s.q], k: [k, ...s.kv],

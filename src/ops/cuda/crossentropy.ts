@@ -20,7 +20,7 @@ import {
   type DeviceArray,
   expectKernelInt,
 } from '../../engine/cuda.js';
-import { IGNORE_INDEX } from '../crossentropy.js';
+import { crossEntropyTargetError, IGNORE_INDEX } from '../crossentropy.js';
 import { firstBadIndexCuda, type IndexCheckOptions } from './indices.js';
 
 const FORWARD = cudaKernel('crossentropy.cu', 'eqat_cross_entropy_forward', ['ptr', 'ptr', 'ptr', 'i32', 'i32']);
@@ -72,11 +72,7 @@ function checkArgs(
   if (scale !== null && typeof scale !== 'number') throw new TypeError(`${op}: argument 'scale' must be a number, got ${typeof scale}`);
   if (opts.check !== false) {
     const bad = firstBadIndexCuda(targets, N, V, IGNORE_INDEX, op);
-    if (bad) {
-      throw new RangeError(
-        `${op}: argument 'targets': row ${bad.row} has target ${bad.value}, outside [0, ${V}) and not the ignore index -100`,
-      );
-    }
+    if (bad) throw crossEntropyTargetError(op, bad.row, bad.value, V);
   }
 }
 

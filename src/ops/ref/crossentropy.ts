@@ -2,6 +2,7 @@
 // row in f64 (max, then sum of exp(x - max)), the loss as max + log(sum) - x[target], and the
 // gradient as scale * (exp(x - max) / sum - onehot).
 import type { Tensor } from '../../engine/tensor.js';
+import { crossEntropyTargetError } from '../crossentropy.js';
 
 const IGNORE_INDEX = -100;
 
@@ -9,7 +10,7 @@ function checkTargets(op: string, t: Int32Array, V: number): void {
   for (let r = 0; r < t.length; r++) {
     const v = t[r]!;
     if (v !== IGNORE_INDEX && (v < 0 || v >= V)) {
-      throw new RangeError(`${op}: argument 'targets': row ${r} has target ${v}, outside [0, ${V}) and not the ignore index -100`);
+      throw crossEntropyTargetError(op, r, v, V);
     }
   }
 }
