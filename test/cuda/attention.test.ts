@@ -6,13 +6,14 @@
 // 16, 32 and 64 (and odd ones, and the 128 and 256 kernel instances), GQA ratios 1 and 3,
 // sliding windows on and off, decoding (Tq < Tk, qOffset); argument errors.
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import { Rng } from '../../src/engine/random.js';
 import { Tensor } from '../../src/engine/tensor.js';
 import { downloadDevice, type DeviceArray } from '../../src/engine/cuda.js';
 import type { AttentionOptions } from '../../src/ops/attention.js';
 import { attentionBackwardRef, attentionForwardRef } from '../../src/ops/ref/attention.js';
 import { attentionBackwardCuda, attentionForwardCuda, type AttentionShape } from '../../src/ops/cuda/attention.js';
-import { AttentionGemmScratch, attentionGemmBackwardCuda, attentionGemmForwardCuda } from '../../src/ops/cuda/attention-gemm.js';
+import { AttentionGemmScratch, attentionGemmBackwardCuda, attentionGemmForwardCuda, attentionPathCuda } from '../../src/ops/cuda/attention-gemm.js';
 import { assertClose, randn } from '../util.js';
 import { testOnBackends, type Scope } from './backends.js';
 
@@ -175,4 +176,19 @@ testOnBackends('attention wrapper: argument errors name the op and argument', (s
   const g = s.alloc('f32', 24), gk = s.alloc('f32', 12);
   assert.throws(() => attentionBackwardCuda(g, gk, gk, q, q, kv, kv, out, lse, c), /attentionBackwardCuda: dk overlaps dv/);
   assert.throws(() => attentionBackwardCuda(g, gk, s.alloc('i32', 12), q, q, kv, kv, out, lse, c), /attentionBackwardCuda: dv: expected a f32 device array/);
+});
+
+test('EQAT_CUDA_ATTENTION picks the attention path; another value is refused naming the variable', () => {
+  const saved = process.env['EQAT_CUDA_ATTENTION'];
+  try {
+    delete process.env['EQAT_CUDA_ATTENTION'];
+    assert.equal(attentionPathCuda(), 'gemm');
+    process.env['EQAT_CUDA_ATTENTION'] = 'flash';
+    assert.equal(attentionPathCuda(), 'flash');
+    process.env['EQAT_CUDA_ATTENTION'] = 'tensor';
+    assert.throws(() => attentionPathCuda(), /^Error: EQAT_CUDA_ATTENTION=tensor: must be 'gemm' or 'flash'$/);
+  } finally {
+    if (saved === undefined) delete process.env['EQAT_CUDA_ATTENTION'];
+    else process.env['EQAT_CUDA_ATTENTION'] = saved;
+  }
 });
