@@ -856,10 +856,14 @@ function refuseWhileCapturing(op: string): void {
   if (capturing !== null) throw new Error(`${op}: not allowed while a CUDA graph of ${capturing} is being captured`);
 }
 
-/** Why graph replay is off in this process ('' when it may be used): EQAT_CUDA_GRAPHS=0, or the backend cannot. */
+/**
+ * Why graph replay is off in this process ('' when it may be used): EQAT_CUDA_GRAPHS=0, or the
+ * backend cannot. Any other value than unset, '', 0 or 1 is refused.
+ */
 export function cudaGraphsUnavailable(): string {
   const env = process.env['EQAT_CUDA_GRAPHS'];
-  if (env !== undefined && env !== '' && env !== '1') return `EQAT_CUDA_GRAPHS=${env}`;
+  if (env === '0') return 'EQAT_CUDA_GRAPHS=0';
+  if (env !== undefined && env !== '' && env !== '1') throw new Error(`EQAT_CUDA_GRAPHS=${env}: must be 0 (op by op) or 1 (graphs, the default)`);
   const b = cudaBackend();
   if (!b.graphSupport || !b.graphBegin || !b.graphEnd || !b.graphLaunch || !b.graphDestroy) return `the ${b.name} CUDA backend has no graphs`;
   return b.graphSupport();
@@ -915,6 +919,16 @@ export class CudaStepGraphs {
     }
     this.execs.set(key, captured);
     b.graphLaunch!(captured);
+  }
+
+  /**
+   * One line on stderr when runs went op by op although graphs were not turned off
+   * (EQAT_CUDA_GRAPHS=0): the device could not capture them, and the user should know why.
+   */
+  noteIfEager(quiet: boolean): void {
+    const reason = this.eagerReason;
+    if (reason === null || quiet || reason === 'EQAT_CUDA_GRAPHS=0') return;
+    process.stderr.write(`note: CUDA steps run op by op, without graphs (${reason})\n`);
   }
 
   /** Number of captured graphs (tests). */

@@ -40,7 +40,7 @@ import { cachedTokenStream } from '../data/token-cache.js';
 import { sampleWindows } from '../data/windows.js';
 import { ActivationCache } from './activation-cache.js';
 import { BlockTrainerCpu, type BlockApTrainer } from './block-trainer.js';
-import { BlockTrainerCuda, noteEagerSteps } from './block-trainer-cuda.js';
+import { BlockTrainerCuda } from './block-trainer-cuda.js';
 import { progress } from '../cli/progress.js';
 import { eqatVersion } from '../engine/version.js';
 
@@ -339,7 +339,7 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
       } else {
         trainer.initQuant();
       }
-      if (i === resumedFrom && training && trainer instanceof BlockTrainerCuda) noteEagerSteps(trainer.graphs.eagerReason, opts.quiet ?? false);
+      if (i === resumedFrom && training && trainer instanceof BlockTrainerCuda) trainer.graphs.noteIfEager(opts.quiet ?? false);
       const frozen = trainer.freeze();
       const tensors = blockShardTensors(i, cfg, frozen, trainer.Wq, opts.wbits, opts.groupSize);
       writeSafetensors(join(partial, shardName(i, nShards)), tensors);

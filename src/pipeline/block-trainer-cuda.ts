@@ -341,9 +341,3 @@ export class BlockTrainerCuda implements BlockApTrainer {
     this.mem.free();
   }
 }
-
-/** One line on stderr when steps run op by op although graphs were not turned off (EQAT_CUDA_GRAPHS=0). */
-export function noteEagerSteps(reason: string | null, quiet: boolean): void {
-  if (reason === null || quiet || reason.startsWith('EQAT_CUDA_GRAPHS=')) return;
-  process.stderr.write(`note: CUDA steps run op by op, without graphs (${reason})\n`);
-}

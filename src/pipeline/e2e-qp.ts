@@ -36,7 +36,6 @@ import { crossEntropyForwardBackward } from '../ops/crossentropy.js';
 import { fill } from '../ops/elementwise.js';
 import { adamwStep, clipGradNorm, gradNorm as gradNormOf, type AdamWHyper } from '../ops/adamw.js';
 import { E2eStepperCuda } from './e2e-trainer-cuda.js';
-import { noteEagerSteps } from './block-trainer-cuda.js';
 import { scalesToF16 } from '../quant/primitives.js';
 import { unpackQweight } from '../quant/gptq-pack.js';
 import { writeSafetensors } from '../io/safetensors-write.js';
@@ -661,7 +660,7 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
       o.onStep?.(step);
     }
     bar.stop();
-    if (run instanceof E2eStepperCuda) noteEagerSteps(run.graphs.eagerReason, o.quiet ?? false);
+    if (run instanceof E2eStepperCuda) run.graphs.noteIfEager(o.quiet ?? false);
     run.toHost(); // the trained step sizes, into the model the checkpoint is written from
 
     // write the checkpoint: same integers and zero points, trained step sizes (f16)

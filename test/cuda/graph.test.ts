@@ -2,8 +2,10 @@
 // losses and parameters, bit for bit, as the same steps run op by op (the replayed trainer driven
 // as the pipeline drives it, the next batch staged while a step runs); a sequence that does
 // something a graph cannot hold (a host copy) falls back to eager runs without losing the run;
-// EQAT_CUDA_GRAPHS=0 turns replay off; nothing is left behind on the device.
+// EQAT_CUDA_GRAPHS=0 turns replay off and another value than 0/1 is refused; nothing is left
+// behind on the device.
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import { CudaStepGraphs, toDevice, uploadDevice, downloadDevice, freeDevice } from '../../src/engine/cuda.js';
 import { Rng } from '../../src/engine/random.js';
 import { BLOCK_PARAM_NAMES } from '../../src/model/block.js';
@@ -106,5 +108,14 @@ testOnBackends('a sequence a graph cannot hold runs eagerly, and says why', (s) 
     freeDevice(y);
   } finally {
     graphs.free();
+  }
+});
+
+test('EQAT_CUDA_GRAPHS other than 0 or 1 is refused naming the variable, before any device work', () => {
+  for (const value of ['yes', 'off', '2']) {
+    assert.throws(
+      () => withGraphsEnv(value, () => new CudaStepGraphs('a test sequence')),
+      new RegExp(`^Error: EQAT_CUDA_GRAPHS=${value}: must be 0 \\(op by op\\) or 1 \\(graphs, the default\\)$`),
+    );
   }
 });

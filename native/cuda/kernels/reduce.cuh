@@ -11,55 +11,53 @@
 
 namespace eqat {
 
-__device__ __forceinline__ double warp_sum(double v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-// Sum of v over the block; every thread receives the total.
-__device__ double block_sum(double v) {
-  __shared__ double partial[32];
-  __shared__ double total;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v = warp_sum(v);
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    double t = lane < (int)(blockDim.x >> 5) ? partial[lane] : 0.0;
-    t = warp_sum(t);
-    if (lane == 0) total = t;
-  }
-  __syncthreads();
-  const double result = total;
-  __syncthreads();  // partial and total are reused by the next call
-  return result;
-}
-
 __device__ __forceinline__ float max_nan(float a, float b) { return (a > b || a != a) ? a : b; }
 
-__device__ __forceinline__ float warp_max(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, offset));
+// The reductions: how two values combine, and what the lanes past the last warp contribute.
+struct SumF64 {
+  typedef double T;
+  static __device__ __forceinline__ double combine(double a, double b) { return a + b; }
+  static __device__ __forceinline__ double pad(const double*) { return 0.0; }
+};
+struct MaxNanF32 {
+  typedef float T;
+  static __device__ __forceinline__ float combine(float a, float b) { return max_nan(a, b); }
+  // max has no finite identity, but repeating a value already in the set changes nothing
+  static __device__ __forceinline__ float pad(const float* partial) { return partial[0]; }
+};
+
+template <class Op>
+__device__ __forceinline__ typename Op::T warp_reduce(typename Op::T v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v = Op::combine(v, __shfl_xor_sync(0xffffffffu, v, offset));
   return v;
 }
 
-// Max of v over the block; every thread receives it.
-__device__ float block_max(float v) {
-  __shared__ float partial[32];
-  __shared__ float total;
+// Reduction of v over the block with Op; every thread receives the result.
+template <class Op>
+__device__ typename Op::T block_reduce(typename Op::T v) {
+  typedef typename Op::T T;
+  __shared__ T partial[32];
+  __shared__ T total;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v = warp_max(v);
+  v = warp_reduce<Op>(v);
   if (lane == 0) partial[warp] = v;
   __syncthreads();
   if (warp == 0) {
-    float t = lane < (int)(blockDim.x >> 5) ? partial[lane] : partial[0];
-    t = warp_max(t);
+    T t = lane < (int)(blockDim.x >> 5) ? partial[lane] : Op::pad(partial);
+    t = warp_reduce<Op>(t);
     if (lane == 0) total = t;
   }
   __syncthreads();
-  const float result = total;
+  const T result = total;
   __syncthreads();  // partial and total are reused by the next call
   return result;
 }
+
+// Sum of v over the block (f64); every thread receives the total.
+__device__ __forceinline__ double block_sum(double v) { return block_reduce<SumF64>(v); }
+
+// Max of v over the block (NaN wins); every thread receives it.
+__device__ __forceinline__ float block_max(float v) { return block_reduce<MaxNanF32>(v); }
 
 }  // namespace eqat
 

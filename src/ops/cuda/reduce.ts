@@ -43,12 +43,6 @@ function checkPartials(op: string, partials: DeviceArray): void {
 
 const partialBlocks = (n: number): number => Math.min(gridFor(n, BLOCK), MAX_BLOCKS);
 
-/** Launches `spec` with one partial per block and returns the partials' sum, in block order. */
-function sumPartials(spec: typeof SUMSQ, n: number, partials: DeviceArray, args: (DeviceArray | number)[]): number {
-  launchKernel(spec, partialBlocks(n), BLOCK, [partials, ...args]);
-  return readPartials(partials, n);
-}
-
 /** Sum of the partials a launch over n elements left, in block order. */
 function readPartials(partials: DeviceArray, n: number): number {
   const blocks = partialBlocks(n);
@@ -64,7 +58,9 @@ export function sumSquaresCuda(a: DeviceArray, partials: DeviceArray): number {
   const op = 'sumSquaresCuda';
   expectDeviceDtype(a, 'f32', `${op}: a`);
   checkPartials(op, partials);
-  return a.length === 0 ? 0 : sumPartials(SUMSQ, a.length, partials, [a, a.length]);
+  if (a.length === 0) return 0;
+  launchKernel(SUMSQ, partialBlocks(a.length), BLOCK, [partials, a, a.length]);
+  return readPartials(partials, a.length);
 }
 
 /** Mean over all elements of (a - b)^2 (f64 sums); NaN for empty arrays, as the CPU op. */
@@ -73,7 +69,8 @@ export function mseForwardCuda(a: DeviceArray, b: DeviceArray, partials: DeviceA
   checkPair(op, a, b);
   checkPartials(op, partials);
   if (a.length === 0) return NaN;
-  return sumPartials(PARTIAL, a.length, partials, [a, b, a.length]) / a.length;
+  launchMse(a, b, partials);
+  return readMseCuda(partials, a.length);
 }
 
 /** Queues the MSE of a and b (non-empty) into `partials`; readMseCuda(partials, a.length) reads it once the work has run. */
@@ -82,6 +79,11 @@ export function mseQueueCuda(a: DeviceArray, b: DeviceArray, partials: DeviceArr
   checkPair(op, a, b);
   checkPartials(op, partials);
   if (a.length === 0) throw new RangeError(`${op}: empty arrays have no mean`);
+  launchMse(a, b, partials);
+}
+
+/** The MSE's one launch: per-block partial sums of (a - b)^2 (arrays checked by the caller). */
+function launchMse(a: DeviceArray, b: DeviceArray, partials: DeviceArray): void {
   launchKernel(PARTIAL, partialBlocks(a.length), BLOCK, [partials, a, b, a.length]);
 }
 
