@@ -2,7 +2,9 @@
 // quantized by RTN here, against the same run on the CPU, on the backends of backends.ts: with
 // f32 GEMMs every step's loss and gradient norm and the trained step sizes agree to rounding;
 // with bf16 GEMMs (the CUDA default) the losses agree to about 1%; a state saved by a CUDA run
-// resumes on the CPU; and the CUDA run releases every device allocation it made.
+// resumes on the CPU; and the CUDA run releases every device allocation it made. A micro-batch
+// with a token id or label outside the vocabulary is refused on the host with the error the
+// ops' device checks would raise (those checks are skipped inside the graph).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -10,9 +12,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setCudaBackend } from '../../src/engine/cuda.js';
 import { runBlockAp, blockApDefaults } from '../../src/pipeline/block-ap.js';
-import { e2eQpDefaults, runE2eQp, type E2eQpOptions, type E2eQpStepLog } from '../../src/pipeline/e2e-qp.js';
+import { e2eQpDefaults, runE2eQp, ScaleState, type E2eQpOptions, type E2eQpStepLog } from '../../src/pipeline/e2e-qp.js';
 import { WeightSource } from '../../src/model/weights.js';
 import { PackedModel } from '../../src/model/quantized.js';
+import { E2eStepperCuda } from '../../src/pipeline/e2e-trainer-cuda.js';
 import { BLOCK_LINEARS } from '../../src/model/block.js';
 import { REPO, TINY } from '../golden.js';
 import { assertClose } from '../util.js';
@@ -124,3 +127,36 @@ for (const bc of backendCases()) {
 test('e2e-qp --precision bf16 without --device cuda is refused before anything is written', async () => {
   await assert.rejects(runE2eQp(await options(join(work, 'refused'), { precision: 'bf16' })), /--precision: bf16 needs --device cuda/);
 });
+
+for (const bc of backendCases()) {
+  test(`cuda E2E-QP micro-batch: an id or label outside the vocabulary is refused naming the op, row and value [${bc.name}]`, { skip: bc.skip }, async () => {
+    const src = WeightSource.open(await quantized());
+    const model = PackedModel.load(src);
+    src.close();
+    const V = model.cfg.vocabSize;
+    const b = bc.backend();
+    const live = b instanceof EmulatorBackend ? b.liveAllocations : 0;
+    setCudaBackend(b);
+    const stepper = new E2eStepperCuda(model, new ScaleState(model.blocks), 1, 4, 'f32');
+    try {
+      const ids = Int32Array.from([1, 2, 3, 4]), labels = Int32Array.from([2, 3, 4, -100]);
+      ids[2] = V;
+      assert.throws(() => stepper.microStep(ids, labels, 1), new RegExp(`^RangeError: embeddingForwardCuda: argument 'ids': id ${V} at row 2 is outside \\[0, ${V}\\)$`));
+      ids[2] = -1;
+      assert.throws(() => stepper.microStep(ids, labels, 1), /^RangeError: embeddingForwardCuda: argument 'ids': id -1 at row 2 is outside/);
+      ids[2] = 3;
+      labels[1] = V + 7;
+      assert.throws(
+        () => stepper.microStep(ids, labels, 1),
+        new RegExp(`^RangeError: crossEntropyForwardBackwardCuda: argument 'targets': row 1 has target ${V + 7}, outside \\[0, ${V}\\) and not the ignore index -100$`),
+      );
+      // the refused batches left the stepper usable: a good one gives a finite loss
+      labels[1] = 3;
+      assert.ok(Number.isFinite(stepper.microStep(ids, labels, 1)));
+    } finally {
+      stepper.free();
+      setCudaBackend(null);
+    }
+    if (b instanceof EmulatorBackend) assert.equal(b.liveAllocations, live, 'device allocations leaked');
+  });
+}
