@@ -856,13 +856,16 @@ function refuseWhileCapturing(op: string): void {
   if (capturing !== null) throw new Error(`${op}: not allowed while a CUDA graph of ${capturing} is being captured`);
 }
 
+/** The reason graphs are off when the user turned them off (no note is printed for it). */
+const GRAPHS_TURNED_OFF = 'EQAT_CUDA_GRAPHS=0';
+
 /**
  * Why graph replay is off in this process ('' when it may be used): EQAT_CUDA_GRAPHS=0, or the
  * backend cannot. Any other value than unset, '', 0 or 1 is refused.
  */
 export function cudaGraphsUnavailable(): string {
   const env = process.env['EQAT_CUDA_GRAPHS'];
-  if (env === '0') return 'EQAT_CUDA_GRAPHS=0';
+  if (env === '0') return GRAPHS_TURNED_OFF;
   if (env !== undefined && env !== '' && env !== '1') throw new Error(`EQAT_CUDA_GRAPHS=${env}: must be 0 (op by op) or 1 (graphs, the default)`);
   const b = cudaBackend();
   if (!b.graphSupport || !b.graphBegin || !b.graphEnd || !b.graphLaunch || !b.graphDestroy) return `the ${b.name} CUDA backend has no graphs`;
@@ -927,7 +930,7 @@ export class CudaStepGraphs {
    */
   noteIfEager(quiet: boolean): void {
     const reason = this.eagerReason;
-    if (reason === null || quiet || reason === 'EQAT_CUDA_GRAPHS=0') return;
+    if (reason === null || quiet || reason === GRAPHS_TURNED_OFF) return;
     process.stderr.write(`note: CUDA steps run op by op, without graphs (${reason})\n`);
   }
 

@@ -60,15 +60,15 @@ function rowsOf(op: string, logitsName: string, logits: Tensor, targets: Tensor)
   return [N, V];
 }
 
-/**
- * losses[n] = logsumexp(logits[n, :]) - logits[n, targets[n]]  (0 where targets[n] = -100).
- * losses: (N) f32   logits: (N, V) or (..., V) f32   targets: (N) i32
- */
 /** Target-out-of-range message shared by the CPU op's twin, the CUDA wrapper and host-side checks. */
 export function crossEntropyTargetError(op: string, row: number, target: number, V: number): RangeError {
   return new RangeError(`${op}: argument 'targets': row ${row} has target ${target}, outside [0, ${V}) and not the ignore index -100`);
 }
 
+/**
+ * losses[n] = logsumexp(logits[n, :]) - logits[n, targets[n]]  (0 where targets[n] = -100).
+ * losses: (N) f32   logits: (N, V) or (..., V) f32   targets: (N) i32
+ */
 export function crossEntropyForward(losses: Tensor, logits: Tensor, targets: Tensor): void {
   const op = 'crossEntropyForward';
   sameDevice(op, losses, logits, targets);

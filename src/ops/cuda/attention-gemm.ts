@@ -27,7 +27,7 @@ import {
   type DeviceArray,
 } from '../../engine/cuda.js';
 import type { AttentionDims, AttentionOptions } from '../attention.js';
-import { attentionDimsCuda, attentionShapes, checkAttentionArrays, type AttentionShape } from './attention.js';
+import { attentionDimsCuda, checkAttentionBackwardArrays, checkAttentionForwardArrays, type AttentionShape } from './attention.js';
 import { f32ToBf16Cuda } from './elementwise.js';
 
 const ROW_THREADS = 256;
@@ -241,8 +241,7 @@ export function attentionGemmForwardCuda(
   const op = 'attentionGemmForwardCuda';
   const d = attentionDimsCuda(op, shape, opts);
   checkScratch(op, scratch, d, false);
-  const sh = attentionShapes(d);
-  checkAttentionArrays(op, { out: [out, ...sh.q], lse: [lse, ...sh.lse], q: [q, ...sh.q], k: [k, ...sh.kv], v: [v, ...sh.kv] }, ['out', 'lse']);
+  checkAttentionForwardArrays(op, d, { out, lse, q, k, v });
   const lp = scratch.lowp;
   const qg = operand(q, lp?.q), kg = operand(k, lp?.k), vg = operand(v, lp?.v);
   const { S, P, chunk } = scratch;
@@ -272,15 +271,7 @@ export function attentionGemmBackwardCuda(
   const op = 'attentionGemmBackwardCuda';
   const d = attentionDimsCuda(op, shape, opts);
   checkScratch(op, scratch, d, true);
-  const sh = attentionShapes(d);
-  checkAttentionArrays(
-    op,
-    {
-      dq: [dq, ...sh.q], dk: [dk, ...sh.kv], dv: [dv, ...sh.kv], dout: [dout, ...sh.q], q: [q, ...sh.q], k: [k, ...sh.kv],
-      v: [v, ...sh.kv], out: [out, ...sh.q], lse: [lse, ...sh.lse],
-    },
-    ['dq', 'dk', 'dv'],
-  );
+  checkAttentionBackwardArrays(op, d, { dq, dk, dv, dout, q, k, v, out, lse });
   const { S, dP, P, dS, delta, chunk } = scratch;
   launchKernel(DELTA, Math.min(d.B * d.Tq * d.H, MAX_ROW_BLOCKS), 32 * Math.min(8, Math.ceil(d.D / 32)), [delta, dout, out, d.B, d.Tq, d.H, d.D]);
   const lp = scratch.lowp;

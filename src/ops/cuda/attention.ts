@@ -69,10 +69,10 @@ function bound(D: number): Bound {
   return HEAD_DIM_BOUNDS.find((b) => D <= b)!;
 }
 
-export type AttentionArrays = Record<string, [DeviceArray, number, string]>;
+type AttentionArrays = Record<string, [DeviceArray, number, string]>;
 
 /** Checks each array's dtype (f32) and length (with its shape in the message), and that no written array overlaps another. */
-export function checkAttentionArrays(op: string, arrays: AttentionArrays, written: readonly string[]): void {
+function checkAttentionArrays(op: string, arrays: AttentionArrays, written: readonly string[]): void {
   for (const [name, [a, n, shape]] of Object.entries(arrays)) {
     expectDeviceDtype(a, 'f32', `${op}: ${name}`);
     expectDeviceLength(a, n, `${op}: ${name}`, shape);
@@ -85,12 +85,42 @@ export function checkAttentionArrays(op: string, arrays: AttentionArrays, writte
 }
 
 /** Lengths and shape texts of q-shaped, kv-shaped and lse arrays. */
-export function attentionShapes(d: AttentionDims): { q: [number, string]; kv: [number, string]; lse: [number, string] } {
+function attentionShapes(d: AttentionDims): { q: [number, string]; kv: [number, string]; lse: [number, string] } {
   return {
     q: [d.B * d.Tq * d.H * d.D, `(B=${d.B}, Tq=${d.Tq}, H=${d.H}, D=${d.D})`],
     kv: [d.B * d.Tk * d.Hkv * d.D, `(B=${d.B}, Tk=${d.Tk}, Hkv=${d.Hkv}, D=${d.D})`],
     lse: [d.B * d.H * d.Tq, `(B=${d.B}, H=${d.H}, Tq=${d.Tq})`],
   };
+}
+
+/** The forward's arrays (out, lse written; q, k, v read) against the dims: dtype, length, no overlap. */
+export function checkAttentionForwardArrays(
+  op: string,
+  d: AttentionDims,
+  a: { out: DeviceArray; lse: DeviceArray; q: DeviceArray; k: DeviceArray; v: DeviceArray },
+): void {
+  const s = attentionShapes(d);
+  checkAttentionArrays(op, { out: [a.out, ...s.q], lse: [a.lse, ...s.lse], q: [a.q, ...s.q], k: [a.k, ...s.kv], v: [a.v, ...s.kv] }, ['out', 'lse']);
+}
+
+/** The backward's arrays (dq, dk, dv written; the rest read) against the dims: dtype, length, no overlap. */
+export function checkAttentionBackwardArrays(
+  op: string,
+  d: AttentionDims,
+  a: {
+    dq: DeviceArray; dk: DeviceArray; dv: DeviceArray; dout: DeviceArray;
+    q: DeviceArray; k: DeviceArray; v: DeviceArray; out: DeviceArray; lse: DeviceArray;
+  },
+): void {
+  const s = attentionShapes(d);
+  checkAttentionArrays(
+    op,
+    {
+      dq: [a.dq, ...s.q], dk: [a.dk, ...s.kv], dv: [a.dv, ...s.kv], dout: [a.dout, ...s.q], q: [a.q, ...s.q], k: [a.k, ...s.kv],
+      v: [a.v, ...s.kv], out: [a.out, ...s.q], lse: [a.lse, ...s.lse],
+    },
+    ['dq', 'dk', 'dv'],
+  );
 }
 
 function scalars(d: AttentionDims): number[] {
@@ -112,8 +142,7 @@ export function attentionForwardCuda(
 ): void {
   const op = 'attentionForwardCuda';
   const d = attentionDimsCuda(op, shape, opts);
-  const s = attentionShapes(d);
-  checkAttentionArrays(op, { out: [out, ...s.q], lse: [lse, ...s.lse], q: [q, ...s.q], k: [k, ...s.kv], v: [v, ...s.kv] }, ['out', 'lse']);
+  checkAttentionForwardArrays(op, d, { out, lse, q, k, v });
   const b = bound(d.D);
   launchKernel(KERNELS[b].forward, [Math.ceil(d.Tq / tileRows(b)), d.H, d.B], THREADS, [out, lse, q, k, v, ...scalars(d)]);
 }
@@ -137,15 +166,7 @@ export function attentionBackwardCuda(
 ): void {
   const op = 'attentionBackwardCuda';
   const d = attentionDimsCuda(op, shape, opts);
-  const s = attentionShapes(d);
-  checkAttentionArrays(
-    op,
-    {
-      dq: [dq, ...s.q], dk: [dk, ...s.kv], dv: [dv, ...s.kv], dout: [dout, ...s.q], q: [q, ...s.q], k: [k, ...s.kv],
-      v: [v, ...s.kv], out: [out, ...s.q], lse: [lse, ...s.lse],
-    },
-    ['dq', 'dk', 'dv'],
-  );
+  checkAttentionBackwardArrays(op, d, { dq, dk, dv, dout, q, k, v, out, lse });
   const b = bound(d.D);
   const rows = tileRows(b);
   launchKernel(KERNELS[b].dq, [Math.ceil(d.Tq / rows), d.H, d.B], THREADS, [dq, dout, q, k, v, out, lse, ...scalars(d)]);

@@ -2,9 +2,7 @@
 // row in f64 (max, then sum of exp(x - max)), the loss as max + log(sum) - x[target], and the
 // gradient as scale * (exp(x - max) / sum - onehot).
 import type { Tensor } from '../../engine/tensor.js';
-import { crossEntropyTargetError } from '../crossentropy.js';
-
-const IGNORE_INDEX = -100;
+import { crossEntropyTargetError, IGNORE_INDEX } from '../crossentropy.js';
 
 function checkTargets(op: string, t: Int32Array, V: number): void {
   for (let r = 0; r < t.length; r++) {
