@@ -4,7 +4,7 @@ import { evaluatePerplexity } from '../pipeline/eval.js';
 import { WeightSource } from '../model/weights.js';
 import { LoadedModel } from '../model/model.js';
 import { loadTokenizer } from '../io/tokenizer.js';
-import { generateIds } from '../pipeline/generate.js';
+import { generateIds, generateIdsCuda, type GenerateOptions } from '../pipeline/generate.js';
 import { native } from '../engine/native.js';
 import { blockApDefaults, runBlockAp } from '../pipeline/block-ap.js';
 import { runDemo } from '../pipeline/demo.js';
@@ -12,7 +12,7 @@ import { E2E_QP_SAVE_EVERY, E2E_QP_SAVE_SECONDS, e2eQpDefaults, runE2eQp } from 
 import { resolveRecipe, runQuantize } from '../pipeline/quantize.js';
 import { exportOnnx } from '../export/onnx.js';
 import { loadRecipeFile, overridesFromFlags, recipeFlagSpecs } from '../pipeline/recipe.js';
-import { DEVICE_FLAGS, deviceForCommand, setDeviceMemoryBudget, type DeviceFlag } from '../engine/cuda.js';
+import { BF16_NEEDS_CUDA, DEVICE_FLAGS, deviceForCommand, setDeviceMemoryBudget, type DeviceFlag } from '../engine/cuda.js';
 
 export interface Command {
   summary: string;
@@ -37,13 +37,13 @@ const saveEveryFlag = {
     'rerunning an interrupted command resumes from it (same result byte for byte); 0 = never',
 } as const;
 
-// block-ap, e2e-qp, quantize and eval run on CUDA; generate does not yet: there `--device
-// cuda` fails with the reason before anything is read or written, and `auto` runs on the CPU.
+// every compute command runs on CUDA; `--device cuda` without a usable GPU fails with the
+// reason before anything is read or written, and `auto` then runs on the CPU
 const deviceFlag = {
   type: 'string',
   default: 'cpu',
   choices: DEVICE_FLAGS,
-  help: 'compute device; auto = CUDA when present (generate runs on the CPU only so far)',
+  help: 'compute device; auto = CUDA when present',
 } as const;
 
 const precisionFlag = {
@@ -65,8 +65,8 @@ function applyGpuBudget(f: ParsedFlags): void {
 }
 
 /** The device of a command from --device and what the command supports (throws for an unusable choice). */
-function applyDevice(command: string, f: ParsedFlags, supported: readonly ('cpu' | 'cuda')[] = ['cpu']): 'cpu' | 'cuda' {
-  return deviceForCommand(command, str(f, 'device') as DeviceFlag, supported);
+function applyDevice(command: string, f: ParsedFlags): 'cpu' | 'cuda' {
+  return deviceForCommand(command, str(f, 'device') as DeviceFlag);
 }
 
 /** Peak resident memory of this process so far, MiB. */
@@ -94,7 +94,7 @@ export const COMMANDS: Record<string, Command> = {
       'max-gpu-memory': maxGpuMemoryFlag,
     },
     async run(f) {
-      const device = applyDevice('eval', f, ['cpu', 'cuda']);
+      const device = applyDevice('eval', f);
       applyGpuBudget(f);
       applyThreads(f);
       const r = await evaluatePerplexity(str(f, 'model'), str(f, 'data'), {
@@ -124,22 +124,31 @@ export const COMMANDS: Record<string, Command> = {
       json: { type: 'boolean', default: false, help: 'print ids and text as JSON' },
       threads: threadsFlag,
       device: deviceFlag,
+      precision: precisionFlag,
+      'max-gpu-memory': maxGpuMemoryFlag,
     },
     async run(f) {
-      applyDevice('generate', f);
+      const device = applyDevice('generate', f);
+      const precision = f['precision'] as 'f32' | 'bf16' | undefined;
+      if (precision === 'bf16' && device !== 'cuda') throw new Error(`--precision: ${BF16_NEEDS_CUDA}`);
+      applyGpuBudget(f);
       applyThreads(f);
       const dir = str(f, 'model');
       const src = WeightSource.open(dir);
       const tok = loadTokenizer(dir);
-      const model = LoadedModel.load(src);
-      src.close();
       const prompt = tok.encode(str(f, 'prompt'), { addSpecialTokens: true });
-      const ids = generateIds(model, prompt, {
+      const opts: GenerateOptions = {
         maxNewTokens: int(f, 'max-new-tokens'),
         temperature: f['temperature'] as number,
         seed: int(f, 'seed'),
         stopAtEos: true,
-      });
+      };
+      let ids: number[];
+      try {
+        ids = device === 'cuda' ? generateIdsCuda(src, prompt, opts, precision) : generateIds(LoadedModel.load(src), prompt, opts);
+      } finally {
+        src.close();
+      }
       const newIds = ids.slice(prompt.length);
       const text = tok.decode(newIds, { skipSpecialTokens: true });
       if (f['json']) console.log(JSON.stringify({ prompt_ids: prompt, output_ids: ids, text }));
@@ -173,7 +182,7 @@ export const COMMANDS: Record<string, Command> = {
       'max-gpu-memory': maxGpuMemoryFlag,
     },
     async run(f) {
-      const device = applyDevice('block-ap', f, ['cpu', 'cuda']);
+      const device = applyDevice('block-ap', f);
       applyGpuBudget(f);
       applyThreads(f);
       const wbits = int(f, 'wbits');
@@ -260,7 +269,7 @@ export const COMMANDS: Record<string, Command> = {
       'max-gpu-memory': maxGpuMemoryFlag,
     },
     async run(f) {
-      const device = applyDevice('e2e-qp', f, ['cpu', 'cuda']);
+      const device = applyDevice('e2e-qp', f);
       applyGpuBudget(f);
       applyThreads(f);
       const probe = WeightSource.open(str(f, 'model'));
@@ -311,7 +320,7 @@ export const COMMANDS: Record<string, Command> = {
       'max-gpu-memory': maxGpuMemoryFlag,
     },
     async run(f) {
-      const device = applyDevice('quantize', f, ['cpu', 'cuda']);
+      const device = applyDevice('quantize', f);
       applyGpuBudget(f);
       applyThreads(f);
       const file = f['recipe'] as string | undefined;

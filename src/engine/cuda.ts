@@ -245,30 +245,17 @@ export function resolveDevice(flag: DeviceFlag, probe: () => CudaProbe = probeCu
   }
 }
 
-/**
- * The device a command runs on, given its --device flag and the devices it supports. 'cuda'
- * for a command without CUDA support fails with the probe's reason when CUDA is unavailable,
- * and with "not yet supported by <command>" when it is; 'auto' picks CUDA only for commands
- * that support it.
- */
-export function deviceForCommand(
-  command: string,
-  flag: DeviceFlag,
-  supported: readonly ('cpu' | 'cuda')[],
-  probe: () => CudaProbe = probeCuda,
-): 'cpu' | 'cuda' {
-  if (flag === 'cuda' && !supported.includes('cuda')) {
-    const p = probe();
-    if (!p.available) throw new Error(`${command} --device cuda: CUDA is not available: ${p.reason}`);
-    throw new Error(`${command} --device cuda: not yet supported by ${command} (it runs on the CPU only so far); use --device cpu`);
-  }
-  if (flag === 'auto' && !supported.includes('cuda')) return 'cpu';
+/** The device a command runs on, given its --device flag; errors name the command. */
+export function deviceForCommand(command: string, flag: DeviceFlag, probe: () => CudaProbe = probeCuda): 'cpu' | 'cuda' {
   try {
     return resolveDevice(flag, probe);
   } catch (e) {
     throw new Error(`${command} ${(e as Error).message}`);
   }
 }
+
+/** Why --precision bf16 is refused on the CPU (the flag or recipe key goes before it). */
+export const BF16_NEEDS_CUDA = 'bf16 needs --device cuda (the CPU computes in f32)';
 
 // ---------------------------------------------------------------- device arrays
 

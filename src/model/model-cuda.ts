@@ -1,8 +1,9 @@
-// Whole-model forward on CUDA for evaluation: embedding → blocks → final RMSNorm → lm_head →
-// cross-entropy, on the device, windows in batches. The model is uploaded once: a quantized
-// checkpoint stays packed (GPTQ integers and zero points, f32 step sizes; each linear
-// dequantizes its weight into one shared tile right before its GEMM), a full-precision one is
-// held as f32. Only token ids go up and per-token losses come back.
+// Whole-model forward on CUDA for evaluation and generation: embedding → blocks → final
+// RMSNorm → lm_head (→ cross-entropy for evaluation), on the device, windows in batches. The
+// model is uploaded once: a quantized checkpoint stays packed (GPTQ integers and zero points,
+// f32 step sizes; each linear dequantizes its weight into one shared tile right before its
+// GEMM), a full-precision one is held as f32. Only token ids go up; per-token losses (or one
+// row of logits, for generation) come back.
 //
 // Numerics follow the CPU path (src/model/model.ts, src/pipeline/eval.ts) op for op; with
 // precision 'bf16' the GEMMs take bf16 copies of their inputs (f32 sums), as in Block-AP.
@@ -95,6 +96,11 @@ export function uploadPackedBlock(
   return { arena, packed };
 }
 
+/** The first n elements of a, or a itself when it holds exactly n. */
+function viewOf(a: DeviceArray, n: number): DeviceArray {
+  return n === a.length ? a : deviceView(a, 0, n);
+}
+
 interface DeviceBlock {
   arena: DeviceBlockArena; // norms and biases (and dense linears for a full-precision model)
   lin: LinearImplCuda;
@@ -172,33 +178,58 @@ export class DeviceModel {
    */
   windowLosses(ids: Int32Array, count: number): Float32Array {
     const { cfg, T } = this;
-    const C = cfg.hiddenSize;
     const V = cfg.vocabSize;
     if (count < 1 || count > this.B) throw new RangeError(`DeviceModel.windowLosses: count must be in [1, ${this.B}], got ${count}`);
     if (ids.length !== count * T) throw new RangeError(`DeviceModel.windowLosses: ids must hold ${count} × ${T} tokens, got ${ids.length}`);
     const N = count * T;
-    // batches smaller than B run through a workspace of their own size
-    const ws = count === this.B ? this.ws : this.tailWorkspace(count);
-    const view = (a: DeviceArray, n: number) => (n === a.length ? a : deviceView(a, 0, n));
-    const idsD = view(this.ids, N), tD = view(this.targets, N), lossD = view(this.losses, N);
-    uploadDevice(idsD, ids);
+    const logits = this.logitsOf(ids, count);
     const targets = new Int32Array(N);
     for (let w = 0; w < count; w++) {
       for (let t = 0; t < T - 1; t++) targets[w * T + t] = ids[w * T + t + 1]!;
       targets[w * T + T - 1] = -100;
     }
+    const tD = viewOf(this.targets, N), lossD = viewOf(this.losses, N);
     uploadDevice(tD, targets);
-    let x = view(this.x, N * C), y = view(this.y, N * C);
+    crossEntropyForwardCuda(lossD, logits, tD, N, V, { check: false });
+    return downloadDevice(lossD, new Float32Array(N));
+  }
+
+  /**
+   * Logits (V) of the token after the prefix `ids` (1 ≤ length ≤ T), for generation. The prefix
+   * runs as one window of T tokens padded with token 0: attention is causal, so the padding
+   * changes nothing at or before the prefix's last position.
+   */
+  nextTokenLogits(ids: Int32Array): Float32Array {
+    const { T } = this;
+    const V = this.cfg.vocabSize;
+    const n = ids.length;
+    if (n < 1 || n > T) throw new RangeError(`DeviceModel.nextTokenLogits: the prefix must hold 1 to ${T} tokens, got ${n}`);
+    const window = new Int32Array(T);
+    window.set(ids);
+    const logits = this.logitsOf(window, 1);
+    return downloadDevice(deviceView(logits, (n - 1) * V, V), new Float32Array(V));
+  }
+
+  /** Logits (count·T, V) of `count` ≤ B windows of T tokens (ids (count, T)), left on the device. */
+  private logitsOf(ids: Int32Array, count: number): DeviceArray {
+    const { cfg, T } = this;
+    const C = cfg.hiddenSize;
+    const V = cfg.vocabSize;
+    const N = count * T;
+    // batches smaller than B run through a workspace of their own size
+    const ws = count === this.B ? this.ws : this.tailWorkspace(count);
+    const idsD = viewOf(this.ids, N);
+    uploadDevice(idsD, ids);
+    let x = viewOf(this.x, N * C), y = viewOf(this.y, N * C);
     embeddingForwardCuda(x, idsD, this.embedding, N, V, C);
     for (const b of this.blocks) {
       blockForwardCuda(cfg, b.arena.params, ws, x, y, b.lin);
       [x, y] = [y, x];
     }
-    const normed = view(this.normed, N * C), rstd = view(this.rstd, N), logits = view(this.logits, N * V);
+    const normed = viewOf(this.normed, N * C), rstd = viewOf(this.rstd, N), logits = viewOf(this.logits, N * V);
     rmsnormForwardCuda(normed, rstd, x, this.finalNorm, N, C, cfg.rmsNormEps);
     linearForwardCuda(logits, normed, this.lmHead, null, { N, O: V, I: C }, this.lowp);
-    crossEntropyForwardCuda(lossD, logits, tD, N, V, { check: false });
-    return downloadDevice(lossD, new Float32Array(N));
+    return logits;
   }
 
   private tail: DeviceBlockWorkspace | null = null;

@@ -1,9 +1,9 @@
 // Whole-model forward for evaluation and generation: embedding → blocks → final RMSNorm →
 // lm_head, in f32. Two ways to walk it:
 // - LoadedModel keeps every block in memory (generation, small models);
-// Quantized checkpoints run on their packed weights (never dequantized as a whole).
 // - forwardLayerwise streams one block at a time over a batch of sequences held as hidden
 //   states (evaluation of large models on a machine with less RAM than the model).
+// Quantized checkpoints run on their packed weights (never dequantized as a whole).
 import { Tensor } from '../engine/tensor.js';
 import type { ModelConfig } from './config.js';
 import { allocBlockParams, blockForward, BlockWorkspace, denseLinears, type BlockParams, type LinearImpl } from './block.js';
@@ -48,6 +48,13 @@ export class LoadedModel {
       [x, y] = [y, x];
     }
     return headLogits(cfg, x.view([N, C]), this.finalNorm, this.lmHead);
+  }
+
+  /** Logits (V) of the token after the prefix `ids`: the whole prefix is run again. */
+  nextTokenLogits(ids: Int32Array): Float32Array {
+    const T = ids.length;
+    const V = this.cfg.vocabSize;
+    return this.forward(ids, 1, T).f32.subarray((T - 1) * V, T * V);
   }
 }
 

@@ -20,6 +20,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, appendFileSync
 import { join, resolve } from 'node:path';
 import { totalmem } from 'node:os';
 import { Tensor } from '../engine/tensor.js';
+import { BF16_NEEDS_CUDA } from '../engine/cuda.js';
 import { WeightSource, loadBlockParams } from '../model/weights.js';
 import type { ModelConfig } from '../model/config.js';
 import { embeddingForward } from '../ops/embedding.js';
@@ -126,7 +127,7 @@ export function validateBlockAp(opts: BlockApOptions, cfg: ModelConfig): void {
   if (first) fail('group-size', `${opts.groupSize} does not divide ${first.field} = ${first.inFeatures} of ${opts.model}`);
   if (gptq) fail('group-size', `${opts.model} cannot be stored as a GPTQ checkpoint: ${gptq}`);
   if (opts.precision !== undefined && opts.precision !== 'f32' && opts.precision !== 'bf16') fail('precision', `must be f32 or bf16, got ${String(opts.precision)}`);
-  if (opts.precision === 'bf16' && (opts.device ?? 'cpu') !== 'cuda') fail('precision', 'bf16 needs --device cuda (the CPU computes in f32)');
+  if (opts.precision === 'bf16' && (opts.device ?? 'cpu') !== 'cuda') fail('precision', BF16_NEEDS_CUDA);
   if (opts.epochs < 0 || !Number.isInteger(opts.epochs)) fail('epochs', 'must be a non-negative integer');
   if (opts.epochs > 0) {
     if (!opts.calib) fail('calib', 'is required when --epochs > 0');

@@ -24,6 +24,7 @@
 import { appendFileSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Arena, Tensor } from '../engine/tensor.js';
+import { BF16_NEEDS_CUDA } from '../engine/cuda.js';
 import { WeightSource } from '../model/weights.js';
 import { BLOCK_LINEARS, BLOCK_PARAM_NAMES, blockParamShapes, blockBackward, blockForward, BlockWorkspace, type BlockLinear, type BlockParams } from '../model/block.js';
 import { PackedModel, packedLinears, type PackedBlock } from '../model/quantized.js';
@@ -189,7 +190,7 @@ export function validateE2eQp(o: E2eQpOptions): void {
   if (!(o.maxGradNorm >= 0)) fail('max-grad-norm', 'must be >= 0 (0: no clipping)');
   if (o.epochs < 1) fail('epochs', 'must be >= 1');
   if (o.precision !== undefined && o.precision !== 'f32' && o.precision !== 'bf16') fail('precision', `must be f32 or bf16, got ${String(o.precision)}`);
-  if (o.precision === 'bf16' && (o.device ?? 'cpu') !== 'cuda') fail('precision', 'bf16 needs --device cuda (the CPU computes in f32)');
+  if (o.precision === 'bf16' && (o.device ?? 'cpu') !== 'cuda') fail('precision', BF16_NEEDS_CUDA);
   const saveEvery = o.saveEvery ?? E2E_QP_SAVE_EVERY;
   if (!Number.isSafeInteger(saveEvery) || saveEvery < 0) fail('save-every', `must be a non-negative integer, got ${saveEvery}`);
 }

@@ -7,6 +7,7 @@
 import { readFileSync, existsSync } from 'node:fs';
 import { extname } from 'node:path';
 import { Tensor } from '../engine/tensor.js';
+import { BF16_NEEDS_CUDA } from '../engine/cuda.js';
 import { WeightSource } from '../model/weights.js';
 import { forwardLayerwise, headLogits } from '../model/model.js';
 import { crossEntropyForward } from '../ops/crossentropy.js';
@@ -108,7 +109,7 @@ export function windowsNllCuda(
 
 export async function evaluatePerplexity(modelDir: string, dataFile: string, opts: EvalOptions): Promise<EvalResult> {
   const t0 = performance.now();
-  if (opts.precision === 'bf16' && opts.device !== 'cuda') throw new Error('--precision: bf16 needs --device cuda (the CPU computes in f32)');
+  if (opts.precision === 'bf16' && opts.device !== 'cuda') throw new Error(`--precision: ${BF16_NEEDS_CUDA}`);
   const src = WeightSource.open(modelDir);
   try {
     const tok = loadTokenizer(modelDir);

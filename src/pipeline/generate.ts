@@ -1,6 +1,10 @@
 // Greedy (or sampled) generation (`eqat generate`). The whole prefix is recomputed for each
-// new token: simple and exact; fine for the short generations eqat uses to check models.
-import { LoadedModel } from '../model/model.js';
+// new token: simple and exact; fine for the short generations eqat uses to check models. On the
+// CPU the model is held in memory (LoadedModel, src/model/model.ts); on CUDA it is uploaded once, packed when
+// quantized (DeviceModel, one window as long as prompt plus new tokens).
+import { DeviceModel } from '../model/model-cuda.js';
+import type { ModelConfig } from '../model/config.js';
+import type { WeightSource } from '../model/weights.js';
 import { Rng } from '../engine/random.js';
 
 export interface GenerateOptions {
@@ -12,16 +16,21 @@ export interface GenerateOptions {
   stopAtEos?: boolean;
 }
 
+/** What generation needs of a model: the logits (V) of the token after a prefix of ids. */
+export interface NextTokenModel {
+  readonly cfg: ModelConfig;
+  nextTokenLogits(ids: Int32Array): Float32Array;
+}
+
 /** Returns prompt ids followed by the generated ids. */
-export function generateIds(model: LoadedModel, promptIds: number[], opts: GenerateOptions): number[] {
+export function generateIds(model: NextTokenModel, promptIds: number[], opts: GenerateOptions): number[] {
+  checkPrompt(promptIds);
   const ids = [...promptIds];
-  if (ids.length === 0) throw new Error('generate: empty prompt (and the tokenizer has no bos token)');
   const V = model.cfg.vocabSize;
   const rng = new Rng(opts.seed ?? 0);
   const temperature = opts.temperature ?? 0;
   for (let step = 0; step < opts.maxNewTokens; step++) {
-    const T = ids.length;
-    const logits = model.forward(Int32Array.from(ids), 1, T).f32.subarray((T - 1) * V, T * V);
+    const logits = model.nextTokenLogits(Int32Array.from(ids));
     let next = 0;
     if (temperature <= 0) {
       for (let v = 1; v < V; v++) if (logits[v]! > logits[next]!) next = v;
@@ -38,4 +47,22 @@ export function generateIds(model: LoadedModel, promptIds: number[], opts: Gener
     if (opts.stopAtEos && model.cfg.eosTokenIds.includes(next)) break;
   }
   return ids;
+}
+
+/**
+ * generateIds on CUDA: the model of `src` uploaded for one window of prompt + maxNewTokens
+ * tokens, GEMM inputs in `precision`, freed before returning.
+ */
+export function generateIdsCuda(src: WeightSource, promptIds: number[], opts: GenerateOptions, precision: 'f32' | 'bf16' = 'bf16'): number[] {
+  checkPrompt(promptIds);
+  const model = new DeviceModel(src, 1, promptIds.length + opts.maxNewTokens, precision);
+  try {
+    return generateIds(model, promptIds, opts);
+  } finally {
+    model.free();
+  }
+}
+
+function checkPrompt(promptIds: number[]): void {
+  if (promptIds.length === 0) throw new Error('generate: empty prompt (and the tokenizer has no bos token)');
 }

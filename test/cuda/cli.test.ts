@@ -1,8 +1,7 @@
 // The --device flag of the pipeline commands: `cuda` fails before anything is read or written,
-// with the probe's reason when CUDA is unavailable (here, and with EQAT_CUDA_DISABLE=1) or
-// "not yet supported" for a command that has no CUDA path yet (generate); `auto` falls back to
-// the CPU; unknown values are usage errors. (The CUDA runs themselves: block-ap.test.ts,
-// eval.test.ts, e2e-qp.test.ts.)
+// with the probe's reason when CUDA is unavailable (here, and with EQAT_CUDA_DISABLE=1); `auto`
+// falls back to the CPU; unknown values are usage errors. (The CUDA runs themselves:
+// block-ap.test.ts, eval.test.ts, e2e-qp.test.ts, generate.test.ts.)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -21,28 +20,21 @@ function eqat(args: string[], env: Record<string, string> = {}): { status: numbe
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-test('--device cuda fails clearly, exits non-zero and writes nothing', () => {
+const probe = probeCuda();
+
+test('--device cuda without CUDA fails clearly, exits non-zero and writes nothing', { skip: probe.available && 'CUDA is available here' }, () => {
   const dir = mkdtempSync(join(tmpdir(), 'eqat-cli-device-'));
   try {
+    // a command that would write --out
     const out = join(dir, 'out');
-    const p = probeCuda();
-    if (p.available) {
-      // a command without a CUDA path
-      const r = eqat(['generate', '--model', tiny, '--prompt', 'hi', '--device', 'cuda']);
-      assert.equal(r.status, 1, r.stderr);
-      assert.match(r.stderr, /^eqat: generate --device cuda: not yet supported by generate \(it runs on the CPU only so far\); use --device cpu$/m);
-      assert.equal(r.stdout, '');
-    } else {
-      // a command that would write --out
-      const r = eqat(['block-ap', '--model', tiny, '--wbits', '2', '--group-size', '32', '--epochs', '0', '--out', out, '--device', 'cuda']);
-      assert.equal(r.status, 1, r.stderr);
-      assert.match(r.stderr, /^eqat: block-ap --device cuda: CUDA is not available: /m);
-      assert.ok(r.stderr.includes(p.reason!), `the message carries the probe's reason:\n${r.stderr}`);
-      if (p.errors.driver) assert.match(r.stderr, /libcuda\.so\.1/);
-      assert.equal(r.stdout, '');
-      assert.equal(existsSync(out), false, 'nothing written');
-      assert.equal(existsSync(out + '.partial'), false, 'nothing written');
-    }
+    const r = eqat(['block-ap', '--model', tiny, '--wbits', '2', '--group-size', '32', '--epochs', '0', '--out', out, '--device', 'cuda']);
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /^eqat: block-ap --device cuda: CUDA is not available: /m);
+    assert.ok(r.stderr.includes(probe.reason!), `the message carries the probe's reason:\n${r.stderr}`);
+    if (probe.errors.driver) assert.match(r.stderr, /libcuda\.so\.1/);
+    assert.equal(r.stdout, '');
+    assert.equal(existsSync(out), false, 'nothing written');
+    assert.equal(existsSync(out + '.partial'), false, 'nothing written');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -71,7 +63,7 @@ test('--device rejects unknown values and --help documents it with its default',
   assert.match(bad.stderr, /eqat eval: --device must be one of cpu, cuda, auto, got 'gpu'/);
   const help = eqat(['block-ap', '--help']);
   assert.equal(help.status, 0);
-  assert.match(help.stdout, /--device <str>\s+compute device; auto = CUDA when present \(generate runs on the CPU only so far\) \[cpu\|cuda\|auto\] \(default: cpu\)/);
+  assert.match(help.stdout, /--device <str>\s+compute device; auto = CUDA when present \[cpu\|cuda\|auto\] \(default: cpu\)/);
 });
 
 test('--device auto runs on the CPU without CUDA', () => {
@@ -84,4 +76,11 @@ test('--device auto runs on the CPU without CUDA', () => {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('generate --precision bf16 without --device cuda is refused before any output', () => {
+  const r = eqat(['generate', '--model', tiny, '--prompt', 'hi', '--precision', 'bf16']);
+  assert.equal(r.status, 1, r.stderr);
+  assert.equal(r.stderr.trim(), 'eqat: --precision: bf16 needs --device cuda (the CPU computes in f32)');
+  assert.equal(r.stdout, '');
 });

@@ -56,14 +56,12 @@ test('resolveDevice: cpu stays cpu, cuda needs CUDA (error names the reason), au
   assert.throws(() => resolveDevice('gpu' as DeviceFlag, yes), /resolveDevice: device must be one of cpu, cuda, auto, got 'gpu'/);
 });
 
-test('deviceForCommand: a CPU-only command rejects cuda clearly and runs auto on the CPU', () => {
-  assert.equal(deviceForCommand('eval', 'cpu', ['cpu'], no), 'cpu');
-  assert.throws(() => deviceForCommand('eval', 'cuda', ['cpu'], no), /^Error: eval --device cuda: CUDA is not available: CUDA driver library libcuda\.so\.1/);
-  assert.throws(() => deviceForCommand('block-ap', 'cuda', ['cpu'], yes), /block-ap --device cuda: not yet supported by block-ap/);
-  assert.equal(deviceForCommand('eval', 'auto', ['cpu'], yes), 'cpu');
-  assert.equal(deviceForCommand('eval', 'auto', ['cpu', 'cuda'], yes), 'cuda');
-  assert.equal(deviceForCommand('eval', 'auto', ['cpu', 'cuda'], no), 'cpu');
-  assert.equal(deviceForCommand('eval', 'cuda', ['cpu', 'cuda'], yes), 'cuda');
+test('deviceForCommand: the command names the error; auto follows the probe', () => {
+  assert.equal(deviceForCommand('eval', 'cpu', no), 'cpu');
+  assert.throws(() => deviceForCommand('eval', 'cuda', no), /^Error: eval --device cuda: CUDA is not available: CUDA driver library libcuda\.so\.1/);
+  assert.equal(deviceForCommand('eval', 'auto', yes), 'cuda');
+  assert.equal(deviceForCommand('eval', 'auto', no), 'cpu');
+  assert.equal(deviceForCommand('block-ap', 'cuda', yes), 'cuda');
 });
 
 test('probeCuda never throws: a failing backend probe becomes the reason; cudaDevice throws it', () => {

@@ -1,0 +1,110 @@
+// Generation on CUDA (generate --device cuda: DeviceModel.nextTokenLogits and generateIdsCuda)
+// against PyTorch's golden logits and greedy tokens for llama-tiny and against the CPU
+// generation of the same prompt, full precision and packed, on the backends of backends.ts.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setCudaBackend, type CudaBackend } from '../../src/engine/cuda.js';
+import { WeightSource } from '../../src/model/weights.js';
+import { DeviceModel } from '../../src/model/model-cuda.js';
+import { generateIds, generateIdsCuda, type GenerateOptions } from '../../src/pipeline/generate.js';
+import { runBlockAp, blockApDefaults } from '../../src/pipeline/block-ap.js';
+import { loadModel, readGolden, TINY } from '../golden.js';
+import { backendCases } from './backends.js';
+import { EmulatorBackend } from './emu/backend.js';
+
+const golden = readGolden(TINY);
+const dir = mkdtempSync(join(tmpdir(), 'eqat-generate-cuda-'));
+process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+
+let quantized: Promise<string> | null = null;
+function quantizedTiny(): Promise<string> {
+  // RTN w3g64: 3-bit exercises the GPTQ 96-bit packing units on the device
+  quantized ??= runBlockAp({ ...blockApDefaults(3), model: TINY, calib: null, out: join(dir, 'rtn'), wbits: 3, groupSize: 64, epochs: 0, quiet: true }).then((r) => r.out);
+  return quantized;
+}
+
+/** Runs fn with `src` open and the backend installed; asserts that no device memory leaked. */
+function onDevice<R>(backend: CudaBackend, model: string, fn: (src: WeightSource) => R): R {
+  const live = backend instanceof EmulatorBackend ? backend.liveAllocations : 0;
+  const src = WeightSource.open(model);
+  setCudaBackend(backend);
+  try {
+    return fn(src);
+  } finally {
+    setCudaBackend(null);
+    src.close();
+    if (backend instanceof EmulatorBackend) assert.equal(backend.liveAllocations, live, `${model}: device allocations leaked`);
+  }
+}
+
+function maxAbsDiff(a: Float32Array, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+for (const bc of backendCases()) {
+  test(`cuda generate: next-token logits equal PyTorch's (f32) and stay within bf16 rounding (bf16) [${bc.name}]`, { skip: bc.skip }, () => {
+    const ids = Int32Array.from(golden.forward.input_ids); // (64,)
+    for (const precision of ['f32', 'bf16'] as const) {
+      onDevice(bc.backend(), TINY, (src) => {
+        const model = new DeviceModel(src, 1, ids.length, precision);
+        try {
+          for (const pos of golden.forward.positions) {
+            const want = golden.forward.logits[String(pos)]!;
+            const got = model.nextTokenLogits(ids.subarray(0, pos + 1));
+            const err = maxAbsDiff(got, want);
+            const scale = want.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+            // f32: the CPU path's bound against the same golden; bf16 GEMM inputs carry 8
+            // significant bits (relative rounding 2^-9 per input), a few % of the largest logit
+            const bound = precision === 'f32' ? 1e-3 : 3e-2 * scale;
+            assert.ok(err <= bound, `${precision} position ${pos}: max |logit error| ${err} > ${bound}`);
+            if (precision === 'bf16') assert.ok(err > 0, 'bf16 GEMMs round differently from f32');
+          }
+          assert.throws(() => model.nextTokenLogits(new Int32Array(0)), /the prefix must hold 1 to 64 tokens, got 0/);
+          assert.throws(() => model.nextTokenLogits(new Int32Array(65)), /the prefix must hold 1 to 64 tokens, got 65/);
+        } finally {
+          model.free();
+        }
+      });
+    }
+  });
+
+  test(`cuda generate: greedy and sampled tokens equal the CPU's, full precision and packed [${bc.name}]`, { skip: bc.skip }, async () => {
+    const prompt = golden.greedy.prompt_ids;
+    // the emulator pays a process round trip per kernel launch: fewer tokens there (greedy
+    // tokens are a prefix of the golden ones whatever the count)
+    const emulated = bc.name === 'emulator';
+    const greedyLength = emulated ? prompt.length + 6 : golden.greedy.output_ids.length;
+    const greedy: GenerateOptions = { maxNewTokens: greedyLength - prompt.length };
+    const sampled: GenerateOptions = { maxNewTokens: emulated ? 4 : 12, temperature: 0.8, seed: 7 };
+    for (const model of [TINY, await quantizedTiny()]) {
+      const cpu = loadModel(model);
+      for (const opts of [greedy, sampled]) {
+        const want = generateIds(cpu, prompt, opts);
+        const got = onDevice(bc.backend(), model, (src) => generateIdsCuda(src, prompt, opts, 'f32'));
+        assert.deepEqual(got, want, `${model} ${JSON.stringify(opts)}`);
+        if (model === TINY && opts === greedy) assert.deepEqual(got, golden.greedy.output_ids.slice(0, greedyLength), 'PyTorch greedy tokens');
+      }
+      // bf16 GEMMs: a full run of the right length over in-vocabulary tokens
+      const bf16 = onDevice(bc.backend(), model, (src) => generateIdsCuda(src, prompt, greedy, 'bf16'));
+      assert.equal(bf16.length, greedyLength);
+      assert.deepEqual(bf16.slice(0, prompt.length), prompt);
+      for (const id of bf16) assert.ok(Number.isInteger(id) && id >= 0 && id < cpu.cfg.vocabSize, `token ${id}`);
+    }
+  });
+}
+
+test('generate refuses an empty prompt before touching a device', () => {
+  const src = WeightSource.open(TINY);
+  try {
+    assert.throws(() => generateIdsCuda(src, [], { maxNewTokens: 4 }), /generate: empty prompt/);
+    assert.throws(() => generateIds(loadModel(TINY), [], { maxNewTokens: 4 }), /generate: empty prompt/);
+  } finally {
+    src.close();
+  }
+});
