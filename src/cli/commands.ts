@@ -64,7 +64,7 @@ function applyGpuBudget(f: ParsedFlags): void {
   if (gib !== undefined) setDeviceMemoryBudget(gib * 2 ** 30, `--max-gpu-memory ${gib}`);
 }
 
-/** The device of a command from --device and what the command supports (throws for an unusable choice). */
+/** The device of a command from --device (throws for an unusable choice). */
 function applyDevice(command: string, f: ParsedFlags): 'cpu' | 'cuda' {
   return deviceForCommand(command, str(f, 'device') as DeviceFlag);
 }
