@@ -60,8 +60,9 @@ for (const bc of backendCases()) {
             const err = maxAbsDiff(got, want);
             const scale = want.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
             // f32: the CPU path's bound against the same golden; bf16 GEMM inputs carry 8
-            // significant bits (relative rounding 2^-9 per input), a few % of the largest logit
-            const bound = precision === 'f32' ? 1e-3 : 3e-2 * scale;
+            // significant bits (relative rounding 2^-9 per input): 1.5% of the largest logit,
+            // about three times what the emulator's bf16 GEMMs give (0.33–0.52%)
+            const bound = precision === 'f32' ? 1e-3 : 1.5e-2 * scale;
             assert.ok(err <= bound, `${precision} position ${pos}: max |logit error| ${err} > ${bound}`);
             if (precision === 'bf16') assert.ok(err > 0, 'bf16 GEMMs round differently from f32');
           }
