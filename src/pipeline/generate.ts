@@ -1,7 +1,7 @@
 // Greedy (or sampled) generation (`eqat generate`). The whole prefix is recomputed for each
-// new token: simple and exact; fine for the short generations eqat uses to check models. On the
-// CPU the model is held in memory (LoadedModel, src/model/model.ts); on CUDA it is uploaded once, packed when
-// quantized (DeviceModel, one window as long as prompt plus new tokens).
+// new token: simple and exact; fine for the short generations eqat uses to check models. On
+// the CPU the model is held in memory (LoadedModel, src/model/model.ts); on CUDA it is uploaded
+// once, packed when quantized (DeviceModel, one window as long as prompt plus new tokens).
 import { DeviceModel } from '../model/model-cuda.js';
 import type { ModelConfig } from '../model/config.js';
 import type { WeightSource } from '../model/weights.js';

@@ -6,14 +6,13 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setCudaBackend, type CudaBackend } from '../../src/engine/cuda.js';
+import type { CudaBackend } from '../../src/engine/cuda.js';
 import { WeightSource } from '../../src/model/weights.js';
 import { DeviceModel } from '../../src/model/model-cuda.js';
 import { generateIds, generateIdsCuda, type GenerateOptions } from '../../src/pipeline/generate.js';
 import { runBlockAp, blockApDefaults } from '../../src/pipeline/block-ap.js';
 import { loadModel, readGolden, TINY } from '../golden.js';
-import { backendCases } from './backends.js';
-import { EmulatorBackend } from './emu/backend.js';
+import { backendCases, withBackend } from './backends.js';
 
 const golden = readGolden(TINY);
 const dir = mkdtempSync(join(tmpdir(), 'eqat-generate-cuda-'));
@@ -26,17 +25,17 @@ function quantizedTiny(): Promise<string> {
   return quantized;
 }
 
-/** Runs fn with `src` open and the backend installed; asserts that no device memory leaked. */
+/** Runs fn with `src` open under withBackend (which checks that no device memory leaked). */
 function onDevice<R>(backend: CudaBackend, model: string, fn: (src: WeightSource) => R): R {
-  const live = backend instanceof EmulatorBackend ? backend.liveAllocations : 0;
   const src = WeightSource.open(model);
-  setCudaBackend(backend);
   try {
-    return fn(src);
+    let result!: R;
+    withBackend(backend, () => {
+      result = fn(src);
+    });
+    return result;
   } finally {
-    setCudaBackend(null);
     src.close();
-    if (backend instanceof EmulatorBackend) assert.equal(backend.liveAllocations, live, `${model}: device allocations leaked`);
   }
 }
 
