@@ -1,7 +1,8 @@
 // Checks of a model directory against its PyTorch golden.json (see ../shared/README.md):
 // tokenizer ids, logits at three positions, mean next-token cross-entropy, greedy tokens.
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Tensor } from '../src/engine/tensor.js';
 import { packageRoot } from '../src/engine/native.js';
@@ -10,6 +11,7 @@ import { LoadedModel } from '../src/model/model.js';
 import { loadTokenizer } from '../src/io/tokenizer.js';
 import { crossEntropyForward } from '../src/ops/crossentropy.js';
 import { generateIds } from '../src/pipeline/generate.js';
+import { blockApDefaults, runBlockAp } from '../src/pipeline/block-ap.js';
 
 export interface Golden {
   tokenize: { text: string; ids_no_special: number[]; ids_with_special: number[] }[];
@@ -22,6 +24,38 @@ export interface Golden {
 export const REPO = packageRoot();
 export const SHARED = join(REPO, '..', 'shared');
 export const TINY = join(REPO, 'fixtures', 'llama-tiny');
+
+/**
+ * Writes the round-to-nearest checkpoint of `model` to `out` and returns `out`: Block-AP with
+ * zero epochs, i.e. min-max step sizes and zero points, no calibration data, packed as every
+ * quantized checkpoint is. The cheapest quantized model a test can have.
+ */
+export async function writeRtn(model: string, out: string, bits: number, groupSize: number): Promise<string> {
+  await runBlockAp({ ...blockApDefaults(bits), model, calib: null, out, wbits: bits, groupSize, epochs: 0, quiet: true });
+  return out;
+}
+
+const rtnTinyMade = new Map<string, Promise<string>>();
+let rtnTinyDir: string | null = null;
+
+/**
+ * The RTN checkpoint of the bundled llama-tiny at `bits` and `groupSize`, written once per
+ * process into a temporary directory that is removed when the process exits.
+ */
+export function rtnTiny(bits: number, groupSize: number): Promise<string> {
+  const name = `w${bits}g${groupSize}`;
+  let made = rtnTinyMade.get(name);
+  if (!made) {
+    if (rtnTinyDir === null) {
+      const dir = mkdtempSync(join(tmpdir(), 'eqat-rtn-tiny-'));
+      process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+      rtnTinyDir = dir;
+    }
+    made = writeRtn(TINY, join(rtnTinyDir, name), bits, groupSize);
+    rtnTinyMade.set(name, made);
+  }
+  return made;
+}
 
 export function sharedModel(name: string): string | null {
   const dir = join(SHARED, 'models', name);

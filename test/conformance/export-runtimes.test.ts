@@ -21,12 +21,11 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { exportGguf, type GgufExportReport } from '../../src/export/gguf.js';
 import { exportOnnx, type OnnxExportReport } from '../../src/export/onnx.js';
-import { runBlockAp, blockApDefaults } from '../../src/pipeline/block-ap.js';
 import { windowsNll } from '../../src/pipeline/eval.js';
 import { evalWindows } from '../../src/data/windows.js';
 import { loadTokenizer } from '../../src/io/tokenizer.js';
 import { WeightSource } from '../../src/model/weights.js';
-import { TINY } from '../golden.js';
+import { TINY, writeRtn } from '../golden.js';
 import { decoderDims, llamaCppPerplexity, llamaCppTokenize, loadLlamaCpp, loadOrt, ortPerplexity, sharedPath } from '../export/runtimes.js';
 
 const T = 512;
@@ -98,7 +97,7 @@ function prepare(c: Case): Promise<Prepared> {
     p = (async () => {
       const name = `${c.model}-w${c.bits}g${c.group}`;
       const ckpt = join(WORK, name);
-      await runBlockAp({ ...blockApDefaults(c.bits), model: c.dir!, calib: null, out: ckpt, wbits: c.bits, groupSize: c.group, epochs: 0, quiet: true });
+      await writeRtn(c.dir!, ckpt, c.bits, c.group);
       const gguf = await exportGguf(ckpt, join(WORK, `${name}.gguf`));
       const onnx = await exportOnnx(ckpt, join(WORK, `${name}-onnx`));
       const { windows, count } = testMixWindows(ckpt);

@@ -8,8 +8,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { readGolden, sharedModel, SHARED } from '../golden.js';
-import { blockApDefaults, runBlockAp } from '../../src/pipeline/block-ap.js';
+import { readGolden, sharedModel, SHARED, writeRtn } from '../golden.js';
 import { evaluatePerplexity } from '../../src/pipeline/eval.js';
 
 const dir = sharedModel('llama-small');
@@ -24,7 +23,7 @@ for (const [name, want] of configs) {
     const bits = Number(m[1]);
     const work = mkdtempSync(join(tmpdir(), 'eqat-rtn-'));
     const out = join(work, name);
-    await runBlockAp({ ...blockApDefaults(bits), model: dir!, calib: null, out, wbits: bits, groupSize: Number(m[2]), epochs: 0, quiet: true });
+    await writeRtn(dir!, out, bits, Number(m[2]));
     const r = await evaluatePerplexity(out, data, { seqlen: 512, quiet: true });
     rmSync(work, { recursive: true, force: true });
     const rel = Math.abs(r.ppl - want) / want;

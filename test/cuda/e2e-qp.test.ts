@@ -11,13 +11,12 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setCudaBackend } from '../../src/engine/cuda.js';
-import { runBlockAp, blockApDefaults } from '../../src/pipeline/block-ap.js';
 import { e2eQpDefaults, runE2eQp, ScaleState, type E2eQpOptions, type E2eQpStepLog } from '../../src/pipeline/e2e-qp.js';
 import { WeightSource } from '../../src/model/weights.js';
 import { PackedModel } from '../../src/model/quantized.js';
 import { E2eStepperCuda } from '../../src/pipeline/e2e-trainer-cuda.js';
 import { BLOCK_LINEARS } from '../../src/model/block.js';
-import { REPO, TINY } from '../golden.js';
+import { REPO, rtnTiny } from '../golden.js';
 import { assertClose } from '../util.js';
 import { backendCases } from './backends.js';
 import { EmulatorBackend } from './emu/backend.js';
@@ -27,11 +26,7 @@ const CALIB = join(REPO, 'fixtures', 'text', 'calib-sample.txt');
 const work = mkdtempSync(join(tmpdir(), 'eqat-e2e-cuda-'));
 process.on('exit', () => rmSync(work, { recursive: true, force: true }));
 
-let rtn: Promise<string> | null = null;
-function quantized(): Promise<string> {
-  rtn ??= runBlockAp({ ...blockApDefaults(2), model: TINY, calib: null, out: join(work, 'rtn'), wbits: 2, groupSize: 32, epochs: 0, quiet: true }).then((r) => r.out);
-  return rtn;
-}
+const quantized = (): Promise<string> => rtnTiny(2, 32);
 
 // two optimizer steps of two micro-batches each: accumulation, clipping (norms are far above
 // 0.05) and AdamW all run; small enough for the emulator (a process per kernel launch)

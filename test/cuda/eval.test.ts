@@ -3,27 +3,20 @@
 // and bf16 GEMMs, with a batch that leaves a tail, on the backends of backends.ts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setCudaBackend } from '../../src/engine/cuda.js';
 import { evaluatePerplexity, type EvalOptions } from '../../src/pipeline/eval.js';
-import { runBlockAp, blockApDefaults } from '../../src/pipeline/block-ap.js';
-import { REPO, TINY } from '../golden.js';
+import { REPO, rtnTiny, TINY } from '../golden.js';
 import { backendCases } from './backends.js';
 import { EmulatorBackend } from './emu/backend.js';
 
 process.env['EQAT_CACHE_DIR'] ??= mkdtempSync(join(tmpdir(), 'eqat-cache-'));
 const DATA = join(REPO, 'fixtures', 'text', 'eval-sample.txt');
-const dir = mkdtempSync(join(tmpdir(), 'eqat-eval-cuda-'));
-process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 
-let quantized: Promise<string> | null = null;
-function quantizedTiny(): Promise<string> {
-  // RTN w3g64: 3-bit exercises the GPTQ 96-bit packing units on the device
-  quantized ??= runBlockAp({ ...blockApDefaults(3), model: TINY, calib: null, out: join(dir, 'rtn'), wbits: 3, groupSize: 64, epochs: 0, quiet: true }).then((r) => r.out);
-  return quantized;
-}
+// RTN w3g64: 3-bit exercises the GPTQ 96-bit packing units on the device
+const quantizedTiny = (): Promise<string> => rtnTiny(3, 64);
 
 const base: EvalOptions = { seqlen: 32, batch: 2, maxWindows: 5, quiet: true };
 

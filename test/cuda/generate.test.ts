@@ -3,27 +3,17 @@
 // generation of the same prompt, full precision and packed, on the backends of backends.ts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { CudaBackend } from '../../src/engine/cuda.js';
 import { WeightSource } from '../../src/model/weights.js';
 import { DeviceModel } from '../../src/model/model-cuda.js';
 import { generateIds, generateIdsCuda, type GenerateOptions } from '../../src/pipeline/generate.js';
-import { runBlockAp, blockApDefaults } from '../../src/pipeline/block-ap.js';
-import { loadModel, readGolden, TINY } from '../golden.js';
+import { loadModel, readGolden, rtnTiny, TINY } from '../golden.js';
 import { backendCases, withBackend } from './backends.js';
 
 const golden = readGolden(TINY);
-const dir = mkdtempSync(join(tmpdir(), 'eqat-generate-cuda-'));
-process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 
-let quantized: Promise<string> | null = null;
-function quantizedTiny(): Promise<string> {
-  // RTN w3g64: 3-bit exercises the GPTQ 96-bit packing units on the device
-  quantized ??= runBlockAp({ ...blockApDefaults(3), model: TINY, calib: null, out: join(dir, 'rtn'), wbits: 3, groupSize: 64, epochs: 0, quiet: true }).then((r) => r.out);
-  return quantized;
-}
+// RTN w3g64: 3-bit exercises the GPTQ 96-bit packing units on the device
+const quantizedTiny = (): Promise<string> => rtnTiny(3, 64);
 
 /** Runs fn with `src` open under withBackend (which checks that no device memory leaked). */
 function onDevice<R>(backend: CudaBackend, model: string, fn: (src: WeightSource) => R): R {

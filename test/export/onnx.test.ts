@@ -17,7 +17,6 @@ import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { exportOnnx, nbitsLayout, packMatMulNBits, type OnnxExportReport } from '../../src/export/onnx.js';
 import { readModelSummary, ONNX_DTYPE } from '../../src/export/onnx-proto.js';
-import { runBlockAp, blockApDefaults } from '../../src/pipeline/block-ap.js';
 import { WeightSource } from '../../src/model/weights.js';
 import { LoadedModel } from '../../src/model/model.js';
 import { windowsNll } from '../../src/pipeline/eval.js';
@@ -29,7 +28,7 @@ import { Rng } from '../../src/engine/random.js';
 import { SafetensorsModel } from '../../src/io/safetensors.js';
 import { writeSafetensors, type TensorToWrite } from '../../src/io/safetensors-write.js';
 import { fromF32 } from '../../src/engine/dtype.js';
-import { readGolden, REPO, TINY } from '../golden.js';
+import { readGolden, REPO, TINY, writeRtn } from '../golden.js';
 import { loadOrt, meanNll as meanNllOf, runDecoder, type DecoderDims, type DecoderRunOptions, type OrtSession } from './runtimes.js';
 
 const { ort, skip: SKIP } = await loadOrt();
@@ -69,7 +68,7 @@ before(async () => {
   work = mkdtempSync(join(tmpdir(), 'eqat-onnx-'));
   for (const [bits, group] of VARIANTS) {
     const ckpt = join(work, `w${bits}g${group}`);
-    await runBlockAp({ ...blockApDefaults(bits), model: TINY, calib: null, out: ckpt, wbits: bits, groupSize: group, epochs: 0, quiet: true });
+    await writeRtn(TINY, ckpt, bits, group);
     const report = await exportOnnx(ckpt, join(work, `onnx-w${bits}g${group}`));
     const session = ort ? await ort.InferenceSession.create(report.onnxPath) : null;
     const src = WeightSource.open(ckpt);
@@ -259,7 +258,7 @@ test('onnxruntime: q/k norm, biases, tied embeddings, sliding window, llama3 RoP
     const fp = join(work, `${family}-fp`);
     synthesize(fp, family, dtype);
     const ckpt = join(work, `${family}-w4g32`);
-    await runBlockAp({ ...blockApDefaults(4), model: fp, calib: null, out: ckpt, wbits: 4, groupSize: 32, epochs: 0, quiet: true });
+    await writeRtn(fp, ckpt, 4, 32);
     const r = await exportOnnx(ckpt, join(work, `${family}-onnx`));
     const session = await ort!.InferenceSession.create(r.onnxPath);
     const src = WeightSource.open(ckpt);

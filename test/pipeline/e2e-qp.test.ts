@@ -8,7 +8,6 @@ import assert from 'node:assert/strict';
 import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runBlockAp, blockApDefaults } from '../../src/pipeline/block-ap.js';
 import { E2E_QP_STATE_FILE, E2eTrainer, e2eQpDefaults, runE2eQp, type E2eQpOptions } from '../../src/pipeline/e2e-qp.js';
 import { WeightSource } from '../../src/model/weights.js';
 import { PackedModel } from '../../src/model/quantized.js';
@@ -16,7 +15,7 @@ import { BLOCK_LINEARS, type BlockLinear } from '../../src/model/block.js';
 import { SafetensorsFile, SafetensorsModel } from '../../src/io/safetensors.js';
 import { Tensor } from '../../src/engine/tensor.js';
 import { Rng } from '../../src/engine/random.js';
-import { REPO, TINY } from '../golden.js';
+import { REPO, TINY, writeRtn } from '../golden.js';
 import { checkGrad, runKillable } from '../util.js';
 
 process.env['EQAT_CACHE_DIR'] = mkdtempSync(join(tmpdir(), 'eqat-cache-'));
@@ -24,7 +23,7 @@ const CALIB = join(REPO, 'fixtures', 'text', 'calib-sample.txt');
 const CLI = join(REPO, 'dist', 'src', 'cli', 'main.js');
 const work = mkdtempSync(join(tmpdir(), 'eqat-e2e-'));
 const rtn = join(work, 'rtn-w3g32');
-await runBlockAp({ ...blockApDefaults(3), model: TINY, calib: null, out: rtn, wbits: 3, groupSize: 32, epochs: 0, quiet: true });
+await writeRtn(TINY, rtn, 3, 32);
 
 test('end-to-end step-size gradients match finite differences of the model loss', () => {
   const src = WeightSource.open(rtn);
