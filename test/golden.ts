@@ -1,5 +1,6 @@
 // Checks of a model directory against its PyTorch golden.json (see ../shared/README.md):
-// tokenizer ids, logits at three positions, mean next-token cross-entropy, greedy tokens.
+// tokenizer ids, logits at three positions, mean next-token cross-entropy, greedy tokens. Also
+// the model fixtures tests share: the bundled tiny model and its RTN checkpoints.
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';

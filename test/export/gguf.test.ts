@@ -17,7 +17,6 @@ import { cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, wri
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { exportGguf, type GgufExportReport } from '../../src/export/gguf.js';
-import { runBlockAp, blockApDefaults } from '../../src/pipeline/block-ap.js';
 import { WeightSource } from '../../src/model/weights.js';
 import { LoadedModel } from '../../src/model/model.js';
 import { allocBlockParams, BLOCK_LINEARS, type BlockLinear } from '../../src/model/block.js';
@@ -25,7 +24,7 @@ import { generateIds } from '../../src/pipeline/generate.js';
 import { windowsNll } from '../../src/pipeline/eval.js';
 import { evalWindows } from '../../src/data/windows.js';
 import { loadTokenizer } from '../../src/io/tokenizer.js';
-import { REPO, TINY, readGolden, sharedModel } from '../golden.js';
+import { REPO, TINY, readGolden, sharedModel, writeRtn } from '../golden.js';
 import { llamaGreedy, llamaNll, loadLlamaCpp, type NlcLlama, type NlcModule } from './runtimes.js';
 
 const EVAL_TEXT = join(REPO, 'fixtures', 'text', 'eval-sample.txt');
@@ -257,22 +256,8 @@ interface Quantized {
 }
 const QUANT: Quantized[] = [];
 
-async function quantizeRtn(model: string, bits: number, groupSize: number, name: string): Promise<string> {
-  const out = join(WORK, name);
-  await runBlockAp({
-    ...blockApDefaults(bits),
-    model,
-    calib: null,
-    out,
-    wbits: bits,
-    groupSize,
-    trainSize: 4,
-    valSize: 1,
-    seqlen: 64,
-    epochs: 0,
-    quiet: true,
-  });
-  return out;
+function quantizeRtn(model: string, bits: number, groupSize: number, name: string): Promise<string> {
+  return writeRtn(model, join(WORK, name), bits, groupSize);
 }
 
 before(async () => {
