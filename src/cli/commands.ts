@@ -4,7 +4,7 @@ import { evaluatePerplexity } from '../pipeline/eval.js';
 import { WeightSource } from '../model/weights.js';
 import { LoadedModel } from '../model/model.js';
 import { loadTokenizer } from '../io/tokenizer.js';
-import { generateIds, generateIdsCuda, type GenerateOptions } from '../pipeline/generate.js';
+import { generateIdsCpu, generateIdsCuda, type GenerateOptions } from '../pipeline/generate.js';
 import { native } from '../engine/native.js';
 import { blockApDefaults, runBlockAp } from '../pipeline/block-ap.js';
 import { runDemo } from '../pipeline/demo.js';
@@ -145,7 +145,7 @@ export const COMMANDS: Record<string, Command> = {
       };
       let ids: number[];
       try {
-        ids = device === 'cuda' ? generateIdsCuda(src, prompt, opts, precision) : generateIds(LoadedModel.load(src), prompt, opts);
+        ids = device === 'cuda' ? generateIdsCuda(src, prompt, opts, precision) : generateIdsCpu(LoadedModel.load(src), prompt, opts);
       } finally {
         src.close();
       }

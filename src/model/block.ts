@@ -7,7 +7,8 @@
 // Parameters, gradients and activations are separate structs allocated once by the caller
 // (BlockWorkspace holds every activation and scratch buffer for a fixed number of rows), so
 // a training step allocates nothing. The block does not know about quantization: Block-AP
-// passes fake-quantized weights in and receives their gradients back.
+// passes fake-quantized weights in and receives their gradients back. For decoding, the forward
+// can also append its keys and values to a KvCache and attend over everything cached.
 import { Tensor, Arena, expectShape } from '../engine/tensor.js';
 import { linearShape, type ModelConfig } from './config.js';
 import { linearBackward, linearForward } from '../ops/linear.js';
@@ -15,7 +16,7 @@ import { rmsnormBackward, rmsnormForward } from '../ops/rmsnorm.js';
 import { ropeBackward, ropeForward } from '../ops/rope.js';
 import { attentionBackward, attentionForward } from '../ops/attention.js';
 import { swigluBackward, swigluForward } from '../ops/swiglu.js';
-import { add, fill } from '../ops/elementwise.js';
+import { add, copy, fill } from '../ops/elementwise.js';
 
 /** Names of a block's parameters (linear weights, biases, norms), in a fixed order. */
 export const BLOCK_PARAM_NAMES = [
@@ -283,8 +284,20 @@ export function denseLinears(p: BlockParams, g: BlockParams | null = null): Line
 }
 
 /**
+ * One block's keys (after rope) and values for decoding one sequence: rows [0, pos) hold the
+ * positions already run, where pos is what the caller passes to blockForward next.
+ */
+export interface KvCache {
+  k: Tensor; // (Tmax, Hkv, D)
+  v: Tensor; // (Tmax, Hkv, D)
+}
+
+/**
  * y (B, T, C) = block(x (B, T, C)); keeps what the backward needs in ws. y may not alias x.
  * Norms (and, with the default dense linears, weights and biases) come from p.
+ * With `kv` (decoding, B = 1): x holds positions pos .. pos+T-1, ws.cos/ws.sin must be the rope
+ * tables of those positions; their keys and values are written to kv.cache rows [pos, pos+T)
+ * and the queries attend over rows [0, pos+T) of the cache.
  */
 export function blockForward(
   cfg: ModelConfig,
@@ -293,6 +306,7 @@ export function blockForward(
   x: Tensor,
   y: Tensor,
   lin: LinearImpl = denseLinears(p),
+  kv?: { cache: KvCache; pos: number },
 ): void {
   const { B, T } = ws;
   const N = B * T;
@@ -316,7 +330,21 @@ export function blockForward(
   }
   ropeForward(ws.qRot, ws.qNormed.view([B, T, H, D]), ws.cos, ws.sin);
   ropeForward(ws.kRot, ws.kNormed.view([B, T, Hkv, D]), ws.cos, ws.sin);
-  attentionForward(ws.att, ws.lse, ws.qRot, ws.kRot, ws.v, { window });
+  if (kv) {
+    const { cache, pos } = kv;
+    const Tk = pos + T;
+    if (B !== 1) throw new RangeError(`blockForward: a kv cache holds one sequence, got B = ${B}`);
+    if (!(Number.isInteger(pos) && pos >= 0 && Tk <= cache.k.dim(0))) {
+      throw new RangeError(`blockForward: positions ${pos}..${Tk - 1} do not fit a kv cache of ${cache.k.dim(0)} positions`);
+    }
+    copy(cache.k.rows(pos, T), ws.kRot.view([T, Hkv, D]));
+    copy(cache.v.rows(pos, T), ws.v.view([T, Hkv, D]));
+    const keys = cache.k.rows(0, Tk).view([1, Tk, Hkv, D]);
+    const values = cache.v.rows(0, Tk).view([1, Tk, Hkv, D]);
+    attentionForward(ws.att, ws.lse, ws.qRot, keys, values, { window, qOffset: pos });
+  } else {
+    attentionForward(ws.att, ws.lse, ws.qRot, ws.kRot, ws.v, { window });
+  }
   lin.forward(ws.tmpC, ws.att.view([N, H * D]), 'o');
   add(ws.h, x2, ws.tmpC);
 

@@ -1,12 +1,13 @@
 // Whole-model forward for evaluation and generation: embedding → blocks → final RMSNorm →
 // lm_head, in f32. Two ways to walk it:
-// - LoadedModel keeps every block in memory (generation, small models);
+// - LoadedModel keeps every block in memory (generation, small models); KvDecoder runs it
+//   one new token at a time over a key/value cache (generation);
 // - forwardLayerwise streams one block at a time over a batch of sequences held as hidden
 //   states (evaluation of large models on a machine with less RAM than the model).
 // Quantized checkpoints run on their packed weights (never dequantized as a whole).
 import { Tensor } from '../engine/tensor.js';
 import type { ModelConfig } from './config.js';
-import { allocBlockParams, blockForward, BlockWorkspace, denseLinears, type BlockParams, type LinearImpl } from './block.js';
+import { allocBlockParams, blockForward, BlockWorkspace, denseLinears, type BlockParams, type KvCache, type LinearImpl } from './block.js';
 import { loadPackedBlock, packedLinears } from './quantized.js';
 import { ropeTables } from './rope.js';
 import { embeddingForward } from '../ops/embedding.js';
@@ -73,6 +74,69 @@ export function headLogits(cfg: ModelConfig, x: Tensor, finalNorm: Tensor, lmHea
  * Runs the embedding and every block over `count` sequences of T tokens, one block at a time,
  * `batch` sequences per step. Returns the final hidden states (count*T, C) before the final norm.
  */
+/**
+ * Incremental decoding of one sequence on the CPU with a key/value cache per block: each
+ * nextTokenLogits call runs only the tokens the cache has not seen (the whole prompt on the
+ * first call, then one token), so n tokens after a prompt of P cost P + n token forwards
+ * instead of about n·(P + n/2). The logits equal LoadedModel.nextTokenLogits's up to the
+ * summation order of attention over a longer key range.
+ */
+export class KvDecoder {
+  readonly cfg: ModelConfig;
+  private readonly caches: KvCache[];
+  /** The ids whose keys and values are cached, in order. */
+  private readonly seen: number[] = [];
+  /** Workspace and input/output hidden states per number of new tokens (the prompt's, then 1). */
+  private readonly runs = new Map<number, { ws: BlockWorkspace; x: Tensor; y: Tensor }>();
+
+  constructor(
+    readonly model: LoadedModel,
+    /** The most positions the sequence may reach (prompt plus new tokens). */
+    readonly maxTokens: number,
+  ) {
+    if (!(Number.isInteger(maxTokens) && maxTokens >= 1)) throw new RangeError(`KvDecoder: maxTokens must be an integer >= 1, got ${maxTokens}`);
+    this.cfg = model.cfg;
+    const { numKvHeads: Hkv, headDim: D } = this.cfg;
+    this.caches = model.blocks.map(() => ({ k: Tensor.zeros([maxTokens, Hkv, D]), v: Tensor.zeros([maxTokens, Hkv, D]) }));
+  }
+
+  /** Logits (V) of the token after `ids`, which must extend the ids of the previous call. */
+  nextTokenLogits(ids: Int32Array): Float32Array {
+    const pos = this.seen.length;
+    const T = ids.length - pos;
+    for (let i = 0; i < pos; i++) {
+      if (ids[i] !== this.seen[i]) throw new Error(`KvDecoder: ids differ from the cached prefix at position ${i}`);
+    }
+    if (T < 1) throw new RangeError(`KvDecoder: no new token after the ${pos} cached ones`);
+    if (ids.length > this.maxTokens) throw new RangeError(`KvDecoder: ${ids.length} tokens exceed the cache's ${this.maxTokens}`);
+    const cfg = this.cfg;
+    const C = cfg.hiddenSize;
+    const run = this.run(T);
+    const rope = ropeTables(cfg, pos, T);
+    run.ws.cos = rope.cos;
+    run.ws.sin = rope.sin;
+    let { x, y } = run;
+    embeddingForward(x.view([T, C]), Tensor.fromI32(ids.subarray(pos)), this.model.embedding);
+    this.model.blocks.forEach((b, l) => {
+      blockForward(cfg, b.params, run.ws, x, y, b.lin, { cache: this.caches[l]!, pos });
+      [x, y] = [y, x];
+    });
+    for (let i = pos; i < ids.length; i++) this.seen.push(ids[i]!);
+    return headLogits(cfg, x.view([T, C]).rows(T - 1, 1), this.model.finalNorm, this.model.lmHead).f32;
+  }
+
+  private run(T: number): { ws: BlockWorkspace; x: Tensor; y: Tensor } {
+    let r = this.runs.get(T);
+    if (!r) {
+      const C = this.cfg.hiddenSize;
+      const ws = new BlockWorkspace(this.cfg, 1, T, ropeTables(this.cfg, 0, T), { training: false });
+      r = { ws, x: Tensor.zeros([1, T, C]), y: Tensor.zeros([1, T, C]) };
+      this.runs.set(T, r);
+    }
+    return r;
+  }
+}
+
 export function forwardLayerwise(
   src: WeightSource,
   ids: Int32Array, // (count, T)

@@ -1,8 +1,9 @@
-// Greedy (or sampled) generation (`eqat generate`). The whole prefix is recomputed for each
-// new token: simple and exact; fine for the short generations eqat uses to check models. On
-// the CPU the model is held in memory (LoadedModel, src/model/model.ts); on CUDA it is uploaded
-// once, packed when quantized (DeviceModel, one window as long as prompt plus new tokens).
+// Greedy (or sampled) generation (`eqat generate`). On the CPU the model is held in memory and
+// decoded over a key/value cache (KvDecoder, src/model/model.ts): the prompt once, then one
+// token per step. On CUDA it is uploaded once, packed when quantized, and the whole prefix is
+// run again for each new token (DeviceModel, one window as long as prompt plus new tokens).
 import { DeviceModel } from '../model/model-cuda.js';
+import { KvDecoder, type LoadedModel } from '../model/model.js';
 import type { ModelConfig } from '../model/config.js';
 import type { WeightSource } from '../model/weights.js';
 import { Rng } from '../engine/random.js';
@@ -47,6 +48,12 @@ export function generateIds(model: NextTokenModel, promptIds: number[], opts: Ge
     if (opts.stopAtEos && model.cfg.eosTokenIds.includes(next)) break;
   }
   return ids;
+}
+
+/** generateIds on the CPU over a key/value cache of prompt + maxNewTokens positions. */
+export function generateIdsCpu(model: LoadedModel, promptIds: number[], opts: GenerateOptions): number[] {
+  checkPrompt(promptIds);
+  return generateIds(new KvDecoder(model, promptIds.length + opts.maxNewTokens), promptIds, opts);
 }
 
 /**
