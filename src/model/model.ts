@@ -59,15 +59,22 @@ export class LoadedModel {
   }
 }
 
-/** logits (N, V) = lm_head(rmsnorm(x (N, C))). */
-export function headLogits(cfg: ModelConfig, x: Tensor, finalNorm: Tensor, lmHead: Tensor): Tensor {
-  const N = x.dim(0);
-  const normed = Tensor.zeros([N, cfg.hiddenSize]);
-  const rstd = Tensor.zeros([N]);
-  rmsnormForward(normed, rstd, x, finalNorm, cfg.rmsNormEps);
-  const logits = Tensor.zeros([N, cfg.vocabSize]);
-  linearForward(logits, normed, lmHead);
-  return logits;
+/** Buffers of headLogits for N rows. */
+export interface HeadBuffers {
+  normed: Tensor; // (N, C)
+  rstd: Tensor; // (N)
+  logits: Tensor; // (N, V)
+}
+
+export function headBuffers(cfg: ModelConfig, N: number): HeadBuffers {
+  return { normed: Tensor.zeros([N, cfg.hiddenSize]), rstd: Tensor.zeros([N]), logits: Tensor.zeros([N, cfg.vocabSize]) };
+}
+
+/** logits (N, V) = lm_head(rmsnorm(x (N, C))), into `out` when given (else new buffers). */
+export function headLogits(cfg: ModelConfig, x: Tensor, finalNorm: Tensor, lmHead: Tensor, out = headBuffers(cfg, x.dim(0))): Tensor {
+  rmsnormForward(out.normed, out.rstd, x, finalNorm, cfg.rmsNormEps);
+  linearForward(out.logits, out.normed, lmHead);
+  return out.logits;
 }
 
 /**
@@ -88,6 +95,9 @@ export class KvDecoder {
   private readonly seen: number[] = [];
   /** Workspace and input/output hidden states per number of new tokens (the prompt's, then 1). */
   private readonly runs = new Map<number, { ws: BlockWorkspace; x: Tensor; y: Tensor }>();
+  /** Rope tables of positions 0 .. maxTokens-1; a call reads the rows of its positions. */
+  private readonly rope: { cos: Tensor; sin: Tensor };
+  private readonly head: HeadBuffers;
 
   constructor(
     readonly model: LoadedModel,
@@ -98,9 +108,14 @@ export class KvDecoder {
     this.cfg = model.cfg;
     const { numKvHeads: Hkv, headDim: D } = this.cfg;
     this.caches = model.blocks.map(() => ({ k: Tensor.zeros([maxTokens, Hkv, D]), v: Tensor.zeros([maxTokens, Hkv, D]) }));
+    this.rope = ropeTables(this.cfg, 0, maxTokens);
+    this.head = headBuffers(this.cfg, 1);
   }
 
-  /** Logits (V) of the token after `ids`, which must extend the ids of the previous call. */
+  /**
+   * Logits (V) of the token after `ids`, which must extend the ids of the previous call. The
+   * array is reused: it holds these logits until the next call.
+   */
   nextTokenLogits(ids: Int32Array): Float32Array {
     const pos = this.seen.length;
     const T = ids.length - pos;
@@ -112,9 +127,8 @@ export class KvDecoder {
     const cfg = this.cfg;
     const C = cfg.hiddenSize;
     const run = this.run(T);
-    const rope = ropeTables(cfg, pos, T);
-    run.ws.cos = rope.cos;
-    run.ws.sin = rope.sin;
+    run.ws.cos = this.rope.cos.rows(pos, T);
+    run.ws.sin = this.rope.sin.rows(pos, T);
     let { x, y } = run;
     embeddingForward(x.view([T, C]), Tensor.fromI32(ids.subarray(pos)), this.model.embedding);
     this.model.blocks.forEach((b, l) => {
@@ -122,7 +136,7 @@ export class KvDecoder {
       [x, y] = [y, x];
     });
     for (let i = pos; i < ids.length; i++) this.seen.push(ids[i]!);
-    return headLogits(cfg, x.view([T, C]).rows(T - 1, 1), this.model.finalNorm, this.model.lmHead).f32;
+    return headLogits(cfg, x.view([T, C]).rows(T - 1, 1), this.model.finalNorm, this.model.lmHead, this.head).f32;
   }
 
   private run(T: number): { ws: BlockWorkspace; x: Tensor; y: Tensor } {
