@@ -78,10 +78,6 @@ export function headLogits(cfg: ModelConfig, x: Tensor, finalNorm: Tensor, lmHea
 }
 
 /**
- * Runs the embedding and every block over `count` sequences of T tokens, one block at a time,
- * `batch` sequences per step. Returns the final hidden states (count*T, C) before the final norm.
- */
-/**
  * Incremental decoding of one sequence on the CPU with a key/value cache per block: each
  * nextTokenLogits call runs only the tokens the cache has not seen (the whole prompt on the
  * first call, then one token), so n tokens after a prompt of P cost P + n token forwards
@@ -151,6 +147,10 @@ export class KvDecoder {
   }
 }
 
+/**
+ * Runs the embedding and every block over `count` sequences of T tokens, one block at a time,
+ * `batch` sequences per step. Returns the final hidden states (count*T, C) before the final norm.
+ */
 export function forwardLayerwise(
   src: WeightSource,
   ids: Int32Array, // (count, T)
