@@ -66,6 +66,7 @@ export interface HeadBuffers {
   logits: Tensor; // (N, V)
 }
 
+/** New headLogits buffers for N rows. */
 export function headBuffers(cfg: ModelConfig, N: number): HeadBuffers {
   return { normed: Tensor.zeros([N, cfg.hiddenSize]), rstd: Tensor.zeros([N]), logits: Tensor.zeros([N, cfg.vocabSize]) };
 }
