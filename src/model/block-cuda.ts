@@ -228,7 +228,26 @@ export function denseLinearsCuda(
   };
 }
 
-/** y (B, T, C) = block(x (B, T, C)) on the device; keeps what the backward needs in ws. y may not alias x. */
+/**
+ * One block's keys (after rope) and values for decoding one sequence on the device, and the rope
+ * tables of every position the cache can hold: rows [0, pos) hold the positions already run,
+ * where pos is what the caller passes to blockForwardCuda next. Every block of a model may share
+ * one pair of tables.
+ */
+export interface DeviceKvCache {
+  k: DeviceArray; // (Tmax, Hkv, D)
+  v: DeviceArray; // (Tmax, Hkv, D)
+  cos: DeviceArray; // (Tmax, D/2) rope tables of positions 0 .. Tmax-1
+  sin: DeviceArray; // (Tmax, D/2)
+}
+
+/**
+ * y (B, T, C) = block(x (B, T, C)) on the device; keeps what the backward needs in ws. y may not alias x.
+ * With `kv` (decoding, B = 1; forward only): x holds positions pos .. pos+T-1, which take their
+ * rope rows from kv.cache's tables; their keys and values are written to cache rows
+ * [pos, pos+T) and the queries attend over rows [0, pos+T) with the flash kernels
+ * (attentionForwardCuda, any key count, no scratch).
+ */
 export function blockForwardCuda(
   cfg: ModelConfig,
   p: DeviceBlockParams,
@@ -236,6 +255,7 @@ export function blockForwardCuda(
   x: DeviceArray,
   y: DeviceArray,
   lin: LinearImplCuda = denseLinearsCuda(cfg, p),
+  kv?: { cache: DeviceKvCache; pos: number },
 ): void {
   const { B, T } = ws;
   const N = B * T;
@@ -256,10 +276,27 @@ export function blockForwardCuda(
     rmsnormForwardCuda(ws.qNormed, ws.qRstd, ws.qLin, p.qNorm!, N * H, D, eps);
     rmsnormForwardCuda(ws.kNormed, ws.kRstd, ws.kLin, p.kNorm!, N * Hkv, D, eps);
   }
-  ropeForwardCuda(ws.qRot, ws.qNormed, ws.cos, ws.sin, B, T, H, D);
-  ropeForwardCuda(ws.kRot, ws.kNormed, ws.cos, ws.sin, B, T, Hkv, D);
-  if (ws.attention) attentionGemmForwardCuda(ws.att, ws.lse, ws.qRot, ws.kRot, ws.v, att, { window }, ws.attention);
-  else attentionForwardCuda(ws.att, ws.lse, ws.qRot, ws.kRot, ws.v, att, { window });
+  if (kv) {
+    const { cache, pos } = kv;
+    const Tk = pos + T;
+    const rowKv = Hkv * D;
+    const Tmax = cache.k.length / rowKv;
+    if (B !== 1) throw new RangeError(`blockForwardCuda: a kv cache holds one sequence, got B = ${B}`);
+    if (!(Number.isInteger(pos) && pos >= 0 && Tk <= Tmax)) {
+      throw new RangeError(`blockForwardCuda: positions ${pos}..${Tk - 1} do not fit a kv cache of ${Tmax} positions`);
+    }
+    const cos = deviceView(cache.cos, (pos * D) / 2, (T * D) / 2), sin = deviceView(cache.sin, (pos * D) / 2, (T * D) / 2);
+    ropeForwardCuda(ws.qRot, ws.qNormed, cos, sin, 1, T, H, D);
+    ropeForwardCuda(deviceView(cache.k, pos * rowKv, T * rowKv), ws.kNormed, cos, sin, 1, T, Hkv, D);
+    copyCuda(deviceView(cache.v, pos * rowKv, T * rowKv), ws.v);
+    const keys = deviceView(cache.k, 0, Tk * rowKv), values = deviceView(cache.v, 0, Tk * rowKv);
+    attentionForwardCuda(ws.att, ws.lse, ws.qRot, keys, values, { ...att, Tk }, { window, qOffset: pos });
+  } else {
+    ropeForwardCuda(ws.qRot, ws.qNormed, ws.cos, ws.sin, B, T, H, D);
+    ropeForwardCuda(ws.kRot, ws.kNormed, ws.cos, ws.sin, B, T, Hkv, D);
+    if (ws.attention) attentionGemmForwardCuda(ws.att, ws.lse, ws.qRot, ws.kRot, ws.v, att, { window }, ws.attention);
+    else attentionForwardCuda(ws.att, ws.lse, ws.qRot, ws.kRot, ws.v, att, { window });
+  }
   lin.forward(ws.tmpC, ws.att, 'o', N);
   addCuda(ws.h, x, ws.tmpC);
 

@@ -3,7 +3,8 @@
 // model is uploaded once: a quantized checkpoint stays packed (GPTQ integers and zero points,
 // f32 step sizes; each linear dequantizes its weight into one shared tile right before its
 // GEMM), a full-precision one is held as f32. Only token ids go up; per-token losses (or one
-// row of logits, for generation) come back.
+// row of logits, for generation) come back. Generation decodes over key/value caches
+// (DeviceKvDecoder): the prompt once, then one token per step.
 //
 // Numerics follow the CPU path (src/model/model.ts, src/pipeline/eval.ts) op for op; with
 // precision 'bf16' the GEMMs take bf16 copies of their inputs (f32 sums), as in Block-AP.
@@ -14,6 +15,7 @@ import { BIAS_OF, BLOCK_LINEARS, allocBlockParams, largestLinearSize, linearDims
 import {
   blockForwardCuda,
   DeviceBlockArena,
+  type DeviceKvCache,
   DeviceBlockWorkspace,
   denseLinearsCuda,
   linearRowWidth,
@@ -21,6 +23,8 @@ import {
   type LinearImplCuda,
 } from './block-cuda.js';
 import { loadPackedBlock, type PackedBlock } from './quantized.js';
+import { cachedPrefixLength } from './model.js';
+import { ropeTables } from './rope.js';
 import type { WeightSource } from './weights.js';
 import { dequantizeGptqCuda, freePackedWeightCuda, gptqScaleGradCuda, uploadPackedWeight, type PackedWeightCuda } from '../ops/cuda/gptq.js';
 import { linearBackwardCuda, linearForwardCuda, uploadFrozenWeight, type LowPrecisionScratch } from '../ops/cuda/linear.js';
@@ -195,19 +199,31 @@ export class DeviceModel {
   }
 
   /**
-   * Logits (V) of the token after the prefix `ids` (1 ≤ length ≤ T), for generation. The prefix
-   * runs as one window of T tokens padded with token 0: attention is causal, so the padding
-   * changes nothing at or before the prefix's last position.
+   * Logits (V) of the last of `newIds`, T ≤ B·T tokens of one sequence at positions
+   * pos .. pos+T-1, over the kv caches of every block (one step of DeviceKvDecoder, which owns
+   * the caches and checks the positions): the new tokens' keys and values are appended to the
+   * caches, and only the last row goes through the final norm and lm_head. Written into `out`.
    */
-  nextTokenLogits(ids: Int32Array): Float32Array {
-    const { T } = this;
-    const V = this.cfg.vocabSize;
-    const n = ids.length;
-    if (n < 1 || n > T) throw new RangeError(`DeviceModel.nextTokenLogits: the prefix must hold 1 to ${T} tokens, got ${n}`);
-    const window = new Int32Array(T);
-    window.set(ids);
-    const logits = this.logitsOf(window, 1);
-    return downloadDevice(deviceView(logits, (n - 1) * V, V), new Float32Array(V));
+  cachedNextTokenLogits(newIds: Int32Array, caches: readonly DeviceKvCache[], pos: number, out: Float32Array): Float32Array {
+    const { cfg } = this;
+    const C = cfg.hiddenSize;
+    const V = cfg.vocabSize;
+    const T = newIds.length;
+    if (T < 1 || T > this.B * this.T) throw new RangeError(`DeviceModel: ${T} new tokens in one step, but its buffers hold 1 to ${this.B * this.T}`);
+    if (caches.length !== this.blocks.length) throw new RangeError(`DeviceModel: ${caches.length} kv caches for ${this.blocks.length} blocks`);
+    const ws = this.workspace(1, T);
+    const idsD = viewOf(this.ids, T);
+    uploadDevice(idsD, newIds);
+    let x = viewOf(this.x, T * C), y = viewOf(this.y, T * C);
+    embeddingForwardCuda(x, idsD, this.embedding, T, V, C);
+    this.blocks.forEach((b, l) => {
+      blockForwardCuda(cfg, b.arena.params, ws, x, y, b.lin, { cache: caches[l]!, pos });
+      [x, y] = [y, x];
+    });
+    const normed = viewOf(this.normed, C), rstd = viewOf(this.rstd, 1), logits = viewOf(this.logits, V);
+    rmsnormForwardCuda(normed, rstd, deviceView(x, (T - 1) * C, C), this.finalNorm, 1, C, cfg.rmsNormEps);
+    linearForwardCuda(logits, normed, this.lmHead, null, { N: 1, O: V, I: C }, this.lowp);
+    return downloadDevice(logits, out);
   }
 
   /** Logits (count·T, V) of `count` ≤ B windows of T tokens (ids (count, T)), left on the device. */
@@ -216,8 +232,7 @@ export class DeviceModel {
     const C = cfg.hiddenSize;
     const V = cfg.vocabSize;
     const N = count * T;
-    // batches smaller than B run through a workspace of their own size
-    const ws = count === this.B ? this.ws : this.tailWorkspace(count);
+    const ws = this.workspace(count, T);
     const idsD = viewOf(this.ids, N);
     uploadDevice(idsD, ids);
     let x = viewOf(this.x, N * C), y = viewOf(this.y, N * C);
@@ -232,11 +247,14 @@ export class DeviceModel {
     return logits;
   }
 
+  /** The workspace made at construction for B × T, else one other shape kept for the next call (a last short batch, a decoding step). */
   private tail: DeviceBlockWorkspace | null = null;
-  private tailWorkspace(count: number): DeviceBlockWorkspace {
-    if (this.tail?.B !== count) {
+  private workspace(count: number, T: number): DeviceBlockWorkspace {
+    if (count === this.B && T === this.T) return this.ws;
+    if (this.tail?.B !== count || this.tail.T !== T) {
       this.tail?.free();
-      this.tail = new DeviceBlockWorkspace(this.cfg, count, this.T, { training: false, precision: this.precision });
+      this.tail = null;
+      this.tail = new DeviceBlockWorkspace(this.cfg, count, T, { training: false, precision: this.precision });
     }
     return this.tail;
   }
@@ -244,6 +262,56 @@ export class DeviceModel {
   free(): void {
     this.tail?.free();
     this.tail = null;
+    this.mem.free();
+  }
+}
+
+/**
+ * Incremental decoding of one sequence on CUDA over a DeviceModel, as KvDecoder on the CPU:
+ * each call runs only the tokens the caches have not seen (the prompt, then one token), and
+ * brings back one row of logits. The caches (f32 keys after rope and values of every block,
+ * maxTokens positions) and the rope tables of those positions are allocated once here; the
+ * model's buffers must hold the longest single step (the prompt): DeviceModel(src, 1, P).
+ */
+export class DeviceKvDecoder {
+  readonly cfg: ModelConfig;
+  private readonly mem = new DeviceAllocations();
+  private readonly caches: DeviceKvCache[] = [];
+  /** The ids whose keys and values are cached, in order. */
+  private readonly seen: number[] = [];
+  private readonly logits: Float32Array; // (V)
+
+  constructor(
+    readonly model: DeviceModel,
+    /** The most positions the sequence may reach (prompt plus new tokens). */
+    readonly maxTokens: number,
+  ) {
+    if (!(Number.isInteger(maxTokens) && maxTokens >= 1)) throw new RangeError(`DeviceKvDecoder: maxTokens must be an integer >= 1, got ${maxTokens}`);
+    const cfg = (this.cfg = model.cfg);
+    const perCache = maxTokens * cfg.numKvHeads * cfg.headDim;
+    try {
+      const rope = ropeTables(cfg, 0, maxTokens);
+      const cos = this.mem.upload(rope.cos.f32), sin = this.mem.upload(rope.sin.f32);
+      for (let l = 0; l < cfg.numLayers; l++) this.caches.push({ k: this.mem.alloc('f32', perCache), v: this.mem.alloc('f32', perCache), cos, sin });
+    } catch (e) {
+      this.mem.free();
+      throw e;
+    }
+    this.logits = new Float32Array(cfg.vocabSize);
+  }
+
+  /**
+   * Logits (V) of the token after `ids`, which must extend the ids of the previous call. The
+   * array is reused: it holds these logits until the next call.
+   */
+  nextTokenLogits(ids: Int32Array): Float32Array {
+    const pos = cachedPrefixLength('DeviceKvDecoder', this.seen, ids, this.maxTokens);
+    this.model.cachedNextTokenLogits(ids.subarray(pos), this.caches, pos, this.logits);
+    for (let i = pos; i < ids.length; i++) this.seen.push(ids[i]!);
+    return this.logits;
+  }
+
+  free(): void {
     this.mem.free();
   }
 }

@@ -114,13 +114,8 @@ export class KvDecoder {
    * array is reused: it holds these logits until the next call.
    */
   nextTokenLogits(ids: Int32Array): Float32Array {
-    const pos = this.seen.length;
+    const pos = cachedPrefixLength('KvDecoder', this.seen, ids, this.maxTokens);
     const T = ids.length - pos;
-    for (let i = 0; i < pos; i++) {
-      if (ids[i] !== this.seen[i]) throw new Error(`KvDecoder: ids differ from the cached prefix at position ${i}`);
-    }
-    if (T < 1) throw new RangeError(`KvDecoder: no new token after the ${pos} cached ones`);
-    if (ids.length > this.maxTokens) throw new RangeError(`KvDecoder: ${ids.length} tokens exceed the cache's ${this.maxTokens}`);
     const cfg = this.cfg;
     const C = cfg.hiddenSize;
     const run = this.run(T);
@@ -146,6 +141,21 @@ export class KvDecoder {
     }
     return r;
   }
+}
+
+/**
+ * For a decoder over a kv cache (KvDecoder here, DeviceKvDecoder on CUDA): checks that `ids`
+ * extends the cached ids `seen` by at least one token and fits `maxTokens`, and returns the
+ * number of cached positions (where the new tokens start). Errors name `what`.
+ */
+export function cachedPrefixLength(what: string, seen: readonly number[], ids: Int32Array, maxTokens: number): number {
+  const pos = seen.length;
+  for (let i = 0; i < pos; i++) {
+    if (ids[i] !== seen[i]) throw new Error(`${what}: ids differ from the cached prefix at position ${i}`);
+  }
+  if (ids.length <= pos) throw new RangeError(`${what}: no new token after the ${pos} cached ones`);
+  if (ids.length > maxTokens) throw new RangeError(`${what}: ${ids.length} tokens exceed the cache's ${maxTokens}`);
+  return pos;
 }
 
 /**

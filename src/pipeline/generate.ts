@@ -1,8 +1,8 @@
 // Greedy (or sampled) generation (`eqat generate`). On the CPU the model is held in memory and
 // decoded over a key/value cache (KvDecoder, src/model/model.ts): the prompt once, then one
-// token per step. On CUDA it is uploaded once, packed when quantized, and the whole prefix is
-// run again for each new token (DeviceModel, one window as long as prompt plus new tokens).
-import { DeviceModel } from '../model/model-cuda.js';
+// token per step. On CUDA it is uploaded once, packed when quantized, and decoded the same way
+// over caches on the device (DeviceKvDecoder, src/model/model-cuda.ts).
+import { DeviceKvDecoder, DeviceModel } from '../model/model-cuda.js';
 import { KvDecoder, type LoadedModel } from '../model/model.js';
 import type { ModelConfig } from '../model/config.js';
 import type { WeightSource } from '../model/weights.js';
@@ -57,15 +57,19 @@ export function generateIdsCpu(model: LoadedModel, promptIds: number[], opts: Ge
 }
 
 /**
- * generateIds on CUDA: the model of `src` uploaded for one window of prompt + maxNewTokens
- * tokens, GEMM inputs in `precision`, freed before returning.
+ * generateIds on CUDA over key/value caches of prompt + maxNewTokens positions: the model of
+ * `src` uploaded with buffers for the prompt (the longest step), GEMM inputs in `precision`,
+ * everything freed before returning.
  */
 export function generateIdsCuda(src: WeightSource, promptIds: number[], opts: GenerateOptions, precision: 'f32' | 'bf16' = 'bf16'): number[] {
   checkPrompt(promptIds);
-  const model = new DeviceModel(src, 1, promptIds.length + opts.maxNewTokens, precision);
+  const model = new DeviceModel(src, 1, promptIds.length, precision);
+  let decoder: DeviceKvDecoder | null = null;
   try {
-    return generateIds(model, promptIds, opts);
+    decoder = new DeviceKvDecoder(model, promptIds.length + opts.maxNewTokens);
+    return generateIds(decoder, promptIds, opts);
   } finally {
+    decoder?.free();
     model.free();
   }
 }

@@ -2,6 +2,8 @@
 // backward, for every variant of the family (GQA, q/k/v and o/MLP biases, q/k norm, sliding
 // window), on the backends of backends.ts. The CPU block is itself checked against finite
 // differences (test/model/block.test.ts), so agreement here checks the CUDA composition.
+// Decoding over a device kv cache (a prompt chunk, then one position at a time) is checked
+// against the CPU block run on the whole sequence.
 import assert from 'node:assert/strict';
 import { Rng } from '../../src/engine/random.js';
 import { Tensor } from '../../src/engine/tensor.js';
@@ -12,12 +14,13 @@ import {
   blockForwardCuda,
   DeviceBlockArena,
   DeviceBlockWorkspace,
+  type DeviceKvCache,
   downloadBlockParams,
   uploadBlockParams,
 } from '../../src/model/block-cuda.js';
 import { ropeTables } from '../../src/model/rope.js';
 import { assertClose, randn } from '../util.js';
-import { BLOCK_VARIANTS, tinyConfig } from '../model/tiny-config.js';
+import { BLOCK_VARIANTS, randomBlockParams, tinyConfig } from '../model/tiny-config.js';
 import { testOnBackends } from './backends.js';
 
 for (const [name, over] of BLOCK_VARIANTS) {
@@ -68,6 +71,53 @@ for (const [name, over] of BLOCK_VARIANTS) {
       dp.free();
       dg.free();
       dws.free();
+    }
+  });
+}
+
+for (const [name, over] of BLOCK_VARIANTS) {
+  testOnBackends(`block forward over a kv cache equals the CPU block on the whole sequence: ${name}`, (s) => {
+    const cfg = tinyConfig(over);
+    const rng = new Rng(5);
+    const T = 9, prompt = 4, C = cfg.hiddenSize;
+    const { params: p } = allocBlockParams(cfg);
+    randomBlockParams(rng, p);
+    const x = randn(rng, [1, T, C]); // (1, T, C)
+    const full = Tensor.zeros([1, T, C]);
+    blockForward(cfg, p, new BlockWorkspace(cfg, 1, T, ropeTables(cfg, 0, T), { training: false }), x, full);
+
+    const rope = ropeTables(cfg, 0, T);
+    const rows = T * cfg.numKvHeads * cfg.headDim;
+    const cache: DeviceKvCache = { k: s.alloc('f32', rows), v: s.alloc('f32', rows), cos: s.upload(rope.cos.f32), sin: s.upload(rope.sin.f32) };
+    const dp = new DeviceBlockArena(cfg);
+    const cached = new Float32Array(T * C);
+    try {
+      uploadBlockParams(dp.params, p);
+      for (let pos = 0; pos < T; ) {
+        const n = pos === 0 ? prompt : 1;
+        const ws = new DeviceBlockWorkspace(cfg, 1, n, { training: false });
+        try {
+          const xd = s.upload(x.f32.subarray(pos * C, (pos + n) * C)), yd = s.alloc('f32', n * C);
+          blockForwardCuda(cfg, dp.params, ws, xd, yd, undefined, { cache, pos });
+          cached.set(downloadDevice<Float32Array>(yd), pos * C);
+        } finally {
+          ws.free();
+        }
+        pos += n;
+      }
+      assertClose(cached, full.f32, { atol: 2e-5, rtol: 2e-4, what: 'cached vs full block output' });
+      // one sequence only, and positions inside the cache
+      const ws2 = new DeviceBlockWorkspace(cfg, 2, 1, { training: false });
+      const ws1 = new DeviceBlockWorkspace(cfg, 1, 2, { training: false });
+      try {
+        assert.throws(() => blockForwardCuda(cfg, dp.params, ws2, s.alloc('f32', 2 * C), s.alloc('f32', 2 * C), undefined, { cache, pos: 0 }), /one sequence, got B = 2/);
+        assert.throws(() => blockForwardCuda(cfg, dp.params, ws1, s.alloc('f32', 2 * C), s.alloc('f32', 2 * C), undefined, { cache, pos: 8 }), /positions 8\.\.9 do not fit a kv cache of 9 positions/);
+      } finally {
+        ws2.free();
+        ws1.free();
+      }
+    } finally {
+      dp.free();
     }
   });
 }

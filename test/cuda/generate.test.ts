@@ -1,11 +1,11 @@
-// Generation on CUDA (generate --device cuda: DeviceModel.nextTokenLogits and generateIdsCuda)
-// against PyTorch's golden logits and greedy tokens for llama-tiny and against the CPU
-// generation of the same prompt, full precision and packed, on the backends of backends.ts.
+// Generation on CUDA (generate --device cuda: DeviceKvDecoder and generateIdsCuda) against
+// PyTorch's golden logits and greedy tokens for llama-tiny and against the CPU generation of
+// the same prompt, full precision and packed, on the backends of backends.ts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { CudaBackend } from '../../src/engine/cuda.js';
 import { WeightSource } from '../../src/model/weights.js';
-import { DeviceModel } from '../../src/model/model-cuda.js';
+import { DeviceKvDecoder, DeviceModel } from '../../src/model/model-cuda.js';
 import { generateIds, generateIdsCuda, type GenerateOptions } from '../../src/pipeline/generate.js';
 import { loadModel, readGolden, rtnTiny, TINY } from '../golden.js';
 import { backendCases, withBackend } from './backends.js';
@@ -37,15 +37,17 @@ function maxAbsDiff(a: Float32Array, b: ArrayLike<number>): number {
 }
 
 for (const bc of backendCases()) {
-  test(`cuda generate: next-token logits equal PyTorch's (f32) and stay within bf16 rounding (bf16) [${bc.name}]`, { skip: bc.skip }, () => {
+  test(`cuda generate: next-token logits over the kv caches equal PyTorch's (f32) and stay within bf16 rounding (bf16) [${bc.name}]`, { skip: bc.skip }, () => {
     const ids = Int32Array.from(golden.forward.input_ids); // (64,)
     for (const precision of ['f32', 'bf16'] as const) {
       onDevice(bc.backend(), TINY, (src) => {
         const model = new DeviceModel(src, 1, ids.length, precision);
+        const decoder = new DeviceKvDecoder(model, ids.length);
         try {
+          // steps of 1, 31 and 32 new tokens: prompt-sized runs and a single-token start
           for (const pos of golden.forward.positions) {
             const want = golden.forward.logits[String(pos)]!;
-            const got = model.nextTokenLogits(ids.subarray(0, pos + 1));
+            const got = decoder.nextTokenLogits(ids.subarray(0, pos + 1));
             const err = maxAbsDiff(got, want);
             const scale = want.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
             // f32: the CPU path's bound against the same golden; bf16 GEMM inputs carry 8
@@ -55,23 +57,40 @@ for (const bc of backendCases()) {
             assert.ok(err <= bound, `${precision} position ${pos}: max |logit error| ${err} > ${bound}`);
             if (precision === 'bf16') assert.ok(err > 0, 'bf16 GEMMs round differently from f32');
           }
-          assert.throws(() => model.nextTokenLogits(new Int32Array(0)), /the prefix must hold 1 to 64 tokens, got 0/);
-          assert.throws(() => model.nextTokenLogits(new Int32Array(65)), /the prefix must hold 1 to 64 tokens, got 65/);
+          assert.throws(() => decoder.nextTokenLogits(ids), /no new token after the 64 cached ones/);
+          assert.throws(() => decoder.nextTokenLogits(new Int32Array(65)), /ids differ from the cached prefix at position 0/);
         } finally {
+          decoder.free();
           model.free();
         }
       });
     }
   });
 
+  test(`cuda generate: the kv decoder refuses steps past its cache or its model's buffers [${bc.name}]`, { skip: bc.skip }, () => {
+    onDevice(bc.backend(), TINY, (src) => {
+      const model = new DeviceModel(src, 1, 4, 'f32');
+      const decoder = new DeviceKvDecoder(model, 6);
+      try {
+        assert.throws(() => new DeviceKvDecoder(model, 0), /maxTokens must be an integer >= 1, got 0/);
+        assert.throws(() => decoder.nextTokenLogits(Int32Array.of(0, 5, 7, 8, 9)), /5 new tokens in one step, but its buffers hold 1 to 4/);
+        assert.throws(() => decoder.nextTokenLogits(Int32Array.of(0, 5, 7, 8, 9, 10, 11)), /7 tokens exceed the cache's 6/);
+        assert.throws(() => decoder.nextTokenLogits(new Int32Array(0)), /no new token after the 0 cached ones/);
+        // a refused step leaves the caches usable
+        assert.equal(decoder.nextTokenLogits(Int32Array.of(0, 5, 7, 8)).length, model.cfg.vocabSize);
+        assert.equal(decoder.nextTokenLogits(Int32Array.of(0, 5, 7, 8, 9)).length, model.cfg.vocabSize);
+      } finally {
+        decoder.free();
+        model.free();
+      }
+    });
+  });
+
   test(`cuda generate: greedy and sampled tokens equal the CPU's, full precision and packed [${bc.name}]`, { skip: bc.skip }, async () => {
     const prompt = golden.greedy.prompt_ids;
-    // the emulator pays a process round trip per kernel launch: fewer tokens there (greedy
-    // tokens are a prefix of the golden ones whatever the count)
-    const emulated = bc.name === 'emulator';
-    const greedyLength = emulated ? prompt.length + 6 : golden.greedy.output_ids.length;
+    const greedyLength = golden.greedy.output_ids.length;
     const greedy: GenerateOptions = { maxNewTokens: greedyLength - prompt.length };
-    const sampled: GenerateOptions = { maxNewTokens: emulated ? 4 : 12, temperature: 0.8, seed: 7 };
+    const sampled: GenerateOptions = { maxNewTokens: 12, temperature: 0.8, seed: 7 };
     for (const model of [TINY, await quantizedTiny()]) {
       const cpu = loadModel(model);
       for (const opts of [greedy, sampled]) {
