@@ -211,15 +211,7 @@ export class DeviceModel {
     const T = newIds.length;
     if (T < 1 || T > this.B * this.T) throw new RangeError(`DeviceModel: ${T} new tokens in one step, but its buffers hold 1 to ${this.B * this.T}`);
     if (caches.length !== this.blocks.length) throw new RangeError(`DeviceModel: ${caches.length} kv caches for ${this.blocks.length} blocks`);
-    const ws = this.workspace(1, T);
-    const idsD = viewOf(this.ids, T);
-    uploadDevice(idsD, newIds);
-    let x = viewOf(this.x, T * C), y = viewOf(this.y, T * C);
-    embeddingForwardCuda(x, idsD, this.embedding, T, V, C);
-    this.blocks.forEach((b, l) => {
-      blockForwardCuda(cfg, b.arena.params, ws, x, y, b.lin, { cache: caches[l]!, pos });
-      [x, y] = [y, x];
-    });
+    const x = this.hidden(newIds, this.workspace(1, T), { caches, pos });
     const normed = viewOf(this.normed, C), rstd = viewOf(this.rstd, 1), logits = viewOf(this.logits, V);
     rmsnormForwardCuda(normed, rstd, deviceView(x, (T - 1) * C, C), this.finalNorm, 1, C, cfg.rmsNormEps);
     linearForwardCuda(logits, normed, this.lmHead, null, { N: 1, O: V, I: C }, this.lowp);
@@ -232,19 +224,31 @@ export class DeviceModel {
     const C = cfg.hiddenSize;
     const V = cfg.vocabSize;
     const N = count * T;
-    const ws = this.workspace(count, T);
-    const idsD = viewOf(this.ids, N);
-    uploadDevice(idsD, ids);
-    let x = viewOf(this.x, N * C), y = viewOf(this.y, N * C);
-    embeddingForwardCuda(x, idsD, this.embedding, N, V, C);
-    for (const b of this.blocks) {
-      blockForwardCuda(cfg, b.arena.params, ws, x, y, b.lin);
-      [x, y] = [y, x];
-    }
+    const x = this.hidden(ids, this.workspace(count, T));
     const normed = viewOf(this.normed, N * C), rstd = viewOf(this.rstd, N), logits = viewOf(this.logits, N * V);
     rmsnormForwardCuda(normed, rstd, x, this.finalNorm, N, C, cfg.rmsNormEps);
     linearForwardCuda(logits, normed, this.lmHead, null, { N, O: V, I: C }, this.lowp);
     return logits;
+  }
+
+  /**
+   * Embeds `ids` (N tokens, rows of ws) and runs every block over them, with `kv` over the
+   * blocks' caches from position pos on; returns the final hidden states (N, C) before the
+   * final norm, left in one of the model's two activation buffers.
+   */
+  private hidden(ids: Int32Array, ws: DeviceBlockWorkspace, kv?: { caches: readonly DeviceKvCache[]; pos: number }): DeviceArray {
+    const { cfg } = this;
+    const C = cfg.hiddenSize;
+    const N = ids.length;
+    const idsD = viewOf(this.ids, N);
+    uploadDevice(idsD, ids);
+    let x = viewOf(this.x, N * C), y = viewOf(this.y, N * C);
+    embeddingForwardCuda(x, idsD, this.embedding, N, cfg.vocabSize, C);
+    this.blocks.forEach((b, l) => {
+      blockForwardCuda(cfg, b.arena.params, ws, x, y, b.lin, kv && { cache: kv.caches[l]!, pos: kv.pos });
+      [x, y] = [y, x];
+    });
+    return x;
   }
 
   /** The workspace made at construction for B × T, else one other shape kept for the next call (a last short batch, a decoding step). */
