@@ -20,7 +20,6 @@ import { exportGguf, type GgufExportReport } from '../../src/export/gguf.js';
 import { WeightSource } from '../../src/model/weights.js';
 import { LoadedModel } from '../../src/model/model.js';
 import { allocBlockParams, BLOCK_LINEARS, type BlockLinear } from '../../src/model/block.js';
-import { generateIds } from '../../src/pipeline/generate.js';
 import { windowsNll } from '../../src/pipeline/eval.js';
 import { evalWindows } from '../../src/data/windows.js';
 import { loadTokenizer } from '../../src/io/tokenizer.js';
@@ -421,33 +420,61 @@ test('node-llama-cpp reads the metadata and tensor infos', { skip: SKIP_NLC }, a
 // ---------------------------------------------------------------------------------------------
 // llama.cpp runs the exported files
 
+/**
+ * How far llama.cpp's logits may sit from eqat's on the same prefix (absolute, in logits). Its
+ * k-quant dot products round the activations to 8 bits per block, so its logits differ from
+ * eqat's f32 ones by a few hundredths (up to 0.12 seen on the llama-tiny and llama-small exports).
+ * A greedy step whose two best logits are closer than that can go either way in either runtime,
+ * which is why the tokens alone are not the check.
+ */
+const LOGIT_TOLERANCE = 0.25;
+
+/** llama.cpp's greedy path from a prompt, scored by eqat on the same (teacher-forced) prefixes. */
+interface GreedyComparison {
+  steps: number;
+  /** Steps whose llama.cpp token is also eqat's argmax. */
+  agree: number;
+  /** Largest |llama.cpp − eqat| over each step's five largest llama.cpp logits. */
+  maxLogitDiff: number;
+  /** Largest (eqat's best logit − eqat's logit of llama.cpp's token) over the steps. */
+  maxShortfall: number;
+}
+
 /** Greedy agreement and perplexity of llama.cpp on `gguf` against eqat on `dir`. */
 async function compareInference(
   dir: string,
   gguf: string,
   prompt: number[],
   opts: { greedy: number; windows: number; seqlen: number },
-): Promise<{ agree: number; eqatTokens: number[]; llamaTokens: number[]; pplEqat: number; pplLlama: number }> {
+): Promise<{ greedy: GreedyComparison | null; pplEqat: number; pplLlama: number }> {
   const model = await (await llamaCpp()).loadModel({ modelPath: gguf, gpuLayers: 0 });
   const ctx = await model.createContext({ contextSize: opts.seqlen, batchSize: opts.seqlen, sequences: 1, threads: 1 });
   try {
     const seq = ctx.getSequence();
     const src = WeightSource.open(dir);
     try {
-      let eqatTokens: number[] = [];
-      let llamaTokens: number[] = [];
-      let agree = 0;
+      let greedy: GreedyComparison | null = null;
       if (opts.greedy > 0) {
-        eqatTokens = generateIds(LoadedModel.load(src), prompt, { maxNewTokens: opts.greedy }).slice(prompt.length);
-        llamaTokens = await llamaGreedy(seq, prompt, opts.greedy);
-        while (agree < opts.greedy && eqatTokens[agree] === llamaTokens[agree]) agree++;
+        const steps = await llamaGreedy(seq, prompt, opts.greedy);
+        const ids = [...prompt, ...steps.map((s) => s.token)];
+        const V = src.cfg.vocabSize;
+        const logits = LoadedModel.load(src).forward(Int32Array.from(ids), 1, ids.length).f32; // (T, V)
+        greedy = { steps: steps.length, agree: 0, maxLogitDiff: 0, maxShortfall: 0 };
+        steps.forEach((step, i) => {
+          const row = logits.subarray((prompt.length - 1 + i) * V, (prompt.length + i) * V); // (V) after prompt + i tokens
+          let best = 0;
+          for (let v = 1; v < V; v++) if (row[v]! > row[best]!) best = v;
+          if (best === step.token) greedy!.agree++;
+          for (const [id, logit] of step.top) greedy!.maxLogitDiff = Math.max(greedy!.maxLogitDiff, Math.abs(logit - row[id]!));
+          greedy!.maxShortfall = Math.max(greedy!.maxShortfall, row[best]! - row[step.token]!);
+        });
       }
       const { windows, count } = evalWindows(readFileSync(EVAL_TEXT, 'utf8'), loadTokenizer(dir), opts.seqlen);
       const n = Math.min(count, opts.windows);
       assert.ok(n >= 1, 'at least one evaluation window');
       const eqatNll = windowsNll(src, windows, n, opts.seqlen, { quiet: true }).nll;
       const llamaNllValue = await llamaNll(seq, windows, n, opts.seqlen);
-      return { agree, eqatTokens, llamaTokens, pplEqat: Math.exp(eqatNll), pplLlama: Math.exp(llamaNllValue) };
+      return { greedy, pplEqat: Math.exp(eqatNll), pplLlama: Math.exp(llamaNllValue) };
     } finally {
       src.close();
     }
@@ -457,15 +484,26 @@ async function compareInference(
   }
 }
 
-test('llama.cpp on quantized llama-tiny (2/3/4-bit): greedy tokens equal eqat\'s, perplexity within 1%', { skip: SKIP_NLC }, async (t) => {
+/**
+ * llama.cpp's greedy logits match eqat's within LOGIT_TOLERANCE at every step, and each token it
+ * picks is eqat's argmax or a near tie there (within twice the tolerance).
+ */
+function assertGreedyAgrees(g: GreedyComparison | null, what: string): string {
+  assert.ok(g && g.steps > 0, `${what}: greedy steps compared`);
+  assert.ok(g.maxLogitDiff <= LOGIT_TOLERANCE, `${what}: llama.cpp's top logits differ from eqat's by up to ${g.maxLogitDiff}`);
+  assert.ok(g.maxShortfall <= 2 * LOGIT_TOLERANCE, `${what}: llama.cpp picked a token ${g.maxShortfall} logits below eqat's best`);
+  return `greedy: llama.cpp's token is eqat's argmax at ${g.agree}/${g.steps} steps (otherwise within ${g.maxShortfall.toFixed(4)}), top-5 logits within ${g.maxLogitDiff.toFixed(4)}`;
+}
+
+test('llama.cpp on quantized llama-tiny (2/3/4-bit): greedy logits match eqat\'s, perplexity within 1%', { skip: SKIP_NLC }, async (t) => {
   const golden = readGolden(TINY);
   for (const q of QUANT) {
     const r = await compareInference(q.dir, q.gguf, golden.greedy.prompt_ids, { greedy: 16, windows: 3, seqlen: 512 });
+    const greedy = assertGreedyAgrees(r.greedy, `w${q.bits}g${q.groupSize}`);
     t.diagnostic(
-      `w${q.bits}g${q.groupSize}: greedy agreement ${r.agree}/16; ppl eqat ${r.pplEqat.toFixed(4)} vs llama.cpp ${r.pplLlama.toFixed(4)} ` +
+      `w${q.bits}g${q.groupSize}: ${greedy}; ppl eqat ${r.pplEqat.toFixed(4)} vs llama.cpp ${r.pplLlama.toFixed(4)} ` +
         `(ratio ${(r.pplLlama / r.pplEqat).toFixed(5)}, 3 windows of 512)`,
     );
-    assert.deepEqual(r.llamaTokens.slice(0, 8), r.eqatTokens.slice(0, 8), `w${q.bits}: first 8 greedy tokens`);
     assert.ok(Math.abs(r.pplLlama / r.pplEqat - 1) < 0.01, `w${q.bits}: ppl ${r.pplLlama} vs ${r.pplEqat}`);
   }
 });
@@ -727,9 +765,9 @@ test('llama-small (../shared): 2-bit RTN export, llama.cpp vs eqat', { skip: SKI
   assert.equal(rep.exact, true, `exact export (types ${JSON.stringify(rep.types)})`);
   const golden = readGolden(small);
   const r = await compareInference(dir, gguf, golden.greedy.prompt_ids, { greedy: 8, windows: 2, seqlen: 512 });
+  const greedy = assertGreedyAgrees(r.greedy, 'llama-small w2g64');
   t.diagnostic(
-    `llama-small w2g64 (${JSON.stringify(rep.types)}, ${rep.bytes} bytes): greedy ${r.agree}/8; ppl eqat ${r.pplEqat.toFixed(4)} vs llama.cpp ${r.pplLlama.toFixed(4)} (ratio ${(r.pplLlama / r.pplEqat).toFixed(5)})`,
+    `llama-small w2g64 (${JSON.stringify(rep.types)}, ${rep.bytes} bytes): ${greedy}; ppl eqat ${r.pplEqat.toFixed(4)} vs llama.cpp ${r.pplLlama.toFixed(4)} (ratio ${(r.pplLlama / r.pplEqat).toFixed(5)})`,
   );
-  assert.deepEqual(r.llamaTokens, r.eqatTokens);
   assert.ok(Math.abs(r.pplLlama / r.pplEqat - 1) < 0.01);
 });

@@ -86,19 +86,27 @@ export async function loadLlamaCpp(): Promise<LlamaCppRuntime> {
   }
 }
 
-/** Greedy continuation of `prompt` by llama.cpp, `n` tokens. */
-export async function llamaGreedy(seq: NlcSequence, prompt: number[], n: number): Promise<number[]> {
+/** One greedy step of llama.cpp: the token it picked and its `top` largest logits by token id. */
+export interface LlamaGreedyStep {
+  token: number;
+  top: Map<number, number>;
+}
+
+/** Greedy continuation of `prompt` by llama.cpp, `n` tokens, with each step's `top` largest logits. */
+export async function llamaGreedy(seq: NlcSequence, prompt: number[], n: number, top = 5): Promise<LlamaGreedyStep[]> {
   await seq.clearHistory();
-  const out: number[] = [];
+  const steps: LlamaGreedyStep[] = [];
   let input = [...prompt];
   for (let step = 0; step < n; step++) {
-    const items = input.map((tok, i) => (i === input.length - 1 ? [tok, { generateNext: { logits: { filter: { tokens: [], includeTop: 1 } } } }] : tok));
+    const items = input.map((tok, i) => (i === input.length - 1 ? [tok, { generateNext: { logits: { filter: { tokens: [], includeTop: top } } } }] : tok));
     const res = await seq.controlledEvaluate(items);
-    const top = res[input.length - 1]!.next.logits!.keys().next().value as number;
-    out.push(top);
-    input = [top];
+    const logits = res[input.length - 1]!.next.logits!;
+    let token = -1;
+    for (const [id, logit] of logits) if (token < 0 || logit > logits.get(token)!) token = id;
+    steps.push({ token, top: new Map(logits) });
+    input = [token];
   }
-  return out;
+  return steps;
 }
 
 /**
