@@ -129,12 +129,17 @@ export class DeviceBlockWorkspace {
   readonly attention: AttentionGemmScratch | null;
   private readonly arena: DeviceArray;
 
-  /** `precision` is that of the GEMMs (attention's included), as in linearForwardCuda's `lowp`. */
+  /**
+   * `precision` is that of the GEMMs (attention's included), as in linearForwardCuda's `lowp`.
+   * `kvOnly`: the workspace serves only blockForwardCuda with a kv cache, whose attention runs
+   * the flash kernels, so the GEMM-attention scratch is left out (a forward without a cache
+   * then runs the flash kernels as well).
+   */
   constructor(
     readonly cfg: ModelConfig,
     B: number,
     T: number,
-    { training = true, precision = 'f32' }: { training?: boolean; precision?: 'f32' | 'bf16' } = {},
+    { training = true, precision = 'f32', kvOnly = false }: { training?: boolean; precision?: 'f32' | 'bf16'; kvOnly?: boolean } = {},
   ) {
     this.B = B;
     this.T = T;
@@ -176,7 +181,7 @@ export class DeviceBlockWorkspace {
     uploadDevice(this.sin, rope.sin.f32);
     try {
       const shape = { B, Tq: T, Tk: T, H, Hkv, D };
-      this.attention = attentionPathCuda() === 'gemm' ? new AttentionGemmScratch(shape, precision, { training }) : null;
+      this.attention = !kvOnly && attentionPathCuda() === 'gemm' ? new AttentionGemmScratch(shape, precision, { training }) : null;
     } catch (e) {
       freeDevice(this.arena);
       throw e;

@@ -129,11 +129,22 @@ export class DeviceModel {
   private readonly wTile: DeviceArray;
   readonly cfg: ModelConfig;
 
-  /** Uploads the model for batches of up to B windows of T tokens. */
-  constructor(src: WeightSource, readonly B: number, readonly T: number, readonly precision: 'f32' | 'bf16') {
+  /**
+   * Uploads the model for batches of up to B windows of T tokens. `use: 'decode'` sizes it for
+   * cachedNextTokenLogits only (steps of up to B·T tokens): one row of logits instead of B·T, no
+   * loss buffers, no GEMM-attention scratch; windowLosses then refuses.
+   */
+  constructor(
+    src: WeightSource,
+    readonly B: number,
+    readonly T: number,
+    readonly precision: 'f32' | 'bf16',
+    readonly use: 'windows' | 'decode' = 'windows',
+  ) {
     const cfg = (this.cfg = src.cfg);
     const C = cfg.hiddenSize;
     const N = B * T;
+    const rows = use === 'decode' ? 1 : N; // rows through the final norm and lm_head
     const mem = this.mem;
     try {
       const largest = largestLinearSize(cfg);
@@ -142,7 +153,7 @@ export class DeviceModel {
       if (precision === 'bf16') {
         this.lowp = { xb: mem.alloc('bf16', N * linearRowWidth(cfg)), doutb: mem.alloc('bf16', 0), wb: mem.alloc('bf16', largest) };
       }
-      this.ws = mem.adopt(new DeviceBlockWorkspace(cfg, B, T, { training: false, precision }));
+      this.ws = mem.adopt(new DeviceBlockWorkspace(cfg, B, T, { training: false, precision, kvOnly: use === 'decode' }));
       for (let i = 0; i < cfg.numLayers; i++) this.blocks.push(this.loadBlock(src, i));
       const emb = src.embedding();
       this.embedding = mem.upload(emb.f32);
@@ -151,12 +162,12 @@ export class DeviceModel {
       this.finalNorm = mem.upload(src.finalNorm().f32);
       this.x = mem.alloc('f32', N * C);
       this.y = mem.alloc('f32', N * C);
-      this.normed = mem.alloc('f32', N * C);
-      this.rstd = mem.alloc('f32', N);
-      this.logits = mem.alloc('f32', N * cfg.vocabSize);
+      this.normed = mem.alloc('f32', rows * C);
+      this.rstd = mem.alloc('f32', rows);
+      this.logits = mem.alloc('f32', rows * cfg.vocabSize);
       this.ids = mem.alloc('i32', N);
-      this.targets = mem.alloc('i32', N);
-      this.losses = mem.alloc('f32', N);
+      this.targets = mem.alloc('i32', use === 'decode' ? 0 : N);
+      this.losses = mem.alloc('f32', use === 'decode' ? 0 : N);
     } catch (e) {
       this.free();
       throw e;
@@ -183,6 +194,7 @@ export class DeviceModel {
   windowLosses(ids: Int32Array, count: number): Float32Array {
     const { cfg, T } = this;
     const V = cfg.vocabSize;
+    if (this.use === 'decode') throw new Error('DeviceModel.windowLosses: this model was built for cached decoding only');
     if (count < 1 || count > this.B) throw new RangeError(`DeviceModel.windowLosses: count must be in [1, ${this.B}], got ${count}`);
     if (ids.length !== count * T) throw new RangeError(`DeviceModel.windowLosses: ids must hold ${count} × ${T} tokens, got ${ids.length}`);
     const N = count * T;
@@ -258,7 +270,7 @@ export class DeviceModel {
     if (this.tail?.B !== count || this.tail.T !== T) {
       this.tail?.free();
       this.tail = null;
-      this.tail = new DeviceBlockWorkspace(this.cfg, count, T, { training: false, precision: this.precision });
+      this.tail = new DeviceBlockWorkspace(this.cfg, count, T, { training: false, precision: this.precision, kvOnly: this.use === 'decode' });
     }
     return this.tail;
   }

@@ -58,12 +58,12 @@ export function generateIdsCpu(model: LoadedModel, promptIds: number[], opts: Ge
 
 /**
  * generateIds on CUDA over key/value caches of prompt + maxNewTokens positions: the model of
- * `src` uploaded with buffers for the prompt (the longest step), GEMM inputs in `precision`,
- * everything freed before returning.
+ * `src` uploaded for decoding (DeviceModel use 'decode': buffers for the prompt, the longest
+ * step, and one row of logits), GEMM inputs in `precision`, everything freed before returning.
  */
 export function generateIdsCuda(src: WeightSource, promptIds: number[], opts: GenerateOptions, precision: 'f32' | 'bf16' = 'bf16'): number[] {
   checkPrompt(promptIds);
-  const model = new DeviceModel(src, 1, promptIds.length, precision);
+  const model = new DeviceModel(src, 1, promptIds.length, precision, 'decode');
   let decoder: DeviceKvDecoder | null = null;
   try {
     decoder = new DeviceKvDecoder(model, promptIds.length + opts.maxNewTokens);

@@ -3,7 +3,8 @@
 // the same prompt, full precision and packed, on the backends of backends.ts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { CudaBackend } from '../../src/engine/cuda.js';
+import { deviceAllocStats, type CudaBackend } from '../../src/engine/cuda.js';
+import { attentionPathCuda } from '../../src/ops/cuda/attention-gemm.js';
 import { WeightSource } from '../../src/model/weights.js';
 import { DeviceKvDecoder, DeviceModel } from '../../src/model/model-cuda.js';
 import { generateIds, generateIdsCuda, type GenerateOptions } from '../../src/pipeline/generate.js';
@@ -39,9 +40,11 @@ function maxAbsDiff(a: Float32Array, b: ArrayLike<number>): number {
 for (const bc of backendCases()) {
   test(`cuda generate: next-token logits over the kv caches equal PyTorch's (f32) and stay within bf16 rounding (bf16) [${bc.name}]`, { skip: bc.skip }, () => {
     const ids = Int32Array.from(golden.forward.input_ids); // (64,)
-    for (const precision of ['f32', 'bf16'] as const) {
+    // a model built for windows and one built for decoding only (as generateIdsCuda builds it)
+    const cases = [['f32', 'windows'], ['f32', 'decode'], ['bf16', 'decode']] as const;
+    for (const [precision, use] of cases) {
       onDevice(bc.backend(), TINY, (src) => {
-        const model = new DeviceModel(src, 1, ids.length, precision);
+        const model = new DeviceModel(src, 1, ids.length, precision, use);
         const decoder = new DeviceKvDecoder(model, ids.length);
         try {
           // steps of 1, 31 and 32 new tokens: prompt-sized runs and a single-token start
@@ -54,7 +57,7 @@ for (const bc of backendCases()) {
             // significant bits (relative rounding 2^-9 per input): 1.5% of the largest logit,
             // about three times what the emulator's bf16 GEMMs give (0.33–0.52%)
             const bound = precision === 'f32' ? 1e-3 : 1.5e-2 * scale;
-            assert.ok(err <= bound, `${precision} position ${pos}: max |logit error| ${err} > ${bound}`);
+            assert.ok(err <= bound, `${precision} ${use} position ${pos}: max |logit error| ${err} > ${bound}`);
             if (precision === 'bf16') assert.ok(err > 0, 'bf16 GEMMs round differently from f32');
           }
           assert.throws(() => decoder.nextTokenLogits(ids), /no new token after the 64 cached ones/);
@@ -67,9 +70,29 @@ for (const bc of backendCases()) {
     }
   });
 
+  test(`cuda generate: a model built for decoding holds one row of logits and no attention scores, and refuses windows [${bc.name}]`, { skip: bc.skip }, () => {
+    onDevice(bc.backend(), TINY, (src) => {
+      const T = 64;
+      const { hiddenSize: C, vocabSize: V } = src.cfg;
+      const held = (use: 'windows' | 'decode'): number => {
+        const before = deviceAllocStats().liveBytes;
+        const model = new DeviceModel(src, 1, T, 'f32', use);
+        const bytes = deviceAllocStats().liveBytes - before;
+        if (use === 'decode') assert.throws(() => model.windowLosses(new Int32Array(T), 1), /built for cached decoding only/);
+        model.free();
+        return bytes;
+      };
+      const windows = held('windows'), decode = held('decode');
+      // (T − 1) rows fewer of logits, final-norm output and rstd; no targets and losses (T each)
+      const rows = (T - 1) * (V + C + 1) * 4 + 2 * T * 4;
+      const scores = attentionPathCuda() === 'gemm' ? 1 : 0; // the GEMM path's score scratch, at least T·T f32
+      assert.ok(windows - decode >= rows + scores * T * T * 4, `windows ${windows} B, decode ${decode} B`);
+    });
+  });
+
   test(`cuda generate: the kv decoder refuses steps past its cache or its model's buffers [${bc.name}]`, { skip: bc.skip }, () => {
     onDevice(bc.backend(), TINY, (src) => {
-      const model = new DeviceModel(src, 1, 4, 'f32');
+      const model = new DeviceModel(src, 1, 4, 'f32', 'decode');
       const decoder = new DeviceKvDecoder(model, 6);
       try {
         assert.throws(() => new DeviceKvDecoder(model, 0), /maxTokens must be an integer >= 1, got 0/);
