@@ -145,6 +145,7 @@ export class DeviceModel {
     const C = cfg.hiddenSize;
     const N = B * T;
     const rows = use === 'decode' ? 1 : N; // rows through the final norm and lm_head
+    const lossRows = use === 'decode' ? 0 : N; // rows of targets and losses (windowLosses)
     const mem = this.mem;
     try {
       const largest = largestLinearSize(cfg);
@@ -166,8 +167,8 @@ export class DeviceModel {
       this.rstd = mem.alloc('f32', rows);
       this.logits = mem.alloc('f32', rows * cfg.vocabSize);
       this.ids = mem.alloc('i32', N);
-      this.targets = mem.alloc('i32', use === 'decode' ? 0 : N);
-      this.losses = mem.alloc('f32', use === 'decode' ? 0 : N);
+      this.targets = mem.alloc('i32', lossRows);
+      this.losses = mem.alloc('f32', lossRows);
     } catch (e) {
       this.free();
       throw e;

@@ -24,7 +24,7 @@ import { windowsNll } from '../../src/pipeline/eval.js';
 import { evalWindows } from '../../src/data/windows.js';
 import { loadTokenizer } from '../../src/io/tokenizer.js';
 import { REPO, TINY, readGolden, sharedModel, writeRtn } from '../golden.js';
-import { llamaGreedy, llamaNll, loadLlamaCpp, type NlcLlama, type NlcModule } from './runtimes.js';
+import { argmax, llamaGreedy, llamaNll, loadLlamaCpp, type NlcLlama, type NlcModule } from './runtimes.js';
 
 const EVAL_TEXT = join(REPO, 'fixtures', 'text', 'eval-sample.txt');
 const CALIB_TEXT = join(REPO, 'fixtures', 'text', 'calib-sample.txt');
@@ -459,15 +459,15 @@ async function compareInference(
         const ids = [...prompt, ...steps.map((s) => s.token)];
         const V = src.cfg.vocabSize;
         const logits = LoadedModel.load(src).forward(Int32Array.from(ids), 1, ids.length).f32; // (T, V)
-        greedy = { steps: steps.length, agree: 0, maxLogitDiff: 0, maxShortfall: 0 };
+        let agree = 0, maxLogitDiff = 0, maxShortfall = 0;
         steps.forEach((step, i) => {
           const row = logits.subarray((prompt.length - 1 + i) * V, (prompt.length + i) * V); // (V) after prompt + i tokens
-          let best = 0;
-          for (let v = 1; v < V; v++) if (row[v]! > row[best]!) best = v;
-          if (best === step.token) greedy!.agree++;
-          for (const [id, logit] of step.top) greedy!.maxLogitDiff = Math.max(greedy!.maxLogitDiff, Math.abs(logit - row[id]!));
-          greedy!.maxShortfall = Math.max(greedy!.maxShortfall, row[best]! - row[step.token]!);
+          const best = argmax(row);
+          if (best === step.token) agree++;
+          for (const [id, logit] of step.top) maxLogitDiff = Math.max(maxLogitDiff, Math.abs(logit - row[id]!));
+          maxShortfall = Math.max(maxShortfall, row[best]! - row[step.token]!);
         });
+        greedy = { steps: steps.length, agree, maxLogitDiff, maxShortfall };
       }
       const { windows, count } = evalWindows(readFileSync(EVAL_TEXT, 'utf8'), loadTokenizer(dir), opts.seqlen);
       const n = Math.min(count, opts.windows);

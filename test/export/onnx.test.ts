@@ -29,7 +29,7 @@ import { SafetensorsModel } from '../../src/io/safetensors.js';
 import { writeSafetensors, type TensorToWrite } from '../../src/io/safetensors-write.js';
 import { fromF32 } from '../../src/engine/dtype.js';
 import { readGolden, REPO, TINY, writeRtn } from '../golden.js';
-import { loadOrt, meanNll as meanNllOf, runDecoder, type DecoderDims, type DecoderRunOptions, type OrtSession } from './runtimes.js';
+import { argmax, loadOrt, meanNll as meanNllOf, runDecoder, type DecoderDims, type DecoderRunOptions, type OrtSession } from './runtimes.js';
 
 const { ort, skip: SKIP } = await loadOrt();
 type Tjs = typeof import('@huggingface/transformers');
@@ -147,12 +147,6 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
 /** Mean next-token NLL (nats) of logits (W, T, V) for the token rows (W, T), in float64. */
 function meanNll(logits: Float32Array, rows: number[][]): number {
   return meanNllOf(logits, rows, VOCAB);
-}
-
-function argmax(a: Float32Array): number {
-  let k = 0;
-  for (let i = 1; i < a.length; i++) if (a[i]! > a[k]!) k = i;
-  return k;
 }
 
 test('graph: MatMulNBits linears, Optimum/transformers.js input and output names', () => {

@@ -86,6 +86,13 @@ export async function loadLlamaCpp(): Promise<LlamaCppRuntime> {
   }
 }
 
+/** Index of the largest value of `a` (the first on ties), as a greedy sampler picks. */
+export function argmax(a: Float32Array): number {
+  let k = 0;
+  for (let i = 1; i < a.length; i++) if (a[i]! > a[k]!) k = i;
+  return k;
+}
+
 /** One greedy step of llama.cpp: the token it picked and its `top` largest logits by token id. */
 export interface LlamaGreedyStep {
   token: number;
