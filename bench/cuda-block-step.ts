@@ -6,6 +6,9 @@
 //
 // usage: node dist/bench/cuda-block-step.js [--shape 7b|70b|small] [--batch B] [--seqlen T]
 //                                           [--steps N] [--wbits b] [--group-size G] [--precision bf16|f32]
+//                                           [--profile]
+// --profile: instead of timing whole steps, run them op by op with a synchronization around
+// every kernel and GEMM (bench/cuda-profile.ts) and print where a step spends its time.
 // Exits 0 with a message where no CUDA device is usable.
 //
 // FLOPs counted per step: linears 6 · tokens · (linear weights) (forward 2, backward 4);
@@ -20,6 +23,7 @@ import { Rng } from '../src/engine/random.js';
 import type { ModelConfig } from '../src/model/config.js';
 import { BLOCK_LINEARS, BLOCK_PARAM_NAMES, linearDims } from '../src/model/block.js';
 import { BlockTrainerCuda } from '../src/pipeline/block-trainer-cuda.js';
+import { installCudaProfiler, printProfile } from './cuda-profile.js';
 import { cudaDeviceOrSkip, flagValue, shapeConfig } from './shapes.js';
 
 const argv = process.argv.slice(2);
@@ -33,6 +37,7 @@ const G = Number(flagValue(argv, '--group-size', '64'));
 const precision = flagValue(argv, '--precision', 'bf16') as 'f32' | 'bf16';
 
 const dev = cudaDeviceOrSkip('bench/cuda-block-step');
+const profiler = argv.includes('--profile') ? installCudaProfiler() : null;
 const before = deviceMemInfo();
 resetDevicePeak();
 const t = new BlockTrainerCuda(cfg, B, T, bits, G, true, precision);
@@ -49,6 +54,14 @@ try {
   t.initQuant();
   for (let i = 0; i < 3; i++) t.step(i, 1e-4, 2e-5, 0); // warm-up: kernel compiles, cuBLASLt heuristics
   synchronizeCuda();
+  if (profiler) {
+    profiler.reset();
+    const n = Math.min(steps, 3);
+    for (let i = 0; i < n; i++) t.step(3 + i, 1e-4, 2e-5, 0);
+    console.log(`# ${shapeName}-shaped block, w${bits}g${G}, batch ${B} × ${T}, ${precision} GEMMs (${dev.name}), attention: ${attentionPathCuda()}`);
+    printProfile(profiler.totals(), n);
+    process.exit(0);
+  }
   const times: number[] = [];
   for (let i = 0; i < steps; i++) {
     const t0 = performance.now();

@@ -1,12 +1,14 @@
 // A disk cache of tokenised calibration corpora: tokenising a 25 MB corpus takes over a minute
-// with the pure-JS tokenizer, and every Block-AP/E2E-QP run on the same corpus and tokenizer
+// with the pure-JS tokenizer on one thread (a miss tokenises on every core:
+// tokenize-parallel.ts), and every Block-AP/E2E-QP run on the same corpus and tokenizer
 // needs the same stream. Keyed by the corpus bytes and the tokenizer.json text; a stale or
 // damaged entry is simply rebuilt. Location: $EQAT_CACHE_DIR, else ~/.cache/eqat/tokens.
 import { mkdirSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { readDocuments } from './documents.js';
-import { loadTokenStream, saveTokenStream, tokenizeDocuments, tokenStreamKey, type TextEncoder, type TokenStream } from './windows.js';
+import { tokenizeDocumentsParallel } from './tokenize-parallel.js';
+import { loadTokenStream, saveTokenStream, tokenStreamKey, type TextEncoder, type TokenStream } from './windows.js';
 
 export function cacheDir(): string {
   return process.env['EQAT_CACHE_DIR'] ?? join(homedir(), '.cache', 'eqat');
@@ -20,7 +22,7 @@ export async function cachedTokenStream(path: string, tokenizerDir: string, enc:
   const file = join(dir, `${key}.bin`);
   const hit = loadTokenStream(file, key);
   if (hit) return hit;
-  const ts = tokenizeDocuments(docs, enc);
+  const ts = await tokenizeDocumentsParallel(docs, tokenizerDir, enc);
   try {
     mkdirSync(dir, { recursive: true });
     saveTokenStream(file, ts, key);

@@ -37,7 +37,8 @@ export function backendCases(): BackendCase[] {
   } catch (e) {
     reason = (e as Error).message;
   }
-  const emu = cudaEmulator();
+  // EQAT_TEST_EMULATOR=0 leaves the emulator out (on a GPU machine, to run the device cases alone).
+  const emu = process.env['EQAT_TEST_EMULATOR'] === '0' ? 'emulator turned off (EQAT_TEST_EMULATOR=0)' : cudaEmulator();
   cases = [
     { name: 'cuda', skip: reason === undefined ? false : `no CUDA device: ${reason}`, backend: () => native },
     {

@@ -134,6 +134,7 @@ testOnBackends('fake quant forward and STE backward match the twins bit for bit'
     [3, 51, 17],
     [7, 7, 1],
     [17, 40, 20],
+    [37, 256, 128], // 74 groups: three tiles of the backward, two chunks of each group
   ];
   for (const bits of [2, 3, 4, 8]) {
     for (const [O, I, G] of layouts) {

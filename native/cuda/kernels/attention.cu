@@ -27,8 +27,6 @@
 
 namespace eqat_attn {
 
-constexpr int kThreads = 128;
-
 __device__ __forceinline__ float neg_inf() { return __uint_as_float(0xff800000u); }
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 __device__ __forceinline__ int imax(int a, int b) { return a > b ? a : b; }

@@ -3,7 +3,7 @@
 // and its backward, accumulating (+=) into dx and dweight. Sums run in f64 and the rounding
 // points follow the reference twins in src/ops/ref/rmsnorm.ts (compiled with --fmad=false).
 // Wrapper: src/ops/cuda/rmsnorm.ts. Launch: one block per row (blockDim.x a multiple of 32,
-// at most 1024) for the forward and dx; one thread per column for dweight.
+// at most 1024) for the forward and dx; 32 columns per block for dweight.
 
 #include "reduce.cuh"
 
@@ -42,17 +42,42 @@ extern "C" __global__ void eqat_rmsnorm_backward_dx(float* dx, const float* dout
   }
 }
 
-// dweight (C) += sum over rows of dout[n, c] * (x[n, c] * rstd[n]); one thread per column,
-// rows in order (as the twin).
+// dweight (C) += sum over rows of dout[n, c] * (x[n, c] * rstd[n]), rows in order for each column
+// (as the twin). Launch: ceil(C / 32) blocks of 256 threads; block b owns columns 32b .. 32b + 31.
+// The rows are taken kTileRows at a time: all 256 threads load the tile's dout and normed x
+// coalesced into shared memory (many loads in flight), then one warp, a lane per column, adds the
+// tile's rows in order. (One thread per column loading its own rows one by one kept too few loads
+// in flight: C = 4096 columns are only 128 warps.)
+namespace eqat_rmsnorm {
+constexpr int kCols = 32;
+constexpr int kTileRows = 128;
+}  // namespace eqat_rmsnorm
+
 extern "C" __global__ void eqat_rmsnorm_backward_dweight(float* dweight, const float* dout, const float* x,
                                                          const float* rstd, int rows, int C) {
-  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < C; c += gridDim.x * blockDim.x) {
-    float acc = dweight[c];
-    for (int row = 0; row < rows; ++row) {
-      const long long i = (long long)row * C + c;
-      const float normed = x[i] * rstd[row];
-      acc = (float)((double)acc + (double)dout[i] * (double)normed);
+  using eqat_rmsnorm::kCols;
+  using eqat_rmsnorm::kTileRows;
+  __shared__ float d_tile[kTileRows][kCols];
+  __shared__ float normed_tile[kTileRows][kCols];
+  for (int c0 = blockIdx.x * kCols; c0 < C; c0 += gridDim.x * kCols) {
+    const int lane_col = c0 + (int)threadIdx.x;
+    float acc = threadIdx.x < kCols && lane_col < C ? dweight[lane_col] : 0.0f;
+    for (int r0 = 0; r0 < rows; r0 += kTileRows) {
+      const int nr = rows - r0 < kTileRows ? rows - r0 : kTileRows;
+      __syncthreads();  // the summing warp is done with the previous tile
+      for (int i = threadIdx.x; i < nr * kCols; i += blockDim.x) {
+        const int r = i / kCols, c = i % kCols;
+        if (c0 + c < C) {
+          const long long e = (long long)(r0 + r) * C + c0 + c;
+          d_tile[r][c] = dout[e];
+          normed_tile[r][c] = x[e] * rstd[r0 + r];
+        }
+      }
+      __syncthreads();
+      if (threadIdx.x < kCols && lane_col < C) {
+        for (int r = 0; r < nr; ++r) acc = (float)((double)acc + (double)d_tile[r][threadIdx.x] * (double)normed_tile[r][threadIdx.x]);
+      }
     }
-    dweight[c] = acc;
+    if (threadIdx.x < kCols && lane_col < C) dweight[lane_col] = acc;
   }
 }

@@ -54,6 +54,18 @@ export function attentionPathCuda(): 'gemm' | 'flash' {
 export const ATTENTION_SCORE_BYTES = 128 * 2 ** 20;
 
 /**
+ * The cap in use: EQAT_CUDA_ATTENTION_SCORE_MIB MiB when set (more rows per chunk: fewer,
+ * larger GEMMs for more device memory), else ATTENTION_SCORE_BYTES.
+ */
+export function attentionScoreBytesCuda(): number {
+  const v = process.env['EQAT_CUDA_ATTENTION_SCORE_MIB'];
+  if (v === undefined || v === '') return ATTENTION_SCORE_BYTES;
+  const mib = Number(v);
+  if (!Number.isFinite(mib) || mib <= 0) throw new Error(`EQAT_CUDA_ATTENTION_SCORE_MIB=${v}: must be a positive number of MiB`);
+  return Math.floor(mib * 2 ** 20);
+}
+
+/**
  * Device scratch of attention through GEMMs for one shape and precision, allocated once (a
  * block workspace owns one): the score buffers of a chunk of query rows and, in bf16, copies
  * of q, k, v and dout for the GEMMs. `chunk` rows per chunk are chosen to keep the score
@@ -73,7 +85,7 @@ export class AttentionGemmScratch {
   constructor(
     readonly shape: AttentionShape,
     readonly precision: 'f32' | 'bf16',
-    { training = true, scoreBytes = ATTENTION_SCORE_BYTES }: { training?: boolean; scoreBytes?: number } = {},
+    { training = true, scoreBytes = attentionScoreBytesCuda() }: { training?: boolean; scoreBytes?: number } = {},
   ) {
     const { B, Tq, Tk, H, Hkv, D } = shape;
     const e = precision === 'bf16' ? 2 : 4;

@@ -19,6 +19,7 @@ const COPY = cudaKernel('elementwise.cu', 'eqat_copy', ['ptr', 'ptr', 'i64']);
 const ADD_BIAS = cudaKernel('elementwise.cu', 'eqat_add_bias', ['ptr', 'ptr', 'i64', 'i32']);
 const BIAS_BACKWARD = cudaKernel('elementwise.cu', 'eqat_bias_backward', ['ptr', 'ptr', 'i64', 'i32']);
 const TO_BF16 = cudaKernel('elementwise.cu', 'eqat_f32_to_bf16', ['ptr', 'ptr', 'i64']);
+const TO_BF16_X4 = cudaKernel('elementwise.cu', 'eqat_f32_to_bf16_x4', ['ptr', 'ptr', 'i64']); // 16-byte aligned x, 8-byte aligned out
 const FROM_BF16 = cudaKernel('elementwise.cu', 'eqat_bf16_to_f32', ['ptr', 'ptr', 'i64']);
 
 /** out = alpha * x (f32, same length; out may be x). */
@@ -83,7 +84,8 @@ export function f32ToBf16Cuda(out: DeviceArray, x: DeviceArray): void {
   expectDeviceDtype(x, 'f32', `${op}: x`);
   expectDeviceLength(out, x.length, `${op}: out`);
   if (x.length === 0) return;
-  launchKernel(TO_BF16, gridFor(x.length, BLOCK), BLOCK, [out, x, x.length]);
+  if (x.handle % 16n === 0n && out.handle % 8n === 0n) launchKernel(TO_BF16_X4, gridFor(Math.ceil(x.length / 4), BLOCK), BLOCK, [out, x, x.length]);
+  else launchKernel(TO_BF16, gridFor(x.length, BLOCK), BLOCK, [out, x, x.length]);
 }
 
 /** out (f32) = x (bf16), exactly. */

@@ -7,8 +7,10 @@ import { cudaKernel, expectDeviceDtype, expectDeviceLength, gridFor, launchKerne
 import { checkBits, checkGroupLayout, qmax } from '../../quant/primitives.js';
 
 const BLOCK = 256;
+const BACKWARD_TILE_GROUPS = 32;
 const FORWARD = cudaKernel('fakequant.cu', 'eqat_fakequant_forward', ['ptr', 'ptr', 'ptr', 'ptr', 'i64', 'i32', 'i32']);
 const FORWARD_BF16 = cudaKernel('fakequant.cu', 'eqat_fakequant_forward_bf16', ['ptr', 'ptr', 'ptr', 'ptr', 'i64', 'i32', 'i32']);
+const FORWARD_BF16_X8 = cudaKernel('fakequant.cu', 'eqat_fakequant_forward_bf16_x8', ['ptr', 'ptr', 'ptr', 'ptr', 'i64', 'i32', 'i32']);
 const BACKWARD = cudaKernel('fakequant.cu', 'eqat_fakequant_backward', [
   'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i64', 'i32', 'i32',
 ]);
@@ -55,7 +57,10 @@ export function fakeQuantForwardCuda(
   const bf16 = out.dtype === 'bf16';
   if (bf16) expectDeviceLength(out, O * I, `${op}: out`, `(O=${O}, I=${I})`);
   const { n, qm } = dims(op, O, I, bits, G, bf16 ? { w } : { out, w }, { scale, zero });
-  launchKernel(bf16 ? FORWARD_BF16 : FORWARD, gridFor(n, BLOCK), BLOCK, [out, w, scale, zero, n, G, qm]);
+  const args = [out, w, scale, zero, n, G, qm];
+  // eight elements of one group per thread when groups and addresses allow 16-byte accesses
+  if (bf16 && G % 8 === 0 && w.handle % 16n === 0n && out.handle % 16n === 0n) launchKernel(FORWARD_BF16_X8, gridFor(n / 8, BLOCK), BLOCK, args);
+  else launchKernel(bf16 ? FORWARD_BF16 : FORWARD, gridFor(n, BLOCK), BLOCK, args);
 }
 
 /** Straight-through backward; accumulates (+=) dw (O, I), dscale and dzero (O, I/G). */
@@ -73,5 +78,6 @@ export function fakeQuantBackwardCuda(
   G: number,
 ): void {
   const { groups, qm } = dims('fakeQuantBackwardCuda', O, I, bits, G, { dw, dout, w }, { dscale, dzero, scale, zero });
-  launchKernel(BACKWARD, gridFor(groups, BLOCK), BLOCK, [dw, dscale, dzero, dout, w, scale, zero, groups, G, qm]);
+  // one block per tile of BACKWARD_TILE_GROUPS groups (kTileGroups in fakequant.cu)
+  launchKernel(BACKWARD, gridFor(groups, BACKWARD_TILE_GROUPS), BLOCK, [dw, dscale, dzero, dout, w, scale, zero, groups, G, qm]);
 }

@@ -68,6 +68,6 @@ export function rmsnormBackwardCuda(
   });
   if (rows === 0) return;
   launchKernel(BACKWARD_DX, Math.min(rows, MAX_ROW_BLOCKS), rowBlock(C), [dx, dout, x, weight, rstd, rows, C]);
-  const block = rowBlock(C);
-  launchKernel(BACKWARD_DW, Math.ceil(C / block), block, [dweight, dout, x, rstd, rows, C]);
+  // block b: columns 32b .. 32b + 31 (kCols in rmsnorm.cu), 256 threads loading row tiles
+  launchKernel(BACKWARD_DW, Math.min(Math.ceil(C / 32), 1 << 16), 256, [dweight, dout, x, rstd, rows, C]);
 }

@@ -24,6 +24,17 @@ struct dim3 {
   unsigned x = 1, y = 1, z = 1;
 };
 
+// CUDA's vector types that the kernels load and store whole (16- and 8-byte accesses).
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+struct alignas(8) ushort4 {
+  unsigned short x, y, z, w;
+};
+
 namespace emu {
 
 enum class State { runnable, block_barrier, warp_barrier, done };

@@ -103,8 +103,9 @@ const scenarios: Record<string, () => void> = {
       }
       assert.ok(p.reason!.includes('LD_LIBRARY_PATH'));
     } else {
-      // a real NVRTC exists in the standard directories of this machine
-      assert.match(p.libraries.nvrtc!, /^\//);
+      // a real NVRTC exists on this machine: found by its plain name (loader path, ld.so.cache)
+      // or at an absolute path in the standard directories
+      assert.match(p.libraries.nvrtc!, /^(\/.*\/)?libnvrtc\.so/);
     }
     assert.equal(p.driverVersion, 13000, 'the driver part is still reported');
   },
