@@ -22,7 +22,7 @@ import {
 } from '../../src/engine/cuda.js';
 import { scaleCuda } from '../../src/ops/cuda/elementwise.js';
 import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../../src/ops/cuda/rmsnorm.js';
-import { fakeQuantForwardCuda } from '../../src/ops/cuda/fakequant.js';
+import { fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../../src/ops/cuda/fakequant.js';
 import { adamwStepCuda } from '../../src/ops/cuda/adamw.js';
 import { swigluForwardCuda } from '../../src/ops/cuda/swiglu.js';
 
@@ -155,6 +155,9 @@ test('wrappers choose their launch shapes as their kernels expect', () => {
     rmsnormForwardCuda(arr(3, 0x10000n), arr(3, 0x20000n), arr(3, 0x30000n), arr(1, 0x40000n), 3, 1, 1e-5);
     rmsnormBackwardCuda(arr(2 * 300, 1n << 20n), arr(300, 2n << 20n), arr(600, 3n << 20n), arr(600, 4n << 20n), arr(300, 5n << 20n), arr(2, 6n << 20n), 2, 300);
     fakeQuantForwardCuda(arr(17 * 130, 0x10000n), arr(17 * 130, 0x20000n), arr(34, 0x30000n), arr(34, 0x40000n), 17, 130, 4, 65);
+    fakeQuantForwardCuda(arr(20 * 128, 0x10000n, 'bf16'), arr(20 * 128, 0x20000n), arr(40, 0x30000n), arr(40, 0x40000n), 20, 128, 2, 64);
+    fakeQuantForwardCuda(arr(20 * 128, 0x10008n, 'bf16'), arr(20 * 128, 0x20000n), arr(40, 0x30000n), arr(40, 0x40000n), 20, 128, 2, 64);
+    fakeQuantBackwardCuda(arr(2560, 0x10000n), arr(40, 0x20000n), arr(40, 0x30000n), arr(2560, 0x40000n), arr(2560, 0x50000n), arr(40, 0x60000n), arr(40, 0x70000n), 20, 128, 2, 64);
     swigluForwardCuda(arr(0, 0n), arr(0, 0n), arr(0, 0n)); // nothing to do: no launch
   });
   const shapes = r.launches.map((l) => [l.fn, l.grid[0], l.block[0]]);
@@ -162,8 +165,11 @@ test('wrappers choose their launch shapes as their kernels expect', () => {
     ['eqat_rmsnorm_forward', 65, 160], // one block per row, C rounded up to whole warps
     ['eqat_rmsnorm_forward', 3, 32],
     ['eqat_rmsnorm_backward_dx', 2, 256],
-    ['eqat_rmsnorm_backward_dweight', 2, 256], // one thread per column
+    ['eqat_rmsnorm_backward_dweight', 10, 256], // 32 columns per block
     ['eqat_fakequant_forward', 9, 256], // one thread per element
+    ['eqat_fakequant_forward_bf16_x8', 2, 256], // 8 elements per thread: G % 8 = 0, 16-byte aligned
+    ['eqat_fakequant_forward_bf16', 10, 256], // out only 8-byte aligned: one element per thread
+    ['eqat_fakequant_backward', 2, 256], // a block per tile of 32 groups
   ]);
   const fq = r.launches[4]!.args;
   assert.equal(fq.getBigInt64(32, true), BigInt(17 * 130));

@@ -15,6 +15,7 @@ import {
   downloadDevice,
   freeDevice,
   KERNEL_OPTIONS,
+  kernelSource,
   kernelSourceDir,
   nativeCudaBackend,
   packArgs,
@@ -315,14 +316,14 @@ const scenarios: Record<string, () => void> = {
 
   'real-nvrtc'() {
     // A real NVRTC behind the stand-in driver (a compute capability 9.0 device): every kernel
-    // file compiles headerless with the production options to an sm_90 CUBIN holding its
+    // file compiles (its includes expanded) with the production options to an sm_90 CUBIN holding its
     // kernels, and a device newer than NVRTC gets PTX for the newest architecture it knows.
     const p = probe();
     assert.equal(p.available, true, p.reason);
     assert.ok(p.nvrtcArchs.includes(90), `NVRTC ${p.nvrtcVersion} supports sm_90: ${p.nvrtcArchs}`);
     const dir = kernelSourceDir();
     for (const file of readdirSync(dir).filter((f) => f.endsWith('.cu'))) {
-      const source = readFileSync(join(dir, file), 'utf8');
+      const source = kernelSource(file, dir); // its #include lines expanded, as the loader compiles it
       const c = compile(source, file, [...KERNEL_OPTIONS]);
       assert.equal(c.kind, 'cubin', file);
       assert.equal(c.arch, 'sm_90', file);
@@ -334,7 +335,7 @@ const scenarios: Record<string, () => void> = {
     }
     const newest = Math.max(...p.nvrtcArchs);
     process.env['FAKE_CUDA_CC'] = String(Math.floor(newest / 10) * 10 + 10 + 9); // a major version beyond NVRTC
-    const src = readFileSync(join(dir, 'elementwise.cu'), 'utf8');
+    const src = kernelSource('elementwise.cu', dir);
     const ptx = compile(src, 'elementwise.cu', [...KERNEL_OPTIONS]);
     assert.equal(ptx.kind, 'ptx');
     assert.equal(ptx.arch, `compute_${newest}`);
@@ -362,6 +363,13 @@ const scenarios: Record<string, () => void> = {
     rmSync(cache, { recursive: true, force: true });
   },
 };
+
+// Kernel images the stand-ins compile must never reach the user's cache (~/.cache/eqat or an
+// inherited EQAT_CACHE_DIR): a fake CUBIN there has the key a real GPU with the same driver and
+// NVRTC versions would look up. Scenarios that inspect the cache set their own directory.
+process.env['EQAT_CACHE_DIR'] = mkdtempSync(join(tmpdir(), 'eqat-fake-child-cache-'));
+const childCache = process.env['EQAT_CACHE_DIR'];
+process.on('exit', () => rmSync(childCache, { recursive: true, force: true }));
 
 const name = process.argv[2] ?? '';
 const run = scenarios[name];
