@@ -41,22 +41,8 @@ export class DeviceBlockArena {
   readonly params: DeviceBlockParams;
 
   constructor(cfg: ModelConfig, { linears = true }: { linears?: boolean } = {}) {
-    const shapes = blockParamShapes(cfg);
-    const linearKeys = new Set<string>(BLOCK_LINEARS.map(([k]) => k));
-    const size = (name: BlockParamName): number => (!linears && linearKeys.has(name) ? 0 : shapes[name]!.reduce((a, b) => a * b, 1));
-    let total = 0;
-    for (const name of BLOCK_PARAM_NAMES) if (shapes[name]) total += size(name);
-    this.all = allocDevice('f32', total);
-    const p: Partial<Record<BlockParamName, DeviceArray>> = {};
-    let at = 0;
-    for (const name of BLOCK_PARAM_NAMES) {
-      const shape = shapes[name];
-      if (!shape) continue;
-      const n = size(name);
-      p[name] = deviceView(this.all, at, n);
-      at += n;
-    }
-    this.params = p as DeviceBlockParams;
+    this.all = allocDevice('f32', blockArenaLength(cfg, linears));
+    this.params = blockParamViews(cfg, this.all, { linears });
   }
 
   zero(): void {
@@ -66,6 +52,38 @@ export class DeviceBlockArena {
   free(): void {
     freeDevice(this.all);
   }
+}
+
+/** Elements of a block arena: every parameter, or (linears false) the norms and biases only. */
+export function blockArenaLength(cfg: ModelConfig, linears = true): number {
+  const shapes = blockParamShapes(cfg);
+  const linearKeys = new Set<string>(BLOCK_LINEARS.map(([k]) => k));
+  let total = 0;
+  for (const name of BLOCK_PARAM_NAMES) {
+    const shape = shapes[name];
+    if (shape && (linears || !linearKeys.has(name))) total += shape.reduce((a, b) => a * b, 1);
+  }
+  return total;
+}
+
+/**
+ * The block's parameters as views into `all` (at least blockArenaLength(cfg, linears) elements),
+ * in BLOCK_PARAM_NAMES order; with linears false the linears are empty views. Buffers laid out
+ * like a parameter arena (gradients, AdamW moments) get their per-parameter views this way.
+ */
+export function blockParamViews(cfg: ModelConfig, all: DeviceArray, { linears = true }: { linears?: boolean } = {}): DeviceBlockParams {
+  const shapes = blockParamShapes(cfg);
+  const linearKeys = new Set<string>(BLOCK_LINEARS.map(([k]) => k));
+  const p: Partial<Record<BlockParamName, DeviceArray>> = {};
+  let at = 0;
+  for (const name of BLOCK_PARAM_NAMES) {
+    const shape = shapes[name];
+    if (!shape) continue;
+    const n = !linears && linearKeys.has(name) ? 0 : shape.reduce((a, b) => a * b, 1);
+    p[name] = deviceView(all, at, n);
+    at += n;
+  }
+  return p as DeviceBlockParams;
 }
 
 /** Copies every parameter of host block `src` into device block `dst` (same config; empty entries of either side are skipped). */

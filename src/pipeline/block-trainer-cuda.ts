@@ -1,6 +1,8 @@
 // The Block-AP trainer on CUDA (see block-trainer.ts for the interface and the CPU twin). All
 // of one block's training state lives on the device, allocated once for the whole run:
-//   P, G, m_P, v_P   master parameters, gradients and AdamW moments (one arena each)
+//   P, m_P, v_P      master parameters and AdamW moments (one arena each)
+//   G                gradients of the norms and biases (a linear's weight gradient is never stored:
+//                    its AdamW step runs inside the straight-through backward as it forms)
 //   Q, dQ, m_Q, v_Q  step sizes and zero points with theirs, laid out as the host QuantParams
 //   wTile, dwTile    one fake-quantized weight (in bf16 precision: lowp.wb) and one weight gradient, the largest linear's size
 //   lowp             bf16 copies of a GEMM's inputs (precision 'bf16', the default: bf16 products,
@@ -8,9 +10,10 @@
 //   workspace        the block's activations for B × T tokens (and a batch-1 one for tails)
 // Fake quantization is fused into the weight path (fakeQuantLinearsCuda): each linear quantizes
 // its weight into wTile (lowp.wb in bf16) right before its forward GEMM and again before its backward GEMMs, and
-// its weight gradient goes through the straight-through estimator into G and dQ as soon as it
-// is formed, so no fake-quantized copy of the block (or of its gradient) ever exists. Frozen
-// weights for the passes between blocks are held in G's linears (gradients are dead there).
+// its weight gradient goes through the straight-through estimator into dQ, and into the weight's
+// AdamW step, as soon as it is formed, so no fake-quantized copy of the block and no gradient of
+// its weights ever exists. Frozen weights for the passes between blocks are held in m_P's linears
+// (the moments are dead after freeze(); initQuant() zeroes them before the next block trains).
 // A step (submit) uploads its batch from page-locked host staging and AdamW's scalars, and
 // queues block forward → MSE → backward → AdamW on the device; finish() downloads one number,
 // the loss. Between the two the host is free to read the next batch from the activation cache
@@ -32,12 +35,13 @@ import {
 } from '../engine/cuda.js';
 import { Tensor } from '../engine/tensor.js';
 import type { ModelConfig } from '../model/config.js';
-import { allocBlockParams, BIAS_OF, BLOCK_LINEARS, largestLinearSize, linearDims, type BlockLinear, type BlockParams } from '../model/block.js';
+import { allocBlockParams, BIAS_OF, BLOCK_LINEARS, BLOCK_PARAM_NAMES, largestLinearSize, linearDims, type BlockLinear, type BlockParams } from '../model/block.js';
 import {
   blockBackwardCuda,
   blockForwardCuda,
   denseLinearsCuda,
   DeviceBlockArena,
+  blockParamViews,
   linearRowWidth,
   DeviceBlockWorkspace,
   downloadBlockParams,
@@ -45,7 +49,7 @@ import {
   type DeviceBlockParams,
   type LinearImplCuda,
 } from '../model/block-cuda.js';
-import { fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../ops/cuda/fakequant.js';
+import { fakeQuantBackwardAdamwCuda, fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../ops/cuda/fakequant.js';
 import { linearBackwardCuda, linearForwardCuda, type LowPrecisionScratch } from '../ops/cuda/linear.js';
 import { ADAMW_SCALARS, adamwLaunchCuda, writeAdamWScalars } from '../ops/cuda/adamw.js';
 import { allocReducePartials, mseBackwardCuda, mseQueueCuda, readMseCuda } from '../ops/cuda/reduce.js';
@@ -74,11 +78,21 @@ export class DeviceQuantParams {
   }
 }
 
+/** The AdamW step of the linears' weights, taken inside their backward (see fakeQuantLinearsCuda). */
+export interface FusedWeightUpdate {
+  m: DeviceBlockParams; // AdamW moments laid out as P
+  v: DeviceBlockParams;
+  scalars: DeviceArray; // (ADAMW_SCALARS) the step's scalars, written before the step
+  enabled: boolean; // false: weights are not trained this step (only s and z get gradients)
+}
+
 /**
  * Linears that compute with fake-quantized weights without storing them: W̃ = fakequant(P, s, z)
- * is formed in wTile (in bf16, lowp.wb) right before each use, forward and backward, and the weight gradient
- * formed in dwTile goes straight through the STE into G (weights) and dQ (s, z). Biases are
- * P's and G's, as in the dense linears. With `lowp` scratch the GEMMs run in bf16 (f32 sums).
+ * is formed in wTile (in bf16, lowp.wb) right before each use, forward and backward. The weight
+ * gradient formed in dwTile goes through the STE into dQ (s, z) and, with `update` enabled, into
+ * the weight's AdamW step at once (P and its moments change during the backward, after the
+ * linear's last use); without it into Gr's linear when Gr has one, else nowhere. Biases are P's
+ * and Gr's, as in the dense linears. With `lowp` scratch the GEMMs run in bf16 (f32 sums).
  */
 export function fakeQuantLinearsCuda(
   cfg: ModelConfig,
@@ -91,6 +105,7 @@ export function fakeQuantLinearsCuda(
   wTile: DeviceArray,
   dwTile: DeviceArray,
   lowp: LowPrecisionScratch | null = null,
+  update: FusedWeightUpdate | null = null,
 ): LinearImplCuda {
   const quantized = (key: BlockLinear): { w: DeviceArray; O: number; I: number } => {
     const [O, I] = linearDims(cfg, key);
@@ -109,10 +124,18 @@ export function fakeQuantLinearsCuda(
       const dw = deviceView(dwTile, 0, O * I);
       zeroDevice(dw);
       linearBackwardCuda(dx, dw, Gr[BIAS_OF[key]], dout, x, w, { N, O, I }, accumulateDx, lowp);
-      fakeQuantBackwardCuda(Gr[key], dQ.scale[key], dQ.zero[key], dw, P[key], Q.scale[key], Q.zero[key], O, I, bits, G);
+      if (update?.enabled) {
+        fakeQuantBackwardAdamwCuda(P[key], update.m[key], update.v[key], update.scalars, dQ.scale[key], dQ.zero[key], dw, Q.scale[key], Q.zero[key], O, I, bits, G);
+      } else {
+        const grad = Gr[key].length > 0 ? Gr[key] : null;
+        fakeQuantBackwardCuda(grad, dQ.scale[key], dQ.zero[key], dw, P[key], Q.scale[key], Q.zero[key], O, I, bits, G);
+      }
     },
   };
 }
+
+/** The parameters that are not linear weights (norms, biases): their gradients live in G. */
+const NON_LINEAR_PARAMS = BLOCK_PARAM_NAMES.filter((n) => !BLOCK_LINEARS.some(([k]) => k === n));
 
 export class BlockTrainerCuda implements BlockApTrainer {
   readonly device = 'cuda' as const;
@@ -124,16 +147,17 @@ export class BlockTrainerCuda implements BlockApTrainer {
   private readonly Qhost: QuantParams;
   // device state (see the file header)
   private readonly dP: DeviceBlockArena;
-  private readonly dG: DeviceBlockArena;
+  private readonly dG: DeviceBlockArena; // norms and biases only
   private readonly mP: DeviceArray;
   private readonly vP: DeviceArray;
+  private readonly moments: FusedWeightUpdate; // views of mP, vP as P; the linears' AdamW in the backward
   private readonly dQ: DeviceQuantParams;
   private readonly dQgrad: DeviceQuantParams;
   private readonly mQ: DeviceArray;
   private readonly vQ: DeviceArray;
   private readonly wTile: DeviceArray; // (largest O·I) fake-quantized weight of the linear at work (f32 precision)
   private readonly dwTile: DeviceArray; // (largest O·I) its gradient
-  private readonly frozen: DeviceBlockParams; // frozen linears (in G's storage), norms and biases of P
+  private readonly frozen: DeviceBlockParams; // frozen linears (in m_P's storage), norms and biases of P
   private readonly fakeQuant: LinearImplCuda; // P through fake quantization, gradients into G and dQ
   private readonly lowp: LowPrecisionScratch | null = null; // bf16 GEMM inputs (precision 'bf16')
   private readonly ws: DeviceBlockWorkspace;
@@ -167,9 +191,12 @@ export class BlockTrainerCuda implements BlockApTrainer {
     const mem = this.mem;
     try {
       this.dP = mem.adopt(new DeviceBlockArena(cfg));
-      this.dG = mem.adopt(new DeviceBlockArena(cfg));
+      this.dG = mem.adopt(new DeviceBlockArena(cfg, { linears: false }));
       this.mP = mem.alloc('f32', this.dP.all.length);
       this.vP = mem.alloc('f32', this.dP.all.length);
+      this.scalarsQ = mem.alloc('f32', ADAMW_SCALARS);
+      this.scalarsP = mem.alloc('f32', ADAMW_SCALARS);
+      this.moments = { m: blockParamViews(cfg, this.mP), v: blockParamViews(cfg, this.vP), scalars: this.scalarsP, enabled: false };
       this.dQ = mem.adopt(new DeviceQuantParams(cfg, G));
       this.dQgrad = mem.adopt(new DeviceQuantParams(cfg, G));
       this.mQ = mem.alloc('f32', this.dQ.all.length);
@@ -177,20 +204,18 @@ export class BlockTrainerCuda implements BlockApTrainer {
       const largest = largestLinearSize(cfg);
       this.wTile = mem.alloc('f32', precision === 'f32' ? largest : 0); // bf16: lowp.wb holds the weight
       this.dwTile = mem.alloc('f32', training ? largest : 0);
-      this.frozen = withLinears(this.dP.params, this.dG.params) as DeviceBlockParams;
+      this.frozen = withLinears(this.dP.params, this.moments.m) as DeviceBlockParams;
       if (precision === 'bf16') {
         const rows = B * T * linearRowWidth(cfg);
         this.lowp = { xb: mem.alloc('bf16', rows), doutb: mem.alloc('bf16', training ? rows : 0), wb: mem.alloc('bf16', largest) };
       }
-      this.fakeQuant = fakeQuantLinearsCuda(cfg, this.dP.params, this.dG.params, this.dQ, this.dQgrad, bits, G, this.wTile, this.dwTile, this.lowp);
+      this.fakeQuant = fakeQuantLinearsCuda(cfg, this.dP.params, this.dG.params, this.dQ, this.dQgrad, bits, G, this.wTile, this.dwTile, this.lowp, this.moments);
       this.ws = mem.adopt(new DeviceBlockWorkspace(cfg, B, T, { training, precision }));
       this.xd = mem.alloc('f32', B * T * C);
       this.yd = mem.alloc('f32', B * T * C);
       this.outd = mem.alloc('f32', B * T * C);
       this.dOut = mem.alloc('f32', B * T * C);
       this.partials = mem.adopt(allocReducePartials());
-      this.scalarsQ = mem.alloc('f32', ADAMW_SCALARS);
-      this.scalarsP = mem.alloc('f32', ADAMW_SCALARS);
     } catch (e) {
       this.free();
       throw e;
@@ -235,6 +260,7 @@ export class BlockTrainerCuda implements BlockApTrainer {
     const updateQ = lrQuant > 0, updateP = lrWeight > 0;
     if (updateQ) writeAdamWScalars(this.scalarsQ, { ...common, lr: lrQuant });
     if (updateP) writeAdamWScalars(this.scalarsP, { ...common, lr: lrWeight });
+    this.moments.enabled = updateP; // the linears' AdamW runs inside their backward
     this.graphs.run(`q${+updateQ}p${+updateP}`, () => {
       blockForwardCuda(this.cfg, this.dP.params, this.ws, xd, outd, this.fakeQuant);
       mseQueueCuda(outd, yd, this.partials);
@@ -244,7 +270,12 @@ export class BlockTrainerCuda implements BlockApTrainer {
       zeroDevice(this.dQgrad.all);
       blockBackwardCuda(this.cfg, this.dP.params, this.dG.params, this.ws, xd, dOut, null, this.fakeQuant);
       if (updateQ) adamwLaunchCuda(this.dQ.all, this.dQgrad.all, this.mQ, this.vQ, this.scalarsQ);
-      if (updateP) adamwLaunchCuda(this.dP.all, this.dG.all, this.mP, this.vP, this.scalarsP);
+      if (updateP) {
+        for (const name of NON_LINEAR_PARAMS) {
+          const g = this.dG.params[name];
+          if (g && g.length > 0) adamwLaunchCuda(this.dP.params[name]!, g, this.moments.m[name]!, this.moments.v[name]!, this.scalarsP);
+        }
+      }
     });
     // The other staging buffer takes the next batch. The one just uploaded is written again only
     // after the next submit, by which time finish() has waited for this step (and its copies).

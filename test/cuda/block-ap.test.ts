@@ -9,10 +9,14 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setCudaBackend, setDeviceMemoryBudget } from '../../src/engine/cuda.js';
+import { deviceAllocStats, freeDevice, setCudaBackend, setDeviceMemoryBudget } from '../../src/engine/cuda.js';
+import { blockArenaLength, DeviceBlockWorkspace, linearRowWidth } from '../../src/model/block-cuda.js';
+import { ADAMW_SCALARS } from '../../src/ops/cuda/adamw.js';
+import { allocReducePartials } from '../../src/ops/cuda/reduce.js';
+import { QuantParams } from '../../src/pipeline/block-trainer.js';
 import { runBlockAp, blockApDefaults, type BlockApOptions } from '../../src/pipeline/block-ap.js';
 import { WeightSource } from '../../src/model/weights.js';
-import { allocBlockParams, BLOCK_LINEARS } from '../../src/model/block.js';
+import { allocBlockParams, BLOCK_LINEARS, largestLinearSize } from '../../src/model/block.js';
 import { REPO, TINY } from '../golden.js';
 import { assertClose } from '../util.js';
 import { backendCases, testOnBackends } from './backends.js';
@@ -116,12 +120,13 @@ for (const [name, over] of BLOCK_VARIANTS) for (const [precision, tol] of PRECIS
       randomBlockParams(rng, cpu.P, gpu.P);
       cpu.initQuant();
       gpu.initQuant();
-      for (let step = 0; step < 3; step++) {
+      for (let step = 0; step < 4; step++) {
         rng.fillNormal(cpu.x.f32, 1);
         rng.fillNormal(cpu.y.f32, 1);
         gpu.x.f32.set(cpu.x.f32);
         gpu.y.f32.set(cpu.y.f32);
-        const lc = cpu.step(step, 1e-3, 1e-3, 0.01), lg = gpu.step(step, 1e-3, 1e-3, 0.01);
+        const lrWeight = step === 3 ? 0 : 1e-3; // the last step trains step sizes and zero points alone
+        const lc = cpu.step(step, 1e-3, lrWeight, 0.01), lg = gpu.step(step, 1e-3, lrWeight, 0.01);
         assertClose([lg], [lc], { atol: 0, rtol: tol.loss, what: `loss at step ${step}` });
       }
       cpu.freeze();
@@ -180,3 +185,37 @@ for (const bc of backendCases()) {
     assert.equal(existsSync(out + '.partial'), false);
   });
 }
+
+testOnBackends('the Block-AP trainer holds its parameter state once and no weight gradients (the linears take AdamW inside the backward)', () => {
+  // byte for byte: a gradient buffer for the linears (4 bytes per weight) would show here
+  const cfg = tinyConfig({ hiddenSize: 16, intermediateSize: 24, numHeads: 2, numKvHeads: 1, headDim: 8 });
+  const B = 2, T = 8, G = 8, C = cfg.hiddenSize;
+  const bytesOf = (make: () => { free(): void }): number => {
+    const before = deviceAllocStats().liveBytes;
+    const x = make();
+    const bytes = deviceAllocStats().liveBytes - before;
+    x.free();
+    return bytes;
+  };
+  for (const precision of ['f32', 'bf16'] as const) {
+    const trainer = bytesOf(() => new BlockTrainerCuda(cfg, B, T, 2, G, true, precision));
+    const workspace = bytesOf(() => new DeviceBlockWorkspace(cfg, B, T, { training: true, precision }));
+    const partials = bytesOf(() => {
+      const a = allocReducePartials();
+      return { free: () => freeDevice(a) };
+    });
+    const n = blockArenaLength(cfg), normsAndBiases = blockArenaLength(cfg, false), q = QuantParams.count(cfg, G);
+    const largest = largestLinearSize(cfg), rows = B * T * linearRowWidth(cfg);
+    const expected =
+      4 * 3 * n + // P, AdamW m and v
+      4 * normsAndBiases + // gradients of norms and biases only
+      4 * 4 * q + // step sizes and zero points, their gradients, m and v
+      2 * 4 * ADAMW_SCALARS +
+      (precision === 'f32' ? 4 * largest : 2 * (2 * rows + largest)) + // f32 weight tile, or bf16 GEMM inputs
+      4 * largest + // the weight gradient of the linear at work
+      workspace +
+      4 * 4 * B * T * C + // x, y, output, output gradient
+      partials;
+    assert.equal(trainer, expected, `${precision}: trainer device bytes`);
+  }
+});

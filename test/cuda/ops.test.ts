@@ -17,10 +17,10 @@ import type { AdamWHyper } from '../../src/ops/adamw.js';
 import { fakeQuantBackwardRef, fakeQuantForwardRef, minMaxInit, qmax } from '../../src/quant/primitives.js';
 import { addBiasCuda, addCuda, bf16ToF32Cuda, biasBackwardCuda, copyCuda, f32ToBf16Cuda, scaleCuda } from '../../src/ops/cuda/elementwise.js';
 import { allocReducePartials, mseBackwardCuda, mseForwardCuda, sumSquaresCuda } from '../../src/ops/cuda/reduce.js';
-import { fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../../src/ops/cuda/fakequant.js';
+import { fakeQuantBackwardAdamwCuda, fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../../src/ops/cuda/fakequant.js';
 import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../../src/ops/cuda/rmsnorm.js';
 import { swigluBackwardCuda, swigluForwardCuda } from '../../src/ops/cuda/swiglu.js';
-import { ADAMW_SCALARS, adamwStepCuda } from '../../src/ops/cuda/adamw.js';
+import { ADAMW_SCALARS, adamwStepCuda, writeAdamWScalars } from '../../src/ops/cuda/adamw.js';
 import { assertClose, ODD_SIZES, randn } from '../util.js';
 import { assertBitExact, testOnBackends } from './backends.js';
 
@@ -160,6 +160,42 @@ testOnBackends('fake quant forward and STE backward match the twins bit for bit'
       assertBitExact(host(dgs), gs.f32, `backward dscale ${what}`);
       assertBitExact(host(dgz), gz.f32, `backward dzero ${what}`);
     }
+  }
+});
+
+testOnBackends('fake quant backward with the weight AdamW step fused in equals the twins: STE into a zeroed gradient, then AdamW', (s) => {
+  const rng = new Rng(13);
+  const h = { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1 };
+  for (const [O, I, G, bits] of [[3, 96, 32, 2], [17, 130, 65, 3], [37, 256, 128, 4], [7, 7, 1, 2]] as [number, number, number, number][]) {
+    const what = `bits=${bits} O=${O} I=${I} G=${G}`;
+    const { w, scale, zero } = fakeQuantCase(rng, O, I, G, bits);
+    const ref = { w: w.clone(), m: randn(rng, [O, I], 0.01), v: Tensor.zeros([O, I]) };
+    for (let i = 0; i < ref.v.size; i++) ref.v.f32[i] = rng.next() * 1e-4;
+    const dw = s.upload(ref.w.f32), dm = s.upload(ref.m.f32), dv = s.upload(ref.v.f32);
+    const ds = s.upload(scale.f32), dz = s.upload(zero.f32), scalars = s.alloc('f32', ADAMW_SCALARS);
+    const gs = randn(rng, [O, I / G]), gz = randn(rng, [O, I / G]);
+    const dgs = s.upload(gs.f32), dgz = s.upload(gz.f32);
+    const dgsNull = s.upload(gs.f32), dgzNull = s.upload(gz.f32);
+    for (let step = 1; step <= 2; step++) {
+      const g = randn(rng, [O, I]);
+      for (let i = 0; i < g.size; i += 7) g.f32[i] = -0; // an in-range -0 reaches AdamW as +0
+      const dg = s.upload(g.f32);
+      // without a weight gradient buffer (weights not trained): only the step-size and zero-point sums
+      fakeQuantBackwardCuda(null, dgsNull, dgzNull, dg, s.upload(host(dw).slice()), ds, dz, O, I, bits, G);
+      // twins: the STE into a zeroed buffer, then AdamW over it
+      const grad = Tensor.zeros([O, I]);
+      fakeQuantBackwardRef(grad, gs, gz, g, ref.w, scale, zero, bits, G);
+      adamwStepRef(ref.w, grad, ref.m, ref.v, { ...h, step });
+      writeAdamWScalars(scalars, { ...h, step });
+      fakeQuantBackwardAdamwCuda(dw, dm, dv, scalars, dgs, dgz, dg, ds, dz, O, I, bits, G);
+    }
+    assertBitExact(host(dw), ref.w.f32, `weight ${what}`);
+    assertBitExact(host(dm), ref.m.f32, `m ${what}`);
+    assertBitExact(host(dv), ref.v.f32, `v ${what}`);
+    assertBitExact(host(dgs), gs.f32, `dscale ${what}`);
+    assertBitExact(host(dgz), gz.f32, `dzero ${what}`);
+    assertBitExact(host(dgsNull), gs.f32, `dscale without dw ${what}`);
+    assertBitExact(host(dgzNull), gz.f32, `dzero without dw ${what}`);
   }
 });
 

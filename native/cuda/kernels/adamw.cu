@@ -11,24 +11,16 @@
 // step captured in a CUDA graph uses each replay's learning rate and bias corrections:
 //   hyper = [decay, w1, w1_small (0 or 1), beta2, w2 = 1 - beta2, sqrt(1 - beta2^step), eps,
 //            neg_step = -lr / (1 - beta1^step)]
+// The element update lives in adamw.cuh (shared with the fake-quant backward that updates a
+// linear's weights as their gradients form).
+
+#include "adamw.cuh"
 
 extern "C" __global__ void eqat_adamw_step(float* param, const float* grad, float* m, float* v, long long n,
                                            const float* hyper) {
-  const float decay = hyper[0], w1 = hyper[1], beta2 = hyper[3], w2 = hyper[4], bc2_sqrt = hyper[5], eps = hyper[6],
-              neg_step = hyper[7];
-  const bool w1_small = hyper[2] != 0.0f;
+  const eqat::AdamWScalars h = eqat::load_adamw_scalars(hyper);
   const long long stride = (long long)gridDim.x * blockDim.x;
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const float gi = grad[i];
-    float pi = param[i] * decay;
-    const float diff = gi - m[i];
-    const float mi = w1_small ? (float)((double)w1 * (double)diff + (double)m[i])
-                              : (float)((double)(w1 - 1.0f) * (double)diff + (double)gi);
-    const float vi = v[i] * beta2 + (w2 * gi) * gi;
-    const float denom = sqrtf(vi) / bc2_sqrt + eps;
-    pi = pi + (neg_step * mi) / denom;
-    param[i] = pi;
-    m[i] = mi;
-    v[i] = vi;
+    eqat::adamw_update(param[i], grad[i], m[i], v[i], h);
   }
 }

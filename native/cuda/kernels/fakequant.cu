@@ -83,26 +83,49 @@ extern "C" __global__ void eqat_fakequant_forward_bf16_x8(unsigned short* out, c
   }
 }
 
-// Straight-through backward, accumulating (+=) into dw (n), dscale and dzero (groups):
-//   in range (0 <= round(u) + z_r <= qmax, u = w / s_c): dw += dout, ds += dout * (round(u) - u)
-//   clipped:                                            ds += dout * (q - z_r), dz -= dout * s_c
-// Each group's sums run over its G elements in order, as the twin's do, so the result is the
-// twin's bit for bit. Launch: blocks of any size; each block takes tiles of kTileGroups
-// consecutive groups. A tile is visited kChunk elements of every group at a time: all threads
-// read dout and w coalesced, update dw and leave each element's two terms in shared memory;
-// then one thread per group adds its kChunk terms in order. (One thread walking its own group
-// through global memory reads addresses G floats apart across a warp, and ran about ten times
-// slower than this.)
+// Straight-through backward:
+//   in range (0 <= round(u) + z_r <= qmax, u = w / s_c): dW = dout, ds += dout * (round(u) - u)
+//   clipped:                                            dW = 0,    ds += dout * (q - z_r), dz -= dout * s_c
+// with dscale and dzero (groups) accumulated (+=). Each group's sums run over its G elements in
+// order, as the twin's do, so the result is the twin's bit for bit. What happens to an element's
+// weight gradient dW is the Sink's: eqat_fakequant_backward adds it into dw (or drops it), and
+// eqat_fakequant_backward_adamw applies AdamW to the weight with it right away, as an AdamW step
+// over a zeroed-then-accumulated gradient buffer would, without the buffer.
+//
+// Launch: blocks of any size; each block takes tiles of kTileGroups consecutive groups. A tile
+// is visited kChunk elements of every group at a time: all threads read dout and w coalesced,
+// hand each element's weight gradient to the sink and leave its two group terms in shared
+// memory; then one thread per group adds its kChunk terms in order. (One thread walking its own
+// group through global memory reads addresses G floats apart across a warp, and ran about ten
+// times slower than this.)
+#include "adamw.cuh"
+
 namespace eqat_fq {
 constexpr int kTileGroups = 32;
 constexpr int kChunk = 64;
-}  // namespace eqat_fq
 
-extern "C" __global__ void eqat_fakequant_backward(float* dw, float* dscale, float* dzero, const float* dout,
-                                                   const float* w, const float* scale, const float* zero,
-                                                   long long groups, int G, int qmax) {
-  using eqat_fq::kChunk;
-  using eqat_fq::kTileGroups;
+// dw[e] += g (dw null: the gradient is not wanted). g is +0 for a clipped element, so -0 in dw
+// turns into +0 there, as the twin's += 0 does.
+struct AccumulateGrad {
+  float* dw;
+  __device__ void operator()(long long e, float g) const {
+    if (dw) dw[e] = dw[e] + g;
+  }
+};
+
+// AdamW on w[e] with the gradient a zeroed buffer would hold after accumulating g (0 + g:
+// -0 becomes +0), moments m[e], v[e].
+struct AdamWUpdate {
+  float* w;
+  float* m;
+  float* v;
+  eqat::AdamWScalars h;
+  __device__ void operator()(long long e, float g) const { eqat::adamw_update(w[e], 0.0f + g, m[e], v[e], h); }
+};
+
+template <typename Sink>
+__device__ void backward_tiles(const Sink& sink, float* dscale, float* dzero, const float* dout, const float* w,
+                               const float* scale, const float* zero, long long groups, int G, int qmax) {
   __shared__ float ds_term[kTileGroups][kChunk + 1];  // +1: the summing threads read distinct banks
   __shared__ float dz_term[kTileGroups][kChunk + 1];
   __shared__ unsigned char clipped[kTileGroups][kChunk + 1];
@@ -112,8 +135,8 @@ extern "C" __global__ void eqat_fakequant_backward(float* dw, float* dscale, flo
     const int ng = (int)(groups - g0 < kTileGroups ? groups - g0 : kTileGroups);
     __syncthreads();  // the previous tile's summing threads are done with s_c and z_r
     if (threadIdx.x < ng) {
-      s_c[threadIdx.x] = eqat_fq::clamp_scale(scale[g0 + threadIdx.x]);
-      z_r[threadIdx.x] = eqat_fq::round_zero(zero[g0 + threadIdx.x], qm);
+      s_c[threadIdx.x] = clamp_scale(scale[g0 + threadIdx.x]);
+      z_r[threadIdx.x] = round_zero(zero[g0 + threadIdx.x], qm);
     }
     float ds = 0.0f, dz = 0.0f;  // thread t < ng: the sums of group g0 + t
     for (int c0 = 0; c0 < G; c0 += kChunk) {
@@ -124,19 +147,19 @@ extern "C" __global__ void eqat_fakequant_backward(float* dw, float* dscale, flo
         const long long e = (g0 + lg) * G + c0 + j;
         const float s = s_c[lg], zr = z_r[lg];
         const float grad = dout[e];
-        const float u = w[e] / s;
+        const float u = w[e] / s;  // read before the sink may update w[e]
         const float r = rintf(u);
         const float code = r + zr;
         if (code >= 0.0f && code <= qm) {
-          dw[e] = dw[e] + grad;
           ds_term[lg][j] = grad * (r - u);
           clipped[lg][j] = 0;
+          sink(e, grad);
         } else {
-          dw[e] = dw[e] + 0.0f;  // turns -0 into +0, as the twin's += 0 does
           const float q = code < 0.0f ? 0.0f : qm;
           ds_term[lg][j] = grad * (q - zr);
           dz_term[lg][j] = grad * s;
           clipped[lg][j] = 1;
+          sink(e, 0.0f);
         }
       }
       __syncthreads();
@@ -153,4 +176,21 @@ extern "C" __global__ void eqat_fakequant_backward(float* dw, float* dscale, flo
       dzero[g0 + threadIdx.x] = dzero[g0 + threadIdx.x] + dz;
     }
   }
+}
+
+}  // namespace eqat_fq
+
+// dw (n) += weight gradient (dw may be null: only dscale and dzero are wanted).
+extern "C" __global__ void eqat_fakequant_backward(float* dw, float* dscale, float* dzero, const float* dout,
+                                                   const float* w, const float* scale, const float* zero,
+                                                   long long groups, int G, int qmax) {
+  eqat_fq::backward_tiles(eqat_fq::AccumulateGrad{dw}, dscale, dzero, dout, w, scale, zero, groups, G, qmax);
+}
+
+// w (n), m, v updated by AdamW (scalars in `hyper`, see adamw.cu) with the weight gradient.
+extern "C" __global__ void eqat_fakequant_backward_adamw(float* w, float* m, float* v, const float* hyper, float* dscale,
+                                                         float* dzero, const float* dout, const float* scale,
+                                                         const float* zero, long long groups, int G, int qmax) {
+  const eqat_fq::AdamWUpdate sink{w, m, v, eqat::load_adamw_scalars(hyper)};
+  eqat_fq::backward_tiles(sink, dscale, dzero, dout, w, scale, zero, groups, G, qmax);
 }

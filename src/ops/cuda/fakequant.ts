@@ -3,7 +3,8 @@
 // (src/quant/fakequant.ts) and its twins fakeQuantForwardRef / fakeQuantBackwardRef
 // (src/quant/primitives.ts): w is (O, I) row-major, scale and zero are (O, I/G), groups are G
 // consecutive inputs.
-import { cudaKernel, expectDeviceDtype, expectDeviceLength, gridFor, launchKernel, type DeviceArray } from '../../engine/cuda.js';
+import { cudaKernel, deviceOverlaps, expectDeviceDtype, expectDeviceLength, gridFor, launchKernel, type DeviceArray } from '../../engine/cuda.js';
+import { ADAMW_SCALARS } from './adamw.js';
 import { checkBits, checkGroupLayout, qmax } from '../../quant/primitives.js';
 
 const BLOCK = 256;
@@ -13,6 +14,9 @@ const FORWARD_BF16 = cudaKernel('fakequant.cu', 'eqat_fakequant_forward_bf16', [
 const FORWARD_BF16_X8 = cudaKernel('fakequant.cu', 'eqat_fakequant_forward_bf16_x8', ['ptr', 'ptr', 'ptr', 'ptr', 'i64', 'i32', 'i32']);
 const BACKWARD = cudaKernel('fakequant.cu', 'eqat_fakequant_backward', [
   'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i64', 'i32', 'i32',
+]);
+const BACKWARD_ADAMW = cudaKernel('fakequant.cu', 'eqat_fakequant_backward_adamw', [
+  'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i64', 'i32', 'i32',
 ]);
 
 function dims(
@@ -63,9 +67,12 @@ export function fakeQuantForwardCuda(
   else launchKernel(bf16 ? FORWARD_BF16 : FORWARD, gridFor(n, BLOCK), BLOCK, args);
 }
 
-/** Straight-through backward; accumulates (+=) dw (O, I), dscale and dzero (O, I/G). */
+/**
+ * Straight-through backward; accumulates (+=) dw (O, I), dscale and dzero (O, I/G). With dw
+ * null only dscale and dzero are formed (the weights are not being trained).
+ */
 export function fakeQuantBackwardCuda(
-  dw: DeviceArray, // (O, I) +=
+  dw: DeviceArray | null, // (O, I) +=
   dscale: DeviceArray, // (O, I/G) +=
   dzero: DeviceArray, // (O, I/G) +=
   dout: DeviceArray, // (O, I)
@@ -77,7 +84,41 @@ export function fakeQuantBackwardCuda(
   bits: number,
   G: number,
 ): void {
-  const { groups, qm } = dims('fakeQuantBackwardCuda', O, I, bits, G, { dw, dout, w }, { dscale, dzero, scale, zero });
+  const { groups, qm } = dims('fakeQuantBackwardCuda', O, I, bits, G, dw ? { dw, dout, w } : { dout, w }, { dscale, dzero, scale, zero });
   // one block per tile of BACKWARD_TILE_GROUPS groups (kTileGroups in fakequant.cu)
-  launchKernel(BACKWARD, gridFor(groups, BACKWARD_TILE_GROUPS), BLOCK, [dw, dscale, dzero, dout, w, scale, zero, groups, G, qm]);
+  launchKernel(BACKWARD, gridFor(groups, BACKWARD_TILE_GROUPS), BLOCK, [dw ?? 0n, dscale, dzero, dout, w, scale, zero, groups, G, qm]);
+}
+
+/**
+ * The straight-through backward with the weight's AdamW step fused in: w (O, I) and its moments
+ * m, v are updated with the weight gradient as it forms (the scalars last written to `scalars`,
+ * see src/ops/cuda/adamw.ts), exactly as fakeQuantBackwardCuda into a zeroed buffer followed by
+ * an AdamW step over it, with no gradient buffer; dscale and dzero (O, I/G) accumulate (+=).
+ */
+export function fakeQuantBackwardAdamwCuda(
+  w: DeviceArray, // (O, I) updated
+  m: DeviceArray, // (O, I) updated
+  v: DeviceArray, // (O, I) updated
+  scalars: DeviceArray, // (ADAMW_SCALARS)
+  dscale: DeviceArray, // (O, I/G) +=
+  dzero: DeviceArray, // (O, I/G) +=
+  dout: DeviceArray, // (O, I)
+  scale: DeviceArray, // (O, I/G)
+  zero: DeviceArray, // (O, I/G)
+  O: number,
+  I: number,
+  bits: number,
+  G: number,
+): void {
+  const op = 'fakeQuantBackwardAdamwCuda';
+  const { groups, qm } = dims(op, O, I, bits, G, { w, m, v, dout }, { dscale, dzero, scale, zero });
+  const named: [string, DeviceArray][] = [['w', w], ['m', m], ['v', v], ['dout', dout]];
+  for (let i = 0; i < named.length; i++) {
+    for (let j = i + 1; j < named.length; j++) {
+      if (deviceOverlaps(named[i]![1], named[j]![1])) throw new RangeError(`${op}: arguments '${named[i]![0]}' and '${named[j]![0]}' share storage`);
+    }
+  }
+  expectDeviceDtype(scalars, 'f32', `${op}: scalars`);
+  expectDeviceLength(scalars, ADAMW_SCALARS, `${op}: scalars`);
+  launchKernel(BACKWARD_ADAMW, gridFor(groups, BACKWARD_TILE_GROUPS), BLOCK, [w, m, v, scalars, dscale, dzero, dout, scale, zero, groups, G, qm]);
 }
