@@ -8,7 +8,7 @@
 //
 // Numerics follow the CPU path (src/model/model.ts, src/pipeline/eval.ts) op for op; with
 // precision 'bf16' the GEMMs take bf16 copies of their inputs (f32 sums), as in Block-AP.
-import { DeviceAllocations, deviceView, downloadDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
+import { DeviceAllocations, deviceView, downloadDevice, uploadDevice, type DeviceArray } from '../engine/cuda.js';
 import type { Tensor } from '../engine/tensor.js';
 import type { ModelConfig } from './config.js';
 import { BIAS_OF, BLOCK_LINEARS, allocBlockParams, largestLinearSize, linearDims, type BlockLinear } from './block.js';
@@ -68,9 +68,8 @@ export function packedLinearsCuda(
     backward(dx, dout, x, key, N, accumulateDx) {
       if (!train) throw new Error('packedLinearsCuda: built for the forward only (no step-size gradients given)');
       const { w, O, I } = dequantized(key);
-      const dw = deviceView(train.dwTile, 0, O * I);
-      zeroDevice(dw);
-      linearBackwardCuda(dx, dw, null, dout, x, w, { N, O, I }, accumulateDx, lowp);
+      const dw = deviceView(train.dwTile, 0, O * I); // overwritten by the weight-gradient GEMM
+      linearBackwardCuda(dx, dw, null, dout, x, w, { N, O, I }, accumulateDx, lowp, false);
       gptqScaleGradCuda(train.dscales[key], dw, packed.weights[key]);
     },
   };

@@ -121,9 +121,8 @@ export function fakeQuantLinearsCuda(
     },
     backward(dx, dout, x, key, N, accumulateDx) {
       const { w, O, I } = quantized(key);
-      const dw = deviceView(dwTile, 0, O * I);
-      zeroDevice(dw);
-      linearBackwardCuda(dx, dw, Gr[BIAS_OF[key]], dout, x, w, { N, O, I }, accumulateDx, lowp);
+      const dw = deviceView(dwTile, 0, O * I); // overwritten by the weight-gradient GEMM
+      linearBackwardCuda(dx, dw, Gr[BIAS_OF[key]], dout, x, w, { N, O, I }, accumulateDx, lowp, false);
       if (update?.enabled) {
         fakeQuantBackwardAdamwCuda(P[key], update.m[key], update.v[key], update.scalars, dQ.scale[key], dQ.zero[key], dw, Q.scale[key], Q.zero[key], O, I, bits, G);
       } else {

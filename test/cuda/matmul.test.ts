@@ -24,6 +24,8 @@ import {
   type DeviceArray,
 } from '../../src/engine/cuda.js';
 import { matmulCuda, rowMajorGemm } from '../../src/ops/cuda/matmul.js';
+import { linearBackwardCuda } from '../../src/ops/cuda/linear.js';
+import { assertClose } from '../util.js';
 import { gemmColMajorRef } from './emu/gemm-ref.js';
 import { backendCases, withBackend } from './backends.js';
 
@@ -185,6 +187,29 @@ for (const bc of backendCases()) {
       } finally {
         for (const d of [da, db, dout]) freeDevice(d);
       }
+    }
+  });
+
+  on('linear backward: dw accumulates, or is overwritten without being read (accumulateDw false)', () => {
+    const rng = new Rng(25);
+    const N = 9, O = 5, I = 7;
+    const dout = Tensor.zeros([N, O]), x = Tensor.zeros([N, I]), w = Tensor.zeros([O, I]), dw0 = Tensor.zeros([O, I]);
+    for (const t of [dout, x, w, dw0]) rng.fillNormal(t.f32);
+    const product = Tensor.zeros([O, I]);
+    matmulRef(product, dout, x, { transA: true }); // doutᵀ x
+    const dx = Tensor.zeros([N, I]);
+    matmulRef(dx, dout, w);
+    const d = { dout: toDevice(dout.f32), x: toDevice(x.f32), w: toDevice(w.f32) };
+    const acc = toDevice(dw0.f32), over = toDevice(new Float32Array(O * I).fill(NaN)), ddx = toDevice(new Float32Array(N * I));
+    try {
+      linearBackwardCuda(ddx, acc, null, d.dout, d.x, d.w, { N, O, I });
+      linearBackwardCuda(null, over, null, d.dout, d.x, d.w, { N, O, I }, false, null, false);
+      const sum = dw0.f32.map((v, i) => Math.fround(v + product.f32[i]!));
+      assertClose(downloadDevice<Float32Array>(acc), sum, { atol: 1e-5, rtol: 1e-5, what: 'dw accumulated' });
+      assertClose(downloadDevice<Float32Array>(over), product.f32, { atol: 1e-5, rtol: 1e-5, what: 'dw overwritten (its NaN never read)' });
+      assertClose(downloadDevice<Float32Array>(ddx), dx.f32, { atol: 1e-5, rtol: 1e-5, what: 'dx' });
+    } finally {
+      for (const a of [d.dout, d.x, d.w, acc, over, ddx]) freeDevice(a);
     }
   });
 }

@@ -66,7 +66,8 @@ export function linearForwardCuda(
 
 /**
  * dx (N, I) = dout (N, O) @ w (O, I), overwritten unless accumulateDx;
- * dw (O, I) += doutᵀ @ x; dbias (O) += column sums of dout (f32). dx/dw/dbias may be null.
+ * dw (O, I) += doutᵀ @ x, or = with accumulateDw false (no zeroing pass, C not read);
+ * dbias (O) += column sums of dout (f32). dx/dw/dbias may be null.
  */
 export function linearBackwardCuda(
   dx: DeviceArray | null,
@@ -78,9 +79,10 @@ export function linearBackwardCuda(
   d: LinearDims,
   accumulateDx = false,
   lowp: LowPrecisionScratch | null = null,
+  accumulateDw = true,
 ): void {
   const doutIn = lowp && (dx || dw) ? bf16(lowp.doutb, dout, d.N * d.O) : dout;
   if (dx) matmulCuda(dx, doutIn, lowp ? bf16(lowp.wb, w, d.O * d.I) : w, d.N, d.I, d.O, { beta: accumulateDx ? 1 : 0 });
-  if (dw) matmulCuda(dw, doutIn, lowp ? bf16(lowp.xb, x, d.N * d.I) : x, d.O, d.I, d.N, { transA: true, beta: 1 });
+  if (dw) matmulCuda(dw, doutIn, lowp ? bf16(lowp.xb, x, d.N * d.I) : x, d.O, d.I, d.N, { transA: true, beta: accumulateDw ? 1 : 0 });
   if (dbias) biasBackwardCuda(dbias, dout, d.O);
 }
