@@ -461,6 +461,17 @@ export function deviceOverlaps(a: DeviceArray, b: DeviceArray): boolean {
   return a.handle < b.handle + BigInt(b.bytes) && b.handle < a.handle + BigInt(a.bytes);
 }
 
+/** Throws a RangeError naming the first two of `named` that share storage (`op` names the op). */
+export function expectDisjoint(op: string, named: readonly (readonly [string, DeviceArray])[]): void {
+  for (let i = 0; i < named.length; i++) {
+    for (let j = i + 1; j < named.length; j++) {
+      if (deviceOverlaps(named[i]![1], named[j]![1])) {
+        throw new RangeError(`${op}: arguments '${named[i]![0]}' and '${named[j]![0]}' share storage`);
+      }
+    }
+  }
+}
+
 /** Throws a TypeError unless a holds `dtype`; `what` names the op and argument. */
 export function expectDeviceDtype(a: DeviceArray, dtype: DType, what: string): void {
   if (a.dtype !== dtype) throw new TypeError(`${what}: expected a ${dtype} device array, got ${a.dtype}`);

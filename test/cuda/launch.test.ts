@@ -22,7 +22,7 @@ import {
 } from '../../src/engine/cuda.js';
 import { scaleCuda } from '../../src/ops/cuda/elementwise.js';
 import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../../src/ops/cuda/rmsnorm.js';
-import { fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../../src/ops/cuda/fakequant.js';
+import { fakeQuantBackwardAdamwCuda, fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../../src/ops/cuda/fakequant.js';
 import { adamwStepCuda } from '../../src/ops/cuda/adamw.js';
 import { swigluForwardCuda } from '../../src/ops/cuda/swiglu.js';
 
@@ -194,6 +194,10 @@ test('wrappers reject bad arguments before any launch, naming the op and argumen
     const p = arr(8, 0x1000n), g = arr(8, 0x2000n), m = arr(8, 0x3000n), h = { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, step: 1 };
     assert.throws(() => adamwStepCuda(p, g, arr(8, 0x1010n), arr(8, 0x4000n), h, arr(8, 0x5000n)), /adamwStepCuda: arguments 'param' and 'm' share storage/);
     assert.throws(() => adamwStepCuda(p, g, m, arr(8, 0x4000n), { ...h, step: 0 }, arr(8, 0x5000n)), /hyperparameter 'step' must be an integer >= 1/);
+    const fq = (w: bigint, m: bigint) =>
+      fakeQuantBackwardAdamwCuda(arr(64, w), arr(64, m), arr(64, 0x9000n), arr(8, 0xa000n), arr(8, 0xb000n), arr(8, 0xc000n), arr(64, 0xd000n), arr(8, 0xe000n), arr(8, 0xf000n), 2, 32, 2, 8);
+    assert.throws(() => fq(0x1000n, 0x1080n), /fakeQuantBackwardAdamwCuda: arguments 'w' and 'm' share storage/);
+    assert.throws(() => fakeQuantBackwardAdamwCuda(arr(64, 0x1000n), arr(64, 0x2000n), arr(64, 0x3000n), arr(7, 0x4000n), arr(8, 0x5000n), arr(8, 0x6000n), arr(64, 0x7000n), arr(8, 0x8000n), arr(8, 0x9000n), 2, 32, 2, 8), /fakeQuantBackwardAdamwCuda: scalars: expected 8 elements, got 7/);
   });
   assert.equal(r.launches.length, 0);
 });

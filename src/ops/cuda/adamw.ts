@@ -10,7 +10,7 @@
 // queues the kernel, so a step captured in a CUDA graph picks up each replay's learning rate.
 import {
   cudaKernel,
-  deviceOverlaps,
+  expectDisjoint,
   expectDeviceDtype,
   expectDeviceLength,
   gridFor,
@@ -52,13 +52,7 @@ function checkAdamWArgs(param: DeviceArray, grad: DeviceArray, m: DeviceArray, v
     expectDeviceDtype(a, 'f32', `${op}: argument '${name}'`);
     expectDeviceLength(a, param.length, `${op}: argument '${name}'`, '(as param)');
   }
-  for (let i = 0; i < 4; i++) {
-    for (let j = i + 1; j < 4; j++) {
-      if (deviceOverlaps(named[i]![1], named[j]![1])) {
-        throw new RangeError(`${op}: arguments '${named[i]![0]}' and '${named[j]![0]}' share storage`);
-      }
-    }
-  }
+  expectDisjoint(op, named);
   expectDeviceDtype(scalars, 'f32', `${op}: argument 'scalars'`);
   expectDeviceLength(scalars, ADAMW_SCALARS, `${op}: argument 'scalars'`);
 }

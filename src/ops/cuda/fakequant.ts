@@ -3,7 +3,7 @@
 // (src/quant/fakequant.ts) and its twins fakeQuantForwardRef / fakeQuantBackwardRef
 // (src/quant/primitives.ts): w is (O, I) row-major, scale and zero are (O, I/G), groups are G
 // consecutive inputs.
-import { cudaKernel, deviceOverlaps, expectDeviceDtype, expectDeviceLength, gridFor, launchKernel, type DeviceArray } from '../../engine/cuda.js';
+import { cudaKernel, expectDeviceDtype, expectDisjoint, expectDeviceLength, gridFor, launchKernel, type DeviceArray } from '../../engine/cuda.js';
 import { ADAMW_SCALARS } from './adamw.js';
 import { checkBits, checkGroupLayout, qmax } from '../../quant/primitives.js';
 
@@ -112,12 +112,7 @@ export function fakeQuantBackwardAdamwCuda(
 ): void {
   const op = 'fakeQuantBackwardAdamwCuda';
   const { groups, qm } = dims(op, O, I, bits, G, { w, m, v, dout }, { dscale, dzero, scale, zero });
-  const named: [string, DeviceArray][] = [['w', w], ['m', m], ['v', v], ['dout', dout]];
-  for (let i = 0; i < named.length; i++) {
-    for (let j = i + 1; j < named.length; j++) {
-      if (deviceOverlaps(named[i]![1], named[j]![1])) throw new RangeError(`${op}: arguments '${named[i]![0]}' and '${named[j]![0]}' share storage`);
-    }
-  }
+  expectDisjoint(op, [['w', w], ['m', m], ['v', v], ['dout', dout]]);
   expectDeviceDtype(scalars, 'f32', `${op}: scalars`);
   expectDeviceLength(scalars, ADAMW_SCALARS, `${op}: scalars`);
   launchKernel(BACKWARD_ADAMW, gridFor(groups, BACKWARD_TILE_GROUPS), BLOCK, [w, m, v, scalars, dscale, dzero, dout, scale, zero, groups, G, qm]);
