@@ -1,6 +1,6 @@
 // A disk cache of tokenised calibration corpora: tokenising a 25 MB corpus takes about 18 s with
-// the pure-JS tokenizer on one thread (a miss tokenises on every core: tokenize-parallel.ts), and every Block-AP/E2E-QP run on the same corpus and tokenizer
-// needs the same stream. Keyed by the corpus bytes and the tokenizer.json text; a stale or
+// the pure-JS tokenizer on one thread (a miss tokenises on every core: tokenize-parallel.ts), and
+// every Block-AP/E2E-QP run on the same corpus and tokenizer needs the same stream. Keyed by the corpus bytes and the tokenizer.json text; a stale or
 // damaged entry is simply rebuilt. Location: $EQAT_CACHE_DIR, else ~/.cache/eqat/tokens.
 import { mkdirSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';

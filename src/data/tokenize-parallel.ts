@@ -1,9 +1,9 @@
 // Tokenising a calibration corpus on several threads. The pure-JS tokenizer encodes about 1.4 MB
 // of text per second per thread (calib.txt, 25.8 MB: 18.3 s on one thread of a 2-vCPU machine,
-// 12.5 s on two), longer than Block-AP on a GPU takes to train a small model. The documents are cut into
-// contiguous slices of about equal text length; each worker thread loads the tokenizer from the
-// model directory and tokenises its slice with tokenizeDocuments; the slices' streams are joined
-// in order with the separator's tokens (joinTokenStreams). The result is the stream that
+// 12.5 s on two), longer than Block-AP on a GPU takes to train a small model. The documents are
+// cut into contiguous slices of about equal text length; each worker thread loads the tokenizer
+// from the model directory and tokenises its slice with tokenizeDocuments; the slices' streams
+// are joined in order with the separator's tokens (joinTokenStreams). The result is the stream that
 // tokenizeDocuments over all documents gives, token for token (tested against it).
 import { availableParallelism } from 'node:os';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';

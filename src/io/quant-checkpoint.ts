@@ -9,7 +9,7 @@
 import { copyFileSync, existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ModelConfig } from '../model/config.js';
-import { BLOCK_LINEARS, BLOCK_PARAM_NAMES, HF_PARAM_NAME, blockParamShapes, type BlockLinear, type BlockParams } from '../model/block.js';
+import { BLOCK_LINEARS, BLOCK_PARAM_NAMES, HF_PARAM_NAME, blockParamShapes, isBlockLinear, type BlockLinear, type BlockParams } from '../model/block.js';
 import { writeSafetensors, type TensorToWrite } from './safetensors-write.js';
 import { gIdx, packQweight, packQzeros } from '../quant/gptq-pack.js';
 import { quantConfigJson } from '../quant/checkpoint-config.js';
@@ -67,10 +67,9 @@ export function blockShardTensors(
     out.push({ name: base + '.scales', dtype: 'F16', shape: [groups, O], data: scales });
     out.push({ name: base + '.g_idx', dtype: 'I32', shape: [I], data: gIdx(I, groupSize) });
   }
-  const linearKeys = new Set<string>(BLOCK_LINEARS.map(([k]) => k));
   for (const key of BLOCK_PARAM_NAMES) {
     const t = params[key];
-    if (!t || linearKeys.has(key)) continue;
+    if (!t || isBlockLinear(key)) continue;
     out.push({ name: prefix + HF_PARAM_NAME[key], dtype: 'F32', shape: [...t.shape], data: t.f32 });
   }
   return out;

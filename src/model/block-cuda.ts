@@ -9,7 +9,7 @@
 import { allocDevice, deviceView, downloadDevice, freeDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
 import type { ModelConfig } from './config.js';
 import { ropeTables } from './rope.js';
-import { BIAS_OF, BLOCK_LINEARS, BLOCK_PARAM_NAMES, blockParamShapes, linearDims, type BlockLinear, type BlockParamName, type BlockParams } from './block.js';
+import { BIAS_OF, BLOCK_PARAM_NAMES, blockParamShapes, isBlockLinear, linearDims, type BlockLinear, type BlockParamName, type BlockParams } from './block.js';
 import { linearBackwardCuda, linearForwardCuda, type LinearDims, type LowPrecisionScratch } from '../ops/cuda/linear.js';
 import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../ops/cuda/rmsnorm.js';
 import { ropeBackwardCuda, ropeForwardCuda } from '../ops/cuda/rope.js';
@@ -54,16 +54,20 @@ export class DeviceBlockArena {
   }
 }
 
-/** Elements of a block arena: every parameter, or (linears false) the norms and biases only. */
-export function blockArenaLength(cfg: ModelConfig, linears = true): number {
+/** Each parameter the config has and its elements in a block arena (0 for a linear left out). */
+function arenaEntries(cfg: ModelConfig, linears: boolean): [BlockParamName, number][] {
   const shapes = blockParamShapes(cfg);
-  const linearKeys = new Set<string>(BLOCK_LINEARS.map(([k]) => k));
-  let total = 0;
+  const out: [BlockParamName, number][] = [];
   for (const name of BLOCK_PARAM_NAMES) {
     const shape = shapes[name];
-    if (shape && (linears || !linearKeys.has(name))) total += shape.reduce((a, b) => a * b, 1);
+    if (shape) out.push([name, !linears && isBlockLinear(name) ? 0 : shape.reduce((a, b) => a * b, 1)]);
   }
-  return total;
+  return out;
+}
+
+/** Elements of a block arena: every parameter, or (linears false) the norms and biases only. */
+export function blockArenaLength(cfg: ModelConfig, linears = true): number {
+  return arenaEntries(cfg, linears).reduce((total, [, n]) => total + n, 0);
 }
 
 /**
@@ -72,14 +76,9 @@ export function blockArenaLength(cfg: ModelConfig, linears = true): number {
  * like a parameter arena (gradients, AdamW moments) get their per-parameter views this way.
  */
 export function blockParamViews(cfg: ModelConfig, all: DeviceArray, { linears = true }: { linears?: boolean } = {}): DeviceBlockParams {
-  const shapes = blockParamShapes(cfg);
-  const linearKeys = new Set<string>(BLOCK_LINEARS.map(([k]) => k));
   const p: Partial<Record<BlockParamName, DeviceArray>> = {};
   let at = 0;
-  for (const name of BLOCK_PARAM_NAMES) {
-    const shape = shapes[name];
-    if (!shape) continue;
-    const n = !linears && linearKeys.has(name) ? 0 : shape.reduce((a, b) => a * b, 1);
+  for (const [name, n] of arenaEntries(cfg, linears)) {
     p[name] = deviceView(all, at, n);
     at += n;
   }

@@ -53,6 +53,11 @@ export const BLOCK_LINEARS = [
 ] as const;
 export type BlockLinear = (typeof BLOCK_LINEARS)[number][0];
 
+/** True for the parameter names that are linear weights (BLOCK_LINEARS' keys). */
+export function isBlockLinear(name: string): name is BlockLinear {
+  return BLOCK_LINEARS.some(([k]) => k === name);
+}
+
 /** One block's parameters; optional entries exist only when the family has them. */
 export type BlockParams = { [K in BlockParamName]?: Tensor } & {
   inputNorm: Tensor; // (C)

@@ -10,6 +10,7 @@ import {
   BLOCK_PARAM_NAMES,
   HF_PARAM_NAME,
   blockParamShapes,
+  isBlockLinear,
   type BlockLinear,
   type BlockParams,
   type LinearImpl,
@@ -37,11 +38,10 @@ export function loadPackedBlock(src: WeightSource, i: number): PackedBlock {
   const weights = {} as Record<BlockLinear, PackedWeight>;
   const scales = {} as Record<BlockLinear, Tensor>;
   const prefix = `model.layers.${i}.`;
-  const linearKeys = new Set<string>(BLOCK_LINEARS.map(([k]) => k));
   for (const name of BLOCK_PARAM_NAMES) {
     const shape = shapes[name];
     if (!shape) continue;
-    if (linearKeys.has(name)) {
+    if (isBlockLinear(name)) {
       params[name] = Tensor.zeros([0]);
       continue;
     }

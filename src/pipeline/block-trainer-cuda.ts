@@ -35,7 +35,7 @@ import {
 } from '../engine/cuda.js';
 import { Tensor } from '../engine/tensor.js';
 import type { ModelConfig } from '../model/config.js';
-import { allocBlockParams, BIAS_OF, BLOCK_LINEARS, BLOCK_PARAM_NAMES, largestLinearSize, linearDims, type BlockLinear, type BlockParams } from '../model/block.js';
+import { allocBlockParams, BIAS_OF, BLOCK_LINEARS, BLOCK_PARAM_NAMES, isBlockLinear, largestLinearSize, linearDims, type BlockLinear, type BlockParams } from '../model/block.js';
 import {
   blockBackwardCuda,
   blockForwardCuda,
@@ -134,7 +134,7 @@ export function fakeQuantLinearsCuda(
 }
 
 /** The parameters that are not linear weights (norms, biases): their gradients live in G. */
-const NON_LINEAR_PARAMS = BLOCK_PARAM_NAMES.filter((n) => !BLOCK_LINEARS.some(([k]) => k === n));
+const NON_LINEAR_PARAMS = BLOCK_PARAM_NAMES.filter((n) => !isBlockLinear(n));
 
 export class BlockTrainerCuda implements BlockApTrainer {
   readonly device = 'cuda' as const;

@@ -13,7 +13,7 @@ import { downloadDevice, type DeviceArray } from '../../src/engine/cuda.js';
 import type { AttentionOptions } from '../../src/ops/attention.js';
 import { attentionBackwardRef, attentionForwardRef } from '../../src/ops/ref/attention.js';
 import { attentionBackwardCuda, attentionForwardCuda, type AttentionShape } from '../../src/ops/cuda/attention.js';
-import { AttentionGemmScratch, attentionGemmBackwardCuda, attentionGemmForwardCuda, attentionPathCuda } from '../../src/ops/cuda/attention-gemm.js';
+import { ATTENTION_SCORE_BYTES, AttentionGemmScratch, attentionGemmBackwardCuda, attentionGemmForwardCuda, attentionPathCuda, attentionScoreBytesCuda } from '../../src/ops/cuda/attention-gemm.js';
 import { assertClose, randn } from '../util.js';
 import { testOnBackends, type Scope } from './backends.js';
 
@@ -190,5 +190,22 @@ test('EQAT_CUDA_ATTENTION picks the attention path; another value is refused nam
   } finally {
     if (saved === undefined) delete process.env['EQAT_CUDA_ATTENTION'];
     else process.env['EQAT_CUDA_ATTENTION'] = saved;
+  }
+});
+
+test('EQAT_CUDA_ATTENTION_SCORE_MIB sets the score scratch cap; a value that is not a positive number is refused naming the variable', () => {
+  const saved = process.env['EQAT_CUDA_ATTENTION_SCORE_MIB'];
+  try {
+    delete process.env['EQAT_CUDA_ATTENTION_SCORE_MIB'];
+    assert.equal(attentionScoreBytesCuda(), ATTENTION_SCORE_BYTES);
+    process.env['EQAT_CUDA_ATTENTION_SCORE_MIB'] = '512';
+    assert.equal(attentionScoreBytesCuda(), 512 * 2 ** 20);
+    for (const bad of ['lots', '0', '-8', 'Infinity']) {
+      process.env['EQAT_CUDA_ATTENTION_SCORE_MIB'] = bad;
+      assert.throws(() => attentionScoreBytesCuda(), new RegExp(`^Error: EQAT_CUDA_ATTENTION_SCORE_MIB=${bad}: must be a positive number of MiB$`));
+    }
+  } finally {
+    if (saved === undefined) delete process.env['EQAT_CUDA_ATTENTION_SCORE_MIB'];
+    else process.env['EQAT_CUDA_ATTENTION_SCORE_MIB'] = saved;
   }
 });

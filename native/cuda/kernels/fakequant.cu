@@ -18,13 +18,16 @@ __device__ __forceinline__ float clamp_scale(float s) { return clamp_keep_nan(s,
 
 __device__ __forceinline__ float round_zero(float z, float qm) { return clamp_keep_nan(rintf(z), 0.0f, qm); }
 
+// Fake-quantized value of x with clamped step size s and rounded zero point zr.
+__device__ __forceinline__ float fake_quant_value(float x, float s, float zr, float qm) {
+  const float q = clamp_keep_nan(rintf(x / s) + zr, 0.0f, qm);
+  return (q - zr) * s;
+}
+
 // Fake-quantized value of element e of w, in group g = e / G.
 __device__ __forceinline__ float fake_quant_at(const float* w, const float* scale, const float* zero, long long e, long long g,
                                                float qm) {
-  const float s = clamp_scale(scale[g]);
-  const float zr = round_zero(zero[g], qm);
-  const float q = clamp_keep_nan(rintf(w[e] / s) + zr, 0.0f, qm);
-  return (q - zr) * s;
+  return fake_quant_value(w[e], clamp_scale(scale[g]), round_zero(zero[g], qm), qm);
 }
 
 // e / G, in 32-bit arithmetic when the whole array is indexable so (a 64-bit division costs
@@ -70,9 +73,9 @@ extern "C" __global__ void eqat_fakequant_forward_bf16_x8(unsigned short* out, c
     unsigned packed[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      const float q0 = eqat_fq::clamp_keep_nan(rintf(v[2 * k] / s) + zr, 0.0f, qm);
-      const float q1 = eqat_fq::clamp_keep_nan(rintf(v[2 * k + 1] / s) + zr, 0.0f, qm);
-      packed[k] = (unsigned)eqat::to_bf16((q0 - zr) * s) | ((unsigned)eqat::to_bf16((q1 - zr) * s) << 16);
+      const unsigned lo = eqat::to_bf16(eqat_fq::fake_quant_value(v[2 * k], s, zr, qm));
+      const unsigned hi = eqat::to_bf16(eqat_fq::fake_quant_value(v[2 * k + 1], s, zr, qm));
+      packed[k] = lo | (hi << 16);
     }
     uint4 o;
     o.x = packed[0];
