@@ -15,6 +15,7 @@ import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../ops/cuda/rmsnorm.js'
 import { ropeBackwardCuda, ropeForwardCuda } from '../ops/cuda/rope.js';
 import { attentionBackwardCuda, attentionForwardCuda } from '../ops/cuda/attention.js';
 import { AttentionGemmScratch, attentionGemmBackwardCuda, attentionGemmForwardCuda, attentionPathCuda } from '../ops/cuda/attention-gemm.js';
+import { AttentionTcScratch, attentionTcBackwardCuda, attentionTcForwardCuda, attentionTcUnsupported } from '../ops/cuda/attention-tc.js';
 import { swigluBackwardCuda, swigluForwardCuda } from '../ops/cuda/swiglu.js';
 import { addCuda, copyCuda } from '../ops/cuda/elementwise.js';
 
@@ -142,8 +143,11 @@ export class DeviceBlockWorkspace {
   readonly dkNormed!: DeviceArray; // (N, Hkv*D)
   readonly cos!: DeviceArray; // (T, D/2)
   readonly sin!: DeviceArray; // (T, D/2)
-  /** Scratch of attention through GEMMs (null: the flash kernels, EQAT_CUDA_ATTENTION=flash). */
-  readonly attention: AttentionGemmScratch | null;
+  /**
+   * Scratch of the attention path (attentionPathCuda): through GEMMs, or the tensor-core kernels
+   * (EQAT_CUDA_ATTENTION=tc with bf16 GEMMs and a head dim they take); null: the flash kernels.
+   */
+  readonly attention: AttentionGemmScratch | AttentionTcScratch | null;
   private readonly arena: DeviceArray;
 
   /**
@@ -198,7 +202,10 @@ export class DeviceBlockWorkspace {
     uploadDevice(this.sin, rope.sin.f32);
     try {
       const shape = { B, Tq: T, Tk: T, H, Hkv, D };
-      this.attention = !kvOnly && attentionPathCuda() === 'gemm' ? new AttentionGemmScratch(shape, precision, { training }) : null;
+      const path = kvOnly ? 'flash' : attentionPathCuda();
+      const tc = path === 'tc' && precision === 'bf16' && attentionTcUnsupported(shape) === null;
+      this.attention =
+        path === 'flash' ? null : tc ? new AttentionTcScratch(shape, { training }) : new AttentionGemmScratch(shape, precision, { training });
     } catch (e) {
       freeDevice(this.arena);
       throw e;
@@ -316,7 +323,8 @@ export function blockForwardCuda(
   } else {
     ropeForwardCuda(ws.qRot, ws.qNormed, ws.cos, ws.sin, B, T, H, D);
     ropeForwardCuda(ws.kRot, ws.kNormed, ws.cos, ws.sin, B, T, Hkv, D);
-    if (ws.attention) attentionGemmForwardCuda(ws.att, ws.lse, ws.qRot, ws.kRot, ws.v, att, { window }, ws.attention);
+    if (ws.attention instanceof AttentionTcScratch) attentionTcForwardCuda(ws.att, ws.lse, ws.qRot, ws.kRot, ws.v, att, { window });
+    else if (ws.attention) attentionGemmForwardCuda(ws.att, ws.lse, ws.qRot, ws.kRot, ws.v, att, { window }, ws.attention);
     else attentionForwardCuda(ws.att, ws.lse, ws.qRot, ws.kRot, ws.v, att, { window });
   }
   lin.forward(ws.tmpC, ws.att, 'o', N);
@@ -371,8 +379,11 @@ export function blockBackwardCuda(
   zeroDevice(ws.dq);
   zeroDevice(ws.dk);
   zeroDevice(ws.dv);
-  if (ws.attention) attentionGemmBackwardCuda(ws.dq, ws.dk, ws.dv, ws.dAtt, ws.qRot, ws.kRot, ws.v, ws.att, ws.lse, att, { window }, ws.attention);
-  else attentionBackwardCuda(ws.dq, ws.dk, ws.dv, ws.dAtt, ws.qRot, ws.kRot, ws.v, ws.att, ws.lse, att, { window });
+  if (ws.attention instanceof AttentionTcScratch) {
+    attentionTcBackwardCuda(ws.dq, ws.dk, ws.dv, ws.dAtt, ws.qRot, ws.kRot, ws.v, ws.att, ws.lse, att, { window }, ws.attention);
+  } else if (ws.attention) {
+    attentionGemmBackwardCuda(ws.dq, ws.dk, ws.dv, ws.dAtt, ws.qRot, ws.kRot, ws.v, ws.att, ws.lse, att, { window }, ws.attention);
+  } else attentionBackwardCuda(ws.dq, ws.dk, ws.dv, ws.dAtt, ws.qRot, ws.kRot, ws.v, ws.att, ws.lse, att, { window });
   zeroDevice(ws.dqLin);
   zeroDevice(ws.dkLin);
   if (cfg.qkNorm) {

@@ -14,6 +14,7 @@ import type { AttentionOptions } from '../../src/ops/attention.js';
 import { attentionBackwardRef, attentionForwardRef } from '../../src/ops/ref/attention.js';
 import { attentionBackwardCuda, attentionForwardCuda, type AttentionShape } from '../../src/ops/cuda/attention.js';
 import { ATTENTION_SCORE_BYTES, AttentionGemmScratch, attentionGemmBackwardCuda, attentionGemmForwardCuda, attentionPathCuda, attentionScoreBytesCuda } from '../../src/ops/cuda/attention-gemm.js';
+import { AttentionTcScratch, attentionTcBackwardCuda, attentionTcForwardCuda, attentionTcUnsupported } from '../../src/ops/cuda/attention-tc.js';
 import { assertClose, randn } from '../util.js';
 import { testOnBackends, type Scope } from './backends.js';
 
@@ -67,6 +68,15 @@ function gemmImpl(precision: 'f32' | 'bf16', rows: number): Impl {
     bwdTol: precision === 'f32' ? BWD_TOL : { atol: 6e-2, rtol: 3e-2 },
   };
 }
+
+/** The tensor-core kernels: bf16 products like the GEMM path in bf16, so its tolerances. */
+const TC: Impl = {
+  forward: (_s, out, lse, q, k, v, c) => attentionTcForwardCuda(out, lse, q, k, v, c, c.opts),
+  backward: (s, dq, dk, dv, dout, q, k, v, out, lse, c) =>
+    attentionTcBackwardCuda(dq, dk, dv, dout, q, k, v, out, lse, c, c.opts ?? {}, s.adopt(new AttentionTcScratch(c))),
+  fwdTol: gemmImpl('bf16', 1).fwdTol,
+  bwdTol: gemmImpl('bf16', 1).bwdTol,
+};
 
 /** Forward and backward on the device and with the twin, from the same inputs and pre-filled gradients. */
 function compareWithTwin(s: Scope, c: Case, seed: number, impl: Impl = FLASH): void {
@@ -151,6 +161,42 @@ for (const precision of ['f32', 'bf16'] as const) {
   });
 }
 
+// Tiles of 64 query rows / 64 keys (32-row query tiles in dk/dv): T 1, 17, 64, 65 and 130 cover
+// one partial tile, one whole, one plus a row, and three; windows cut tiles in the middle.
+for (const D of [64, 128] as const) {
+  testOnBackends(`attention on tensor cores D=${D}: T ${D === 64 ? '1, 17, 65, 130' : '17, 65'}; GQA 1 and 3; windows; decoding; matches the twin`, (s) => {
+    let seed = 800 + D;
+    for (const T of D === 64 ? [1, 17, 65, 130] : [17, 65]) {
+      for (const [H, Hkv, B, window] of VARIANTS) compareWithTwin(s, { B, Tq: T, Tk: T, H, Hkv, D, opts: { window } }, seed++, TC);
+    }
+    const cases: Case[] = [
+      { B: 1, Tq: 64, Tk: 64, H: 2, Hkv: 1, D, opts: { window: 70 } },
+      { B: 2, Tq: 5, Tk: 70, H: 3, Hkv: 1, D },
+      { B: 1, Tq: 17, Tk: 80, H: 2, Hkv: 2, D, opts: { qOffset: 30 } },
+      { B: 1, Tq: 40, Tk: 90, H: 2, Hkv: 1, D, opts: { qOffset: 0, window: 5 } },
+    ];
+    for (const c of cases) compareWithTwin(s, c, seed++, TC);
+  });
+}
+
+testOnBackends('attention on tensor cores: other head dims and another scratch are refused', (s) => {
+  assert.equal(attentionTcUnsupported({ B: 1, Tq: 3, Tk: 3, H: 2, Hkv: 1, D: 64 }), null);
+  assert.match(attentionTcUnsupported({ B: 1, Tq: 3, Tk: 3, H: 2, Hkv: 1, D: 32 }) ?? '', /^head dim 32 \(the tensor-core kernels take 64 or 128\)$/);
+  const c: AttentionShape = { B: 1, Tq: 3, Tk: 3, H: 2, Hkv: 1, D: 64 };
+  const nq = 3 * 2 * 64, nkv = 3 * 64;
+  const q = s.alloc('f32', nq), kv = s.alloc('f32', nkv), lse = s.alloc('f32', 6), out = s.alloc('f32', nq);
+  const c32 = { ...c, D: 32 };
+  assert.throws(() => attentionTcForwardCuda(out, lse, q, kv, kv, c32), /^RangeError: attentionTcForwardCuda: unsupported head dim 32/);
+  assert.throws(() => attentionTcForwardCuda(out, s.alloc('f32', 5), q, kv, kv, c), /attentionTcForwardCuda: lse: expected 6 elements/);
+  const other = s.adopt(new AttentionTcScratch({ ...c, Tq: 2, Tk: 2 }));
+  const g = s.alloc('f32', nq), gk = s.alloc('f32', nkv), gv = s.alloc('f32', nkv);
+  assert.throws(() => attentionTcBackwardCuda(g, gk, gv, q, q, kv, kv, out, lse, c, {}, other), /attentionTcBackwardCuda: the scratch was made for another shape/);
+  const fwdOnly = s.adopt(new AttentionTcScratch(c, { training: false }));
+  assert.throws(() => attentionTcBackwardCuda(g, gk, gv, q, q, kv, kv, out, lse, c, {}, fwdOnly), /attentionTcBackwardCuda: the scratch was made without the backward's buffers/);
+  const sc = s.adopt(new AttentionTcScratch(c));
+  assert.throws(() => attentionTcBackwardCuda(g, gk, gk, q, q, kv, kv, out, lse, c, {}, sc), /attentionTcBackwardCuda: dk overlaps dv/);
+});
+
 testOnBackends('attention through GEMMs: a scratch of another shape, or without the backward buffers, is refused', (s) => {
   const c: AttentionShape = { B: 1, Tq: 3, Tk: 3, H: 2, Hkv: 1, D: 4 };
   const q = s.alloc('f32', 24), kv = s.alloc('f32', 12), lse = s.alloc('f32', 6), out = s.alloc('f32', 24);
@@ -185,8 +231,10 @@ test('EQAT_CUDA_ATTENTION picks the attention path; another value is refused nam
     assert.equal(attentionPathCuda(), 'gemm');
     process.env['EQAT_CUDA_ATTENTION'] = 'flash';
     assert.equal(attentionPathCuda(), 'flash');
+    process.env['EQAT_CUDA_ATTENTION'] = 'tc';
+    assert.equal(attentionPathCuda(), 'tc');
     process.env['EQAT_CUDA_ATTENTION'] = 'tensor';
-    assert.throws(() => attentionPathCuda(), /^Error: EQAT_CUDA_ATTENTION=tensor: must be 'gemm' or 'flash'$/);
+    assert.throws(() => attentionPathCuda(), /^Error: EQAT_CUDA_ATTENTION=tensor: must be 'gemm', 'tc' or 'flash'$/);
   } finally {
     if (saved === undefined) delete process.env['EQAT_CUDA_ATTENTION'];
     else process.env['EQAT_CUDA_ATTENTION'] = saved;

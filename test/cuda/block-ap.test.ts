@@ -20,6 +20,7 @@ import { allocBlockParams, BLOCK_LINEARS, largestLinearSize } from '../../src/mo
 import { REPO, TINY } from '../golden.js';
 import { assertClose } from '../util.js';
 import { backendCases, testOnBackends } from './backends.js';
+import { AttentionTcScratch } from '../../src/ops/cuda/attention-tc.js';
 import { Rng } from '../../src/engine/random.js';
 import { BLOCK_PARAM_NAMES } from '../../src/model/block.js';
 import { BlockTrainerCpu } from '../../src/pipeline/block-trainer.js';
@@ -107,6 +108,42 @@ const PRECISIONS = [
   ['f32', { loss: 1e-5, atol: 1e-6, rtol: 1e-5 }],
   ['bf16', { loss: 2e-2, atol: 6e-3, rtol: 0 }],
 ] as const;
+
+// The tensor-core attention (EQAT_CUDA_ATTENTION=tc) takes head dims 64 and 128 in bf16: the
+// same comparison on a block with head dim 64 (T = 70 crosses its 64-row tiles).
+testOnBackends('Block-AP trainer steps (bf16, EQAT_CUDA_ATTENTION=tc, head dim 64) match the CPU trainer', () => {
+  const saved = process.env['EQAT_CUDA_ATTENTION'];
+  process.env['EQAT_CUDA_ATTENTION'] = 'tc';
+  const cfg = tinyConfig({ hiddenSize: 64, intermediateSize: 48, numHeads: 2, numKvHeads: 1, headDim: 64 });
+  const B = 1, T = 70, bits = 2, G = 16;
+  const tol = PRECISIONS[1][1];
+  const cpu = new BlockTrainerCpu(cfg, B, T, bits, G, true);
+  const gpu = new BlockTrainerCuda(cfg, B, T, bits, G, true, 'bf16');
+  try {
+    assert.ok(gpu['ws'].attention instanceof AttentionTcScratch, 'the workspace runs the tensor-core attention');
+    const rng = new Rng(6);
+    randomBlockParams(rng, cpu.P, gpu.P);
+    cpu.initQuant();
+    gpu.initQuant();
+    for (let step = 0; step < 3; step++) {
+      rng.fillNormal(cpu.x.f32, 1);
+      rng.fillNormal(cpu.y.f32, 1);
+      gpu.x.f32.set(cpu.x.f32);
+      gpu.y.f32.set(cpu.y.f32);
+      const lc = cpu.step(step, 1e-3, 1e-3, 0.01), lg = gpu.step(step, 1e-3, 1e-3, 0.01);
+      assertClose([lg], [lc], { atol: 0, rtol: tol.loss, what: `loss at step ${step}` });
+    }
+    cpu.freeze();
+    gpu.freeze();
+    for (const k of BLOCK_PARAM_NAMES) {
+      if (cpu.P[k]) assertClose(gpu.P[k]!.f32, cpu.P[k]!.f32, { atol: tol.atol, rtol: tol.rtol, what: `trained ${k}` });
+    }
+  } finally {
+    gpu.free();
+    if (saved === undefined) delete process.env['EQAT_CUDA_ATTENTION'];
+    else process.env['EQAT_CUDA_ATTENTION'] = saved;
+  }
+});
 
 for (const [name, over] of BLOCK_VARIANTS) for (const [precision, tol] of PRECISIONS) {
   testOnBackends(`Block-AP trainer steps (${precision}) match the CPU trainer: ${name}`, () => {

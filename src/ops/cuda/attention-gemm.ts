@@ -40,14 +40,16 @@ const ROWS_BACKWARD = cudaKernel('attention_rows.cu', 'eqat_attn_rows_backward',
 const DELTA = cudaKernel('attention_rows.cu', 'eqat_attn_delta', ['ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32']);
 
 /**
- * Which CUDA attention the blocks use: 'gemm' (this file, the default) or 'flash' (the kernels
- * of src/ops/cuda/attention.ts, no score chunks at all), from EQAT_CUDA_ATTENTION.
+ * Which CUDA attention the blocks use, from EQAT_CUDA_ATTENTION: 'gemm' (this file, the
+ * default), 'tc' (the tensor-core kernels of src/ops/cuda/attention-tc.ts, for the shapes and
+ * precision they take; the GEMM path otherwise) or 'flash' (the kernels of
+ * src/ops/cuda/attention.ts, no score chunks at all).
  */
-export function attentionPathCuda(): 'gemm' | 'flash' {
+export function attentionPathCuda(): 'gemm' | 'tc' | 'flash' {
   const v = process.env['EQAT_CUDA_ATTENTION'];
   if (v === undefined || v === '' || v === 'gemm') return 'gemm';
-  if (v === 'flash') return 'flash';
-  throw new Error(`EQAT_CUDA_ATTENTION=${v}: must be 'gemm' or 'flash'`);
+  if (v === 'tc' || v === 'flash') return v;
+  throw new Error(`EQAT_CUDA_ATTENTION=${v}: must be 'gemm', 'tc' or 'flash'`);
 }
 
 /** Default cap on the scratch's score buffers (S and dP in f32, P and dS in the GEMM type). */
@@ -239,6 +241,11 @@ function rowView(a: DeviceArray, d: AttentionDims, c: ChunkRange): DeviceArray {
   return deviceView(a, at, a.length - at);
 }
 
+/** delta (B, H, Tq) = rowsum(dout ∘ out) over D, each row summed in f64 and rounded once: the backward's softmax term. */
+export function attentionDeltaCuda(delta: DeviceArray, dout: DeviceArray, out: DeviceArray, d: AttentionDims): void {
+  launchKernel(DELTA, Math.min(d.B * d.Tq * d.H, MAX_ROW_BLOCKS), 32 * Math.min(8, Math.ceil(d.D / 32)), [delta, dout, out, d.B, d.Tq, d.H, d.D]);
+}
+
 /** attentionForwardCuda's result (out and lse) through GEMMs; `scratch` made for this shape. */
 export function attentionGemmForwardCuda(
   out: DeviceArray, // (B, Tq, H, D)
@@ -285,7 +292,7 @@ export function attentionGemmBackwardCuda(
   checkScratch(op, scratch, d, true);
   checkAttentionBackwardArrays(op, d, { dq, dk, dv, dout, q, k, v, out, lse });
   const { S, dP, P, dS, delta, chunk } = scratch;
-  launchKernel(DELTA, Math.min(d.B * d.Tq * d.H, MAX_ROW_BLOCKS), 32 * Math.min(8, Math.ceil(d.D / 32)), [delta, dout, out, d.B, d.Tq, d.H, d.D]);
+  attentionDeltaCuda(delta, dout, out, d);
   const lp = scratch.lowp;
   const qg = operand(q, lp?.q), kg = operand(k, lp?.k), vg = operand(v, lp?.v), dog = operand(dout, lp?.dout);
   const p32 = P.dtype === 'f32' ? P : null, p16 = P.dtype === 'bf16' ? P : null;

@@ -34,6 +34,9 @@ struct alignas(16) uint4 {
 struct alignas(8) ushort4 {
   unsigned short x, y, z, w;
 };
+struct alignas(8) uint2 {
+  unsigned x, y;
+};
 
 namespace emu {
 
@@ -54,6 +57,8 @@ inline Thread* g_current = nullptr;
 inline ucontext_t g_scheduler;
 inline std::vector<Thread> g_threads;
 inline std::vector<uint64_t> g_exchange;  // one shuffle slot per thread
+inline std::vector<uint32_t> g_fragments;  // kFragmentWords per thread: the registers of a warp matrix op
+constexpr unsigned kFragmentWords = 16;
 inline std::function<void()> g_kernel;
 
 [[noreturn]] inline void fail(const char* what) {
@@ -79,6 +84,7 @@ inline void run_block() {
   if (n < 1 || n > 1024) fail("block size must be in [1, 1024]");
   if (g_threads.size() < n) g_threads.resize(n);
   g_exchange.assign(n, 0);
+  g_fragments.assign(size_t(n) * kFragmentWords, 0);
   for (unsigned i = 0; i < n; ++i) {
     Thread& t = g_threads[i];
     if (!t.stack) t.stack = static_cast<char*>(malloc(kStackBytes));
@@ -148,6 +154,69 @@ T shuffle(unsigned mask, T v, bool src_valid, unsigned src) {
   return r;
 }
 
+// The warp-collective tensor-core operations of native/cuda/kernels/mma.cuh (register layouts
+// there). Each lane posts its operands, the warp meets at a barrier, each lane computes its own
+// registers from every lane's operands, and the warp meets again before the slots are reused.
+
+inline uint16_t half_of(uint32_t reg, unsigned hi) { return static_cast<uint16_t>(hi ? reg >> 16 : reg & 0xffffu); }
+inline float bf16_value(uint16_t h) {
+  const uint32_t u = uint32_t(h) << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lane L addresses row L % 8 of matrix L / 8.
+inline void ldmatrix_x4(unsigned r[4], const unsigned short* row, bool trans) {
+  Thread* me = g_current;
+  if (reinterpret_cast<uintptr_t>(row) % 16 != 0) fail("ldmatrix: row address not 16-byte aligned");
+  g_exchange[me->linear] = reinterpret_cast<uintptr_t>(row);
+  wait_at(State::warp_barrier);
+  const unsigned lane = me->linear & 31u, warp0 = me->linear - lane;
+  if (warp0 + 32 > g_exchange.size()) fail("ldmatrix in a partial warp");
+  auto rowOf = [&](unsigned m, unsigned i) { return reinterpret_cast<const uint16_t*>(g_exchange[warp0 + 8 * m + i]); };
+  for (unsigned m = 0; m < 4; ++m) {
+    uint16_t lo, hi;
+    if (!trans) {
+      lo = rowOf(m, lane / 4)[2 * (lane % 4)];
+      hi = rowOf(m, lane / 4)[2 * (lane % 4) + 1];
+    } else {
+      lo = rowOf(m, 2 * (lane % 4))[lane / 4];
+      hi = rowOf(m, 2 * (lane % 4) + 1)[lane / 4];
+    }
+    r[m] = uint32_t(lo) | (uint32_t(hi) << 16);
+  }
+  wait_at(State::warp_barrier);
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, d = a · b + d: products exact in f32,
+// summed in k order onto the accumulator (the tensor core's internal order is not specified).
+inline void mma_bf16_16816(float d[4], const unsigned a[4], unsigned b0, unsigned b1) {
+  Thread* me = g_current;
+  uint32_t* mine = &g_fragments[size_t(me->linear) * kFragmentWords];
+  for (int i = 0; i < 4; ++i) mine[i] = a[i];
+  mine[4] = b0;
+  mine[5] = b1;
+  wait_at(State::warp_barrier);
+  const unsigned lane = me->linear & 31u, warp0 = me->linear - lane;
+  if (warp0 + 32 > g_exchange.size()) fail("mma in a partial warp");
+  auto slot = [&](unsigned l) { return &g_fragments[size_t(warp0 + l) * kFragmentWords]; };
+  auto A = [&](unsigned row, unsigned k) {
+    const unsigned reg = row / 8 + 2 * (k / 8);
+    return bf16_value(half_of(slot((row % 8) * 4 + (k % 8) / 2)[reg], k % 2));
+  };
+  auto B = [&](unsigned k, unsigned col) { return bf16_value(half_of(slot(col * 4 + (k % 8) / 2)[4 + k / 8], k % 2)); };
+  float out[4];
+  for (unsigned e = 0; e < 4; ++e) {
+    const unsigned row = lane / 4 + 8 * (e / 2), col = 2 * (lane % 4) + e % 2;
+    float sum = d[e];
+    for (unsigned k = 0; k < 16; ++k) sum += A(row, k) * B(k, col);
+    out[e] = sum;
+  }
+  wait_at(State::warp_barrier);
+  for (int e = 0; e < 4; ++e) d[e] = out[e];
+}
+
 }  // namespace emu
 
 #define threadIdx (emu::g_current->idx)
@@ -160,6 +229,7 @@ T shuffle(unsigned mask, T v, bool src_valid, unsigned src) {
 #define __forceinline__ inline
 #define __shared__ static
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 
 inline void __syncthreads() { emu::wait_at(emu::State::block_barrier); }
 
