@@ -10,6 +10,10 @@
 #   block7b-variants   the same without graphs, with flash attention, with f32 GEMMs
 #   profile   bench/cuda-block-step --shape 7b --profile: device time op by op
 #   block70b  bench/cuda-block-step --shape 70b (block70b-variants: with flash attention)
+#   attention bench/cuda-attention: attention alone per path (GEMMs, tensor-core kernels, flash)
+#             at the 7b, 70b and small shapes
+#   tc        the block steps (7b, 70b), the 7b profile and the small run (warm caches, then
+#             its perplexity) with the tensor-core attention (EQAT_CUDA_ATTENTION=tc)
 #   e2e70b    bench/cuda-e2e-step --shape 70b (80 layers held packed)
 #   e2e7b     bench/cuda-e2e-step --shape 7b
 #   small     llama-small w2g64 end to end (Block-AP 1024 × 512, 2 epochs, + E2E-QP 1024 × 512)
@@ -53,6 +57,23 @@ for s in "${sections[@]}"; do
       run block70b 120 node dist/bench/cuda-block-step.js --shape 70b ;;
     block70b-variants)
       EQAT_CUDA_ATTENTION=flash run block70b-flash 90 node dist/bench/cuda-block-step.js --shape 70b ;;
+    attention)
+      run attention7b 120 node dist/bench/cuda-attention.js --shape 7b
+      run attention70b 120 node dist/bench/cuda-attention.js --shape 70b
+      run attention-small 60 node dist/bench/cuda-attention.js --shape small --seqlen 512 ;;
+    tc)
+      export EQAT_CUDA_ATTENTION=tc
+      run block7b-tc 90 node dist/bench/cuda-block-step.js --shape 7b
+      run block70b-tc 120 node dist/bench/cuda-block-step.js --shape 70b
+      run profile7b-tc 90 node dist/bench/cuda-block-step.js --shape 7b --profile
+      rm -rf out/small-w2g64-tc
+      run small-tc 300 node dist/src/cli/main.js quantize --device cuda --model "$MODELS_DIR/llama-small" \
+        --calib "$DATA_DIR/calib.txt" --out out/small-w2g64-tc --wbits 2 --group-size 64 --seed 2 \
+        --block-ap-train-size 1024 --block-ap-seqlen 512 --block-ap-epochs 2 \
+        --e2e-qp-train-size 1024 --e2e-qp-seqlen 512 --e2e-qp-micro-batch-size 4 --json --quiet
+      run small-tc-eval 120 node dist/src/cli/main.js eval --device cuda --model out/small-w2g64-tc \
+        --data "$DATA_DIR/test-mix.txt" --seqlen 512 --json
+      unset EQAT_CUDA_ATTENTION ;;
     e2e70b) run e2e70b 400 node dist/bench/cuda-e2e-step.js --shape 70b ;;
     e2e7b) run e2e7b 200 node dist/bench/cuda-e2e-step.js --shape 7b ;;
     small)
