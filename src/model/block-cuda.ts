@@ -108,7 +108,7 @@ export function downloadBlockParams(dst: BlockParams, src: DeviceBlockParams): v
 export class DeviceBlockWorkspace {
   readonly B: number;
   readonly T: number;
-  readonly ln1!: DeviceArray; // (N, C)
+  readonly ln1!: DeviceArray; // (N, C), bf16 with bf16 GEMMs (read by the q, k, v linears only)
   readonly rstd1!: DeviceArray; // (N)
   readonly qLin!: DeviceArray; // (N, H*D) q projection (before qk-norm)
   readonly kLin!: DeviceArray; // (N, Hkv*D)
@@ -122,11 +122,11 @@ export class DeviceBlockWorkspace {
   readonly att!: DeviceArray; // (B, T, H, D)
   readonly lse!: DeviceArray; // (B, H, T)
   readonly h!: DeviceArray; // (N, C) residual after attention
-  readonly ln2!: DeviceArray; // (N, C)
+  readonly ln2!: DeviceArray; // (N, C), bf16 with bf16 GEMMs (gate and up only)
   readonly rstd2!: DeviceArray; // (N)
   readonly gate!: DeviceArray; // (N, F)
   readonly up!: DeviceArray; // (N, F)
-  readonly act!: DeviceArray; // (N, F)
+  readonly act!: DeviceArray; // (N, F), bf16 with bf16 GEMMs (down only)
   readonly tmpC!: DeviceArray; // (N, C)
   readonly dh!: DeviceArray; // (N, C)
   readonly dln!: DeviceArray; // (N, C)
@@ -149,6 +149,7 @@ export class DeviceBlockWorkspace {
    */
   readonly attention: AttentionGemmScratch | AttentionTcScratch | null;
   private readonly arena: DeviceArray;
+  private readonly lowpArena: DeviceArray | null; // bf16 ln1, ln2, act (precision 'bf16')
 
   /**
    * `precision` is that of the GEMMs (attention's included), as in linearForwardCuda's `lowp`.
@@ -172,13 +173,16 @@ export class DeviceBlockWorkspace {
     const D = cfg.headDim;
     const qk = cfg.qkNorm;
     const g = training ? 1 : 0;
+    // with bf16 GEMMs, the norm outputs and the SwiGLU output (read by linears only) are
+    // produced in bf16 in an arena of their own instead of in f32
+    const f = precision === 'bf16' ? 0 : 1;
     // every buffer in one allocation, carved in declaration order
     const sizes: [string, number][] = [
-      ['ln1', N * C], ['rstd1', N], ['qLin', N * H * D], ['kLin', N * Hkv * D],
+      ['ln1', f * N * C], ['rstd1', N], ['qLin', N * H * D], ['kLin', N * Hkv * D],
       ['qNormed', qk ? N * H * D : 0], ['kNormed', qk ? N * Hkv * D : 0],
       ['qRstd', qk ? N * H : 0], ['kRstd', qk ? N * Hkv : 0],
       ['qRot', N * H * D], ['kRot', N * Hkv * D], ['v', N * Hkv * D], ['att', N * H * D], ['lse', B * H * T],
-      ['h', N * C], ['ln2', N * C], ['rstd2', N], ['gate', N * F], ['up', N * F], ['act', N * F], ['tmpC', N * C],
+      ['h', N * C], ['ln2', f * N * C], ['rstd2', N], ['gate', N * F], ['up', N * F], ['act', f * N * F], ['tmpC', N * C],
       ['dh', g * N * C], ['dln', g * N * C], ['dAct', g * N * F], ['dGate', g * N * F], ['dUp', g * N * F],
       ['dAtt', g * N * H * D], ['dq', g * N * H * D], ['dk', g * N * Hkv * D], ['dv', g * N * Hkv * D],
       ['dqLin', g * N * H * D], ['dkLin', g * N * Hkv * D],
@@ -191,6 +195,17 @@ export class DeviceBlockWorkspace {
     for (const [name, n] of sizes) {
       views[name] = deviceView(this.arena, at, n);
       at += n;
+    }
+    try {
+      this.lowpArena = f ? null : allocDevice('bf16', 2 * N * C + N * F);
+    } catch (e) {
+      freeDevice(this.arena);
+      throw e;
+    }
+    if (this.lowpArena) {
+      views['ln1'] = deviceView(this.lowpArena, 0, N * C);
+      views['ln2'] = deviceView(this.lowpArena, N * C, N * C);
+      views['act'] = deviceView(this.lowpArena, 2 * N * C, N * F);
     }
     Object.assign(this, views); // every field marked ! above is one of these views
     if (!qk) {
@@ -208,6 +223,7 @@ export class DeviceBlockWorkspace {
         path === 'flash' ? null : tc ? new AttentionTcScratch(shape, { training }) : new AttentionGemmScratch(shape, precision, { training });
     } catch (e) {
       freeDevice(this.arena);
+      if (this.lowpArena) freeDevice(this.lowpArena);
       throw e;
     }
   }
@@ -215,11 +231,14 @@ export class DeviceBlockWorkspace {
   free(): void {
     this.attention?.free();
     freeDevice(this.arena);
+    if (this.lowpArena) freeDevice(this.lowpArena);
   }
 }
 
 /** How a block's linear layers compute on the device (dense here; packed for E2E-QP). */
 export interface LinearImplCuda {
+  // whether the GEMMs take bf16 inputs (then x may be given in bf16, as a bf16 workspace holds it)
+  readonly bf16Inputs: boolean;
   // out (N, O) = x (N, I) Wᵀ + b
   forward(out: DeviceArray, x: DeviceArray, key: BlockLinear, N: number): void;
   // dx (N, I) = dout W (overwritten, or accumulated when accumulateDx); parameter gradients accumulate
@@ -248,6 +267,7 @@ export function denseLinearsCuda(
     return { N, O, I };
   };
   return {
+    bf16Inputs: lowp !== null,
     forward(out, x, key, N) {
       linearForwardCuda(out, x, p[key], p[BIAS_OF[key]], d(key, N), lowp);
     },
@@ -295,6 +315,9 @@ export function blockForwardCuda(
   const eps = cfg.rmsNormEps;
   const att = { B, Tq: T, Tk: T, H, Hkv, D };
   const window = cfg.slidingWindow;
+  if (ws.ln1.dtype === 'bf16' && !lin.bf16Inputs) {
+    throw new Error('blockForwardCuda: the workspace was made for bf16 GEMMs but the linears run f32 GEMMs');
+  }
 
   // attention
   rmsnormForwardCuda(ws.ln1, ws.rstd1, x, p.inputNorm, N, C, eps);

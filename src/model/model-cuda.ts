@@ -61,6 +61,7 @@ export function packedLinearsCuda(
     return { w, O, I };
   };
   return {
+    bf16Inputs: lowp !== null,
     forward(out, x, key, N) {
       const { w, O, I } = dequantized(key);
       linearForwardCuda(out, x, w, biases[BIAS_OF[key]], { N, O, I }, lowp);

@@ -115,6 +115,7 @@ export function fakeQuantLinearsCuda(
     return { w, O, I };
   };
   return {
+    bf16Inputs: lowp !== null,
     forward(out, x, key, N) {
       const { w, O, I } = quantized(key);
       linearForwardCuda(out, x, w, P[BIAS_OF[key]], { N, O, I }, lowp);

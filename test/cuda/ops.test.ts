@@ -199,7 +199,7 @@ testOnBackends('fake quant backward with the weight AdamW step fused in equals t
   }
 });
 
-testOnBackends('rmsnorm forward and accumulating backward match the twins on odd shapes', (s) => {
+testOnBackends('rmsnorm forward (into f32 or bf16) and accumulating backward match the twins on odd shapes', (s) => {
   const rng = new Rng(4);
   const shapes: [number, number][] = [[1, 1], [3, 7], [17, 33], [65, 130], [5, 300], [2, 1000], [33, 1]];
   for (const [rows, C] of shapes) {
@@ -213,6 +213,10 @@ testOnBackends('rmsnorm forward and accumulating backward match the twins on odd
     rmsnormForwardCuda(dout, drstd, dx, dw, rows, C, 1e-5);
     assertClose(host(drstd), rstd.f32, { atol: 1e-6, rtol: 1e-5, what: `rstd ${what}` });
     assertClose(host(dout), out.f32, { atol: 1e-6, rtol: 1e-5, what: `out ${what}` });
+    // into a bf16 output: the bf16 rounding of the f32 output, bit for bit
+    const dout16 = s.alloc('bf16', rows * C);
+    rmsnormForwardCuda(dout16, drstd, dx, dw, rows, C, 1e-5);
+    assertBitExact(downloadDevice<Uint16Array>(dout16), Uint16Array.from(host(dout), (v) => f32ToBf16Ref(v)), `bf16 out ${what}`);
 
     const g = randn(rng, [rows, C]);
     const gx = randn(rng, [rows, C]), gw = randn(rng, [C]);
@@ -224,7 +228,7 @@ testOnBackends('rmsnorm forward and accumulating backward match the twins on odd
   }
 });
 
-testOnBackends('swiglu forward and accumulating backward match the twins', (s) => {
+testOnBackends('swiglu forward (into f32 or bf16) and accumulating backward match the twins', (s) => {
   const rng = new Rng(5);
   for (const n of [...ODD_SIZES, 4099]) {
     const gate = randn(rng, [n], 3), up = randn(rng, [n]);
@@ -234,6 +238,10 @@ testOnBackends('swiglu forward and accumulating backward match the twins', (s) =
     const dgate = s.upload(gate.f32), dup = s.upload(up.f32), dout = s.alloc('f32', n);
     swigluForwardCuda(dout, dgate, dup);
     assertClose(host(dout), out.f32, { atol: 1e-30, rtol: 1e-6, what: `forward n=${n}` });
+    const dout16 = s.alloc('bf16', n);
+    swigluForwardCuda(dout16, dgate, dup);
+    assertBitExact(downloadDevice<Uint16Array>(dout16), Uint16Array.from(host(dout), (v) => f32ToBf16Ref(v)), `forward to bf16 n=${n}`);
+    assert.throws(() => swigluForwardCuda(s.alloc('i32', n), dgate, dup), /swigluForwardCuda: out: expected a f32 device array, got i32/);
 
     const g = randn(rng, [n]), gg = randn(rng, [n]), gu = randn(rng, [n]);
     const dgg = s.upload(gg.f32), dgu = s.upload(gu.f32), dg = s.upload(g.f32);

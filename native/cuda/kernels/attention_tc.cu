@@ -21,6 +21,8 @@
 //            tiles that can see the block's keys: Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, dv += Pᵀ dO,
 //            dk += dSᵀ Q.
 // Every output element is owned by one block (no atomics; results do not depend on scheduling).
+// The forward and dq grids hand out the last query tiles (the most keys to visit) first, so the
+// short causal tiles fill the tail of the launch.
 // delta = rowsum(dout ∘ out) comes from eqat_attn_delta (attention_rows.cu).
 // Shared-memory rows are D + 8 bf16 long: 16-byte aligned for ldmatrix, and the eight rows one
 // ldmatrix reads fall in different banks.
@@ -145,7 +147,7 @@ __device__ void forward(float* out, float* lse, const float* q, const float* k, 
                         int window, int qOffset, float scale) {
   __shared__ __align__(16) unsigned short Ks[kKeys * (D + 8)];
   __shared__ __align__(16) unsigned short Vs[kKeys * (D + 8)];
-  const int q0 = blockIdx.x * kRows, h = blockIdx.y, b = blockIdx.z, g = h / (H / Hkv);
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kRows, h = blockIdx.y, b = blockIdx.z, g = h / (H / Hkv);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t4 = lane % 4;
   const int nq = imin(kRows, Tq - q0);
   // the block's query rows, staged through Ks; each warp keeps its 16 as A fragments
@@ -241,7 +243,7 @@ __device__ void backward_dq(float* dq, const float* dout, const float* q, const 
                             const float* delta, int Tq, int Tk, int H, int Hkv, int window, int qOffset, float scale) {
   __shared__ __align__(16) unsigned short Ks[kKeys * (D + 8)];
   __shared__ __align__(16) unsigned short Vs[kKeys * (D + 8)];
-  const int q0 = blockIdx.x * kRows, h = blockIdx.y, b = blockIdx.z, g = h / (H / Hkv);
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kRows, h = blockIdx.y, b = blockIdx.z, g = h / (H / Hkv);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t4 = lane % 4;
   const int nq = imin(kRows, Tq - q0);
   stage_rows<D>(Ks, q + row_index(b, q0, h, Tq, H, D), (long long)H * D, nq, kRows);

@@ -5,12 +5,15 @@
 // Wrapper: src/ops/cuda/rmsnorm.ts. Launch: one block per row (blockDim.x a multiple of 32,
 // at most 1024) for the forward and dx; 32 columns per block for dweight.
 
+#include "bf16.cuh"
 #include "reduce.cuh"
 
 // out (rows, C), rstd (rows) from x (rows, C) and weight (C); block blockIdx.x handles row
-// blockIdx.x (+ k * gridDim.x).
-extern "C" __global__ void eqat_rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight,
-                                                int rows, int C, float eps) {
+// blockIdx.x (+ k * gridDim.x). With out16 given instead of out, the outputs are written
+// rounded to bf16 (to_bf16: the bits a later f32 -> bf16 conversion would give), for GEMMs that
+// read bf16 inputs.
+extern "C" __global__ void eqat_rmsnorm_forward(float* out, unsigned short* out16, float* rstd, const float* x,
+                                                const float* weight, int rows, int C, float eps) {
   for (int row = blockIdx.x; row < rows; row += gridDim.x) {
     const float* xr = x + (long long)row * C;
     double ss = 0.0;
@@ -19,8 +22,12 @@ extern "C" __global__ void eqat_rmsnorm_forward(float* out, float* rstd, const f
     const float variance = (float)(ss / C);
     const float rs = (float)(1.0 / sqrt((double)(variance + eps)));
     if (threadIdx.x == 0) rstd[row] = rs;
-    float* orow = out + (long long)row * C;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) orow[c] = weight[c] * (xr[c] * rs);
+    const long long base = (long long)row * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+      const float y = weight[c] * (xr[c] * rs);
+      if (out16) out16[base + c] = eqat::to_bf16(y);
+      else out[base + c] = y;
+    }
   }
 }
 

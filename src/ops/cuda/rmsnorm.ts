@@ -3,7 +3,7 @@
 // as src/ops/rmsnorm.ts and its twins (src/ops/ref/rmsnorm.ts); the backward accumulates.
 import { cudaKernel, expectDeviceDtype, expectDeviceLength, expectKernelInt, launchKernel, type DeviceArray } from '../../engine/cuda.js';
 
-const FORWARD = cudaKernel('rmsnorm.cu', 'eqat_rmsnorm_forward', ['ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'f32']);
+const FORWARD = cudaKernel('rmsnorm.cu', 'eqat_rmsnorm_forward', ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'f32']);
 const BACKWARD_DX = cudaKernel('rmsnorm.cu', 'eqat_rmsnorm_backward_dx', ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32']);
 const BACKWARD_DW = cudaKernel('rmsnorm.cu', 'eqat_rmsnorm_backward_dweight', ['ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32']);
 
@@ -27,9 +27,12 @@ function rowBlock(C: number): number {
   return Math.min(256, 32 * Math.ceil(C / 32));
 }
 
-/** out = weight * x * rstd per row; rstd = 1 / sqrt(mean(x^2) + eps). */
+/**
+ * out = weight * x * rstd per row; rstd = 1 / sqrt(mean(x^2) + eps). A bf16 `out` receives the
+ * values rounded to bf16 (what converting the f32 output would give), for bf16 GEMM inputs.
+ */
 export function rmsnormForwardCuda(
-  out: DeviceArray, // (rows, C)
+  out: DeviceArray, // (rows, C) f32 or bf16
   rstd: DeviceArray, // (rows)
   x: DeviceArray, // (rows, C)
   weight: DeviceArray, // (C)
@@ -39,10 +42,13 @@ export function rmsnormForwardCuda(
 ): void {
   const op = 'rmsnormForwardCuda';
   const n = rows * C;
-  checkAll(op, rows, C, { out: [out, n, '(rows, C)'], rstd: [rstd, rows, '(rows)'], x: [x, n, '(rows, C)'], weight: [weight, C, '(C)'] });
+  checkAll(op, rows, C, { rstd: [rstd, rows, '(rows)'], x: [x, n, '(rows, C)'], weight: [weight, C, '(C)'] });
+  if (out.dtype !== 'bf16') expectDeviceDtype(out, 'f32', `${op}: out`);
+  expectDeviceLength(out, n, `${op}: out`, '(rows, C)');
   if (!Number.isFinite(eps) || eps < 0) throw new RangeError(`${op}: eps must be a finite number >= 0, got ${eps}`);
   if (rows === 0) return;
-  launchKernel(FORWARD, Math.min(rows, MAX_ROW_BLOCKS), rowBlock(C), [out, rstd, x, weight, rows, C, eps]);
+  const [o32, o16] = out.dtype === 'bf16' ? [0n, out] : [out, 0n];
+  launchKernel(FORWARD, Math.min(rows, MAX_ROW_BLOCKS), rowBlock(C), [o32, o16, rstd, x, weight, rows, C, eps]);
 }
 
 /** Accumulates (+=) the gradients of rmsnormForwardCuda into dx and dweight. */

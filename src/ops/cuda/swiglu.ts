@@ -4,7 +4,7 @@
 import { cudaKernel, expectDeviceDtype, expectDeviceLength, gridFor, launchKernel, type DeviceArray } from '../../engine/cuda.js';
 
 const BLOCK = 256;
-const FORWARD = cudaKernel('swiglu.cu', 'eqat_swiglu_forward', ['ptr', 'ptr', 'ptr', 'i64']);
+const FORWARD = cudaKernel('swiglu.cu', 'eqat_swiglu_forward', ['ptr', 'ptr', 'ptr', 'ptr', 'i64']);
 const BACKWARD = cudaKernel('swiglu.cu', 'eqat_swiglu_backward', ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i64']);
 
 function check(op: string, gate: DeviceArray, named: Record<string, DeviceArray>): number {
@@ -16,14 +16,19 @@ function check(op: string, gate: DeviceArray, named: Record<string, DeviceArray>
   return gate.length;
 }
 
+/** out = silu(gate) * up; a bf16 `out` receives the values rounded to bf16 (for bf16 GEMM inputs). */
 export function swigluForwardCuda(
-  out: DeviceArray, // (N, F)
+  out: DeviceArray, // (N, F) f32 or bf16
   gate: DeviceArray, // (N, F)
   up: DeviceArray, // (N, F)
 ): void {
-  const n = check('swigluForwardCuda', gate, { out, up });
+  const op = 'swigluForwardCuda';
+  const n = check(op, gate, { up });
+  if (out.dtype !== 'bf16') expectDeviceDtype(out, 'f32', `${op}: out`);
+  expectDeviceLength(out, n, `${op}: out`, '(as gate)');
   if (n === 0) return;
-  launchKernel(FORWARD, gridFor(n, BLOCK), BLOCK, [out, gate, up, n]);
+  const [o32, o16] = out.dtype === 'bf16' ? [0n, out] : [out, 0n];
+  launchKernel(FORWARD, gridFor(n, BLOCK), BLOCK, [o32, o16, gate, up, n]);
 }
 
 /** Accumulates (+=) dgate = dout * up * silu'(gate) and dup = dout * silu(gate). */
