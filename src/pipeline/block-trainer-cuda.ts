@@ -6,7 +6,9 @@
 //   Q, dQ, m_Q, v_Q  step sizes and zero points with theirs, laid out as the host QuantParams
 //   wTile, dwTile    one fake-quantized weight (in bf16 precision: lowp.wb) and one weight gradient, the largest linear's size
 //   lowp             bf16 copies of a GEMM's inputs (precision 'bf16', the default: bf16 products,
-//                    f32 sums, f32 master weights, activations and optimiser state)
+//                    f32 sums, f32 master weights, activations and optimiser state); the input
+//                    copy holds the attention output only (the workspace keeps the other linears'
+//                    inputs in bf16)
 //   workspace        the block's activations for B × T tokens (and a batch-1 one for tails)
 // Fake quantization is fused into the weight path (fakeQuantLinearsCuda): each linear quantizes
 // its weight into wTile (lowp.wb in bf16) right before its forward GEMM and again before its backward GEMMs, and
@@ -206,8 +208,10 @@ export class BlockTrainerCuda implements BlockApTrainer {
       this.dwTile = mem.alloc('f32', training ? largest : 0);
       this.frozen = withLinears(this.dP.params, this.moments.m) as DeviceBlockParams;
       if (precision === 'bf16') {
-        const rows = B * T * linearRowWidth(cfg);
-        this.lowp = { xb: mem.alloc('bf16', rows), doutb: mem.alloc('bf16', training ? rows : 0), wb: mem.alloc('bf16', largest) };
+        // the bf16 workspace hands ln1, ln2 and the SwiGLU output over in bf16 already: only the
+        // attention output (the o linear's input) is converted, through xb
+        const rows = B * T * linearRowWidth(cfg), xRows = B * T * cfg.numHeads * cfg.headDim;
+        this.lowp = { xb: mem.alloc('bf16', xRows), doutb: mem.alloc('bf16', training ? rows : 0), wb: mem.alloc('bf16', largest) };
       }
       this.fakeQuant = fakeQuantLinearsCuda(cfg, this.dP.params, this.dG.params, this.dQ, this.dQgrad, bits, G, this.wTile, this.dwTile, this.lowp, this.moments);
       this.ws = mem.adopt(new DeviceBlockWorkspace(cfg, B, T, { training, precision }));
