@@ -4,14 +4,17 @@
 //   G                gradients of the norms and biases (a linear's weight gradient is never stored:
 //                    its AdamW step runs inside the straight-through backward as it forms)
 //   Q, dQ, m_Q, v_Q  step sizes and zero points with theirs, laid out as the host QuantParams
-//   wTile, dwTile    one fake-quantized weight (in bf16 precision: lowp.wb) and one weight gradient, the largest linear's size
+//   wTile, dwTile    one fake-quantized weight (f32 precision) and one weight gradient, the largest linear's size
+//   keep             in bf16 precision, every linear's fake-quantized weight in bf16, formed by the
+//                    forward and read by the backward
 //   lowp             bf16 copies of a GEMM's inputs (precision 'bf16', the default: bf16 products,
 //                    f32 sums, f32 master weights, activations and optimiser state); the input
 //                    copy holds the attention output only (the workspace keeps the other linears'
 //                    inputs in bf16)
 //   workspace        the block's activations for B × T tokens (and a batch-1 one for tails)
 // Fake quantization is fused into the weight path (fakeQuantLinearsCuda): each linear quantizes
-// its weight into wTile (lowp.wb in bf16) right before its forward GEMM and again before its backward GEMMs, and
+// its weight right before its forward GEMM (into its `keep` buffer in bf16, which its backward
+// GEMMs read again; in f32 into wTile, quantized again before the backward GEMMs), and
 // its weight gradient goes through the straight-through estimator into dQ, and into the weight's
 // AdamW step, as soon as it is formed, so no fake-quantized copy of the block and no gradient of
 // its weights ever exists. Frozen weights for the passes between blocks are held in m_P's linears
@@ -89,8 +92,10 @@ export interface FusedWeightUpdate {
 }
 
 /**
- * Linears that compute with fake-quantized weights without storing them: W̃ = fakequant(P, s, z)
- * is formed in wTile (in bf16, lowp.wb) right before each use, forward and backward. The weight
+ * Linears that compute with fake-quantized weights: W̃ = fakequant(P, s, z) is formed in wTile
+ * (in bf16, lowp.wb) right before each use, forward and backward; or, with `keep` (bf16 buffers
+ * per linear), formed there by the forward and read again by the backward (P, s and z do not
+ * change in between: a linear's weight update comes after its own backward GEMMs). The weight
  * gradient formed in dwTile goes through the STE into dQ (s, z) and, with `update` enabled, into
  * the weight's AdamW step at once (P and its moments change during the backward, after the
  * linear's last use); without it into Gr's linear when Gr has one, else nowhere. Biases are P's
@@ -108,22 +113,23 @@ export function fakeQuantLinearsCuda(
   dwTile: DeviceArray,
   lowp: LowPrecisionScratch | null = null,
   update: FusedWeightUpdate | null = null,
+  keep: Record<BlockLinear, DeviceArray> | null = null,
 ): LinearImplCuda {
-  const quantized = (key: BlockLinear): { w: DeviceArray; O: number; I: number } => {
+  const quantized = (key: BlockLinear, again: boolean): { w: DeviceArray; O: number; I: number } => {
     const [O, I] = linearDims(cfg, key);
     // bf16 GEMMs take the fake-quantized weight straight in bf16 (no f32 tile, no conversion)
-    const w = deviceView(lowp ? lowp.wb : wTile, 0, O * I);
-    fakeQuantForwardCuda(w, P[key], Q.scale[key], Q.zero[key], O, I, bits, G);
+    const w = keep ? keep[key] : deviceView(lowp ? lowp.wb : wTile, 0, O * I);
+    if (again) fakeQuantForwardCuda(w, P[key], Q.scale[key], Q.zero[key], O, I, bits, G);
     return { w, O, I };
   };
   return {
     bf16Inputs: lowp !== null,
     forward(out, x, key, N) {
-      const { w, O, I } = quantized(key);
+      const { w, O, I } = quantized(key, true);
       linearForwardCuda(out, x, w, P[BIAS_OF[key]], { N, O, I }, lowp);
     },
     backward(dx, dout, x, key, N, accumulateDx) {
-      const { w, O, I } = quantized(key);
+      const { w, O, I } = quantized(key, keep === null);
       const dw = deviceView(dwTile, 0, O * I); // overwritten by the weight-gradient GEMM
       linearBackwardCuda(dx, dw, Gr[BIAS_OF[key]], dout, x, w, { N, O, I }, accumulateDx, lowp, false);
       if (update?.enabled) {
@@ -213,7 +219,9 @@ export class BlockTrainerCuda implements BlockApTrainer {
         const rows = B * T * linearRowWidth(cfg), xRows = B * T * cfg.numHeads * cfg.headDim;
         this.lowp = { xb: mem.alloc('bf16', xRows), doutb: mem.alloc('bf16', training ? rows : 0), wb: mem.alloc('bf16', largest) };
       }
-      this.fakeQuant = fakeQuantLinearsCuda(cfg, this.dP.params, this.dG.params, this.dQ, this.dQgrad, bits, G, this.wTile, this.dwTile, this.lowp, this.moments);
+      // bf16: the forward's fake-quantized weights are kept for the backward (2 bytes per weight)
+      const keep = precision === 'bf16' && training ? this.keepQuantized(cfg) : null;
+      this.fakeQuant = fakeQuantLinearsCuda(cfg, this.dP.params, this.dG.params, this.dQ, this.dQgrad, bits, G, this.wTile, this.dwTile, this.lowp, this.moments, keep);
       this.ws = mem.adopt(new DeviceBlockWorkspace(cfg, B, T, { training, precision }));
       this.xd = mem.alloc('f32', B * T * C);
       this.yd = mem.alloc('f32', B * T * C);
@@ -234,6 +242,22 @@ export class BlockTrainerCuda implements BlockApTrainer {
   /** Targets of that batch. */
   get y(): Tensor {
     return this.staging[this.current]!.y;
+  }
+
+  /** One bf16 buffer per linear, carved from one allocation: the forward's fake-quantized weights. */
+  private keepQuantized(cfg: ModelConfig): Record<BlockLinear, DeviceArray> {
+    const sizes = BLOCK_LINEARS.map(([key]) => {
+      const [O, I] = linearDims(cfg, key);
+      return [key, O * I] as const;
+    });
+    const all = this.mem.alloc('bf16', sizes.reduce((a, [, n]) => a + n, 0));
+    const views = {} as Record<BlockLinear, DeviceArray>;
+    let at = 0;
+    for (const [key, n] of sizes) {
+      views[key] = deviceView(all, at, n);
+      at += n;
+    }
+    return views;
   }
 
   private workspace(n: number): DeviceBlockWorkspace {

@@ -249,6 +249,7 @@ testOnBackends('the Block-AP trainer holds its parameter state once and no weigh
       4 * 4 * q + // step sizes and zero points, their gradients, m and v
       2 * 4 * ADAMW_SCALARS +
       (precision === 'f32' ? 4 * largest : 2 * (attRows + rows + largest)) + // f32 weight tile, or bf16 GEMM inputs (attention output, dout, weight)
+      (precision === 'f32' ? 0 : 2 * (n - normsAndBiases)) + // bf16: the forward's fake-quantized weights, kept for the backward
       4 * largest + // the weight gradient of the linear at work
       workspace +
       4 * 4 * B * T * C + // x, y, output, output gradient
