@@ -17,7 +17,7 @@ import { attentionBackwardCuda, attentionForwardCuda } from '../ops/cuda/attenti
 import { AttentionGemmScratch, attentionGemmBackwardCuda, attentionGemmForwardCuda, attentionPathCuda } from '../ops/cuda/attention-gemm.js';
 import { AttentionTcScratch, attentionTcBackwardCuda, attentionTcForwardCuda, attentionTcUnsupported } from '../ops/cuda/attention-tc.js';
 import { swigluBackwardCuda, swigluForwardCuda } from '../ops/cuda/swiglu.js';
-import { addCuda, copyCuda } from '../ops/cuda/elementwise.js';
+import { addCuda, copyCuda, f32ToBf16Cuda } from '../ops/cuda/elementwise.js';
 
 /** One block's parameters (or gradients) on the device; optional entries as in BlockParams. */
 export type DeviceBlockParams = { [K in BlockParamName]?: DeviceArray } & {
@@ -120,6 +120,8 @@ export class DeviceBlockWorkspace {
   readonly kRot!: DeviceArray; // (B, T, Hkv, D)
   readonly v!: DeviceArray; // (B, T, Hkv, D)
   readonly att!: DeviceArray; // (B, T, H, D)
+  /** (B, T, H, D) bf16 rounding of att, the o linear's input, with bf16 GEMMs; else null. */
+  readonly attIn: DeviceArray | null = null;
   readonly lse!: DeviceArray; // (B, H, T)
   readonly h!: DeviceArray; // (N, C) residual after attention
   readonly ln2!: DeviceArray; // (N, C), bf16 with bf16 GEMMs (gate and up only)
@@ -149,7 +151,7 @@ export class DeviceBlockWorkspace {
    */
   readonly attention: AttentionGemmScratch | AttentionTcScratch | null;
   private readonly arena: DeviceArray;
-  private readonly lowpArena: DeviceArray | null; // bf16 ln1, ln2, act (precision 'bf16')
+  private readonly lowpArena: DeviceArray | null; // bf16 ln1, ln2, act, attIn (precision 'bf16')
 
   /**
    * `precision` is that of the GEMMs (attention's included), as in linearForwardCuda's `lowp`.
@@ -174,7 +176,8 @@ export class DeviceBlockWorkspace {
     const qk = cfg.qkNorm;
     const g = training ? 1 : 0;
     // with bf16 GEMMs, the norm outputs and the SwiGLU output (read by linears only) are
-    // produced in bf16 in an arena of their own instead of in f32
+    // produced in bf16 in an arena of their own instead of in f32, and the attention output gets
+    // a bf16 copy there for the o linear (written by the tensor-core kernel, else converted once)
     const f = precision === 'bf16' ? 0 : 1;
     // every buffer in one allocation, carved in declaration order
     const sizes: [string, number][] = [
@@ -197,7 +200,7 @@ export class DeviceBlockWorkspace {
       at += n;
     }
     try {
-      this.lowpArena = f ? null : allocDevice('bf16', 2 * N * C + N * F);
+      this.lowpArena = f ? null : allocDevice('bf16', 2 * N * C + N * F + N * H * D);
     } catch (e) {
       freeDevice(this.arena);
       throw e;
@@ -206,6 +209,7 @@ export class DeviceBlockWorkspace {
       views['ln1'] = deviceView(this.lowpArena, 0, N * C);
       views['ln2'] = deviceView(this.lowpArena, N * C, N * C);
       views['act'] = deviceView(this.lowpArena, 2 * N * C, N * F);
+      this.attIn = deviceView(this.lowpArena, 2 * N * C + N * F, N * H * D);
     }
     Object.assign(this, views); // every field marked ! above is one of these views
     if (!qk) {
@@ -343,14 +347,19 @@ export function blockForwardCuda(
     copyCuda(deviceView(cache.v, pos * rowKv, T * rowKv), ws.v);
     const keys = deviceView(cache.k, 0, Tk * rowKv), values = deviceView(cache.v, 0, Tk * rowKv);
     attentionForwardCuda(ws.att, ws.lse, ws.qRot, keys, values, { ...att, Tk }, { window, qOffset: pos });
+    if (ws.attIn) f32ToBf16Cuda(ws.attIn, ws.att);
   } else {
     ropeForwardCuda(ws.qRot, ws.qNormed, ws.cos, ws.sin, B, T, H, D);
     ropeForwardCuda(ws.kRot, ws.kNormed, ws.cos, ws.sin, B, T, Hkv, D);
-    if (ws.attention instanceof AttentionTcScratch) attentionTcForwardCuda(ws.att, ws.lse, ws.qRot, ws.kRot, ws.v, att, { window });
-    else if (ws.attention) attentionGemmForwardCuda(ws.att, ws.lse, ws.qRot, ws.kRot, ws.v, att, { window }, ws.attention);
-    else attentionForwardCuda(ws.att, ws.lse, ws.qRot, ws.kRot, ws.v, att, { window });
+    if (ws.attention instanceof AttentionTcScratch) {
+      attentionTcForwardCuda(ws.att, ws.lse, ws.qRot, ws.kRot, ws.v, att, { window }, ws.attIn); // writes attIn too
+    } else {
+      if (ws.attention) attentionGemmForwardCuda(ws.att, ws.lse, ws.qRot, ws.kRot, ws.v, att, { window }, ws.attention);
+      else attentionForwardCuda(ws.att, ws.lse, ws.qRot, ws.kRot, ws.v, att, { window });
+      if (ws.attIn) f32ToBf16Cuda(ws.attIn, ws.att);
+    }
   }
-  lin.forward(ws.tmpC, ws.att, 'o', N);
+  lin.forward(ws.tmpC, ws.attIn ?? ws.att, 'o', N);
   addCuda(ws.h, x, ws.tmpC);
 
   // MLP
@@ -398,7 +407,7 @@ export function blockBackwardCuda(
   rmsnormBackwardCuda(ws.dh, g.postNorm, ws.dln, ws.h, p.postNorm, ws.rstd2, N, C);
 
   // attention: h = x + o(att)
-  lin.backward(ws.dAtt, ws.dh, ws.att, 'o', N, false);
+  lin.backward(ws.dAtt, ws.dh, ws.attIn ?? ws.att, 'o', N, false);
   zeroDevice(ws.dq);
   zeroDevice(ws.dk);
   zeroDevice(ws.dv);

@@ -100,10 +100,22 @@ export interface BlockLog {
   seconds: number;
 }
 
+/** Wall seconds of a run by phase, summed over blocks (device work included: each phase ends with a read back). */
+export interface BlockApPhases {
+  embed: number; // block-0 inputs of every window into the caches
+  load: number; // reading each block's weights
+  fpPass: number; // full-precision block outputs (the targets) over every window
+  valPass: number; // validation losses (before training and after each epoch)
+  train: number; // the training steps, batch reads from the caches included
+  write: number; // freezing the block and writing its shard
+  frozenPass: number; // the quantized block's outputs (the next block's inputs) over every window
+}
+
 export interface BlockApResult {
   out: string;
   blocks: { block: number; valLossInit: number | null; valLoss: number | null; trainLoss: number | null; seconds: number }[];
   seconds: number;
+  phases: BlockApPhases;
   resumedFrom: number;
   cachesOnDisk: boolean;
 }
@@ -251,6 +263,15 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
   const summary: BlockApResult['blocks'] = [];
   const quantCfg = { bits: opts.wbits, groupSize: opts.groupSize, checkpointFormat: 'gptq_v2' as const, sym: false, descAct: false };
 
+  const phases: BlockApPhases = { embed: 0, load: 0, fpPass: 0, valPass: 0, train: 0, write: 0, frozenPass: 0 };
+  const timed = <T>(phase: keyof BlockApPhases, f: () => T): T => {
+    const t = performance.now();
+    try {
+      return f();
+    } finally {
+      phases[phase] += (performance.now() - t) / 1000;
+    }
+  };
   let xfp: ActivationCache | null = null;
   let xq: ActivationCache | null = null;
   const total = opts.trainSize + opts.valSize;
@@ -266,15 +287,17 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
       xfp = make('x_fp');
       xq = make('x_q');
       // block-0 inputs: token embeddings of every train and val window
-      const emb = src.embedding();
-      const ids = new Int32Array(T);
-      for (let s = 0; s < total; s++) {
-        ids.set(s < opts.trainSize ? windows.train.subarray(s * T, (s + 1) * T) : windows.val.subarray((s - opts.trainSize) * T, (s - opts.trainSize + 1) * T));
-        const x = trainer.x.rows(0, 1);
-        embeddingForward(x.view([T, C]), Tensor.fromI32(ids), emb);
-        xfp.write(s, 1, x.f32);
-        xq.write(s, 1, x.f32);
-      }
+      timed('embed', () => {
+        const emb = src.embedding();
+        const ids = new Int32Array(T);
+        for (let s = 0; s < total; s++) {
+          ids.set(s < opts.trainSize ? windows.train.subarray(s * T, (s + 1) * T) : windows.val.subarray((s - opts.trainSize) * T, (s - opts.trainSize + 1) * T));
+          const x = trainer.x.rows(0, 1);
+          embeddingForward(x.view([T, C]), Tensor.fromI32(ids), emb);
+          xfp!.write(s, 1, x.f32);
+          xq!.write(s, 1, x.f32);
+        }
+      });
     }
 
     // replay finished blocks to rebuild the caches
@@ -297,16 +320,16 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
     const totalSteps = opts.epochs * stepsPerEpoch;
     for (let i = finished; i < cfg.numLayers; i++) {
       const tb = performance.now();
-      src.loadBlock(i, trainer.P);
+      timed('load', () => src.loadBlock(i, trainer.P));
       let valLossInit: number | null = null;
       let valLoss: number | null = null;
       let trainLoss: number | null = null;
       if (training) {
         // targets: Y = fp_block(X_fp), in place (the cache then holds block i+1's fp inputs)
-        trainer.forwardCache('fp', xfp!, 0, total);
+        timed('fpPass', () => trainer.forwardCache('fp', xfp!, 0, total));
         trainer.initQuant();
         if (opts.valSize > 0) {
-          valLossInit = trainer.evalFakeQuantLoss(xq!, xfp!, opts.trainSize, opts.valSize);
+          valLossInit = timed('valPass', () => trainer.evalFakeQuantLoss(xq!, xfp!, opts.trainSize, opts.valSize));
           log({ block: i, epoch: 0, trainLoss: null, valLoss: valLossInit, seconds: (performance.now() - tb) / 1000 });
         }
         const bar = progress(`block ${i + 1}/${cfg.numLayers}`, totalSteps, { quiet: opts.quiet ?? false });
@@ -316,6 +339,7 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
           xfp!.read(b * B, B, trainer.y.f32);
         };
         for (let epoch = 0; epoch < opts.epochs; epoch++) {
+          const te = performance.now();
           let sum = 0;
           readBatch(0);
           for (let b = 0; b < stepsPerEpoch; b++) {
@@ -333,19 +357,22 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
             opts.onStep?.(i, step);
           }
           bar.stop();
+          phases.train += (performance.now() - te) / 1000;
           trainLoss = sum / stepsPerEpoch;
-          if (opts.valSize > 0) valLoss = trainer.evalFakeQuantLoss(xq!, xfp!, opts.trainSize, opts.valSize);
+          if (opts.valSize > 0) valLoss = timed('valPass', () => trainer.evalFakeQuantLoss(xq!, xfp!, opts.trainSize, opts.valSize));
           log({ block: i, epoch: epoch + 1, trainLoss, valLoss, seconds: (performance.now() - tb) / 1000 });
         }
       } else {
         trainer.initQuant();
       }
       if (i === resumedFrom && training && trainer instanceof BlockTrainerCuda) trainer.graphs.noteIfEager(opts.quiet ?? false);
-      const frozen = trainer.freeze();
-      const tensors = blockShardTensors(i, cfg, frozen, trainer.Wq, opts.wbits, opts.groupSize);
-      writeSafetensors(join(partial, shardName(i, nShards)), tensors);
-      shardNames.push(tensors.map((t) => t.name));
-      if (training && i + 1 < cfg.numLayers) trainer.forwardCache('frozen', xq!, 0, total);
+      timed('write', () => {
+        const frozen = trainer.freeze();
+        const tensors = blockShardTensors(i, cfg, frozen, trainer.Wq, opts.wbits, opts.groupSize);
+        writeSafetensors(join(partial, shardName(i, nShards)), tensors);
+        shardNames.push(tensors.map((t) => t.name));
+      });
+      if (training && i + 1 < cfg.numLayers) timed('frozenPass', () => trainer.forwardCache('frozen', xq!, 0, total));
       writeJsonAtomic(statePath, { recipe, finishedBlocks: i + 1 } satisfies PartialState);
       const seconds = (performance.now() - tb) / 1000;
       if (!training) log({ block: i, epoch: 0, trainLoss: null, valLoss: null, seconds });
@@ -374,5 +401,5 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
   rmSync(statePath, { force: true });
   for (const f of readdirSync(partial)) if (f.endsWith('.tmp')) rmSync(join(partial, f), { force: true });
   renameSync(partial, out);
-  return { out, blocks: summary, seconds: (performance.now() - t0) / 1000, resumedFrom, cachesOnDisk };
+  return { out, blocks: summary, seconds: (performance.now() - t0) / 1000, phases, resumedFrom, cachesOnDisk };
 }

@@ -8,9 +8,8 @@
 //   keep             in bf16 precision, every linear's fake-quantized weight in bf16, formed by the
 //                    forward and read by the backward
 //   lowp             bf16 copies of a GEMM's inputs (precision 'bf16', the default: bf16 products,
-//                    f32 sums, f32 master weights, activations and optimiser state); the input
-//                    copy holds the attention output only (the workspace keeps the other linears'
-//                    inputs in bf16)
+//                    f32 sums, f32 master weights, activations and optimiser state): the output
+//                    gradient and weight copies (the workspace keeps the linears' inputs in bf16)
 //   workspace        the block's activations for B × T tokens (and a batch-1 one for tails)
 // Fake quantization is fused into the weight path (fakeQuantLinearsCuda): each linear quantizes
 // its weight right before its forward GEMM (into its `keep` buffer in bf16, which its backward
@@ -214,10 +213,9 @@ export class BlockTrainerCuda implements BlockApTrainer {
       this.dwTile = mem.alloc('f32', training ? largest : 0);
       this.frozen = withLinears(this.dP.params, this.moments.m) as DeviceBlockParams;
       if (precision === 'bf16') {
-        // the bf16 workspace hands ln1, ln2 and the SwiGLU output over in bf16 already: only the
-        // attention output (the o linear's input) is converted, through xb
-        const rows = B * T * linearRowWidth(cfg), xRows = B * T * cfg.numHeads * cfg.headDim;
-        this.lowp = { xb: mem.alloc('bf16', xRows), doutb: mem.alloc('bf16', training ? rows : 0), wb: mem.alloc('bf16', largest) };
+        // the bf16 workspace hands every linear its input in bf16 already: no input copy (xb)
+        const rows = B * T * linearRowWidth(cfg);
+        this.lowp = { xb: mem.alloc('bf16', 0), doutb: mem.alloc('bf16', training ? rows : 0), wb: mem.alloc('bf16', largest) };
       }
       // bf16: the forward's fake-quantized weights are kept for the backward (2 bytes per weight)
       const keep = precision === 'bf16' && training ? this.keepQuantized(cfg) : null;

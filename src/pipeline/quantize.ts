@@ -10,7 +10,7 @@ import { join, resolve } from 'node:path';
 import { loadConfig } from '../io/hf-config.js';
 import { writeJsonAtomic } from '../io/quant-checkpoint.js';
 import { mergeRecipe, recipeToJson, validateRecipe, validateRecipeForModel, type QuantizeRecipe, type RecipeOverrides } from './recipe.js';
-import { runBlockAp } from './block-ap.js';
+import { runBlockAp, type BlockApPhases } from './block-ap.js';
 import { kebab, runE2eQp } from './e2e-qp.js';
 import { eqatVersion } from '../engine/version.js';
 
@@ -18,7 +18,11 @@ export interface QuantizeResult {
   out: string;
   blockApOut: string;
   blockApSeconds: number;
+  /** Block-AP's seconds by phase (runBlockAp's), null when an earlier run's checkpoint was reused. */
+  blockApPhases: BlockApPhases | null;
   e2eQpSeconds: number;
+  /** Of e2eQpSeconds, the training steps (the rest: the data, the packed model's upload, the output). */
+  e2eQpTrainSeconds: number;
   /** E2E-QP steps restored from an interrupted run's saved state; 0 when it started from scratch. */
   e2eQpResumedFrom: number;
   seconds: number;
@@ -56,6 +60,7 @@ export async function runQuantize(
   if (restart) rmSync(bapOut + '.partial', { recursive: true, force: true }); // E2E-QP's own state goes in runE2eQp
   const b = r.blockAp;
   let blockApSeconds = 0;
+  let blockApPhases: BlockApPhases | null = null;
   const bapRecipeFile = join(bapOut, 'eqat-recipe.json');
   const sameBlockAp =
     existsSync(bapRecipeFile) &&
@@ -66,7 +71,7 @@ export async function runQuantize(
   }
   if (!sameBlockAp) {
     const t = performance.now();
-    await runBlockAp({
+    ({ phases: blockApPhases } = await runBlockAp({
       model: r.model,
       calib: r.calib,
       out: bapOut,
@@ -78,7 +83,7 @@ export async function runQuantize(
       maxRamBytes,
       device,
       precision,
-    });
+    }));
     // mark the Block-AP checkpoint with the part of the recipe that produced it (for reuse on rerun)
     const rec = JSON.parse(readFileSync(bapRecipeFile, 'utf8')) as Record<string, unknown>;
     writeJsonAtomic(bapRecipeFile, { ...rec, quantize: blockApPart(r) });
@@ -86,11 +91,12 @@ export async function runQuantize(
   }
   let e2eQpSeconds = 0;
   let e2eQpResumedFrom = 0;
+  let e2eQpTrainSeconds = 0;
   const e = r.e2eQp;
   const record = { quantize_recipe: recipeToJson(r), versions: eqatVersion() };
   if (e.epochs > 0) {
     const t = performance.now();
-    ({ resumedFrom: e2eQpResumedFrom } = await runE2eQp({ ...e, model: bapOut, data: e.data ?? r.calib, out, seed: r.seed, quiet, record, saveEvery, restart, settingName: quantizeSettingName, device, precision }));
+    ({ resumedFrom: e2eQpResumedFrom, seconds: e2eQpTrainSeconds } = await runE2eQp({ ...e, model: bapOut, data: e.data ?? r.calib, out, seed: r.seed, quiet, record, saveEvery, restart, settingName: quantizeSettingName, device, precision }));
     e2eQpSeconds = (performance.now() - t) / 1000;
   } else {
     renameSync(bapOut, out);
@@ -98,7 +104,7 @@ export async function runQuantize(
     writeJsonAtomic(join(out, 'eqat-recipe.json'), { ...rec, ...record });
   }
   writeJsonAtomic(join(out, 'recipe.json'), recipeToJson(r));
-  return { out, blockApOut: bapOut, blockApSeconds, e2eQpSeconds, e2eQpResumedFrom, seconds: (performance.now() - t0) / 1000 };
+  return { out, blockApOut: bapOut, blockApSeconds, blockApPhases, e2eQpSeconds, e2eQpTrainSeconds, e2eQpResumedFrom, seconds: (performance.now() - t0) / 1000 };
 }
 
 function blockApPart(r: QuantizeRecipe): unknown {

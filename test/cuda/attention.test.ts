@@ -16,7 +16,8 @@ import { attentionBackwardCuda, attentionForwardCuda, type AttentionShape } from
 import { ATTENTION_SCORE_BYTES, AttentionGemmScratch, attentionGemmBackwardCuda, attentionGemmForwardCuda, attentionPathCuda, attentionScoreBytesCuda } from '../../src/ops/cuda/attention-gemm.js';
 import { AttentionTcScratch, attentionTcBackwardCuda, attentionTcForwardCuda, attentionTcUnsupported } from '../../src/ops/cuda/attention-tc.js';
 import { assertClose, randn } from '../util.js';
-import { testOnBackends, type Scope } from './backends.js';
+import { assertBitExact, testOnBackends, type Scope } from './backends.js';
+import { f32ToBf16Ref } from '../../src/engine/dtype.js';
 
 const FWD_TOL = { atol: 1e-5, rtol: 1e-4 };
 const BWD_TOL = { atol: 2e-5, rtol: 1e-4 };
@@ -176,6 +177,16 @@ for (const D of [64, 128] as const) {
       { B: 1, Tq: 40, Tk: 90, H: 2, Hkv: 1, D, opts: { qOffset: 0, window: 5 } },
     ];
     for (const c of cases) compareWithTwin(s, c, seed++, TC);
+    // out16: the bf16 rounding of out, bit for bit
+    const c: Case = { B: 2, Tq: 70, Tk: 70, H: 3, Hkv: 1, D };
+    const rng = new Rng(seed);
+    const nq = c.B * c.Tq * c.H * D, nkv = c.B * c.Tk * c.Hkv * D;
+    const q = s.upload(randn(rng, [nq]).f32), k = s.upload(randn(rng, [nkv]).f32), v = s.upload(randn(rng, [nkv]).f32);
+    const out = s.alloc('f32', nq), out16 = s.alloc('bf16', nq), lse = s.alloc('f32', c.B * c.H * c.Tq);
+    attentionTcForwardCuda(out, lse, q, k, v, c, {}, out16);
+    const want = Uint16Array.from(downloadDevice<Float32Array>(out), (x) => f32ToBf16Ref(x));
+    assertBitExact(downloadDevice<Uint16Array>(out16), want, `out16 D=${D}`);
+    assert.throws(() => attentionTcForwardCuda(out, lse, q, k, v, c, {}, out), /attentionTcForwardCuda: out16: expected a bf16 device array, got f32/);
   });
 }
 

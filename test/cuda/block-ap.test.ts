@@ -242,13 +242,13 @@ testOnBackends('the Block-AP trainer holds its parameter state once and no weigh
       return { free: () => freeDevice(a) };
     });
     const n = blockArenaLength(cfg), normsAndBiases = blockArenaLength(cfg, false), q = QuantParams.count(cfg, G);
-    const largest = largestLinearSize(cfg), rows = B * T * linearRowWidth(cfg), attRows = B * T * cfg.numHeads * cfg.headDim;
+    const largest = largestLinearSize(cfg), rows = B * T * linearRowWidth(cfg);
     const expected =
       4 * 3 * n + // P, AdamW m and v
       4 * normsAndBiases + // gradients of norms and biases only
       4 * 4 * q + // step sizes and zero points, their gradients, m and v
       2 * 4 * ADAMW_SCALARS +
-      (precision === 'f32' ? 4 * largest : 2 * (attRows + rows + largest)) + // f32 weight tile, or bf16 GEMM inputs (attention output, dout, weight)
+      (precision === 'f32' ? 4 * largest : 2 * (rows + largest)) + // f32 weight tile, or bf16 copies of a GEMM's dout and weight
       (precision === 'f32' ? 0 : 2 * (n - normsAndBiases)) + // bf16: the forward's fake-quantized weights, kept for the backward
       4 * largest + // the weight gradient of the linear at work
       workspace +

@@ -80,6 +80,13 @@ test('Block-AP training beats RTN block reconstruction loss on every block', asy
   for (const b of r.blocks) {
     assert.ok(b.valLoss! < b.valLossInit!, `block ${b.block}: val ${b.valLoss} !< RTN ${b.valLossInit}`);
   }
+  // the phase breakdown: every phase ran, and together they fit in the run's time
+  const phases = Object.entries(r.phases);
+  assert.deepEqual(phases.map(([k]) => k).sort(), ['embed', 'fpPass', 'frozenPass', 'load', 'train', 'valPass', 'write']);
+  for (const [k, v] of phases) assert.ok(v > 0, `phase ${k}: ${v} s`);
+  const sum = phases.reduce((a, [, v]) => a + v, 0);
+  assert.ok(sum <= r.seconds, `phases sum to ${sum} s, above the run's ${r.seconds} s`);
+  assert.ok(r.phases.train > 0.5 * sum, `training took ${r.phases.train} of ${sum} s`);
   rmSync(dir, { recursive: true });
 });
 

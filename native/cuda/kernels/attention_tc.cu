@@ -13,7 +13,8 @@
 //   forward  grid (ceil(Tq / 64), H, B). Each warp owns 16 query rows, keeps them as A fragments
 //            and loops over the 64-key tiles its block can see: S = Q Kᵀ (f32), online softmax
 //            in registers (row max and sum across the 4 lanes of a row), O += P V with P
-//            repacked from the score registers. out = O / l, lse = m + log l.
+//            repacked from the score registers. out = O / l (and, when out16 is given, its bf16
+//            rounding for the o linear), lse = m + log l.
 //   dq       grid (ceil(Tq / 64), H, B), same tiling: per 16 keys, S = Q Kᵀ and dP = dO Vᵀ,
 //            P = exp(scale S - lse), dS = scale P (dP - delta), dq += dS K.
 //   dkv      grid (ceil(Tk / 64), Hkv, B). Each warp owns 16 keys (K as A fragments, V read from
@@ -142,9 +143,30 @@ __device__ __forceinline__ void store_rows(float* dst, long long stride, int nro
   }
 }
 
+// out16 (optional): the same rows rounded to bf16 (to_bf16, as the conversion kernel), for the
+// o linear's bf16 GEMMs.
 template <int D>
-__device__ void forward(float* out, float* lse, const float* q, const float* k, const float* v, int Tq, int Tk, int H, int Hkv,
-                        int window, int qOffset, float scale) {
+__device__ __forceinline__ void store_rows_bf16(unsigned short* dst, long long stride, int nrows, const float (*acc)[4], float mulA,
+                                                float mulB) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = g + 8 * half;
+    if (r >= nrows) continue;
+    const float mul = half ? mulB : mulA;
+    unsigned short* row = dst + r * stride;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      const int c = 8 * n + 2 * t;
+      row[c] = eqat::to_bf16(acc[n][2 * half] * mul);
+      row[c + 1] = eqat::to_bf16(acc[n][2 * half + 1] * mul);
+    }
+  }
+}
+
+template <int D>
+__device__ void forward(float* out, unsigned short* out16, float* lse, const float* q, const float* k, const float* v, int Tq,
+                        int Tk, int H, int Hkv, int window, int qOffset, float scale) {
   __shared__ __align__(16) unsigned short Ks[kKeys * (D + 8)];
   __shared__ __align__(16) unsigned short Vs[kKeys * (D + 8)];
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kRows, h = blockIdx.y, b = blockIdx.z, g = h / (H / Hkv);
@@ -229,6 +251,7 @@ __device__ void forward(float* out, float* lse, const float* q, const float* k, 
   }
   const int wrow0 = q0 + warp * 16;
   store_rows<D>(out + row_index(b, wrow0, h, Tq, H, D), (long long)H * D, Tq - wrow0, o, inv[0], inv[1], false);
+  if (out16) store_rows_bf16<D>(out16 + row_index(b, wrow0, h, Tq, H, D), (long long)H * D, Tq - wrow0, o, inv[0], inv[1]);
   if (t4 == 0) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -383,9 +406,9 @@ __device__ void backward_dkv(float* dk, float* dv, const float* dout, const floa
 }  // namespace eqat_attn_tc
 
 extern "C" __global__ __launch_bounds__(128) void eqat_attention_tc_forward_d64(
-    float* out, float* lse, const float* q, const float* k, const float* v, int Tq, int Tk, int H, int Hkv, int window,
-    int qOffset, float scale) {
-  eqat_attn_tc::forward<64>(out, lse, q, k, v, Tq, Tk, H, Hkv, window, qOffset, scale);
+    float* out, unsigned short* out16, float* lse, const float* q, const float* k, const float* v, int Tq, int Tk, int H,
+    int Hkv, int window, int qOffset, float scale) {
+  eqat_attn_tc::forward<64>(out, out16, lse, q, k, v, Tq, Tk, H, Hkv, window, qOffset, scale);
 }
 
 extern "C" __global__ __launch_bounds__(128) void eqat_attention_tc_backward_dq_d64(
@@ -401,9 +424,9 @@ extern "C" __global__ __launch_bounds__(128) void eqat_attention_tc_backward_dkv
 }
 
 extern "C" __global__ __launch_bounds__(128) void eqat_attention_tc_forward_d128(
-    float* out, float* lse, const float* q, const float* k, const float* v, int Tq, int Tk, int H, int Hkv, int window,
-    int qOffset, float scale) {
-  eqat_attn_tc::forward<128>(out, lse, q, k, v, Tq, Tk, H, Hkv, window, qOffset, scale);
+    float* out, unsigned short* out16, float* lse, const float* q, const float* k, const float* v, int Tq, int Tk, int H,
+    int Hkv, int window, int qOffset, float scale) {
+  eqat_attn_tc::forward<128>(out, out16, lse, q, k, v, Tq, Tk, H, Hkv, window, qOffset, scale);
 }
 
 extern "C" __global__ __launch_bounds__(128) void eqat_attention_tc_backward_dq_d128(

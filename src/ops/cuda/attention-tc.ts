@@ -6,7 +6,16 @@
 // in the precision of attention-gemm.ts's 'bf16' (bf16 products, f32 sums), with no score
 // chunk in memory and three launches per direction at most (forward; delta, dq, dk/dv).
 // Head dims 64 and 128 only; attentionTcUnsupported says why a shape is not taken.
-import { cudaKernel, DeviceAllocations, launchKernel, type DeviceArray, type KernelSpec } from '../../engine/cuda.js';
+import {
+  cudaKernel,
+  DeviceAllocations,
+  expectDeviceDtype,
+  expectDeviceLength,
+  expectDisjoint,
+  launchKernel,
+  type DeviceArray,
+  type KernelSpec,
+} from '../../engine/cuda.js';
 import type { AttentionDims, AttentionOptions } from '../attention.js';
 import { attentionDimsCuda, checkAttentionBackwardArrays, checkAttentionForwardArrays, type AttentionShape } from './attention.js';
 import { attentionDeltaCuda } from './attention-gemm.js';
@@ -21,7 +30,7 @@ const KERNELS = Object.fromEntries(
   HEAD_DIMS.map((D) => [
     D,
     {
-      forward: cudaKernel('attention_tc.cu', `eqat_attention_tc_forward_d${D}`, ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', ...SCALARS]),
+      forward: cudaKernel('attention_tc.cu', `eqat_attention_tc_forward_d${D}`, ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', ...SCALARS]),
       dq: cudaKernel('attention_tc.cu', `eqat_attention_tc_backward_dq_d${D}`, ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', ...SCALARS]),
       dkv: cudaKernel('attention_tc.cu', `eqat_attention_tc_backward_dkv_d${D}`, [
         'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', ...SCALARS,
@@ -63,7 +72,10 @@ export class AttentionTcScratch {
   }
 }
 
-/** out = softmax(q kᵀ / sqrt(D) + causal mask) v per head and the rows' lse, on tensor cores. */
+/**
+ * out = softmax(q kᵀ / sqrt(D) + causal mask) v per head and the rows' lse, on tensor cores;
+ * with `out16`, also out rounded to bf16 (what converting out would give).
+ */
 export function attentionTcForwardCuda(
   out: DeviceArray, // (B, Tq, H, D)
   lse: DeviceArray, // (B, H, Tq)
@@ -72,12 +84,18 @@ export function attentionTcForwardCuda(
   v: DeviceArray, // (B, Tk, Hkv, D)
   shape: AttentionShape,
   opts: AttentionOptions = {},
+  out16: DeviceArray | null = null, // (B, Tq, H, D) bf16
 ): void {
   const op = 'attentionTcForwardCuda';
   const d = attentionDimsCuda(op, shape, opts);
   const kern = kernels(op, d);
   checkAttentionForwardArrays(op, d, { out, lse, q, k, v });
-  launchKernel(kern.forward, [Math.ceil(d.Tq / ROWS), d.H, d.B], THREADS, [out, lse, q, k, v, ...scalars(d)]);
+  if (out16) {
+    expectDeviceDtype(out16, 'bf16', `${op}: out16`);
+    expectDeviceLength(out16, out.length, `${op}: out16`, '(as out)');
+    expectDisjoint(op, [['out16', out16], ['out', out], ['lse', lse], ['q', q], ['k', k], ['v', v]]);
+  }
+  launchKernel(kern.forward, [Math.ceil(d.Tq / ROWS), d.H, d.B], THREADS, [out, out16 ?? 0n, lse, q, k, v, ...scalars(d)]);
 }
 
 /**
