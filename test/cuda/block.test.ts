@@ -122,14 +122,18 @@ for (const [name, over] of BLOCK_VARIANTS) {
   });
 }
 
-testOnBackends('a bf16 workspace keeps the linears-only activations in bf16 and refuses f32 linears', (s) => {
+testOnBackends('a bf16 workspace keeps the linears\' inputs in bf16 and refuses f32 linears', (s) => {
   const cfg = tinyConfig({});
   const B = 1, T = 3, N = B * T, C = cfg.hiddenSize;
   const dp = new DeviceBlockArena(cfg);
   const ws = new DeviceBlockWorkspace(cfg, B, T, { precision: 'bf16' });
   try {
-    assert.deepEqual([ws.ln1.dtype, ws.ln2.dtype, ws.act.dtype, ws.att.dtype, ws.h.dtype], ['bf16', 'bf16', 'bf16', 'f32', 'f32']);
+    assert.deepEqual([ws.ln1.dtype, ws.ln2.dtype, ws.act.dtype, ws.attIn?.dtype, ws.att.dtype, ws.h.dtype], ['bf16', 'bf16', 'bf16', 'bf16', 'f32', 'f32']);
     assert.equal(ws.act.length, N * cfg.intermediateSize);
+    assert.equal(ws.attIn?.length, ws.att.length);
+    const f32 = new DeviceBlockWorkspace(cfg, B, T);
+    assert.deepEqual([f32.ln1.dtype, f32.act.dtype, f32.attIn], ['f32', 'f32', null]);
+    f32.free();
     const x = s.alloc('f32', N * C), y = s.alloc('f32', N * C);
     assert.throws(() => blockForwardCuda(cfg, dp.params, ws, x, y), /blockForwardCuda: the workspace was made for bf16 GEMMs but the linears run f32 GEMMs/);
   } finally {
