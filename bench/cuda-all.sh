@@ -12,8 +12,8 @@
 #   block70b  bench/cuda-block-step --shape 70b (block70b-variants: with flash attention)
 #   attention bench/cuda-attention: attention alone per path (GEMMs, tensor-core kernels, flash)
 #             at the 7b, 70b and small shapes
-#   tc        the block steps (7b, 70b), the 7b profile and the small run (warm caches, then
-#             its perplexity) with the tensor-core attention (EQAT_CUDA_ATTENTION=tc)
+#   tc        the tensor-core attention's GPU tests, then the block steps (7b, 70b), the 7b
+#             profile and the small run (then its perplexity) with EQAT_CUDA_ATTENTION=tc
 #   e2e70b    bench/cuda-e2e-step --shape 70b (80 layers held packed)
 #   e2e7b     bench/cuda-e2e-step --shape 7b
 #   small     llama-small w2g64 end to end (Block-AP 1024 × 512, 2 epochs, + E2E-QP 1024 × 512)
@@ -62,6 +62,9 @@ for s in "${sections[@]}"; do
       run attention70b 120 node dist/bench/cuda-attention.js --shape 70b
       run attention-small 60 node dist/bench/cuda-attention.js --shape small --seqlen 512 ;;
     tc)
+      # the kernels' GPU tests first: a fragment-layout mistake shows here, not as a slow or wrong benchmark
+      EQAT_TEST_EMULATOR=0 run tc-tests 120 node --test --test-name-pattern="tensor cores|EQAT_CUDA_ATTENTION=tc" \
+        dist/test/cuda/attention.test.js dist/test/cuda/block-ap.test.js
       export EQAT_CUDA_ATTENTION=tc
       run block7b-tc 90 node dist/bench/cuda-block-step.js --shape 7b
       run block70b-tc 120 node dist/bench/cuda-block-step.js --shape 70b
