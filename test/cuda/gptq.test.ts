@@ -89,11 +89,13 @@ function tileOf(src: Float32Array, I: number, t: GptqTile): Float32Array {
 }
 
 // [O, I, G] per bit width: I a whole number of packing units (16 / 32 / 8 / 4 values for 2 / 3 /
-// 4 / 8 bits), not always a multiple of 32; G from 1 (and odd) to I.
+// 4 / 8 bits), not always a multiple of 32; G from 1 (and odd) to I. The wide ones cross the
+// scale-gradient kernel's 256-column chunks: several spans of whole groups, and groups wider
+// than a chunk (384, 512, 608: summed across chunks).
 const LAYOUTS: Record<number, [number, number, number][]> = {
-  2: [[1, 16, 16], [7, 48, 3], [33, 80, 16], [3, 160, 32]],
-  3: [[1, 32, 32], [7, 96, 3], [33, 96, 96], [5, 160, 32], [2, 64, 1]],
-  4: [[1, 8, 8], [7, 24, 3], [33, 40, 8], [3, 96, 32]],
+  2: [[1, 16, 16], [7, 48, 3], [33, 80, 16], [3, 160, 32], [9, 512, 64]],
+  3: [[1, 32, 32], [7, 96, 3], [33, 96, 96], [5, 160, 32], [2, 64, 1], [3, 608, 608]],
+  4: [[1, 8, 8], [7, 24, 3], [33, 40, 8], [3, 96, 32], [37, 1024, 512], [5, 768, 384]],
   8: [[1, 4, 4], [7, 12, 3], [33, 20, 5], [3, 64, 64]],
 };
 

@@ -24,6 +24,7 @@ import { scaleCuda } from '../../src/ops/cuda/elementwise.js';
 import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../../src/ops/cuda/rmsnorm.js';
 import { fakeQuantBackwardAdamwCuda, fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../../src/ops/cuda/fakequant.js';
 import { adamwStepCuda } from '../../src/ops/cuda/adamw.js';
+import { gptqScaleGradCuda } from '../../src/ops/cuda/gptq.js';
 import { swigluForwardCuda } from '../../src/ops/cuda/swiglu.js';
 
 interface Launch {
@@ -159,6 +160,12 @@ test('wrappers choose their launch shapes as their kernels expect', () => {
     fakeQuantForwardCuda(arr(20 * 128, 0x10008n, 'bf16'), arr(20 * 128, 0x20000n), arr(40, 0x30000n), arr(40, 0x40000n), 20, 128, 2, 64);
     fakeQuantBackwardCuda(arr(2560, 0x10000n), arr(40, 0x20000n), arr(40, 0x30000n), arr(2560, 0x40000n), arr(2560, 0x50000n), arr(40, 0x60000n), arr(40, 0x70000n), 20, 128, 2, 64);
     swigluForwardCuda(arr(0, 0n), arr(0, 0n), arr(0, 0n)); // nothing to do: no launch
+    // step-size gradients: 70 rows (3 blocks of 32) by spans of 256 columns (4 groups of 64), or one 512-wide group
+    const dev = (length: number, handle: bigint, dtype: 'i32' | 'u8'): DeviceArray => ({ handle, dtype, length, bytes: length * (dtype === 'i32' ? 4 : 1), owner: false });
+    for (const [I, G] of [[512, 64], [1024, 512]] as const) {
+      const w = { O: 70, I, bits: 2, G, qweight: dev((I / 16) * 70, 0x100000n, 'i32'), zeros: dev((70 * I) / G, 0x200000n, 'u8') };
+      gptqScaleGradCuda(arr((70 * I) / G, 0x300000n), arr(70 * I, 0x400000n), w);
+    }
   });
   const shapes = r.launches.map((l) => [l.fn, l.grid[0], l.block[0]]);
   assert.deepEqual(shapes, [
@@ -170,6 +177,8 @@ test('wrappers choose their launch shapes as their kernels expect', () => {
     ['eqat_fakequant_forward_bf16_x8', 2, 256], // 8 elements per thread: G % 8 = 0, 16-byte aligned
     ['eqat_fakequant_forward_bf16', 10, 256], // out only 8-byte aligned: one element per thread
     ['eqat_fakequant_backward', 2, 256], // a block per tile of 32 groups
+    ['eqat_gptq_scale_grad', 6, 256], // 3 row blocks × 2 spans of 4 groups
+    ['eqat_gptq_scale_grad', 6, 256], // 3 row blocks × 2 one-group spans (each 2 chunks)
   ]);
   const fq = r.launches[4]!.args;
   assert.equal(fq.getBigInt64(32, true), BigInt(17 * 130));

@@ -160,5 +160,8 @@ export function gptqScaleGradCuda(
   noOverlap(op, 'dscales', dscales, { dW, 'w.qweight': w.qweight, 'w.zeros': w.zeros });
   const n = t.rows * (t.cols / w.G);
   if (n === 0) return;
-  launchKernel(SCALE_GRAD, gridFor(n, BLOCK), BLOCK, [dscales, dW, w.qweight, w.zeros, w.O, w.I, w.bits, w.G, t.o0, t.i0, t.rows, t.cols]);
+  // blocks of 32 rows by as many whole groups as fit in 256 columns (one group when G is wider)
+  const groupsPer = w.G >= 256 ? 1 : Math.floor(256 / w.G);
+  const tiles = Math.ceil(t.rows / 32) * Math.ceil(t.cols / w.G / groupsPer);
+  launchKernel(SCALE_GRAD, Math.min(tiles, 1 << 20), 256, [dscales, dW, w.qweight, w.zeros, w.O, w.I, w.bits, w.G, t.o0, t.i0, t.rows, t.cols]);
 }
