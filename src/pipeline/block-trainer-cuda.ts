@@ -6,7 +6,8 @@
 //   Q, dQ, m_Q, v_Q  step sizes and zero points with theirs, laid out as the host QuantParams
 //   wTile, dwTile    one fake-quantized weight (f32 precision) and one weight gradient, the largest linear's size
 //   keep             in bf16 precision, every linear's fake-quantized weight in bf16, formed by the
-//                    forward and read by the backward
+//                    forward and read by the backward; between steps, the bf16 weights of a pass
+//                    over the caches (rounded once per pass, not at every batch)
 //   lowp             bf16 copies of a GEMM's inputs (precision 'bf16', the default: bf16 products,
 //                    f32 sums, f32 master weights, activations and optimiser state): the output
 //                    gradient and weight copies (the workspace keeps the linears' inputs in bf16)
@@ -55,6 +56,7 @@ import {
 } from '../model/block-cuda.js';
 import { fakeQuantBackwardAdamwCuda, fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../ops/cuda/fakequant.js';
 import { linearBackwardCuda, linearForwardCuda, type LowPrecisionScratch } from '../ops/cuda/linear.js';
+import { f32ToBf16Cuda } from '../ops/cuda/elementwise.js';
 import { ADAMW_SCALARS, adamwLaunchCuda, writeAdamWScalars } from '../ops/cuda/adamw.js';
 import { allocReducePartials, mseBackwardCuda, mseQueueCuda, readMseCuda } from '../ops/cuda/reduce.js';
 import type { FrozenLinears } from '../io/quant-checkpoint.js';
@@ -166,6 +168,8 @@ export class BlockTrainerCuda implements BlockApTrainer {
   private readonly dwTile: DeviceArray; // (largest O·I) its gradient
   private readonly frozen: DeviceBlockParams; // frozen linears (in m_P's storage), norms and biases of P
   private readonly fakeQuant: LinearImplCuda; // P through fake quantization, gradients into G and dQ
+  // bf16 per linear: a step's fake-quantized weights (forward to backward), a pass's bf16 weights
+  private readonly keep: Record<BlockLinear, DeviceArray> | null = null;
   private readonly lowp: LowPrecisionScratch | null = null; // bf16 GEMM inputs (precision 'bf16')
   private readonly ws: DeviceBlockWorkspace;
   private ws1: DeviceBlockWorkspace | null = null;
@@ -218,8 +222,8 @@ export class BlockTrainerCuda implements BlockApTrainer {
         this.lowp = { xb: mem.alloc('bf16', 0), doutb: mem.alloc('bf16', training ? rows : 0), wb: mem.alloc('bf16', largest) };
       }
       // bf16: the forward's fake-quantized weights are kept for the backward (2 bytes per weight)
-      const keep = precision === 'bf16' && training ? this.keepQuantized(cfg) : null;
-      this.fakeQuant = fakeQuantLinearsCuda(cfg, this.dP.params, this.dG.params, this.dQ, this.dQgrad, bits, G, this.wTile, this.dwTile, this.lowp, this.moments, keep);
+      this.keep = precision === 'bf16' && training ? this.keepQuantized(cfg) : null;
+      this.fakeQuant = fakeQuantLinearsCuda(cfg, this.dP.params, this.dG.params, this.dQ, this.dQgrad, bits, G, this.wTile, this.dwTile, this.lowp, this.moments, this.keep);
       this.ws = mem.adopt(new DeviceBlockWorkspace(cfg, B, T, { training, precision }));
       this.xd = mem.alloc('f32', B * T * C);
       this.yd = mem.alloc('f32', B * T * C);
@@ -330,7 +334,21 @@ export class BlockTrainerCuda implements BlockApTrainer {
     uploadBlockParams(this.dP.params, this.P);
     if (weights === 'frozen') uploadBlockParams(this.frozen, this.Wq);
     const p = weights === 'fp' ? this.dP.params : this.frozen;
-    this.forwardBatches(p, denseLinearsCuda(this.cfg, p, null, this.lowp), cache, null, start, count);
+    this.forwardBatches(p, denseLinearsCuda(this.cfg, this.passWeights(p), null, this.lowp), cache, null, start, count);
+  }
+
+  /**
+   * p with its linears as the pass's GEMMs take them: in bf16, rounded once into the kept
+   * fake-quantized weights' buffers (free between steps) instead of at every batch.
+   */
+  private passWeights(p: DeviceBlockParams): DeviceBlockParams {
+    if (!this.keep) return p;
+    const q = { ...p };
+    for (const [key] of BLOCK_LINEARS) {
+      f32ToBf16Cuda(this.keep[key], p[key]);
+      q[key] = this.keep[key];
+    }
+    return q;
   }
 
   evalFakeQuantLoss(xq: ActivationCache, target: ActivationCache, start: number, count: number): number {
