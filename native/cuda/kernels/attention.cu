@@ -25,14 +25,14 @@
 // twin sums in f64, so results agree to the CPU tests' tolerances, not bit for bit.
 // Correctness first: the tile products are plain loops over shared memory, not tensor-core MMA.
 
+#include "attention.cuh"
+
 namespace eqat_attn {
 
-__device__ __forceinline__ float neg_inf() { return __uint_as_float(0xff800000u); }
-__device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
-__device__ __forceinline__ int imax(int a, int b) { return a > b ? a : b; }
-
-// Whether query position pos sees key j.
-__device__ __forceinline__ bool visible(int pos, int j, int window) { return j <= pos && (window == 0 || j > pos - window); }
+using eqat::imax;
+using eqat::imin;
+using eqat::key_visible;
+using eqat::neg_inf;
 
 __device__ __forceinline__ long long q_index(int b, int t, int h, int Tq, int H, int D) {
   return (((long long)b * Tq + t) * H + h) * D;
@@ -84,7 +84,7 @@ __device__ void forward(float* out, float* lse, const float* q, const float* k, 
     for (int e = threadIdx.x; e < BQ * BK; e += blockDim.x) {
       const int r = e / BK, c = e - r * BK;
       float s = neg_inf();
-      if (r < nq && c < nk && visible(qOffset + q0 + r, k0 + c, window)) {
+      if (r < nq && c < nk && key_visible(qOffset + q0 + r, k0 + c, window)) {
         float dot = 0.0f;
         for (int d = 0; d < D; ++d) dot += Qs[r][d] * Ks[c][d];
         s = dot * scale;
@@ -175,7 +175,7 @@ __device__ void backward_dq(float* dq, const float* dout, const float* q, const 
     for (int e = threadIdx.x; e < BQ * BK; e += blockDim.x) {
       const int r = e / BK, c = e - r * BK;
       float ds = 0.0f;
-      if (r < nq && c < nk && visible(qOffset + q0 + r, k0 + c, window)) {
+      if (r < nq && c < nk && key_visible(qOffset + q0 + r, k0 + c, window)) {
         float s = 0.0f, dp = 0.0f;
         for (int d = 0; d < D; ++d) {
           s += Qs[r][d] * Ks[c][d];
@@ -242,7 +242,7 @@ __device__ void backward_dkv(float* dk, float* dv, const float* dout, const floa
       for (int e = threadIdx.x; e < BQ * BK; e += blockDim.x) {
         const int r = e / BK, c = e - r * BK;
         float p = 0.0f, ds = 0.0f;
-        if (r < nq && c < nk && visible(qOffset + t0 + r, k0 + c, window)) {
+        if (r < nq && c < nk && key_visible(qOffset + t0 + r, k0 + c, window)) {
           float s = 0.0f, dp = 0.0f;
           for (int d = 0; d < D; ++d) {
             s += Qs[r][d] * Ks[c][d];

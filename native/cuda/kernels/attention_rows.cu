@@ -4,16 +4,15 @@
 //
 // A chunk holds `groups` × `rows` score rows of `n` keys: row r of group g is at
 // S + g·groupStride + r·ld, its key c is key jlo + c, its query sits at position pos0 + r. A key
-// is visible when jlo + c <= pos0 + r and (window == 0 or jlo + c > pos0 + r - window), as in
-// src/ops/attention.ts. lse and delta of row r of group g are at lse[g·lseGroup + r] (views of the
+// is visible when eqat::key_visible(pos0 + r, jlo + c, window) (attention.cuh, the rule of
+// src/ops/attention.ts). lse and delta of row r of group g are at lse[g·lseGroup + r] (views of the
 // (B, H, Tq) arrays). One block per row (grid-stride), blockDim.x a multiple of 32; exp and the
 // row sums in f64, rounded once, like the cross-entropy kernel.
+#include "attention.cuh"
 #include "bf16.cuh"
 #include "reduce.cuh"
 
 namespace eqat_rows {
-
-__device__ __forceinline__ bool visible(int pos, int j, int window) { return j <= pos && (window == 0 || j > pos - window); }
 
 // Stores x at i of whichever output is given (f32 or bf16).
 __device__ __forceinline__ void put(float* o32, unsigned short* o16, long long i, float x) {
@@ -32,21 +31,21 @@ extern "C" __global__ void eqat_attn_rows_forward(const float* S, float* P32, un
     const int g = row / rows, r = row - g * rows;
     const long long base = g * groupStride + (long long)r * ld;
     const int pos = pos0 + r;
-    float m = __uint_as_float(0xff800000u);  // -inf
+    float m = eqat::neg_inf();
     for (int c = threadIdx.x; c < n; c += blockDim.x) {
-      if (eqat_rows::visible(pos, jlo + c, window)) m = eqat::max_nan(m, scale * S[base + c]);
+      if (eqat::key_visible(pos, jlo + c, window)) m = eqat::max_nan(m, scale * S[base + c]);
     }
     m = eqat::block_max(m);
-    const bool none = m == __uint_as_float(0xff800000u);
+    const bool none = m == eqat::neg_inf();
     double sum = 0.0;
     if (!none) {
       for (int c = threadIdx.x; c < n; c += blockDim.x) {
-        if (eqat_rows::visible(pos, jlo + c, window)) sum += exp((double)(scale * S[base + c]) - (double)m);
+        if (eqat::key_visible(pos, jlo + c, window)) sum += exp((double)(scale * S[base + c]) - (double)m);
       }
     }
     sum = eqat::block_sum(sum);
     for (int c = threadIdx.x; c < n; c += blockDim.x) {
-      const bool vis = !none && eqat_rows::visible(pos, jlo + c, window);
+      const bool vis = !none && eqat::key_visible(pos, jlo + c, window);
       eqat_rows::put(P32, P16, base + c, vis ? (float)(exp((double)(scale * S[base + c]) - (double)m) / sum) : 0.0f);
     }
     if (threadIdx.x == 0) lse[g * lseGroup + r] = none ? m : (float)((double)m + log(sum));
@@ -66,7 +65,7 @@ extern "C" __global__ void eqat_attn_rows_backward(const float* S, const float* 
     const int pos = pos0 + r;
     const float rowLse = lse[g * lseGroup + r], rowDelta = delta[g * lseGroup + r];
     for (int c = threadIdx.x; c < n; c += blockDim.x) {
-      const bool vis = eqat_rows::visible(pos, jlo + c, window) && rowLse != __uint_as_float(0xff800000u);
+      const bool vis = eqat::key_visible(pos, jlo + c, window) && rowLse != eqat::neg_inf();
       const float p = vis ? (float)exp((double)(scale * S[base + c]) - (double)rowLse) : 0.0f;
       eqat_rows::put(P32, P16, base + c, p);
       eqat_rows::put(dS32, dS16, base + c, scale * (p * (dP[base + c] - rowDelta)));

@@ -27,6 +27,7 @@
 // delta = rowsum(dout ∘ out) comes from eqat_attn_delta (attention_rows.cu).
 // Shared-memory rows are D + 8 bf16 long: 16-byte aligned for ldmatrix, and the eight rows one
 // ldmatrix reads fall in different banks.
+#include "attention.cuh"
 #include "bf16.cuh"
 #include "mma.cuh"
 
@@ -37,10 +38,10 @@ constexpr int kRows = 64;    // query rows per forward / dq block (16 per warp),
 constexpr int kKeys = 64;    // keys per tile of the forward and dq loops
 constexpr int kQTile = 32;   // query rows per tile of the dkv loop
 
-__device__ __forceinline__ float neg_inf() { return __uint_as_float(0xff800000u); }
-__device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
-__device__ __forceinline__ int imax(int a, int b) { return a > b ? a : b; }
-__device__ __forceinline__ bool visible(int pos, int j, int window) { return j <= pos && (window == 0 || j > pos - window); }
+using eqat::imax;
+using eqat::imin;
+using eqat::key_visible;
+using eqat::neg_inf;
 
 __device__ __forceinline__ long long row_index(int b, int t, int h, int T, int heads, int D) {
   return (((long long)b * T + t) * heads + h) * D;
@@ -206,7 +207,7 @@ __device__ void forward(float* out, unsigned short* out16, float* lse, const flo
       for (int e = 0; e < 4; ++e) {
         const int key = k0 + 8 * j + 2 * t4 + (e & 1);
         float x = s[j][e] * scale;
-        if (!whole && !(key < k0 + nk && visible(pos[e / 2], key, window))) x = neg_inf();
+        if (!whole && !(key < k0 + nk && key_visible(pos[e / 2], key, window))) x = neg_inf();
         s[j][e] = x;
         mx[e / 2] = fmaxf(mx[e / 2], x);
       }
@@ -309,7 +310,7 @@ __device__ void backward_dq(float* dq, const float* dout, const float* q, const 
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int r = e / 2, c = c0 + 8 * j + 2 * t4 + (e & 1), key = k0 + c;
-          const bool on = live[r] && c < nk && visible(pos[r], key, window);
+          const bool on = live[r] && c < nk && key_visible(pos[r], key, window);
           const float p = on ? expf(s[j][e] * scale - rowLse[r]) : 0.0f;
           s[j][e] = scale * p * (dp[j][e] - rowDelta[r]);  // dS
         }
@@ -384,7 +385,7 @@ __device__ void backward_dkv(float* dk, float* dv, const float* dout, const floa
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int key = key0 + 8 * (e / 2), c = c0 + 8 * j + 2 * t4 + (e & 1);
-            const bool on = c < nt && key < Tk && visible(qOffset + t0 + c, key, window);
+            const bool on = c < nt && key < Tk && key_visible(qOffset + t0 + c, key, window);
             const float p = on ? expf(st[j][e] * scale - rowLse[c]) : 0.0f;
             st[j][e] = p;
             dpt[j][e] = scale * p * (dpt[j][e] - (on ? rowDelta[c] : 0.0f));  // dSᵀ
