@@ -109,30 +109,40 @@ const PRECISIONS = [
   ['bf16', { loss: 2e-2, atol: 6e-3, rtol: 0 }],
 ] as const;
 
-// The tensor-core attention (EQAT_CUDA_ATTENTION=tc) takes head dims 64 and 128 in bf16: the
-// same comparison on a block with head dim 64 (T = 70 crosses its 64-row tiles).
-testOnBackends('Block-AP trainer steps (bf16, EQAT_CUDA_ATTENTION=tc, head dim 64) match the CPU trainer', () => {
-  const saved = process.env['EQAT_CUDA_ATTENTION'];
-  process.env['EQAT_CUDA_ATTENTION'] = 'tc';
-  const cfg = tinyConfig({ hiddenSize: 64, intermediateSize: 48, numHeads: 2, numKvHeads: 1, headDim: 64 });
-  const B = 1, T = 70, bits = 2, G = 16;
-  const tol = PRECISIONS[1][1];
+type Tolerance = (typeof PRECISIONS)[number][1];
+
+/**
+ * The CPU and CUDA trainers from the same parameters through the same batches, one step per
+ * entry of lrWeights (weight learning rate; step sizes and zero points take 1e-3): equal losses
+ * at every step and equal trained parameters, to `tol`. `check` sees the CUDA trainer first.
+ */
+function compareTrainerSteps(
+  cfg: ReturnType<typeof tinyConfig>,
+  B: number,
+  T: number,
+  precision: 'f32' | 'bf16',
+  tol: Tolerance,
+  seed: number,
+  lrWeights: readonly number[],
+  check: (gpu: BlockTrainerCuda) => void = () => {},
+): void {
+  const bits = 2, G = 16;
   const cpu = new BlockTrainerCpu(cfg, B, T, bits, G, true);
-  const gpu = new BlockTrainerCuda(cfg, B, T, bits, G, true, 'bf16');
+  const gpu = new BlockTrainerCuda(cfg, B, T, bits, G, true, precision);
   try {
-    assert.ok(gpu['ws'].attention instanceof AttentionTcScratch, 'the workspace runs the tensor-core attention');
-    const rng = new Rng(6);
+    check(gpu);
+    const rng = new Rng(seed);
     randomBlockParams(rng, cpu.P, gpu.P);
     cpu.initQuant();
     gpu.initQuant();
-    for (let step = 0; step < 3; step++) {
+    lrWeights.forEach((lrWeight, step) => {
       rng.fillNormal(cpu.x.f32, 1);
       rng.fillNormal(cpu.y.f32, 1);
       gpu.x.f32.set(cpu.x.f32);
       gpu.y.f32.set(cpu.y.f32);
-      const lc = cpu.step(step, 1e-3, 1e-3, 0.01), lg = gpu.step(step, 1e-3, 1e-3, 0.01);
+      const lc = cpu.step(step, 1e-3, lrWeight, 0.01), lg = gpu.step(step, 1e-3, lrWeight, 0.01);
       assertClose([lg], [lc], { atol: 0, rtol: tol.loss, what: `loss at step ${step}` });
-    }
+    });
     cpu.freeze();
     gpu.freeze();
     for (const k of BLOCK_PARAM_NAMES) {
@@ -140,6 +150,20 @@ testOnBackends('Block-AP trainer steps (bf16, EQAT_CUDA_ATTENTION=tc, head dim 6
     }
   } finally {
     gpu.free();
+  }
+}
+
+// The tensor-core attention (EQAT_CUDA_ATTENTION=tc) takes head dims 64 and 128 in bf16: the
+// same comparison on a block with head dim 64 (T = 70 crosses its 64-row tiles).
+testOnBackends('Block-AP trainer steps (bf16, EQAT_CUDA_ATTENTION=tc, head dim 64) match the CPU trainer', () => {
+  const saved = process.env['EQAT_CUDA_ATTENTION'];
+  process.env['EQAT_CUDA_ATTENTION'] = 'tc';
+  try {
+    const cfg = tinyConfig({ hiddenSize: 64, intermediateSize: 48, numHeads: 2, numKvHeads: 1, headDim: 64 });
+    compareTrainerSteps(cfg, 1, 70, 'bf16', PRECISIONS[1][1], 6, [1e-3, 1e-3, 1e-3], (gpu) => {
+      assert.ok(gpu['ws'].attention instanceof AttentionTcScratch, 'the workspace runs the tensor-core attention');
+    });
+  } finally {
     if (saved === undefined) delete process.env['EQAT_CUDA_ATTENTION'];
     else process.env['EQAT_CUDA_ATTENTION'] = saved;
   }
@@ -149,31 +173,8 @@ for (const [name, over] of BLOCK_VARIANTS) for (const [precision, tol] of PRECIS
   testOnBackends(`Block-AP trainer steps (${precision}) match the CPU trainer: ${name}`, () => {
     // hidden 64 and head dim 8 so that group size 16 divides every linear's input
     const cfg = tinyConfig({ ...over, hiddenSize: 64, intermediateSize: 48, numHeads: 4, numKvHeads: 2, headDim: 8 });
-    const B = 2, T = 9, bits = 2, G = 16;
-    const cpu = new BlockTrainerCpu(cfg, B, T, bits, G, true);
-    const gpu = new BlockTrainerCuda(cfg, B, T, bits, G, true, precision);
-    try {
-      const rng = new Rng(5);
-      randomBlockParams(rng, cpu.P, gpu.P);
-      cpu.initQuant();
-      gpu.initQuant();
-      for (let step = 0; step < 4; step++) {
-        rng.fillNormal(cpu.x.f32, 1);
-        rng.fillNormal(cpu.y.f32, 1);
-        gpu.x.f32.set(cpu.x.f32);
-        gpu.y.f32.set(cpu.y.f32);
-        const lrWeight = step === 3 ? 0 : 1e-3; // the last step trains step sizes and zero points alone
-        const lc = cpu.step(step, 1e-3, lrWeight, 0.01), lg = gpu.step(step, 1e-3, lrWeight, 0.01);
-        assertClose([lg], [lc], { atol: 0, rtol: tol.loss, what: `loss at step ${step}` });
-      }
-      cpu.freeze();
-      gpu.freeze();
-      for (const k of BLOCK_PARAM_NAMES) {
-        if (cpu.P[k]) assertClose(gpu.P[k]!.f32, cpu.P[k]!.f32, { atol: tol.atol, rtol: tol.rtol, what: `trained ${k}` });
-      }
-    } finally {
-      gpu.free();
-    }
+    // the last step trains step sizes and zero points alone (weight lr 0)
+    compareTrainerSteps(cfg, 2, 9, precision, tol, 5, [1e-3, 1e-3, 1e-3, 0]);
   });
 }
 
