@@ -40,17 +40,18 @@ const int = (flag: 'seqlen' | 'train-size' | 'val-size' | 'seed'): number => {
 };
 const seqlen = int('seqlen'), trainSize = int('train-size'), valSize = int('val-size'), seed = int('seed');
 const out = values.out!;
-mkdirSync(out, { recursive: true });
 const write = (name: string, a: Int32Array): void => writeFileSync(join(out, name), new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
 
+// every draw first, so that bad input fails before anything is written
 const tok = loadTokenizer(values.model!);
 const stream = await cachedTokenStream(values.calib!, values.model!, tok);
 const bap = sampleWindows(stream, tok, { seqlen, trainSize, valSize, seed }, `--calib ${values.calib}`);
+const e2e = sampleWindows(stream, tok, { seqlen, trainSize, valSize: 0, seed }, `--calib ${values.calib}`);
+const ev = evalWindows(readFileSync(values.eval!, 'utf8'), tok, seqlen, `--eval ${values.eval}`);
+mkdirSync(out, { recursive: true });
 write('block-ap-train.i32', bap.train); // (trainSize, seqlen)
 write('block-ap-val.i32', bap.val); // (valSize, seqlen)
-const e2e = sampleWindows(stream, tok, { seqlen, trainSize, valSize: 0, seed }, `--calib ${values.calib}`);
 write('e2e-qp-train.i32', e2e.train); // (trainSize, seqlen)
-const ev = evalWindows(readFileSync(values.eval!, 'utf8'), tok, seqlen, `--eval ${values.eval}`);
 write('eval.i32', ev.windows); // (count, seqlen)
 writeFileSync(join(out, 'windows.json'), JSON.stringify({ model: values.model, calib: values.calib, eval: values.eval, seqlen, trainSize, valSize, seed, evalWindows: ev.count }, null, 2) + '\n');
 console.log(`wrote ${out}: Block-AP ${trainSize} + ${valSize}, E2E-QP ${trainSize}, eval ${ev.count} windows of ${seqlen}`);
