@@ -15,7 +15,7 @@ import argparse, json, os, shutil, sys, time, warnings
 import numpy as np
 import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from eqat_ref import BLOCK_LINEARS, Llama, pack_bits, read_safetensors, read_windows, write_safetensors
+from eqat_ref import BLOCK_LINEARS, Llama, pack_bits, read_dir, read_windows, write_safetensors
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--model', required=True)
@@ -37,7 +37,7 @@ quant_lr, weight_lr, min_lr_factor = 1e-4, (2e-5 if bits == 2 else 1e-5), 20
 T = json.load(open(os.path.join(args.windows, 'windows.json')))['seqlen']
 config = json.load(open(os.path.join(args.model, 'config.json')))
 net = Llama(config, T)
-src = read_safetensors(os.path.join(args.model, 'model.safetensors'))
+src = read_dir(args.model)  # one file or shards
 train = read_windows(os.path.join(args.windows, 'block-ap-train.i32'), T)
 val = read_windows(os.path.join(args.windows, 'block-ap-val.i32'), T)
 
