@@ -62,15 +62,26 @@ export function sliceDocuments(docs: readonly string[], n: number): string[][] {
   return slices;
 }
 
-function tokenizeSlice(job: SliceJob): Promise<TokenStream> {
-  return new Promise((resolve, reject) => {
-    const worker = new Worker(new URL(import.meta.url), { workerData: job });
-    worker.once('message', (ts: TokenStream) => resolve(ts));
-    worker.once('error', reject);
-    worker.once('exit', (code) => {
-      if (code !== 0) reject(new Error(`tokenizer worker exited with code ${code}`));
-    });
-  });
+/**
+ * The one message each worker posts, in the workers' order. The first worker to fail (an error
+ * thrown in it, or an exit before its message) rejects the whole with its reason, and the others
+ * are terminated at once rather than left to finish a slice nobody will read.
+ */
+export async function collectWorkerResults<T>(workers: readonly Worker[], what: string): Promise<T[]> {
+  const results = workers.map(
+    (worker) =>
+      new Promise<T>((resolve, reject) => {
+        worker.once('message', (result: T) => resolve(result));
+        worker.once('error', reject);
+        worker.once('exit', (code) => reject(new Error(`${what} worker exited with code ${code} before sending its result`)));
+      }),
+  );
+  try {
+    return await Promise.all(results);
+  } catch (err) {
+    await Promise.allSettled(workers.map((w) => w.terminate()));
+    throw err;
+  }
 }
 
 /**
@@ -86,7 +97,10 @@ export async function tokenizeDocumentsParallel(
   const chars = docs.reduce((s, d) => s + d.length, 0);
   if (threads <= 1 || docs.length < 2 || chars < minChars) return tokenizeDocuments(docs, enc);
   const slices = sliceDocuments(docs, threads);
-  const parts = await Promise.all(slices.map((s) => tokenizeSlice({ eqatTokenizeSlice: true, tokenizerDir, docs: s })));
+  const workers = slices.map(
+    (slice) => new Worker(new URL(import.meta.url), { workerData: { eqatTokenizeSlice: true, tokenizerDir, docs: slice } satisfies SliceJob }),
+  );
+  const parts = await collectWorkerResults<TokenStream>(workers, 'tokenizer');
   return joinTokenStreams(parts, enc.encode(DOCUMENT_SEPARATOR, { addSpecialTokens: false }));
 }
 

@@ -1,12 +1,14 @@
 // Parallel tokenisation (src/data/tokenize-parallel.ts) gives tokenizeDocuments' stream token for
 // token: the join of slice streams on a toy encoder, and real worker threads on the fixture
-// model's tokenizer; a tokenizer that cannot load makes the call fail with its reason.
+// model's tokenizer; a tokenizer that cannot load makes the call fail with its reason, and one
+// failing worker ends its siblings instead of leaving them running.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { readFileSync } from 'node:fs';
+import { Worker } from 'node:worker_threads';
 import { loadTokenizer } from '../../src/io/tokenizer.js';
 import { parseTxt } from '../../src/data/documents.js';
-import { joinTokenStreams, sliceDocuments, tokenizeDocumentsParallel } from '../../src/data/tokenize-parallel.js';
+import { collectWorkerResults, joinTokenStreams, sliceDocuments, tokenizeDocumentsParallel } from '../../src/data/tokenize-parallel.js';
 import { DOCUMENT_SEPARATOR, tokenizeDocuments, type TextEncoder } from '../../src/data/windows.js';
 import { Rng } from '../../src/engine/random.js';
 
@@ -66,4 +68,22 @@ test('tokenizeDocumentsParallel: a tokenizer the workers cannot load fails the c
     tokenizeDocumentsParallel(['a b c', 'd e f'], 'fixtures/no-such-model', tok, { threads: 2, minChars: 0 }),
     /fixtures\/no-such-model.*does not exist/,
   );
+});
+
+test('collectWorkerResults: one worker failing terminates the others and rejects with its error', { timeout: 30_000 }, async () => {
+  const sleepers = [0, 1].map(() => new Worker('setTimeout(() => {}, 600_000)', { eval: true }));
+  const failing = new Worker('throw new Error("slice 1 could not be read")', { eval: true });
+  const workers = [sleepers[0]!, failing, sleepers[1]!];
+  await assert.rejects(collectWorkerResults(workers, 'test'), /slice 1 could not be read/);
+  // a terminated worker's threadId becomes -1; one still running keeps its id
+  assert.deepEqual(workers.map((w) => w.threadId), [-1, -1, -1]);
+});
+
+test('collectWorkerResults: results in worker order; a worker exiting without its result is an error', async () => {
+  const posting = [3, 1, 2].map(
+    (v) => new Worker(`require('node:worker_threads').parentPort.postMessage(${v})`, { eval: true }),
+  );
+  assert.deepEqual(await collectWorkerResults<number>(posting, 'test'), [3, 1, 2]);
+  const silent = new Worker('process.exit(0)', { eval: true });
+  await assert.rejects(collectWorkerResults([silent], 'test'), /test worker exited with code 0 before sending its result/);
 });
