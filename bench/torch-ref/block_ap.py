@@ -5,17 +5,21 @@
 # with get_lr() after step() as the official loop does, MSE loss, the straight-through rounding
 # of W/s and of z; then s -> f16, z -> integer, q = clamp(round(W/s) + z) and the quantized
 # block's output becomes the next block's input. In f32 on eqat's windows (dump-windows.js).
+# --amp-fp16 emulates the official run's precision: CUDA fp16 autocast (every matmul input and
+# output, the residual stream and the activations rounded to f16; norms, the fake quantization
+# and the loss in f32), f16 caches of block inputs and targets, GradScaler's loss scale (a step
+# whose gradient overflows is skipped and the scale halved), and a block cast to f16 at the freeze.
 # Writes an eqat-layout checkpoint (GPTQ v2 tensors) that `eqat eval` and `eqat e2e-qp` read.
 #
 # usage: python3 block_ap.py --model HF_DIR --windows DUMP_DIR --template QUANT_DIR --out DIR
-#          [--wbits 2] [--group-size 64] [--epochs 2] [--batch 2] [--threads 2]
+#          [--wbits 2] [--group-size 64] [--epochs 2] [--batch 2] [--threads 2] [--amp-fp16]
 # --template: any eqat checkpoint of the same model and layout; its files (config, tokenizer,
 # head shard) are copied and its block shards rewritten with this run's tensors.
 import argparse, json, os, shutil, sys, time, warnings
 import numpy as np
 import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from eqat_ref import BLOCK_LINEARS, Llama, pack_bits, read_dir, read_windows, write_safetensors
+from eqat_ref import BLOCK_LINEARS, HalfRound, Llama, identity, pack_bits, read_dir, read_windows, write_safetensors
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--model', required=True)
@@ -27,6 +31,7 @@ ap.add_argument('--group-size', type=int, default=64)
 ap.add_argument('--epochs', type=int, default=2)
 ap.add_argument('--batch', type=int, default=2)
 ap.add_argument('--threads', type=int, default=2)
+ap.add_argument('--amp-fp16', action='store_true')
 args = ap.parse_args()
 torch.set_num_threads(args.threads)
 warnings.filterwarnings('ignore', message='To get the last learning rate')  # the official get_lr() use
@@ -36,7 +41,9 @@ qmax = 2 ** bits - 1
 quant_lr, weight_lr, min_lr_factor = 1e-4, (2e-5 if bits == 2 else 1e-5), 20
 T = json.load(open(os.path.join(args.windows, 'windows.json')))['seqlen']
 config = json.load(open(os.path.join(args.model, 'config.json')))
-net = Llama(config, T)
+amp = args.amp_fp16
+net = Llama(config, T, HalfRound.apply if amp else identity)
+to_cache = (lambda x: x.half().float()) if amp else identity  # the official caches are f16
 src = read_dir(args.model)  # one file or shards
 train = read_windows(os.path.join(args.windows, 'block-ap-train.i32'), T)
 val = read_windows(os.path.join(args.windows, 'block-ap-val.i32'), T)
@@ -56,12 +63,12 @@ def fake_quant(w, scale, zero):  # w (O, I); scale, zero (O·I/G, 1)
 def map_batches(x, fn, batch=8):  # x (N, T, C) replaced by fn(x) in place
     with torch.no_grad():
         for i in range(0, x.shape[0], batch):
-            x[i:i + batch] = fn(x[i:i + batch])
+            x[i:i + batch] = to_cache(fn(x[i:i + batch]))
 
 
 embed = torch.tensor(src['model.embed_tokens.weight'])
 with torch.no_grad():
-    fp_train, fp_val = embed[train], embed[val]       # (N, T, C): inputs, then targets, of the fp blocks
+    fp_train, fp_val = to_cache(embed[train]), to_cache(embed[val])  # (N, T, C): inputs, then targets, of the fp blocks
 q_train, q_val = fp_train.clone(), fp_val.clone()    # inputs of the quantized blocks
 tensors, t_start = {}, time.time()
 for li in range(net.L):
@@ -71,6 +78,7 @@ for li in range(net.L):
     map_batches(fp_train, lambda x: net.block(x, w_fp, ln1_fp, ln2_fp))
     map_batches(fp_val, lambda x: net.block(x, w_fp, ln1_fp, ln2_fp))
 
+    HalfRound.loss_scale = 65536.0  # the official loop makes a new GradScaler per block
     W = {n: torch.nn.Parameter(w_fp[n].clone()) for n in BLOCK_LINEARS}
     ln1, ln2 = torch.nn.Parameter(ln1_fp.clone()), torch.nn.Parameter(ln2_fp.clone())
     S, Z = {}, {}
@@ -92,12 +100,23 @@ for li in range(net.L):
         return net.block(x, {n: fake_quant(W[n], S[n], Z[n]) for n in BLOCK_LINEARS}, ln1, ln2)
 
     for epoch in range(args.epochs):
-        t0, losses = time.time(), []
+        t0, losses, skipped = time.time(), [], 0
         for b in range(0, train.shape[0], args.batch):
             loss = torch.nn.functional.mse_loss(qblock(q_train[b:b + args.batch]), fp_train[b:b + args.batch])
             opt.zero_grad()
-            loss.backward()
-            opt.step()
+            if amp:  # GradScaler: scaled backward, unscale, skip the step on overflow
+                (loss * HalfRound.loss_scale).backward()
+                grads = [t.grad for g in opt.param_groups for t in g['params']]
+                for gr in grads:
+                    gr /= HalfRound.loss_scale
+                if all(torch.isfinite(gr).all() for gr in grads):
+                    opt.step()
+                else:
+                    HalfRound.loss_scale /= 2
+                    skipped += 1
+            else:
+                loss.backward()
+                opt.step()
             losses.append(loss.item())
             for g, clock in enumerate(clocks):
                 clock.step()
@@ -106,10 +125,14 @@ for li in range(net.L):
             vl = np.mean([torch.nn.functional.mse_loss(qblock(q_val[b:b + args.batch]), fp_val[b:b + args.batch]).item()
                           for b in range(0, val.shape[0], args.batch)])
         print(json.dumps({'block': li, 'epoch': epoch + 1, 'trainLoss': float(np.mean(losses)), 'valLoss': float(vl),
-                          'seconds': round(time.time() - t0, 1)}), flush=True)
+                          'seconds': round(time.time() - t0, 1),
+                          **({'skippedSteps': skipped, 'lossScale': HalfRound.loss_scale} if amp else {})}), flush=True)
 
     with torch.no_grad():  # freeze: f16 step sizes, integer zero points, integers on that grid
         frozen = {}
+        if amp:  # qlayer.half() before quant_inplace
+            for t in [W[n] for n in BLOCK_LINEARS] + [ln1, ln2]:
+                t.copy_(t.half().float())
         for n in BLOCK_LINEARS:
             O, I = W[n].shape
             s16 = S[n].clamp(1e-4, 1e4).half().float()                           # (O·I/G, 1)

@@ -87,10 +87,29 @@ def read_windows(path, seqlen):
     return torch.tensor(np.fromfile(path, np.int32).astype(np.int64)).view(-1, seqlen)
 
 
-class Llama:
-    """Shapes and the pieces of the forward that do not depend on the weights' form."""
+class HalfRound(torch.autograd.Function):
+    """Emulates an f16 tensor under CUDA autocast on a CPU in f32: the value is rounded to f16 on
+    the way forward, and its gradient, times the loss scale, on the way back (GradScaler's view)."""
+    loss_scale = 65536.0
 
-    def __init__(self, config, seqlen):
+    @staticmethod
+    def forward(ctx, x):
+        return x.half().float()
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g * HalfRound.loss_scale).half().float() / HalfRound.loss_scale
+
+
+def identity(x): return x
+
+
+class Llama:
+    """Shapes and the pieces of the forward that do not depend on the weights' form. `cast` is
+    applied wherever f16 autocast would leave an f16 tensor (identity: plain f32)."""
+
+    def __init__(self, config, seqlen, cast=identity):
+        self.cast = cast
         self.L = config['num_hidden_layers']
         self.C = config['hidden_size']
         self.H = config['num_attention_heads']
@@ -105,28 +124,31 @@ class Llama:
         self.mask = torch.full((seqlen, seqlen), float('-inf')).triu(1)  # (T, T) causal
 
     def rmsnorm(self, x, w):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
+        return self.cast(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)) * w
 
     def rope(self, x):  # (B, heads, T, D)
-        half = self.D // 2
-        return x * self.cos + torch.cat([-x[..., half:], x[..., :half]], -1) * self.sin
+        half, c = self.D // 2, self.cast
+        return c(c(x * c(self.cos)) + c(torch.cat([-x[..., half:], x[..., :half]], -1) * c(self.sin)))
+
+    def linear(self, x, w):  # x (..., I), w (O, I) -> (..., O)
+        return self.cast(self.cast(x) @ self.cast(w).T)
 
     def block(self, h, W, ln1, ln2):
         """h (B, T, C); W: linear name -> (O, I) weight; ln1/ln2 (C,) norm weights."""
         B, T, _ = h.shape
         H, Hkv, D = self.H, self.Hkv, self.D
+        lin, c = self.linear, self.cast
         x = self.rmsnorm(h, ln1)
-        q = (x @ W['self_attn.q_proj'].T).view(B, T, H, D).transpose(1, 2)      # (B, H, T, D)
-        k = (x @ W['self_attn.k_proj'].T).view(B, T, Hkv, D).transpose(1, 2)    # (B, Hkv, T, D)
-        v = (x @ W['self_attn.v_proj'].T).view(B, T, Hkv, D).transpose(1, 2)
+        q = lin(x, W['self_attn.q_proj']).view(B, T, H, D).transpose(1, 2)      # (B, H, T, D)
+        k = lin(x, W['self_attn.k_proj']).view(B, T, Hkv, D).transpose(1, 2)    # (B, Hkv, T, D)
+        v = lin(x, W['self_attn.v_proj']).view(B, T, Hkv, D).transpose(1, 2)
         q, k = self.rope(q), self.rope(k)
         k, v = k.repeat_interleave(H // Hkv, 1), v.repeat_interleave(H // Hkv, 1)
         att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(D) + self.mask[:T, :T], -1)  # (B, H, T, T)
-        h = h + (att @ v).transpose(1, 2).reshape(B, T, H * D) @ W['self_attn.o_proj'].T
+        h = c(h + lin(c(att @ v).transpose(1, 2).reshape(B, T, H * D), W['self_attn.o_proj']))
         x = self.rmsnorm(h, ln2)
-        mlp = torch.nn.functional.silu(x @ W['mlp.gate_proj'].T) * (x @ W['mlp.up_proj'].T)
-        return h + mlp @ W['mlp.down_proj'].T
-
+        mlp = c(c(torch.nn.functional.silu(lin(x, W['mlp.gate_proj']))) * lin(x, W['mlp.up_proj']))
+        return c(h + lin(mlp, W['mlp.down_proj']))
 
 def perplexity(logits_fn, windows, batch=8):
     """exp(mean next-token NLL) over (count, T) windows, T - 1 predictions each (eqat eval's protocol)."""
