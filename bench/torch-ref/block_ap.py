@@ -43,7 +43,7 @@ T = json.load(open(os.path.join(args.windows, 'windows.json')))['seqlen']
 config = json.load(open(os.path.join(args.model, 'config.json')))
 amp = args.amp_fp16
 net = Llama(config, T, HalfRound.apply if amp else identity)
-to_cache = (lambda x: x.half().float()) if amp else identity  # the official caches are f16
+to_cache = net.cast  # the official caches are f16 (identity in f32)
 src = read_dir(args.model)  # one file or shards
 train = read_windows(os.path.join(args.windows, 'block-ap-train.i32'), T)
 val = read_windows(os.path.join(args.windows, 'block-ap-val.i32'), T)
@@ -132,7 +132,7 @@ for li in range(net.L):
         frozen = {}
         if amp:  # qlayer.half() before quant_inplace
             for t in [W[n] for n in BLOCK_LINEARS] + [ln1, ln2]:
-                t.copy_(t.half().float())
+                t.copy_(net.cast(t))
         for n in BLOCK_LINEARS:
             O, I = W[n].shape
             s16 = S[n].clamp(1e-4, 1e4).half().float()                           # (O·I/G, 1)

@@ -150,6 +150,7 @@ class Llama:
         mlp = c(c(torch.nn.functional.silu(lin(x, W['mlp.gate_proj']))) * lin(x, W['mlp.up_proj']))
         return c(h + lin(mlp, W['mlp.down_proj']))
 
+
 def perplexity(logits_fn, windows, batch=8):
     """exp(mean next-token NLL) over (count, T) windows, T - 1 predictions each (eqat eval's protocol)."""
     total = 0.0
