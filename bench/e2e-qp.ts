@@ -6,9 +6,11 @@
 // wall time, peak RSS, and the size of the packed model against a dense f32 copy (which
 // E2E-QP never builds).
 //
-// usage: node dist/bench/e2e-qp.js --from DIR [--micro-batch N] [config ...]
+// usage: node dist/bench/e2e-qp.js --from DIR [--micro-batch N] [--warmup-ratio R] [config ...]
 //        configs: w2g64 w3g128 w4g128 (default: all); a suffix such as w2g64-seed3 names
-//        another Block-AP checkpoint of the same config
+//        another Block-AP checkpoint of the same config. --warmup-ratio replaces the recipe's 3%
+//        (0: no warmup, as the official script runs under transformers >= 5.2); the E2E-QP
+//        checkpoint goes to DIR/../e2e/<config>, or <config>-warmupR with the flag.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
@@ -40,6 +42,7 @@ const take = (flag: string): string | null => {
 };
 const from = take('--from');
 const micro = take('--micro-batch') ?? '4';
+const warmup = take('--warmup-ratio');
 if (!from || !existsSync(CALIB)) {
   console.log('bench/e2e-qp: needs --from DIR (Block-AP checkpoints) and ../shared/data; skipping');
   process.exit(0);
@@ -47,18 +50,19 @@ if (!from || !existsSync(CALIB)) {
 const configs = argv.length ? argv : Object.keys(OFFICIAL);
 const outRoot = join(from, '..', 'e2e');
 mkdirSync(outRoot, { recursive: true });
-console.log(`# E2E-QP on llama-small (${cpus()[0]?.model ?? 'cpu'}, ${cpus().length} threads), ${new Date().toISOString()}`);
+console.log(`# E2E-QP on llama-small (${cpus()[0]?.model ?? 'cpu'}, ${cpus().length} threads), warmup ratio ${warmup ?? 'default'}, ${new Date().toISOString()}`);
 console.log('| config | Block-AP ppl | E2E-QP ppl | drop | official Block-AP → E2E-QP | eqat / official | E2E-QP wall s | peak RSS MiB | packed MiB | dense f32 MiB |');
 console.log('|---|---|---|---|---|---|---|---|---|---|');
 for (const c of configs) {
   const o = OFFICIAL[c.split('-')[0]!];
   if (!o) throw new Error(`bench/e2e-qp: unknown config ${c} (expected w2g64, w3g128 or w4g128, optionally with a -suffix)`);
   const bap = join(from, c);
-  const out = join(outRoot, c);
+  const out = join(outRoot, warmup === null ? c : `${c}-warmup${warmup}`);
   const before = run(['eval', '--model', bap, '--data', TEST, '--seqlen', '512', '--json'])['ppl'] as number;
   const e = run([
     'e2e-qp', '--model', bap, '--data', CALIB, '--out', out, '--train-size', '1024', '--seqlen', '512',
     '--batch-size', '32', '--micro-batch-size', micro, '--epochs', '1', '--quiet', '--json',
+    ...(warmup === null ? [] : ['--warmup-ratio', warmup]),
   ]);
   const after = run(['eval', '--model', out, '--data', TEST, '--seqlen', '512', '--json'])['ppl'] as number;
   const cfg = JSON.parse(readFileSync(join(bap, 'config.json'), 'utf8')) as { num_hidden_layers: number; hidden_size: number; intermediate_size: number; num_attention_heads: number; num_key_value_heads: number; head_dim?: number };
