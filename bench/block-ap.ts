@@ -51,10 +51,6 @@ function run(args: string[]): Record<string, unknown> {
   return lastJson(r.stdout);
 }
 
-if (!existsSync(MODEL) || !existsSync(CALIB)) {
-  console.log('bench/block-ap: ../shared/models/llama-small or ../shared/data not present; skipping');
-  process.exit(0);
-}
 const argv = process.argv.slice(2);
 const ki = argv.indexOf('--keep');
 const keep = ki >= 0 ? argv.splice(ki, 2)[1]! : null;
@@ -67,6 +63,10 @@ function configNamed(name: string): Config {
   return m ? { ...base, name, seed: Number(m[2]) } : base;
 }
 const selected = want.length ? want.map(configNamed) : CONFIGS;
+if (!existsSync(MODEL) || !existsSync(CALIB)) {
+  console.log('bench/block-ap: ../shared/models/llama-small or ../shared/data not present; skipping');
+  process.exit(0);
+}
 const golden = JSON.parse(readFileSync(join(MODEL, 'golden.json'), 'utf8')) as { rtn_ppl_fp32_seq512_test_mix: Record<string, number> };
 const work = keep ?? mkdtempSync(join(tmpdir(), 'eqat-bench-'));
 const rows: string[] = [];

@@ -43,27 +43,34 @@ const take = (flag: string): string | null => {
 const from = take('--from');
 const micro = take('--micro-batch') ?? '4';
 const warmup = take('--warmup-ratio');
+const configs = argv.length ? argv : Object.keys(OFFICIAL);
+/** The official figures of a config name, the part before any -suffix (w2g64-seed3 → w2g64). */
+function officialOf(c: string): { bap: number; e2e: number } {
+  const o = OFFICIAL[c.split('-')[0]!];
+  if (!o) throw new Error(`bench/e2e-qp: unknown config ${c} (expected w2g64, w3g128 or w4g128, optionally with a -suffix)`);
+  return o;
+}
+configs.forEach(officialOf); // refuse a bad name before any run
 if (!from || !existsSync(CALIB)) {
   console.log('bench/e2e-qp: needs --from DIR (Block-AP checkpoints) and ../shared/data; skipping');
   process.exit(0);
 }
-const configs = argv.length ? argv : Object.keys(OFFICIAL);
 const outRoot = join(from, '..', 'e2e');
 mkdirSync(outRoot, { recursive: true });
 console.log(`# E2E-QP on llama-small (${cpus()[0]?.model ?? 'cpu'}, ${cpus().length} threads), warmup ratio ${warmup ?? 'default'}, ${new Date().toISOString()}`);
 console.log('| config | Block-AP ppl | E2E-QP ppl | drop | official Block-AP → E2E-QP | eqat / official | E2E-QP wall s | peak RSS MiB | packed MiB | dense f32 MiB |');
 console.log('|---|---|---|---|---|---|---|---|---|---|');
 for (const c of configs) {
-  const o = OFFICIAL[c.split('-')[0]!];
-  if (!o) throw new Error(`bench/e2e-qp: unknown config ${c} (expected w2g64, w3g128 or w4g128, optionally with a -suffix)`);
+  const o = officialOf(c);
   const bap = join(from, c);
   const out = join(outRoot, warmup === null ? c : `${c}-warmup${warmup}`);
-  const before = run(['eval', '--model', bap, '--data', TEST, '--seqlen', '512', '--json'])['ppl'] as number;
   const e = run([
     'e2e-qp', '--model', bap, '--data', CALIB, '--out', out, '--train-size', '1024', '--seqlen', '512',
     '--batch-size', '32', '--micro-batch-size', micro, '--epochs', '1', '--quiet', '--json',
     ...(warmup === null ? [] : ['--warmup-ratio', warmup]),
   ]);
+  // E2E-QP first: a --warmup-ratio the CLI refuses fails before any evaluation
+  const before = run(['eval', '--model', bap, '--data', TEST, '--seqlen', '512', '--json'])['ppl'] as number;
   const after = run(['eval', '--model', out, '--data', TEST, '--seqlen', '512', '--json'])['ppl'] as number;
   const cfg = JSON.parse(readFileSync(join(bap, 'config.json'), 'utf8')) as { num_hidden_layers: number; hidden_size: number; intermediate_size: number; num_attention_heads: number; num_key_value_heads: number; head_dim?: number };
   const D = cfg.head_dim ?? cfg.hidden_size / cfg.num_attention_heads;
