@@ -1,4 +1,6 @@
 // The table of `eqat` subcommands: summary, flags (with defaults) and the function that runs.
+// The flags of training settings on block-ap, e2e-qp and quantize come from the recipe schema
+// (recipeFlagSpecs); the flags written here are the ones that are no recipe setting.
 import type { FlagSpecs, ParsedFlags } from './args.js';
 import { evaluatePerplexity } from '../pipeline/eval.js';
 import { WeightSource } from '../model/weights.js';
@@ -24,9 +26,6 @@ const str = (f: ParsedFlags, k: string) => f[k] as string;
 const int = (f: ParsedFlags, k: string) => f[k] as number;
 
 const threadsFlag = { type: 'int', min: 1, help: 'CPU threads (default: all cores)' } as const;
-
-/** E2E-QP defaults (seed and every setting that does not depend on the bit width). */
-const E2E = e2eQpDefaults(4);
 
 const saveEveryFlag = {
   type: 'int',
@@ -158,21 +157,7 @@ export const COMMANDS: Record<string, Command> = {
   'block-ap': {
     summary: 'Block-AP: quantize a model block by block, training all block parameters (EfficientQAT phase 1)',
     flags: {
-      model: { type: 'string', required: true, help: 'full-precision Hugging Face model directory' },
-      calib: { type: 'string', help: 'calibration text (.txt, .jsonl with `text`, .parquet with `text`); required unless --epochs 0' },
-      wbits: { type: 'int', required: true, help: 'weight bits: 2, 3, 4 or 8', min: 2 },
-      'group-size': { type: 'int', default: 128, min: 1, help: 'quantization group size along the input dimension' },
-      out: { type: 'string', required: true, help: 'output directory (GPTQ v2 checkpoint); must not exist' },
-      'train-size': { type: 'int', default: 4096, min: 1, help: 'training windows' },
-      'val-size': { type: 'int', default: 64, min: 0, help: 'validation windows (disjoint from training)' },
-      seqlen: { type: 'int', default: 2048, min: 2, help: 'tokens per window' },
-      'batch-size': { type: 'int', default: 2, min: 1, help: 'windows per step' },
-      epochs: { type: 'int', default: 2, min: 0, help: 'epochs per block; 0 = round-to-nearest (RTN)' },
-      'quant-lr': { type: 'number', default: 1e-4, min: 0, help: 'learning rate of step sizes and zero points' },
-      'weight-lr': { type: 'number', min: 0, help: 'learning rate of weights and norms (default: 2e-5 for 2-bit, 1e-5 otherwise)' },
-      'min-lr-factor': { type: 'number', default: 20, min: 1, help: 'cosine schedule ends at lr / this' },
-      'weight-decay': { type: 'number', default: 0, min: 0, help: 'AdamW weight decay' },
-      seed: { type: 'int', default: 2, help: 'calibration sampling seed' },
+      ...recipeFlagSpecs('block-ap'),
       'max-ram': { type: 'number', min: 0, help: 'GiB of RAM for activation caches before they go to disk (default: half of RAM)' },
       quiet: { type: 'boolean', default: false, help: 'no progress output' },
       json: { type: 'boolean', default: false, help: 'print a JSON summary as the last line of stdout' },
@@ -185,24 +170,17 @@ export const COMMANDS: Record<string, Command> = {
       const device = applyDevice('block-ap', f);
       applyGpuBudget(f);
       applyThreads(f);
-      const wbits = int(f, 'wbits');
-      const d = blockApDefaults(wbits);
+      const s = overridesFromFlags(f, 'block-ap');
+      const wbits = s.wbits!;
       const r = await runBlockAp({
-        model: str(f, 'model'),
-        calib: (f['calib'] as string | undefined) ?? null,
-        out: str(f, 'out'),
+        ...blockApDefaults(wbits), // the presets of the bit width for flags without a default (--weight-lr)
+        ...s.blockAp,
+        model: s.model!,
+        calib: s.calib ?? null,
+        out: s.out!,
         wbits,
-        groupSize: int(f, 'group-size'),
-        trainSize: int(f, 'train-size'),
-        valSize: int(f, 'val-size'),
-        seqlen: int(f, 'seqlen'),
-        batchSize: int(f, 'batch-size'),
-        epochs: int(f, 'epochs'),
-        quantLr: f['quant-lr'] as number,
-        weightLr: (f['weight-lr'] as number | undefined) ?? d.weightLr,
-        minLrFactor: f['min-lr-factor'] as number,
-        weightDecay: f['weight-decay'] as number,
-        seed: int(f, 'seed'),
+        groupSize: s.groupSize!,
+        seed: s.seed!,
         maxRamBytes: f['max-ram'] !== undefined ? (f['max-ram'] as number) * 2 ** 30 : undefined,
         quiet: f['quiet'] as boolean,
         device,
@@ -246,19 +224,7 @@ export const COMMANDS: Record<string, Command> = {
     summary: 'E2E-QP: train only the step sizes of a quantized model end to end (EfficientQAT phase 2)',
     flags: {
       model: { type: 'string', required: true, help: 'quantized model directory (output of block-ap)' },
-      data: { type: 'string', required: true, help: 'training data: text (.txt, .jsonl/.parquet with `text`) or instructions (.jsonl with instruction/input/output or messages)' },
-      'data-format': { type: 'string', default: E2E.dataFormat, choices: ['auto', 'text', 'instruct'], help: 'how to read --data' },
-      out: { type: 'string', required: true, help: 'output directory; must not exist' },
-      'train-size': { type: 'int', default: E2E.trainSize, min: 1, help: 'training samples' },
-      seqlen: { type: 'int', default: E2E.seqlen, min: 2, help: 'tokens per sample' },
-      'batch-size': { type: 'int', default: E2E.batchSize, min: 1, help: 'global batch (samples per optimizer step)' },
-      'micro-batch-size': { type: 'int', default: E2E.microBatchSize, min: 1, help: 'samples per forward/backward (gradient accumulation)' },
-      epochs: { type: 'int', default: E2E.epochs, min: 1, help: 'epochs' },
-      lr: { type: 'number', min: 0, help: 'learning rate (default: 2e-5 for 2-bit, 1e-5 otherwise)' },
-      'warmup-ratio': { type: 'number', default: E2E.warmupRatio, min: 0, help: 'linear warmup fraction of the steps' },
-      'max-grad-norm': { type: 'number', default: E2E.maxGradNorm, min: 0, help: 'gradient-norm clip (0: none)' },
-      'weight-decay': { type: 'number', default: E2E.weightDecay, min: 0, help: 'AdamW weight decay' },
-      seed: { type: 'int', default: E2E.seed, help: 'data sampling seed' },
+      ...recipeFlagSpecs('e2e-qp'),
       'save-every': saveEveryFlag,
       restart: { type: 'boolean', default: false, help: 'discard an interrupted run in OUT.partial/ instead of resuming it' },
       quiet: { type: 'boolean', default: false, help: 'no progress output' },
@@ -275,22 +241,14 @@ export const COMMANDS: Record<string, Command> = {
       const probe = WeightSource.open(str(f, 'model'));
       const bits = probe.quant?.bits ?? 4;
       probe.close();
-      const d = e2eQpDefaults(bits);
+      const s = overridesFromFlags(f, 'e2e-qp');
       const r = await runE2eQp({
+        ...e2eQpDefaults(bits), // the presets of the bit width for flags without a default (--lr)
+        ...s.e2eQp,
         model: str(f, 'model'),
-        data: str(f, 'data'),
-        dataFormat: str(f, 'data-format') as 'auto' | 'text' | 'instruct',
-        out: str(f, 'out'),
-        trainSize: int(f, 'train-size'),
-        seqlen: int(f, 'seqlen'),
-        batchSize: int(f, 'batch-size'),
-        microBatchSize: int(f, 'micro-batch-size'),
-        epochs: int(f, 'epochs'),
-        lr: (f['lr'] as number | undefined) ?? d.lr,
-        warmupRatio: f['warmup-ratio'] as number,
-        maxGradNorm: f['max-grad-norm'] as number,
-        weightDecay: f['weight-decay'] as number,
-        seed: int(f, 'seed'),
+        data: s.e2eQp!.data!,
+        out: s.out!,
+        seed: s.seed!,
         saveEvery: int(f, 'save-every'),
         restart: f['restart'] as boolean,
         quiet: f['quiet'] as boolean,

@@ -1,7 +1,10 @@
 // The recipe of `eqat quantize`: every setting of both EfficientQAT phases (Block-AP, then
 // E2E-QP) in one typed object, with the paper's presets per bit width, read from a JSON or YAML
 // file, merged with command-line flags, validated, and written back into the output directory
-// so that a run can be repeated exactly.
+// so that a run can be repeated exactly. Its schema is the one home of every training setting:
+// key, type, range, preset, help text, and which of block-ap, e2e-qp and quantize take it as a
+// flag; those commands' setting flags (and their --help lines) are generated from it, and one
+// validator (valueProblem) checks flags and files alike.
 //
 // File format (JSON for .json, YAML for .yaml/.yml; keys in snake_case, every key optional):
 //   model, calib, out, wbits, group_size, seed,
@@ -28,7 +31,7 @@ import type { ModelConfig } from '../model/config.js';
 import { modelLayoutProblems } from '../quant/formats.js';
 import { SUPPORTED_CORPUS_EXTENSIONS } from '../data/documents.js';
 import { describeJson, isJsonObject } from '../io/errors.js';
-import type { FlagSpec, FlagSpecs, ParsedFlags } from '../cli/args.js';
+import { formatFlagValue, type FlagSpec, type FlagSpecs, type ParsedFlags } from '../cli/args.js';
 
 export type { E2eQpSettings };
 
@@ -136,76 +139,112 @@ export function defaultRecipe(wbits: number): Omit<QuantizeRecipe, 'model' | 'ca
 }
 
 // ---------------------------------------------------------------------------------------------
-// The schema: one table drives file parsing, range checks, flags and recipeToJson.
+// The schema: one table of every setting drives file parsing, range checks (valueProblem),
+// recipeToJson, and the flags of block-ap, e2e-qp and quantize with their --help text.
 
-type FieldKind =
+/** The values a setting takes; valueProblem checks them, for recipe files and flags alike. */
+export type ValueKind =
   | { type: 'string' } // non-empty
   | { type: 'nullable-string' } // non-empty or null
   | { type: 'choice'; values: readonly string[] }
   | { type: 'bits' }
-  | { type: 'int'; min: number; max?: number }
+  | { type: 'int'; min?: number; max?: number }
   | { type: 'number'; min: number; max?: number; maxExclusive?: boolean };
+
+/** The commands whose flags are generated from the schema. */
+export type SettingCommand = 'block-ap' | 'e2e-qp' | 'quantize';
+
+/** How block-ap or e2e-qp takes a setting, where that differs from the recipe. */
+interface CommandUse {
+  /** The flag must be given. */
+  required?: true;
+  /** A fixed default instead of the preset of the bit width. */
+  default?: number;
+  /** Values other than the recipe's. */
+  kind?: ValueKind;
+  /** Help text instead of the setting's own. */
+  help?: string;
+}
 
 interface Field {
   /** snake_case key in the file. */
   key: string;
   /** camelCase property in the recipe object. */
   prop: string;
-  kind: FieldKind;
+  kind: ValueKind;
+  /** What the setting is, for --help (the default or preset is added to it). */
   help: string;
+  /** The preset in words where it is no value (e2e_qp.data: null is the calibration data). */
+  presetText?: string;
+  /**
+   * block-ap and e2e-qp take the settings listed here, as flags named after the key
+   * (--train-size); quantize takes every setting, as a flag named after the path
+   * (--block-ap-train-size).
+   */
+  commands: Partial<Record<Exclude<SettingCommand, 'quantize'>, CommandUse>>;
 }
 
 type Section = 'top' | 'block_ap' | 'e2e_qp';
 
 const SECTION_PROP = { block_ap: 'blockAp', e2e_qp: 'e2eQp' } as const;
+/** The phase a section's settings belong to, in front of their help on quantize. */
+const SECTION_LABEL = { block_ap: 'Block-AP', e2e_qp: 'E2E-QP' } as const;
 
-const f = (key: string, kind: FieldKind, help: string): Field => ({
+/** Top-level keys without a preset: a recipe must set them (mergeRecipe). */
+const REQUIRED_KEYS = ['model', 'calib', 'out', 'wbits'] as const;
+
+const f = (key: string, kind: ValueKind, help: string, more: Partial<Pick<Field, 'commands' | 'presetText'>> = {}): Field => ({
   key,
   prop: key.replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase()),
   kind,
   help,
+  commands: more.commands ?? {},
+  ...(more.presetText !== undefined ? { presetText: more.presetText } : {}),
 });
 
-/** A preset of e2eQpDefaults for help texts: "2e-5 for 2-bit, 1e-5 otherwise" where it depends on wbits. */
-function e2ePreset(key: keyof E2eQpSettings): string {
-  const show = (v: unknown): string => (typeof v === 'number' && v !== 0 && Math.abs(v) < 1e-3 ? v.toExponential() : String(v));
-  const [low, other] = [e2eQpDefaults(2)[key], e2eQpDefaults(4)[key]];
-  return low === other ? show(other) : `${show(low)} for 2-bit, ${show(other)} otherwise`;
-}
+const REQUIRED: CommandUse = { required: true };
+const CALIB_HELP = 'calibration text (.txt, .jsonl with `text`, .parquet with `text`)';
+/** block-ap and e2e-qp take any integer seed (the generator uses it modulo 2^32). */
+const ANY_SEED: CommandUse = { kind: { type: 'int' } };
 
 const SCHEMA: Record<Section, Field[]> = {
   top: [
-    f('model', { type: 'string' }, 'full-precision Hugging Face model directory'),
-    f('calib', { type: 'string' }, 'Block-AP calibration text (.txt, .jsonl with `text`, .parquet with `text`)'),
-    f('out', { type: 'string' }, 'output directory (GPTQ v2 checkpoint); must not exist'),
-    f('wbits', { type: 'bits' }, 'weight bits: 2, 3, 4 or 8'),
-    f('group_size', { type: 'int', min: 1 }, 'quantization group size along the input dimension (preset: 64 for 2-bit, 128 otherwise)'),
-    f('seed', { type: 'int', min: 0, max: 0xffffffff }, 'seed of data sampling and shuffling (preset: 2)'),
+    f('model', { type: 'string' }, 'full-precision Hugging Face model directory', { commands: { 'block-ap': REQUIRED } }),
+    f('calib', { type: 'string' }, CALIB_HELP, { commands: { 'block-ap': { help: `${CALIB_HELP}; required unless --epochs 0` } } }),
+    f('out', { type: 'string' }, 'output directory (GPTQ v2 checkpoint); must not exist', { commands: { 'block-ap': REQUIRED, 'e2e-qp': REQUIRED } }),
+    f('wbits', { type: 'bits' }, 'weight bits: 2, 3, 4 or 8', { commands: { 'block-ap': REQUIRED } }),
+    f('group_size', { type: 'int', min: 1 }, 'quantization group size along the input dimension', { commands: { 'block-ap': { default: 128 } } }),
+    f('seed', { type: 'int', min: 0, max: 0xffffffff }, 'seed of data sampling and shuffling', { commands: { 'block-ap': ANY_SEED, 'e2e-qp': ANY_SEED } }),
   ],
+  // block-ap takes every Block-AP setting, e2e-qp every E2E-QP one
   block_ap: [
-    f('train_size', { type: 'int', min: 1 }, 'Block-AP training windows (preset: 4096)'),
-    f('val_size', { type: 'int', min: 0 }, 'Block-AP validation windows, disjoint from training (preset: 64)'),
-    f('seqlen', { type: 'int', min: 2 }, 'Block-AP tokens per window (preset: 2048)'),
-    f('batch_size', { type: 'int', min: 1 }, 'Block-AP windows per step (preset: 2)'),
-    f('epochs', { type: 'int', min: 0 }, 'Block-AP epochs per block; 0 = round-to-nearest (preset: 2)'),
-    f('quant_lr', { type: 'number', min: 0 }, 'Block-AP learning rate of step sizes and zero points (preset: 1e-4)'),
-    f('weight_lr', { type: 'number', min: 0 }, 'Block-AP learning rate of weights and norms (preset: 2e-5 for 2-bit, 1e-5 otherwise)'),
-    f('min_lr_factor', { type: 'number', min: 1 }, 'Block-AP cosine schedule ends at lr / this (preset: 20)'),
-    f('weight_decay', { type: 'number', min: 0 }, 'Block-AP AdamW weight decay (preset: 0)'),
-  ],
+    f('train_size', { type: 'int', min: 1 }, 'training windows'),
+    f('val_size', { type: 'int', min: 0 }, 'validation windows, disjoint from training'),
+    f('seqlen', { type: 'int', min: 2 }, 'tokens per window'),
+    f('batch_size', { type: 'int', min: 1 }, 'windows per step'),
+    f('epochs', { type: 'int', min: 0 }, 'epochs per block; 0 = round-to-nearest (RTN)'),
+    f('quant_lr', { type: 'number', min: 0 }, 'learning rate of step sizes and zero points'),
+    f('weight_lr', { type: 'number', min: 0 }, 'learning rate of weights and norms'),
+    f('min_lr_factor', { type: 'number', min: 1 }, 'cosine schedule ends at lr / this'),
+    f('weight_decay', { type: 'number', min: 0 }, 'AdamW weight decay'),
+  ].map((x) => ({ ...x, commands: { 'block-ap': {}, ...x.commands } })),
   e2e_qp: [
-    f('data', { type: 'nullable-string' }, 'E2E-QP training data: text corpus or instruction .jsonl/.json (preset: the calibration data)'),
-    f('data_format', { type: 'choice', values: DATA_FORMATS }, `E2E-QP data format (preset: ${e2ePreset('dataFormat')})`),
-    f('train_size', { type: 'int', min: 1 }, `E2E-QP training samples (preset: ${e2ePreset('trainSize')})`),
-    f('seqlen', { type: 'int', min: 2 }, `E2E-QP tokens per sample (preset: ${e2ePreset('seqlen')})`),
-    f('batch_size', { type: 'int', min: 1 }, `E2E-QP global batch, samples per step (preset: ${e2ePreset('batchSize')})`),
-    f('micro_batch_size', { type: 'int', min: 1 }, `E2E-QP samples per forward/backward pass; divides batch_size (preset: ${e2ePreset('microBatchSize')})`),
-    f('epochs', { type: 'int', min: 0 }, `E2E-QP epochs; 0 skips E2E-QP (preset: ${e2ePreset('epochs')})`),
-    f('lr', { type: 'number', min: 0 }, `E2E-QP learning rate of the step sizes (preset: ${e2ePreset('lr')})`),
-    f('warmup_ratio', { type: 'number', min: 0, max: 1, maxExclusive: true }, `E2E-QP fraction of steps in linear warm-up (preset: ${e2ePreset('warmupRatio')})`),
-    f('max_grad_norm', { type: 'number', min: 0 }, `E2E-QP gradient-norm clip; 0 = none (preset: ${e2ePreset('maxGradNorm')})`),
-    f('weight_decay', { type: 'number', min: 0 }, `E2E-QP AdamW weight decay (preset: ${e2ePreset('weightDecay')})`),
-  ],
+    f('data', { type: 'nullable-string' }, 'training data: text (.txt, .jsonl/.parquet with `text`) or instructions (.jsonl/.json with instruction/input/output or messages)', {
+      presetText: 'the calibration data',
+      commands: { 'e2e-qp': REQUIRED },
+    }),
+    f('data_format', { type: 'choice', values: DATA_FORMATS }, 'format of the training data'),
+    f('train_size', { type: 'int', min: 1 }, 'training samples'),
+    f('seqlen', { type: 'int', min: 2 }, 'tokens per sample'),
+    f('batch_size', { type: 'int', min: 1 }, 'global batch, samples per optimizer step'),
+    f('micro_batch_size', { type: 'int', min: 1 }, 'samples per forward/backward pass (gradient accumulation); divides the batch size'),
+    // a recipe may skip E2E-QP; the e2e-qp command always trains
+    f('epochs', { type: 'int', min: 0 }, 'epochs; 0 skips E2E-QP', { commands: { 'e2e-qp': { kind: { type: 'int', min: 1 }, help: 'epochs' } } }),
+    f('lr', { type: 'number', min: 0 }, 'learning rate of the step sizes'),
+    f('warmup_ratio', { type: 'number', min: 0, max: 1, maxExclusive: true }, 'fraction of the steps in linear warm-up'),
+    f('max_grad_norm', { type: 'number', min: 0 }, 'gradient-norm clip; 0 = none'),
+    f('weight_decay', { type: 'number', min: 0 }, 'AdamW weight decay'),
+  ].map((x) => ({ ...x, commands: { 'e2e-qp': {}, ...x.commands } })),
 };
 
 const SECTIONS = ['block_ap', 'e2e_qp'] as const;
@@ -214,7 +253,7 @@ function pathOf(section: Section, key: string): string {
   return section === 'top' ? key : `${section}.${key}`;
 }
 
-function expected(kind: FieldKind): string {
+function expected(kind: ValueKind): string {
   switch (kind.type) {
     case 'string':
       return 'a string';
@@ -230,8 +269,8 @@ function expected(kind: FieldKind): string {
   }
 }
 
-/** Checks one value against its field; returns the problem, or null when it is fine. */
-function fieldProblem(v: unknown, kind: FieldKind): string | null {
+/** The problem with a value of a setting (wrong type, out of range), or null when it is fine. */
+export function valueProblem(v: unknown, kind: ValueKind): string | null {
   const got = describeJson(v);
   switch (kind.type) {
     case 'string':
@@ -249,7 +288,7 @@ function fieldProblem(v: unknown, kind: FieldKind): string | null {
       return (SUPPORTED_BITS as readonly number[]).includes(v) ? null : `must be 2, 3, 4 or 8, got ${v}`;
     case 'int':
       if (typeof v !== 'number' || !Number.isSafeInteger(v)) return `expected ${expected(kind)}, got ${got}`;
-      if (v < kind.min) return `must be >= ${kind.min}, got ${v}`;
+      if (kind.min !== undefined && v < kind.min) return `must be >= ${kind.min}, got ${v}`;
       if (kind.max !== undefined && v > kind.max) return `must be <= ${kind.max}, got ${v}`;
       return null;
     case 'number':
@@ -351,7 +390,7 @@ export function parseRecipeObject(doc: unknown, where: string): RecipeOverrides 
       }
       const field = fields.find((x) => x.key === key);
       if (!field) throw new RecipeError(where, pathOf(section, key), unknownKeyProblem(key, section));
-      const problem = fieldProblem(value, field.kind);
+      const problem = valueProblem(value, field.kind);
       if (problem) throw new RecipeError(where, pathOf(section, key), problem);
       target[field.prop] = value;
     }
@@ -421,7 +460,7 @@ function definedOnly<T extends object>(o: T | undefined): Partial<T> {
  */
 export function mergeRecipe(base: RecipeOverrides, overrides: RecipeOverrides = {}, where = 'recipe'): QuantizeRecipe {
   const top = { ...definedOnly(base), ...definedOnly(overrides) };
-  for (const key of ['model', 'calib', 'out', 'wbits'] as const) {
+  for (const key of REQUIRED_KEYS) {
     if (top[key] === undefined) {
       throw new RecipeError(where, key, `missing (set ${key} in the recipe file or pass --${key})`);
     }
@@ -458,7 +497,7 @@ export function validateRecipe(r: QuantizeRecipe, where: string): void {
     if (!isJsonObject(holder)) fail(section, `expected a mapping of settings, got ${describeJson(holder)}`);
     for (const field of SCHEMA[section]) {
       const v = holder![field.prop];
-      const problem = v === undefined ? 'missing' : fieldProblem(v, field.kind);
+      const problem = v === undefined ? 'missing' : valueProblem(v, field.kind);
       if (problem) fail(pathOf(section, field.key), problem);
     }
   }
@@ -533,41 +572,89 @@ export function recipeToJson(r: QuantizeRecipe): Record<string, unknown> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Command-line flags: one per key, named after its path (group_size → --group-size,
-// block_ap.train_size → --block-ap-train-size, e2e_qp.lr → --e2e-qp-lr). No flag has a default:
-// unset flags leave the file's value or the preset in place.
+// Command-line flags, generated from the schema and checked by valueProblem. quantize takes every
+// setting, named after its path (group_size → --group-size, block_ap.train_size →
+// --block-ap-train-size, e2e_qp.lr → --e2e-qp-lr), with no defaults: unset flags leave the file's
+// value or the preset in place. block-ap and e2e-qp take the settings listed for them, named after
+// the key (--train-size), with the preset as the default where it does not depend on the bit
+// width; the command fills in the others (blockApDefaults / e2eQpDefaults of the bits).
 
-function flagName(section: Section, key: string): string {
-  return pathOf(section, key).replace(/[._]/g, '-');
+/** Every setting in schema order, with its section. */
+function allFields(): { section: Section; field: Field }[] {
+  return (['top', ...SECTIONS] as Section[]).flatMap((section) => SCHEMA[section].map((field) => ({ section, field })));
 }
 
-/** Flag specs for every recipe key (none required, none with a default). */
-export function recipeFlagSpecs(): FlagSpecs {
+/** The preset of a setting at `wbits` (defaultRecipe's value). */
+function presetAt(section: Section, field: Field, wbits: number): unknown {
+  const d = defaultRecipe(wbits) as unknown as Record<string, unknown>;
+  const holder = section === 'top' ? d : (d[SECTION_PROP[section]] as Record<string, unknown>);
+  return holder[field.prop];
+}
+
+/** The preset of a setting for --help ("4096", "2e-5 for 2-bit, 1e-5 otherwise"); null where there is none. */
+function presetText(section: Section, field: Field): string | null {
+  if (field.presetText !== undefined) return field.presetText;
+  if (section === 'top' && (REQUIRED_KEYS as readonly string[]).includes(field.key)) return null;
+  const [low, ...others] = SUPPORTED_BITS.map((b) => formatFlagValue(presetAt(section, field, b) as string | number));
+  if (others.every((v) => v === low)) return low!;
+  if (others.some((v) => v !== others[0])) throw new Error(`the presets of ${pathOf(section, field.key)} differ above 2 bits`);
+  return `${low} for 2-bit, ${others[0]} otherwise`;
+}
+
+/** The flag of a setting on a command; null when the command does not take it. */
+function flagOf(command: SettingCommand, section: Section, field: Field): { name: string; spec: FlagSpec } | null {
+  const use = command === 'quantize' ? {} : field.commands[command];
+  if (!use) return null;
+  const kind = use.kind ?? field.kind;
+  const spec: FlagSpec = {
+    type: kind.type === 'number' ? 'number' : kind.type === 'int' || kind.type === 'bits' ? 'int' : 'string',
+    help: use.help ?? field.help,
+    check: (value) => valueProblem(value, kind),
+  };
+  if (kind.type === 'choice') spec.choices = kind.values;
+  const preset = presetText(section, field);
+  if (command === 'quantize') {
+    if (section !== 'top') spec.help = `${SECTION_LABEL[section]} ${spec.help}`;
+    if (preset !== null) spec.defaultNote = `preset: ${preset}`;
+    return { name: pathOf(section, field.key).replace(/[._]/g, '-'), spec };
+  }
+  if (use.required) spec.required = true;
+  else if (use.default !== undefined) spec.default = use.default;
+  else if (preset !== null) {
+    const values = SUPPORTED_BITS.map((b) => presetAt(section, field, b));
+    if (values.every((v) => v === values[0])) spec.default = values[0] as string | number;
+    else spec.defaultNote = `default: ${preset}`;
+  }
+  return { name: field.key.replace(/_/g, '-'), spec };
+}
+
+/** The flags of the recipe settings a command takes, in schema order. */
+export function recipeFlagSpecs(command: SettingCommand = 'quantize'): FlagSpecs {
   const specs: FlagSpecs = {};
-  for (const section of ['top', ...SECTIONS] as Section[]) {
-    for (const field of SCHEMA[section]) {
-      const k = field.kind;
-      let spec: FlagSpec;
-      if (k.type === 'string' || k.type === 'nullable-string') spec = { type: 'string', help: field.help };
-      else if (k.type === 'choice') spec = { type: 'string', help: field.help, choices: k.values };
-      else if (k.type === 'number') spec = { type: 'number', help: field.help, min: k.min };
-      else spec = { type: 'int', help: field.help, ...(k.type === 'int' ? { min: k.min } : {}) };
-      specs[flagName(section, field.key)] = spec;
-    }
+  for (const { section, field } of allFields()) {
+    const flag = flagOf(command, section, field);
+    if (flag) specs[flag.name] = flag.spec;
   }
   return specs;
 }
 
-/** The overrides given by parsed recipe flags (flags that were not given are left out). */
-export function overridesFromFlags(flags: ParsedFlags): RecipeOverrides {
+/** The settings given by a command's parsed setting flags (flags without a value are left out). */
+export function overridesFromFlags(flags: ParsedFlags, command: SettingCommand = 'quantize'): RecipeOverrides {
   const out: Record<string, unknown> = {};
-  for (const section of ['top', ...SECTIONS] as Section[]) {
-    let target = out;
-    if (section !== 'top') target = (out[SECTION_PROP[section]] = {}) as Record<string, unknown>;
-    for (const field of SCHEMA[section]) {
-      const v = flags[flagName(section, field.key)];
-      if (v !== undefined) target[field.prop] = v;
-    }
+  for (const { section, field } of allFields()) {
+    const flag = flagOf(command, section, field);
+    if (!flag) continue;
+    const target = section === 'top' ? out : ((out[SECTION_PROP[section]] ??= {}) as Record<string, unknown>);
+    const value = flags[flag.name];
+    if (value !== undefined) target[field.prop] = value;
   }
   return out as RecipeOverrides;
+}
+
+/** Where each setting is a flag: its recipe path and the commands that take it. */
+export function recipeSettings(): { path: string; commands: SettingCommand[] }[] {
+  return allFields().map(({ section, field }) => ({
+    path: pathOf(section, field.key),
+    commands: [...(Object.keys(field.commands) as SettingCommand[]), 'quantize'],
+  }));
 }

@@ -1,7 +1,9 @@
 // The quantize recipe: presets per bit width, JSON and YAML files, merging flags over a file,
 // the round trip recipeToJson → file → loadRecipeFile, and every error path (unknown keys at the
 // top level and nested, wrong types, out-of-range values, batch relations, group sizes that do
-// not divide a layer of llama-tiny, unparsable files, missing files).
+// not divide a layer of llama-tiny, unparsable files, missing files); the flags of block-ap,
+// e2e-qp and quantize generated from the schema, their defaults, and their range errors, which
+// say what a recipe file's do.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -14,6 +16,7 @@ import {
   overridesFromFlags,
   parseRecipeObject,
   recipeFlagSpecs,
+  recipeSettings,
   recipeToJson,
   RecipeError,
   validateRecipe,
@@ -24,7 +27,8 @@ import {
 import { blockApDefaults } from '../../src/pipeline/block-ap.js';
 import { e2eQpDefaults } from '../../src/pipeline/e2e-qp.js';
 import { loadConfig } from '../../src/io/hf-config.js';
-import { parseFlags } from '../../src/cli/args.js';
+import { parseFlags, UsageError, type FlagSpec } from '../../src/cli/args.js';
+import { COMMANDS } from '../../src/cli/commands.js';
 import { TINY } from '../golden.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'eqat-recipe-'));
@@ -377,4 +381,136 @@ test('flags: one per key, parsed by the CLI parser, mapped to overrides; flags w
   assert.equal(r.e2eQp.lr, 5e-6);
   assert.equal(r.e2eQp.data, 'x.jsonl');
   validateRecipe(r, 'r.yaml + command line');
+});
+
+/** A flag spec without its check function (which is a new closure per call). */
+function shape({ check: _check, ...rest }: FlagSpec): Omit<FlagSpec, 'check'> {
+  return rest;
+}
+
+test('flags from the schema: every setting is a flag on each command that takes it, in that command\'s table', () => {
+  const camel = (k: string) => k.replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+  const taken: Record<string, number> = { 'block-ap': 0, 'e2e-qp': 0, quantize: 0 };
+  for (const { path, commands } of recipeSettings()) {
+    assert.ok(commands.includes('quantize'), `${path}: quantize takes every setting`);
+    for (const command of commands) {
+      const specs = recipeFlagSpecs(command);
+      const name = command === 'quantize' ? path.replace(/[._]/g, '-') : path.split('.').pop()!.replace(/_/g, '-');
+      assert.ok(specs[name], `${command} --${name} (${path})`);
+      assert.deepEqual(shape(COMMANDS[command]!.flags[name]!), shape(specs[name]!), `${command} --${name} is the schema's`);
+      // the flag's value lands on the setting's path
+      const o = overridesFromFlags({ [name]: 'value' }, command) as Record<string, Record<string, unknown>>;
+      const [section, key] = path.includes('.') ? path.split('.') : [null, path];
+      assert.equal(section ? o[camel(section)]![camel(key!)] : o[camel(key!)], 'value', `${command} --${name} → ${path}`);
+      taken[command]!++;
+    }
+  }
+  assert.deepEqual(taken, { 'block-ap': 15, 'e2e-qp': 13, quantize: 26 });
+  for (const command of ['block-ap', 'e2e-qp', 'quantize'] as const) {
+    assert.equal(Object.keys(recipeFlagSpecs(command)).length, taken[command], `${command}: no flag without a setting`);
+  }
+});
+
+test('flags from the schema: block-ap and e2e-qp keep their defaults; per-bit presets are named in --help', () => {
+  const defaults = (command: 'block-ap' | 'e2e-qp') =>
+    Object.fromEntries(Object.entries(recipeFlagSpecs(command)).map(([name, s]) => [name, s.required ? 'required' : (s.default ?? s.defaultNote)]));
+  assert.deepEqual(defaults('block-ap'), {
+    model: 'required',
+    calib: undefined,
+    out: 'required',
+    wbits: 'required',
+    'group-size': 128, // fixed on block-ap, unlike the recipe's preset (64 at 2 bits)
+    seed: 2,
+    'train-size': 4096,
+    'val-size': 64,
+    seqlen: 2048,
+    'batch-size': 2,
+    epochs: 2,
+    'quant-lr': 1e-4,
+    'weight-lr': 'default: 2e-5 for 2-bit, 1e-5 otherwise',
+    'min-lr-factor': 20,
+    'weight-decay': 0,
+  });
+  assert.deepEqual(defaults('e2e-qp'), {
+    out: 'required',
+    seed: 2,
+    data: 'required',
+    'data-format': 'auto',
+    'train-size': 4096,
+    seqlen: 4096,
+    'batch-size': 32,
+    'micro-batch-size': 1,
+    epochs: 1,
+    lr: 'default: 2e-5 for 2-bit, 1e-5 otherwise',
+    'warmup-ratio': 0.03,
+    'max-grad-norm': 0.3,
+    'weight-decay': 0,
+  });
+  const q = recipeFlagSpecs('quantize');
+  assert.equal(q['group-size']!.defaultNote, 'preset: 64 for 2-bit, 128 otherwise');
+  assert.equal(q['block-ap-quant-lr']!.defaultNote, 'preset: 1e-4');
+  assert.equal(q['e2e-qp-data']!.defaultNote, 'preset: the calibration data');
+  assert.equal(q['e2e-qp-lr']!.help, 'E2E-QP learning rate of the step sizes');
+  assert.equal(q['model']!.defaultNote, undefined);
+});
+
+test('range errors: a flag and a recipe file say the same, on every command that takes the setting', () => {
+  /** The problem a flag value is refused with ("must be >= 1, got 0"), or null when it is taken. */
+  const flagProblem = (command: 'block-ap' | 'e2e-qp' | 'quantize', name: string, value: string): string | null => {
+    const specs = recipeFlagSpecs(command);
+    const valid: Record<string, string> = { model: 'm', out: 'o', wbits: '2', data: 'd.txt' };
+    const others = Object.keys(specs).filter((n) => specs[n]!.required && n !== name).map((n) => `--${n}=${valid[n]}`);
+    try {
+      parseFlags(command, [...others, `--${name}=${value}`], specs);
+      return null;
+    } catch (e) {
+      assert.ok(e instanceof UsageError, String(e));
+      const prefix = `eqat ${command}: --${name} `;
+      assert.ok(e.message.startsWith(prefix), e.message);
+      return e.message.slice(prefix.length);
+    }
+  };
+  const fileProblem = (path: string, value: number): string => {
+    const [section, key] = path.includes('.') ? path.split('.') : [null, path];
+    const doc = section ? { [section]: { [key!]: value } } : { [key!]: value };
+    const e = throwsWith(() => parseRecipeObject(doc, 'r.yaml'), `r.yaml: ${path}: `);
+    return e.message.slice(`r.yaml: ${path}: `.length);
+  };
+  const cases: [string, number, string][] = [
+    ['wbits', 5, 'must be 2, 3, 4 or 8, got 5'],
+    ['wbits', 1, 'must be 2, 3, 4 or 8, got 1'],
+    ['group_size', 0, 'must be >= 1, got 0'],
+    ['seed', -1, 'must be >= 0, got -1'],
+    ['seed', 2 ** 32, 'must be <= 4294967295, got 4294967296'],
+    ['block_ap.train_size', 0, 'must be >= 1, got 0'],
+    ['block_ap.val_size', -1, 'must be >= 0, got -1'],
+    ['block_ap.seqlen', 1, 'must be >= 2, got 1'],
+    ['block_ap.epochs', -1, 'must be >= 0, got -1'],
+    ['block_ap.weight_lr', -0.5, 'must be >= 0, got -0.5'],
+    ['block_ap.min_lr_factor', 0.5, 'must be >= 1, got 0.5'],
+    ['e2e_qp.micro_batch_size', 0, 'must be >= 1, got 0'],
+    ['e2e_qp.epochs', -1, 'must be >= 0, got -1'],
+    ['e2e_qp.warmup_ratio', 1, 'must be < 1, got 1'],
+    ['e2e_qp.warmup_ratio', -0.1, 'must be >= 0, got -0.1'],
+    ['e2e_qp.max_grad_norm', -1, 'must be >= 0, got -1'],
+  ];
+  for (const [path, value, problem] of cases) {
+    assert.equal(fileProblem(path, value), problem, path);
+    assert.equal(flagProblem('quantize', path.replace(/[._]/g, '-'), String(value)), problem, `quantize ${path}`);
+    const phase = path.startsWith('block_ap.') ? 'block-ap' : path.startsWith('e2e_qp.') ? 'e2e-qp' : null;
+    if (phase && !(phase === 'e2e-qp' && path === 'e2e_qp.epochs')) {
+      assert.equal(flagProblem(phase, path.split('.')[1]!.replace(/_/g, '-'), String(value)), problem, `${phase} ${path}`);
+    }
+  }
+  assert.equal(flagProblem('block-ap', 'wbits', '5'), 'must be 2, 3, 4 or 8, got 5');
+  assert.equal(flagProblem('block-ap', 'group-size', '0'), 'must be >= 1, got 0');
+  // where a command's range differs from the recipe's: e2e-qp always trains; block-ap and
+  // e2e-qp take any integer seed
+  assert.equal(flagProblem('e2e-qp', 'epochs', '0'), 'must be >= 1, got 0');
+  assert.equal(flagProblem('quantize', 'e2e-qp-epochs', '0'), null);
+  for (const command of ['block-ap', 'e2e-qp'] as const) assert.equal(flagProblem(command, 'seed', '-1'), null);
+  // types and empty strings, as in files
+  assert.equal(flagProblem('quantize', 'block-ap-epochs', '1.5'), "must be an integer, got '1.5'");
+  assert.equal(flagProblem('quantize', 'e2e-qp-data', ' '), 'must not be empty (use null for the default)');
+  assert.equal(flagProblem('block-ap', 'out', ''), 'must not be empty');
 });
