@@ -11,17 +11,23 @@
 import { DeviceAllocations, deviceView, downloadDevice, uploadDevice, type DeviceArray } from '../engine/cuda.js';
 import type { Tensor } from '../engine/tensor.js';
 import type { ModelConfig } from './config.js';
-import { BIAS_OF, BLOCK_LINEARS, allocBlockParams, largestLinearSize, linearDims, type BlockLinear } from './block.js';
 import {
-  blockForwardCuda,
-  DeviceBlockArena,
-  type DeviceKvCache,
-  DeviceBlockWorkspace,
-  denseLinearsCuda,
+  BIAS_OF,
+  BLOCK_LINEARS,
+  allocBlockParams,
+  blockForward,
+  BlockArena,
+  BlockWorkspace,
+  denseLinears,
+  largestLinearSize,
+  linearDims,
   linearRowWidth,
   uploadBlockParams,
-  type LinearImplCuda,
-} from './block-cuda.js';
+  type BlockLinear,
+  type KvCache,
+  type LinearImpl,
+} from './block.js';
+import { cudaBackend } from '../backend/cuda.js';
 import { loadPackedBlock, type PackedBlock } from './quantized.js';
 import { cachedPrefixLength } from './model.js';
 import { ropeTables } from './rope.js';
@@ -52,7 +58,7 @@ export function packedLinearsCuda(
   wTile: DeviceArray,
   lowp: LowPrecisionScratch | null,
   train: { dscales: Record<BlockLinear, DeviceArray>; dwTile: DeviceArray } | null = null,
-): LinearImplCuda {
+): LinearImpl<DeviceArray> {
   // with bf16 GEMMs the weight is dequantized straight into the bf16 scratch the GEMM reads
   const dequantized = (key: BlockLinear): { w: DeviceArray; O: number; I: number } => {
     const [O, I] = linearDims(cfg, key);
@@ -87,9 +93,9 @@ export function uploadPackedBlock(
   b: PackedBlock,
   mem: DeviceAllocations,
   scales: (key: BlockLinear, host: Tensor) => DeviceArray,
-): { arena: DeviceBlockArena; packed: PackedLinearsCuda } {
-  const arena = mem.adopt(new DeviceBlockArena(cfg, { linears: false }));
-  uploadBlockParams(arena.params, b.params);
+): { arena: BlockArena<DeviceArray>; packed: PackedLinearsCuda } {
+  const arena = mem.adopt(new BlockArena(cudaBackend, cfg, { linears: false }));
+  uploadBlockParams(cudaBackend, arena.params, b.params);
   const packed: PackedLinearsCuda = { weights: {} as PackedLinearsCuda['weights'], scales: {} as PackedLinearsCuda['scales'] };
   for (const [key] of BLOCK_LINEARS) {
     const w = uploadPackedWeight(b.weights[key]);
@@ -106,8 +112,8 @@ function viewOf(a: DeviceArray, n: number): DeviceArray {
 }
 
 interface DeviceBlock {
-  arena: DeviceBlockArena; // norms and biases (and dense linears for a full-precision model)
-  lin: LinearImplCuda;
+  arena: BlockArena<DeviceArray>; // norms and biases (and dense linears for a full-precision model)
+  lin: LinearImpl<DeviceArray>;
 }
 
 export class DeviceModel {
@@ -116,7 +122,7 @@ export class DeviceModel {
   private embedding!: DeviceArray; // (V, C)
   private lmHead!: DeviceArray; // (V, C)
   private finalNorm!: DeviceArray; // (C)
-  private readonly ws: DeviceBlockWorkspace;
+  private readonly ws: BlockWorkspace<DeviceArray>;
   private readonly x: DeviceArray; // (B*T, C)
   private readonly y: DeviceArray; // (B*T, C)
   private readonly normed: DeviceArray; // (B*T, C)
@@ -154,7 +160,7 @@ export class DeviceModel {
       if (precision === 'bf16') {
         this.lowp = { xb: mem.alloc('bf16', N * linearRowWidth(cfg)), doutb: mem.alloc('bf16', 0), wb: mem.alloc('bf16', largest) };
       }
-      this.ws = mem.adopt(new DeviceBlockWorkspace(cfg, B, T, { training: false, precision, kvOnly: use === 'decode' }));
+      this.ws = mem.adopt(new BlockWorkspace(cudaBackend, cfg, B, T, { training: false, precision, cacheOnly: use === 'decode' }));
       for (let i = 0; i < cfg.numLayers; i++) this.blocks.push(this.loadBlock(src, i));
       const emb = src.embedding();
       this.embedding = mem.upload(emb.f32);
@@ -178,11 +184,11 @@ export class DeviceModel {
   private loadBlock(src: WeightSource, i: number): DeviceBlock {
     const cfg = this.cfg;
     if (!src.quant) {
-      const arena = this.mem.adopt(new DeviceBlockArena(cfg));
+      const arena = this.mem.adopt(new BlockArena(cudaBackend, cfg));
       const host = allocBlockParams(cfg).params;
       src.loadBlock(i, host);
-      uploadBlockParams(arena.params, host);
-      return { arena, lin: denseLinearsCuda(cfg, arena.params, null, this.lowp) };
+      uploadBlockParams(cudaBackend, arena.params, host);
+      return { arena, lin: denseLinears(cudaBackend, cfg, arena.params, null, this.lowp) };
     }
     const { arena, packed } = uploadPackedBlock(cfg, loadPackedBlock(src, i), this.mem, (_, host) => this.mem.upload(host.f32));
     return { arena, lin: packedLinearsCuda(cfg, packed, arena.params, this.wTile, this.lowp) };
@@ -217,7 +223,7 @@ export class DeviceModel {
    * the caches and checks the positions): the new tokens' keys and values are appended to the
    * caches, and only the last row goes through the final norm and lm_head. Written into `out`.
    */
-  cachedNextTokenLogits(newIds: Int32Array, caches: readonly DeviceKvCache[], pos: number, out: Float32Array): Float32Array {
+  cachedNextTokenLogits(newIds: Int32Array, caches: readonly KvCache<DeviceArray>[], pos: number, out: Float32Array): Float32Array {
     const { cfg } = this;
     const C = cfg.hiddenSize;
     const V = cfg.vocabSize;
@@ -249,7 +255,7 @@ export class DeviceModel {
    * blocks' caches from position pos on; returns the final hidden states (N, C) before the
    * final norm, left in one of the model's two activation buffers.
    */
-  private hidden(ids: Int32Array, ws: DeviceBlockWorkspace, kv?: { caches: readonly DeviceKvCache[]; pos: number }): DeviceArray {
+  private hidden(ids: Int32Array, ws: BlockWorkspace<DeviceArray>, kv?: { caches: readonly KvCache<DeviceArray>[]; pos: number }): DeviceArray {
     const { cfg } = this;
     const C = cfg.hiddenSize;
     const N = ids.length;
@@ -258,20 +264,20 @@ export class DeviceModel {
     let x = viewOf(this.x, N * C), y = viewOf(this.y, N * C);
     embeddingForwardCuda(x, idsD, this.embedding, N, cfg.vocabSize, C);
     this.blocks.forEach((b, l) => {
-      blockForwardCuda(cfg, b.arena.params, ws, x, y, b.lin, kv && { cache: kv.caches[l]!, pos: kv.pos });
+      blockForward(cfg, b.arena.params, ws, x, y, b.lin, kv && { cache: kv.caches[l]!, pos: kv.pos });
       [x, y] = [y, x];
     });
     return x;
   }
 
   /** The workspace made at construction for B × T, else one other shape kept for the next call (a last short batch, a decoding step). */
-  private tail: DeviceBlockWorkspace | null = null;
-  private workspace(count: number, T: number): DeviceBlockWorkspace {
+  private tail: BlockWorkspace<DeviceArray> | null = null;
+  private workspace(count: number, T: number): BlockWorkspace<DeviceArray> {
     if (count === this.B && T === this.T) return this.ws;
     if (this.tail?.B !== count || this.tail.T !== T) {
       this.tail?.free();
       this.tail = null;
-      this.tail = new DeviceBlockWorkspace(this.cfg, count, T, { training: false, precision: this.precision, kvOnly: this.use === 'decode' });
+      this.tail = new BlockWorkspace(cudaBackend, this.cfg, count, T, { training: false, precision: this.precision, cacheOnly: this.use === 'decode' });
     }
     return this.tail;
   }
@@ -293,7 +299,7 @@ export class DeviceModel {
 export class DeviceKvDecoder {
   readonly cfg: ModelConfig;
   private readonly mem = new DeviceAllocations();
-  private readonly caches: DeviceKvCache[] = [];
+  private readonly caches: KvCache<DeviceArray>[] = [];
   /** The ids whose keys and values are cached, in order. */
   private readonly seen: number[] = [];
   private readonly logits: Float32Array; // (V)

@@ -10,6 +10,7 @@ import type { ModelConfig } from './config.js';
 import { allocBlockParams, blockForward, BlockWorkspace, denseLinears, type BlockParams, type KvCache, type LinearImpl } from './block.js';
 import { loadPackedBlock, packedLinears } from './quantized.js';
 import { ropeTables } from './rope.js';
+import { cpuBackend } from '../backend/cpu.js';
 import { embeddingForward } from '../ops/embedding.js';
 import { rmsnormForward } from '../ops/rmsnorm.js';
 import { linearForward } from '../ops/linear.js';
@@ -40,7 +41,7 @@ export class LoadedModel {
     const cfg = this.cfg;
     const C = cfg.hiddenSize;
     const N = B * T;
-    const ws = new BlockWorkspace(cfg, B, T, ropeTables(cfg, 0, T), { training: false });
+    const ws = new BlockWorkspace(cpuBackend, cfg, B, T, { training: false });
     let x = Tensor.zeros([B, T, C]);
     let y = Tensor.zeros([B, T, C]);
     embeddingForward(x.view([N, C]), Tensor.fromI32(ids), this.embedding);
@@ -91,9 +92,7 @@ export class KvDecoder {
   /** The ids whose keys and values are cached, in order. */
   private readonly seen: number[] = [];
   /** Workspace and input/output hidden states per number of new tokens (the prompt's, then 1). */
-  private readonly runs = new Map<number, { ws: BlockWorkspace; x: Tensor; y: Tensor }>();
-  /** Rope tables of positions 0 .. maxTokens-1; a call reads the rows of its positions. */
-  private readonly rope: { cos: Tensor; sin: Tensor };
+  private readonly runs = new Map<number, { ws: BlockWorkspace<Tensor>; x: Tensor; y: Tensor }>();
   private readonly head: HeadBuffers;
 
   constructor(
@@ -104,8 +103,8 @@ export class KvDecoder {
     if (!(Number.isInteger(maxTokens) && maxTokens >= 1)) throw new RangeError(`KvDecoder: maxTokens must be an integer >= 1, got ${maxTokens}`);
     this.cfg = model.cfg;
     const { numKvHeads: Hkv, headDim: D } = this.cfg;
-    this.caches = model.blocks.map(() => ({ k: Tensor.zeros([maxTokens, Hkv, D]), v: Tensor.zeros([maxTokens, Hkv, D]) }));
-    this.rope = ropeTables(this.cfg, 0, maxTokens);
+    const rope = ropeTables(this.cfg, 0, maxTokens);
+    this.caches = model.blocks.map(() => ({ k: Tensor.zeros([maxTokens, Hkv, D]), v: Tensor.zeros([maxTokens, Hkv, D]), cos: rope.cos, sin: rope.sin }));
     this.head = headBuffers(this.cfg, 1);
   }
 
@@ -119,8 +118,6 @@ export class KvDecoder {
     const cfg = this.cfg;
     const C = cfg.hiddenSize;
     const run = this.run(T);
-    run.ws.cos = this.rope.cos.rows(pos, T);
-    run.ws.sin = this.rope.sin.rows(pos, T);
     let { x, y } = run;
     embeddingForward(x.view([T, C]), Tensor.fromI32(ids.subarray(pos)), this.model.embedding);
     this.model.blocks.forEach((b, l) => {
@@ -131,11 +128,11 @@ export class KvDecoder {
     return headLogits(cfg, x.view([T, C]).rows(T - 1, 1), this.model.finalNorm, this.model.lmHead, this.head).f32;
   }
 
-  private run(T: number): { ws: BlockWorkspace; x: Tensor; y: Tensor } {
+  private run(T: number): { ws: BlockWorkspace<Tensor>; x: Tensor; y: Tensor } {
     let r = this.runs.get(T);
     if (!r) {
       const C = this.cfg.hiddenSize;
-      const ws = new BlockWorkspace(this.cfg, 1, T, ropeTables(this.cfg, 0, T), { training: false });
+      const ws = new BlockWorkspace(cpuBackend, this.cfg, 1, T, { training: false, cacheOnly: true });
       r = { ws, x: Tensor.zeros([1, T, C]), y: Tensor.zeros([1, T, C]) };
       this.runs.set(T, r);
     }
@@ -176,10 +173,9 @@ export function forwardLayerwise(
   const emb = src.embedding();
   embeddingForward(hidden, Tensor.fromI32(ids.subarray(0, count * T)), emb);
   const dense = src.quant ? null : allocBlockParams(cfg).params;
-  const rope = ropeTables(cfg, 0, T);
-  const wsFull = new BlockWorkspace(cfg, batch, T, rope, { training: false });
+  const wsFull = new BlockWorkspace(cpuBackend, cfg, batch, T, { training: false });
   const rem = count % batch;
-  const wsRem = rem ? new BlockWorkspace(cfg, rem, T, rope, { training: false }) : null;
+  const wsRem = rem ? new BlockWorkspace(cpuBackend, cfg, rem, T, { training: false }) : null;
   const out = Tensor.zeros([batch, T, C]);
   const total = cfg.numLayers * Math.ceil(count / batch);
   let done = 0;
@@ -189,7 +185,7 @@ export function forwardLayerwise(
     if (dense) {
       src.loadBlock(l, dense);
       params = dense;
-      lin = denseLinears(dense);
+      lin = denseLinears(cpuBackend, cfg, dense);
     } else {
       ({ params, lin } = loadBlockForCompute(src, l));
     }
@@ -214,5 +210,5 @@ export function loadBlockForCompute(src: WeightSource, i: number): { params: Blo
   }
   const { params } = allocBlockParams(src.cfg);
   src.loadBlock(i, params);
-  return { params, lin: denseLinears(params) };
+  return { params, lin: denseLinears(cpuBackend, src.cfg, params) };
 }

@@ -58,14 +58,17 @@ export function loadPackedBlock(src: WeightSource, i: number): PackedBlock {
   return { params: params as BlockParams, weights, scales };
 }
 
-/** Linears computing on packed weights; step-size gradients accumulate into dscales when given. */
+/** Linears computing on packed weights (CPU); step-size gradients accumulate into dscales when given. */
 export function packedLinears(b: PackedBlock, dscales: Record<BlockLinear, Tensor> | null = null): LinearImpl {
   return {
-    forward(out, x, key) {
-      packedLinearForward(out, x, b.weights[key], b.scales[key], b.params[BIAS_OF[key]] ?? null);
+    bf16Inputs: false,
+    forward(out, x, key, N) {
+      const w = b.weights[key];
+      packedLinearForward(out.view([N, w.O]), x.view([N, w.I]), w, b.scales[key], b.params[BIAS_OF[key]] ?? null);
     },
-    backward(dx, dout, x, key, accumulateDx) {
-      packedLinearBackward(dx, dscales ? dscales[key] : null, dout, x, b.weights[key], b.scales[key], accumulateDx);
+    backward(dx, dout, x, key, N, accumulateDx) {
+      const w = b.weights[key];
+      packedLinearBackward(dx ? dx.view([N, w.I]) : null, dscales ? dscales[key] : null, dout.view([N, w.O]), x.view([N, w.I]), w, b.scales[key], accumulateDx);
     },
   };
 }

@@ -40,20 +40,28 @@ import {
 } from '../engine/cuda.js';
 import { Tensor } from '../engine/tensor.js';
 import type { ModelConfig } from '../model/config.js';
-import { allocBlockParams, BIAS_OF, BLOCK_LINEARS, BLOCK_PARAM_NAMES, isBlockLinear, largestLinearSize, linearDims, type BlockLinear, type BlockParams } from '../model/block.js';
 import {
-  blockBackwardCuda,
-  blockForwardCuda,
-  denseLinearsCuda,
-  DeviceBlockArena,
+  allocBlockParams,
+  BIAS_OF,
+  BLOCK_LINEARS,
+  BLOCK_PARAM_NAMES,
+  blockBackward,
+  blockForward,
+  BlockArena,
   blockParamViews,
-  linearRowWidth,
-  DeviceBlockWorkspace,
+  BlockWorkspace,
+  denseLinears,
   downloadBlockParams,
+  isBlockLinear,
+  largestLinearSize,
+  linearDims,
+  linearRowWidth,
   uploadBlockParams,
-  type DeviceBlockParams,
-  type LinearImplCuda,
-} from '../model/block-cuda.js';
+  type BlockLinear,
+  type BlockParams,
+  type LinearImpl,
+} from '../model/block.js';
+import { cudaBackend } from '../backend/cuda.js';
 import { fakeQuantBackwardAdamwCuda, fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../ops/cuda/fakequant.js';
 import { linearBackwardCuda, linearForwardCuda, type LowPrecisionScratch } from '../ops/cuda/linear.js';
 import { f32ToBf16Cuda } from '../ops/cuda/elementwise.js';
@@ -86,8 +94,8 @@ export class DeviceQuantParams {
 
 /** The AdamW step of the linears' weights, taken inside their backward (see fakeQuantLinearsCuda). */
 export interface FusedWeightUpdate {
-  m: DeviceBlockParams; // AdamW moments laid out as P
-  v: DeviceBlockParams;
+  m: BlockParams<DeviceArray>; // AdamW moments laid out as P
+  v: BlockParams<DeviceArray>;
   scalars: DeviceArray; // (ADAMW_SCALARS) the step's scalars, written before the step
   enabled: boolean; // false: weights are not trained this step (only s and z get gradients)
 }
@@ -104,8 +112,8 @@ export interface FusedWeightUpdate {
  */
 export function fakeQuantLinearsCuda(
   cfg: ModelConfig,
-  P: DeviceBlockParams,
-  Gr: DeviceBlockParams,
+  P: BlockParams<DeviceArray>,
+  Gr: BlockParams<DeviceArray>,
   Q: DeviceQuantParams,
   dQ: DeviceQuantParams,
   bits: number,
@@ -115,7 +123,7 @@ export function fakeQuantLinearsCuda(
   lowp: LowPrecisionScratch | null = null,
   update: FusedWeightUpdate | null = null,
   keep: Record<BlockLinear, DeviceArray> | null = null,
-): LinearImplCuda {
+): LinearImpl<DeviceArray> {
   const quantized = (key: BlockLinear, again: boolean): { w: DeviceArray; O: number; I: number } => {
     const [O, I] = linearDims(cfg, key);
     // bf16 GEMMs take the fake-quantized weight straight in bf16 (no f32 tile, no conversion)
@@ -155,8 +163,8 @@ export class BlockTrainerCuda implements BlockApTrainer {
   private pending = false; // a submitted step's loss is still to be read
   private readonly Qhost: QuantParams;
   // device state (see the file header)
-  private readonly dP: DeviceBlockArena;
-  private readonly dG: DeviceBlockArena; // norms and biases only
+  private readonly dP: BlockArena<DeviceArray>;
+  private readonly dG: BlockArena<DeviceArray>; // norms and biases only
   private readonly mP: DeviceArray;
   private readonly vP: DeviceArray;
   private readonly moments: FusedWeightUpdate; // views of mP, vP as P; the linears' AdamW in the backward
@@ -166,13 +174,13 @@ export class BlockTrainerCuda implements BlockApTrainer {
   private readonly vQ: DeviceArray;
   private readonly wTile: DeviceArray; // (largest O·I) fake-quantized weight of the linear at work (f32 precision)
   private readonly dwTile: DeviceArray; // (largest O·I) its gradient
-  private readonly frozen: DeviceBlockParams; // frozen linears (in m_P's storage), norms and biases of P
-  private readonly fakeQuant: LinearImplCuda; // P through fake quantization, gradients into G and dQ
+  private readonly frozen: BlockParams<DeviceArray>; // frozen linears (in m_P's storage), norms and biases of P
+  private readonly fakeQuant: LinearImpl<DeviceArray>; // P through fake quantization, gradients into G and dQ
   // bf16 per linear: a step's fake-quantized weights (forward to backward), a pass's bf16 weights
   private readonly keep: Record<BlockLinear, DeviceArray> | null = null;
   private readonly lowp: LowPrecisionScratch | null = null; // bf16 GEMM inputs (precision 'bf16')
-  private readonly ws: DeviceBlockWorkspace;
-  private ws1: DeviceBlockWorkspace | null = null;
+  private readonly ws: BlockWorkspace<DeviceArray>;
+  private ws1: BlockWorkspace<DeviceArray> | null = null;
   private readonly xd: DeviceArray; // (B, T, C)
   private readonly yd: DeviceArray; // (B, T, C)
   private readonly outd: DeviceArray; // (B, T, C)
@@ -201,13 +209,13 @@ export class BlockTrainerCuda implements BlockApTrainer {
     this.staging = training ? [{ x: page(), y: page() }, { x: page(), y: page() }] : [{ x: page(), y: page() }];
     const mem = this.mem;
     try {
-      this.dP = mem.adopt(new DeviceBlockArena(cfg));
-      this.dG = mem.adopt(new DeviceBlockArena(cfg, { linears: false }));
+      this.dP = mem.adopt(new BlockArena(cudaBackend, cfg));
+      this.dG = mem.adopt(new BlockArena(cudaBackend, cfg, { linears: false }));
       this.mP = mem.alloc('f32', this.dP.all.length);
       this.vP = mem.alloc('f32', this.dP.all.length);
       this.scalarsQ = mem.alloc('f32', ADAMW_SCALARS);
       this.scalarsP = mem.alloc('f32', ADAMW_SCALARS);
-      this.moments = { m: blockParamViews(cfg, this.mP), v: blockParamViews(cfg, this.vP), scalars: this.scalarsP, enabled: false };
+      this.moments = { m: blockParamViews(cudaBackend, cfg, this.mP), v: blockParamViews(cudaBackend, cfg, this.vP), scalars: this.scalarsP, enabled: false };
       this.dQ = mem.adopt(new DeviceQuantParams(cfg, G));
       this.dQgrad = mem.adopt(new DeviceQuantParams(cfg, G));
       this.mQ = mem.alloc('f32', this.dQ.all.length);
@@ -215,7 +223,7 @@ export class BlockTrainerCuda implements BlockApTrainer {
       const largest = largestLinearSize(cfg);
       this.wTile = mem.alloc('f32', precision === 'f32' ? largest : 0); // bf16: lowp.wb holds the weight
       this.dwTile = mem.alloc('f32', training ? largest : 0);
-      this.frozen = withLinears(this.dP.params, this.moments.m) as DeviceBlockParams;
+      this.frozen = withLinears(this.dP.params, this.moments.m) as BlockParams<DeviceArray>;
       if (precision === 'bf16') {
         // the bf16 workspace hands every linear its input in bf16 already: no input copy (xb)
         const rows = B * T * linearRowWidth(cfg);
@@ -224,7 +232,7 @@ export class BlockTrainerCuda implements BlockApTrainer {
       // bf16: the forward's fake-quantized weights are kept for the backward (2 bytes per weight)
       this.keep = precision === 'bf16' && training ? this.keepQuantized(cfg) : null;
       this.fakeQuant = fakeQuantLinearsCuda(cfg, this.dP.params, this.dG.params, this.dQ, this.dQgrad, bits, G, this.wTile, this.dwTile, this.lowp, this.moments, this.keep);
-      this.ws = mem.adopt(new DeviceBlockWorkspace(cfg, B, T, { training, precision }));
+      this.ws = mem.adopt(new BlockWorkspace(cudaBackend, cfg, B, T, { training, precision }));
       this.xd = mem.alloc('f32', B * T * C);
       this.yd = mem.alloc('f32', B * T * C);
       this.outd = mem.alloc('f32', B * T * C);
@@ -262,16 +270,16 @@ export class BlockTrainerCuda implements BlockApTrainer {
     return views;
   }
 
-  private workspace(n: number): DeviceBlockWorkspace {
+  private workspace(n: number): BlockWorkspace<DeviceArray> {
     if (n === this.B) return this.ws;
     if (n !== 1) throw new Error('internal: workspace for batch ' + n);
-    this.ws1 ??= this.mem.adopt(new DeviceBlockWorkspace(this.cfg, 1, this.T, { training: false, precision: this.precision }));
+    this.ws1 ??= this.mem.adopt(new BlockWorkspace(cudaBackend, this.cfg, 1, this.T, { training: false, precision: this.precision }));
     return this.ws1;
   }
 
   initQuant(): void {
     minMaxInitInto(this.Qhost, this.P, this.bits, this.G);
-    uploadBlockParams(this.dP.params, this.P);
+    uploadBlockParams(cudaBackend, this.dP.params, this.P);
     uploadDevice(this.dQ.all, this.Qhost.arena.buffer);
     for (const a of [this.mP, this.vP, this.mQ, this.vQ]) zeroDevice(a);
   }
@@ -292,13 +300,13 @@ export class BlockTrainerCuda implements BlockApTrainer {
     if (updateP) writeAdamWScalars(this.scalarsP, { ...common, lr: lrWeight });
     this.moments.enabled = updateP; // the linears' AdamW runs inside their backward
     this.graphs.run(`q${+updateQ}p${+updateP}`, () => {
-      blockForwardCuda(this.cfg, this.dP.params, this.ws, xd, outd, this.fakeQuant);
+      blockForward(this.cfg, this.dP.params, this.ws, xd, outd, this.fakeQuant);
       mseQueueCuda(outd, yd, this.partials);
       zeroDevice(dOut);
       mseBackwardCuda(dOut, outd, yd);
       this.dG.zero();
       zeroDevice(this.dQgrad.all);
-      blockBackwardCuda(this.cfg, this.dP.params, this.dG.params, this.ws, xd, dOut, null, this.fakeQuant);
+      blockBackward(this.cfg, this.dP.params, this.dG.params, this.ws, xd, dOut, null, this.fakeQuant);
       if (updateQ) adamwLaunchCuda(this.dQ.all, this.dQgrad.all, this.mQ, this.vQ, this.scalarsQ);
       if (updateP) {
         for (const name of NON_LINEAR_PARAMS) {
@@ -323,7 +331,7 @@ export class BlockTrainerCuda implements BlockApTrainer {
 
   freeze(): FrozenLinears {
     // the trained parameters come home; the host code freezes them as on the CPU
-    downloadBlockParams(this.P, this.dP.params);
+    downloadBlockParams(cudaBackend, this.P, this.dP.params);
     downloadDevice(this.dQ.all, this.Qhost.arena.buffer);
     const frozen = freezeLinears(this.P, this.Qhost, this.bits, this.G, this.Wq);
     return frozen;
@@ -331,17 +339,17 @@ export class BlockTrainerCuda implements BlockApTrainer {
 
   forwardCache(weights: PassWeights, cache: ActivationCache, start: number, count: number): void {
     // the host copy is the truth at a pass's start: P just loaded, or Wq just frozen / read from a shard
-    uploadBlockParams(this.dP.params, this.P);
-    if (weights === 'frozen') uploadBlockParams(this.frozen, this.Wq);
+    uploadBlockParams(cudaBackend, this.dP.params, this.P);
+    if (weights === 'frozen') uploadBlockParams(cudaBackend, this.frozen, this.Wq);
     const p = weights === 'fp' ? this.dP.params : this.frozen;
-    this.forwardBatches(p, denseLinearsCuda(this.cfg, this.passWeights(p), null, this.lowp), cache, null, start, count);
+    this.forwardBatches(p, denseLinears(cudaBackend, this.cfg, this.passWeights(p), null, this.lowp), cache, null, start, count);
   }
 
   /**
    * p with its linears as the pass's GEMMs take them: in bf16, rounded once into the kept
    * fake-quantized weights' buffers (free between steps) instead of at every batch.
    */
-  private passWeights(p: DeviceBlockParams): DeviceBlockParams {
+  private passWeights(p: BlockParams<DeviceArray>): BlockParams<DeviceArray> {
     if (!this.keep) return p;
     const q = { ...p };
     for (const [key] of BLOCK_LINEARS) {
@@ -363,8 +371,8 @@ export class BlockTrainerCuda implements BlockApTrainer {
    * the device runs the current one.
    */
   private forwardBatches(
-    p: DeviceBlockParams,
-    lin: LinearImplCuda,
+    p: BlockParams<DeviceArray>,
+    lin: LinearImpl<DeviceArray>,
     cache: ActivationCache,
     target: ActivationCache | null,
     start: number,
@@ -393,7 +401,7 @@ export class BlockTrainerCuda implements BlockApTrainer {
       const rows = n * this.T * C;
       const xd = deviceView(this.xd, 0, rows), yd = deviceView(this.yd, 0, rows), od = deviceView(this.outd, 0, rows);
       uploadDevice(xd, host(k, 'x'));
-      blockForwardCuda(this.cfg, p, this.workspace(n), xd, od, lin);
+      blockForward(this.cfg, p, this.workspace(n), xd, od, lin);
       if (target) {
         uploadDevice(yd, host(k, 'y'));
         mseQueueCuda(od, yd, this.partials);

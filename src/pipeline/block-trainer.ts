@@ -21,7 +21,7 @@ import {
   type BlockLinear,
   type BlockParams,
 } from '../model/block.js';
-import { ropeTables } from '../model/rope.js';
+import { cpuBackend } from '../backend/cpu.js';
 import { fill } from '../ops/elementwise.js';
 import { mseBackward, mseForward } from '../ops/reduce.js';
 import { adamwStep } from '../ops/adamw.js';
@@ -147,8 +147,8 @@ export class BlockTrainerCpu implements BlockApTrainer {
   readonly dQ: QuantParams;
   readonly mQ: QuantParams;
   readonly vQ: QuantParams;
-  readonly ws: BlockWorkspace;
-  private ws1: BlockWorkspace | null = null;
+  readonly ws: BlockWorkspace<Tensor>;
+  private ws1: BlockWorkspace<Tensor> | null = null;
   readonly x: Tensor; // (B, T, C)
   readonly y: Tensor; // (B, T, C)
   readonly out: Tensor; // (B, T, C)
@@ -173,17 +173,17 @@ export class BlockTrainerCpu implements BlockApTrainer {
     this.mQ = new QuantParams(cfg, G);
     this.vQ = new QuantParams(cfg, G);
     const C = cfg.hiddenSize;
-    this.ws = new BlockWorkspace(cfg, B, T, ropeTables(cfg, 0, T), { training });
+    this.ws = new BlockWorkspace(cpuBackend, cfg, B, T, { training });
     this.x = Tensor.zeros([B, T, C]);
     this.y = Tensor.zeros([B, T, C]);
     this.out = Tensor.zeros([B, T, C]);
     this.dOut = Tensor.zeros([B, T, C]);
   }
 
-  private workspace(n: number): BlockWorkspace {
+  private workspace(n: number): BlockWorkspace<Tensor> {
     if (n === this.B) return this.ws;
     if (n !== 1) throw new Error('internal: workspace for batch ' + n);
-    this.ws1 ??= new BlockWorkspace(this.cfg, 1, this.T, { cos: this.ws.cos, sin: this.ws.sin }, { training: false });
+    this.ws1 ??= new BlockWorkspace(cpuBackend, this.cfg, 1, this.T, { training: false });
     return this.ws1;
   }
 

@@ -28,7 +28,7 @@ import { BF16_NEEDS_CUDA } from '../engine/cuda.js';
 import { WeightSource } from '../model/weights.js';
 import { BLOCK_LINEARS, BLOCK_PARAM_NAMES, blockParamShapes, blockBackward, blockForward, BlockWorkspace, type BlockLinear, type BlockParams } from '../model/block.js';
 import { PackedModel, packedLinears, type PackedBlock } from '../model/quantized.js';
-import { ropeTables } from '../model/rope.js';
+import { cpuBackend } from '../backend/cpu.js';
 import { embeddingForward } from '../ops/embedding.js';
 import { rmsnormBackward, rmsnormForward } from '../ops/rmsnorm.js';
 import { matmul } from '../ops/matmul.js';
@@ -270,7 +270,7 @@ export class ScaleState {
  * recomputation per block. Buffers are allocated once for (micro-batch, seqlen).
  */
 export class E2eTrainer {
-  private readonly ws: BlockWorkspace;
+  private readonly ws: BlockWorkspace<Tensor>;
   private readonly hidden: Tensor[]; // L+1 block-boundary hidden states (mb, T, C)
   private readonly scratch: Tensor;
   private dH: Tensor;
@@ -295,7 +295,7 @@ export class E2eTrainer {
     const cfg = model.cfg;
     const C = cfg.hiddenSize;
     const N = mb * T;
-    this.ws = new BlockWorkspace(cfg, mb, T, ropeTables(cfg, 0, T));
+    this.ws = new BlockWorkspace(cpuBackend, cfg, mb, T);
     this.hidden = Array.from({ length: cfg.numLayers + 1 }, () => Tensor.zeros([mb, T, C]));
     this.scratch = Tensor.zeros([mb, T, C]);
     this.dH = Tensor.zeros([mb, T, C]);

@@ -18,15 +18,8 @@
 // checked on the host, where they come from.
 import { CudaStepGraphs, DeviceAllocations, deviceView, downloadDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
 import type { ModelConfig } from '../model/config.js';
-import { largestLinearSize, type BlockLinear } from '../model/block.js';
-import {
-  blockBackwardCuda,
-  blockForwardCuda,
-  DeviceBlockArena,
-  DeviceBlockWorkspace,
-  linearRowWidth,
-  type LinearImplCuda,
-} from '../model/block-cuda.js';
+import { blockBackward, blockForward, BlockArena, BlockWorkspace, largestLinearSize, linearRowWidth, type BlockLinear, type LinearImpl } from '../model/block.js';
+import { cudaBackend } from '../backend/cuda.js';
 import { packedLinearsCuda, uploadPackedBlock } from '../model/model-cuda.js';
 import type { PackedModel } from '../model/quantized.js';
 import { linearBackwardCuda, linearForwardCuda, uploadFrozenWeight, type LowPrecisionScratch } from '../ops/cuda/linear.js';
@@ -42,8 +35,8 @@ import { crossEntropyTargetError, IGNORE_INDEX } from '../ops/crossentropy.js';
 import type { E2eStepper, ScaleState } from './e2e-qp.js';
 
 interface BlockOnDevice {
-  arena: DeviceBlockArena; // norms and biases
-  lin: LinearImplCuda; // packed linears with step-size gradients
+  arena: BlockArena<DeviceArray>; // norms and biases
+  lin: LinearImpl<DeviceArray>; // packed linears with step-size gradients
 }
 
 export class E2eStepperCuda implements E2eStepper {
@@ -60,8 +53,8 @@ export class E2eStepperCuda implements E2eStepper {
   private readonly lmHead: DeviceArray; // (V, C), bf16 with bf16 GEMMs
   private readonly finalNorm: DeviceArray; // (C)
   private readonly dFinalNorm: DeviceArray; // (C) not trained: a sink for the norm backward
-  private readonly gNorms: DeviceBlockArena; // the same for the blocks' norms and biases
-  private readonly ws: DeviceBlockWorkspace;
+  private readonly gNorms: BlockArena<DeviceArray>; // the same for the blocks' norms and biases
+  private readonly ws: BlockWorkspace<DeviceArray>;
   private readonly hidden: DeviceArray[]; // L+1 × (mb, T, C): every block's input, and the last output
   private readonly scratch: DeviceArray; // (mb, T, C)
   private readonly dH: DeviceArray; // (mb, T, C)
@@ -129,8 +122,8 @@ export class E2eStepperCuda implements E2eStepper {
       this.lmHead = tied ? this.embedding : uploadFrozenWeight(mem, model.lmHead.f32, precision); // frozen: bf16 with bf16 GEMMs
       this.finalNorm = mem.upload(model.finalNorm.f32);
       this.dFinalNorm = mem.alloc('f32', C);
-      this.gNorms = mem.adopt(new DeviceBlockArena(cfg, { linears: false }));
-      this.ws = mem.adopt(new DeviceBlockWorkspace(cfg, mb, T, { precision }));
+      this.gNorms = mem.adopt(new BlockArena(cudaBackend, cfg, { linears: false }));
+      this.ws = mem.adopt(new BlockWorkspace(cudaBackend, cfg, mb, T, { precision }));
       this.hidden = Array.from({ length: L + 1 }, () => mem.alloc('f32', N * C));
       this.scratch = mem.alloc('f32', N * C);
       this.dH = mem.alloc('f32', N * C);
@@ -178,7 +171,7 @@ export class E2eStepperCuda implements E2eStepper {
       const h = this.hidden;
       const unchecked = { check: false }; // checked above
       embeddingForwardCuda(h[0]!, this.ids, this.embedding, N, V, C, unchecked);
-      for (let l = 0; l < L; l++) blockForwardCuda(cfg, this.blocks[l]!.arena.params, this.ws, h[l]!, h[l + 1]!, this.blocks[l]!.lin);
+      for (let l = 0; l < L; l++) blockForward(cfg, this.blocks[l]!.arena.params, this.ws, h[l]!, h[l + 1]!, this.blocks[l]!.lin);
       rmsnormForwardCuda(this.normed, this.rstd, h[L]!, this.finalNorm, N, C, cfg.rmsNormEps);
       linearForwardCuda(this.logits, this.normed, this.lmHead, null, { N, O: V, I: C }, this.lowp);
       crossEntropyForwardBackwardCuda(this.losses, this.logits, this.logits, this.labels, N, V, this.lossScale, unchecked);
@@ -189,8 +182,8 @@ export class E2eStepperCuda implements E2eStepper {
       rmsnormBackwardCuda(dH, this.dFinalNorm, this.dNormed, h[L]!, this.finalNorm, this.rstd, N, C);
       for (let l = L - 1; l >= 0; l--) {
         const b = this.blocks[l]!;
-        blockForwardCuda(cfg, b.arena.params, this.ws, h[l]!, this.scratch, b.lin); // recompute activations
-        blockBackwardCuda(cfg, b.arena.params, this.gNorms.params, this.ws, h[l]!, dH, l > 0 ? dX : null, b.lin);
+        blockForward(cfg, b.arena.params, this.ws, h[l]!, this.scratch, b.lin); // recompute activations
+        blockBackward(cfg, b.arena.params, this.gNorms.params, this.ws, h[l]!, dH, l > 0 ? dX : null, b.lin);
         [dH, dX] = [dX, dH];
       }
     });

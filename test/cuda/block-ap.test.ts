@@ -10,13 +10,13 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { deviceAllocStats, freeDevice, setCudaBackend, setDeviceMemoryBudget } from '../../src/engine/cuda.js';
-import { blockArenaLength, DeviceBlockWorkspace, linearRowWidth } from '../../src/model/block-cuda.js';
 import { ADAMW_SCALARS } from '../../src/ops/cuda/adamw.js';
 import { allocReducePartials } from '../../src/ops/cuda/reduce.js';
 import { QuantParams } from '../../src/pipeline/block-trainer.js';
 import { runBlockAp, blockApDefaults, type BlockApOptions } from '../../src/pipeline/block-ap.js';
 import { WeightSource } from '../../src/model/weights.js';
-import { allocBlockParams, BLOCK_LINEARS, largestLinearSize } from '../../src/model/block.js';
+import { allocBlockParams, blockArenaLength, BLOCK_LINEARS, BlockWorkspace, largestLinearSize, linearRowWidth } from '../../src/model/block.js';
+import { cudaBackend } from '../../src/backend/cuda.js';
 import { REPO, TINY } from '../golden.js';
 import { assertClose } from '../util.js';
 import { backendCases, testOnBackends } from './backends.js';
@@ -237,7 +237,7 @@ testOnBackends('the Block-AP trainer holds its parameter state once and no weigh
   };
   for (const precision of ['f32', 'bf16'] as const) {
     const trainer = bytesOf(() => new BlockTrainerCuda(cfg, B, T, 2, G, true, precision));
-    const workspace = bytesOf(() => new DeviceBlockWorkspace(cfg, B, T, { training: true, precision }));
+    const workspace = bytesOf(() => new BlockWorkspace(cudaBackend, cfg, B, T, { training: true, precision }));
     const partials = bytesOf(() => {
       const a = allocReducePartials();
       return { free: () => freeDevice(a) };

@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import { Rng } from '../../src/engine/random.js';
 import { Tensor } from '../../src/engine/tensor.js';
 import { allocBlockParams, blockBackward, blockForward, BlockWorkspace, BLOCK_PARAM_NAMES } from '../../src/model/block.js';
-import { ropeTables } from '../../src/model/rope.js';
+import { cpuBackend } from '../../src/backend/cpu.js';
 import { checkGrad, randn } from '../util.js';
 import { BLOCK_VARIANTS, tinyConfig } from './tiny-config.js';
 
@@ -24,7 +24,7 @@ for (const [name, over] of BLOCK_VARIANTS) {
       if (k.endsWith('Norm')) rng.fillUniform(t.f32, 0.5, 1.5);
       else rng.fillNormal(t.f32, 0.3);
     }
-    const ws = new BlockWorkspace(cfg, B, T, ropeTables(cfg, 0, T));
+    const ws = new BlockWorkspace(cpuBackend, cfg, B, T);
     const x = randn(rng, [B, T, C]);
     const y = Tensor.zeros([B, T, C]);
     const R = randn(rng, [B, T, C]); // loss = sum(y * R)

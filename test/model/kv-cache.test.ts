@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { Rng } from '../../src/engine/random.js';
 import { Tensor } from '../../src/engine/tensor.js';
 import { allocBlockParams, blockForward, BlockWorkspace, type KvCache } from '../../src/model/block.js';
+import { cpuBackend } from '../../src/backend/cpu.js';
 import { KvDecoder } from '../../src/model/model.js';
 import { ropeTables } from '../../src/model/rope.js';
 import { generateIds, generateIdsCpu } from '../../src/pipeline/generate.js';
@@ -26,13 +27,14 @@ for (const [name, over] of BLOCK_VARIANTS) {
     randomBlockParams(rng, p);
     const x = randn(rng, [1, T, C]); // (1, T, C)
     const full = Tensor.zeros([1, T, C]);
-    blockForward(cfg, p, new BlockWorkspace(cfg, 1, T, ropeTables(cfg, 0, T), { training: false }), x, full);
+    blockForward(cfg, p, new BlockWorkspace(cpuBackend, cfg, 1, T, { training: false }), x, full);
 
-    const cache: KvCache = { k: Tensor.zeros([T, cfg.numKvHeads, cfg.headDim]), v: Tensor.zeros([T, cfg.numKvHeads, cfg.headDim]) };
+    const rope = ropeTables(cfg, 0, T);
+    const cache: KvCache = { k: Tensor.zeros([T, cfg.numKvHeads, cfg.headDim]), v: Tensor.zeros([T, cfg.numKvHeads, cfg.headDim]), ...rope };
     const cached = Tensor.zeros([1, T, C]);
     for (let pos = 0; pos < T; ) {
       const n = pos === 0 ? prompt : 1;
-      const ws = new BlockWorkspace(cfg, 1, n, ropeTables(cfg, pos, n), { training: false });
+      const ws = new BlockWorkspace(cpuBackend, cfg, 1, n, { training: false });
       const y = Tensor.zeros([1, n, C]);
       blockForward(cfg, p, ws, x.view([T, C]).rows(pos, n).view([1, n, C]), y, undefined, { cache, pos });
       cached.view([T, C]).rows(pos, n).f32.set(y.f32);
@@ -45,11 +47,11 @@ for (const [name, over] of BLOCK_VARIANTS) {
 test('block forward refuses a kv cache with B > 1 or positions past its end', () => {
   const cfg = tinyConfig({});
   const { params: p } = allocBlockParams(cfg);
-  const cache: KvCache = { k: Tensor.zeros([4, cfg.numKvHeads, cfg.headDim]), v: Tensor.zeros([4, cfg.numKvHeads, cfg.headDim]) };
+  const cache: KvCache = { k: Tensor.zeros([4, cfg.numKvHeads, cfg.headDim]), v: Tensor.zeros([4, cfg.numKvHeads, cfg.headDim]), ...ropeTables(cfg, 0, 4) };
   const C = cfg.hiddenSize;
-  const ws2 = new BlockWorkspace(cfg, 2, 1, ropeTables(cfg, 0, 1), { training: false });
+  const ws2 = new BlockWorkspace(cpuBackend, cfg, 2, 1, { training: false });
   assert.throws(() => blockForward(cfg, p, ws2, Tensor.zeros([2, 1, C]), Tensor.zeros([2, 1, C]), undefined, { cache, pos: 0 }), /one sequence, got B = 2/);
-  const ws = new BlockWorkspace(cfg, 1, 2, ropeTables(cfg, 3, 2), { training: false });
+  const ws = new BlockWorkspace(cpuBackend, cfg, 1, 2, { training: false });
   assert.throws(() => blockForward(cfg, p, ws, Tensor.zeros([1, 2, C]), Tensor.zeros([1, 2, C]), undefined, { cache, pos: 3 }), /positions 3\.\.4 do not fit a kv cache of 4 positions/);
 });
 

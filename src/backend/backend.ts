@@ -1,0 +1,73 @@
+// The Backend interface: what the model, the trainers, evaluation and generation need from a
+// device, at the level they use it, so each of them is written once. A backend is memory
+// (alloc / view / upload / download / zero / free) plus the ops with explicit sizes; an array
+// handle `A` carries no shape (a CPU Tensor of any shape with the right element count, or a
+// CUDA DeviceArray), and every op is told its sizes, as the CUDA wrappers always were.
+//
+// Backends (src/backend/cpu.ts, src/backend/cuda.ts) only check sizes and hand over to the op
+// wrappers (src/ops/*.ts over the native addon, src/ops/cuda/*.ts over NVRTC kernels and
+// cuBLASLt); the arithmetic and its rounding points are the wrappers', so a composition written
+// against this interface computes bit for bit what the same composition computed on either
+// device before it existed. (The emulator of the CUDA kernels sits behind the CUDA backend as
+// a driver: src/engine/cuda.ts setCudaBackend.)
+import type { DType, Storage } from '../engine/dtype.js';
+import type { AttentionOptions } from '../ops/attention.js';
+
+// q (B, Tq, H, D), k and v (B, Tk, Hkv, D); and N rows through an (O, I) weight
+export type { AttentionShape } from '../ops/cuda/attention.js';
+export type { LinearDims } from '../ops/cuda/linear.js';
+import type { AttentionShape } from '../ops/cuda/attention.js';
+import type { LinearDims } from '../ops/cuda/linear.js';
+
+/** GEMM input precision: f32 throughout, or bf16 inputs with f32 sums (CUDA only). */
+export type Precision = 'f32' | 'bf16';
+
+/** Scratch an attention path keeps between calls (score chunks, bf16 copies); freed with free(). */
+export interface AttentionScratch {
+  free(): void;
+}
+
+export interface Backend<A> {
+  readonly name: 'cpu' | 'cuda';
+
+  // ---- memory: every allocation is zeroed; views share their allocation
+  alloc(dtype: DType, length: number): A;
+  view(a: A, offset: number, length: number): A;
+  length(a: A): number;
+  dtype(a: A): DType;
+  upload(dst: A, src: Storage): void;
+  download(src: A, dst: Storage): void;
+  zero(a: A): void;
+  /** Frees an allocation made by alloc (not a view). */
+  free(a: A): void;
+
+  // ---- elementwise (same element count everywhere)
+  copy(dst: A, src: A): void;
+  add(out: A, a: A, b: A): void;
+
+  // ---- RMSNorm over rows of C: out, x (rows, C); weight (C); rstd (rows)
+  rmsnormForward(out: A, rstd: A, x: A, weight: A, rows: number, C: number, eps: number): void;
+  /** dx (rows, C) and dweight (C) ACCUMULATE. */
+  rmsnormBackward(dx: A, dweight: A, dout: A, x: A, weight: A, rstd: A, rows: number, C: number): void;
+
+  // ---- rotary embedding: x, out (B, T, H, D); cos, sin (T, D/2); the backward ACCUMULATES into dx
+  ropeForward(out: A, x: A, cos: A, sin: A, B: number, T: number, H: number, D: number): void;
+  ropeBackward(dx: A, dout: A, cos: A, sin: A, B: number, T: number, H: number, D: number): void;
+
+  // ---- SwiGLU: out = silu(gate) * up, all (rows, F); the backward ACCUMULATES
+  swigluForward(out: A, gate: A, up: A, rows: number, F: number): void;
+  swigluBackward(dgate: A, dup: A, dout: A, gate: A, up: A, rows: number, F: number): void;
+
+  // ---- linear: out (N, O) = x (N, I) w (O, I)ᵀ + bias (O); `lowp` is the backend's GEMM scratch
+  // for bf16 inputs (linearScratch), null for f32 GEMMs
+  linearForward(out: A, x: A, w: A, bias: A | null | undefined, d: LinearDims, lowp: unknown): void;
+  /** dx (N, I) overwritten unless accumulateDx; dw and dbias accumulate; any may be null. */
+  linearBackward(dx: A | null, dw: A | null, dbias: A | null | undefined, dout: A, x: A, w: A, d: LinearDims, accumulateDx: boolean, lowp: unknown): void;
+
+  // ---- causal GQA attention: out (B, Tq, H, D), lse (B, H, Tq). `scratch` from attentionScratch
+  // picks the path; `outLowp`, when given, receives out rounded to bf16 (the o linear's input).
+  attentionScratch(shape: AttentionShape, opts: { precision: Precision; training: boolean; cacheOnly: boolean }): AttentionScratch | null;
+  attentionForward(out: A, lse: A, q: A, k: A, v: A, shape: AttentionShape, opts: AttentionOptions, scratch: AttentionScratch | null, outLowp: A | null): void;
+  /** dq, dk, dv ACCUMULATE. */
+  attentionBackward(dq: A, dk: A, dv: A, dout: A, q: A, k: A, v: A, out: A, lse: A, shape: AttentionShape, opts: AttentionOptions, scratch: AttentionScratch | null): void;
+}

@@ -1,0 +1,106 @@
+// The CPU backend: host memory as Tensors (an allocation is a flat Tensor; a view is a Tensor
+// over a subarray of it) and the ops of src/ops/*.ts over the native addon. Each op views its
+// flat arguments in the shapes the wrapper checks, so the wrapper's checks and kernels run as
+// they always did, bit for bit.
+import { Tensor } from '../engine/tensor.js';
+import { allocStorage, type DType, type Storage } from '../engine/dtype.js';
+import { add, copy } from '../ops/elementwise.js';
+import { rmsnormBackward, rmsnormForward } from '../ops/rmsnorm.js';
+import { ropeBackward, ropeForward } from '../ops/rope.js';
+import { swigluBackward, swigluForward } from '../ops/swiglu.js';
+import { linearBackward, linearForward } from '../ops/linear.js';
+import { attentionBackward, attentionForward, type AttentionOptions } from '../ops/attention.js';
+import type { AttentionScratch, AttentionShape, Backend, LinearDims } from './backend.js';
+
+const flat = (t: Tensor): Tensor => (t.rank === 1 ? t : t.view([t.size]));
+
+function noLowPrecision(op: string, lowp: unknown): void {
+  if (lowp !== null && lowp !== undefined) throw new Error(`${op}: the CPU computes in f32 (no bf16 GEMM scratch)`);
+}
+
+export const cpuBackend: Backend<Tensor> = {
+  name: 'cpu',
+
+  alloc(dtype: DType, length: number): Tensor {
+    return new Tensor([length], dtype, allocStorage(dtype, length));
+  },
+  view(a: Tensor, offset: number, length: number): Tensor {
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0 || offset + length > a.size) {
+      throw new RangeError(`view: range [${offset}, ${offset + length}) is outside the array of ${a.size} elements`);
+    }
+    return new Tensor([length], a.dtype, a.data.subarray(offset, offset + length) as Storage);
+  },
+  length: (a) => a.size,
+  dtype: (a) => a.dtype,
+  upload(dst: Tensor, src: Storage): void {
+    if (src.length !== dst.size) throw new RangeError(`upload: ${src.length} elements into an array of ${dst.size}`);
+    dst.data.set(src as never);
+  },
+  download(src: Tensor, dst: Storage): void {
+    if (dst.length !== src.size) throw new RangeError(`download: an array of ${src.size} elements into ${dst.length}`);
+    dst.set(src.data as never);
+  },
+  zero(a: Tensor): void {
+    a.data.fill(0);
+  },
+  free(): void {
+    // garbage collected
+  },
+
+  copy(dst, src) {
+    copy(flat(dst), flat(src));
+  },
+  add(out, a, b) {
+    add(flat(out), flat(a), flat(b));
+  },
+
+  rmsnormForward(out, rstd, x, weight, rows, C, eps) {
+    rmsnormForward(out.view([rows, C]), rstd.view([rows]), x.view([rows, C]), weight.view([C]), eps);
+  },
+  rmsnormBackward(dx, dweight, dout, x, weight, rstd, rows, C) {
+    rmsnormBackward(dx.view([rows, C]), dweight.view([C]), dout.view([rows, C]), x.view([rows, C]), weight.view([C]), rstd.view([rows]));
+  },
+
+  ropeForward(out, x, cos, sin, B, T, H, D) {
+    ropeForward(out.view([B, T, H, D]), x.view([B, T, H, D]), cos.view([T, D / 2]), sin.view([T, D / 2]));
+  },
+  ropeBackward(dx, dout, cos, sin, B, T, H, D) {
+    ropeBackward(dx.view([B, T, H, D]), dout.view([B, T, H, D]), cos.view([T, D / 2]), sin.view([T, D / 2]));
+  },
+
+  swigluForward(out, gate, up, rows, F) {
+    const s = [rows, F];
+    swigluForward(out.view(s), gate.view(s), up.view(s));
+  },
+  swigluBackward(dgate, dup, dout, gate, up, rows, F) {
+    const s = [rows, F];
+    swigluBackward(dgate.view(s), dup.view(s), dout.view(s), gate.view(s), up.view(s));
+  },
+
+  linearForward(out, x, w, bias, { N, O, I }: LinearDims, lowp) {
+    noLowPrecision('linearForward', lowp);
+    linearForward(out.view([N, O]), x.view([N, I]), w.view([O, I]), bias ? bias.view([O]) : null);
+  },
+  linearBackward(dx, dw, dbias, dout, x, w, { N, O, I }: LinearDims, accumulateDx, lowp) {
+    noLowPrecision('linearBackward', lowp);
+    linearBackward(
+      dx ? dx.view([N, I]) : null, dw ? dw.view([O, I]) : null, dbias ? dbias.view([O]) : null,
+      dout.view([N, O]), x.view([N, I]), w.view([O, I]), accumulateDx,
+    );
+  },
+
+  attentionScratch(): AttentionScratch | null {
+    return null; // one path, no scratch
+  },
+  attentionForward(out, lse, q, k, v, s: AttentionShape, opts: AttentionOptions, scratch, outLowp) {
+    if (scratch !== null || outLowp !== null) throw new Error('attentionForward: the CPU has one f32 attention path (no scratch, no bf16 copy)');
+    const { B, Tq, Tk, H, Hkv, D } = s;
+    attentionForward(out.view([B, Tq, H, D]), lse.view([B, H, Tq]), q.view([B, Tq, H, D]), k.view([B, Tk, Hkv, D]), v.view([B, Tk, Hkv, D]), opts);
+  },
+  attentionBackward(dq, dk, dv, dout, q, k, v, out, lse, s: AttentionShape, opts: AttentionOptions, scratch) {
+    if (scratch !== null) throw new Error('attentionBackward: the CPU has one attention path (no scratch)');
+    const { B, Tq, Tk, H, Hkv, D } = s;
+    const qs = [B, Tq, H, D], ks = [B, Tk, Hkv, D];
+    attentionBackward(dq.view(qs), dk.view(ks), dv.view(ks), dout.view(qs), q.view(qs), k.view(ks), v.view(ks), out.view(qs), lse.view([B, H, Tq]), opts);
+  },
+};
