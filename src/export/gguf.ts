@@ -5,13 +5,12 @@
 // The mapping. eqat's weights are Ŵ = (q − z)·s per group of G inputs (f16 s, integer z,
 // s clamped to [1e-4, 1e4] as src/quant/primitives.ts does). GGUF's legacy block types hold 32
 // consecutive inputs of one row with one f16 scale d, so for G a multiple of 32 every block
-// lies inside one group and takes d = s:
-//   Q4_0  Ŵ = (x − 8)·d,  x ∈ [0, 15]      x = q − z + 8    exact for ≤ 3 bits (q − z ∈ [−7, 7])
-//   Q5_0  Ŵ = (x − 16)·d, x ∈ [0, 31]      x = q − z + 16   exact for ≤ 4 bits (q − z ∈ [−15, 15])
-//   Q8_0  Ŵ = x·d,        x ∈ [−128, 127]  x = q − z        exact for ≤ 7 bits; 8 bits when q − z fits
-//   Q4_1  Ŵ = x·d + m,    x ∈ [0, 15]      x = q − z + c, m = −c·s (f16): exact when some feasible
-//         shift c makes c·s an f16 value (c = 0, powers of two, …), otherwise m is rounded (near-lossless)
-// 'auto' picks the exact one per bit width: ≤ 3 bits → Q4_0, 4 → Q5_0, 5..8 → Q8_0. A block that
+// lies inside one group and takes d = s, with x = q − z + c in the type's code range (the types,
+// their layouts and the codes each holds exactly are in src/export/ggml-types.ts). Q4_0, Q5_0
+// and Q8_0 hold q − z ∈ [−8, 7], [−16, 15] and [−128, 127] whatever the scale; Q4_1 is exact when
+// some feasible shift c makes its min c·s an f16 value, otherwise the min is rounded (near-lossless).
+// 'auto' picks the smallest type that holds every code of the bit width exactly: ≤ 3 bits → Q4_0,
+// 4 → Q5_0, 5..8 → Q8_0 (exact for ≤ 7 bits; 8 bits when q − z fits). A block that
 // an explicitly chosen type cannot hold exactly is re-quantized from Ŵ with llama.cpp's reference
 // rounding for that type. Every tensor written is decoded back and compared with eqat's own
 // dequantized f32 weights; anything not exact is refused unless allowLossy, and the report gives
@@ -36,20 +35,36 @@ import { BLOCK_LINEARS, linearDims, type BlockLinear } from '../model/block.js';
 import type { ModelConfig } from '../model/config.js';
 import { ropeInvFreq } from '../model/rope.js';
 import { clampScale, dequantize, qmax, roundZero } from '../quant/primitives.js';
-import { f16ToF32Ref, f32ToF16Ref, fromF32, toF32 } from '../engine/dtype.js';
+import { f16ToF32Ref, f32ToF16Ref, toF32 } from '../engine/dtype.js';
 import type { QuantConfig } from '../quant/checkpoint-config.js';
 import { ggufTokenizerMetadata } from './gguf-tokenizer.js';
+import {
+  GGML_INTEGER_TYPES,
+  GGUF_TYPE_TRAITS,
+  bytesOf,
+  decodeValues,
+  encodeValues,
+  ggmlTensorBytes,
+  holdsEveryCode,
+  type FloatDtype,
+  type GgmlIntegerTypeName,
+  type GgmlTypeName,
+} from './ggml-types.js';
+
+/** Types the embeddings and lm_head can be written as. */
+const EMBEDDING_TYPES = ['F16', 'BF16', 'F32', 'Q8_0'] as const;
+type EmbeddingType = (typeof EMBEDDING_TYPES)[number];
 
 export interface GgufExportOptions {
   /** Weight type for quantized linears: 'auto' picks the exact mapping per bit width (≤3 bits → Q4_0, 4 → Q5_0, 5..8 → Q8_0); 'q4_1' for 4-bit (near-lossless, smaller); lossy choices need allowLossy. */
-  type?: 'auto' | 'q4_0' | 'q4_1' | 'q5_0' | 'q8_0';
+  type?: 'auto' | Lowercase<GgmlIntegerTypeName>;
   allowLossy?: boolean;
   /**
    * Embeddings / lm_head storage: 'f16' (the default when it is exact), or 'q8_0' (lossy);
    * 'auto' (default) is f16 when f16 holds the source values exactly and the source's own
    * type (bf16/f32) otherwise; 'bf16' and 'f32' force those.
    */
-  embeddingType?: 'auto' | 'f16' | 'bf16' | 'f32' | 'q8_0';
+  embeddingType?: 'auto' | Lowercase<EmbeddingType>;
 }
 
 export interface GgufExportReport {
@@ -72,24 +87,6 @@ export interface GgufExportReport {
 export const GGUF_MAGIC = 0x46554747; // "GGUF" read as a little-endian u32
 export const GGUF_VERSION = 3;
 export const GGUF_ALIGNMENT = 32;
-
-/** ggml tensor types used here. */
-export const GGML_TYPE = { F32: 0, F16: 1, Q4_0: 2, Q4_1: 3, Q5_0: 6, Q8_0: 8, BF16: 30 } as const;
-export type GgmlTypeName = keyof typeof GGML_TYPE;
-
-/** Elements per block and bytes per block of each type. */
-export const GGML_BLOCK: Record<GgmlTypeName, { elements: number; bytes: number }> = {
-  F32: { elements: 1, bytes: 4 },
-  F16: { elements: 1, bytes: 2 },
-  BF16: { elements: 1, bytes: 2 },
-  Q4_0: { elements: 32, bytes: 18 }, // f16 d, 16 bytes of nibbles
-  Q4_1: { elements: 32, bytes: 20 }, // f16 d, f16 m, 16 bytes of nibbles
-  Q5_0: { elements: 32, bytes: 22 }, // f16 d, u32 high bits, 16 bytes of nibbles
-  Q8_0: { elements: 32, bytes: 34 }, // f16 d, 32 int8
-};
-
-/** llama_ftype (general.file_type) of a file whose linears are of this type. */
-const FILE_TYPE: Record<'Q4_0' | 'Q4_1' | 'Q5_0' | 'Q8_0', number> = { Q4_0: 2, Q4_1: 3, Q8_0: 7, Q5_0: 8 };
 
 /** gguf_type of metadata values. */
 const GGUF_VALUE = { u8: 0, i8: 1, u16: 2, i16: 3, u32: 4, i32: 5, f32: 6, bool: 7, str: 8, arr: 9, u64: 10, i64: 11, f64: 12 } as const;
@@ -210,20 +207,8 @@ function writeKv(out: ByteSink, { key, value }: GgufKv): void {
   }
 }
 
-/** Bytes of a tensor of `type` with dims `ne` (innermost first). */
-export function ggmlTensorBytes(type: GgmlTypeName, ne: readonly number[]): number {
-  const { elements, bytes } = GGML_BLOCK[type];
-  const n = ne.reduce((a, b) => a * b, 1);
-  if (ne[0]! % elements !== 0) throw new RangeError(`ggmlTensorBytes: row length ${ne[0]} is not a multiple of ${type}'s block of ${elements}`);
-  return (n / elements) * bytes;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Block encoding of quantized linears
-
-type LinearType = 'Q4_0' | 'Q4_1' | 'Q5_0' | 'Q8_0';
-
-const f = Math.fround;
 
 /** Where row r of the written tensor comes from: the llama.cpp q/k permutation for `nHead` heads of `headDim`. */
 export function qkRowPermutation(nHead: number, headDim: number): Int32Array {
@@ -235,109 +220,6 @@ export function qkRowPermutation(nHead: number, headDim: number): Int32Array {
     }
   }
   return perm;
-}
-
-/** Rounds half away from zero, as C's roundf. */
-function roundAway(x: number): number {
-  return Math.sign(x) * Math.floor(Math.abs(x) + 0.5);
-}
-
-/** llama.cpp's reference quantization of one block of 32 values into `out` (block bytes). */
-function referenceBlock(type: LinearType, w: Float32Array, out: Uint8Array): void {
-  const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
-  out.fill(0);
-  if (type === 'Q8_0') {
-    let amax = 0;
-    for (let j = 0; j < 32; j++) amax = Math.max(amax, Math.abs(w[j]!));
-    const d = f(amax / 127);
-    const id = d ? f(1 / d) : 0;
-    view.setUint16(0, f32ToF16Ref(d), true);
-    for (let j = 0; j < 32; j++) view.setInt8(2 + j, roundAway(f(w[j]! * id)));
-    return;
-  }
-  if (type === 'Q4_1') {
-    let min = Infinity;
-    let max = -Infinity;
-    for (let j = 0; j < 32; j++) {
-      min = Math.min(min, w[j]!);
-      max = Math.max(max, w[j]!);
-    }
-    const d = f((max - min) / 15);
-    const id = d ? f(1 / d) : 0;
-    view.setUint16(0, f32ToF16Ref(d), true);
-    view.setUint16(2, f32ToF16Ref(min), true);
-    for (let j = 0; j < 16; j++) {
-      const x0 = Math.min(15, Math.trunc(f(f(f(w[j]! - min) * id) + 0.5)));
-      const x1 = Math.min(15, Math.trunc(f(f(f(w[j + 16]! - min) * id) + 0.5)));
-      out[4 + j] = x0 | (x1 << 4);
-    }
-    return;
-  }
-  // Q4_0 / Q5_0: d = (value of largest magnitude) / −2^(b−1)
-  const levels = type === 'Q4_0' ? 8 : 16;
-  let amax = 0;
-  let max = 0;
-  for (let j = 0; j < 32; j++) {
-    if (amax < Math.abs(w[j]!)) {
-      amax = Math.abs(w[j]!);
-      max = w[j]!;
-    }
-  }
-  const d = f(max / -levels);
-  const id = d ? f(1 / d) : 0;
-  view.setUint16(0, f32ToF16Ref(d), true);
-  const codes = new Int32Array(32);
-  for (let j = 0; j < 32; j++) codes[j] = Math.min(2 * levels - 1, Math.trunc(f(f(w[j]! * id) + (levels + 0.5))));
-  packNibbles(type, codes, out);
-}
-
-/** Writes the codes x (already offset into [0, 15] or [0, 31]) of a Q4_0/Q4_1/Q5_0 block after its header. */
-function packNibbles(type: 'Q4_0' | 'Q4_1' | 'Q5_0', x: Int32Array, out: Uint8Array): void {
-  const qs = type === 'Q4_0' ? 2 : type === 'Q4_1' ? 4 : 6;
-  for (let j = 0; j < 16; j++) out[qs + j] = (x[j]! & 0xf) | ((x[j + 16]! & 0xf) << 4);
-  if (type === 'Q5_0') {
-    let qh = 0;
-    for (let j = 0; j < 32; j++) qh |= ((x[j]! >> 4) & 1) << j;
-    new DataView(out.buffer, out.byteOffset, out.byteLength).setUint32(2, qh >>> 0, true);
-  }
-}
-
-/** Decodes `rows` rows of `cols` values of a block-quantized tensor as llama.cpp's dequantize_row_* does. */
-export function decodeBlocks(type: LinearType, data: Uint8Array, rows: number, cols: number, out = new Float32Array(rows * cols)): Float32Array {
-  const { bytes } = GGML_BLOCK[type];
-  const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
-  const nBlocks = (rows * cols) / 32;
-  for (let b = 0; b < nBlocks; b++) {
-    const at = b * bytes;
-    const d = f16ToF32Ref(view.getUint16(at, true));
-    const base = b * 32;
-    if (type === 'Q8_0') {
-      for (let j = 0; j < 32; j++) out[base + j] = f(view.getInt8(at + 2 + j) * d);
-    } else if (type === 'Q4_1') {
-      const m = f16ToF32Ref(view.getUint16(at + 2, true));
-      for (let j = 0; j < 16; j++) {
-        const byte = data[at + 4 + j]!;
-        out[base + j] = f(f((byte & 0xf) * d) + m);
-        out[base + j + 16] = f(f((byte >> 4) * d) + m);
-      }
-    } else if (type === 'Q4_0') {
-      for (let j = 0; j < 16; j++) {
-        const byte = data[at + 2 + j]!;
-        out[base + j] = f(((byte & 0xf) - 8) * d);
-        out[base + j + 16] = f(((byte >> 4) - 8) * d);
-      }
-    } else {
-      const qh = view.getUint32(at + 2, true);
-      for (let j = 0; j < 16; j++) {
-        const byte = data[at + 6 + j]!;
-        const hi0 = ((qh >>> j) & 1) << 4;
-        const hi1 = ((qh >>> (j + 16)) & 1) << 4;
-        out[base + j] = f((((byte & 0xf) | hi0) - 16) * d);
-        out[base + j + 16] = f((((byte >> 4) | hi1) - 16) * d);
-      }
-    }
-  }
-  return out;
 }
 
 /** Why blocks of a linear were not mapped exactly. */
@@ -352,7 +234,7 @@ interface EncodeNotes {
  * weights in the written row order.
  */
 function encodeLinear(
-  type: LinearType,
+  type: GgmlIntegerTypeName,
   lin: { q: Uint8Array; scale: Float32Array; zero: Float32Array },
   O: number,
   I: number,
@@ -364,82 +246,38 @@ function encodeLinear(
   const groups = I / G;
   const qm = qmax(quant.bits);
   const deq = dequantize(lin.q, lin.scale, lin.zero, O, I, quant.bits, G);
-  const { bytes } = GGML_BLOCK[type];
-  const blocksPerRow = I / 32;
+  const traits = GGUF_TYPE_TRAITS[type];
+  const n = traits.blockElements;
+  const bytes = traits.blockBytes;
+  const blocksPerRow = I / n;
   const data = new Uint8Array(O * blocksPerRow * bytes);
-  const view = new DataView(data.buffer);
-  const k = new Int32Array(32);
-  const x = new Int32Array(32);
-  const w = new Float32Array(32);
+  const k = new Int32Array(n);
   const notes: EncodeNotes = { requantized: 0, roundedMin: 0 };
   for (let r = 0; r < O; r++) {
     const src = perm ? perm[r]! : r;
     ref.set(deq.subarray(src * I, (src + 1) * I), r * I);
     for (let b = 0; b < blocksPerRow; b++) {
-      const g = Math.floor((b * 32) / G);
+      const g = Math.floor((b * n) / G);
       const s = clampScale(lin.scale[src * groups + g]!);
       const z = roundZero(lin.zero[src * groups + g]!, qm);
-      const dBits = f32ToF16Ref(s);
-      const sExact = f16ToF32Ref(dBits) === s;
+      const sExact = f16ToF32Ref(f32ToF16Ref(s)) === s;
       let kmin = Infinity;
       let kmax = -Infinity;
-      for (let j = 0; j < 32; j++) {
-        const kk = lin.q[src * I + b * 32 + j]! - z;
+      for (let j = 0; j < n; j++) {
+        const kk = lin.q[src * I + b * n + j]! - z;
         k[j] = kk;
         if (kk < kmin) kmin = kk;
         if (kk > kmax) kmax = kk;
       }
       const at = (r * blocksPerRow + b) * bytes;
       const block = data.subarray(at, at + bytes);
-      let lo: number;
-      let hi: number;
-      let offset: number;
-      switch (type) {
-        case 'Q4_0':
-          [lo, hi, offset] = [-8, 7, 8];
-          break;
-        case 'Q5_0':
-          [lo, hi, offset] = [-16, 15, 16];
-          break;
-        case 'Q8_0':
-          [lo, hi, offset] = [-128, 127, 0];
-          break;
-        case 'Q4_1': {
-          // x = k + c ∈ [0, 15] for c ∈ [−kmin, 15 − kmax]; m = −c·s, best when exact in f16
-          let best: number | null = null;
-          let bestErr = Infinity;
-          for (let c = -kmin; c <= 15 - kmax; c++) {
-            const m = f(-c * s);
-            const err = Math.abs(f16ToF32Ref(f32ToF16Ref(m)) - m);
-            if (best === null || err < bestErr || (err === bestErr && Math.abs(c - z) < Math.abs(best - z))) {
-              best = c;
-              bestErr = err;
-            }
-          }
-          // no feasible shift (the block spans more than 16 levels): an empty range forces re-quantization
-          [lo, hi, offset] = best === null ? [0, -1, 0] : [-best, 15 - best, best];
-          break;
-        }
-      }
-      if (!sExact || kmin < lo || kmax > hi) {
-        for (let j = 0; j < 32; j++) w[j] = deq[src * I + b * 32 + j]!;
-        referenceBlock(type, w, block);
+      const c = sExact ? traits.exact.shift(kmin, kmax, s, z) : null;
+      if (c === null) {
+        traits.encodeReference(deq.subarray(src * I + b * n, src * I + (b + 1) * n), block);
         notes.requantized++;
-        continue;
+      } else if (!traits.exact.encode(k, s, c, block)) {
+        notes.roundedMin++;
       }
-      view.setUint16(at, dBits, true);
-      if (type === 'Q8_0') {
-        for (let j = 0; j < 32; j++) view.setInt8(at + 2 + j, k[j]!);
-        continue;
-      }
-      for (let j = 0; j < 32; j++) x[j] = k[j]! + offset;
-      if (type === 'Q4_1') {
-        const m = f(-offset * s);
-        const mBits = f32ToF16Ref(m);
-        if (f16ToF32Ref(mBits) !== m) notes.roundedMin++;
-        view.setUint16(at + 2, mBits, true);
-      }
-      packNibbles(type, x, block);
     }
   }
   return { data, notes };
@@ -448,14 +286,8 @@ function encodeLinear(
 // ---------------------------------------------------------------------------------------------
 // Embeddings / lm_head
 
-type EmbeddingType = 'F16' | 'BF16' | 'F32' | 'Q8_0';
-
-function bytesOf(a: Float32Array | Uint16Array): Uint8Array {
-  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
-}
-
 /** Source values in f32 and the raw storage, for an F32/F16/BF16 safetensors tensor. */
-function readFloatTensor(src: WeightSource, name: string): { f32: Float32Array; dtype: 'f32' | 'f16' | 'bf16'; raw: Float32Array | Uint16Array } {
+function readFloatTensor(src: WeightSource, name: string): { f32: Float32Array; dtype: FloatDtype; raw: Float32Array | Uint16Array } {
   const t = src.safetensors.readTensor(name);
   if (t.dtype === 'f32') return { f32: t.f32, dtype: 'f32', raw: t.f32 };
   if (t.dtype === 'f16' || t.dtype === 'bf16') {
@@ -475,37 +307,30 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   return m;
 }
 
+/**
+ * Encodes a float tensor of `cols` columns as `want`: the source bytes as they are when the type
+ * has the source's dtype, no check when the type holds every value of that dtype, otherwise the
+ * reference encoding decoded back and compared. 'auto' is F16 when that is exact, else the type
+ * of the source's own dtype.
+ */
 function encodeFloatTensor(
   want: 'auto' | EmbeddingType,
-  t: { f32: Float32Array; dtype: 'f32' | 'f16' | 'bf16'; raw: Float32Array | Uint16Array },
-  rows: number,
+  t: { f32: Float32Array; dtype: FloatDtype; raw: Float32Array | Uint16Array },
   cols: number,
 ): { type: EmbeddingType; data: Uint8Array; maxErr: number } {
-  const asF16 = (): { type: EmbeddingType; data: Uint8Array; maxErr: number } => {
-    const bits = t.dtype === 'f16' ? (t.raw as Uint16Array) : fromF32('f16', t.f32);
-    return { type: 'F16', data: bytesOf(bits), maxErr: t.dtype === 'f16' ? 0 : maxAbsDiff(toF32('f16', bits), t.f32) };
-  };
-  switch (want) {
-    case 'F16':
-      return asF16();
-    case 'BF16': {
-      const bits = t.dtype === 'bf16' ? (t.raw as Uint16Array) : fromF32('bf16', t.f32);
-      return { type: 'BF16', data: bytesOf(bits), maxErr: t.dtype === 'bf16' ? 0 : maxAbsDiff(toF32('bf16', bits), t.f32) };
-    }
-    case 'F32':
-      return { type: 'F32', data: bytesOf(t.f32), maxErr: 0 };
-    case 'Q8_0': {
-      if (cols % 32 !== 0) throw new RangeError(`exportGguf: embeddingType 'q8_0' needs hidden_size (${cols}) to be a multiple of 32`);
-      const data = new Uint8Array((rows * cols / 32) * 34);
-      for (let b = 0; b < (rows * cols) / 32; b++) referenceBlock('Q8_0', t.f32.subarray(b * 32, b * 32 + 32), data.subarray(b * 34, b * 34 + 34));
-      return { type: 'Q8_0', data, maxErr: maxAbsDiff(decodeBlocks('Q8_0', data, rows, cols), t.f32) };
-    }
-    case 'auto': {
-      const h = asF16();
-      if (h.maxErr === 0) return h;
-      return encodeFloatTensor(t.dtype === 'bf16' ? 'BF16' : 'F32', t, rows, cols);
-    }
+  if (want === 'auto') {
+    const h = encodeFloatTensor('F16', t, cols);
+    if (h.maxErr === 0) return h;
+    return encodeFloatTensor(EMBEDDING_TYPES.find((type) => GGUF_TYPE_TRAITS[type].dtype === t.dtype)!, t, cols);
   }
+  const traits = GGUF_TYPE_TRAITS[want];
+  if (cols % traits.blockElements !== 0) {
+    throw new RangeError(`exportGguf: embeddingType '${want.toLowerCase()}' needs hidden_size (${cols}) to be a multiple of ${traits.blockElements}`);
+  }
+  if (traits.dtype === t.dtype) return { type: want, data: bytesOf(t.raw), maxErr: 0 };
+  const data = encodeValues(want, t.f32);
+  const maxErr = traits.holds.includes(t.dtype) ? 0 : maxAbsDiff(decodeValues(want, data, t.f32.length), t.f32);
+  return { type: want, data, maxErr };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -529,19 +354,25 @@ const LINEAR_GGUF_NAME: Record<BlockLinear, string> = {
   down: 'ffn_down',
 };
 
-function linearTypeFor(type: NonNullable<GgufExportOptions['type']>, bits: number): LinearType {
-  switch (type) {
-    case 'auto':
-      return bits <= 3 ? 'Q4_0' : bits === 4 ? 'Q5_0' : 'Q8_0';
-    case 'q4_0':
-      return 'Q4_0';
-    case 'q4_1':
-      return 'Q4_1';
-    case 'q5_0':
-      return 'Q5_0';
-    case 'q8_0':
-      return 'Q8_0';
-  }
+/**
+ * The type of the quantized linears: the one asked for, or for 'auto' the smallest per weight
+ * that holds every code q − z ∈ [−qmax, qmax] of the bit width exactly whatever the scales, and
+ * when none does (8 bits) the one with the widest code range.
+ */
+function linearTypeFor(type: NonNullable<GgufExportOptions['type']>, bits: number): GgmlIntegerTypeName {
+  if (type !== 'auto') return type.toUpperCase() as GgmlIntegerTypeName;
+  const qm = qmax(bits);
+  const bytesPerWeight = (t: GgmlIntegerTypeName): number => GGUF_TYPE_TRAITS[t].blockBytes / GGUF_TYPE_TRAITS[t].blockElements;
+  const codeSpan = (t: GgmlIntegerTypeName): number => GGUF_TYPE_TRAITS[t].exact.max - GGUF_TYPE_TRAITS[t].exact.min;
+  const exact = GGML_INTEGER_TYPES.filter((t) => holdsEveryCode(t, -qm, qm));
+  if (exact.length > 0) return exact.reduce((a, b) => (bytesPerWeight(b) < bytesPerWeight(a) ? b : a));
+  return GGML_INTEGER_TYPES.reduce((a, b) => (codeSpan(b) > codeSpan(a) ? b : a));
+}
+
+/** Option values as a message lists them: 'a', 'b' or 'c'. */
+function choiceList(values: readonly string[]): string {
+  const quoted = values.map((v) => `'${v}'`);
+  return `${quoted.slice(0, -1).join(', ')} or ${quoted[quoted.length - 1]}`;
 }
 
 /** Checks everything about the model that can be checked without reading weights. */
@@ -572,7 +403,7 @@ function checkModel(modelDir: string, cfg: ModelConfig, quant: QuantConfig | nul
 }
 
 /** The llama.* and general.* metadata. */
-function modelMetadata(modelDir: string, cfg: ModelConfig, linearType: LinearType): GgufKv[] {
+function modelMetadata(modelDir: string, cfg: ModelConfig, linearType: GgmlIntegerTypeName): GgufKv[] {
   const arch = 'llama';
   const u32 = (key: string, value: number): GgufKv => ({ key, value: { type: 'u32', value } });
   const f32 = (key: string, value: number): GgufKv => ({ key, value: { type: 'f32', value } });
@@ -582,7 +413,7 @@ function modelMetadata(modelDir: string, cfg: ModelConfig, linearType: LinearTyp
   const kv: GgufKv[] = [
     { key: 'general.architecture', value: { type: 'str', value: arch } },
     { key: 'general.name', value: { type: 'str', value: basename(resolve(modelDir)) } },
-    u32('general.file_type', FILE_TYPE[linearType]),
+    u32('general.file_type', GGUF_TYPE_TRAITS[linearType].fileType),
     u32('general.quantization_version', 2),
     u32(`${arch}.vocab_size`, cfg.vocabSize),
     u32(`${arch}.context_length`, context),
@@ -618,7 +449,7 @@ function writeGguf(path: string, kv: GgufKv[], tensors: PlannedTensor[], onTenso
     head.str(t.name);
     head.u32(t.ne.length);
     for (const d of t.ne) head.u64(d);
-    head.u32(GGML_TYPE[t.type]);
+    head.u32(GGUF_TYPE_TRAITS[t.type].id);
     head.u64(offset);
     offsets.push(offset);
     offset += ggmlTensorBytes(t.type, t.ne);
@@ -657,12 +488,14 @@ function writeGguf(path: string, kv: GgufKv[], tensors: PlannedTensor[], onTenso
  */
 export async function exportGguf(modelDir: string, outPath: string, opts: GgufExportOptions = {}): Promise<GgufExportReport> {
   const typeOpt = opts.type ?? 'auto';
-  if (!['auto', 'q4_0', 'q4_1', 'q5_0', 'q8_0'].includes(typeOpt)) {
-    throw new RangeError(`exportGguf: type must be 'auto', 'q4_0', 'q4_1', 'q5_0' or 'q8_0', got ${JSON.stringify(typeOpt)}`);
+  const typeChoices = ['auto', ...GGML_INTEGER_TYPES.map((t) => t.toLowerCase())];
+  if (!typeChoices.includes(typeOpt)) {
+    throw new RangeError(`exportGguf: type must be ${choiceList(typeChoices)}, got ${JSON.stringify(typeOpt)}`);
   }
   const embOpt = opts.embeddingType ?? 'auto';
-  if (!['auto', 'f16', 'bf16', 'f32', 'q8_0'].includes(embOpt)) {
-    throw new RangeError(`exportGguf: embeddingType must be 'auto', 'f16', 'bf16', 'f32' or 'q8_0', got ${JSON.stringify(embOpt)}`);
+  const embeddingChoices = ['auto', ...EMBEDDING_TYPES.map((t) => t.toLowerCase())];
+  if (!embeddingChoices.includes(embOpt)) {
+    throw new RangeError(`exportGguf: embeddingType must be ${choiceList(embeddingChoices)}, got ${JSON.stringify(embOpt)}`);
   }
   const embWant = embOpt === 'auto' ? 'auto' : (embOpt.toUpperCase() as EmbeddingType);
   const allowLossy = opts.allowLossy === true;
@@ -687,7 +520,7 @@ export async function exportGguf(modelDir: string, outPath: string, opts: GgufEx
       const plannedType = (): EmbeddingType => {
         if (embWant !== 'auto') return embWant;
         // decided from the data: the header needs the type before any data is written
-        return encodeFloatTensor('auto', readFloatTensor(src, hfName), rows, cols).type;
+        return encodeFloatTensor('auto', readFloatTensor(src, hfName), cols).type;
       };
       const type = plannedType();
       tensors.push({
@@ -697,7 +530,7 @@ export async function exportGguf(modelDir: string, outPath: string, opts: GgufEx
         produce: () => {
           const t = readFloatTensor(src, hfName);
           if (t.f32.length !== rows * cols) throw new Error(`exportGguf: ${hfName} has ${t.f32.length} values, the config implies ${rows}x${cols}`);
-          const r = encodeFloatTensor(type, t, rows, cols);
+          const r = encodeFloatTensor(type, t, cols);
           return { data: r.data, maxErr: r.maxErr, reason: r.maxErr > 0 ? `${t.dtype} values stored as ${type}` : '' };
         },
       });
@@ -744,10 +577,10 @@ export async function exportGguf(modelDir: string, outPath: string, opts: GgufEx
             const lin = readQuantLinear(st, quant, prefix + module, O, I);
             const ref = new Float32Array(O * I);
             const { data, notes } = encodeLinear(linearType, lin, O, I, quant, perm, ref);
-            const maxErr = maxAbsDiff(decodeBlocks(linearType, data, O, I), ref);
+            const maxErr = maxAbsDiff(decodeValues(linearType, data, O * I), ref);
             const reasons: string[] = [];
-            if (notes.requantized) reasons.push(`${notes.requantized} of ${(O * I) / 32} blocks re-quantized (${quant.bits}-bit codes do not fit ${linearType} with d = s)`);
-            if (notes.roundedMin) reasons.push(`${notes.roundedMin} blocks with the Q4_1 min rounded to f16`);
+            if (notes.requantized) reasons.push(`${notes.requantized} of ${(O * I) / GGUF_TYPE_TRAITS[linearType].blockElements} blocks re-quantized (${quant.bits}-bit codes do not fit ${linearType} with d = s)`);
+            if (notes.roundedMin) reasons.push(`${notes.roundedMin} blocks with the ${linearType} min rounded to f16`);
             return { data, maxErr, reason: reasons.join('; ') };
           },
         });

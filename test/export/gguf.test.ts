@@ -7,6 +7,9 @@
 //      4 bits (RTN) gives the same greedy tokens as eqat and a perplexity within 1% of eqat's on
 //      the same 512-token windows; the tokenizer (byte-level "gpt-2", "llama-bpe", and
 //      SentencePiece-style) tokenizes text exactly as tokenizer.json does.
+// The ggml type table (src/export/ggml-types.ts) on its own: every type decodes as this file's
+// decoder does, every integer type's exact encoding of codes decodes back to (q − z)·d, and the
+// reference encoders stay within a per-type error ceiling.
 // Bad requests (lossy mapping without allowLossy, group size not a multiple of 32, qwen3, a
 // full-precision model) fail before anything is written. The llama.cpp checks skip when
 // node-llama-cpp is not installed; one llama-small check runs when ../shared (or
@@ -17,6 +20,9 @@ import { cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, wri
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { exportGguf, type GgufExportReport } from '../../src/export/gguf.js';
+import { GGML_INTEGER_TYPES, GGUF_TYPE_TRAITS, decodeValues, encodeValues, holdsEveryCode, type GgmlIntegerTypeName, type GgmlTypeName } from '../../src/export/ggml-types.js';
+import { f16ToF32Ref, f32ToF16Ref } from '../../src/engine/dtype.js';
+import { Rng } from '../../src/engine/random.js';
 import { WeightSource } from '../../src/model/weights.js';
 import { LoadedModel } from '../../src/model/model.js';
 import { allocBlockParams, BLOCK_LINEARS, type BlockLinear } from '../../src/model/block.js';
@@ -232,6 +238,131 @@ function compareWithEqat(g: GgufFile, dir: string): { linears: number; others: n
     src.close();
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The ggml type table
+
+const TYPE_NAMES = Object.keys(GGUF_TYPE_TRAITS) as GgmlTypeName[];
+
+/** A random f16 value of either sign with magnitude in [2^-10, 2^4). */
+function randomF16(rng: Rng): number {
+  return f16ToF32Ref((rng.int(0, 2) << 15) | (rng.int(5, 19) << 10) | rng.int(0, 1024));
+}
+
+/** This file's decoder applied to `data` as one tensor of n values of `type`. */
+function decodeIndependently(type: GgmlTypeName, data: Uint8Array, n: number): Float32Array {
+  const tensors = new Map([['t', { ne: [n], type: GGUF_TYPE_TRAITS[type].id, offset: 0 }]]);
+  const g = { tensors, dataStart: 0, buf: Buffer.from(data.buffer, data.byteOffset, data.byteLength) } as unknown as GgufFile;
+  return decodeTensor(g, 't').values;
+}
+
+test('type table: every type decodes random bytes as this file\'s decoder does (ids, block sizes and layouts agree)', () => {
+  const rng = new Rng(11);
+  for (const type of TYPE_NAMES) {
+    const { blockElements, blockBytes } = GGUF_TYPE_TRAITS[type];
+    const blocks = 257;
+    const data = new Uint8Array(blocks * blockBytes);
+    for (let i = 0; i < data.length; i++) data[i] = rng.int(0, 256);
+    const n = blocks * blockElements;
+    const ours = decodeValues(type, data, n);
+    const theirs = decodeIndependently(type, data, n);
+    for (let i = 0; i < n; i++) {
+      const same = Object.is(ours[i], theirs[i]) || (Number.isNaN(ours[i]) && Number.isNaN(theirs[i]));
+      assert.ok(same, `${type}: value ${i} decodes to ${ours[i]}, this file's decoder gives ${theirs[i]}`);
+    }
+  }
+});
+
+test('type table: exact codes of every integer type round-trip (encode → decode = (q − z)·d) and out-of-range codes are refused', () => {
+  const rng = new Rng(12);
+  const n = 32;
+  const k = new Int32Array(n);
+  for (const type of GGML_INTEGER_TYPES) {
+    const traits = GGUF_TYPE_TRAITS[type];
+    const codes = traits.exact;
+    assert.equal(traits.blockElements, n, `${type}: blocks of 32`);
+    let exactBlocks = 0;
+    for (let trial = 0; trial < 500; trial++) {
+      const d = randomF16(rng);
+      // x = k + c over the whole code range (both ends present), c fixed or any integer
+      const c = codes.offset ?? rng.int(-40, 40);
+      for (let j = 0; j < n; j++) k[j] = rng.int(codes.min, codes.max + 1) - c;
+      k[0] = codes.min - c;
+      k[n - 1] = codes.max - c;
+      const kmin = Math.min(...k);
+      const kmax = Math.max(...k);
+      const shift = codes.shift(kmin, kmax, d, c);
+      assert.notEqual(shift, null, `${type}: codes [${kmin}, ${kmax}] fit`);
+      const block = new Uint8Array(traits.blockBytes);
+      const exact = codes.encode(k, d, shift!, block);
+      if (codes.offset !== null) assert.equal(exact, true, `${type}: a fixed shift is always exact`);
+      const m = Math.fround(-shift! * d);
+      assert.equal(exact, f16ToF32Ref(f32ToF16Ref(m)) === m, `${type}: exact iff the min −c·d is an f16 value`);
+      const decoded = decodeValues(type, block, n);
+      for (let j = 0; j < n; j++) {
+        const want = Math.fround(k[j]! * d);
+        // === and not Object.is: Q4_1's x·d + m gives +0 where (q − z)·d is −0
+        if (exact) assert.ok(decoded[j] === want, `${type}: code ${k[j]} with d = ${d} decodes to ${decoded[j]}, not ${want}`);
+        else assert.ok(Math.abs(decoded[j]! - want) <= Math.abs(m) * 2 ** -11 + Math.abs(want) * 2 ** -23, `${type}: code ${k[j]} with d = ${d}, min rounded`);
+      }
+      if (exact) exactBlocks++;
+      // one level more than the codes hold is refused
+      assert.equal(codes.shift(kmin - 1, kmax, d, c), null, `${type}: [${kmin - 1}, ${kmax}] refused`);
+      assert.equal(codes.shift(kmin, kmax + 1, d, c), null, `${type}: [${kmin}, ${kmax + 1}] refused`);
+    }
+    assert.ok(exactBlocks > 0, `${type}: some blocks exact`);
+  }
+  const holds: Record<GgmlIntegerTypeName, [number, number] | null> = { Q4_0: [-8, 7], Q4_1: null, Q5_0: [-16, 15], Q8_0: [-128, 127] };
+  for (const type of GGML_INTEGER_TYPES) {
+    const range = holds[type];
+    if (range === null) {
+      assert.equal(holdsEveryCode(type, 0, 0), false, `${type}: exactness depends on the scale`);
+      continue;
+    }
+    const [lo, hi] = range;
+    assert.equal(holdsEveryCode(type, lo, hi), true, `${type} holds [${lo}, ${hi}]`);
+    assert.equal(holdsEveryCode(type, lo - 1, hi), false, `${type} does not hold ${lo - 1}`);
+    assert.equal(holdsEveryCode(type, lo, hi + 1), false, `${type} does not hold ${hi + 1}`);
+  }
+});
+
+test('type table: reference encoders stay within their error ceilings on random blocks', (t) => {
+  const rng = new Rng(13);
+  // per 32-value block, as a fraction of the block's largest magnitude (integer types), or of
+  // each value (float types, plus f16's subnormal spacing)
+  const blockCeiling: Record<GgmlIntegerTypeName, number> = { Q4_0: 1 / 8, Q4_1: 1 / 8, Q5_0: 1 / 16, Q8_0: 1 / 128 };
+  const valueCeiling: Record<Exclude<GgmlTypeName, GgmlIntegerTypeName>, number> = { F32: 0, F16: 2 ** -11, BF16: 2 ** -8 };
+  const blocks = 200;
+  const w = new Float32Array(blocks * 32);
+  for (let b = 0; b < blocks; b++) {
+    const scale = 2 ** rng.int(-6, 5);
+    for (let j = 0; j < 32; j++) w[b * 32 + j] = scale * rng.normal();
+  }
+  w.fill(0, 0, 32); // an all-zero block
+  w.fill(0.3, 32, 64); // a constant block
+  w.fill(0, 64, 96);
+  w[70] = -2.5; // a single non-zero value
+  for (const type of TYPE_NAMES) {
+    const decoded = decodeValues(type, encodeValues(type, w), w.length);
+    let worst = 0;
+    for (let b = 0; b < blocks; b++) {
+      let amax = 0;
+      for (let j = 0; j < 32; j++) amax = Math.max(amax, Math.abs(w[b * 32 + j]!));
+      for (let j = 0; j < 32; j++) {
+        const i = b * 32 + j;
+        const err = Math.abs(decoded[i]! - w[i]!);
+        const ceiling =
+          GGUF_TYPE_TRAITS[type].exact !== null
+            ? 1.02 * amax * blockCeiling[type as GgmlIntegerTypeName]
+            : valueCeiling[type as Exclude<GgmlTypeName, GgmlIntegerTypeName>] * Math.abs(w[i]!) + (type === 'F16' ? 2 ** -25 : 0);
+        assert.ok(err <= ceiling, `${type}: value ${i} = ${w[i]} decodes to ${decoded[i]} (error ${err} > ${ceiling})`);
+        if (amax > 0) worst = Math.max(worst, err / amax);
+      }
+    }
+    assert.ok(decoded.subarray(0, 32).every((v) => v === 0), `${type}: zeros stay zero`);
+    t.diagnostic(`${type}: largest error ${worst.toExponential(3)} of the block's largest magnitude`);
+  }
+});
 
 // ---------------------------------------------------------------------------------------------
 // node-llama-cpp (optional) and the quantized fixtures
