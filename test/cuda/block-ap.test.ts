@@ -27,6 +27,7 @@ import { BlockTrainerCpu } from '../../src/pipeline/block-trainer.js';
 import { BlockTrainerCuda } from '../../src/pipeline/block-trainer-cuda.js';
 import { BLOCK_VARIANTS, randomBlockParams, tinyConfig } from '../model/tiny-config.js';
 import { EmulatorBackend } from './emu/backend.js';
+import { pipelineSkip } from '../tier.js';
 
 process.env['EQAT_CACHE_DIR'] ??= mkdtempSync(join(tmpdir(), 'eqat-cache-'));
 
@@ -57,7 +58,7 @@ process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 let cpuRun: Promise<Awaited<ReturnType<typeof runBlockAp>>> | null = null;
 
 for (const bc of backendCases()) {
-  test(`cuda Block-AP --device cuda --precision f32 matches the CPU run on llama-tiny [${bc.name}]`, { skip: bc.skip }, async () => {
+  test(`cuda Block-AP --device cuda --precision f32 matches the CPU run on llama-tiny [${bc.name}]`, { skip: pipelineSkip(bc) }, async () => {
     cpuRun ??= runBlockAp(opts(join(dir, 'cpu'), 'cpu'));
     const cpu = await cpuRun;
     const b = bc.backend();
@@ -179,7 +180,7 @@ for (const [name, over] of BLOCK_VARIANTS) for (const [precision, tol] of PRECIS
 }
 
 for (const bc of backendCases()) {
-  test(`cuda Block-AP --device cuda (bf16 GEMMs, the default) stays close to the CPU run on llama-tiny [${bc.name}]`, { skip: bc.skip }, async () => {
+  test(`cuda Block-AP --device cuda (bf16 GEMMs, the default) stays close to the CPU run on llama-tiny [${bc.name}]`, { skip: pipelineSkip(bc) }, async () => {
     cpuRun ??= runBlockAp(opts(join(dir, 'cpu'), 'cpu'));
     const cpu = await cpuRun;
     setCudaBackend(bc.backend());

@@ -20,6 +20,7 @@ import { REPO, rtnTiny } from '../golden.js';
 import { assertClose } from '../util.js';
 import { backendCases } from './backends.js';
 import { EmulatorBackend } from './emu/backend.js';
+import { pipelineSkip } from '../tier.js';
 
 process.env['EQAT_CACHE_DIR'] ??= mkdtempSync(join(tmpdir(), 'eqat-cache-'));
 const CALIB = join(REPO, 'fixtures', 'text', 'calib-sample.txt');
@@ -67,7 +68,7 @@ function cpuOut(): Promise<string> {
 }
 
 for (const bc of backendCases()) {
-  test(`cuda E2E-QP --device cuda matches the CPU run, f32 and bf16; its saved state resumes on the CPU [${bc.name}]`, { skip: bc.skip }, async () => {
+  test(`cuda E2E-QP --device cuda matches the CPU run, f32 and bf16; its saved state resumes on the CPU [${bc.name}]`, { skip: pipelineSkip(bc) }, async () => {
     const cpu = await cpuOut();
     const b = bc.backend();
     const live = b instanceof EmulatorBackend ? b.liveAllocations : 0;

@@ -11,6 +11,7 @@ import { evaluatePerplexity, type EvalOptions } from '../../src/pipeline/eval.js
 import { REPO, rtnTiny, TINY } from '../golden.js';
 import { backendCases } from './backends.js';
 import { EmulatorBackend } from './emu/backend.js';
+import { pipelineSkip } from '../tier.js';
 
 process.env['EQAT_CACHE_DIR'] ??= mkdtempSync(join(tmpdir(), 'eqat-cache-'));
 const DATA = join(REPO, 'fixtures', 'text', 'eval-sample.txt');
@@ -21,7 +22,7 @@ const quantizedTiny = (): Promise<string> => rtnTiny(3, 64);
 const base: EvalOptions = { seqlen: 32, batch: 2, maxWindows: 5, quiet: true };
 
 for (const bc of backendCases()) {
-  test(`cuda eval --device cuda matches the CPU perplexity, full precision and packed [${bc.name}]`, { skip: bc.skip }, async () => {
+  test(`cuda eval --device cuda matches the CPU perplexity, full precision and packed [${bc.name}]`, { skip: pipelineSkip(bc) }, async () => {
     const models = [['fp', TINY], ['rtn w3g64', await quantizedTiny()]] as const;
     for (const [name, model] of models) {
       const cpu = await evaluatePerplexity(model, DATA, base);

@@ -10,6 +10,7 @@ import { DeviceKvDecoder, DeviceModel } from '../../src/model/model-cuda.js';
 import { generateIds, generateIdsCuda, type GenerateOptions } from '../../src/pipeline/generate.js';
 import { loadModel, readGolden, rtnTiny, TINY } from '../golden.js';
 import { backendCases, withBackend } from './backends.js';
+import { pipelineSkip } from '../tier.js';
 
 const golden = readGolden(TINY);
 
@@ -38,7 +39,7 @@ function maxAbsDiff(a: Float32Array, b: ArrayLike<number>): number {
 }
 
 for (const bc of backendCases()) {
-  test(`cuda generate: next-token logits over the kv caches equal PyTorch's (f32) and stay within bf16 rounding (bf16) [${bc.name}]`, { skip: bc.skip }, () => {
+  test(`cuda generate: next-token logits over the kv caches equal PyTorch's (f32) and stay within bf16 rounding (bf16) [${bc.name}]`, { skip: pipelineSkip(bc) }, () => {
     const ids = Int32Array.from(golden.forward.input_ids); // (64,)
     // a model built for windows and one built for decoding only (as generateIdsCuda builds it)
     const cases = [['f32', 'windows'], ['f32', 'decode'], ['bf16', 'decode']] as const;
@@ -109,7 +110,7 @@ for (const bc of backendCases()) {
     });
   });
 
-  test(`cuda generate: greedy and sampled tokens equal the CPU's, full precision and packed [${bc.name}]`, { skip: bc.skip }, async () => {
+  test(`cuda generate: greedy and sampled tokens equal the CPU's, full precision and packed [${bc.name}]`, { skip: pipelineSkip(bc) }, async () => {
     const prompt = golden.greedy.prompt_ids;
     const greedyLength = golden.greedy.output_ids.length;
     const greedy: GenerateOptions = { maxNewTokens: greedyLength - prompt.length };
