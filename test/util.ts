@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { Rng } from '../src/engine/random.js';
-import { Tensor, type Device } from '../src/engine/tensor.js';
+import { Tensor } from '../src/engine/tensor.js';
 
 export function randn(rng: Rng, shape: readonly number[], std = 1): Tensor {
   const t = Tensor.zeros(shape);
@@ -84,11 +84,6 @@ export function checkGrad(
     numeric,
     { atol, rtol, what: `${what} vs finite differences` },
   );
-}
-
-/** Devices an op spec runs on: cpu always; cuda when a backend reports one (none yet). */
-export function devices(): Device[] {
-  return ['cpu'];
 }
 
 /** Odd and ordinary sizes for shape sweeps: not multiples of 8/16/32, and 1. */

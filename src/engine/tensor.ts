@@ -1,12 +1,10 @@
-// Tensor: a shape, an element type, a device and a flat row-major storage.
+// Tensor: a shape, an element type and a flat row-major host storage.
 //
 // CPU tensors keep their elements in a JS typed array (which may be a view into a larger
 // arena: see Arena), so native kernels read and write them in place without copies.
 // Ops never allocate their outputs: callers allocate once (weights, gradients, optimiser
 // state, activations) and pass outputs in, as llm.c does.
 import { allocStorage, type DType, type Storage } from './dtype.js';
-
-export type Device = 'cpu' | 'cuda';
 
 export function numel(shape: readonly number[]): number {
   let n = 1;
@@ -20,10 +18,9 @@ export function numel(shape: readonly number[]): number {
 export class Tensor {
   readonly shape: readonly number[];
   readonly dtype: DType;
-  readonly device: Device;
   readonly data: Storage;
 
-  constructor(shape: readonly number[], dtype: DType, data: Storage, device: Device = 'cpu') {
+  constructor(shape: readonly number[], dtype: DType, data: Storage) {
     const n = numel(shape);
     if (data.length !== n) {
       throw new RangeError(`Tensor: storage has ${data.length} elements, shape [${shape.join(', ')}] needs ${n}`);
@@ -31,7 +28,6 @@ export class Tensor {
     this.shape = [...shape];
     this.dtype = dtype;
     this.data = data;
-    this.device = device;
   }
 
   static zeros(shape: readonly number[], dtype: DType = 'f32'): Tensor {
@@ -75,22 +71,22 @@ export class Tensor {
 
   /** Same storage, new shape (same element count). */
   view(shape: readonly number[]): Tensor {
-    return new Tensor(shape, this.dtype, this.data, this.device);
+    return new Tensor(shape, this.dtype, this.data);
   }
 
   /** Rows [start, start+count) along dimension 0, sharing storage. */
   rows(start: number, count: number): Tensor {
     const inner = this.size / this.dim(0);
     const d = this.data.subarray(start * inner, (start + count) * inner) as Storage;
-    return new Tensor([count, ...this.shape.slice(1)], this.dtype, d, this.device);
+    return new Tensor([count, ...this.shape.slice(1)], this.dtype, d);
   }
 
   clone(): Tensor {
-    return new Tensor(this.shape, this.dtype, this.data.slice() as Storage, this.device);
+    return new Tensor(this.shape, this.dtype, this.data.slice() as Storage);
   }
 
   toString(): string {
-    return `Tensor(${this.dtype}, [${this.shape.join(', ')}], ${this.device})`;
+    return `Tensor(${this.dtype}, [${this.shape.join(', ')}])`;
   }
 }
 
@@ -103,14 +99,6 @@ export function expectShape(t: Tensor, shape: readonly number[], what: string): 
 
 export function expectDtype(t: Tensor, dtype: DType, what: string): void {
   if (t.dtype !== dtype) throw new TypeError(`${what}: expected dtype ${dtype}, got ${t.dtype}`);
-}
-
-/** Throws unless every tensor is on the same device; returns it. */
-export function sameDevice(op: string, ...ts: Tensor[]): Device {
-  const d = ts[0]!.device;
-  for (const t of ts) if (t.device !== d) throw new Error(`${op}: tensors on different devices (${d}, ${t.device})`);
-  if (d !== 'cpu') throw new Error(`${op}: device '${d}' is not available in this build`);
-  return d;
 }
 
 /**

@@ -10,7 +10,7 @@
 //   p = p + (-lr / (1 - beta1^step)) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps)
 // Twin: src/ops/ref/adamw.ts.
 import { nativeFn } from '../engine/native.js';
-import { expectDtype, expectShape, sameDevice, type Tensor } from '../engine/tensor.js';
+import { expectDtype, expectShape, type Tensor } from '../engine/tensor.js';
 import { scale } from './elementwise.js';
 import { sumSquares } from './reduce.js';
 
@@ -60,7 +60,6 @@ export function checkAdamWHyper(op: string, h: AdamWHyper): void {
  */
 export function adamwStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, h: AdamWHyper): void {
   const op = 'adamwStep';
-  sameDevice(op, param, grad, m, v);
   const names = ['param', 'grad', 'm', 'v'];
   [param, grad, m, v].forEach((t, i) => {
     expectDtype(t, 'f32', `${op}: argument '${names[i]}'`);

@@ -10,7 +10,7 @@
 // the gradient together, reading the logits twice instead of three times.
 // Twin: src/ops/ref/crossentropy.ts.
 import { nativeFn } from '../engine/native.js';
-import { expectDtype, expectShape, sameDevice, type Tensor } from '../engine/tensor.js';
+import { expectDtype, expectShape, type Tensor } from '../engine/tensor.js';
 
 /** The target value that marks a row as ignored (torch's default ignore_index). */
 export const IGNORE_INDEX = -100;
@@ -71,7 +71,6 @@ export function crossEntropyTargetError(op: string, row: number, target: number,
  */
 export function crossEntropyForward(losses: Tensor, logits: Tensor, targets: Tensor): void {
   const op = 'crossEntropyForward';
-  sameDevice(op, losses, logits, targets);
   const [N, V] = rowsOf(op, 'logits', logits, targets);
   expectDtype(losses, 'f32', `${op}: argument 'losses'`);
   if (losses.size !== N) {
@@ -87,7 +86,6 @@ export function crossEntropyForward(losses: Tensor, logits: Tensor, targets: Ten
  */
 export function crossEntropyBackward(dlogits: Tensor, logits: Tensor, targets: Tensor, scale: number): void {
   const op = 'crossEntropyBackward';
-  sameDevice(op, dlogits, logits, targets);
   const [N, V] = rowsOf(op, 'logits', logits, targets);
   expectDtype(dlogits, 'f32', `${op}: argument 'dlogits'`);
   expectShape(dlogits, logits.shape, `${op}: argument 'dlogits'`);
@@ -104,7 +102,6 @@ export function crossEntropyBackward(dlogits: Tensor, logits: Tensor, targets: T
  */
 export function crossEntropyForwardBackward(losses: Tensor, dlogits: Tensor, logits: Tensor, targets: Tensor, scale: number): void {
   const op = 'crossEntropyForwardBackward';
-  sameDevice(op, losses, dlogits, logits, targets);
   const [N, V] = rowsOf(op, 'logits', logits, targets);
   expectDtype(losses, 'f32', `${op}: argument 'losses'`);
   if (losses.size !== N) {

@@ -8,7 +8,7 @@
 // part is rejected, except by copy, which has memmove semantics.
 // Twin: src/ops/ref/elementwise.ts (bit-identical: all paths use plain f32 arithmetic).
 import { nativeFn } from '../engine/native.js';
-import { expectDtype, expectShape, sameDevice, type Tensor } from '../engine/tensor.js';
+import { expectDtype, expectShape, type Tensor } from '../engine/tensor.js';
 
 type BinaryFn = (out: Float32Array, a: Float32Array, b: Float32Array, n: number) => void;
 type AxpyFn = (dst: Float32Array, src: Float32Array, alpha: number, n: number) => void;
@@ -39,7 +39,6 @@ function checkNumber(op: string, name: string, v: unknown): number {
 }
 
 function binary(op: 'add' | 'mul', nativeName: string, out: Tensor, a: Tensor, b: Tensor): void {
-  sameDevice(op, out, a, b);
   expectF32(op, ['out', 'a', 'b'], [out, a, b]);
   expectShape(b, a.shape, `${op}: argument 'b'`);
   expectShape(out, a.shape, `${op}: argument 'out'`);
@@ -61,7 +60,6 @@ export function mul(out: Tensor, a: Tensor, b: Tensor): void {
 /** dst += alpha * src (alpha rounded to f32; default 1). */
 export function accumulate(dst: Tensor, src: Tensor, alpha = 1): void {
   const op = 'accumulate';
-  sameDevice(op, dst, src);
   expectF32(op, ['dst', 'src'], [dst, src]);
   expectShape(src, dst.shape, `${op}: argument 'src'`);
   expectNoPartialOverlap(op, 'dst', dst, 'src', src);
@@ -72,7 +70,6 @@ export function accumulate(dst: Tensor, src: Tensor, alpha = 1): void {
 /** out = alpha * a (alpha rounded to f32; out may be a). */
 export function scale(out: Tensor, a: Tensor, alpha: number): void {
   const op = 'scale';
-  sameDevice(op, out, a);
   expectF32(op, ['out', 'a'], [out, a]);
   expectShape(out, a.shape, `${op}: argument 'out'`);
   expectNoPartialOverlap(op, 'out', out, 'a', a);
@@ -83,7 +80,6 @@ export function scale(out: Tensor, a: Tensor, alpha: number): void {
 /** out[n, :] += bias.   out: (..., C)  bias: (C) */
 export function addBias(out: Tensor, bias: Tensor): void {
   const op = 'addBias';
-  sameDevice(op, out, bias);
   expectF32(op, ['out', 'bias'], [out, bias]);
   if (out.rank < 1) throw new RangeError(`${op}: argument 'out' must have rank >= 1, got shape [${out.shape.join(', ')}]`);
   const C = out.dim(-1);
@@ -95,7 +91,6 @@ export function addBias(out: Tensor, bias: Tensor): void {
 /** dbias += column sums of dout (summed in f64).   dbias: (C)  dout: (..., C) */
 export function biasBackward(dbias: Tensor, dout: Tensor): void {
   const op = 'biasBackward';
-  sameDevice(op, dbias, dout);
   expectF32(op, ['dbias', 'dout'], [dbias, dout]);
   if (dout.rank < 1) throw new RangeError(`${op}: argument 'dout' must have rank >= 1, got shape [${dout.shape.join(', ')}]`);
   const C = dout.dim(-1);
@@ -107,7 +102,6 @@ export function biasBackward(dbias: Tensor, dout: Tensor): void {
 /** dst = src (same shape; overlapping views behave like memmove). */
 export function copy(dst: Tensor, src: Tensor): void {
   const op = 'copy';
-  sameDevice(op, dst, src);
   expectF32(op, ['dst', 'src'], [dst, src]);
   expectShape(src, dst.shape, `${op}: argument 'src'`);
   nativeFn<CopyFn>('ewCopy')(dst.f32, src.f32, dst.size);
@@ -116,7 +110,6 @@ export function copy(dst: Tensor, src: Tensor): void {
 /** Sets every element of t to value (rounded to f32). */
 export function fill(t: Tensor, value: number): void {
   const op = 'fill';
-  sameDevice(op, t);
   expectF32(op, ['t'], [t]);
   checkNumber(op, 'value', value);
   nativeFn<FillFn>('ewFill')(t.f32, value, t.size);

@@ -31,7 +31,6 @@ function as2d(t: Tensor, name: string): [number, number] {
 
 function checkF32(t: Tensor, name: string): void {
   if (t.dtype !== 'f32') throw new TypeError(`matmul: argument '${name}' must be f32, got ${t.dtype}`);
-  if (t.device !== 'cpu') throw new Error(`matmul: argument '${name}' is on device '${t.device}', only 'cpu' is available`);
 }
 
 function overlaps(x: Float32Array, y: Float32Array): boolean {

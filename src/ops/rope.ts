@@ -4,7 +4,7 @@
 // Typed wrapper over native/cpu/rope.cc. cos/sin come from ropeTables() in src/model/rope.ts
 // for the positions of the T tokens. Twin: src/ops/ref/rope.ts.
 import { nativeFn } from '../engine/native.js';
-import { expectDtype, expectShape, sameDevice, type Tensor } from '../engine/tensor.js';
+import { expectDtype, expectShape, type Tensor } from '../engine/tensor.js';
 
 type RopeFn = (
   dst: Float32Array,
@@ -54,7 +54,6 @@ export function ropeForward(
   sin: Tensor, // (T, D/2)
 ): void {
   const op = 'ropeForward';
-  sameDevice(op, out, x, cos, sin);
   const { B, T, H, D } = ropeCheck(op, out, 'out', x, 'x', cos, sin);
   nativeFn<RopeFn>('ropeForward')(out.f32, x.f32, cos.f32, sin.f32, B, T, H, D);
 }
@@ -67,7 +66,6 @@ export function ropeBackward(
   sin: Tensor, // (T, D/2)
 ): void {
   const op = 'ropeBackward';
-  sameDevice(op, dx, dout, cos, sin);
   if (dx.data === dout.data) throw new RangeError(`${op}: dx and dout must not share storage`);
   const { B, T, H, D } = ropeCheck(op, dx, 'dx', dout, 'dout', cos, sin);
   nativeFn<RopeFn>('ropeBackward')(dx.f32, dout.f32, cos.f32, sin.f32, B, T, H, D);

@@ -2,7 +2,7 @@
 // Typed wrapper over native/cpu/swiglu.cc (elementwise; rows = leading dimensions, so (N, F)
 // and (B, T, F) both work). Twin: src/ops/ref/swiglu.ts.
 import { nativeFn } from '../engine/native.js';
-import { expectDtype, expectShape, sameDevice, type Tensor } from '../engine/tensor.js';
+import { expectDtype, expectShape, type Tensor } from '../engine/tensor.js';
 
 type ForwardFn = (out: Float32Array, gate: Float32Array, up: Float32Array, n: number) => void;
 type BackwardFn = (
@@ -31,7 +31,6 @@ export function swigluForward(
   up: Tensor, // (N, F)
 ): void {
   const op = 'swigluForward';
-  sameDevice(op, out, gate, up);
   const n = swigluCheck(op, gate, [[out, 'out'], [up, 'up']]);
   nativeFn<ForwardFn>('swigluForward')(out.f32, gate.f32, up.f32, n);
 }
@@ -45,7 +44,6 @@ export function swigluBackward(
   up: Tensor, // (N, F)
 ): void {
   const op = 'swigluBackward';
-  sameDevice(op, dgate, dup, dout, gate, up);
   const n = swigluCheck(op, gate, [[dgate, 'dgate'], [dup, 'dup'], [dout, 'dout'], [up, 'up']]);
   nativeFn<BackwardFn>('swigluBackward')(dgate.f32, dup.f32, dout.f32, gate.f32, up.f32, n);
 }
