@@ -8,7 +8,7 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { packageRoot, native } from '../src/engine/native.js';
 import { WeightSource } from '../src/model/weights.js';
-import { LoadedModel } from '../src/model/model.js';
+import { Model } from '../src/model/model.js';
 import { Rng } from '../src/engine/random.js';
 
 const args = process.argv.slice(2);
@@ -23,7 +23,7 @@ if (!existsSync(join(dir, 'config.json'))) {
   process.exit(0);
 }
 const src = WeightSource.open(dir);
-const model = LoadedModel.load(src);
+const model = Model.load(src);
 src.close();
 const B = 4;
 const T = 512;

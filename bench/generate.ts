@@ -1,6 +1,6 @@
-// Greedy generation speed on the CPU: decoding over the key/value cache (generateIdsCpu, what
+// Greedy generation speed on the CPU: decoding over the key/value cache (generateIdsCached, what
 // `eqat generate` runs) against running the whole prefix again for every new token
-// (generateIds on LoadedModel), for ../shared/models/llama-small (or a model directory given as
+// (generateIds on Model), for ../shared/models/llama-small (or a model directory given as
 // the first argument). Both must produce the same tokens. Median of 3 timed runs after a warm-up.
 //
 // usage: node dist/bench/generate.js [MODEL_DIR] [--prompt P] [--new N] [--threads N]
@@ -9,9 +9,9 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { packageRoot, native } from '../src/engine/native.js';
 import { WeightSource } from '../src/model/weights.js';
-import { LoadedModel } from '../src/model/model.js';
+import { Model } from '../src/model/model.js';
 import { Rng } from '../src/engine/random.js';
-import { generateIds, generateIdsCpu } from '../src/pipeline/generate.js';
+import { generateIds, generateIdsCached } from '../src/pipeline/generate.js';
 
 const args = process.argv.slice(2);
 const take = (flag: string, fallback: number): number => {
@@ -28,7 +28,7 @@ if (!existsSync(join(dir, 'config.json'))) {
   process.exit(0);
 }
 const src = WeightSource.open(dir);
-const model = LoadedModel.load(src);
+const model = Model.load(src);
 src.close();
 const rng = new Rng(3);
 const prompt = Array.from({ length: promptLen }, () => Math.floor(rng.next() * model.cfg.vocabSize));
@@ -46,7 +46,7 @@ function median(fn: () => number[]): { ms: number; ids: number[] } {
   return { ms: times[1]!, ids };
 }
 
-const cached = median(() => generateIdsCpu(model, prompt, opts));
+const cached = median(() => generateIdsCached(model, prompt, opts));
 const full = median(() => generateIds(model, prompt, opts));
 const same = cached.ids.length === full.ids.length && cached.ids.every((id, i) => id === full.ids[i]);
 if (!same) throw new Error('bench/generate: the cached and full-prefix generations differ');

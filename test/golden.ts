@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { Tensor } from '../src/engine/tensor.js';
 import { packageRoot } from '../src/engine/native.js';
 import { WeightSource } from '../src/model/weights.js';
-import { LoadedModel } from '../src/model/model.js';
+import { Model } from '../src/model/model.js';
 import { loadTokenizer } from '../src/io/tokenizer.js';
 import { crossEntropyForward } from '../src/ops/crossentropy.js';
 import { generateIds } from '../src/pipeline/generate.js';
@@ -76,7 +76,7 @@ export function checkTokenizer(dir: string, g: Golden): void {
 }
 
 /** Logits within 1e-3 absolute at the golden positions and mean CE within 1e-4. */
-export function checkForward(model: LoadedModel, g: Golden): { maxLogitErr: number; ceErr: number } {
+export function checkForward(model: Model<Tensor>, g: Golden): { maxLogitErr: number; ceErr: number } {
   const ids = Int32Array.from(g.forward.input_ids);
   const T = ids.length;
   const V = model.cfg.vocabSize;
@@ -102,16 +102,16 @@ export function checkForward(model: LoadedModel, g: Golden): { maxLogitErr: numb
   return { maxLogitErr, ceErr };
 }
 
-export function checkGreedy(model: LoadedModel, g: Golden): void {
+export function checkGreedy(model: Model<Tensor>, g: Golden): void {
   const n = g.greedy.output_ids.length - g.greedy.prompt_ids.length;
   const ids = generateIds(model, g.greedy.prompt_ids, { maxNewTokens: n });
   assert.deepEqual(ids, g.greedy.output_ids);
 }
 
-export function loadModel(dir: string): LoadedModel {
+export function loadModel(dir: string): Model<Tensor> {
   const src = WeightSource.open(dir);
   try {
-    return LoadedModel.load(src);
+    return Model.load(src);
   } finally {
     src.close();
   }

@@ -1,7 +1,8 @@
 // The CPU backend: host memory as Tensors (an allocation is a flat Tensor; a view is a Tensor
 // over a subarray of it) and the ops of src/ops/*.ts over the native addon. Each op views its
 // flat arguments in the shapes the wrapper checks, so the wrapper's checks and kernels run as
-// they always did, bit for bit.
+// they always did, bit for bit. Packed linears run the fused low-bit kernel on the host
+// PackedWeight itself (no upload, no tile).
 import { Tensor } from '../engine/tensor.js';
 import { allocStorage, type DType, type Storage } from '../engine/dtype.js';
 import { add, copy } from '../ops/elementwise.js';
@@ -10,7 +11,11 @@ import { ropeBackward, ropeForward } from '../ops/rope.js';
 import { swigluBackward, swigluForward } from '../ops/swiglu.js';
 import { linearBackward, linearForward } from '../ops/linear.js';
 import { attentionBackward, attentionForward, type AttentionOptions } from '../ops/attention.js';
-import type { AttentionScratch, AttentionShape, Backend, LinearDims } from './backend.js';
+import { embeddingForward } from '../ops/embedding.js';
+import { crossEntropyForward } from '../ops/crossentropy.js';
+import { packedLinearBackward, packedLinearForward, type PackedWeight } from '../quant/packed-linear.js';
+import { BF16_NEEDS_CUDA } from '../engine/cuda.js';
+import type { AttentionScratch, AttentionShape, Backend, LinearDims, PackedArray } from './backend.js';
 
 const flat = (t: Tensor): Tensor => (t.rank === 1 ? t : t.view([t.size]));
 
@@ -87,6 +92,41 @@ export const cpuBackend: Backend<Tensor> = {
       dx ? dx.view([N, I]) : null, dw ? dw.view([O, I]) : null, dbias ? dbias.view([O]) : null,
       dout.view([N, O]), x.view([N, I]), w.view([O, I]), accumulateDx,
     );
+  },
+
+  linearScratch() {
+    throw new Error(`linearScratch: ${BF16_NEEDS_CUDA}`);
+  },
+  uploadFrozen(w, precision) {
+    if (precision !== 'f32') throw new Error(`uploadFrozen: ${BF16_NEEDS_CUDA}`);
+    return Tensor.fromF32(w.slice());
+  },
+
+  uploadPacked(w: PackedWeight) {
+    return { value: w, free() {} }; // the host layout is the kernel's
+  },
+  packedTiles() {
+    return { w: null, dw: null, free() {} }; // the fused kernel dequantizes on the fly
+  },
+  packedLinearForward(out, x, w: PackedArray, scales, bias, N, _tile, lowp) {
+    noLowPrecision('packedLinearForward', lowp);
+    const { O, I, G } = w;
+    packedLinearForward(out.view([N, O]), x.view([N, I]), w as PackedWeight, scales.view([O, I / G]), bias ? bias.view([O]) : null);
+  },
+  packedLinearBackward(dx, dscales, dout, x, w: PackedArray, scales, N, accumulateDx, _tile, _dwTile, lowp) {
+    noLowPrecision('packedLinearBackward', lowp);
+    const { O, I, G } = w;
+    packedLinearBackward(
+      dx ? dx.view([N, I]) : null, dscales ? dscales.view([O, I / G]) : null,
+      dout.view([N, O]), x.view([N, I]), w as PackedWeight, scales.view([O, I / G]), accumulateDx,
+    );
+  },
+
+  embeddingForward(out, ids, table, N, V, C) {
+    embeddingForward(out.view([N, C]), ids.view([N]), table.view([V, C]));
+  },
+  crossEntropyForward(losses, logits, targets, N, V) {
+    crossEntropyForward(losses.view([N]), logits.view([N, V]), targets.view([N])); // the check is free on the host: always made
   },
 
   attentionScratch(): AttentionScratch | null {

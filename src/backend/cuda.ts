@@ -4,17 +4,31 @@
 // from EQAT_CUDA_ATTENTION (attentionPathCuda): through cuBLASLt GEMMs (the default), the
 // tensor-core flash kernels (bf16 GEMMs and the head dims they take), or the plain flash
 // kernels (no scratch; also the path of decoding over a kv cache, which takes any key count).
-import { allocDevice, deviceView, downloadDevice, freeDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
+// Packed linears keep the GPTQ integers and zero points on the device and dequantize each
+// weight into a tile (f32, or bf16 for bf16 GEMMs) right before its GEMM.
+import { allocDevice, DeviceAllocations, deviceView, downloadDevice, freeDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
 import type { DType, Storage } from '../engine/dtype.js';
 import { addCuda, copyCuda, f32ToBf16Cuda } from '../ops/cuda/elementwise.js';
 import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../ops/cuda/rmsnorm.js';
 import { ropeBackwardCuda, ropeForwardCuda } from '../ops/cuda/rope.js';
 import { swigluBackwardCuda, swigluForwardCuda } from '../ops/cuda/swiglu.js';
-import { linearBackwardCuda, linearForwardCuda, type LowPrecisionScratch } from '../ops/cuda/linear.js';
+import { linearBackwardCuda, linearForwardCuda, uploadFrozenWeight, type LowPrecisionScratch } from '../ops/cuda/linear.js';
+import { dequantizeGptqCuda, freePackedWeightCuda, gptqScaleGradCuda, uploadPackedWeight, type PackedWeightCuda } from '../ops/cuda/gptq.js';
+import { embeddingForwardCuda } from '../ops/cuda/embedding.js';
+import { crossEntropyForwardCuda } from '../ops/cuda/crossentropy.js';
 import { attentionBackwardCuda, attentionForwardCuda } from '../ops/cuda/attention.js';
 import { AttentionGemmScratch, attentionGemmBackwardCuda, attentionGemmForwardCuda, attentionPathCuda } from '../ops/cuda/attention-gemm.js';
 import { AttentionTcScratch, attentionTcBackwardCuda, attentionTcForwardCuda, attentionTcUnsupported } from '../ops/cuda/attention-tc.js';
-import type { AttentionScratch, Backend } from './backend.js';
+import type { AttentionScratch, Backend, PackedArray } from './backend.js';
+
+/** The (O, I) weight of a packed linear dequantized into the tile its GEMM reads: lowp's bf16 copy with bf16 GEMMs, else the f32 tile. */
+function dequantized(w: PackedArray, scales: DeviceArray, tile: DeviceArray | null, lowp: LowPrecisionScratch | null): DeviceArray {
+  const into = lowp ? lowp.wb : tile;
+  if (!into) throw new Error('packed linear on CUDA: no weight tile given (packedTiles)');
+  const wt = deviceView(into, 0, w.O * w.I);
+  dequantizeGptqCuda(wt, w as PackedWeightCuda, scales);
+  return wt;
+}
 
 export const cudaBackend: Backend<DeviceArray> = {
   name: 'cuda',
@@ -48,6 +62,52 @@ export const cudaBackend: Backend<DeviceArray> = {
   linearBackward(dx, dw, dbias, dout, x, w, d, accumulateDx, lowp) {
     linearBackwardCuda(dx, dw, dbias, dout, x, w, d, accumulateDx, lowp as LowPrecisionScratch | null);
   },
+
+  linearScratch({ x, dout, w }) {
+    const mem = new DeviceAllocations();
+    try {
+      const lowp: LowPrecisionScratch = { xb: mem.alloc('bf16', x), doutb: mem.alloc('bf16', dout), wb: mem.alloc('bf16', w) };
+      return { value: lowp, free: () => mem.free() };
+    } catch (e) {
+      mem.free();
+      throw e;
+    }
+  },
+  uploadFrozen: (w, precision) => uploadFrozenWeight(new DeviceAllocations(), w, precision), // the caller frees it
+
+  uploadPacked(w) {
+    const d = uploadPackedWeight(w);
+    return { value: d, free: () => freePackedWeightCuda(d) };
+  },
+  packedTiles(largest, { precision, training }) {
+    const mem = new DeviceAllocations();
+    try {
+      const w = mem.alloc('f32', precision === 'f32' ? largest : 0); // bf16: lowp.wb holds the weight
+      const dw = training ? mem.alloc('f32', largest) : null;
+      return { w, dw, free: () => mem.free() };
+    } catch (e) {
+      mem.free();
+      throw e;
+    }
+  },
+  packedLinearForward(out, x, w, scales, bias, N, tile, lowp) {
+    const lp = lowp as LowPrecisionScratch | null;
+    linearForwardCuda(out, x, dequantized(w, scales, tile, lp), bias, { N, O: w.O, I: w.I }, lp);
+  },
+  packedLinearBackward(dx, dscales, dout, x, w, scales, N, accumulateDx, tile, dwTile, lowp) {
+    const lp = lowp as LowPrecisionScratch | null;
+    const wt = dequantized(w, scales, tile, lp);
+    let dw: DeviceArray | null = null;
+    if (dscales) {
+      if (!dwTile) throw new Error('packedLinearBackward on CUDA: step-size gradients need a weight-gradient tile (packedTiles training)');
+      dw = deviceView(dwTile, 0, w.O * w.I); // overwritten by the weight-gradient GEMM
+    }
+    linearBackwardCuda(dx, dw, null, dout, x, wt, { N, O: w.O, I: w.I }, accumulateDx, lp, false);
+    if (dscales) gptqScaleGradCuda(dscales, dw!, w as PackedWeightCuda);
+  },
+
+  embeddingForward: (out, ids, table, N, V, C) => embeddingForwardCuda(out, ids, table, N, V, C),
+  crossEntropyForward: (losses, logits, targets, N, V, { check }) => crossEntropyForwardCuda(losses, logits, targets, N, V, { check }),
 
   attentionScratch(shape, { precision, training, cacheOnly }): AttentionScratch | null {
     const path = cacheOnly ? 'flash' : attentionPathCuda();

@@ -4,9 +4,8 @@
 import type { FlagSpecs, ParsedFlags } from './args.js';
 import { evaluatePerplexity } from '../pipeline/eval.js';
 import { WeightSource } from '../model/weights.js';
-import { LoadedModel } from '../model/model.js';
 import { loadTokenizer } from '../io/tokenizer.js';
-import { generateIdsCpu, generateIdsCuda, type GenerateOptions } from '../pipeline/generate.js';
+import { generateFromSource, type GenerateOptions } from '../pipeline/generate.js';
 import { native } from '../engine/native.js';
 import { blockApDefaults, runBlockAp } from '../pipeline/block-ap.js';
 import { runDemo } from '../pipeline/demo.js';
@@ -144,7 +143,7 @@ export const COMMANDS: Record<string, Command> = {
       };
       let ids: number[];
       try {
-        ids = device === 'cuda' ? generateIdsCuda(src, prompt, opts, precision) : generateIdsCpu(LoadedModel.load(src), prompt, opts);
+        ids = generateFromSource(src, prompt, opts, { device, precision });
       } finally {
         src.close();
       }

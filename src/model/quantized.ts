@@ -1,11 +1,11 @@
 // A quantized model held packed: per block, the integer weights of every linear stay in the
 // GPTQ layout (PackedWeight) and only the f32 step sizes are unpacked (they are what E2E-QP
 // trains). Norms, biases, embeddings and lm_head are f32. No dequantized copy of the model
-// ever exists; linears dequantize tile by tile inside the packed-linear kernels.
+// ever exists; linears dequantize tile by tile inside the packed-linear kernels (their
+// LinearImpl: src/model/packed-linears.ts).
 import { Tensor } from '../engine/tensor.js';
 import type { ModelConfig } from './config.js';
 import {
-  BIAS_OF,
   BLOCK_LINEARS,
   BLOCK_PARAM_NAMES,
   HF_PARAM_NAME,
@@ -13,11 +13,10 @@ import {
   isBlockLinear,
   type BlockLinear,
   type BlockParams,
-  type LinearImpl,
 } from './block.js';
 import { readInto, readQuantLinear, WeightSource } from './weights.js';
 import type { QuantConfig } from '../quant/checkpoint-config.js';
-import { packWeight, packedLinearBackward, packedLinearForward, type PackedWeight } from '../quant/packed-linear.js';
+import { packWeight, type PackedWeight } from '../quant/packed-linear.js';
 import { zerosToInt } from '../quant/primitives.js';
 
 export interface PackedBlock {
@@ -56,21 +55,6 @@ export function loadPackedBlock(src: WeightSource, i: number): PackedBlock {
     scales[key] = Tensor.fromF32(scale, [O, I / quant.groupSize]);
   }
   return { params: params as BlockParams, weights, scales };
-}
-
-/** Linears computing on packed weights (CPU); step-size gradients accumulate into dscales when given. */
-export function packedLinears(b: PackedBlock, dscales: Record<BlockLinear, Tensor> | null = null): LinearImpl {
-  return {
-    bf16Inputs: false,
-    forward(out, x, key, N) {
-      const w = b.weights[key];
-      packedLinearForward(out.view([N, w.O]), x.view([N, w.I]), w, b.scales[key], b.params[BIAS_OF[key]] ?? null);
-    },
-    backward(dx, dout, x, key, N, accumulateDx) {
-      const w = b.weights[key];
-      packedLinearBackward(dx ? dx.view([N, w.I]) : null, dscales ? dscales[key] : null, dout.view([N, w.O]), x.view([N, w.I]), w, b.scales[key], accumulateDx);
-    },
-  };
 }
 
 export class PackedModel {

@@ -20,7 +20,7 @@ import { CudaStepGraphs, DeviceAllocations, deviceView, downloadDevice, uploadDe
 import type { ModelConfig } from '../model/config.js';
 import { blockBackward, blockForward, BlockArena, BlockWorkspace, largestLinearSize, linearRowWidth, type BlockLinear, type LinearImpl } from '../model/block.js';
 import { cudaBackend } from '../backend/cuda.js';
-import { packedLinearsCuda, uploadPackedBlock } from '../model/model-cuda.js';
+import { packedLinears, uploadPackedBlock } from '../model/packed-linears.js';
 import type { PackedModel } from '../model/quantized.js';
 import { linearBackwardCuda, linearForwardCuda, uploadFrozenWeight, type LowPrecisionScratch } from '../ops/cuda/linear.js';
 import { embeddingForwardCuda } from '../ops/cuda/embedding.js';
@@ -108,13 +108,13 @@ export class E2eStepperCuda implements E2eStepper {
       let at = 0;
       for (const b of model.blocks) {
         const dscales = {} as Record<BlockLinear, DeviceArray>;
-        const { arena, packed } = uploadPackedBlock(cfg, b, mem, (key, host) => {
+        const { arena, block } = uploadPackedBlock(cudaBackend, cfg, b, mem, (key, host) => {
           const view = deviceView(this.params, at, host.size);
           dscales[key] = deviceView(this.grads, at, host.size);
           at += host.size;
           return view;
         });
-        this.blocks.push({ arena, lin: packedLinearsCuda(cfg, packed, arena.params, wTile, this.lowp, { dscales, dwTile }) });
+        this.blocks.push({ arena, lin: packedLinears(block, dscales, { be: cudaBackend, tile: wTile, dwTile, lowp: this.lowp }) });
       }
       if (at !== n) throw new Error(`internal: step sizes laid out over ${at} of ${n} elements`);
       this.embedding = mem.upload(model.embedding.f32);

@@ -1,21 +1,21 @@
 // Perplexity evaluation (`eqat eval`): the whole text tokenized without special tokens, cut
 // into non-overlapping windows of seqlen tokens (remainder dropped), mean next-token NLL over
-// all windows (seqlen − 1 predictions per window), exp. On the CPU the model is walked one
-// block at a time over all windows, so only one block's weights are in memory; on CUDA the
-// model is uploaded once (packed when quantized) and windows run through it in batches
-// (src/model/model-cuda.ts).
+// all windows (seqlen − 1 predictions per window), exp. One Model (src/model/model.ts) on
+// either backend: on the CPU it is streamed, one block at a time over all windows, so only one
+// block's weights are in memory; on CUDA it is resident (packed when quantized) and windows run
+// through it in batches.
 import { readFileSync, existsSync } from 'node:fs';
 import { extname } from 'node:path';
-import { Tensor } from '../engine/tensor.js';
 import { BF16_NEEDS_CUDA } from '../engine/cuda.js';
 import { WeightSource } from '../model/weights.js';
-import { forwardLayerwise, headLogits } from '../model/model.js';
-import { crossEntropyForward } from '../ops/crossentropy.js';
+import { Model, type Residency } from '../model/model.js';
+import type { Backend, Precision } from '../backend/backend.js';
+import { cpuBackend } from '../backend/cpu.js';
+import { cudaBackend } from '../backend/cuda.js';
 import { loadTokenizer } from '../io/tokenizer.js';
 import { evalWindows } from '../data/windows.js';
 import { readDocuments } from '../data/documents.js';
 import { progress } from '../cli/progress.js';
-import { DeviceModel } from '../model/model-cuda.js';
 
 export interface EvalOptions {
   seqlen: number;
@@ -50,55 +50,42 @@ export async function readEvalText(path: string): Promise<string> {
   return (await readDocuments(path)).join('\n\n');
 }
 
-/** Mean NLL over windows (count, T) of token ids. */
-export function windowsNll(
-  src: WeightSource,
-  ids: Int32Array,
-  count: number,
-  T: number,
-  { batch = 4, quiet = false }: { batch?: number; quiet?: boolean } = {},
-): { nll: number; predictions: number } {
-  const cfg = src.cfg;
-  const bar = progress('eval', cfg.numLayers * Math.ceil(count / batch) + count, { quiet });
-  let steps = 0;
-  const hidden = forwardLayerwise(src, ids, count, T, batch, (done) => bar.update((steps = done)));
-  const finalNorm = src.finalNorm();
-  const lmHead = src.lmHead();
-  let total = 0;
-  const losses = Tensor.zeros([T]);
-  const targets = new Int32Array(T);
-  for (let w = 0; w < count; w++) {
-    const logits = headLogits(cfg, hidden.rows(w * T, T), finalNorm, lmHead);
-    for (let t = 0; t < T - 1; t++) targets[t] = ids[w * T + t + 1]!;
-    targets[T - 1] = -100;
-    crossEntropyForward(losses, logits, Tensor.fromI32(targets));
-    for (let t = 0; t < T - 1; t++) total += losses.f32[t]!;
-    bar.update(steps + w + 1);
-  }
-  bar.stop();
-  const predictions = count * (T - 1);
-  return { nll: total / predictions, predictions };
+/** How and where windowsNll runs. */
+export interface WindowsNllOptions {
+  /** Windows per forward step (default 4). */
+  batch?: number;
+  quiet?: boolean;
+  /** Default cpu. */
+  device?: 'cpu' | 'cuda';
+  /** GEMM input precision: f32 on the CPU, default bf16 on CUDA. */
+  precision?: Precision;
+  /** Default: streamed on the CPU (one block's weights in memory), resident on CUDA. */
+  residency?: Residency;
 }
 
-/** windowsNll on CUDA: the same windows, losses and summation order, the forward on the device. */
-export function windowsNllCuda(
+/**
+ * Mean NLL over windows (count, T) of token ids: the per-token losses summed window by window,
+ * token by token, in order, on either device.
+ */
+export function windowsNll(src: WeightSource, ids: Int32Array, count: number, T: number, opts: WindowsNllOptions = {}): { nll: number; predictions: number } {
+  return opts.device === 'cuda' ? windowsNllOn(cudaBackend, src, ids, count, T, opts) : windowsNllOn(cpuBackend, src, ids, count, T, opts);
+}
+
+function windowsNllOn<A>(
+  be: Backend<A>,
   src: WeightSource,
   ids: Int32Array,
   count: number,
   T: number,
-  { batch = 4, quiet = false, precision = 'bf16' }: { batch?: number; quiet?: boolean; precision?: 'f32' | 'bf16' } = {},
+  { batch = 4, quiet = false, precision = be.name === 'cuda' ? 'bf16' : 'f32', residency = be.name === 'cuda' ? 'resident' : 'streamed' }: WindowsNllOptions,
 ): { nll: number; predictions: number } {
-  const B = Math.min(batch, count);
-  const model = new DeviceModel(src, B, T, precision);
+  const model = new Model(be, src, { residency, precision, B: Math.min(batch, count), T });
   try {
-    const bar = progress('eval', count, { quiet });
+    const bar = progress('eval', model.evalSteps(count), { quiet });
     let total = 0;
-    for (let w0 = 0; w0 < count; w0 += B) {
-      const n = Math.min(B, count - w0);
-      const losses = model.windowLosses(ids.subarray(w0 * T, (w0 + n) * T), n);
-      for (let w = 0; w < n; w++) for (let t = 0; t < T - 1; t++) total += losses[w * T + t]!;
-      bar.update(w0 + n);
-    }
+    model.windowLosses(ids, count, (_, losses) => {
+      for (let t = 0; t < T - 1; t++) total += losses[t]!;
+    }, (done) => bar.update(done));
     bar.stop();
     const predictions = count * (T - 1);
     return { nll: total / predictions, predictions };
@@ -119,11 +106,7 @@ export async function evaluatePerplexity(modelDir: string, dataFile: string, opt
     if (count === 0) {
       throw new Error(`${dataFile}: fewer than --seqlen ${opts.seqlen} tokens; nothing to evaluate`);
     }
-    const run = { batch: opts.batch ?? 4, quiet: opts.quiet ?? false };
-    const { nll, predictions } =
-      opts.device === 'cuda'
-        ? windowsNllCuda(src, windows, count, opts.seqlen, { ...run, precision: opts.precision ?? 'bf16' })
-        : windowsNll(src, windows, count, opts.seqlen, run);
+    const { nll, predictions } = windowsNll(src, windows, count, opts.seqlen, opts);
     return {
       ppl: Math.exp(nll),
       nll,

@@ -1,11 +1,12 @@
-// Greedy (or sampled) generation (`eqat generate`). On the CPU the model is held in memory and
-// decoded over a key/value cache (KvDecoder, src/model/model.ts): the prompt once, then one
-// token per step. On CUDA it is uploaded once, packed when quantized, and decoded the same way
-// over caches on the device (DeviceKvDecoder, src/model/model-cuda.ts).
-import { DeviceKvDecoder, DeviceModel } from '../model/model-cuda.js';
-import { KvDecoder, type LoadedModel } from '../model/model.js';
+// Greedy (or sampled) generation (`eqat generate`): the model held on the device (in memory on
+// the CPU, uploaded once on CUDA, packed when quantized) and decoded over a key/value cache
+// per block (KvDecoder, src/model/model.ts): the prompt once, then one token per step.
+import { KvDecoder, Model } from '../model/model.js';
 import type { ModelConfig } from '../model/config.js';
 import type { WeightSource } from '../model/weights.js';
+import type { Backend, Precision } from '../backend/backend.js';
+import { cpuBackend } from '../backend/cpu.js';
+import { cudaBackend } from '../backend/cuda.js';
 import { Rng } from '../engine/random.js';
 
 export interface GenerateOptions {
@@ -50,26 +51,37 @@ export function generateIds(model: NextTokenModel, promptIds: number[], opts: Ge
   return ids;
 }
 
-/** generateIds on the CPU over a key/value cache of prompt + maxNewTokens positions. */
-export function generateIdsCpu(model: LoadedModel, promptIds: number[], opts: GenerateOptions): number[] {
+/** generateIds over a key/value cache of prompt + maxNewTokens positions on a resident model (freed before returning). */
+export function generateIdsCached<A>(model: Model<A>, promptIds: number[], opts: GenerateOptions): number[] {
   checkPrompt(promptIds);
-  return generateIds(new KvDecoder(model, promptIds.length + opts.maxNewTokens), promptIds, opts);
+  const decoder = new KvDecoder(model, promptIds.length + opts.maxNewTokens);
+  try {
+    return generateIds(decoder, promptIds, opts);
+  } finally {
+    decoder.free();
+  }
 }
 
 /**
- * generateIds on CUDA over key/value caches of prompt + maxNewTokens positions: the model of
- * `src` uploaded for decoding (DeviceModel use 'decode': buffers for the prompt, the longest
- * step, and one row of logits), GEMM inputs in `precision`, everything freed before returning.
+ * generateIdsCached on the model of `src` built for decoding on `device` (use 'decode':
+ * buffers for the prompt, the longest step, and one row of logits), GEMM inputs in `precision`
+ * (default bf16 on CUDA, f32 on the CPU), everything freed before returning.
  */
-export function generateIdsCuda(src: WeightSource, promptIds: number[], opts: GenerateOptions, precision: 'f32' | 'bf16' = 'bf16'): number[] {
+export function generateFromSource(
+  src: WeightSource,
+  promptIds: number[],
+  opts: GenerateOptions,
+  { device = 'cpu', precision }: { device?: 'cpu' | 'cuda'; precision?: Precision } = {},
+): number[] {
   checkPrompt(promptIds);
-  const model = new DeviceModel(src, 1, promptIds.length, precision, 'decode');
-  let decoder: DeviceKvDecoder | null = null;
+  return device === 'cuda' ? generateOn(cudaBackend, src, promptIds, opts, precision ?? 'bf16') : generateOn(cpuBackend, src, promptIds, opts, precision ?? 'f32');
+}
+
+function generateOn<A>(be: Backend<A>, src: WeightSource, promptIds: number[], opts: GenerateOptions, precision: Precision): number[] {
+  const model = new Model(be, src, { B: 1, T: promptIds.length, precision, use: 'decode' });
   try {
-    decoder = new DeviceKvDecoder(model, promptIds.length + opts.maxNewTokens);
-    return generateIds(decoder, promptIds, opts);
+    return generateIdsCached(model, promptIds, opts);
   } finally {
-    decoder?.free();
     model.free();
   }
 }

@@ -1,4 +1,4 @@
-// Perplexity on CUDA (eval --device cuda: src/model/model-cuda.ts) against the CPU evaluation
+// Perplexity on CUDA (eval --device cuda: src/model/model.ts resident on the CUDA backend) against the CPU evaluation
 // of the same windows, for the full-precision llama-tiny and a quantized (packed) one, in f32
 // and bf16 GEMMs, with a batch that leaves a tail, on the backends of backends.ts.
 import { test } from 'node:test';

@@ -1,4 +1,4 @@
-// Generation on CUDA (generate --device cuda: DeviceKvDecoder and generateIdsCuda) against
+// Generation on CUDA (generate --device cuda: Model and KvDecoder on the CUDA backend) against
 // PyTorch's golden logits and greedy tokens for llama-tiny and against the CPU generation of
 // the same prompt, full precision and packed, on the backends of backends.ts.
 import { test } from 'node:test';
@@ -6,8 +6,9 @@ import assert from 'node:assert/strict';
 import { deviceAllocStats, type CudaBackend } from '../../src/engine/cuda.js';
 import { attentionPathCuda } from '../../src/ops/cuda/attention-gemm.js';
 import { WeightSource } from '../../src/model/weights.js';
-import { DeviceKvDecoder, DeviceModel } from '../../src/model/model-cuda.js';
-import { generateIds, generateIdsCuda, type GenerateOptions } from '../../src/pipeline/generate.js';
+import { KvDecoder, Model } from '../../src/model/model.js';
+import { cudaBackend } from '../../src/backend/cuda.js';
+import { generateFromSource, generateIds, type GenerateOptions } from '../../src/pipeline/generate.js';
 import { loadModel, readGolden, rtnTiny, TINY } from '../golden.js';
 import { backendCases, withBackend } from './backends.js';
 import { pipelineSkip } from '../tier.js';
@@ -41,12 +42,12 @@ function maxAbsDiff(a: Float32Array, b: ArrayLike<number>): number {
 for (const bc of backendCases()) {
   test(`cuda generate: next-token logits over the kv caches equal PyTorch's (f32) and stay within bf16 rounding (bf16) [${bc.name}]`, { skip: pipelineSkip(bc) }, () => {
     const ids = Int32Array.from(golden.forward.input_ids); // (64,)
-    // a model built for windows and one built for decoding only (as generateIdsCuda builds it)
+    // a model built for windows and one built for decoding only (as generateFromSource builds it)
     const cases = [['f32', 'windows'], ['f32', 'decode'], ['bf16', 'decode']] as const;
     for (const [precision, use] of cases) {
       onDevice(bc.backend(), TINY, (src) => {
-        const model = new DeviceModel(src, 1, ids.length, precision, use);
-        const decoder = new DeviceKvDecoder(model, ids.length);
+        const model = new Model(cudaBackend, src, { B: 1, T: ids.length, precision, use });
+        const decoder = new KvDecoder(model, ids.length);
         try {
           // steps of 1, 31 and 32 new tokens: prompt-sized runs and a single-token start
           for (const pos of golden.forward.positions) {
@@ -77,9 +78,9 @@ for (const bc of backendCases()) {
       const { hiddenSize: C, vocabSize: V } = src.cfg;
       const held = (use: 'windows' | 'decode'): number => {
         const before = deviceAllocStats().liveBytes;
-        const model = new DeviceModel(src, 1, T, 'f32', use);
+        const model = new Model(cudaBackend, src, { B: 1, T, use });
         const bytes = deviceAllocStats().liveBytes - before;
-        if (use === 'decode') assert.throws(() => model.windowLosses(new Int32Array(T), 1), /built for cached decoding only/);
+        if (use === 'decode') assert.throws(() => model.windowLosses(new Int32Array(T), 1, () => {}), /built for cached decoding only/);
         model.free();
         return bytes;
       };
@@ -93,10 +94,10 @@ for (const bc of backendCases()) {
 
   test(`cuda generate: the kv decoder refuses steps past its cache or its model's buffers [${bc.name}]`, { skip: bc.skip }, () => {
     onDevice(bc.backend(), TINY, (src) => {
-      const model = new DeviceModel(src, 1, 4, 'f32', 'decode');
-      const decoder = new DeviceKvDecoder(model, 6);
+      const model = new Model(cudaBackend, src, { B: 1, T: 4, use: 'decode' });
+      const decoder = new KvDecoder(model, 6);
       try {
-        assert.throws(() => new DeviceKvDecoder(model, 0), /maxTokens must be an integer >= 1, got 0/);
+        assert.throws(() => new KvDecoder(model, 0), /maxTokens must be an integer >= 1, got 0/);
         assert.throws(() => decoder.nextTokenLogits(Int32Array.of(0, 5, 7, 8, 9)), /5 new tokens in one step, but its buffers hold 1 to 4/);
         assert.throws(() => decoder.nextTokenLogits(Int32Array.of(0, 5, 7, 8, 9, 10, 11)), /7 tokens exceed the cache's 6/);
         assert.throws(() => decoder.nextTokenLogits(new Int32Array(0)), /no new token after the 0 cached ones/);
@@ -119,12 +120,12 @@ for (const bc of backendCases()) {
       const cpu = loadModel(model);
       for (const opts of [greedy, sampled]) {
         const want = generateIds(cpu, prompt, opts);
-        const got = onDevice(bc.backend(), model, (src) => generateIdsCuda(src, prompt, opts, 'f32'));
+        const got = onDevice(bc.backend(), model, (src) => generateFromSource(src, prompt, opts, { device: 'cuda', precision: 'f32' }));
         assert.deepEqual(got, want, `${model} ${JSON.stringify(opts)}`);
         if (model === TINY && opts === greedy) assert.deepEqual(got, golden.greedy.output_ids.slice(0, greedyLength), 'PyTorch greedy tokens');
       }
       // bf16 GEMMs: a full run of the right length over in-vocabulary tokens
-      const bf16 = onDevice(bc.backend(), model, (src) => generateIdsCuda(src, prompt, greedy, 'bf16'));
+      const bf16 = onDevice(bc.backend(), model, (src) => generateFromSource(src, prompt, greedy, { device: 'cuda', precision: 'bf16' }));
       assert.equal(bf16.length, greedyLength);
       assert.deepEqual(bf16.slice(0, prompt.length), prompt);
       for (const id of bf16) assert.ok(Number.isInteger(id) && id >= 0 && id < cpu.cfg.vocabSize, `token ${id}`);
@@ -135,7 +136,7 @@ for (const bc of backendCases()) {
 test('generate refuses an empty prompt before touching a device', () => {
   const src = WeightSource.open(TINY);
   try {
-    assert.throws(() => generateIdsCuda(src, [], { maxNewTokens: 4 }), /generate: empty prompt/);
+    assert.throws(() => generateFromSource(src, [], { maxNewTokens: 4 }, { device: 'cuda' }), /generate: empty prompt/);
     assert.throws(() => generateIds(loadModel(TINY), [], { maxNewTokens: 4 }), /generate: empty prompt/);
   } finally {
     src.close();

@@ -18,7 +18,8 @@ import { basename, dirname, join } from 'node:path';
 import { exportOnnx, nbitsLayout, packMatMulNBits, type OnnxExportReport } from '../../src/export/onnx.js';
 import { readModelSummary, ONNX_DTYPE } from '../../src/export/onnx-proto.js';
 import { WeightSource } from '../../src/model/weights.js';
-import { LoadedModel } from '../../src/model/model.js';
+import { Model } from '../../src/model/model.js';
+import type { Tensor } from '../../src/engine/tensor.js';
 import { windowsNll } from '../../src/pipeline/eval.js';
 import { generateIds } from '../../src/pipeline/generate.js';
 import { loadTokenizer } from '../../src/io/tokenizer.js';
@@ -54,7 +55,7 @@ interface Variant {
   report: OnnxExportReport;
   /** null when onnxruntime-node is not installed */
   session: import('onnxruntime-node').InferenceSession | null;
-  eqat: LoadedModel;
+  eqat: Model<Tensor>;
 }
 const VARIANTS: [number, number][] = [
   [2, 32],
@@ -72,7 +73,7 @@ before(async () => {
     const report = await exportOnnx(ckpt, join(work, `onnx-w${bits}g${group}`));
     const session = ort ? await ort.InferenceSession.create(report.onnxPath) : null;
     const src = WeightSource.open(ckpt);
-    const eqat = LoadedModel.load(src);
+    const eqat = Model.load(src);
     src.close();
     variants.push({ bits, group, ckpt, report, session, eqat });
   }
@@ -256,7 +257,7 @@ test('onnxruntime: q/k norm, biases, tied embeddings, sliding window, llama3 RoP
     const r = await exportOnnx(ckpt, join(work, `${family}-onnx`));
     const session = await ort!.InferenceSession.create(r.onnxPath);
     const src = WeightSource.open(ckpt);
-    const eqat = LoadedModel.load(src);
+    const eqat = Model.load(src);
     src.close();
     const { logits } = await runOrt(session, [ids]);
     const want = eqat.forward(Int32Array.from(ids), 1, ids.length).f32;

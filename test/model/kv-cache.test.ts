@@ -1,7 +1,7 @@
 // Decoding over a key/value cache against the full causal forward: blockForward with a KvCache
 // (a prompt chunk, then one position at a time) equals the block run on the whole sequence for
 // every block variant, sliding window included; KvDecoder's next-token logits equal
-// LoadedModel's (which runs the whole prefix again) on the bundled tiny model and its RTN
+// Model.nextTokenLogits's (which runs the whole prefix again) on the bundled tiny model and its RTN
 // checkpoint, so generation over the cache picks the same tokens; misuse is refused.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -11,7 +11,7 @@ import { allocBlockParams, blockForward, BlockWorkspace, type KvCache } from '..
 import { cpuBackend } from '../../src/backend/cpu.js';
 import { KvDecoder } from '../../src/model/model.js';
 import { ropeTables } from '../../src/model/rope.js';
-import { generateIds, generateIdsCpu } from '../../src/pipeline/generate.js';
+import { generateIds, generateIdsCached } from '../../src/pipeline/generate.js';
 import { loadModel, rtnTiny, TINY } from '../golden.js';
 import { assertClose, randn } from '../util.js';
 import { BLOCK_VARIANTS, randomBlockParams, tinyConfig } from './tiny-config.js';
@@ -72,11 +72,11 @@ test('KvDecoder logits equal the full-prefix logits step by step, full precision
   }
 });
 
-test('generateIdsCpu picks the same tokens as full-prefix generation, greedy and sampled', async () => {
+test('generateIdsCached picks the same tokens as full-prefix generation, greedy and sampled', async () => {
   for (const dir of [TINY, await rtnTiny(3, 64)]) {
     const model = loadModel(dir);
     for (const opts of [{ maxNewTokens: 20 }, { maxNewTokens: 20, temperature: 0.8, seed: 7 }]) {
-      assert.deepEqual(generateIdsCpu(model, [0, 592], opts), generateIds(model, [0, 592], opts), `${dir} ${JSON.stringify(opts)}`);
+      assert.deepEqual(generateIdsCached(model, [0, 592], opts), generateIds(model, [0, 592], opts), `${dir} ${JSON.stringify(opts)}`);
     }
   }
 });
