@@ -1,6 +1,10 @@
-// Elementwise ops: native against the TypeScript twins (bit for bit) on odd and large sizes,
-// aliased outputs, broadcast bias add and its column-sum backward, copy with overlapping views,
-// fill, and the shape / dtype / overlap errors of the wrappers.
+// Elementwise ops. The Backend's add and copy, one spec on every backend (test/ops/spec.ts):
+// bit for bit against the twins on odd sizes, in place too. The CPU ops: native against the
+// TypeScript twins (bit for bit) on odd and large sizes, aliased outputs, broadcast bias add and
+// its column-sum backward, copy with overlapping views, fill, and the shape / dtype / overlap
+// errors of the wrappers. The CUDA wrappers without a Backend counterpart (scale, bias add and
+// its backward, the f32 <-> bf16 conversions) against the same twins, bit for bit, on the
+// CUDA backends of test/cuda/backends.ts, and their argument errors.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Rng } from '../../src/engine/random.js';
@@ -16,7 +20,12 @@ import {
   mulRef,
   scaleRef,
 } from '../../src/ops/ref/elementwise.js';
+import { bf16ToF32Ref, f32ToBf16Ref } from '../../src/engine/dtype.js';
+import { deviceView, downloadDevice, type DeviceArray } from '../../src/engine/cuda.js';
+import { addBiasCuda, bf16ToF32Cuda, biasBackwardCuda, copyCuda, f32ToBf16Cuda, scaleCuda } from '../../src/ops/cuda/elementwise.js';
 import { assertClose, ODD_SIZES, randn } from '../util.js';
+import { assertBitExact, testOnBackends } from '../cuda/backends.js';
+import { forEachBackend } from './spec.js';
 
 const SIZES = [...ODD_SIZES, 1000, 1_000_003];
 
@@ -205,4 +214,83 @@ test('errors name the op and the argument', () => {
   const y = Tensor.fromF32(buf.subarray(5, 15));
   assert.throws(() => add(y, x, x), (e: Error) => e instanceof RangeError && /add: argument 'out' overlaps 'a'/.test(e.message));
   assert.throws(() => accumulate(y, x), (e: Error) => e instanceof RangeError && /accumulate/.test(e.message));
+});
+
+const host = (a: DeviceArray): Float32Array => downloadDevice<Float32Array>(a);
+
+forEachBackend('add (in place too) and copy match the twins bit for bit', (b) => {
+  const rng = new Rng(11);
+  for (const n of [...ODD_SIZES, 70_001]) {
+    const a = randn(rng, [n]), c = randn(rng, [n]);
+    const want = Tensor.zeros([n]);
+    addRef(want, a, c);
+    const ga = b.upload(a.f32), gc = b.upload(c.f32), gout = b.alloc('f32', n);
+    b.be.add(gout, ga, gc);
+    assertBitExact(b.download(gout), want.f32, `add n=${n}`);
+    b.be.add(ga, ga, gc);
+    assertBitExact(b.download(ga), want.f32, `add in place n=${n}`);
+    const gcopy = b.alloc('f32', n);
+    b.be.copy(gcopy, gc);
+    assertBitExact(b.download(gcopy), c.f32, `copy n=${n}`);
+  }
+  if (b.name === 'cpu') return;
+  // The CUDA bias add and its column sums (f64, rows in order), on the same random stream.
+  for (const [rows, cols] of [[1, 1], [3, 7], [17, 130], [64, 33], [0, 5], [1000, 3]] as const) {
+    const x = randn(rng, [rows, cols]), bias = randn(rng, [cols]), g = randn(rng, [cols]);
+    const out = x.clone();
+    addBiasRef(out, bias);
+    const dx = b.upload(x.f32) as DeviceArray;
+    addBiasCuda(dx, b.upload(bias.f32) as DeviceArray, cols);
+    assertBitExact(host(dx), out.f32, `addBias ${rows}x${cols}`);
+    const gref = g.clone();
+    biasBackwardRef(gref, x);
+    const dg = b.upload(g.f32) as DeviceArray;
+    biasBackwardCuda(dg, b.upload(x.f32) as DeviceArray, cols);
+    assertBitExact(host(dg), gref.f32, `biasBackward ${rows}x${cols}`);
+  }
+});
+
+testOnBackends('elementwise wrappers: argument errors name the op and argument', (s) => {
+  const x = s.alloc('f32', 10), bias = s.alloc('f32', 4);
+  assert.throws(() => addBiasCuda(x, bias, 4), /addBiasCuda: out has 10 elements, not a multiple of cols = 4/);
+  assert.throws(() => biasBackwardCuda(bias, x, 5), /biasBackwardCuda: bias/);
+  assert.throws(() => copyCuda(deviceView(x, 0, 6), deviceView(x, 4, 6)), /copyCuda: dst and src overlap/);
+});
+
+testOnBackends('scale matches scaleRef bit for bit, in place too', (s) => {
+  const rng = new Rng(1);
+  for (const n of [...ODD_SIZES, 1000, 70_001]) {
+    const x = randn(rng, [n]);
+    const alpha = rng.normal();
+    const ref = Tensor.zeros([n]);
+    scaleRef(ref, x, alpha);
+    const dx = s.upload(x.f32), dout = s.alloc('f32', n);
+    scaleCuda(dout, dx, alpha);
+    assertBitExact(host(dout), ref.f32, `scale n=${n}`);
+    scaleCuda(dx, dx, alpha);
+    assertBitExact(host(dx), ref.f32, `scale in place n=${n}`);
+  }
+});
+
+testOnBackends('f32 <-> bf16 conversions match the twins bit for bit (ties, NaN, infinities, -0)', (s) => {
+  const special = [0, -0, 1, -1, Infinity, -Infinity, NaN, 1e-40, -1e-40, 3.4e38, -3.4e38, 1.00390625, 1.01171875, 65504];
+  const rng = new Rng(2);
+  const x = new Float32Array(4099);
+  rng.fillNormal(x, 100);
+  x.set(special);
+  // exact ties between two bf16 values: the 16 dropped bits are 0x8000
+  const u = new Uint32Array(x.buffer);
+  for (let i = special.length; i < special.length + 64; i++) u[i] = ((rng.nextU32() & 0xffff0000) | 0x8000) >>> 0;
+  const dx = s.upload(x), dh = s.alloc('bf16', x.length);
+  f32ToBf16Cuda(dh, dx);
+  const got = downloadDevice<Uint16Array>(dh);
+  assertBitExact(got, Uint16Array.from(x, (v) => f32ToBf16Ref(v)), 'f32 -> bf16');
+  // every bf16 bit pattern back to f32: the twin's definition is the bit pattern h << 16
+  // (compared as bits: reading a NaN through a JS number would lose its payload)
+  const all = new Uint16Array(65536).map((_, i) => i);
+  const dall = s.upload(all, 'bf16'), dback = s.alloc('f32', all.length);
+  bf16ToF32Cuda(dback, dall);
+  const back = host(dback);
+  assertBitExact(new Uint32Array(back.buffer), Uint32Array.from(all, (h) => (h << 16) >>> 0), 'bf16 -> f32 bits');
+  for (let h = 0; h < 65536; h += 97) if (!Number.isNaN(back[h])) assert.equal(back[h], bf16ToF32Ref(h), `bf16 ${h}`);
 });

@@ -1,17 +1,30 @@
-// RMSNorm: native against the TypeScript twin on odd shapes (ranks 2-4, threaded sizes),
-// accumulation into pre-filled gradients, backward against finite differences of an f64
-// forward, and argument errors.
+// RMSNorm, one spec on every backend (test/ops/spec.ts): forward and the accumulating backward
+// against the TypeScript twin on odd shapes, wide-range rows, per-head rows and threaded sizes
+// (on CUDA also into a bf16 output: the bf16 rounding of the f32 output, bit for bit);
+// accumulation into pre-filled gradients; the CPU op's ranks, flat rstd and in place; backward
+// against finite differences of an f64 forward; argument errors.
+//
+// Error bounds, the same on every backend (both sum in f64, in different orders): out and rstd
+// to FWD, dx to BWD; dweight sums one term per row, so its bound grows with sqrt(rows).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Rng } from '../../src/engine/random.js';
 import { Tensor } from '../../src/engine/tensor.js';
+import { f32ToBf16Ref } from '../../src/engine/dtype.js';
+import { downloadDevice, type DeviceArray } from '../../src/engine/cuda.js';
 import { rmsnormBackward, rmsnormForward } from '../../src/ops/rmsnorm.js';
 import { rmsnormBackwardRef, rmsnormForwardRef } from '../../src/ops/ref/rmsnorm.js';
+import { rmsnormForwardCuda } from '../../src/ops/cuda/rmsnorm.js';
 import { assertClose, checkGrad, randn } from '../util.js';
+import { assertBitExact } from '../cuda/backends.js';
+import { forEachBackend, type OnBackend } from './spec.js';
 
 const EPS = 1e-5;
 const NS = [1, 3, 17, 65];
 const CS = [1, 7, 33, 130];
+const FWD = { atol: 1e-6, rtol: 1e-5 };
+const BWD = { atol: 1e-5, rtol: 1e-4 };
+const dweightTol = (rows: number) => ({ atol: 1e-5 * Math.sqrt(rows), rtol: 1e-4 });
 
 function weightLike(rng: Rng, C: number): Tensor {
   const w = Tensor.zeros([C]);
@@ -19,99 +32,108 @@ function weightLike(rng: Rng, C: number): Tensor {
   return w;
 }
 
-/** Runs native and twin forward on x and compares out and rstd. */
-function compareForward(x: Tensor, w: Tensor, what: string): { out: Tensor; rstd: Tensor } {
-  const lead = x.shape.slice(0, -1);
-  const out = Tensor.zeros(x.shape), rstd = Tensor.zeros(lead);
-  const outRef = Tensor.zeros(x.shape), rstdRef = Tensor.zeros(lead);
-  rmsnormForward(out, rstd, x, w, EPS);
-  rmsnormForwardRef(outRef, rstdRef, x, w, EPS);
-  assertClose(rstd.f32, rstdRef.f32, { atol: 1e-6, rtol: 1e-5, what: `${what} rstd` });
-  assertClose(out.f32, outRef.f32, { atol: 1e-6, rtol: 1e-5, what: `${what} out` });
-  return { out, rstd };
+/**
+ * Forward, then backward into gradients pre-filled with random values, on the backend and with
+ * the twin; x is (rows, C) whatever its rank.
+ */
+function compare(b: OnBackend, rng: Rng, x: Tensor, w: Tensor, what: string): void {
+  const C = w.size, rows = x.size / C;
+  const x2 = x.view([rows, C]);
+  const outRef = Tensor.zeros([rows, C]), rstdRef = Tensor.zeros([rows]);
+  rmsnormForwardRef(outRef, rstdRef, x2, w, EPS);
+  const gx = b.upload(x.f32), gw = b.upload(w.f32), gout = b.alloc('f32', x.size), grstd = b.alloc('f32', rows);
+  b.be.rmsnormForward(gout, grstd, gx, gw, rows, C, EPS);
+  const out = b.download(gout);
+  assertClose(b.download(grstd), rstdRef.f32, { ...FWD, what: `${what} rstd` });
+  assertClose(out, outRef.f32, { ...FWD, what: `${what} out` });
+  if (b.name !== 'cpu') {
+    // The CUDA kernel also writes a bf16 output (a linear's input): the rounding of the f32 one.
+    const out16 = b.alloc('bf16', x.size) as DeviceArray;
+    rmsnormForwardCuda(out16, grstd as DeviceArray, gx as DeviceArray, gw as DeviceArray, rows, C, EPS);
+    assertBitExact(downloadDevice<Uint16Array>(out16), Uint16Array.from(out, (v) => f32ToBf16Ref(v)), `${what} bf16 out`);
+  }
+
+  const dout = randn(rng, [rows, C]);
+  const dx = randn(rng, [rows, C]), dw = randn(rng, [C]);
+  const gdx = b.upload(dx.f32), gdw = b.upload(dw.f32);
+  rmsnormBackwardRef(dx, dw, dout, x2, w, rstdRef);
+  b.be.rmsnormBackward(gdx, gdw, b.upload(dout.f32), gx, gw, b.upload(rstdRef.f32), rows, C);
+  assertClose(b.download(gdx), dx.f32, { ...BWD, what: `${what} dx` });
+  assertClose(b.download(gdw), dw.f32, { ...dweightTol(rows), what: `${what} dweight` });
 }
 
-/** Runs native and twin backward into gradients pre-filled with the same random values. */
-function compareBackward(rng: Rng, x: Tensor, w: Tensor, rstd: Tensor, what: string): void {
-  const C = w.size;
-  const dout = randn(rng, x.shape);
-  const dx0 = randn(rng, x.shape), dw0 = randn(rng, [C]);
-  const dx = dx0.clone(), dw = dw0.clone(), dxRef = dx0.clone(), dwRef = dw0.clone();
-  rmsnormBackward(dx, dw, dout, x, w, rstd);
-  rmsnormBackwardRef(dxRef, dwRef, dout, x, w, rstd);
-  assertClose(dx.f32, dxRef.f32, { atol: 1e-5, rtol: 1e-4, what: `${what} dx` });
-  // dweight sums one term per row: its rounding grows with the row count.
-  assertClose(dw.f32, dwRef.f32, { atol: 1e-5 * Math.sqrt(x.size / C), rtol: 1e-4, what: `${what} dweight` });
-}
-
-test('rmsnorm: native matches the twin on odd shapes (forward and accumulating backward)', () => {
+forEachBackend('rmsnorm: matches the twin on odd shapes (forward and accumulating backward)', (b) => {
   const rng = new Rng(11);
   for (const N of NS) {
-    for (const C of CS) {
-      const x = randn(rng, [N, C]);
-      const w = weightLike(rng, C);
-      const { rstd } = compareForward(x, w, `N=${N} C=${C}`);
-      compareBackward(rng, x, w, rstd, `N=${N} C=${C}`);
-    }
+    for (const C of CS) compare(b, rng, randn(rng, [N, C]), weightLike(rng, C), `N=${N} C=${C}`);
   }
 });
 
-test('rmsnorm: large-magnitude and tiny rows stay accurate', () => {
+forEachBackend('rmsnorm: matches the twin on rows of random scale (1 to 11)', (b) => {
+  const rng = new Rng(4);
+  for (const [rows, C] of [[1, 1], [3, 7], [17, 33], [65, 130], [5, 300], [2, 1000], [33, 1]] as const) {
+    const x = randn(rng, [rows, C], 1 + 10 * rng.next());
+    compare(b, rng, x, weightLike(rng, C), `rows=${rows} C=${C}`);
+  }
+});
+
+forEachBackend('rmsnorm: large-magnitude and tiny rows stay accurate', (b) => {
   const rng = new Rng(12);
   const x = randn(rng, [4, 33]);
   for (let c = 0; c < 33; c++) {
     x.f32[c] = x.f32[c]! * 1000;
     x.f32[33 + c] = x.f32[33 + c]! * 1e-3;
   }
-  const w = weightLike(rng, 33);
-  const { rstd } = compareForward(x, w, 'scaled rows');
-  compareBackward(rng, x, w, rstd, 'scaled rows');
+  compare(b, rng, x, weightLike(rng, 33), 'scaled rows');
 });
 
-test('rmsnorm: rank-3 (B, T, C) and per-head (B, T, H, D) inputs with a (D) weight', () => {
+forEachBackend('rmsnorm: (B, T, C) rows, and per-head (B, T, H, D) rows with a (D) weight', (b) => {
   const rng = new Rng(13);
-  const x3 = randn(rng, [2, 5, 33]);
-  const w3 = weightLike(rng, 33);
-  const r3 = compareForward(x3, w3, '(B,T,C)');
-  compareBackward(rng, x3, w3, r3.rstd, '(B,T,C)');
+  compare(b, rng, randn(rng, [2, 5, 33]), weightLike(rng, 33), '(B,T,C)');
   // The Qwen3 q/k norm: every head of every token normalised over D with one (D) weight.
-  const x4 = randn(rng, [2, 3, 4, 6]);
-  const w4 = weightLike(rng, 6);
-  const r4 = compareForward(x4, w4, '(B,T,H,D)');
-  compareBackward(rng, x4, w4, r4.rstd, '(B,T,H,D)');
-  // A flat (rows) rstd is accepted too, and the same values come out.
-  const flat = Tensor.zeros([2 * 3 * 4]);
-  rmsnormForward(Tensor.zeros(x4.shape), flat, x4, w4, EPS);
-  assert.deepEqual(flat.f32, r4.rstd.f32);
+  compare(b, rng, randn(rng, [2, 3, 4, 6]), weightLike(rng, 6), '(B,T,H,D)');
 });
 
-test('rmsnorm: sizes that split across threads match the twin', () => {
+forEachBackend('rmsnorm: sizes that split across threads match the twin', (b) => {
   const rng = new Rng(14);
-  for (const [N, C] of [[300, 130], [1031, 17]] as const) {
-    const x = randn(rng, [N, C]);
-    const w = weightLike(rng, C);
-    const { rstd } = compareForward(x, w, `N=${N} C=${C}`);
-    compareBackward(rng, x, w, rstd, `N=${N} C=${C}`);
-  }
+  for (const [N, C] of [[300, 130], [1031, 17]] as const) compare(b, rng, randn(rng, [N, C]), weightLike(rng, C), `N=${N} C=${C}`);
 });
 
-test('rmsnorm: backward accumulates into pre-filled gradients', () => {
+forEachBackend('rmsnorm: backward accumulates into pre-filled gradients', (b) => {
   const rng = new Rng(15);
-  const x = randn(rng, [17, 33]);
-  const w = weightLike(rng, 33);
-  const out = Tensor.zeros(x.shape), rstd = Tensor.zeros([17]);
-  rmsnormForward(out, rstd, x, w, EPS);
-  const dout = randn(rng, x.shape);
-  const dx = Tensor.zeros(x.shape), dw = Tensor.zeros([33]);
-  rmsnormBackward(dx, dw, dout, x, w, rstd);
-  const dx2 = dx.clone(), dw2 = dw.clone();
-  rmsnormBackward(dx2, dw2, dout, x, w, rstd);
-  assertClose(dx2.f32, dx.f32.map((v) => 2 * v), { atol: 1e-6, rtol: 1e-6, what: 'dx twice' });
-  assertClose(dw2.f32, dw.f32.map((v) => 2 * v), { atol: 1e-6, rtol: 1e-6, what: 'dweight twice' });
+  const x = b.upload(randn(rng, [17, 33]).f32), w = b.upload(weightLike(rng, 33).f32);
+  const out = b.alloc('f32', 17 * 33), rstd = b.alloc('f32', 17);
+  b.be.rmsnormForward(out, rstd, x, w, 17, 33, EPS);
+  const dout = b.upload(randn(rng, [17, 33]).f32);
+  const dx = b.alloc('f32', 17 * 33), dw = b.alloc('f32', 33);
+  b.be.rmsnormBackward(dx, dw, dout, x, w, rstd, 17, 33);
+  const once = { dx: b.download(dx), dw: b.download(dw) };
+  b.be.rmsnormBackward(dx, dw, dout, x, w, rstd, 17, 33);
+  assertClose(b.download(dx), once.dx.map((v) => 2 * v), { atol: 1e-6, rtol: 1e-6, what: 'dx twice' });
+  assertClose(b.download(dw), once.dw.map((v) => 2 * v), { atol: 1e-6, rtol: 1e-6, what: 'dweight twice' });
 });
 
-test('rmsnorm: in place (out = x) gives the out-of-place result', () => {
+test('rmsnorm op: ranks 3 and 4 give the rows of the 2-D op; a flat (rows) rstd is accepted; in place (out = x) gives the out-of-place result', () => {
   const rng = new Rng(16);
+  for (const [shape, C] of [[[2, 5, 33], 33], [[2, 3, 4, 6], 6]] as const) {
+    const x = randn(rng, shape), w = weightLike(rng, C), rows = x.size / C;
+    const lead = shape.slice(0, -1);
+    const out = Tensor.zeros(shape), rstd = Tensor.zeros(lead);
+    rmsnormForward(out, rstd, x, w, EPS);
+    const out2 = Tensor.zeros([rows, C]), rstd2 = Tensor.zeros([rows]);
+    rmsnormForward(out2, rstd2, x.view([rows, C]), w, EPS);
+    assert.deepEqual(out.f32, out2.f32, `[${shape}] out`);
+    assert.deepEqual(rstd.f32, rstd2.f32, `[${shape}] rstd`);
+    const dout = randn(rng, shape);
+    const dx = Tensor.zeros(shape), dw = Tensor.zeros([C]), dx2 = Tensor.zeros([rows, C]), dw2 = Tensor.zeros([C]);
+    rmsnormBackward(dx, dw, dout, x, w, rstd);
+    rmsnormBackward(dx2, dw2, dout.view([rows, C]), x.view([rows, C]), w, rstd2);
+    assert.deepEqual(dx.f32, dx2.f32, `[${shape}] dx`);
+    assert.deepEqual(dw.f32, dw2.f32, `[${shape}] dweight`);
+    const flat = Tensor.zeros([rows]);
+    rmsnormForward(Tensor.zeros(shape), flat, x, w, EPS);
+    assert.deepEqual(flat.f32, rstd2.f32, `[${shape}] flat rstd`);
+  }
   const x = randn(rng, [17, 130]);
   const w = weightLike(rng, 130);
   const out = Tensor.zeros(x.shape), rstd = Tensor.zeros([17]);
