@@ -46,6 +46,11 @@ function runOn(name: BackendName, be: Backend<unknown>, body: (b: OnBackend) => 
 /** Registers `<name> [<backend>]` for the CPU backend and each CUDA backend case. */
 export function forEachBackend(name: string, body: (b: OnBackend) => void): void {
   test(`${name} [cpu]`, () => runOn('cpu', cpuBackend, body));
+  forEachCudaBackend(name, body);
+}
+
+/** Registers `<name> [<backend>]` for each CUDA backend case only (cases of one CUDA path or wrapper). */
+export function forEachCudaBackend(name: string, body: (b: OnBackend) => void): void {
   for (const bc of backendCases()) {
     test(`${name} [${bc.name}]`, { skip: bc.skip }, () => withBackend(bc.backend(), () => runOn(bc.name, cudaBackend, body)));
   }
