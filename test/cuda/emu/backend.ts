@@ -1,19 +1,24 @@
 // A CudaBackend that runs the real kernel sources (native/cuda/kernels/*.cu) on the CPU, for
 // tests on machines without a GPU. The sources are compiled unchanged by the host C++ compiler
 // with test/cuda/emu/shim.h in front (coroutine threads, barriers, warp shuffles) into one
-// runner program; each launch writes the kernel's arguments and the device buffers it points
-// into to a file, runs the program and reads the buffers back. Device memory is host memory
-// behind fake addresses; "compiling" returns the source itself (parsed for its kernel
-// signatures, which getFunction and launch check as the driver would); gemm is the column-major
-// reference (gemm-ref.ts).
+// runner program; one runner process per backend, started at the first launch, runs every
+// launch (process.ts). Device memory is a file shared with the runner (memory.ts): Node reads
+// and writes it for copies, memsets and the GEMM, the runner maps the buffers a launch touches,
+// and a launch sends only the kernel's name, shape and arguments. Device addresses are fake
+// (256-byte aligned like cuMemAlloc's, never reused); a launch turns its pointer arguments into
+// the runner's addresses of the same bytes. "Compiling" returns the source itself (parsed for
+// its kernel signatures, which getFunction and launch check as the driver would); gemm is the
+// column-major reference (gemm-ref.ts).
 //
 // What this checks: the kernels' arithmetic and indexing, their block/warp synchronisation (a
 // divergent barrier or deadlock fails), out-of-bounds accesses past a buffer's end, the
 // wrappers' argument packing and launch shapes, and the kernel cache path. What it cannot:
 // NVRTC itself, the GPU's memory model and timing, and CUDA's own math library (exp may differ
-// from libm's in the last bit).
+// from libm's in the last bit). A failed launch throws an Error naming the kernel with the
+// runner's text; the runner has then exited and a new one serves the next launch (device memory
+// is kept, with whatever the failed kernel wrote).
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -30,8 +35,9 @@ import {
 } from '../../../src/engine/cuda.js';
 import { packageRoot } from '../../../src/engine/native.js';
 import { gemmColMajorRef, gemmExtent } from './gemm-ref.js';
+import { DeviceMemoryFile, REGION_BASE, type Placement } from './memory.js';
+import { RunnerProcess } from './process.js';
 
-const KIND_CODE: Record<KernelParam['kind'], number> = { ptr: 0, i32: 1, u32: 2, i64: 3, u64: 4, f32: 5, f64: 6 };
 const ACCESSOR: Record<KernelParam['kind'], string> = {
   ptr: 'as_ptr',
   i32: 'as_i32',
@@ -49,7 +55,8 @@ function dispatchSource(kernels: Map<string, KernelParam[]>): string {
     const args = params.map((p, i) => `(${p.type})emu::${ACCESSOR[p.kind]}(s[${i}])`);
     const decls = args.map((a, i) => `auto a${i} = ${a};`).join(' ');
     const call = `${name}(${params.map((_, i) => `a${i}`).join(', ')})`;
-    lines.push(`  if (name == "${name}") { ${decls} emu::g_kernel = [=] { ${call}; }; return true; }`);
+    const count = `if (s.size() != ${params.length}) emu::fail("${name}: wrong slot count");`;
+    lines.push(`  if (name == "${name}") { ${count} ${decls} emu::g_kernel = [=] { ${call}; }; return true; }`);
   }
   lines.push('  return false;', '}');
   return lines.join('\n') + '\n';
@@ -105,6 +112,11 @@ interface EmuFunction {
   params: KernelParam[];
 }
 
+/** A live allocation: its size and where its bytes lie in the memory file. */
+interface Allocation extends Placement {
+  bytes: number;
+}
+
 /** The emulator backend (see the file header); counters let tests see compiles and launches. */
 export class EmulatorBackend implements CudaBackend {
   readonly name = 'emulator';
@@ -112,16 +124,21 @@ export class EmulatorBackend implements CudaBackend {
   launches = 0;
   graphLaunches = 0;
   hostAllocs = 0;
+  /** Runner processes started: one, plus one after each failed launch. */
+  runnerStarts = 0;
   /** Work recorded by an open capture (graphBegin .. graphEnd), run by graphLaunch. */
   private capture: (() => void)[] | null = null;
   private readonly graphs = new Map<bigint, (() => void)[]>();
-  private readonly allocs = new Map<bigint, Uint8Array>();
+  private readonly allocs = new Map<bigint, Allocation>();
   private nextAddress = 0x10000000n;
   private readonly modulesById = new Map<bigint, Map<string, KernelParam[]>>();
   private readonly fns = new Map<bigint, EmuFunction>();
   private nextHandle = 1n;
-  private readonly work = mkdtempSync(join(tmpdir(), 'eqat-cuda-emu-io-'));
+  private memoryFile: DeviceMemoryFile | null = null;
+  private runner: RunnerProcess | null = null;
+  private disposed = false;
 
+  /** `exe`: the runner program from buildEmulator ('' for a backend that only holds memory). */
   constructor(private readonly exe: string) {}
 
   /** Live allocations (for leak checks). */
@@ -129,14 +146,25 @@ export class EmulatorBackend implements CudaBackend {
     return this.allocs.size;
   }
 
+  /** Stops the runner and drops the device memory; the backend is unusable afterwards. */
   dispose(): void {
-    rmSync(this.work, { recursive: true, force: true });
+    this.disposed = true;
+    this.runner?.stop();
+    this.runner = null;
+    this.memoryFile?.close();
+    this.memoryFile = null;
+  }
+
+  /** The device memory file, created on first use. */
+  private get memory(): DeviceMemoryFile {
+    if (this.disposed) throw new Error('the CUDA kernel emulator was used after dispose()');
+    return (this.memoryFile ??= new DeviceMemoryFile());
   }
 
   /** Host memory stands in for the device: "total" is a fixed 1 TiB, "free" what the live allocations leave. */
   memInfo(): { free: number; total: number } {
     let used = 0;
-    for (const a of this.allocs.values()) used += a.byteLength;
+    for (const a of this.allocs.values()) used += a.bytes;
     return { free: 2 ** 40 - used, total: 2 ** 40 };
   }
 
@@ -158,7 +186,7 @@ export class EmulatorBackend implements CudaBackend {
   alloc(bytes: number): bigint {
     if (!Number.isSafeInteger(bytes) || bytes < 1) throw new RangeError("cudaAlloc: argument 'bytes' must be >= 1");
     const base = this.nextAddress;
-    this.allocs.set(base, new Uint8Array(bytes));
+    this.allocs.set(base, { bytes, ...this.memory.place(bytes) });
     // 256-byte aligned like cuMemAlloc, with a gap so adjacent allocations never touch.
     this.nextAddress += BigInt(Math.ceil(bytes / 256) * 256 + 256);
     return base;
@@ -171,36 +199,39 @@ export class EmulatorBackend implements CudaBackend {
   }
 
   free(handle: bigint): void {
-    if (!this.allocs.delete(handle)) throw new RangeError("cudaFree: argument 'handle' is not a live allocation from cudaAlloc");
+    const a = this.allocs.get(handle);
+    if (!a) throw new RangeError("cudaFree: argument 'handle' is not a live allocation from cudaAlloc");
+    this.allocs.delete(handle);
+    this.memory.release(a);
   }
 
-  /** The allocation holding [addr, addr + bytes). */
-  private locate(addr: bigint, bytes: number, op: string): { base: bigint; buf: Uint8Array; at: number } {
-    for (const [base, buf] of this.allocs) {
-      if (addr >= base && addr + BigInt(bytes) <= base + BigInt(buf.length)) return { base, buf, at: Number(addr - base) };
+  /** The allocation holding [addr, addr + bytes) and the file offset of addr. */
+  private locate(addr: bigint, bytes: number, op: string): { alloc: Allocation; at: number } {
+    for (const [base, a] of this.allocs) {
+      if (addr >= base && addr + BigInt(bytes) <= base + BigInt(a.bytes)) return { alloc: a, at: a.data + Number(addr - base) };
     }
     throw new RangeError(`${op}: device range [0x${addr.toString(16)}, +${bytes} bytes) is not inside a live allocation`);
   }
 
   upload(handle: bigint, src: ArrayBufferView, byteOffset: number): void {
     this.refuseInCapture('cudaUpload');
-    const { buf, at } = this.locate(handle + BigInt(byteOffset), src.byteLength, 'cudaUpload');
-    buf.set(new Uint8Array(src.buffer, src.byteOffset, src.byteLength), at);
+    const { at } = this.locate(handle + BigInt(byteOffset), src.byteLength, 'cudaUpload');
+    this.memory.write(at, new Uint8Array(src.buffer, src.byteOffset, src.byteLength));
   }
 
   download(handle: bigint, dst: ArrayBufferView, byteOffset: number): void {
     this.refuseInCapture('cudaDownload');
-    const { buf, at } = this.locate(handle + BigInt(byteOffset), dst.byteLength, 'cudaDownload');
-    new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength).set(buf.subarray(at, at + dst.byteLength));
+    const { at } = this.locate(handle + BigInt(byteOffset), dst.byteLength, 'cudaDownload');
+    this.memory.read(at, new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength));
   }
 
   memset0(handle: bigint, bytes: number): void {
-    const { buf, at } = this.locate(handle, bytes, 'cudaMemset0');
+    const { at } = this.locate(handle, bytes, 'cudaMemset0');
     if (this.capture) {
       this.capture.push(() => this.memset0(handle, bytes));
       return;
     }
-    buf.fill(0, at, at + bytes);
+    this.memory.zero(at, bytes);
   }
 
   // Graphs: a capture records each launch, matmul and memset with a copy of its arguments (as
@@ -293,44 +324,42 @@ export class EmulatorBackend implements CudaBackend {
       this.capture.push(() => this.launch(fn, grid, block, sharedBytes, copy));
       return;
     }
-    const view = new DataView(args);
-    const used: bigint[] = [];
+    // The request of runner.h: pointer slots become runner addresses; the buffers they point
+    // into are listed so that the runner maps them.
+    const name = Buffer.from(f.name, 'utf8');
+    const used = new Set<Allocation>();
+    const slotValues = new DataView(args.slice(0));
     f.params.forEach((p, i) => {
       if (p.kind !== 'ptr') return;
-      const addr = view.getBigUint64(8 * i, true);
+      const addr = slotValues.getBigUint64(8 * i, true);
       if (addr === 0n) return;
-      const { base } = this.locate(addr, 0, `cudaLaunch (${f.name}, argument ${i} '${p.name}')`);
-      if (!used.includes(base)) used.push(base);
+      const { alloc, at } = this.locate(addr, 0, `cudaLaunch (${f.name}, argument ${i} '${p.name}')`);
+      used.add(alloc);
+      slotValues.setBigUint64(8 * i, REGION_BASE + BigInt(at), true);
     });
-    const name = Buffer.from(f.name, 'utf8');
-    const head = Buffer.alloc(8 + 4 + name.length + 28 + 4 + slots);
-    let at = head.write('EQEMU001', 0, 'ascii');
-    at = head.writeUInt32LE(name.length, at);
-    at += name.copy(head, at);
-    for (const d of [...grid, ...block, sharedBytes]) at = head.writeUInt32LE(d, at);
-    at = head.writeUInt32LE(slots, at);
-    for (const p of f.params) at = head.writeUInt8(KIND_CODE[p.kind], at);
-    const bufHeads: Buffer[] = [];
-    for (const base of used) {
-      const h = Buffer.alloc(16);
-      h.writeBigUInt64LE(base, 0);
-      h.writeBigUInt64LE(BigInt(this.allocs.get(base)!.length), 8);
-      bufHeads.push(h, Buffer.from(this.allocs.get(base)!.buffer));
+    const request = Buffer.alloc(4 + 4 + name.length + 28 + 4 + 8 * slots + 4 + 16 * used.size);
+    let at = request.writeUInt32LE(request.length - 4, 0);
+    at = request.writeUInt32LE(name.length, at);
+    at += name.copy(request, at);
+    for (const d of [...grid, ...block, sharedBytes]) at = request.writeUInt32LE(d, at);
+    at = request.writeUInt32LE(slots, at);
+    at += Buffer.from(slotValues.buffer).copy(request, at);
+    at = request.writeUInt32LE(used.size, at);
+    for (const a of used) {
+      at = request.writeBigUInt64LE(BigInt(a.offset), at);
+      at = request.writeBigUInt64LE(BigInt(a.span), at);
     }
-    const count = Buffer.alloc(4);
-    count.writeUInt32LE(used.length);
-    const req = join(this.work, 'request.bin'), resp = join(this.work, 'response.bin');
-    writeFileSync(req, Buffer.concat([head, Buffer.from(args), count, ...bufHeads]));
-    const r = spawnSync(this.exe, [req, resp], { encoding: 'utf8' });
-    if (r.status !== 0) {
-      throw new Error(`emulated launch of ${f.name} failed (${r.signal ?? `exit ${r.status}`}): ${r.stderr.trim()}`);
+    if (!this.runner) {
+      this.runner = RunnerProcess.start(this.exe, this.memory.fd);
+      this.runnerStarts++;
     }
-    const out = readFileSync(resp);
-    let off = 0;
-    for (const base of used) {
-      const buf = this.allocs.get(base)!;
-      buf.set(out.subarray(off, off + buf.length));
-      off += buf.length;
+    const failure = this.runner.run(request);
+    if (failure !== undefined) {
+      this.runner = null;
+      throw new Error(
+        `emulated launch of ${f.name} failed: ${failure} (the runner has exited; a new one serves the next launch, ` +
+          'device memory is kept with whatever the kernel wrote)',
+      );
     }
     this.launches++;
   }
@@ -347,8 +376,9 @@ export class EmulatorBackend implements CudaBackend {
     const abBytes = g.abType === 'f32' ? 4 : 2, cBytes = g.cType === 'f32' ? 4 : 2;
     const read = (h: bigint, n: number, type: 'f32' | 'bf16'): Float32Array => {
       const bytes = n * (type === 'f32' ? 4 : 2);
-      const { buf, at } = this.locate(h, bytes, 'cudaGemm');
-      const copy = buf.slice(at, at + bytes);
+      const { at } = this.locate(h, bytes, 'cudaGemm');
+      const copy = new Uint8Array(bytes);
+      this.memory.read(at, copy);
       if (type === 'f32') return new Float32Array(copy.buffer);
       const h16 = new Uint16Array(copy.buffer);
       return Float32Array.from(h16, (x) => bf16ToF32Ref(x));
@@ -361,9 +391,9 @@ export class EmulatorBackend implements CudaBackend {
       const nC = gemmExtent(g.m, g.n, g.ldc);
       const C = read(Ch, nC, g.cType);
       gemmColMajorRef(g, A, B, C);
-      const { buf, at } = this.locate(Ch, nC * cBytes, 'cudaGemm');
-      if (g.cType === 'f32') buf.set(new Uint8Array(C.buffer), at);
-      else buf.set(new Uint8Array(Uint16Array.from(C, (x) => f32ToBf16Ref(x)).buffer), at);
+      const { at } = this.locate(Ch, nC * cBytes, 'cudaGemm');
+      if (g.cType === 'f32') this.memory.write(at, new Uint8Array(C.buffer));
+      else this.memory.write(at, new Uint8Array(Uint16Array.from(C, (x) => f32ToBf16Ref(x)).buffer));
     }
   }
 }
