@@ -2,10 +2,11 @@
 // machines without a GPU: the kernel sources are compiled unchanged by the host C++ compiler
 // with this header in front (test/cuda/emu/backend.ts builds and runs them).
 //
-// Execution model: blocks run one after another; the threads of a block are coroutines
-// (ucontext) on one OS thread. __syncthreads() is a block-wide barrier, each warp shuffle a
-// barrier of the threads of its warp (lanes are linear thread ids / 32); a barrier that not
-// every live thread of its scope reaches is reported as an error, as is a deadlock. __shared__
+// Execution model: blocks run one after another; the threads of a block are coroutines (own
+// stacks, switched by a few instructions on x86-64, by ucontext elsewhere) on one OS thread.
+// __syncthreads() is a block-wide barrier, each warp shuffle a barrier of the threads of its
+// warp (lanes are linear thread ids / 32); a barrier that not every live thread of its scope
+// reaches is reported as an error, as is a deadlock. __shared__
 // variables become function-local statics, shared by the threads of the running block.
 // Arithmetic is the host's IEEE f32/f64 without contraction (the kernels are compiled with
 // --fmad=false on the GPU); libm's exp may differ from CUDA's in the last bit.
@@ -42,8 +43,49 @@ namespace emu {
 
 enum class State { runnable, block_barrier, warp_barrier, done };
 
+// Switching between the scheduler and a thread. On x86-64 a few instructions save and restore
+// the callee-saved registers and the floating-point control words (swapcontext would also make
+// two signal-mask system calls per switch, most of a launch's time); elsewhere ucontext.
+#if defined(__x86_64__)
+struct Context {
+  void* sp = nullptr;
+};
+extern "C" void emu_switch_stack(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .p2align 4
+  .globl emu_switch_stack
+  .type emu_switch_stack, @function
+emu_switch_stack:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $16, %rsp
+  fnstcw (%rsp)
+  stmxcsr 8(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  fldcw (%rsp)
+  ldmxcsr 8(%rsp)
+  addq $16, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size emu_switch_stack, .-emu_switch_stack
+)");
+#else
+using Context = ucontext_t;
+#endif
+
 struct Thread {
-  ucontext_t ctx;
+  Context ctx;
   dim3 idx;
   unsigned linear = 0;
   State state = State::runnable;
@@ -54,7 +96,7 @@ constexpr size_t kStackBytes = 256 * 1024;
 
 inline dim3 g_blockIdx, g_blockDim, g_gridDim;
 inline Thread* g_current = nullptr;
-inline ucontext_t g_scheduler;
+inline Context g_scheduler;
 inline std::vector<Thread> g_threads;
 inline std::vector<uint64_t> g_exchange;  // one shuffle slot per thread
 inline std::vector<uint32_t> g_fragments;  // kFragmentWords per thread: the registers of a warp matrix op
@@ -66,15 +108,64 @@ inline std::function<void()> g_kernel;
   exit(3);
 }
 
+inline void to_scheduler(Thread* t) {
+#if defined(__x86_64__)
+  emu_switch_stack(&t->ctx.sp, g_scheduler.sp);
+#else
+  swapcontext(&t->ctx, &g_scheduler);
+#endif
+}
+
 inline void wait_at(State s) {
   Thread* t = g_current;
   t->state = s;
-  swapcontext(&t->ctx, &g_scheduler);
+  to_scheduler(t);
 }
 
 inline void thread_main() {
   g_kernel();
-  g_current->state = State::done;  // uc_link returns to the scheduler
+  g_current->state = State::done;
+#if defined(__x86_64__)
+  to_scheduler(g_current);  // never resumed
+  __builtin_unreachable();
+#endif
+  // ucontext: uc_link returns to the scheduler
+}
+
+// Prepares t to run thread_main on its own stack from the start.
+inline void start_context(Thread& t) {
+#if defined(__x86_64__)
+  // The frame emu_switch_stack pops: control words, r15..rbp, then the address it returns to
+  // (thread_main, entered with the stack aligned as after a call; its own return slot is 0).
+  auto* top = reinterpret_cast<uint64_t*>((reinterpret_cast<uintptr_t>(t.stack) + kStackBytes) & ~uintptr_t(15));
+  uint64_t* sp = top - 10;
+  uint16_t fpcw;
+  uint32_t mxcsr;
+  asm volatile("fnstcw %0" : "=m"(fpcw));
+  asm volatile("stmxcsr %0" : "=m"(mxcsr));
+  sp[0] = fpcw;
+  sp[1] = mxcsr;
+  for (int i = 2; i < 8; ++i) sp[i] = 0;  // r15, r14, r13, r12, rbx, rbp
+  sp[8] = reinterpret_cast<uint64_t>(&thread_main);
+  sp[9] = 0;
+  t.ctx.sp = sp;
+#else
+  getcontext(&t.ctx);
+  t.ctx.uc_stack.ss_sp = t.stack;
+  t.ctx.uc_stack.ss_size = kStackBytes;
+  t.ctx.uc_link = &g_scheduler;
+  makecontext(&t.ctx, thread_main, 0);
+#endif
+}
+
+// Runs thread t until it waits at a barrier or finishes.
+inline void resume(Thread& t) {
+  g_current = &t;
+#if defined(__x86_64__)
+  emu_switch_stack(&g_scheduler.sp, t.ctx.sp);
+#else
+  swapcontext(&g_scheduler, &t.ctx);
+#endif
 }
 
 // Runs every thread of the current block to completion.
@@ -93,17 +184,11 @@ inline void run_block() {
     t.idx.y = (i / bx) % by;
     t.idx.z = i / (bx * by);
     t.state = State::runnable;
-    getcontext(&t.ctx);
-    t.ctx.uc_stack.ss_sp = t.stack;
-    t.ctx.uc_stack.ss_size = kStackBytes;
-    t.ctx.uc_link = &g_scheduler;
-    makecontext(&t.ctx, thread_main, 0);
+    start_context(t);
   }
   for (;;) {
     for (unsigned i = 0; i < n; ++i) {
-      if (g_threads[i].state != State::runnable) continue;
-      g_current = &g_threads[i];
-      swapcontext(&g_scheduler, &g_threads[i].ctx);
+      if (g_threads[i].state == State::runnable) resume(g_threads[i]);
     }
     // Every thread now waits at a barrier or has finished. Release complete warp barriers first.
     bool released = false;
