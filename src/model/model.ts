@@ -431,6 +431,3 @@ export class KvDecoder<A> {
     this.mem.free();
   }
 }
-
-/** Model's former name, still imported by test/export/gguf.test.ts until that file moves to Model. */
-export const LoadedModel = Model;

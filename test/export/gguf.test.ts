@@ -24,7 +24,7 @@ import { GGML_INTEGER_TYPES, GGUF_TYPE_TRAITS, decodeValues, encodeValues, holds
 import { f16ToF32Ref, f32ToF16Ref } from '../../src/engine/dtype.js';
 import { Rng } from '../../src/engine/random.js';
 import { WeightSource } from '../../src/model/weights.js';
-import { LoadedModel } from '../../src/model/model.js';
+import { Model } from '../../src/model/model.js';
 import { allocBlockParams, BLOCK_LINEARS, type BlockLinear } from '../../src/model/block.js';
 import { windowsNll } from '../../src/pipeline/eval.js';
 import { evalWindows } from '../../src/data/windows.js';
@@ -589,7 +589,7 @@ async function compareInference(
         const steps = await llamaGreedy(seq, prompt, opts.greedy);
         const ids = [...prompt, ...steps.map((s) => s.token)];
         const V = src.cfg.vocabSize;
-        const logits = LoadedModel.load(src).forward(Int32Array.from(ids), 1, ids.length).f32; // (T, V)
+        const logits = Model.load(src).forward(Int32Array.from(ids), 1, ids.length).f32; // (T, V)
         let agree = 0, maxLogitDiff = 0, maxShortfall = 0;
         steps.forEach((step, i) => {
           const row = logits.subarray((prompt.length - 1 + i) * V, (prompt.length + i) * V); // (V) after prompt + i tokens
