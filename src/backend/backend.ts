@@ -13,6 +13,7 @@
 // a driver: src/engine/cuda.ts setCudaBackend.)
 import type { DType, Storage } from '../engine/dtype.js';
 import type { AttentionOptions } from '../ops/attention.js';
+import type { AdamWHyper } from '../ops/adamw.js';
 
 // q (B, Tq, H, D), k and v (B, Tk, Hkv, D); and N rows through an (O, I) weight
 export type { AttentionShape } from '../ops/cuda/attention.js';
@@ -117,6 +118,28 @@ export interface Backend<A> {
   attentionForward(out: A, lse: A, q: A, k: A, v: A, shape: AttentionShape, opts: AttentionOptions, scratch: AttentionScratch | null, outLowp: A | null): void;
   /** dq, dk, dv ACCUMULATE. */
   attentionBackward(dq: A, dk: A, dv: A, dout: A, q: A, k: A, v: A, out: A, lse: A, shape: AttentionShape, opts: AttentionOptions, scratch: AttentionScratch | null): void;
+
+  // ---- training: AdamW over equally long f32 ranges (param, grad, m, v), in place. A step's
+  // scalars live in a record of the backend's (device memory on CUDA), written before the step
+  // and read by it, so a captured step picks up each replay's learning rate.
+  adamwScalars(): Owned<unknown>;
+  writeAdamWScalars(scalars: unknown, h: AdamWHyper): void;
+  adamwStep(param: A, grad: A, m: A, v: A, scalars: unknown): void;
+
+  /**
+   * Step capture for `what` (e.g. 'the Block-AP step'): capture(key, queue) runs queue's ops;
+   * CUDA records a graph per key on the second run and replays it from the third (nothing may
+   * allocate, copy or synchronise inside), the CPU calls queue. See CudaStepGraphs.
+   */
+  stepCapture(what: string): StepCapture;
+}
+
+/** What Backend.stepCapture gives: replayable sequences of queued ops. */
+export interface StepCapture {
+  capture(key: string, queue: () => void): void;
+  /** One line on stderr when captures were asked for but the device ran them op by op (CUDA). */
+  noteIfEager(quiet: boolean): void;
+  free(): void;
 }
 
 /** Allocations on one backend (arrays, or anything with a free()) released together, newest first. */

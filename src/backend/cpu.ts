@@ -15,7 +15,8 @@ import { embeddingForward } from '../ops/embedding.js';
 import { crossEntropyForward } from '../ops/crossentropy.js';
 import { packedLinearBackward, packedLinearForward, type PackedWeight } from '../quant/packed-linear.js';
 import { BF16_NEEDS_CUDA } from '../engine/cuda.js';
-import type { AttentionScratch, AttentionShape, Backend, LinearDims, PackedArray } from './backend.js';
+import { adamwStep, checkAdamWHyper, type AdamWHyper } from '../ops/adamw.js';
+import type { AttentionScratch, AttentionShape, Backend, LinearDims, PackedArray, StepCapture } from './backend.js';
 
 const flat = (t: Tensor): Tensor => (t.rank === 1 ? t : t.view([t.size]));
 
@@ -142,5 +143,23 @@ export const cpuBackend: Backend<Tensor> = {
     const { B, Tq, Tk, H, Hkv, D } = s;
     const qs = [B, Tq, H, D], ks = [B, Tk, Hkv, D];
     attentionBackward(dq.view(qs), dk.view(ks), dv.view(ks), dout.view(qs), q.view(qs), k.view(ks), v.view(ks), out.view(qs), lse.view([B, H, Tq]), opts);
+  },
+
+  // the CPU op takes the hyperparameters themselves (in f64): the record holds them
+  adamwScalars() {
+    return { value: { h: null as AdamWHyper | null }, free() {} };
+  },
+  writeAdamWScalars(scalars, h) {
+    checkAdamWHyper('adamwStep', h);
+    (scalars as { h: AdamWHyper | null }).h = { ...h };
+  },
+  adamwStep(param, grad, m, v, scalars) {
+    const h = (scalars as { h: AdamWHyper | null }).h;
+    if (!h) throw new Error('adamwStep: no scalars written for this step (writeAdamWScalars)');
+    adamwStep(flat(param), flat(grad), flat(m), flat(v), h);
+  },
+
+  stepCapture(): StepCapture {
+    return { capture: (_key, queue) => queue(), noteIfEager() {}, free() {} };
   },
 };

@@ -6,7 +6,7 @@
 // kernels (no scratch; also the path of decoding over a kv cache, which takes any key count).
 // Packed linears keep the GPTQ integers and zero points on the device and dequantize each
 // weight into a tile (f32, or bf16 for bf16 GEMMs) right before its GEMM.
-import { allocDevice, DeviceAllocations, deviceView, downloadDevice, freeDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
+import { allocDevice, CudaStepGraphs, DeviceAllocations, deviceView, downloadDevice, freeDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
 import type { DType, Storage } from '../engine/dtype.js';
 import { addCuda, copyCuda, f32ToBf16Cuda } from '../ops/cuda/elementwise.js';
 import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../ops/cuda/rmsnorm.js';
@@ -19,7 +19,8 @@ import { crossEntropyForwardCuda } from '../ops/cuda/crossentropy.js';
 import { attentionBackwardCuda, attentionForwardCuda } from '../ops/cuda/attention.js';
 import { AttentionGemmScratch, attentionGemmBackwardCuda, attentionGemmForwardCuda, attentionPathCuda } from '../ops/cuda/attention-gemm.js';
 import { AttentionTcScratch, attentionTcBackwardCuda, attentionTcForwardCuda, attentionTcUnsupported } from '../ops/cuda/attention-tc.js';
-import type { AttentionScratch, Backend, PackedArray } from './backend.js';
+import { ADAMW_SCALARS, adamwLaunchCuda, writeAdamWScalars } from '../ops/cuda/adamw.js';
+import type { AttentionScratch, Backend, PackedArray, StepCapture } from './backend.js';
 
 /** The (O, I) weight of a packed linear dequantized into the tile its GEMM reads: lowp's bf16 copy with bf16 GEMMs, else the f32 tile. */
 function dequantized(w: PackedArray, scales: DeviceArray, tile: DeviceArray | null, lowp: LowPrecisionScratch | null): DeviceArray {
@@ -128,5 +129,17 @@ export const cudaBackend: Backend<DeviceArray> = {
     if (scratch instanceof AttentionTcScratch) attentionTcBackwardCuda(dq, dk, dv, dout, q, k, v, out, lse, shape, opts, scratch);
     else if (scratch instanceof AttentionGemmScratch) attentionGemmBackwardCuda(dq, dk, dv, dout, q, k, v, out, lse, shape, opts, scratch);
     else attentionBackwardCuda(dq, dk, dv, dout, q, k, v, out, lse, shape, opts);
+  },
+
+  adamwScalars() {
+    const scalars = allocDevice('f32', ADAMW_SCALARS);
+    return { value: scalars, free: () => freeDevice(scalars) };
+  },
+  writeAdamWScalars: (scalars, h) => writeAdamWScalars(scalars as DeviceArray, h),
+  adamwStep: (param, grad, m, v, scalars) => adamwLaunchCuda(param, grad, m, v, scalars as DeviceArray),
+
+  stepCapture(what): StepCapture {
+    const graphs = new CudaStepGraphs(what);
+    return { capture: (key, queue) => graphs.run(key, queue), noteIfEager: (quiet) => graphs.noteIfEager(quiet), free: () => graphs.free() };
   },
 };
