@@ -19,7 +19,8 @@ import { PackedModel, type PackedBlock } from '../src/model/quantized.js';
 import { gptqFormat, packedWords } from '../src/quant/formats.js';
 import type { PackedWeight } from '../src/quant/packed-linear.js';
 import { ScaleState } from '../src/pipeline/e2e-qp.js';
-import { E2eStepperCuda } from '../src/pipeline/e2e-trainer-cuda.js';
+import { E2eTrainer } from '../src/pipeline/e2e-trainer.js';
+import { cudaBackend } from '../src/backend/cuda.js';
 import { cudaDeviceOrSkip, flagValue, shapeConfig } from './shapes.js';
 
 const argv = process.argv.slice(2);
@@ -67,7 +68,7 @@ const model = PackedModel.fromParts(cfg, { bits, groupSize: G, checkpointFormat:
 const state = new ScaleState(model.blocks);
 
 resetDevicePeak();
-const stepper = new E2eStepperCuda(model, state, mb, T, precision);
+const stepper = new E2eTrainer(cudaBackend, model, state, mb, T, precision);
 try {
   stepper.fromHost();
   const N = mb * T;
@@ -96,7 +97,7 @@ try {
   console.log(
     `# E2E-QP step on CUDA: ${shapeName}-shaped model (${cfg.numLayers} layers), w${bits}g${G} packed, ${accum} micro-batches of ${mb} × ${T} tokens, ${precision} GEMMs (${dev.name}), ${new Date().toISOString()}`,
   );
-  console.log(`# micro-batches ${stepper.graphs.eagerReason === null ? 'replayed from a CUDA graph' : `run op by op (${stepper.graphs.eagerReason})`}; attention: ${attentionPathCuda()}`);
+  console.log(`# micro-batches ${stepper.capture.eagerReason === null ? 'replayed from a CUDA graph' : `run op by op (${stepper.capture.eagerReason})`}; attention: ${attentionPathCuda()}`);
   console.log('| s / micro-batch (median) | s / optimizer step | tokens/s | eqat allocations peak GiB | process device memory GiB |');
   console.log('|---|---|---|---|---|');
   console.log(

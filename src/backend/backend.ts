@@ -14,6 +14,8 @@
 import type { DType, Storage } from '../engine/dtype.js';
 import type { AttentionOptions } from '../ops/attention.js';
 import type { AdamWHyper } from '../ops/adamw.js';
+import { embeddingIdError } from '../ops/embedding.js';
+import { crossEntropyTargetError, IGNORE_INDEX } from '../ops/crossentropy.js';
 
 // q (B, Tq, H, D), k and v (B, Tk, Hkv, D); and N rows through an (O, I) weight
 export type { AttentionShape } from '../ops/cuda/attention.js';
@@ -109,7 +111,7 @@ export interface Backend<A> {
   // ---- the model's ends: out (N, C) = table (V, C) rows of ids (N) i32; losses (N) of logits
   // (N, V) against targets (N) i32 (0 where a target is -100). Invalid ids are refused before
   // anything is written unless `check` is false (CUDA: the check is a synchronisation).
-  embeddingForward(out: A, ids: A, table: A, N: number, V: number, C: number): void;
+  embeddingForward(out: A, ids: A, table: A, N: number, V: number, C: number, opts?: { check: boolean }): void;
   crossEntropyForward(losses: A, logits: A, targets: A, N: number, V: number, opts: { check: boolean }): void;
 
   // ---- causal GQA attention: out (B, Tq, H, D), lse (B, H, Tq). `scratch` from attentionScratch
@@ -132,6 +134,65 @@ export interface Backend<A> {
    * allocate, copy or synchronise inside), the CPU calls queue. See CudaStepGraphs.
    */
   stepCapture(what: string): StepCapture;
+
+  // ---- E2E-QP training: the model's ends of a micro-batch over host-checked tokens, the
+  // global gradient norm and clipping
+  /**
+   * Checks a micro-batch's token ids and targets (N each, host memory) against a vocabulary of
+   * V before they are uploaded, so the step's embedding and cross-entropy run with check false
+   * (a captured step cannot synchronise): throws the RangeError this backend's embedding op
+   * would raise for the first bad id, else its fused cross-entropy for the first bad target.
+   */
+  checkTrainingTokens(ids: Int32Array, targets: Int32Array, V: number): void;
+  /** The record of the fused cross-entropy's gradient scale (device memory on CUDA, so a captured micro-batch reads each replay's scale). */
+  lossScale(): Owned<unknown>;
+  writeLossScale(record: unknown, scale: number): void;
+  /**
+   * crossEntropyForward and its backward in one pass: losses (N); dlogits (N, V) OVERWRITTEN
+   * with scale · (softmax(logits) − onehot(targets)), scale read from the lossScale record;
+   * dlogits may be logits (in place).
+   */
+  crossEntropyForwardBackward(losses: A, dlogits: A, logits: A, targets: A, N: number, V: number, scale: unknown, opts: { check: boolean }): void;
+  /** Scratch of sumSquares (CUDA: the per-block partial sums). */
+  sumSquaresScratch(): Owned<unknown>;
+  /** Σ a² over the whole f32 array with f64 sums (a device-to-host transfer on CUDA). */
+  sumSquares(a: A, scratch: unknown): number;
+  /** out = alpha · a over equally long f32 arrays (in place allowed). */
+  scale(out: A, a: A, alpha: number): void;
+
+  // ---- Block-AP training: fake quantization of an (O, I) weight in groups of G (G consecutive
+  // inputs) over per-group step sizes and zero points (O, I/G) with its straight-through
+  // backward, the MSE reconstruction loss, and host staging for the batches
+  /** out (O, I) = fakequant(w) (src/quant/primitives.ts); an f32 out gets the values, a bf16 one (CUDA) their bf16 rounding. */
+  fakeQuantForward(out: A, w: A, scale: A, zero: A, O: number, I: number, bits: number, G: number): void;
+  /**
+   * Straight-through backward of fakeQuantForward given dout (O, I): dscale and dzero ACCUMULATE,
+   * and so does dw (O, I) when given; with dw null only they are formed (the CPU kernel forms a
+   * weight gradient all the same, in `scratch` from fakeQuantScratch).
+   */
+  fakeQuantBackward(dw: A | null, dscale: A, dzero: A, dout: A, w: A, scale: A, zero: A, O: number, I: number, bits: number, G: number, scratch: unknown): void;
+  /**
+   * fakeQuantBackward into a zeroed weight gradient followed by the weight's AdamW step (w, m, v
+   * (O, I) updated with the scalars last written to `adamwScalars`); dscale and dzero ACCUMULATE.
+   * CUDA fuses the two (no gradient buffer); the CPU composes them through `scratch`.
+   */
+  fakeQuantBackwardAdamw(w: A, m: A, v: A, adamwScalars: unknown, dscale: A, dzero: A, dout: A, scale: A, zero: A, O: number, I: number, bits: number, G: number, scratch: unknown): void;
+  /** The scratch of fakeQuantBackward* for weights up to `largest` elements: a weight gradient on the CPU, nothing on CUDA. */
+  fakeQuantScratch(largest: number): Owned<unknown>;
+  /** linearBackward with dw (O, I) OVERWRITTEN: one linear's weight gradient formed in a tile and read once. */
+  linearBackwardIntoTile(dx: A | null, dw: A, dbias: A | null | undefined, dout: A, x: A, w: A, d: LinearDims, accumulateDx: boolean, lowp: unknown): void;
+  /** The record a queued MSE leaves its sums in (CUDA: per-block partial sums in device memory). */
+  mseRecord(): Owned<unknown>;
+  /** Queues mean((a − b)²) of a and b (n elements each, n > 0, f64 sums) into `record`; mseRead gives it once the work has run. */
+  mseQueue(a: A, b: A, n: number, record: unknown): void;
+  /** The MSE the last mseQueue of n elements left in `record` (CUDA: a device-to-host transfer). */
+  mseRead(record: unknown, n: number): number;
+  /** da += 2 (a − b) / n over n elements, the factor rounded to f32 once. */
+  mseBackward(da: A, a: A, b: A, n: number): void;
+  /** out (bf16) = x (f32) rounded to bf16, equally long: a pass's weights for bf16 GEMMs (CUDA only). */
+  roundToBf16(out: A, x: A): void;
+  /** Host memory for batches that are uploaded (CUDA: page-locked where the driver grants it, so uploads run at bus speed). */
+  hostStaging(length: number): Float32Array;
 }
 
 /** What Backend.stepCapture gives: replayable sequences of queued ops. */
@@ -139,6 +200,10 @@ export interface StepCapture {
   capture(key: string, queue: () => void): void;
   /** One line on stderr when captures were asked for but the device ran them op by op (CUDA). */
   noteIfEager(quiet: boolean): void;
+  /** Why captures run op by op (CUDA: graphs off or a capture failed), or null (graphs in use; the CPU). */
+  readonly eagerReason: string | null;
+  /** Sequences recorded so far (CUDA graphs; 0 on the CPU). */
+  readonly graphs: number;
   free(): void;
 }
 
@@ -175,5 +240,23 @@ export class BackendAllocations<A> {
 
   free(): void {
     for (const release of this.releases.splice(0).reverse()) release();
+  }
+}
+
+// ---- E2E-QP training: the host check behind Backend.checkTrainingTokens
+
+/**
+ * The check of Backend.checkTrainingTokens under the ops' names: every id first (the embedding
+ * runs first), then every target other than the ignore index (-100).
+ */
+export function checkTokensAs(ops: { embedding: string; crossEntropy: string }, ids: Int32Array, targets: Int32Array, V: number): void {
+  if (targets.length !== ids.length) throw new RangeError(`checkTrainingTokens: ${ids.length} ids but ${targets.length} targets`);
+  for (let row = 0; row < ids.length; row++) {
+    const id = ids[row]!;
+    if (!(id >= 0 && id < V)) throw embeddingIdError(ops.embedding, row, id, V);
+  }
+  for (let row = 0; row < targets.length; row++) {
+    const target = targets[row]!;
+    if (target !== IGNORE_INDEX && !(target >= 0 && target < V)) throw crossEntropyTargetError(ops.crossEntropy, row, target, V);
   }
 }

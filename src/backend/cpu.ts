@@ -5,18 +5,22 @@
 // PackedWeight itself (no upload, no tile).
 import { Tensor } from '../engine/tensor.js';
 import { allocStorage, type DType, type Storage } from '../engine/dtype.js';
-import { add, copy } from '../ops/elementwise.js';
+import { add, copy, scale } from '../ops/elementwise.js';
 import { rmsnormBackward, rmsnormForward } from '../ops/rmsnorm.js';
 import { ropeBackward, ropeForward } from '../ops/rope.js';
 import { swigluBackward, swigluForward } from '../ops/swiglu.js';
 import { linearBackward, linearForward } from '../ops/linear.js';
 import { attentionBackward, attentionForward, type AttentionOptions } from '../ops/attention.js';
 import { embeddingForward } from '../ops/embedding.js';
-import { crossEntropyForward } from '../ops/crossentropy.js';
+import { crossEntropyForward, crossEntropyForwardBackward } from '../ops/crossentropy.js';
+import { sumSquares } from '../ops/reduce.js';
+import { mseBackward, mseForward } from '../ops/reduce.js';
+import { fakeQuantBackward, fakeQuantForward } from '../quant/fakequant.js';
+import { checkGroupLayout } from '../quant/primitives.js';
 import { packedLinearBackward, packedLinearForward, type PackedWeight } from '../quant/packed-linear.js';
 import { BF16_NEEDS_CUDA } from '../engine/cuda.js';
 import { adamwStep, checkAdamWHyper, type AdamWHyper } from '../ops/adamw.js';
-import type { AttentionScratch, AttentionShape, Backend, LinearDims, PackedArray, StepCapture } from './backend.js';
+import { checkTokensAs, type AttentionScratch, type AttentionShape, type Backend, type LinearDims, type PackedArray, type StepCapture } from './backend.js';
 
 const flat = (t: Tensor): Tensor => (t.rank === 1 ? t : t.view([t.size]));
 
@@ -124,7 +128,7 @@ export const cpuBackend: Backend<Tensor> = {
   },
 
   embeddingForward(out, ids, table, N, V, C) {
-    embeddingForward(out.view([N, C]), ids.view([N]), table.view([V, C]));
+    embeddingForward(out.view([N, C]), ids.view([N]), table.view([V, C])); // the check is free on the host: always made
   },
   crossEntropyForward(losses, logits, targets, N, V) {
     crossEntropyForward(losses.view([N]), logits.view([N, V]), targets.view([N])); // the check is free on the host: always made
@@ -160,6 +164,79 @@ export const cpuBackend: Backend<Tensor> = {
   },
 
   stepCapture(): StepCapture {
-    return { capture: (_key, queue) => queue(), noteIfEager() {}, free() {} };
+    return { capture: (_key, queue) => queue(), noteIfEager() {}, eagerReason: null, graphs: 0, free() {} };
   },
+
+  // ---- E2E-QP training: the ops check ids and targets natively as well (free on the host)
+  checkTrainingTokens(ids, targets, V) {
+    checkTokensAs({ embedding: 'embeddingForward', crossEntropy: 'crossEntropyForwardBackward' }, ids, targets, V);
+  },
+  // the CPU op takes the scale itself (in f64): the record holds it
+  lossScale() {
+    return { value: { scale: null as number | null }, free() {} };
+  },
+  writeLossScale(record, scale) {
+    if (typeof scale !== 'number' || !Number.isFinite(scale)) throw new TypeError(`writeLossScale: scale must be a finite number, got ${scale}`);
+    (record as { scale: number | null }).scale = scale;
+  },
+  crossEntropyForwardBackward(losses, dlogits, logits, targets, N, V, record) {
+    const scale = (record as { scale: number | null }).scale;
+    if (scale === null) throw new Error('crossEntropyForwardBackward: no scale written (writeLossScale)');
+    crossEntropyForwardBackward(losses.view([N]), dlogits.view([N, V]), logits.view([N, V]), targets.view([N]), scale); // always checked
+  },
+  sumSquaresScratch() {
+    return { value: null, free() {} }; // the native sum needs none
+  },
+  sumSquares: (a) => sumSquares(flat(a)),
+  scale(out, a, alpha) {
+    scale(flat(out), flat(a), alpha);
+  },
+
+  // ---- Block-AP training: the native fake-quant kernels on (O, I) views; the fused backward
+  // composes the kernel's weight gradient (in scratch) with the AdamW step; the MSE record holds
+  // the loss itself
+  fakeQuantForward(out, w, scale, zero, O, I, bits, G) {
+    checkGroupLayout(O, I, G, 'fakeQuantForward');
+    fakeQuantForward(out.view([O, I]), w.view([O, I]), scale.view([O, I / G]), zero.view([O, I / G]), bits, G);
+  },
+  fakeQuantBackward(dw, dscale, dzero, dout, w, scale, zero, O, I, bits, G, scratch) {
+    checkGroupLayout(O, I, G, 'fakeQuantBackward');
+    const grad = dw ?? weightGradient('fakeQuantBackward', scratch, O * I);
+    const groups = [O, I / G];
+    fakeQuantBackward(grad.view([O, I]), dscale.view(groups), dzero.view(groups), dout.view([O, I]), w.view([O, I]), scale.view(groups), zero.view(groups), bits, G);
+  },
+  fakeQuantBackwardAdamw(w, m, v, adamwScalars, dscale, dzero, dout, scale, zero, O, I, bits, G, scratch) {
+    const grad = weightGradient('fakeQuantBackwardAdamw', scratch, O * I);
+    grad.data.fill(0);
+    cpuBackend.fakeQuantBackward(grad, dscale, dzero, dout, w, scale, zero, O, I, bits, G, null);
+    cpuBackend.adamwStep(w, grad, m, v, adamwScalars);
+  },
+  fakeQuantScratch(largest) {
+    return { value: Tensor.zeros([largest]), free() {} };
+  },
+  linearBackwardIntoTile(dx, dw, dbias, dout, x, w, d, accumulateDx, lowp) {
+    dw.data.fill(0); // the CPU GEMM accumulates its weight gradient
+    cpuBackend.linearBackward(dx, dw, dbias, dout, x, w, d, accumulateDx, lowp);
+  },
+  mseRecord() {
+    return { value: { loss: NaN }, free() {} };
+  },
+  mseQueue(a, b, n, record) {
+    if (n <= 0) throw new RangeError('mseQueue: empty arrays have no mean');
+    (record as { loss: number }).loss = mseForward(a.view([n]), b.view([n]));
+  },
+  mseRead: (record) => (record as { loss: number }).loss,
+  mseBackward(da, a, b, n) {
+    mseBackward(da.view([n]), a.view([n]), b.view([n]));
+  },
+  roundToBf16() {
+    throw new Error(`roundToBf16: ${BF16_NEEDS_CUDA}`);
+  },
+  hostStaging: (length) => new Float32Array(length),
 };
+
+/** The first n elements of a fakeQuantScratch weight gradient. */
+function weightGradient(op: string, scratch: unknown, n: number): Tensor {
+  if (!(scratch instanceof Tensor) || scratch.size < n) throw new Error(`${op}: no weight-gradient scratch of ${n} elements (fakeQuantScratch)`);
+  return scratch.size === n ? scratch : cpuBackend.view(scratch, 0, n);
+}

@@ -8,19 +8,23 @@
 // weight into a tile (f32, or bf16 for bf16 GEMMs) right before its GEMM.
 import { allocDevice, CudaStepGraphs, DeviceAllocations, deviceView, downloadDevice, freeDevice, uploadDevice, zeroDevice, type DeviceArray } from '../engine/cuda.js';
 import type { DType, Storage } from '../engine/dtype.js';
-import { addCuda, copyCuda, f32ToBf16Cuda } from '../ops/cuda/elementwise.js';
+import { addCuda, copyCuda, f32ToBf16Cuda, scaleCuda } from '../ops/cuda/elementwise.js';
 import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../ops/cuda/rmsnorm.js';
 import { ropeBackwardCuda, ropeForwardCuda } from '../ops/cuda/rope.js';
 import { swigluBackwardCuda, swigluForwardCuda } from '../ops/cuda/swiglu.js';
 import { linearBackwardCuda, linearForwardCuda, uploadFrozenWeight, type LowPrecisionScratch } from '../ops/cuda/linear.js';
 import { dequantizeGptqCuda, freePackedWeightCuda, gptqScaleGradCuda, uploadPackedWeight, type PackedWeightCuda } from '../ops/cuda/gptq.js';
 import { embeddingForwardCuda } from '../ops/cuda/embedding.js';
-import { crossEntropyForwardCuda } from '../ops/cuda/crossentropy.js';
+import { allocLossScale, crossEntropyForwardBackwardCuda, crossEntropyForwardCuda, writeLossScale } from '../ops/cuda/crossentropy.js';
+import { allocReducePartials, sumSquaresCuda } from '../ops/cuda/reduce.js';
 import { attentionBackwardCuda, attentionForwardCuda } from '../ops/cuda/attention.js';
 import { AttentionGemmScratch, attentionGemmBackwardCuda, attentionGemmForwardCuda, attentionPathCuda } from '../ops/cuda/attention-gemm.js';
 import { AttentionTcScratch, attentionTcBackwardCuda, attentionTcForwardCuda, attentionTcUnsupported } from '../ops/cuda/attention-tc.js';
 import { ADAMW_SCALARS, adamwLaunchCuda, writeAdamWScalars } from '../ops/cuda/adamw.js';
-import type { AttentionScratch, Backend, PackedArray, StepCapture } from './backend.js';
+import { allocHostStaging, expectDeviceLength } from '../engine/cuda.js';
+import { fakeQuantBackwardAdamwCuda, fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../ops/cuda/fakequant.js';
+import { mseBackwardCuda, mseQueueCuda, readMseCuda } from '../ops/cuda/reduce.js';
+import { checkTokensAs, type AttentionScratch, type Backend, type PackedArray, type StepCapture } from './backend.js';
 
 /** The (O, I) weight of a packed linear dequantized into the tile its GEMM reads: lowp's bf16 copy with bf16 GEMMs, else the f32 tile. */
 function dequantized(w: PackedArray, scales: DeviceArray, tile: DeviceArray | null, lowp: LowPrecisionScratch | null): DeviceArray {
@@ -107,7 +111,7 @@ export const cudaBackend: Backend<DeviceArray> = {
     if (dscales) gptqScaleGradCuda(dscales, dw!, w as PackedWeightCuda);
   },
 
-  embeddingForward: (out, ids, table, N, V, C) => embeddingForwardCuda(out, ids, table, N, V, C),
+  embeddingForward: (out, ids, table, N, V, C, opts) => embeddingForwardCuda(out, ids, table, N, V, C, opts),
   crossEntropyForward: (losses, logits, targets, N, V, { check }) => crossEntropyForwardCuda(losses, logits, targets, N, V, { check }),
 
   attentionScratch(shape, { precision, training, cacheOnly }): AttentionScratch | null {
@@ -140,6 +144,62 @@ export const cudaBackend: Backend<DeviceArray> = {
 
   stepCapture(what): StepCapture {
     const graphs = new CudaStepGraphs(what);
-    return { capture: (key, queue) => graphs.run(key, queue), noteIfEager: (quiet) => graphs.noteIfEager(quiet), free: () => graphs.free() };
+    return {
+      capture: (key, queue) => graphs.run(key, queue),
+      noteIfEager: (quiet) => graphs.noteIfEager(quiet),
+      get eagerReason() {
+        return graphs.eagerReason;
+      },
+      get graphs() {
+        return graphs.graphs;
+      },
+      free: () => graphs.free(),
+    };
   },
+
+  // ---- E2E-QP training: ids and targets checked where they come from (the device check would synchronise)
+  checkTrainingTokens(ids, targets, V) {
+    checkTokensAs({ embedding: 'embeddingForwardCuda', crossEntropy: 'crossEntropyForwardBackwardCuda' }, ids, targets, V);
+  },
+  lossScale() {
+    const record = allocLossScale();
+    return { value: record, free: () => freeDevice(record) };
+  },
+  writeLossScale: (record, scale) => writeLossScale(record as DeviceArray, scale),
+  crossEntropyForwardBackward: (losses, dlogits, logits, targets, N, V, scale, { check }) =>
+    crossEntropyForwardBackwardCuda(losses, dlogits, logits, targets, N, V, scale as DeviceArray, { check }),
+  sumSquaresScratch() {
+    const partials = allocReducePartials();
+    return { value: partials, free: () => freeDevice(partials) };
+  },
+  sumSquares: (a, scratch) => sumSquaresCuda(a, scratch as DeviceArray),
+  scale: (out, a, alpha) => scaleCuda(out, a, alpha),
+
+  // ---- Block-AP training: the fake-quant kernels (the weight's AdamW fused into the
+  // straight-through backward, so no weight gradient is kept), the MSE as a queued sum read after
+  fakeQuantForward: (out, w, scale, zero, O, I, bits, G) => fakeQuantForwardCuda(out, w, scale, zero, O, I, bits, G),
+  fakeQuantBackward: (dw, dscale, dzero, dout, w, scale, zero, O, I, bits, G) => fakeQuantBackwardCuda(dw, dscale, dzero, dout, w, scale, zero, O, I, bits, G),
+  fakeQuantBackwardAdamw: (w, m, v, adamwScalars, dscale, dzero, dout, scale, zero, O, I, bits, G) =>
+    fakeQuantBackwardAdamwCuda(w, m, v, adamwScalars as DeviceArray, dscale, dzero, dout, scale, zero, O, I, bits, G),
+  fakeQuantScratch() {
+    return { value: null, free() {} };
+  },
+  linearBackwardIntoTile(dx, dw, dbias, dout, x, w, d, accumulateDx, lowp) {
+    linearBackwardCuda(dx, dw, dbias, dout, x, w, d, accumulateDx, lowp as LowPrecisionScratch | null, false);
+  },
+  mseRecord() {
+    const partials = allocReducePartials();
+    return { value: partials, free: () => freeDevice(partials) };
+  },
+  mseQueue(a, b, n, record) {
+    expectDeviceLength(a, n, 'mseQueue: a');
+    mseQueueCuda(a, b, record as DeviceArray);
+  },
+  mseRead: (record, n) => readMseCuda(record as DeviceArray, n),
+  mseBackward(da, a, b, n) {
+    expectDeviceLength(a, n, 'mseBackward: a');
+    mseBackwardCuda(da, a, b);
+  },
+  roundToBf16: (out, x) => f32ToBf16Cuda(out, x),
+  hostStaging: (length) => allocHostStaging(length),
 };

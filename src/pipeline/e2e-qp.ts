@@ -23,21 +23,15 @@
 // discards the state. The finished checkpoint appears at `<out>` only by a rename at the end.
 import { appendFileSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { Arena, Tensor } from '../engine/tensor.js';
-import { BF16_NEEDS_CUDA } from '../engine/cuda.js';
+import { Arena, type Tensor } from '../engine/tensor.js';
+import { BF16_NEEDS_CUDA, type DeviceArray } from '../engine/cuda.js';
 import { WeightSource } from '../model/weights.js';
-import { BLOCK_LINEARS, BLOCK_PARAM_NAMES, blockParamShapes, blockBackward, blockForward, BlockWorkspace, type BlockLinear, type BlockParams } from '../model/block.js';
+import { BLOCK_LINEARS } from '../model/block.js';
 import { PackedModel, type PackedBlock } from '../model/quantized.js';
-import { packedLinears } from '../model/packed-linears.js';
+import type { Precision } from '../backend/backend.js';
 import { cpuBackend } from '../backend/cpu.js';
-import { embeddingForward } from '../ops/embedding.js';
-import { rmsnormBackward, rmsnormForward } from '../ops/rmsnorm.js';
-import { matmul } from '../ops/matmul.js';
-import { linearForward } from '../ops/linear.js';
-import { crossEntropyForwardBackward } from '../ops/crossentropy.js';
-import { fill } from '../ops/elementwise.js';
-import { adamwStep, clipGradNorm, gradNorm as gradNormOf, type AdamWHyper } from '../ops/adamw.js';
-import { E2eStepperCuda } from './e2e-trainer-cuda.js';
+import { cudaBackend } from '../backend/cuda.js';
+import { E2eTrainer } from './e2e-trainer.js';
 import { scalesToF16 } from '../quant/primitives.js';
 import { unpackQweight } from '../quant/gptq-pack.js';
 import { writeSafetensors } from '../io/safetensors-write.js';
@@ -235,171 +229,36 @@ async function textSamples(o: E2eQpOptions): Promise<Samples> {
 }
 
 /**
- * Step sizes of all blocks in one arena (so one fused AdamW call covers them), with grads and
- * moments. Layout: for each block in order, for each linear in BLOCK_LINEARS order, its (O, I/G)
- * step sizes (the CUDA stepper mirrors it on the device).
+ * The host copy of the trained state: step sizes of all blocks in one arena with AdamW's
+ * moments, what a save writes and a resume reads. Layout: for each block in order, for each
+ * linear in BLOCK_LINEARS order, its (O, I/G) step sizes; the model's step sizes become views
+ * into it, so the checkpoint is written from it. The trainer (src/pipeline/e2e-trainer.ts)
+ * holds the same layout on its backend, with the gradients.
  */
 export class ScaleState {
   readonly params: Arena;
-  readonly grads: Arena;
   readonly m: Arena;
   readonly v: Arena;
-  readonly dscales: Record<BlockLinear, Tensor>[] = [];
 
   constructor(blocks: PackedBlock[]) {
     let n = 0;
     for (const b of blocks) for (const [key] of BLOCK_LINEARS) n += b.scales[key].size;
     this.params = new Arena(n);
-    this.grads = new Arena(n);
     this.m = new Arena(n);
     this.v = new Arena(n);
     for (const b of blocks) {
-      const d = {} as Record<BlockLinear, Tensor>;
       for (const [key] of BLOCK_LINEARS) {
         const t = this.params.take(b.scales[key].shape);
         t.f32.set(b.scales[key].f32);
         b.scales[key] = t; // the model now reads its step sizes from the arena
-        d[key] = this.grads.take(t.shape);
       }
-      this.dscales.push(d);
     }
   }
 }
 
-/**
- * Forward and backward of the whole packed model for one micro-batch, with activation
- * recomputation per block. Buffers are allocated once for (micro-batch, seqlen).
- */
-export class E2eTrainer {
-  private readonly ws: BlockWorkspace<Tensor>;
-  private readonly hidden: Tensor[]; // L+1 block-boundary hidden states (mb, T, C)
-  private readonly scratch: Tensor;
-  private dH: Tensor;
-  private dX: Tensor;
-  private readonly normed: Tensor;
-  private readonly rstd: Tensor;
-  private readonly logits: Tensor;
-  private readonly losses: Tensor;
-  private readonly dNormed: Tensor;
-  private readonly gNorms: BlockParams;
-  private readonly dFinalNorm: Tensor;
-  private readonly idsT: Tensor;
-  private readonly labelsT: Tensor;
-
-  constructor(
-    readonly model: PackedModel,
-    readonly mb: number,
-    readonly T: number,
-    /** Per block, where step-size gradients accumulate. */
-    readonly dscales: Record<BlockLinear, Tensor>[],
-  ) {
-    const cfg = model.cfg;
-    const C = cfg.hiddenSize;
-    const N = mb * T;
-    this.ws = new BlockWorkspace(cpuBackend, cfg, mb, T);
-    this.hidden = Array.from({ length: cfg.numLayers + 1 }, () => Tensor.zeros([mb, T, C]));
-    this.scratch = Tensor.zeros([mb, T, C]);
-    this.dH = Tensor.zeros([mb, T, C]);
-    this.dX = Tensor.zeros([mb, T, C]);
-    this.normed = Tensor.zeros([N, C]);
-    this.rstd = Tensor.zeros([N]);
-    this.logits = Tensor.zeros([N, cfg.vocabSize]);
-    this.losses = Tensor.zeros([N]);
-    this.dNormed = Tensor.zeros([N, C]);
-    // norm gradients come out of the block backward but are not trained: one throwaway struct
-    const shapes = blockParamShapes(cfg);
-    const g: Partial<Record<string, Tensor>> = {};
-    for (const name of BLOCK_PARAM_NAMES) {
-      const shape = shapes[name];
-      if (shape) g[name] = name.endsWith('Norm') ? Tensor.zeros(shape) : Tensor.zeros([0]);
-    }
-    this.gNorms = g as BlockParams;
-    this.dFinalNorm = Tensor.zeros([C]);
-    this.idsT = Tensor.fromI32(new Int32Array(N));
-    this.labelsT = Tensor.fromI32(new Int32Array(N));
-  }
-
-  /**
-   * Mean next-token loss of one micro-batch (ids, labels: (mb, T); label -100 = no loss);
-   * step-size gradients of loss / accum accumulate into dscales.
-   */
-  lossAndGrad(ids: Int32Array, labels: Int32Array, accum = 1): number {
-    const { model, mb, T } = this;
-    const cfg = model.cfg;
-    const L = cfg.numLayers;
-    const C = cfg.hiddenSize;
-    const N = mb * T;
-    this.idsT.i32.set(ids);
-    this.labelsT.i32.set(labels);
-    let valid = 0;
-    for (const l of labels) if (l !== -100) valid++;
-    const h = this.hidden;
-    embeddingForward(h[0]!.view([N, C]), this.idsT, model.embedding);
-    for (let l = 0; l < L; l++) {
-      const b = model.blocks[l]!;
-      blockForward(cfg, b.params, this.ws, h[l]!, h[l + 1]!, packedLinears(b));
-    }
-    rmsnormForward(this.normed, this.rstd, h[L]!.view([N, C]), model.finalNorm, cfg.rmsNormEps);
-    linearForward(this.logits, this.normed, model.lmHead);
-    // loss = mean over the micro-batch's predicted tokens, averaged over accumulated micro-batches
-    crossEntropyForwardBackward(this.losses, this.logits, this.logits, this.labelsT, valid > 0 ? 1 / (valid * accum) : 0);
-    let sum = 0;
-    for (let t = 0; t < N; t++) sum += this.losses.f32[t]!;
-    matmul(this.dNormed, this.logits, model.lmHead); // dlogits (N, V) @ lm_head (V, C)
-    fill(this.dH, 0);
-    rmsnormBackward(this.dH.view([N, C]), this.dFinalNorm, this.dNormed, h[L]!.view([N, C]), model.finalNorm, this.rstd);
-    for (let l = L - 1; l >= 0; l--) {
-      const b = model.blocks[l]!;
-      blockForward(cfg, b.params, this.ws, h[l]!, this.scratch, packedLinears(b)); // recompute activations
-      blockBackward(cfg, b.params, this.gNorms, this.ws, h[l]!, this.dH, l > 0 ? this.dX : null, packedLinears(b, this.dscales[l]!));
-      [this.dH, this.dX] = [this.dX, this.dH];
-    }
-    return valid > 0 ? sum / valid : 0;
-  }
-}
-
-/**
- * The arithmetic of E2E-QP optimizer steps on one device; runE2eQp drives it. The host
- * ScaleState is the state saved and written: a device implementation copies it in (fromHost,
- * after a resume) and out (toHost, before a save and at the end).
- */
-export interface E2eStepper {
-  readonly device: 'cpu' | 'cuda';
-  zeroGrads(): void;
-  /** Mean next-token loss of one micro-batch; step-size gradients of loss / accum accumulate. */
-  microStep(ids: Int32Array, labels: Int32Array, accum: number): number;
-  /** The global gradient norm; gradients are then scaled to at most maxNorm when maxNorm > 0. */
-  clip(maxNorm: number): number;
-  adamw(h: AdamWHyper): void;
-  fromHost(): void;
-  toHost(): void;
-  free(): void;
-}
-
-/** The CPU stepper: E2eTrainer over the host ScaleState. */
-export class E2eStepperCpu implements E2eStepper {
-  readonly device = 'cpu' as const;
-  private readonly trainer: E2eTrainer;
-  constructor(model: PackedModel, private readonly state: ScaleState, mb: number, T: number) {
-    this.trainer = new E2eTrainer(model, mb, T, state.dscales);
-  }
-  zeroGrads(): void {
-    this.state.grads.zero();
-  }
-  microStep(ids: Int32Array, labels: Int32Array, accum: number): number {
-    return this.trainer.lossAndGrad(ids, labels, accum);
-  }
-  clip(maxNorm: number): number {
-    const grads = [Tensor.fromF32(this.state.grads.buffer)];
-    return maxNorm > 0 ? clipGradNorm(grads, maxNorm) : gradNormOf(grads);
-  }
-  adamw(h: AdamWHyper): void {
-    const st = this.state;
-    adamwStep(Tensor.fromF32(st.params.buffer), Tensor.fromF32(st.grads.buffer), Tensor.fromF32(st.m.buffer), Tensor.fromF32(st.v.buffer), h);
-  }
-  fromHost(): void {}
-  toHost(): void {}
-  free(): void {}
+/** The trainer of a run on `device`, over the host state (GEMMs in `precision`: bf16 on CUDA only). */
+function trainerOn(device: 'cpu' | 'cuda', model: PackedModel, state: ScaleState, mb: number, T: number, precision: Precision): E2eTrainer<Tensor> | E2eTrainer<DeviceArray> {
+  return device === 'cuda' ? new E2eTrainer(cudaBackend, model, state, mb, T, precision) : new E2eTrainer(cpuBackend, model, state, mb, T, precision);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -553,7 +412,7 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
   validateE2eQp(o);
   const saveEvery = o.saveEvery ?? E2E_QP_SAVE_EVERY;
   const src = WeightSource.open(o.model);
-  let stepper: E2eStepper | null = null;
+  let stepper: E2eTrainer<Tensor> | E2eTrainer<DeviceArray> | null = null;
   try {
     if (!src.quant) throw new Error(`--model ${o.model}: not a quantized checkpoint; run block-ap first (or use eqat quantize)`);
     const samples = await trainingSamples(o); // a bad --data fails here, before anything is written
@@ -575,11 +434,8 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
     const state = new ScaleState(model.blocks);
 
     const device = o.device ?? 'cpu';
-    const precision = o.precision ?? (device === 'cuda' ? 'bf16' : 'f32');
-    stepper =
-      device === 'cuda'
-        ? new E2eStepperCuda(model, state, o.microBatchSize, o.seqlen, precision)
-        : new E2eStepperCpu(model, state, o.microBatchSize, o.seqlen);
+    const precision: Precision = o.precision ?? (device === 'cuda' ? 'bf16' : 'f32');
+    stepper = trainerOn(device, model, state, o.microBatchSize, o.seqlen, precision);
     const mb = o.microBatchSize;
     const T = o.seqlen;
     const L = cfg.numLayers;
@@ -662,7 +518,7 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
       o.onStep?.(step);
     }
     bar.stop();
-    if (run instanceof E2eStepperCuda) run.graphs.noteIfEager(o.quiet ?? false);
+    run.capture.noteIfEager(o.quiet ?? false);
     run.toHost(); // the trained step sizes, into the model the checkpoint is written from
 
     // write the checkpoint: same integers and zero points, trained step sizes (f16)

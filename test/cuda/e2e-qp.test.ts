@@ -1,4 +1,4 @@
-// E2E-QP with --device cuda (src/pipeline/e2e-trainer-cuda.ts) on the bundled llama-tiny,
+// E2E-QP with --device cuda (src/pipeline/e2e-trainer.ts on the CUDA backend) on the bundled llama-tiny,
 // quantized by RTN here, against the same run on the CPU, on the backends of backends.ts: with
 // f32 GEMMs every step's loss and gradient norm and the trained step sizes agree to rounding;
 // with bf16 GEMMs (the CUDA default) the losses agree to about 1%; a state saved by a CUDA run
@@ -14,7 +14,8 @@ import { setCudaBackend } from '../../src/engine/cuda.js';
 import { e2eQpDefaults, runE2eQp, ScaleState, type E2eQpOptions, type E2eQpStepLog } from '../../src/pipeline/e2e-qp.js';
 import { WeightSource } from '../../src/model/weights.js';
 import { PackedModel } from '../../src/model/quantized.js';
-import { E2eStepperCuda } from '../../src/pipeline/e2e-trainer-cuda.js';
+import { E2eTrainer } from '../../src/pipeline/e2e-trainer.js';
+import { cudaBackend } from '../../src/backend/cuda.js';
 import { BLOCK_LINEARS } from '../../src/model/block.js';
 import { REPO, rtnTiny } from '../golden.js';
 import { assertClose } from '../util.js';
@@ -133,7 +134,7 @@ for (const bc of backendCases()) {
     const b = bc.backend();
     const live = b instanceof EmulatorBackend ? b.liveAllocations : 0;
     setCudaBackend(b);
-    const stepper = new E2eStepperCuda(model, new ScaleState(model.blocks), 1, 4, 'f32');
+    const stepper = new E2eTrainer(cudaBackend, model, new ScaleState(model.blocks), 1, 4, 'f32');
     try {
       const ids = Int32Array.from([1, 2, 3, 4]), labels = Int32Array.from([2, 3, 4, -100]);
       ids[2] = V;
