@@ -20,7 +20,7 @@ export const REGION_BASE = 0x2000_0000_0000n;
 /** The address space the runner reserves for the file (so the file never grows past it). */
 export const REGION_BYTES = 2 ** 40;
 /** Span and guard unit: 64 KiB, a multiple of the 4, 16 and 64 KiB pages Linux uses. */
-const GRANULE = 65536;
+export const GRANULE = 65536;
 
 /** Where one buffer lies in the memory file. */
 export interface Placement {

@@ -15,7 +15,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, constants, fstatSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { REGION_BASE, REGION_BYTES } from './memory.js';
+import { GRANULE, REGION_BASE, REGION_BYTES } from './memory.js';
 
 const running = new Set<RunnerProcess>();
 let exitHookInstalled = false;
@@ -46,7 +46,8 @@ export class RunnerProcess {
       const childReplies = open(replyPath, constants.O_RDWR);
       const replies = open(replyPath, constants.O_RDONLY);
       const errors = open(join(dir, 'errors'), 'w+');
-      const child = spawn(exe, [REGION_BASE.toString(16), REGION_BYTES.toString(16), String(process.pid)], {
+      const args = [REGION_BASE.toString(16), REGION_BYTES.toString(16), GRANULE.toString(16), String(process.pid)];
+      const child = spawn(exe, args, {
         stdio: ['ignore', 'ignore', errors, childRequests, childReplies, memoryFd],
       });
       child.on('error', () => {}); // a failed start is thrown below; the event would be unhandled

@@ -2,16 +2,17 @@
 // generated dispatch table; see test/cuda/emu/backend.ts). One runner process serves every
 // launch of one EmulatorBackend:
 //
-//   runner REGION_BASE REGION_BYTES PARENT_PID      (numbers in hex, hex, decimal)
+//   runner REGION_BASE REGION_BYTES GUARD_BYTES PARENT_PID      (hex, hex, hex, decimal)
 //
 // File descriptors: 2 error text, 3 requests (a FIFO, read), 4 replies (a FIFO, written),
 // 5 the device memory file (shared with Node, which uploads and downloads through it).
 //
 // Device memory: REGION_BYTES of address space at REGION_BASE are reserved PROT_NONE; a buffer
 // at file offset OFF spanning BYTES (both multiples of the page size) is mapped from the file at
-// REGION_BASE + OFF, shared, and everything between buffers stays PROT_NONE. Node places each
-// buffer's data so that it ends exactly where its span ends: a kernel reading or writing past
-// the end of a buffer faults, and the runner reports the fault and exits.
+// REGION_BASE + OFF, shared, and the GUARD_BYTES after it stay PROT_NONE (memory.ts leaves them
+// free in the file). Node places each buffer's data so that it ends exactly where its span ends:
+// a kernel reading or writing past the end of a buffer faults, and the runner reports the fault
+// and exits.
 //
 // Request (little-endian): u32 bytes that follow | u32 name length | name | u32 grid[3] |
 // u32 block[3] | u32 shared bytes | u32 slot count | u64 slots (pointers already runner
@@ -84,7 +85,7 @@ inline bool read_exact(int fd, void* dst, size_t n) {
 
 // The device memory region: the reservation and the buffers mapped into it (offset -> bytes).
 struct Region {
-  uint64_t base = 0, bytes = 0;
+  uint64_t base = 0, bytes = 0, guard = 0, page = 0;
   std::map<uint64_t, uint64_t> mapped;
 
   void reserve() {
@@ -101,12 +102,12 @@ struct Region {
   }
 
   // Maps the buffer [off, off + n) of the memory file, first dropping every earlier mapping
-  // that overlaps it or the guard page after it (Node reuses freed file ranges).
-  void ensure(uint64_t off, uint64_t n, uint64_t page) {
-    if (off % page || n % page || n == 0 || off + n + page > bytes) fail("bad buffer range in the request");
+  // that overlaps it or its guard (Node reuses freed file ranges).
+  void ensure(uint64_t off, uint64_t n) {
+    if (off % page || n % page || n == 0 || off + n + guard > bytes) fail("bad buffer range in the request");
     const auto same = mapped.find(off);
     if (same != mapped.end() && same->second == n) return;
-    const uint64_t end = off + n + page;
+    const uint64_t end = off + n + guard;
     auto it = mapped.lower_bound(off);
     if (it != mapped.begin() && std::prev(it)->first + std::prev(it)->second > off) --it;
     while (it != mapped.end() && it->first < end) {
@@ -176,15 +177,17 @@ inline void reopen_requests_read_only() {
 
 int main(int argc, char** argv) {
   using namespace emu;
-  if (argc != 4) fail("usage: runner REGION_BASE REGION_BYTES PARENT_PID");
+  if (argc != 5) fail("usage: runner REGION_BASE REGION_BYTES GUARD_BYTES PARENT_PID");
   prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() != static_cast<pid_t>(strtol(argv[3], nullptr, 10))) return 0;  // Node already gone
+  if (getppid() != static_cast<pid_t>(strtol(argv[4], nullptr, 10))) return 0;  // Node already gone
   install_fatal_handlers();
   reopen_requests_read_only();
-  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   Region region;
   region.base = strtoull(argv[1], nullptr, 16);
   region.bytes = strtoull(argv[2], nullptr, 16);
+  region.guard = strtoull(argv[3], nullptr, 16);
+  region.page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  if (region.guard == 0 || region.guard % region.page) fail("the guard must be whole pages");
   region.reserve();
   for (;;) {
     uint32_t size;
@@ -210,7 +213,7 @@ int main(int argc, char** argv) {
     const uint32_t nbuf = r.get<uint32_t>();
     for (uint32_t i = 0; i < nbuf; ++i) {
       const uint64_t off = r.get<uint64_t>();
-      region.ensure(off, r.get<uint64_t>(), page);
+      region.ensure(off, r.get<uint64_t>());
     }
     if (r.at != r.data.size()) fail("trailing bytes in the request");
     g_gridDim = grid;
