@@ -22,7 +22,8 @@ import { deviceAllocStats, deviceMemInfo, resetDevicePeak, synchronizeCuda } fro
 import { Rng } from '../src/engine/random.js';
 import type { ModelConfig } from '../src/model/config.js';
 import { BLOCK_LINEARS, BLOCK_PARAM_NAMES, linearDims } from '../src/model/block.js';
-import { BlockTrainerCuda } from '../src/pipeline/block-trainer-cuda.js';
+import { BlockTrainer } from '../src/pipeline/block-trainer.js';
+import { cudaBackend } from '../src/backend/cuda.js';
 import { installCudaProfiler, printProfile } from './cuda-profile.js';
 import { cudaDeviceOrSkip, flagValue, shapeConfig } from './shapes.js';
 
@@ -40,7 +41,7 @@ const dev = cudaDeviceOrSkip('bench/cuda-block-step');
 const profiler = argv.includes('--profile') ? installCudaProfiler() : null;
 const before = deviceMemInfo();
 resetDevicePeak();
-const t = new BlockTrainerCuda(cfg, B, T, bits, G, true, precision);
+const t = new BlockTrainer(cudaBackend, cfg, B, T, bits, G, true, precision);
 try {
   const rng = new Rng(1);
   for (const name of BLOCK_PARAM_NAMES) {
@@ -81,7 +82,7 @@ try {
   const flops = 6 * tokens * linearParams + 3.5 * attnFwd;
   const gib = (b: number) => (b / 2 ** 30).toFixed(2);
   console.log(`# Block-AP step on CUDA: ${shapeName}-shaped block, w${bits}g${G}, batch ${B} × ${T} tokens, ${precision} GEMMs (${dev.name}), ${new Date().toISOString()}`);
-  console.log(`# steps ${t.graphs.eagerReason === null ? 'replayed from a CUDA graph' : `run op by op (${t.graphs.eagerReason})`}; attention: ${attentionPathCuda()}`);
+  console.log(`# steps ${t.capture.eagerReason === null ? 'replayed from a CUDA graph' : `run op by op (${t.capture.eagerReason})`}; attention: ${attentionPathCuda()}`);
   console.log('| ms/step (median) | min | max | TFLOP/s | eqat allocations peak GiB | process device memory GiB |');
   console.log('|---|---|---|---|---|---|');
   console.log(

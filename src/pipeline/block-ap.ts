@@ -40,8 +40,9 @@ import { loadTokenizer } from '../io/tokenizer.js';
 import { cachedTokenStream } from '../data/token-cache.js';
 import { sampleWindows } from '../data/windows.js';
 import { ActivationCache } from './activation-cache.js';
-import { BlockTrainerCpu, type BlockApTrainer } from './block-trainer.js';
-import { BlockTrainerCuda } from './block-trainer-cuda.js';
+import { BlockTrainer, type BlockApTrainer } from './block-trainer.js';
+import { cpuBackend } from '../backend/cpu.js';
+import { cudaBackend } from '../backend/cuda.js';
 import { progress } from '../cli/progress.js';
 import { eqatVersion } from '../engine/version.js';
 
@@ -198,8 +199,8 @@ async function prepareBlockAp(opts: BlockApOptions, src: WeightSource) {
   const T = training ? opts.seqlen : 1;
   const trainer: BlockApTrainer =
     device === 'cuda'
-      ? new BlockTrainerCuda(cfg, B, T, opts.wbits, opts.groupSize, training, precision)
-      : new BlockTrainerCpu(cfg, B, T, opts.wbits, opts.groupSize, training);
+      ? new BlockTrainer(cudaBackend, cfg, B, T, opts.wbits, opts.groupSize, training, precision)
+      : new BlockTrainer(cpuBackend, cfg, B, T, opts.wbits, opts.groupSize, training, precision);
   return { cfg, recipe, training, windows, device, precision, trainer, B, T };
 }
 
@@ -365,7 +366,7 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
       } else {
         trainer.initQuant();
       }
-      if (i === resumedFrom && training && trainer instanceof BlockTrainerCuda) trainer.graphs.noteIfEager(opts.quiet ?? false);
+      if (i === resumedFrom && training) trainer.capture.noteIfEager(opts.quiet ?? false);
       timed('write', () => {
         const frozen = trainer.freeze();
         const tensors = blockShardTensors(i, cfg, frozen, trainer.Wq, opts.wbits, opts.groupSize);

@@ -23,8 +23,9 @@ import { backendCases, testOnBackends } from './backends.js';
 import { AttentionTcScratch } from '../../src/ops/cuda/attention-tc.js';
 import { Rng } from '../../src/engine/random.js';
 import { BLOCK_PARAM_NAMES } from '../../src/model/block.js';
-import { BlockTrainerCpu } from '../../src/pipeline/block-trainer.js';
-import { BlockTrainerCuda } from '../../src/pipeline/block-trainer-cuda.js';
+import { BlockTrainer } from '../../src/pipeline/block-trainer.js';
+import { cpuBackend } from '../../src/backend/cpu.js';
+import type { DeviceArray } from '../../src/engine/cuda.js';
 import { BLOCK_VARIANTS, randomBlockParams, tinyConfig } from '../model/tiny-config.js';
 import { EmulatorBackend } from './emu/backend.js';
 import { pipelineSkip } from '../tier.js';
@@ -125,11 +126,11 @@ function compareTrainerSteps(
   tol: Tolerance,
   seed: number,
   lrWeights: readonly number[],
-  check: (gpu: BlockTrainerCuda) => void = () => {},
+  check: (gpu: BlockTrainer<DeviceArray>) => void = () => {},
 ): void {
   const bits = 2, G = 16;
-  const cpu = new BlockTrainerCpu(cfg, B, T, bits, G, true);
-  const gpu = new BlockTrainerCuda(cfg, B, T, bits, G, true, precision);
+  const cpu = new BlockTrainer(cpuBackend, cfg, B, T, bits, G, true);
+  const gpu = new BlockTrainer(cudaBackend, cfg, B, T, bits, G, true, precision);
   try {
     check(gpu);
     const rng = new Rng(seed);
@@ -150,6 +151,7 @@ function compareTrainerSteps(
       if (cpu.P[k]) assertClose(gpu.P[k]!.f32, cpu.P[k]!.f32, { atol: tol.atol, rtol: tol.rtol, what: `trained ${k}` });
     }
   } finally {
+    cpu.free();
     gpu.free();
   }
 }
@@ -237,7 +239,7 @@ testOnBackends('the Block-AP trainer holds its parameter state once and no weigh
     return bytes;
   };
   for (const precision of ['f32', 'bf16'] as const) {
-    const trainer = bytesOf(() => new BlockTrainerCuda(cfg, B, T, 2, G, true, precision));
+    const trainer = bytesOf(() => new BlockTrainer(cudaBackend, cfg, B, T, 2, G, true, precision));
     const workspace = bytesOf(() => new BlockWorkspace(cudaBackend, cfg, B, T, { training: true, precision }));
     const partials = bytesOf(() => {
       const a = allocReducePartials();

@@ -9,7 +9,8 @@ import { test } from 'node:test';
 import { CudaStepGraphs, toDevice, uploadDevice, downloadDevice, freeDevice } from '../../src/engine/cuda.js';
 import { Rng } from '../../src/engine/random.js';
 import { BLOCK_PARAM_NAMES } from '../../src/model/block.js';
-import { BlockTrainerCuda } from '../../src/pipeline/block-trainer-cuda.js';
+import { BlockTrainer } from '../../src/pipeline/block-trainer.js';
+import { cudaBackend as cuda } from '../../src/backend/cuda.js';
 import { scaleCuda } from '../../src/ops/cuda/elementwise.js';
 import { randomBlockParams, tinyConfig } from '../model/tiny-config.js';
 import { assertBitExact, testOnBackends } from './backends.js';
@@ -35,11 +36,11 @@ testOnBackends('graph replay of the Block-AP step equals the eager steps bit for
   const b = cudaBackend();
   const launchesBefore = b instanceof EmulatorBackend ? b.graphLaunches : 0;
   const graphsBefore = b instanceof EmulatorBackend ? b.liveGraphs : 0;
-  const replayed = withGraphsEnv(undefined, () => new BlockTrainerCuda(cfg, B, T, bits, G, true, 'f32'));
-  const eager = withGraphsEnv('0', () => new BlockTrainerCuda(cfg, B, T, bits, G, true, 'f32'));
+  const replayed = withGraphsEnv(undefined, () => new BlockTrainer(cuda, cfg, B, T, bits, G, true, 'f32'));
+  const eager = withGraphsEnv('0', () => new BlockTrainer(cuda, cfg, B, T, bits, G, true, 'f32'));
   try {
-    assert.equal(replayed.graphs.eagerReason, null);
-    assert.equal(eager.graphs.eagerReason, 'EQAT_CUDA_GRAPHS=0');
+    assert.equal(replayed.capture.eagerReason, null);
+    assert.equal(eager.capture.eagerReason, 'EQAT_CUDA_GRAPHS=0');
     const rng = new Rng(11);
     randomBlockParams(rng, replayed.P, eager.P);
     replayed.initQuant();
@@ -74,9 +75,9 @@ testOnBackends('graph replay of the Block-AP step equals the eager steps bit for
       assertBitExact([lr], [le], `loss at step ${step}`);
     });
     assert.throws(() => replayed.finish(), /internal: finish\(\) without submit\(\)/);
-    assert.equal(replayed.graphs.eagerReason, null, 'no capture failed');
-    assert.equal(replayed.graphs.graphs, 2, 'one graph per set of updated groups');
-    assert.equal(eager.graphs.graphs, 0);
+    assert.equal(replayed.capture.eagerReason, null, 'no capture failed');
+    assert.equal(replayed.capture.graphs, 2, 'one graph per set of updated groups');
+    assert.equal(eager.capture.graphs, 0);
     if (b instanceof EmulatorBackend) assert.equal(b.graphLaunches - launchesBefore, 4, 'steps 2, 3, 5 and 6 were graph launches');
     replayed.freeze();
     eager.freeze();
