@@ -6,10 +6,11 @@
 // global-norm gradient clipping at 0.3, global batch 32 by accumulating micro-batches, one
 // epoch over train_size samples of seqlen tokens.
 //
+// The steps run on the CPU or CUDA through one trainer over the Backend (src/pipeline/e2e-trainer.ts).
 // Memory: per micro-batch only the hidden states at block boundaries are kept; each block's
 // activations are recomputed during the backward (one block's workspace at a time), and the
-// gradient w.r.t. a layer's dequantized weight only ever exists tile by tile inside the
-// packed-linear kernel.
+// gradient w.r.t. a layer's dequantized weight only ever exists tile by tile (inside the CPU's
+// packed-linear kernel; in one shared tile on CUDA).
 //
 // Resume: every `saveEvery` optimizer steps (default 8, and after any step that ends 10 minutes
 // or more after the last save) the training state goes atomically (temp file, fsync, rename)
@@ -412,7 +413,7 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
   validateE2eQp(o);
   const saveEvery = o.saveEvery ?? E2E_QP_SAVE_EVERY;
   const src = WeightSource.open(o.model);
-  let stepper: E2eTrainer<Tensor> | E2eTrainer<DeviceArray> | null = null;
+  let trainer: E2eTrainer<Tensor> | E2eTrainer<DeviceArray> | null = null;
   try {
     if (!src.quant) throw new Error(`--model ${o.model}: not a quantized checkpoint; run block-ap first (or use eqat quantize)`);
     const samples = await trainingSamples(o); // a bad --data fails here, before anything is written
@@ -435,7 +436,7 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
 
     const device = o.device ?? 'cpu';
     const precision: Precision = o.precision ?? (device === 'cuda' ? 'bf16' : 'f32');
-    stepper = trainerOn(device, model, state, o.microBatchSize, o.seqlen, precision);
+    trainer = trainerOn(device, model, state, o.microBatchSize, o.seqlen, precision);
     const mb = o.microBatchSize;
     const T = o.seqlen;
     const L = cfg.numLayers;
@@ -469,9 +470,9 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
     const resumedFrom = step;
     const elapsed = (): number => secondsBefore + (performance.now() - t0) / 1000;
     let lastSave = performance.now();
-    stepper.fromHost(); // the state to start from: loaded, or the checkpoint's step sizes
+    trainer.fromHost(); // the state to start from: loaded, or the checkpoint's step sizes
     const save = (): void => {
-      stepper!.toHost();
+      trainer!.toHost();
       const meta: SavedState = { format: STATE_FORMAT, fingerprint, nextStep: step, totalSteps, firstLoss, lastLoss, seconds: elapsed(), log };
       const tensors = [state.params, state.m, state.v].map((a, i) => ({ name: STATE_TENSORS[i]!, dtype: 'F32' as const, shape: [a.buffer.length], data: a.buffer }));
       writeSafetensors(statePath, tensors, { [STATE_KEY]: JSON.stringify(meta) });
@@ -480,7 +481,7 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
 
     const bar = progress('e2e-qp', totalSteps, { quiet: o.quiet ?? false });
     if (step > 0) bar.update(step);
-    const run = stepper;
+    const run = trainer;
     const microStep = (sample: number): number =>
       run.microStep(samples.ids.subarray(sample * T, (sample + mb) * T), samples.labels.subarray(sample * T, (sample + mb) * T), accum);
 
@@ -560,7 +561,7 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
     renameSync(partial, out);
     return { out, steps: step, firstLoss, lastLoss, seconds, packedBytes: model.packedBytes(), resumedFrom };
   } finally {
-    stepper?.free();
+    trainer?.free();
     src.close();
   }
 }
