@@ -257,7 +257,7 @@ export class BlockTrainer<A> implements BlockApTrainer {
       this.mQ = mem.alloc('f32', be.length(this.Q.all));
       this.vQ = mem.alloc('f32', be.length(this.Q.all));
       const largest = largestLinearSize(cfg);
-      this.wTile = mem.alloc('f32', precision === 'f32' ? largest : 0); // bf16: lowp's weight copy holds the weight
+      this.wTile = mem.alloc('f32', precision === 'f32' ? largest : 0); // bf16: the kept weights
       this.dwTile = mem.alloc('f32', training ? largest : 0);
       this.frozen = withLinears(this.dP.params, this.moments.m) as BlockParams<A>;
       if (precision === 'bf16') {
@@ -309,9 +309,10 @@ export class BlockTrainer<A> implements BlockApTrainer {
 
   /**
    * Linears that compute with fake-quantized weights: W̃ = fakequant(P, s, z) is formed in wTile
-   * (in bf16, lowp's weight copy) right before each use, forward and backward; or, with `keep`,
-   * formed there by the forward and read again by the backward (P, s and z do not change in
-   * between: a linear's weight update comes after its own backward GEMMs). The weight gradient
+   * right before each use, forward and backward (f32); or, with `keep` (bf16: every training
+   * trainer; a bf16 trainer without training never runs these linears), formed there by the
+   * forward and read again by the backward (P, s and z do not change in between: a linear's
+   * weight update comes after its own backward GEMMs). The weight gradient
    * formed in dwTile goes through the STE into dQ (s, z) and, while the moments' update is
    * enabled, into the weight's AdamW step at once (P and its moments change during the
    * backward, after the linear's last use). Biases are P's, their gradients G's.
@@ -322,13 +323,13 @@ export class BlockTrainer<A> implements BlockApTrainer {
     const quantized = (key: BlockLinear, again: boolean): { w: A; O: number; I: number } => {
       const [O, I] = linearDims(cfg, key);
       // bf16 GEMMs take the fake-quantized weight straight in bf16 (no f32 tile, no conversion)
-      const w = keep ? keep[key] : be.view(lowp ? (lowp as { wb: A }).wb : this.wTile, 0, O * I);
+      const w = keep ? keep[key] : be.view(this.wTile, 0, O * I);
       if (again) be.fakeQuantForward(w, P[key], this.Q.scale[key], this.Q.zero[key], O, I, bits, G);
       return { w, O, I };
     };
     return {
       bf16Inputs: lowp !== null,
-      forward(out, x, key, N) {
+      forward: (out, x, key, N) => {
         const { w, O, I } = quantized(key, true);
         be.linearForward(out, x, w, P[BIAS_OF[key]], { N, O, I }, lowp);
       },
