@@ -13,7 +13,7 @@ import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../ops/cuda/rmsnorm.js'
 import { ropeBackwardCuda, ropeForwardCuda } from '../ops/cuda/rope.js';
 import { swigluBackwardCuda, swigluForwardCuda } from '../ops/cuda/swiglu.js';
 import { linearBackwardCuda, linearForwardCuda, uploadFrozenWeight, type LowPrecisionScratch } from '../ops/cuda/linear.js';
-import { dequantizeGptqCuda, freePackedWeightCuda, gptqScaleGradCuda, uploadPackedWeight, type PackedWeightCuda } from '../ops/cuda/gptq.js';
+import { dequantizeGptqCuda, freePackedWeightCuda, gptqScaleGradCuda, uploadPackedWeight, type PackedWeightCuda } from '../quant/cuda/gptq.js';
 import { embeddingForwardCuda } from '../ops/cuda/embedding.js';
 import { allocLossScale, crossEntropyForwardBackwardCuda, crossEntropyForwardCuda, writeLossScale } from '../ops/cuda/crossentropy.js';
 import { allocReducePartials, sumSquaresCuda } from '../ops/cuda/reduce.js';
@@ -22,7 +22,7 @@ import { AttentionGemmScratch, attentionGemmBackwardCuda, attentionGemmForwardCu
 import { AttentionTcScratch, attentionTcBackwardCuda, attentionTcForwardCuda, attentionTcUnsupported } from '../ops/cuda/attention-tc.js';
 import { ADAMW_SCALARS, adamwLaunchCuda, writeAdamWScalars } from '../ops/cuda/adamw.js';
 import { allocHostStaging, expectDeviceLength } from '../engine/cuda.js';
-import { fakeQuantBackwardAdamwCuda, fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../ops/cuda/fakequant.js';
+import { fakeQuantBackwardAdamwCuda, fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../quant/cuda/fakequant.js';
 import { mseBackwardCuda, mseQueueCuda, readMseCuda } from '../ops/cuda/reduce.js';
 import { checkTokensAs, type AttentionScratch, type Backend, type PackedArray, type StepCapture } from './backend.js';
 

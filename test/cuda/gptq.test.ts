@@ -1,4 +1,4 @@
-// Packed GPTQ weights on CUDA (src/ops/cuda/gptq.ts) on every backend of backends.ts (GPU when
+// Packed GPTQ weights on CUDA (src/quant/cuda/gptq.ts) on every backend of backends.ts (GPU when
 // present, the CPU emulator of the kernel sources), bit for bit against the TypeScript
 // references: dequantization (f32 and bf16, whole matrix and tiles) against
 // primitives.dequantize on unpackQweight's codes and against the packed layer's twin
@@ -23,7 +23,7 @@ import {
   uploadPackedWeight,
   type GptqTile,
   type PackedWeightCuda,
-} from '../../src/ops/cuda/gptq.js';
+} from '../../src/quant/cuda/gptq.js';
 import { randn } from '../util.js';
 import { assertBitExact, testOnBackends, type Scope } from './backends.js';
 

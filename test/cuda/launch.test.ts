@@ -22,9 +22,9 @@ import {
 } from '../../src/engine/cuda.js';
 import { scaleCuda } from '../../src/ops/cuda/elementwise.js';
 import { rmsnormBackwardCuda, rmsnormForwardCuda } from '../../src/ops/cuda/rmsnorm.js';
-import { fakeQuantBackwardAdamwCuda, fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../../src/ops/cuda/fakequant.js';
+import { fakeQuantBackwardAdamwCuda, fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../../src/quant/cuda/fakequant.js';
 import { adamwStepCuda } from '../../src/ops/cuda/adamw.js';
-import { gptqScaleGradCuda } from '../../src/ops/cuda/gptq.js';
+import { gptqScaleGradCuda } from '../../src/quant/cuda/gptq.js';
 import { swigluForwardCuda } from '../../src/ops/cuda/swiglu.js';
 
 interface Launch {

@@ -14,7 +14,7 @@ import { adamwStepRef } from '../../src/ops/ref/adamw.js';
 import type { AdamWHyper } from '../../src/ops/adamw.js';
 import { fakeQuantBackwardRef, fakeQuantForwardRef, minMaxInit, qmax } from '../../src/quant/primitives.js';
 import { allocReducePartials, mseBackwardCuda, mseForwardCuda, sumSquaresCuda } from '../../src/ops/cuda/reduce.js';
-import { fakeQuantBackwardAdamwCuda, fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../../src/ops/cuda/fakequant.js';
+import { fakeQuantBackwardAdamwCuda, fakeQuantBackwardCuda, fakeQuantForwardCuda } from '../../src/quant/cuda/fakequant.js';
 import { ADAMW_SCALARS, adamwStepCuda, writeAdamWScalars } from '../../src/ops/cuda/adamw.js';
 import { ODD_SIZES, randn } from '../util.js';
 import { assertBitExact, testOnBackends } from './backends.js';

@@ -4,8 +4,8 @@
 // (src/quant/primitives.ts): w is (O, I) row-major, scale and zero are (O, I/G), groups are G
 // consecutive inputs.
 import { cudaKernel, expectDeviceDtype, expectDisjoint, expectDeviceLength, gridFor, launchKernel, type DeviceArray } from '../../engine/cuda.js';
-import { ADAMW_SCALARS } from './adamw.js';
-import { checkBits, checkGroupLayout, qmax } from '../../quant/primitives.js';
+import { ADAMW_SCALARS } from '../../ops/cuda/adamw.js';
+import { checkBits, checkGroupLayout, qmax } from '../primitives.js';
 
 const BLOCK = 256;
 const BACKWARD_TILE_GROUPS = 32;

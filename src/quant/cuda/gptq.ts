@@ -26,8 +26,8 @@ import {
   type DeviceArray,
   expectKernelInt,
 } from '../../engine/cuda.js';
-import { gptqFormat, packedWords } from '../../quant/formats.js';
-import { checkPackedWeight, type PackedWeight } from '../../quant/packed-linear.js';
+import { gptqFormat, packedWords } from '../formats.js';
+import { checkPackedWeight, type PackedWeight } from '../packed-linear.js';
 
 const BLOCK = 256;
 const PARAMS = ['ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
