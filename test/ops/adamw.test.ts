@@ -1,7 +1,8 @@
-// AdamW and gradient clipping: the fused native step against the torch-ordered f32 twin over
-// several steps (weight decay, bias correction, both lerp branches), the first step against its
-// closed form, hyperparameter / shape / dtype errors, and clipGradNorm in the clip and no-clip
-// cases (torch.nn.utils.clip_grad_norm_ semantics).
+// AdamW and gradient clipping: one spec on every backend (test/ops/spec.ts) of the fused step
+// through the backend's scalars record against the torch-ordered f32 twin over several steps
+// (weight decay, bias correction, both lerp branches) on slices of larger arrays; on the CPU op,
+// the first step against its closed form, hyperparameter / shape / dtype errors, and
+// clipGradNorm in the clip and no-clip cases (torch.nn.utils.clip_grad_norm_ semantics).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Rng } from '../../src/engine/random.js';
@@ -9,51 +10,71 @@ import { Tensor } from '../../src/engine/tensor.js';
 import { adamwStep, clipGradNorm, gradNorm, type AdamWHyper } from '../../src/ops/adamw.js';
 import { adamwStepRef, clipGradNormRef, gradNormRef } from '../../src/ops/ref/adamw.js';
 import { assertClose, ODD_SIZES, randn } from '../util.js';
+import { assertBitExact } from '../cuda/backends.js';
+import { forEachBackend, type OnBackend } from './spec.js';
 
-interface State {
-  p: Tensor;
-  m: Tensor;
-  v: Tensor;
-}
+const PAD = 5, SENTINEL = -777;
+const DECAY = { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1 };
+// beta1 <= 0.5 takes lerp's second form
+const LOW_BETA1 = { lr: 3e-3, beta1: 0.3, beta2: 0.95, eps: 1e-6, weightDecay: 0 };
 
-function runSteps(n: number, base: Omit<AdamWHyper, 'step'>, steps: number, seed: number): [State, State] {
-  const rng = new Rng(seed);
-  const p = randn(rng, [n]);
-  const nat: State = { p, m: Tensor.zeros([n]), v: Tensor.zeros([n]) };
-  const ref: State = { p: p.clone(), m: Tensor.zeros([n]), v: Tensor.zeros([n]) };
-  for (let step = 1; step <= steps; step++) {
-    const g = randn(rng, [n], 0.1 * step);
-    if (n > 4) g.f32[3] = 0; // a zero gradient exercises v = 0 (denominator eps)
-    adamwStep(nat.p, g, nat.m, nat.v, { ...base, step });
-    adamwStepRef(ref.p, g, ref.m, ref.v, { ...base, step });
-  }
-  return [nat, ref];
-}
-
-// Native and twin round every operation alike and agree bit for bit in practice; the twin forms
-// lerp's fused multiply-add in f64, whose double rounding could in rare cases land one f32 ulp
-// away, so two ulps (2^-22 relative) are allowed.
+// Tolerances: the CUDA kernel rounds every operation as the twin does, bit for bit. The CPU
+// kernel does too in practice; the twin forms lerp's fused multiply-add in f64, whose double
+// rounding could in rare cases land one f32 ulp away, so the CPU is allowed two ulps (2^-22
+// relative).
 const ULP2 = 2 ** -22;
 
-function compareStates(nat: State, ref: State, what: string): void {
-  assertClose(nat.m.f32, ref.m.f32, { atol: 1e-30, rtol: ULP2, what: `${what} m` });
-  assertClose(nat.v.f32, ref.v.f32, { atol: 1e-30, rtol: ULP2, what: `${what} v` });
-  assertClose(nat.p.f32, ref.p.f32, { atol: 1e-30, rtol: ULP2, what: `${what} param` });
+/**
+ * Steps of AdamW on the backend and with the twin from the same start (m = v = 0), gradients of
+ * growing scale with a zero (v = 0: the denominator is eps). param, grad, m and v are slices
+ * [PAD, PAD + n) of arenas whose ends hold sentinels, which no step may touch.
+ */
+function compareSteps(b: OnBackend, n: number, base: Omit<AdamWHyper, 'step'>, steps: number, seed: number): void {
+  const what = `n=${n} beta1=${base.beta1}`;
+  const rng = new Rng(seed);
+  const p = randn(rng, [n]);
+  const arena = (init?: Float32Array): unknown => {
+    const whole = new Float32Array(n + 2 * PAD).fill(SENTINEL);
+    if (init) whole.set(init, PAD);
+    else whole.fill(0, PAD, PAD + n);
+    return b.upload(whole);
+  };
+  const arenas = { param: arena(p.f32), grad: arena(), m: arena(), v: arena() };
+  const [param, grad, m, v] = [arenas.param, arenas.grad, arenas.m, arenas.v].map((a) => b.be.view(a, PAD, n));
+  const ref = { p: p.clone(), m: Tensor.zeros([n]), v: Tensor.zeros([n]) };
+  const scalars = b.be.adamwScalars();
+  try {
+    for (let step = 1; step <= steps; step++) {
+      const g = randn(rng, [n], 0.1 * step);
+      if (n > 4) g.f32[3] = 0;
+      b.be.upload(grad, g.f32);
+      adamwStepRef(ref.p, g, ref.m, ref.v, { ...base, step });
+      b.be.writeAdamWScalars(scalars.value, { ...base, step });
+      b.be.adamwStep(param, grad, m, v, scalars.value);
+    }
+  } finally {
+    scalars.free();
+  }
+  for (const [name, got, want] of [['m', m, ref.m], ['v', v, ref.v], ['param', param, ref.p]] as const) {
+    const host = new Float32Array(n);
+    b.be.download(got, host);
+    if (b.name === 'cpu') assertClose(host, want.f32, { atol: 1e-30, rtol: ULP2, what: `${what} ${name}` });
+    else assertBitExact(host, want.f32, `${what} ${name}`);
+  }
+  for (const [name, a] of Object.entries(arenas)) {
+    const whole = b.download(a);
+    for (const i of [0, PAD - 1, PAD + n, n + 2 * PAD - 1]) assert.equal(whole[i], SENTINEL, `${what} ${name} arena sentinel ${i}`);
+  }
 }
 
-test('adamwStep matches the twin over several steps (weight decay, bias correction)', () => {
-  const base = { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1 };
-  for (const n of [...ODD_SIZES, 1000, 1_000_003]) {
-    const [nat, ref] = runSteps(n, base, n > 100_000 ? 3 : 6, n);
-    compareStates(nat, ref, `n=${n}`);
-  }
+forEachBackend('adamwStep matches the twin over several steps (weight decay, bias correction), on arena slices', (b) => {
+  for (const n of [...ODD_SIZES, 1000, 1_000_003]) compareSteps(b, n, DECAY, n > 100_000 ? 3 : 6, n);
+  for (const n of [1, 65, 4099]) compareSteps(b, n, DECAY, 4, 6 + n);
 });
 
-test('adamwStep matches the twin with beta1 <= 0.5 (lerp second form) and no weight decay', () => {
-  for (const n of [17, 65, 4099]) {
-    const [nat, ref] = runSteps(n, { lr: 3e-3, beta1: 0.3, beta2: 0.95, eps: 1e-6, weightDecay: 0 }, 5, 100 + n);
-    compareStates(nat, ref, `beta1=0.3 n=${n}`);
-  }
+forEachBackend('adamwStep matches the twin with beta1 <= 0.5 (lerp second form) and no weight decay', (b) => {
+  for (const n of [17, 65, 4099]) compareSteps(b, n, LOW_BETA1, 5, 100 + n);
+  compareSteps(b, 33, LOW_BETA1, 4, 39);
 });
 
 test('the first step has the closed form p*(1 - lr*wd) - lr*g/(|g| + eps)', () => {

@@ -2,15 +2,12 @@
 // host check of a micro-batch's ids and targets (every id first, then the targets; each
 // backend's op names in the messages), the fused cross-entropy reading its gradient scale from
 // the backend's record (rewritten between calls, in place, against the twin at the CPU op
-// tests' tolerances), the sum of squares (the CPU's own sum bit for bit on the CPU; f64 sums in
-// another order on CUDA) and scaling in place.
+// tests' tolerances). (The sum of squares and scaling: test/ops/reduce.test.ts.)
 import assert from 'node:assert/strict';
 import { Rng } from '../../src/engine/random.js';
 import { Tensor } from '../../src/engine/tensor.js';
 import { IGNORE_INDEX } from '../../src/ops/crossentropy.js';
 import { crossEntropyForwardBackwardRef } from '../../src/ops/ref/crossentropy.js';
-import { sumSquares } from '../../src/ops/reduce.js';
-import { sumSquaresRef } from '../../src/ops/ref/reduce.js';
 import { assertClose, randn } from '../util.js';
 import { forEachBackend, type OnBackend } from './spec.js';
 
@@ -54,23 +51,5 @@ forEachBackend('crossEntropyForwardBackward takes its gradient scale from the re
     assert.throws(() => b.be.writeLossScale(record.value, NaN), /writeLossScale: scale must be a finite number, got NaN/);
   } finally {
     record.free();
-  }
-});
-
-forEachBackend('sumSquares over a whole array and scale in place', (b) => {
-  const rng = new Rng(4);
-  const scratch = b.be.sumSquaresScratch();
-  try {
-    for (const n of [0, 1, 31, 257, 100_003]) {
-      const x = randn(rng, [n]);
-      const gx = b.upload(x.f32);
-      const got = b.be.sumSquares(gx, scratch.value);
-      if (b.name === 'cpu') assert.equal(got, sumSquares(x), `n=${n}: the CPU's own sum`);
-      else assertClose([got], [sumSquaresRef(x)], { atol: 0, rtol: 1e-12, what: `sum of squares n=${n}` });
-      b.be.scale(gx, gx, 0.3);
-      assert.deepEqual(b.download(gx), x.f32.map((v) => Math.fround(v * Math.fround(0.3))), `scaled n=${n}`);
-    }
-  } finally {
-    scratch.free();
   }
 });

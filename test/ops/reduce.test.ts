@@ -1,6 +1,9 @@
-// Reductions and the MSE loss: native against the f64 twins on odd and large sizes, NaN and
-// infinity handling of maxAbs / hasNonFinite at every vector position, determinism, the MSE
-// backward against the twin and against finite differences, and the wrappers' errors.
+// Reductions and the MSE loss. On every backend (test/ops/spec.ts): the sum of squares and the
+// MSE (queued, read, backward) against the f64 twins, and scaling in place (the gradient
+// clipping of E2E-QP); on CUDA also the MSE wrapper's empty case and argument errors. On the CPU
+// ops: sum and dot against the f64 twins on odd and large sizes, NaN and infinity handling of
+// maxAbs / hasNonFinite at every vector position, determinism, the MSE backward against the
+// twin and against finite differences, and the wrappers' errors.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Rng } from '../../src/engine/random.js';
@@ -15,7 +18,11 @@ import {
   sumRef,
   sumSquaresRef,
 } from '../../src/ops/ref/reduce.js';
-import { checkGrad, ODD_SIZES, randn } from '../util.js';
+import { allocReducePartials, mseForwardCuda } from '../../src/ops/cuda/reduce.js';
+import type { DeviceArray } from '../../src/engine/cuda.js';
+import { assertClose, checkGrad, ODD_SIZES, randn } from '../util.js';
+import { assertBitExact } from '../cuda/backends.js';
+import { forEachBackend, forEachCudaBackend } from './spec.js';
 
 const SIZES = [...ODD_SIZES, 1000, 65_537, 1_000_003];
 
@@ -46,6 +53,71 @@ test('sum, sumSquares, dot, mseForward match the f64 twins', () => {
     assertSumClose(dot(a, b), dotRef(a, b), n, absDot, `dot n=${n}`);
     // (a - b)^2 is exact in f64 for f32 inputs up to one rounding of the square: one more term
     assertSumClose(mseForward(a, b), mseForwardRef(a, b), n + 1, sqDiff / n, `mseForward n=${n}`);
+  }
+});
+
+// Tolerances: f64 sums in another order than the twin's; on the CPU within the recursive
+// summation bound (assertSumClose), on CUDA within 1e-12 relative. The MSE backward is bit for
+// bit everywhere.
+forEachBackend('sumSquares and the MSE (queued, read, backward) match the twins', (b) => {
+  const rng = new Rng(12);
+  const scratch = b.be.sumSquaresScratch(), record = b.be.mseRecord();
+  try {
+    for (const n of [...ODD_SIZES, 70_001, 300_007]) {
+      const a = randn(rng, [n]), c = randn(rng, [n]), da = randn(rng, [n]);
+      const ga = b.upload(a.f32), gc = b.upload(c.f32);
+      const ss = b.be.sumSquares(ga, scratch.value), wantSs = sumSquaresRef(a);
+      b.be.mseQueue(ga, gc, n, record.value);
+      const mse = b.be.mseRead(record.value, n), wantMse = mseForwardRef(a, c);
+      if (b.name === 'cpu') {
+        let sqDiff = 0;
+        for (let i = 0; i < n; i++) sqDiff += (a.f32[i]! - c.f32[i]!) ** 2;
+        assertSumClose(ss, wantSs, n, wantSs, `sumSquares n=${n}`);
+        assertSumClose(mse, wantMse, n + 1, sqDiff / n, `mse n=${n}`);
+      } else {
+        assert.ok(Math.abs(ss - wantSs) <= 1e-12 * wantSs, `sumSquares n=${n}: ${ss} vs ${wantSs}`);
+        assert.ok(Math.abs(mse - wantMse) <= 1e-12 * Math.abs(wantMse), `mse n=${n}: ${mse} vs ${wantMse}`);
+      }
+      const gda = b.upload(da.f32);
+      mseBackwardRef(da, a, c);
+      b.be.mseBackward(gda, ga, gc, n);
+      assertBitExact(b.download(gda), da.f32, `mse backward n=${n}`);
+    }
+  } finally {
+    record.free();
+    scratch.free();
+  }
+});
+
+// Tolerances: the CPU's own sum bit for bit on the CPU; f64 sums in another order on CUDA
+// (1e-12 relative). Scaling is one f32 product per element everywhere.
+forEachBackend('sumSquares over a whole array, empty included, and scale in place', (b) => {
+  const rng = new Rng(4);
+  const scratch = b.be.sumSquaresScratch();
+  try {
+    for (const n of [0, 1, 31, 257, 100_003]) {
+      const x = randn(rng, [n]);
+      const gx = b.upload(x.f32);
+      const got = b.be.sumSquares(gx, scratch.value);
+      if (b.name === 'cpu') assert.equal(got, sumSquares(x), `n=${n}: the CPU's own sum`);
+      else assertClose([got], [sumSquaresRef(x)], { atol: 0, rtol: 1e-12, what: `sum of squares n=${n}` });
+      b.be.scale(gx, gx, 0.3);
+      assert.deepEqual(b.download(gx), x.f32.map((v) => Math.fround(v * Math.fround(0.3))), `scaled n=${n}`);
+    }
+  } finally {
+    scratch.free();
+  }
+});
+
+forEachCudaBackend('mseForwardCuda: an empty mean is NaN; argument errors name the op and argument', (b) => {
+  const partials = allocReducePartials();
+  try {
+    const f32 = (n: number): DeviceArray => b.alloc('f32', n) as DeviceArray;
+    assert.ok(Number.isNaN(mseForwardCuda(f32(0), f32(0), partials)), 'empty: NaN');
+    assert.throws(() => mseForwardCuda(f32(3), f32(4), partials), /mseForwardCuda: b/);
+    assert.throws(() => mseForwardCuda(f32(3), f32(3), b.alloc('u8', 8) as DeviceArray), /mseForwardCuda: partials/);
+  } finally {
+    b.be.free(partials);
   }
 });
 
