@@ -18,7 +18,12 @@ import {
   roundZero,
 } from '../../src/quant/primitives.js';
 import { fakeQuantBackward, fakeQuantForward, quantizeNative } from '../../src/quant/fakequant.js';
+import { f32ToBf16Ref } from '../../src/engine/dtype.js';
+import { downloadDevice, type DeviceArray } from '../../src/engine/cuda.js';
+import { adamwStepRef } from '../../src/ops/ref/adamw.js';
 import { assertClose, checkGrad, randn } from '../util.js';
+import { assertBitExact } from '../cuda/backends.js';
+import { forEachBackend, type OnBackend } from '../ops/spec.js';
 
 const BITS = [2, 3, 4, 8] as const;
 /** (I, G) combinations: per-group, per-channel (G = I), odd groups, G = 1. */
@@ -32,13 +37,6 @@ const IG: [number, number][] = [
   [40, 20],
 ];
 const OS = [1, 3, 17];
-
-function assertBitExact(actual: ArrayLike<number>, expected: ArrayLike<number>, what: string): void {
-  assert.equal(actual.length, expected.length, `${what}: length`);
-  for (let i = 0; i < actual.length; i++) {
-    if (!Object.is(actual[i], expected[i])) assert.fail(`${what}: element ${i}: got ${actual[i]}, expected ${expected[i]}`);
-  }
-}
 
 /**
  * A weight (O, I) with scale/zero that exercise every branch: min-max init perturbed (scales
@@ -72,73 +70,187 @@ function makeCase(rng: Rng, O: number, I: number, G: number, bits: number): { w:
   return { w, scale: Tensor.fromF32(scale, [O, I / G]), zero: Tensor.fromF32(zero, [O, I / G]) };
 }
 
+interface Case {
+  w: Tensor;
+  scale: Tensor;
+  zero: Tensor;
+}
+
+/** Σ|term| of each group's dscale and dzero sums in one backward of dout, as the twin forms them. */
+function groupSumMagnitudes(c: Case, dout: Tensor, bits: number, G: number): { s: Float64Array; z: Float64Array } {
+  const qm = qmax(bits);
+  const groups = c.scale.size;
+  const mags = { s: new Float64Array(groups), z: new Float64Array(groups) };
+  for (let g = 0; g < groups; g++) {
+    const s = clampScale(c.scale.f32[g]!);
+    const zr = roundZero(c.zero.f32[g]!, qm);
+    for (let e = g * G; e < (g + 1) * G; e++) {
+      const u = Math.fround(c.w.f32[e]! / s);
+      const r = roundHalfEven(u);
+      const code = r + zr;
+      const inRange = code >= 0 && code <= qm;
+      const q = code < 0 ? 0 : qm;
+      mags.s[g]! += Math.abs(dout.f32[e]! * (inRange ? r - u : q - zr));
+      mags.z[g]! += inRange ? 0 : Math.abs(dout.f32[e]! * s);
+    }
+  }
+  return mags;
+}
+
+/**
+ * Group sums (dscale, dzero) against the twin's. Tolerance: CUDA sums each group in the twin's
+ * order, bit for bit; the CPU reassociates, within the summation error bound
+ * (G + 1) · 2^-23 · Σ|term| of each group (magnitude: the terms and the value accumulated into).
+ */
+function assertGroupSums(b: OnBackend, got: Float32Array, want: Float32Array, magnitude: Float64Array, G: number, what: string): void {
+  if (b.name !== 'cpu') return assertBitExact(got, want, what);
+  const tol = (G + 1) * 2 ** -23;
+  for (let g = 0; g < want.length; g++) assertClose([got[g]!], [want[g]!], { atol: tol * magnitude[g]! + 1e-30, rtol: 0, what: `${what} [${g}]` });
+}
+
+/** The forward against the twin, bit for bit: into f32 over NaN, and on CUDA into bf16 (the twin's values rounded). */
+function checkForward(b: OnBackend, c: Case, bits: number, G: number, what: string): void {
+  const [O, I] = c.w.shape as [number, number];
+  const ref = Tensor.zeros([O, I]);
+  fakeQuantForwardRef(ref, c.w, c.scale, c.zero, bits, G);
+  const w = b.upload(c.w.f32), scale = b.upload(c.scale.f32), zero = b.upload(c.zero.f32);
+  const out = b.upload(new Float32Array(O * I).fill(NaN));
+  b.be.fakeQuantForward(out, w, scale, zero, O, I, bits, G);
+  assertBitExact(b.download(out), ref.f32, `forward ${what}`);
+  if (b.name === 'cpu') return;
+  const out16 = b.alloc('bf16', O * I);
+  b.be.fakeQuantForward(out16, w, scale, zero, O, I, bits, G);
+  assertBitExact(downloadDevice<Uint16Array>(out16 as DeviceArray), Uint16Array.from(ref.f32, (x) => f32ToBf16Ref(x)), `forward to bf16 ${what}`);
+}
+
+/**
+ * The straight-through backward into gradients pre-filled with random values (every fifth
+ * weight gradient -0 where negativeZeros: clipped elements turn it into +0): dw bit for bit,
+ * dscale and dzero by assertGroupSums.
+ */
+function checkBackward(b: OnBackend, rng: Rng, c: Case, bits: number, G: number, what: string, negativeZeros: boolean): void {
+  const [O, I] = c.w.shape as [number, number];
+  const dout = randn(rng, [O, I]);
+  const dw = randn(rng, [O, I]), ds = randn(rng, [O, I / G]), dz = randn(rng, [O, I / G]);
+  if (negativeZeros) for (let i = 0; i < dw.size; i += 5) dw.f32[i] = -0;
+  const mags = groupSumMagnitudes(c, dout, bits, G);
+  for (let g = 0; g < ds.size; g++) {
+    mags.s[g]! += Math.abs(ds.f32[g]!);
+    mags.z[g]! += Math.abs(dz.f32[g]!);
+  }
+  const gdw = b.upload(dw.f32), gds = b.upload(ds.f32), gdz = b.upload(dz.f32);
+  fakeQuantBackwardRef(dw, ds, dz, dout, c.w, c.scale, c.zero, bits, G);
+  b.be.fakeQuantBackward(gdw, gds, gdz, b.upload(dout.f32), b.upload(c.w.f32), b.upload(c.scale.f32), b.upload(c.zero.f32), O, I, bits, G, null);
+  assertBitExact(b.download(gdw), dw.f32, `dw ${what}`);
+  assertGroupSums(b, b.download(gds), ds.f32, mags.s, G, `dscale ${what}`);
+  assertGroupSums(b, b.download(gdz), dz.f32, mags.z, G, `dzero ${what}`);
+}
+
 for (const bits of BITS) {
-  test(`fake quant ${bits}-bit: native forward and quantize are bit-exact with the twin`, () => {
+  forEachBackend(`fake quant ${bits}-bit: the forward matches the twin bit for bit`, (b) => {
     const rng = new Rng(100 + bits);
+    for (const O of OS) {
+      for (const [I, G] of IG) checkForward(b, makeCase(rng, O, I, G, bits), bits, G, `O=${O} I=${I} G=${G}`);
+    }
+  });
+
+  forEachBackend(`fake quant ${bits}-bit: the backward matches the twin and accumulates`, (b) => {
+    const rng = new Rng(200 + bits);
+    for (const O of OS) {
+      for (const [I, G] of IG) checkBackward(b, rng, makeCase(rng, O, I, G, bits), bits, G, `O=${O} I=${I} G=${G}`, false);
+    }
+  });
+
+  test(`fake quant ${bits}-bit: native quantize is bit-exact with the twin; dequantize(quantize()) is the forward exactly`, () => {
+    const rng = new Rng(100 + bits); // the cases of the forward spec
     for (const O of OS) {
       for (const [I, G] of IG) {
         const { w, scale, zero } = makeCase(rng, O, I, G, bits);
         const ref = Tensor.zeros([O, I]);
-        const got = Tensor.zeros([O, I]);
-        got.f32.fill(NaN);
         fakeQuantForwardRef(ref, w, scale, zero, bits, G);
-        fakeQuantForward(got, w, scale, zero, bits, G);
-        assertBitExact(got.f32, ref.f32, `forward O=${O} I=${I} G=${G}`);
-
         const qRef = quantize(w.f32, scale.f32, zero.f32, O, I, bits, G);
         const qNat = new Uint8Array(O * I).fill(77);
         quantizeNative(qNat, w.f32, scale.f32, zero.f32, O, I, bits, G);
         assertBitExact(qNat, qRef, `quantize O=${O} I=${I} G=${G}`);
-
-        // Fake quant is dequantize(quantize()), with zero tolerance.
         const deq = dequantize(qRef, scale.f32, zero.f32, O, I, bits, G);
         assertBitExact(deq, ref.f32, `dequantize(quantize()) O=${O} I=${I} G=${G}`);
       }
     }
   });
-
-  test(`fake quant ${bits}-bit: native backward matches the twin and accumulates`, () => {
-    const rng = new Rng(200 + bits);
-    for (const O of OS) {
-      for (const [I, G] of IG) {
-        const { w, scale, zero } = makeCase(rng, O, I, G, bits);
-        const dout = randn(rng, [O, I]);
-        // Non-zero starting gradients: backward must add to them.
-        const dw0 = randn(rng, [O, I]);
-        const ds0 = randn(rng, [O, I / G]);
-        const dz0 = randn(rng, [O, I / G]);
-        const [dwR, dsR, dzR] = [dw0.clone(), ds0.clone(), dz0.clone()];
-        const [dwN, dsN, dzN] = [dw0.clone(), ds0.clone(), dz0.clone()];
-        fakeQuantBackwardRef(dwR, dsR, dzR, dout, w, scale, zero, bits, G);
-        fakeQuantBackward(dwN, dsN, dzN, dout, w, scale, zero, bits, G);
-        const where = `O=${O} I=${I} G=${G}`;
-        assertBitExact(dwN.f32, dwR.f32, `dw ${where}`);
-        // Group sums are reassociated natively: bound the difference by the summation error
-        // bound G * 2^-24 * Σ|term| (per implementation) of each group.
-        const qm = qmax(bits);
-        const groups = (O * I) / G;
-        for (let g = 0; g < groups; g++) {
-          const s = clampScale(scale.f32[g]!);
-          const zr = roundZero(zero.f32[g]!, qm);
-          let absS = Math.abs(ds0.f32[g]!);
-          let absZ = Math.abs(dz0.f32[g]!);
-          for (let e = g * G; e < (g + 1) * G; e++) {
-            const u = Math.fround(w.f32[e]! / s);
-            const r = roundHalfEven(u);
-            const code = r + zr;
-            const inRange = code >= 0 && code <= qm;
-            const q = code < 0 ? 0 : qm;
-            absS += Math.abs(dout.f32[e]! * (inRange ? r - u : q - zr));
-            absZ += inRange ? 0 : Math.abs(dout.f32[e]! * s);
-          }
-          const tol = (G + 1) * 2 ** -23;
-          assertClose([dsN.f32[g]!], [dsR.f32[g]!], { atol: tol * absS + 1e-30, rtol: 0, what: `dscale[${g}] ${where}` });
-          assertClose([dzN.f32[g]!], [dzR.f32[g]!], { atol: tol * absZ + 1e-30, rtol: 0, what: `dzero[${g}] ${where}` });
-        }
-      }
-    }
-  });
 }
+
+/** (O, I, G) of the branch cases: odd shapes, G = 1, and 74 groups (three tiles of the CUDA backward, two chunks of each group). */
+const BRANCH_LAYOUTS: [number, number, number][] = [
+  [1, 64, 64],
+  [3, 96, 32],
+  [17, 130, 65],
+  [3, 51, 17],
+  [7, 7, 1],
+  [17, 40, 20],
+  [37, 256, 128],
+];
+
+forEachBackend('fake quant: forward and backward match the twins on every branch (clipping, scale clamps, ties)', (b) => {
+  const rng = new Rng(3);
+  for (const bits of BITS) {
+    for (const [O, I, G] of BRANCH_LAYOUTS) {
+      const what = `bits=${bits} O=${O} I=${I} G=${G}`;
+      const c = branchCase(rng, O, I, G, bits);
+      checkForward(b, c, bits, G, what);
+      checkBackward(b, rng, c, bits, G, what, true);
+    }
+  }
+});
+
+// Tolerances: CUDA fuses the two and is bit for bit with the twins; the CPU composes its
+// backward (dw bit for bit) with its AdamW step (two ulps of the twin: test/ops/adamw.test.ts),
+// and its group sums are within assertGroupSums's bound, summed over the steps.
+forEachBackend('fake quant backward with the weight AdamW step: STE into a zeroed gradient, then AdamW, as the twins', (b) => {
+  const rng = new Rng(13);
+  const h = { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1 };
+  const ULP2 = 2 ** -22;
+  for (const [O, I, G, bits] of [[3, 96, 32, 2], [17, 130, 65, 3], [37, 256, 128, 4], [7, 7, 1, 2]] as [number, number, number, number][]) {
+    const what = `bits=${bits} O=${O} I=${I} G=${G}`;
+    const c = branchCase(rng, O, I, G, bits);
+    const ref = { w: c.w.clone(), m: randn(rng, [O, I], 0.01), v: Tensor.zeros([O, I]) };
+    for (let i = 0; i < ref.v.size; i++) ref.v.f32[i] = rng.next() * 1e-4;
+    const w = b.upload(ref.w.f32), m = b.upload(ref.m.f32), v = b.upload(ref.v.f32);
+    const scale = b.upload(c.scale.f32), zero = b.upload(c.zero.f32);
+    const ds = randn(rng, [O, I / G]), dz = randn(rng, [O, I / G]);
+    const gds = b.upload(ds.f32), gdz = b.upload(dz.f32);
+    const gdsNoDw = b.upload(ds.f32), gdzNoDw = b.upload(dz.f32);
+    const mags = { s: Float64Array.from(ds.f32, Math.abs), z: Float64Array.from(dz.f32, Math.abs) };
+    const scalars = b.be.adamwScalars(), scratch = b.be.fakeQuantScratch(O * I);
+    try {
+      for (let step = 1; step <= 2; step++) {
+        const g = randn(rng, [O, I]);
+        for (let i = 0; i < g.size; i += 7) g.f32[i] = -0; // an in-range -0 reaches AdamW as +0
+        const dout = b.upload(g.f32);
+        // without a weight gradient (weights not trained): only the step-size and zero-point sums
+        b.be.fakeQuantBackward(null, gdsNoDw, gdzNoDw, dout, b.upload(b.download(w)), scale, zero, O, I, bits, G, scratch.value);
+        const stepMags = groupSumMagnitudes({ ...c, w: ref.w }, g, bits, G);
+        stepMags.s.forEach((x, i) => (mags.s[i]! += x));
+        stepMags.z.forEach((x, i) => (mags.z[i]! += x));
+        const grad = Tensor.zeros([O, I]);
+        fakeQuantBackwardRef(grad, ds, dz, g, ref.w, c.scale, c.zero, bits, G);
+        adamwStepRef(ref.w, grad, ref.m, ref.v, { ...h, step });
+        b.be.writeAdamWScalars(scalars.value, { ...h, step });
+        b.be.fakeQuantBackwardAdamw(w, m, v, scalars.value, gds, gdz, dout, scale, zero, O, I, bits, G, scratch.value);
+      }
+    } finally {
+      scratch.free();
+      scalars.free();
+    }
+    for (const [name, got, want] of [['weight', w, ref.w], ['m', m, ref.m], ['v', v, ref.v]] as const) {
+      if (b.name === 'cpu') assertClose(b.download(got), want.f32, { atol: 1e-30, rtol: ULP2, what: `${name} ${what}` });
+      else assertBitExact(b.download(got), want.f32, `${name} ${what}`);
+    }
+    assertGroupSums(b, b.download(gds), ds.f32, mags.s, G, `dscale ${what}`);
+    assertGroupSums(b, b.download(gdz), dz.f32, mags.z, G, `dzero ${what}`);
+    assertGroupSums(b, b.download(gdsNoDw), ds.f32, mags.s, G, `dscale without dw ${what}`);
+    assertGroupSums(b, b.download(gdzNoDw), dz.f32, mags.z, G, `dzero without dw ${what}`);
+  }
+});
 
 /**
  * A point away from every kink of the straight-through surrogate: each element's pre-clamp
@@ -277,3 +389,33 @@ test('fake quant: bad arguments are rejected with clear errors', () => {
   assert.throws(() => quantize(w.f32, s.f32, z.f32, 4, 12, 4, 7), /quantize: group size G = 7/);
   assert.throws(() => dequantize(new Uint8Array(48).fill(16), s.f32, z.f32, 4, 12, 4, 4), /dequantize: q\[0\] = 16 exceeds qmax = 15/);
 });
+
+/**
+ * A weight (O, I) with scale/zero exercising every branch: min-max init, scales shrunk so
+ * codes clip, scales below 1e-4 and above 1e4, zeros off the integers and outside [0, qmax],
+ * and groups of exact ties (scale 0.25, half-integer codes).
+ */
+function branchCase(rng: Rng, O: number, I: number, G: number, bits: number): Case {
+  const w = randn(rng, [O, I]);
+  const groups = (O * I) / G;
+  const qm = qmax(bits);
+  const tie = new Array<boolean>(groups).fill(false);
+  for (let g = 0; g < groups; g++) {
+    if (rng.next() < 0.15) {
+      tie[g] = true;
+      for (let e = g * G; e < (g + 1) * G; e++) w.f32[e] = (rng.int(-8, 8) + 0.5) * 0.25;
+    }
+  }
+  const init = minMaxInit(w.f32, O, I, bits, G);
+  for (let g = 0; g < groups; g++) {
+    const r = rng.next();
+    if (tie[g]) init.scale[g] = 0.25;
+    else if (r < 0.15) init.scale[g]! *= 0.4;
+    else if (r < 0.2) init.scale[g] = 1e-6;
+    else if (r < 0.25) init.scale[g] = 2e4;
+    if (r >= 0.25 && r < 0.35) init.zero[g] = init.zero[g]! + rng.next() - 0.5;
+    else if (r >= 0.35 && r < 0.4) init.zero[g] = rng.next() < 0.5 ? -2.5 : qm + 3;
+    else if (r >= 0.4 && r < 0.45) init.zero[g] = 2.5; // a zero-point tie
+  }
+  return { w, scale: Tensor.fromF32(init.scale, [O, I / G]), zero: Tensor.fromF32(init.zero, [O, I / G]) };
+}
