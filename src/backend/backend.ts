@@ -58,6 +58,11 @@ export interface Backend<A> {
   length(a: A): number;
   dtype(a: A): DType;
   upload(dst: A, src: Storage): void;
+  /**
+   * Host data the caller keeps alive and unchanged while the array is in use (weights read by
+   * the ops): the host memory itself on the CPU (no copy), a device copy on CUDA.
+   */
+  share(data: Float32Array | Int32Array): Owned<A>;
   download(src: A, dst: Storage): void;
   zero(a: A): void;
   /** Frees an allocation made by alloc (not a view). */
@@ -90,7 +95,10 @@ export interface Backend<A> {
    * output gradients up to dout and of weights up to w (CUDA only).
    */
   linearScratch(sizes: { x: number; dout: number; w: number }): Owned<unknown>;
-  /** A frozen weight as the GEMMs of `precision` take it: f32, or its bf16 rounding (CUDA). */
+  /**
+   * A frozen weight as the GEMMs of `precision` take it: f32, or its bf16 rounding (CUDA). The
+   * CPU computes on `w` itself, which must then stay unchanged while the array is in use.
+   */
   uploadFrozen(w: Float32Array, precision: Precision): A;
 
   // ---- packed low-bit linears: out (N, O) = x (N, I) W_hatᵀ + bias (O), scales (O, I/G) f32.
@@ -224,6 +232,11 @@ export class BackendAllocations<A> {
     const a = this.alloc(data instanceof Int32Array ? 'i32' : 'f32', data.length);
     this.be.upload(a, data);
     return a;
+  }
+
+  /** Host data as the backend reads it in place (Backend.share): no copy on the CPU. */
+  share(data: Float32Array | Int32Array): A {
+    return this.adopt(this.be.share(data)).value;
   }
 
   /** Takes over an allocation of the backend made elsewhere. */

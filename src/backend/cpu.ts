@@ -45,6 +45,9 @@ export const cpuBackend: Backend<Tensor> = {
     if (src.length !== dst.size) throw new RangeError(`upload: ${src.length} elements into an array of ${dst.size}`);
     dst.data.set(src as never);
   },
+  share(data) {
+    return { value: new Tensor([data.length], data instanceof Int32Array ? 'i32' : 'f32', data), free() {} };
+  },
   download(src: Tensor, dst: Storage): void {
     if (dst.length !== src.size) throw new RangeError(`download: an array of ${src.size} elements into ${dst.length}`);
     dst.set(src.data as never);
@@ -103,7 +106,7 @@ export const cpuBackend: Backend<Tensor> = {
   },
   uploadFrozen(w, precision) {
     if (precision !== 'f32') throw new Error(`uploadFrozen: ${BF16_NEEDS_CUDA}`);
-    return Tensor.fromF32(w.slice());
+    return Tensor.fromF32(w);
   },
 
   uploadPacked(w: PackedWeight) {

@@ -43,6 +43,11 @@ export const cudaBackend: Backend<DeviceArray> = {
   length: (a) => a.length,
   dtype: (a) => a.dtype,
   upload: (dst, src: Storage) => uploadDevice(dst, src),
+  share(data) {
+    const a = allocDevice(data instanceof Int32Array ? 'i32' : 'f32', data.length);
+    uploadDevice(a, data);
+    return { value: a, free: () => freeDevice(a) };
+  },
   download(src, dst: Storage) {
     downloadDevice(src, dst);
   },

@@ -115,10 +115,10 @@ export class Model<A> {
         }
       }
       const emb = src.embedding();
-      this.embedding = mem.upload(emb.f32);
+      this.embedding = mem.share(emb.f32);
       const head = src.lmHead(emb);
       this.lmHead = head === emb && precision === 'f32' ? this.embedding : mem.own(be.uploadFrozen(head.f32, precision));
-      this.finalNorm = mem.upload(src.finalNorm().f32);
+      this.finalNorm = mem.share(src.finalNorm().f32);
       this.stepBuffers(B * T);
     } catch (e) {
       this.free();

@@ -109,10 +109,10 @@ export class E2eTrainer<A> {
         this.blocks.push({ params: arena.params, lin: packedLinears(block, dscales, { be, tile: tiles.w, dwTile: tiles.dw, lowp: this.lowp }) });
       }
       if (at !== n) throw new Error(`internal: step sizes laid out over ${at} of ${n} elements`);
-      this.embedding = mem.upload(model.embedding.f32);
+      this.embedding = mem.share(model.embedding.f32);
       const tied = model.lmHead === model.embedding && precision === 'f32';
       this.lmHead = tied ? this.embedding : mem.own(be.uploadFrozen(model.lmHead.f32, precision)); // frozen: bf16 with bf16 GEMMs
-      this.finalNorm = mem.upload(model.finalNorm.f32);
+      this.finalNorm = mem.share(model.finalNorm.f32);
       this.dFinalNorm = mem.alloc('f32', C);
       this.gNorms = mem.adopt(new BlockArena(be, cfg, { linears: false }));
       this.ws = mem.adopt(new BlockWorkspace(be, cfg, mb, T, { precision }));
