@@ -1,13 +1,22 @@
-// Embedding: native against the TypeScript twin (bit for bit: a gather and an in-order
-// scatter-add), threaded backward with many repeated ids, accumulation, backward against
-// finite differences, out-of-range ids and argument errors.
+// Embedding, bit for bit with the TypeScript twin everywhere (a gather and an in-order
+// scatter-add). On every backend (test/ops/spec.ts): the forward through the backend and the
+// accumulating backward (the CPU op, the CUDA wrapper) with repeated ids. On CUDA also: an id
+// outside [0, V) refused naming the row with nothing written (check: false gives a NaN row and
+// skips it in the backward), argument errors. On the CPU ops: odd shapes, threaded backward with
+// many repeated ids, accumulation, backward against finite differences, out-of-range ids and
+// argument errors.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Rng } from '../../src/engine/random.js';
 import { Tensor } from '../../src/engine/tensor.js';
 import { embeddingBackward, embeddingForward } from '../../src/ops/embedding.js';
 import { embeddingBackwardRef, embeddingForwardRef } from '../../src/ops/ref/embedding.js';
+import { deviceView, downloadDevice, type DeviceArray } from '../../src/engine/cuda.js';
+import { embeddingBackwardCuda, embeddingForwardCuda } from '../../src/ops/cuda/embedding.js';
+import { IGNORE_INDEX } from '../../src/ops/crossentropy.js';
 import { checkGrad, randn } from '../util.js';
+import { assertBitExact } from '../cuda/backends.js';
+import { forEachBackend, forEachCudaBackend } from './spec.js';
 
 function randomIds(rng: Rng, shape: number[], V: number): Tensor {
   const ids = Tensor.zeros(shape, 'i32');
@@ -125,4 +134,56 @@ test('embedding: shape and dtype errors name the op and argument', () => {
     [() => embeddingBackwardRef(table, Tensor.zeros([2, 4]), ids), /embeddingBackwardRef: dout/, RangeError],
   ];
   for (const [fn, message, type] of bad) assert.throws(fn, (e: unknown) => e instanceof type && message.test((e as Error).message));
+});
+
+forEachBackend('embedding forward and accumulating backward match the twins bit for bit, repeated ids', (b) => {
+  const rng = new Rng(54);
+  for (const [N, V, C] of [[1, 1, 1], [7, 3, 17], [33, 65, 7], [65, 17, 300], [5, 1000, 64]] as const) {
+    const what = `N=${N} V=${V} C=${C}`;
+    const table = randn(rng, [V, C]);
+    const ids = Tensor.zeros([N], 'i32');
+    for (let n = 0; n < N; n++) ids.i32[n] = n % 4 === 3 ? ids.i32[n - 1]! : rng.int(0, V); // repeated ids
+    const out = Tensor.zeros([N, C]);
+    embeddingForwardRef(out, ids, table);
+    const gt = b.upload(table.f32), gi = b.upload(ids.i32), go = b.alloc('f32', N * C);
+    b.be.embeddingForward(go, gi, gt, N, V, C);
+    assertBitExact(b.download(go), out.f32, `${what} forward`);
+    const dout = randn(rng, [N, C]), dtable = randn(rng, [V, C]);
+    const got = dtable.clone();
+    embeddingBackwardRef(dtable, dout, ids);
+    if (b.name === 'cpu') embeddingBackward(got, dout, ids);
+    else {
+      const gdt = b.upload(got.f32) as DeviceArray;
+      embeddingBackwardCuda(gdt, b.upload(dout.f32) as DeviceArray, gi as DeviceArray, N, V, C);
+      got.f32.set(b.download(gdt));
+    }
+    assertBitExact(got.f32, dtable.f32, `${what} backward (accumulated)`);
+  }
+});
+
+forEachCudaBackend('embedding wrappers: an id outside [0, V) throws naming the row, nothing written; argument errors', (b) => {
+  const up = (data: Float32Array | Int32Array): DeviceArray => b.upload(data) as DeviceArray;
+  const host = (a: DeviceArray): Float32Array => downloadDevice<Float32Array>(a);
+  const N = 4, V = 5, C = 3;
+  const table = up(new Float32Array(V * C).fill(1)), dout = up(new Float32Array(N * C).fill(1));
+  for (const bad of [V, -1, IGNORE_INDEX]) {
+    const ids = up(new Int32Array([0, 4, 2, bad]));
+    const out = up(new Float32Array(N * C).fill(7)), dt = up(new Float32Array(V * C).fill(7));
+    assert.throws(
+      () => embeddingForwardCuda(out, ids, table, N, V, C),
+      (e: Error) => e instanceof RangeError && e.message === `embeddingForwardCuda: argument 'ids': id ${bad} at row 3 is outside [0, ${V})`,
+    );
+    assert.throws(() => embeddingBackwardCuda(dt, dout, ids, N, V, C), /embeddingBackwardCuda: argument 'ids': id .* at row 3/);
+    assert.ok(host(out).every((v) => v === 7) && host(dt).every((v) => v === 7), 'nothing written');
+    embeddingForwardCuda(out, ids, table, N, V, C, { check: false });
+    const o = host(out);
+    assert.ok(o.subarray(0, 3 * C).every((v) => v === 1) && o.subarray(3 * C).every(Number.isNaN), 'unchecked: NaN row');
+    embeddingBackwardCuda(dt, dout, ids, N, V, C, { check: false });
+    assert.equal(host(dt).reduce((a, v) => a + v, 0), 7 * V * C + 3 * C, 'unchecked: the bad row is skipped');
+  }
+  const ids = up(new Int32Array(N)), out = b.alloc('f32', N * C) as DeviceArray;
+  assert.throws(() => embeddingForwardCuda(out, ids, table, N, V, 4), /embeddingForwardCuda: out: expected 16 elements/);
+  assert.throws(() => embeddingForwardCuda(out, b.alloc('f32', N) as DeviceArray, table, N, V, C), /embeddingForwardCuda: ids: expected a i32 device array/);
+  assert.throws(() => embeddingForwardCuda(deviceView(table, 0, N * C), ids, table, N, V, C), /embeddingForwardCuda: out overlaps table/);
+  assert.throws(() => embeddingBackwardCuda(table, deviceView(table, 0, N * C), ids, N, V, C), /embeddingBackwardCuda: dtable overlaps dout/);
 });
