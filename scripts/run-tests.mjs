@@ -2,7 +2,7 @@
 //   (default)    every file but test/conformance/; whole pipelines on the CUDA emulator skip
 //   --tier full  every file, every test (whole pipelines on the emulator, conformance runs
 //                against ../shared, llama.cpp and onnxruntime; those skip cleanly without them)
-//   --tier gpu   the op specs (test/ops: every backend) and the CUDA tests (test/cuda) with
+//   --tier gpu   the op specs (test/ops, test/quant: every backend) and the CUDA tests (test/cuda) with
 //                the emulator left out (EQAT_TEST_EMULATOR=0), for a machine with a GPU
 // Further arguments keep the files whose path contains one of them.
 // The tier reaches the tests as EQAT_TEST_TIER (test/tier.ts).
@@ -35,7 +35,7 @@ if (t >= 0) {
 }
 let files = collect('dist/test');
 if (tier === 'default') files = files.filter((f) => !f.startsWith(join('dist', 'test', 'conformance')));
-if (tier === 'gpu') files = files.filter((f) => ['cuda', 'ops'].some((d) => f.startsWith(join('dist', 'test', d))));
+if (tier === 'gpu') files = files.filter((f) => ['cuda', 'ops', 'quant'].some((d) => f.startsWith(join('dist', 'test', d))));
 if (args.length) files = files.filter((f) => args.some((x) => f.includes(x)));
 const env = { ...process.env, EQAT_TEST_TIER: tier };
 if (tier === 'gpu') env['EQAT_TEST_EMULATOR'] = '0';

@@ -78,8 +78,11 @@ test('parseKernelSignatures reads extern "C" __global__ kernels and maps C types
 });
 
 test('every kernel the CUDA op wrappers declare exists in native/cuda/kernels with matching parameters', async () => {
-  const opsDir = join(packageRoot(), 'dist', 'src', 'ops', 'cuda');
-  for (const f of readdirSync(opsDir).filter((x) => x.endsWith('.js'))) await import(join(opsDir, f));
+  // the wrappers: src/ops/cuda and the quantization ops' src/quant/cuda
+  for (const sub of [['ops', 'cuda'], ['quant', 'cuda']]) {
+    const dir = join(packageRoot(), 'dist', 'src', ...sub);
+    for (const f of readdirSync(dir).filter((x) => x.endsWith('.js'))) await import(join(dir, f));
+  }
   const specs = registeredKernels();
   assert.ok(specs.length >= 10, `expected the wrappers to declare their kernels, found ${specs.length}`);
   const dir = kernelSourceDir();
