@@ -5,7 +5,7 @@
 # printed last and written to $LOG_DIR/summary.txt.
 #
 # usage: bash bench/cuda-all.sh [SECTION ...]     (default: tests block7b block70b)
-#   tests     every test under dist/test/cuda on the GPU alone (EQAT_TEST_EMULATOR=0)
+#   tests     the GPU test tier: the op specs and the CUDA tests on the GPU alone (--tier gpu)
 #   block7b   bench/cuda-block-step --shape 7b: default, and with 512 MiB of attention scores
 #   block7b-variants   the same without graphs, with flash attention, with f32 GEMMs
 #   profile   bench/cuda-block-step --shape 7b --profile: device time op by op
@@ -44,7 +44,7 @@ run() {
 
 for s in "${sections[@]}"; do
   case $s in
-    tests) EQAT_TEST_EMULATOR=0 run tests "${TESTS_LIMIT:-420}" node scripts/run-tests.mjs cuda/ ;;
+    tests) run tests "${TESTS_LIMIT:-420}" node scripts/run-tests.mjs --tier gpu ;;
     block7b)
       run block7b 90 node dist/bench/cuda-block-step.js --shape 7b
       EQAT_CUDA_ATTENTION_SCORE_MIB=512 run block7b-score512 60 node dist/bench/cuda-block-step.js --shape 7b ;;
@@ -64,7 +64,7 @@ for s in "${sections[@]}"; do
     tc)
       # the kernels' GPU tests first: a fragment-layout mistake shows here, not as a slow or wrong benchmark
       EQAT_TEST_EMULATOR=0 run tc-tests 120 node --test --test-name-pattern="tensor cores|EQAT_CUDA_ATTENTION=tc" \
-        dist/test/cuda/attention.test.js dist/test/cuda/block-ap.test.js
+        dist/test/ops/attention.test.js dist/test/cuda/block-ap.test.js
       export EQAT_CUDA_ATTENTION=tc
       run block7b-tc 90 node dist/bench/cuda-block-step.js --shape 7b
       run block70b-tc 120 node dist/bench/cuda-block-step.js --shape 70b
