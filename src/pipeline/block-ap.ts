@@ -45,6 +45,7 @@ import { cpuBackend } from '../backend/cpu.js';
 import { cudaBackend } from '../backend/cuda.js';
 import { progress } from '../cli/progress.js';
 import { eqatVersion } from '../engine/version.js';
+import { validateCommandSettings } from './recipe.js';
 
 /** The recipe: every setting that changes the result. */
 export interface BlockApRecipe {
@@ -128,28 +129,21 @@ export function cosineLr(lr: number, minLrFactor: number, step: number, totalSte
   return etaMin + ((lr - etaMin) * (1 + Math.cos((Math.PI * step) / totalSteps))) / 2;
 }
 
-/** Checks everything about a recipe that can be checked before any work; throws naming the flag. */
+/**
+ * Checks everything about a recipe that can be checked before any work; throws naming the flag.
+ * The settings are checked by the recipe schema (validateCommandSettings), as the flags are.
+ */
 export function validateBlockAp(opts: BlockApOptions, cfg: ModelConfig): void {
   const fail = (flag: string, msg: string): never => {
     throw new Error(`--${flag}: ${msg}`);
   };
-  if (![2, 3, 4, 8].includes(opts.wbits)) fail('wbits', `must be 2, 3, 4 or 8, got ${opts.wbits}`);
-  if (!Number.isInteger(opts.groupSize) || opts.groupSize < 1) fail('group-size', `must be a positive integer, got ${opts.groupSize}`);
+  validateCommandSettings('block-ap', opts);
   const { indivisible, gptq } = modelLayoutProblems(cfg, opts.groupSize, opts.wbits);
   const first = indivisible[0];
   if (first) fail('group-size', `${opts.groupSize} does not divide ${first.field} = ${first.inFeatures} of ${opts.model}`);
   if (gptq) fail('group-size', `${opts.model} cannot be stored as a GPTQ checkpoint: ${gptq}`);
   if (opts.precision !== undefined && opts.precision !== 'f32' && opts.precision !== 'bf16') fail('precision', `must be f32 or bf16, got ${String(opts.precision)}`);
   if (opts.precision === 'bf16' && (opts.device ?? 'cpu') !== 'cuda') fail('precision', BF16_NEEDS_CUDA);
-  if (opts.epochs < 0 || !Number.isInteger(opts.epochs)) fail('epochs', 'must be a non-negative integer');
-  if (opts.epochs > 0) {
-    if (!opts.calib) fail('calib', 'is required when --epochs > 0');
-    if (opts.batchSize < 1) fail('batch-size', 'must be >= 1');
-    if (opts.trainSize < opts.batchSize) fail('train-size', `must be at least --batch-size (${opts.batchSize})`);
-    if (opts.valSize < 0) fail('val-size', 'must be >= 0');
-    if (opts.seqlen < 2) fail('seqlen', 'must be >= 2');
-    if (!(opts.quantLr >= 0) || !(opts.weightLr >= 0)) fail('quant-lr', 'learning rates must be >= 0');
-  }
 }
 
 interface PartialState {

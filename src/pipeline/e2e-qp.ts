@@ -53,6 +53,7 @@ import { sampleWindows } from '../data/windows.js';
 import { buildSupervisedSamples, detectDataFormat, loadChatTemplate, readInstructRecords } from '../data/instruct.js';
 import { progress } from '../cli/progress.js';
 import { eqatVersion } from '../engine/version.js';
+import { validateCommandSettings } from './recipe.js';
 
 /**
  * Every E2E-QP setting that changes the trained result, apart from the model, the data path and
@@ -171,20 +172,15 @@ export function warmupCosineLr(lr: number, step: number, totalSteps: number, war
   return lr * Math.max(0, 0.5 * (1 + Math.cos(Math.PI * progressFrac)));
 }
 
+/**
+ * Checks everything about a run that can be checked before any work; throws naming the flag.
+ * The settings are checked by the recipe schema (validateCommandSettings), as the flags are.
+ */
 export function validateE2eQp(o: E2eQpOptions): void {
   const fail = (flag: string, msg: string): never => {
     throw new Error(`--${flag}: ${msg}`);
   };
-  if (o.microBatchSize < 1) fail('micro-batch-size', 'must be >= 1');
-  if (o.batchSize < o.microBatchSize || o.batchSize % o.microBatchSize !== 0) {
-    fail('batch-size', `must be a multiple of --micro-batch-size (${o.microBatchSize}), got ${o.batchSize}`);
-  }
-  if (o.trainSize < o.batchSize) fail('train-size', `must be at least --batch-size (${o.batchSize})`);
-  if (o.seqlen < 2) fail('seqlen', 'must be >= 2');
-  if (!(o.lr >= 0)) fail('lr', 'must be >= 0');
-  if (!(o.warmupRatio >= 0 && o.warmupRatio < 1)) fail('warmup-ratio', 'must be in [0, 1)');
-  if (!(o.maxGradNorm >= 0)) fail('max-grad-norm', 'must be >= 0 (0: no clipping)');
-  if (o.epochs < 1) fail('epochs', 'must be >= 1');
+  validateCommandSettings('e2e-qp', o);
   if (o.precision !== undefined && o.precision !== 'f32' && o.precision !== 'bf16') fail('precision', `must be f32 or bf16, got ${String(o.precision)}`);
   if (o.precision === 'bf16' && (o.device ?? 'cpu') !== 'cuda') fail('precision', BF16_NEEDS_CUDA);
   const saveEvery = o.saveEvery ?? E2E_QP_SAVE_EVERY;

@@ -4,7 +4,9 @@
 // so that a run can be repeated exactly. Its schema is the one home of every training setting:
 // key, type, range, preset, help text, and which of block-ap, e2e-qp and quantize take it as a
 // flag; those commands' setting flags (and their --help lines) are generated from it, and one
-// validator (valueProblem) checks flags and files alike.
+// validator (valueProblem) checks flags, files and the options of runBlockAp and runE2eQp
+// alike (validateCommandSettings); the rules between settings (train size vs batch size ...)
+// live here too (settingRuleProblem).
 //
 // File format (JSON for .json, YAML for .yaml/.yml; keys in snake_case, every key optional):
 //   model, calib, out, wbits, group_size, seed,
@@ -231,7 +233,7 @@ const SCHEMA: Record<Section, Field[]> = {
   e2e_qp: [
     f('data', { type: 'nullable-string' }, 'training data: text (.txt, .jsonl/.parquet with `text`) or instructions (.jsonl/.json with instruction/input/output or messages)', {
       presetText: 'the calibration data',
-      commands: { 'e2e-qp': REQUIRED },
+      commands: { 'e2e-qp': { required: true, kind: { type: 'string' } } }, // null (the calibration data) is for recipes
     }),
     f('data_format', { type: 'choice', values: DATA_FORMATS }, 'format of the training data'),
     f('train_size', { type: 'int', min: 1 }, 'training samples'),
@@ -483,6 +485,29 @@ function extOk(path: string, exts: readonly string[]): boolean {
 }
 
 /**
+ * The rules between the settings of a phase, for recipes and commands alike: Block-AP with
+ * epochs > 0 needs the calibration corpus and train_size >= batch_size; E2E-QP needs batch_size
+ * a multiple of micro_batch_size and, with epochs > 0, train_size >= batch_size. `settings`
+ * holds the phase's settings (and calib) by their camelCase names, each already in range;
+ * `name` says how a message names a setting (its recipe path or a command's flag). Returns the
+ * name of the setting at fault and the problem, or null.
+ */
+function settingRuleProblem(
+  section: (typeof SECTIONS)[number],
+  settings: object,
+  name: (section: Section, key: string) => string,
+): [string, string] | null {
+  const s = settings as { calib?: string | null; epochs: number; trainSize: number; batchSize: number; microBatchSize?: number };
+  const own = (key: string): string => name(section, key);
+  if (section === 'block_ap' && s.epochs > 0 && s.calib == null) return [name('top', 'calib'), `is required when ${own('epochs')} > 0`];
+  if (section === 'e2e_qp' && s.batchSize % s.microBatchSize! !== 0) {
+    return [own('batch_size'), `${s.batchSize} is not a multiple of ${own('micro_batch_size')} = ${s.microBatchSize}`];
+  }
+  if (s.epochs > 0 && s.trainSize < s.batchSize) return [own('train_size'), `${s.trainSize} is less than ${own('batch_size')} = ${s.batchSize}`];
+  return null;
+}
+
+/**
  * Everything that can be checked without opening the model: each value's type and range, and
  * the relations between them (batch sizes, data formats, out ≠ model). Throws a RecipeError
  * naming `where` and the key.
@@ -508,18 +533,10 @@ export function validateRecipe(r: QuantizeRecipe, where: string): void {
   }
   if (resolve(r.out) === resolve(r.model)) fail('out', `must differ from model (${r.model})`);
 
-  const b = r.blockAp;
-  if (b.epochs > 0 && b.trainSize < b.batchSize) {
-    fail('block_ap.train_size', `${b.trainSize} is less than block_ap.batch_size = ${b.batchSize}`);
-  }
+  const rule = settingRuleProblem('block_ap', { calib: r.calib, ...r.blockAp }, pathOf) ?? settingRuleProblem('e2e_qp', r.e2eQp, pathOf);
+  if (rule) fail(...rule);
 
   const e = r.e2eQp;
-  if (e.batchSize % e.microBatchSize !== 0) {
-    fail('e2e_qp.batch_size', `${e.batchSize} is not a multiple of e2e_qp.micro_batch_size = ${e.microBatchSize}`);
-  }
-  if (e.epochs > 0 && e.trainSize < e.batchSize) {
-    fail('e2e_qp.train_size', `${e.trainSize} is less than e2e_qp.batch_size = ${e.batchSize}`);
-  }
   const data = e.data ?? r.calib;
   const dataKey = e.data === null ? 'calib' : 'e2e_qp.data';
   const instructExts = INSTRUCT_EXTENSIONS as readonly string[];
@@ -601,11 +618,22 @@ function presetText(section: Section, field: Field): string | null {
   return `${low} for 2-bit, ${others[0]} otherwise`;
 }
 
+/** The flag of a setting on a command, without the dashes: group-size, block-ap-train-size on quantize, train-size on block-ap. */
+function flagName(command: SettingCommand, section: Section, key: string): string {
+  return (command === 'quantize' ? pathOf(section, key) : key).replace(/[._]/g, '-');
+}
+
+/** The values a command takes for a setting: its own (e2e-qp: epochs >= 1) or the recipe's. */
+function kindOn(command: SettingCommand, field: Field): ValueKind {
+  return (command === 'quantize' ? undefined : field.commands[command]?.kind) ?? field.kind;
+}
+
 /** The flag of a setting on a command; null when the command does not take it. */
 function flagOf(command: SettingCommand, section: Section, field: Field): { name: string; spec: FlagSpec } | null {
   const use = command === 'quantize' ? {} : field.commands[command];
   if (!use) return null;
-  const kind = use.kind ?? field.kind;
+  const kind = kindOn(command, field);
+  const name = flagName(command, section, field.key);
   const spec: FlagSpec = {
     type: kind.type === 'number' ? 'number' : kind.type === 'int' || kind.type === 'bits' ? 'int' : 'string',
     help: use.help ?? field.help,
@@ -616,7 +644,7 @@ function flagOf(command: SettingCommand, section: Section, field: Field): { name
   if (command === 'quantize') {
     if (section !== 'top') spec.help = `${SECTION_LABEL[section]} ${spec.help}`;
     if (preset !== null) spec.defaultNote = `preset: ${preset}`;
-    return { name: pathOf(section, field.key).replace(/[._]/g, '-'), spec };
+    return { name, spec };
   }
   if (use.required) spec.required = true;
   else if (use.default !== undefined) spec.default = use.default;
@@ -625,7 +653,7 @@ function flagOf(command: SettingCommand, section: Section, field: Field): { name
     if (values.every((v) => v === values[0])) spec.default = values[0] as string | number;
     else spec.defaultNote = `default: ${preset}`;
   }
-  return { name: field.key.replace(/_/g, '-'), spec };
+  return { name, spec };
 }
 
 /** The flags of the recipe settings a command takes, in schema order. */
@@ -649,6 +677,29 @@ export function overridesFromFlags(flags: ParsedFlags, command: SettingCommand =
     if (value !== undefined) target[field.prop] = value;
   }
   return out as RecipeOverrides;
+}
+
+/**
+ * Checks the settings of runBlockAp or runE2eQp (their options: one object of the settings the
+ * command takes as flags, by their camelCase names) as the flags are checked, before any work:
+ * each value by valueProblem against the command's range of the setting, then the rules between
+ * them (settingRuleProblem). A setting whose flag has neither a default nor a preset (block-ap's
+ * --calib) may be null. Throws naming the flag: `--train-size: must be >= 1, got 0`.
+ */
+export function validateCommandSettings(command: Exclude<SettingCommand, 'quantize'>, settings: object): void {
+  const values = settings as Record<string, unknown>;
+  for (const { section, field } of allFields()) {
+    const flag = flagOf(command, section, field);
+    if (!flag) continue;
+    const v = values[field.prop];
+    const { required, default: byDefault, defaultNote } = flag.spec;
+    if (v === null && !required && byDefault === undefined && defaultNote === undefined) continue;
+    const problem = v === undefined ? 'missing' : valueProblem(v, kindOn(command, field));
+    if (problem) throw new Error(`--${flag.name}: ${problem}`);
+  }
+  const section = command === 'block-ap' ? 'block_ap' : 'e2e_qp';
+  const rule = settingRuleProblem(section, settings, (s, key) => `--${flagName(command, s, key)}`);
+  if (rule) throw new Error(`${rule[0]}: ${rule[1]}`);
 }
 
 /** Where each setting is a flag: its recipe path and the commands that take it. */

@@ -87,7 +87,7 @@ test('a short E2E-QP run trains the scales only and writes a loadable checkpoint
 test('E2E-QP refuses a full-precision model and an inconsistent batch', async () => {
   const base = { ...e2eQpDefaults(2), data: CALIB, trainSize: 16, seqlen: 32, batchSize: 8, microBatchSize: 4, quiet: true };
   await assert.rejects(runE2eQp({ ...base, model: TINY, out: join(work, 'x1') }), /not a quantized checkpoint/);
-  await assert.rejects(runE2eQp({ ...base, model: rtn, out: join(work, 'x2'), batchSize: 6, microBatchSize: 4 }), /--batch-size: must be a multiple of --micro-batch-size/);
+  await assert.rejects(runE2eQp({ ...base, model: rtn, out: join(work, 'x2'), batchSize: 6, microBatchSize: 4 }), /--batch-size: 6 is not a multiple of --micro-batch-size = 4/);
   await assert.rejects(runE2eQp({ ...base, model: rtn, out: join(work, 'x3'), saveEvery: -1 }), /--save-every: must be a non-negative integer, got -1/);
 });
 

@@ -3,7 +3,7 @@
 // top level and nested, wrong types, out-of-range values, batch relations, group sizes that do
 // not divide a layer of llama-tiny, unparsable files, missing files); the flags of block-ap,
 // e2e-qp and quantize generated from the schema, their defaults, and their range errors, which
-// say what a recipe file's do.
+// say what a recipe file's do, as do runBlockAp's and runE2eQp's checks of their options.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -24,8 +24,8 @@ import {
   type QuantizeRecipe,
   type RecipeOverrides,
 } from '../../src/pipeline/recipe.js';
-import { blockApDefaults } from '../../src/pipeline/block-ap.js';
-import { e2eQpDefaults } from '../../src/pipeline/e2e-qp.js';
+import { blockApDefaults, validateBlockAp } from '../../src/pipeline/block-ap.js';
+import { e2eQpDefaults, validateE2eQp } from '../../src/pipeline/e2e-qp.js';
 import { loadConfig } from '../../src/io/hf-config.js';
 import { parseFlags, UsageError, type FlagSpec } from '../../src/cli/args.js';
 import { COMMANDS } from '../../src/cli/commands.js';
@@ -454,7 +454,7 @@ test('flags from the schema: block-ap and e2e-qp keep their defaults; per-bit pr
   assert.equal(q['model']!.defaultNote, undefined);
 });
 
-test('range errors: a flag and a recipe file say the same, on every command that takes the setting', () => {
+test('range errors: a flag, a recipe file and the options of runBlockAp and runE2eQp say the same, on every command that takes the setting', () => {
   /** The problem a flag value is refused with ("must be >= 1, got 0"), or null when it is taken. */
   const flagProblem = (command: 'block-ap' | 'e2e-qp' | 'quantize', name: string, value: string): string | null => {
     const specs = recipeFlagSpecs(command);
@@ -476,6 +476,18 @@ test('range errors: a flag and a recipe file say the same, on every command that
     const e = throwsWith(() => parseRecipeObject(doc, 'r.yaml'), `r.yaml: ${path}: `);
     return e.message.slice(`r.yaml: ${path}: `.length);
   };
+  /** The error runBlockAp or runE2eQp refuses an option with before any work, or null when it is taken. */
+  const cfg = loadConfig(TINY);
+  const libraryProblem = (command: 'block-ap' | 'e2e-qp', settings: Record<string, unknown>): string | null => {
+    try {
+      if (command === 'block-ap') validateBlockAp({ ...blockApDefaults(2), model: TINY, calib: 'c.txt', out: 'o', wbits: 2, groupSize: 64, ...settings }, cfg);
+      else validateE2eQp({ ...e2eQpDefaults(2), model: 'm', data: 'd.txt', out: 'o', ...settings });
+      return null;
+    } catch (e) {
+      return (e as Error).message;
+    }
+  };
+  const camel = (key: string): string => key.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
   const cases: [string, number, string][] = [
     ['wbits', 5, 'must be 2, 3, 4 or 8, got 5'],
     ['wbits', 1, 'must be 2, 3, 4 or 8, got 1'],
@@ -499,16 +511,35 @@ test('range errors: a flag and a recipe file say the same, on every command that
     assert.equal(flagProblem('quantize', path.replace(/[._]/g, '-'), String(value)), problem, `quantize ${path}`);
     const phase = path.startsWith('block_ap.') ? 'block-ap' : path.startsWith('e2e_qp.') ? 'e2e-qp' : null;
     if (phase && !(phase === 'e2e-qp' && path === 'e2e_qp.epochs')) {
-      assert.equal(flagProblem(phase, path.split('.')[1]!.replace(/_/g, '-'), String(value)), problem, `${phase} ${path}`);
+      const key = path.split('.')[1]!;
+      assert.equal(flagProblem(phase, key.replace(/_/g, '-'), String(value)), problem, `${phase} ${path}`);
+      assert.equal(libraryProblem(phase, { [camel(key)]: value }), `--${key.replace(/_/g, '-')}: ${problem}`, `${phase} options ${path}`);
     }
   }
   assert.equal(flagProblem('block-ap', 'wbits', '5'), 'must be 2, 3, 4 or 8, got 5');
   assert.equal(flagProblem('block-ap', 'group-size', '0'), 'must be >= 1, got 0');
+  assert.equal(libraryProblem('block-ap', { wbits: 5 }), '--wbits: must be 2, 3, 4 or 8, got 5');
+  assert.equal(libraryProblem('block-ap', { groupSize: 0 }), '--group-size: must be >= 1, got 0');
   // where a command's range differs from the recipe's: e2e-qp always trains; block-ap and
   // e2e-qp take any integer seed
   assert.equal(flagProblem('e2e-qp', 'epochs', '0'), 'must be >= 1, got 0');
+  assert.equal(libraryProblem('e2e-qp', { epochs: 0 }), '--epochs: must be >= 1, got 0');
   assert.equal(flagProblem('quantize', 'e2e-qp-epochs', '0'), null);
-  for (const command of ['block-ap', 'e2e-qp'] as const) assert.equal(flagProblem(command, 'seed', '-1'), null);
+  for (const command of ['block-ap', 'e2e-qp'] as const) {
+    assert.equal(flagProblem(command, 'seed', '-1'), null);
+    assert.equal(libraryProblem(command, { seed: -1 }), null);
+  }
+  // the rules between settings, as validateRecipe words them, with the flags' names
+  assert.equal(libraryProblem('e2e-qp', { batchSize: 6, microBatchSize: 4 }), '--batch-size: 6 is not a multiple of --micro-batch-size = 4');
+  assert.equal(libraryProblem('e2e-qp', { trainSize: 16 }), '--train-size: 16 is less than --batch-size = 32');
+  assert.equal(libraryProblem('block-ap', { trainSize: 1 }), '--train-size: 1 is less than --batch-size = 2');
+  assert.equal(libraryProblem('block-ap', { trainSize: 1, epochs: 0 }), null); // RTN
+  assert.equal(libraryProblem('block-ap', { calib: null }), '--calib: is required when --epochs > 0');
+  assert.equal(libraryProblem('block-ap', { calib: null, epochs: 0 }), null);
+  // a path, never null, on e2e-qp (null is the calibration data only in a recipe)
+  assert.equal(libraryProblem('e2e-qp', { data: null }), '--data: expected a string, got null');
+  assert.equal(flagProblem('e2e-qp', 'data', ' '), 'must not be empty');
+  assert.equal(libraryProblem('e2e-qp', { lr: undefined }), '--lr: missing');
   // types and empty strings, as in files
   assert.equal(flagProblem('quantize', 'block-ap-epochs', '1.5'), "must be an integer, got '1.5'");
   assert.equal(flagProblem('quantize', 'e2e-qp-data', ' '), 'must not be empty (use null for the default)');
