@@ -76,7 +76,7 @@ export interface E2eQpSettings {
   lr: number;
   /** Fraction of the steps spent in linear warm-up. */
   warmupRatio: number;
-  /** Global gradient-norm clip; a run needs it > 0 (validateE2eQp). */
+  /** Global gradient-norm clip (torch clip_grad_norm_); 0 turns clipping off. */
   maxGradNorm: number;
   weightDecay: number;
 }
