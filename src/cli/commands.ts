@@ -12,6 +12,7 @@ import { runDemo } from '../pipeline/demo.js';
 import { E2E_QP_SAVE_EVERY, E2E_QP_SAVE_SECONDS, e2eQpDefaults, runE2eQp } from '../pipeline/e2e-qp.js';
 import { resolveRecipe, runQuantize } from '../pipeline/quantize.js';
 import { exportOnnx } from '../export/onnx.js';
+import { exportGguf, GGUF_EMBEDDING_CHOICES, GGUF_TYPE_CHOICES, type GgufExportOptions } from '../export/gguf.js';
 import { loadRecipeFile, overridesFromFlags, recipeFlagSpecs } from '../pipeline/recipe.js';
 import { BF16_NEEDS_CUDA, DEVICE_FLAGS, deviceForCommand, setDeviceMemoryBudget, type DeviceFlag } from '../engine/cuda.js';
 
@@ -304,9 +305,14 @@ export const COMMANDS: Record<string, Command> = {
       model: { type: 'string', required: true, help: 'quantized model directory (eqat output)' },
       format: { type: 'string', required: true, choices: ['gguf', 'onnx'], help: 'output format' },
       out: { type: 'string', required: true, help: 'output: a .gguf file, or a directory for onnx' },
-      'gguf-type': { type: 'string', default: 'auto', choices: ['auto', 'q4_0', 'q4_1', 'q5_0', 'q8_0'], help: 'GGUF weight type; auto = the exact mapping for the bit width' },
+      'gguf-type': { type: 'string', default: GGUF_TYPE_CHOICES[0], choices: GGUF_TYPE_CHOICES, help: 'GGUF weight type; auto = the exact mapping for the bit width' },
       'allow-lossy': { type: 'boolean', default: false, help: 'allow a GGUF type that cannot represent the weights exactly' },
-      'embedding-type': { type: 'string', default: 'f16', choices: ['f16', 'q8_0'], help: 'GGUF embeddings / lm_head type' },
+      'embedding-type': {
+        type: 'string',
+        default: GGUF_EMBEDDING_CHOICES[0],
+        choices: GGUF_EMBEDDING_CHOICES,
+        help: 'GGUF embeddings / lm_head type; auto = f16 when exact, else the checkpoint\'s own (bf16, f32)',
+      },
       'external-data': { type: 'boolean', default: false, help: 'ONNX: weights in an external data file (automatic above 1.75 GiB)' },
       json: { type: 'boolean', default: false, help: 'print the export report as JSON' },
     },
@@ -317,11 +323,10 @@ export const COMMANDS: Record<string, Command> = {
       if (str(f, 'format') === 'onnx') {
         report = await exportOnnx(model, out, { externalData: f['external-data'] ? true : 'auto' });
       } else {
-        const { exportGguf } = await import('../export/gguf.js');
         report = await exportGguf(model, out, {
-          type: str(f, 'gguf-type') as 'auto' | 'q4_0' | 'q4_1' | 'q5_0' | 'q8_0',
+          type: str(f, 'gguf-type') as GgufExportOptions['type'],
           allowLossy: f['allow-lossy'] as boolean,
-          embeddingType: str(f, 'embedding-type') as 'f16' | 'q8_0',
+          embeddingType: str(f, 'embedding-type') as GgufExportOptions['embeddingType'],
         });
       }
       console.log(f['json'] ? JSON.stringify(report) : `wrote ${out}\n${JSON.stringify(report, null, 2)}`);

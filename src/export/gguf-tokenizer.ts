@@ -27,11 +27,11 @@
 // rows), 6 byte (<0xNN> byte-fallback tokens).
 //
 // Special ids: bos/eos as eqat's tokenizer resolves them (src/io/tokenizer.ts); whether bos/eos
-// are added is read off the tokenizer itself (encoding with and without special tokens).
+// are added is read off the tokenizer itself (src/export/special-tokens.ts).
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckpointError, isJsonObject } from '../io/errors.js';
-import { loadTokenizer } from '../io/tokenizer.js';
+import { specialTokens } from './special-tokens.js';
 import type { GgufKv } from './gguf.js';
 
 /** llama.cpp token types (tokenizer.ggml.token_type). */
@@ -217,17 +217,7 @@ export function ggufTokenizerMetadata(modelDir: string, vocabSize: number): Gguf
   }
 
   // special ids and whether the tokenizer adds bos/eos
-  const hf = loadTokenizer(modelDir);
-  const plain = hf.encode('a', { addSpecialTokens: false });
-  const withSpecial = hf.encode('a', { addSpecialTokens: true });
-  const at = indexOfRun(withSpecial, plain);
-  if (at < 0) throw new CheckpointError(file, 'cannot locate the text tokens inside the special-token template');
-  const prefix = withSpecial.slice(0, at);
-  const suffix = withSpecial.slice(at + plain.length);
-  const bos = hf.bosId;
-  const eos = hf.eosIds[0] ?? null;
-  const addBos = prefix.length === 1 && prefix[0] === bos;
-  const addEos = suffix.length === 1 && suffix[0] === eos;
+  const { bos, eos, prefix, suffix, addBos, addEos } = specialTokens(modelDir);
   if ((prefix.length > 0 && !addBos) || (suffix.length > 0 && !addEos)) {
     throw new CheckpointError(
       file,
@@ -298,14 +288,4 @@ export function ggufTokenizerMetadata(modelDir: string, vocabSize: number): Gguf
     kv.push({ key: 'tokenizer.chat_template', value: { type: 'str', value: readFileSync(join(modelDir, 'chat_template.jinja'), 'utf8') } });
   }
   return { model: kind, pre, kv };
-}
-
-/** First index where `run` occurs inside `list` (run may be empty → 0), or −1. */
-function indexOfRun(list: number[], run: number[]): number {
-  for (let i = 0; i + run.length <= list.length; i++) {
-    let ok = true;
-    for (let j = 0; j < run.length && ok; j++) ok = list[i + j] === run[j];
-    if (ok) return i;
-  }
-  return -1;
 }

@@ -1,6 +1,9 @@
 // Export of an eqat quantized checkpoint (GPTQ v2 layout, as `eqat block-ap` writes it) to a
-// single GGUF v3 file for llama.cpp (architecture "llama"), without re-quantizing weights
-// wherever a GGUF block type can hold them exactly.
+// single GGUF v3 file for llama.cpp, without re-quantizing weights wherever a GGUF block type can
+// hold them exactly. Every family eqat quantizes maps to a llama.cpp architecture (GGUF_ARCH):
+// llama and mistral → "llama" (q/k/v/o and MLP biases when the checkpoint has them), qwen2 →
+// "qwen2" (q/k/v biases), qwen3 → "qwen3" (per-head q/k RMSNorm); tied embeddings leave out
+// output.weight, which llama.cpp then takes from token_embd.weight.
 //
 // The mapping. eqat's weights are Ŵ = (q − z)·s per group of G inputs (f16 s, integer z,
 // s clamped to [1e-4, 1e4] as src/quant/primitives.ts does). GGUF's legacy block types hold 32
@@ -16,12 +19,14 @@
 // dequantized f32 weights; anything not exact is refused unless allowLossy, and the report gives
 // the largest absolute difference (0 for exact mappings).
 //
-// Other tensors: norms F32 (as trained); embeddings and lm_head F16 when that is exact (the
-// source is f16, or f32/bf16 values that f16 holds exactly), otherwise in the source's own type
-// (BF16/F32), or Q8_0 on request (lossy). llama.cpp's llama architecture rotates adjacent pairs
-// of q/k features where Hugging Face rotates the two halves of each head, so q_proj and k_proj
-// rows are permuted per head as convert_hf_to_gguf.py does (row h·D + 2i + j ← h·D + j·D/2 + i).
-// The permutation moves whole rows and blocks lie within rows, so it commutes with the mapping.
+// Other tensors: norms and biases F32 (every source value exactly); embeddings and lm_head F16
+// when that is exact (the source is f16, or f32/bf16 values that f16 holds exactly), otherwise
+// in the source's own type (BF16/F32), or Q8_0 on request (lossy). llama.cpp's llama
+// architecture rotates adjacent pairs of q/k features where Hugging Face rotates the two halves
+// of each head, so for it q_proj and k_proj rows (and their biases) are permuted per head as
+// convert_hf_to_gguf.py does (row h·D + 2i + j ← h·D + j·D/2 + i); qwen2 and qwen3 rotate halves
+// as Hugging Face does (NEOX RoPE) and take the rows as they are. The permutation moves whole
+// rows and blocks lie within rows, so it commutes with the mapping.
 //
 // File layout (GGUF v3, little endian): magic "GGUF", version, tensor count (u64), kv count
 // (u64), the metadata key/values, the tensor infos (name, dims innermost first, ggml type, offset
@@ -31,8 +36,8 @@
 import { closeSync, existsSync, openSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
 import { WeightSource, readQuantLinear } from '../model/weights.js';
-import { BLOCK_LINEARS, linearDims, type BlockLinear } from '../model/block.js';
-import type { ModelConfig } from '../model/config.js';
+import { BLOCK_LINEARS, HF_PARAM_NAME, linearDims, type BlockLinear, type BlockParamName } from '../model/block.js';
+import type { ModelConfig, ModelType } from '../model/config.js';
 import { ropeInvFreq } from '../model/rope.js';
 import { clampScale, dequantize, qmax, roundZero } from '../quant/primitives.js';
 import { f16ToF32Ref, f32ToF16Ref, toF32 } from '../engine/dtype.js';
@@ -55,16 +60,21 @@ import {
 const EMBEDDING_TYPES = ['F16', 'BF16', 'F32', 'Q8_0'] as const;
 type EmbeddingType = (typeof EMBEDDING_TYPES)[number];
 
+/** The values of GgufExportOptions.type, the default first (the CLI's --gguf-type choices). */
+export const GGUF_TYPE_CHOICES = ['auto', ...GGML_INTEGER_TYPES.map((t) => t.toLowerCase() as Lowercase<GgmlIntegerTypeName>)] as const;
+/** The values of GgufExportOptions.embeddingType, the default first (the CLI's --embedding-type choices). */
+export const GGUF_EMBEDDING_CHOICES = ['auto', ...EMBEDDING_TYPES.map((t) => t.toLowerCase() as Lowercase<EmbeddingType>)] as const;
+
 export interface GgufExportOptions {
   /** Weight type for quantized linears: 'auto' picks the exact mapping per bit width (≤3 bits → Q4_0, 4 → Q5_0, 5..8 → Q8_0); 'q4_1' for 4-bit (near-lossless, smaller); lossy choices need allowLossy. */
-  type?: 'auto' | Lowercase<GgmlIntegerTypeName>;
+  type?: (typeof GGUF_TYPE_CHOICES)[number];
   allowLossy?: boolean;
   /**
-   * Embeddings / lm_head storage: 'f16' (the default when it is exact), or 'q8_0' (lossy);
-   * 'auto' (default) is f16 when f16 holds the source values exactly and the source's own
-   * type (bf16/f32) otherwise; 'bf16' and 'f32' force those.
+   * Embeddings / lm_head storage: 'auto' (default) is f16 when f16 holds the source values
+   * exactly and the source's own type (bf16/f32) otherwise, so a bf16 checkpoint keeps BF16;
+   * 'f16', 'bf16' and 'f32' force those, 'q8_0' is smaller (lossy).
    */
-  embeddingType?: 'auto' | Lowercase<EmbeddingType>;
+  embeddingType?: (typeof GGUF_EMBEDDING_CHOICES)[number];
 }
 
 export interface GgufExportReport {
@@ -344,6 +354,40 @@ interface PlannedTensor {
   produce(): { data: Uint8Array; maxErr: number; reason: string };
 }
 
+/**
+ * The llama.cpp architecture of each family, whether its RoPE rotates adjacent feature pairs
+ * (q/k rows permuted) and the block parameters besides linears and the two norms that it loads.
+ */
+const GGUF_ARCH: Record<ModelType, { arch: string; pairRope: boolean; extras: readonly BlockParamName[] }> = {
+  llama: { arch: 'llama', pairRope: true, extras: ['qBias', 'kBias', 'vBias', 'oBias', 'gateBias', 'upBias', 'downBias'] },
+  mistral: { arch: 'llama', pairRope: true, extras: [] },
+  qwen2: { arch: 'qwen2', pairRope: false, extras: ['qBias', 'kBias', 'vBias'] },
+  qwen3: { arch: 'qwen3', pairRope: false, extras: ['qNorm', 'kNorm'] },
+};
+
+/** GGUF names of the block parameters besides linears and the two norms. */
+const EXTRA_GGUF_NAME: Partial<Record<BlockParamName, string>> = {
+  qBias: 'attn_q.bias',
+  kBias: 'attn_k.bias',
+  vBias: 'attn_v.bias',
+  oBias: 'attn_output.bias',
+  gateBias: 'ffn_gate.bias',
+  upBias: 'ffn_up.bias',
+  downBias: 'ffn_down.bias',
+  qNorm: 'attn_q_norm.weight',
+  kNorm: 'attn_k_norm.weight',
+};
+
+/** The block parameters besides linears and the two norms that `cfg` has. */
+function extraParams(cfg: ModelConfig): BlockParamName[] {
+  const has: BlockParamName[] = [];
+  if (cfg.qkvBias) has.push('qBias', 'kBias', 'vBias');
+  if (cfg.oBias) has.push('oBias');
+  if (cfg.mlpBias) has.push('gateBias', 'upBias', 'downBias');
+  if (cfg.qkNorm) has.push('qNorm', 'kNorm');
+  return has;
+}
+
 const LINEAR_GGUF_NAME: Record<BlockLinear, string> = {
   q: 'attn_q',
   k: 'attn_k',
@@ -378,9 +422,11 @@ function choiceList(values: readonly string[]): string {
 /** Checks everything about the model that can be checked without reading weights. */
 function checkModel(modelDir: string, cfg: ModelConfig, quant: QuantConfig | null): asserts quant is QuantConfig {
   const what = `exportGguf: ${modelDir}`;
-  if (cfg.modelType !== 'llama' && cfg.modelType !== 'mistral') {
+  const { arch, extras } = GGUF_ARCH[cfg.modelType];
+  const missing = extraParams(cfg).filter((p) => !extras.includes(p));
+  if (missing.length > 0) {
     throw new Error(
-      `${what}: model_type '${cfg.modelType}' is not supported by the GGUF export (it writes llama.cpp's "llama" architecture, which covers llama and mistral checkpoints)`,
+      `${what}: ${missing.map((p) => HF_PARAM_NAME[p]).join(', ')} of a ${cfg.modelType} checkpoint have no place in llama.cpp's "${arch}" architecture`,
     );
   }
   if (quant === null) {
@@ -391,8 +437,6 @@ function checkModel(modelDir: string, cfg: ModelConfig, quant: QuantConfig | nul
       `${what}: group size ${quant.groupSize} is not a multiple of 32; GGUF block types hold 32 weights with one scale, so each block must lie inside one quantization group`,
     );
   }
-  if (cfg.qkvBias || cfg.oBias || cfg.mlpBias) throw new Error(`${what}: linear biases (attention_bias / mlp_bias) are not supported by the GGUF export`);
-  if (cfg.qkNorm) throw new Error(`${what}: q/k norms are not part of llama.cpp's llama architecture`);
   for (const [name, dim] of [
     ['hidden_size', cfg.hiddenSize],
     ['intermediate_size', cfg.intermediateSize],
@@ -404,11 +448,11 @@ function checkModel(modelDir: string, cfg: ModelConfig, quant: QuantConfig | nul
 
 /** The llama.* and general.* metadata. */
 function modelMetadata(modelDir: string, cfg: ModelConfig, linearType: GgmlIntegerTypeName): GgufKv[] {
-  const arch = 'llama';
+  const { arch } = GGUF_ARCH[cfg.modelType];
   const u32 = (key: string, value: number): GgufKv => ({ key, value: { type: 'u32', value } });
   const f32 = (key: string, value: number): GgufKv => ({ key, value: { type: 'f32', value } });
-  // llama.cpp's llama architecture has no sliding window: a mistral window shorter than the
-  // context is honoured by capping the context length at the window.
+  // llama.cpp's llama, qwen2 and qwen3 architectures have no sliding window: a window shorter
+  // than the context is honoured by capping the context length at the window.
   const context = cfg.slidingWindow !== null ? Math.min(cfg.maxPositionEmbeddings, cfg.slidingWindow) : cfg.maxPositionEmbeddings;
   const kv: GgufKv[] = [
     { key: 'general.architecture', value: { type: 'str', value: arch } },
@@ -487,15 +531,13 @@ function writeGguf(path: string, kv: GgufKv[], tensors: PlannedTensor[], onTenso
  * of 32, an unsupported tokenizer, or a mapping that is not exact when allowLossy is not set.
  */
 export async function exportGguf(modelDir: string, outPath: string, opts: GgufExportOptions = {}): Promise<GgufExportReport> {
-  const typeOpt = opts.type ?? 'auto';
-  const typeChoices = ['auto', ...GGML_INTEGER_TYPES.map((t) => t.toLowerCase())];
-  if (!typeChoices.includes(typeOpt)) {
-    throw new RangeError(`exportGguf: type must be ${choiceList(typeChoices)}, got ${JSON.stringify(typeOpt)}`);
+  const typeOpt = opts.type ?? GGUF_TYPE_CHOICES[0];
+  if (!(GGUF_TYPE_CHOICES as readonly string[]).includes(typeOpt)) {
+    throw new RangeError(`exportGguf: type must be ${choiceList(GGUF_TYPE_CHOICES)}, got ${JSON.stringify(typeOpt)}`);
   }
-  const embOpt = opts.embeddingType ?? 'auto';
-  const embeddingChoices = ['auto', ...EMBEDDING_TYPES.map((t) => t.toLowerCase())];
-  if (!embeddingChoices.includes(embOpt)) {
-    throw new RangeError(`exportGguf: embeddingType must be ${choiceList(embeddingChoices)}, got ${JSON.stringify(embOpt)}`);
+  const embOpt = opts.embeddingType ?? GGUF_EMBEDDING_CHOICES[0];
+  if (!(GGUF_EMBEDDING_CHOICES as readonly string[]).includes(embOpt)) {
+    throw new RangeError(`exportGguf: embeddingType must be ${choiceList(GGUF_EMBEDDING_CHOICES)}, got ${JSON.stringify(embOpt)}`);
   }
   const embWant = embOpt === 'auto' ? 'auto' : (embOpt.toUpperCase() as EmbeddingType);
   const allowLossy = opts.allowLossy === true;
@@ -535,7 +577,8 @@ export async function exportGguf(modelDir: string, outPath: string, opts: GgufEx
         },
       });
     };
-    const normTensor = (name: string, hfName: string, n: number): void => {
+    // norms and biases: F32 holds every source value
+    const normTensor = (name: string, hfName: string, n: number, perm: Int32Array | null = null): void => {
       tensors.push({
         name,
         ne: [n],
@@ -543,7 +586,7 @@ export async function exportGguf(modelDir: string, outPath: string, opts: GgufEx
         produce: () => {
           const v = st.readF32(hfName);
           if (v.length !== n) throw new Error(`exportGguf: ${hfName} has ${v.length} values, expected ${n}`);
-          return { data: bytesOf(v), maxErr: 0, reason: '' };
+          return { data: bytesOf(perm ? Float32Array.from(perm, (src) => v[src]!) : v), maxErr: 0, reason: '' };
         },
       });
     };
@@ -561,11 +604,17 @@ export async function exportGguf(modelDir: string, outPath: string, opts: GgufEx
       for (let i = 0; i < base.length; i++) factors[i] = base[i]! / scaled[i]!;
       tensors.push({ name: 'rope_freqs.weight', ne: [factors.length], type: 'F32', produce: () => ({ data: bytesOf(factors), maxErr: 0, reason: '' }) });
     }
-    const qPerm = qkRowPermutation(cfg.numHeads, cfg.headDim);
-    const kPerm = qkRowPermutation(cfg.numKvHeads, cfg.headDim);
+    const pairRope = GGUF_ARCH[cfg.modelType].pairRope;
+    const qPerm = pairRope ? qkRowPermutation(cfg.numHeads, cfg.headDim) : null;
+    const kPerm = pairRope ? qkRowPermutation(cfg.numKvHeads, cfg.headDim) : null;
+    const extras = extraParams(cfg);
     for (let i = 0; i < cfg.numLayers; i++) {
       const prefix = `model.layers.${i}.`;
       normTensor(`blk.${i}.attn_norm.weight`, prefix + 'input_layernorm.weight', C);
+      for (const p of extras) {
+        const n = p === 'qNorm' || p === 'kNorm' ? cfg.headDim : linearDims(cfg, p.slice(0, -'Bias'.length) as BlockLinear)[0];
+        normTensor(`blk.${i}.${EXTRA_GGUF_NAME[p]!}`, prefix + HF_PARAM_NAME[p], n, p === 'qBias' ? qPerm : p === 'kBias' ? kPerm : null);
+      }
       for (const [key, module] of BLOCK_LINEARS) {
         const [O, I] = linearDims(cfg, key);
         const perm = key === 'q' ? qPerm : key === 'k' ? kPerm : null;

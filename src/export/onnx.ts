@@ -7,6 +7,9 @@
 //                            "transformers.js_config": {"dtype": "q4" | "q2" | "q8"} so the
 //                            file above is the one transformers.js picks by default
 //   OUT/generation_config.json, tokenizer files, genai_config.json (onnxruntime-genai)
+//   OUT/tokenizer_config.json the checkpoint's, with add_bos_token / add_eos_token saying what
+//                            eqat's tokenizer adds (src/export/special-tokens.ts), so that
+//                            transformers.js's text-generation pipeline adds the same tokens
 //
 // Graph interface (the names Optimum gives decoder-only exports and transformers.js feeds):
 //   inputs  input_ids (int64 [batch_size, sequence_length]),
@@ -50,6 +53,7 @@ import { clampScale, qmax, roundZero } from '../quant/primitives.js';
 import type { QuantConfig } from '../quant/checkpoint-config.js';
 import { TOKENIZER_FILES } from '../io/quant-checkpoint.js';
 import { eqatVersion } from '../engine/version.js';
+import { specialTokens } from './special-tokens.js';
 import {
   encodeModel,
   MAX_PROTO_BYTES,
@@ -742,6 +746,12 @@ export async function exportOnnx(modelDir: string, outDir: string, opts: OnnxExp
     config['transformers.js_config'] = tjs;
     writeJson(join(partial, 'config.json'), config);
     for (const f of TOKENIZER_FILES) if (existsSync(join(modelDir, f))) copyFileSync(join(modelDir, f), join(partial, f));
+    if (existsSync(join(modelDir, 'tokenizer.json'))) {
+      const tokCfgPath = join(modelDir, 'tokenizer_config.json');
+      const { addBos, addEos } = specialTokens(modelDir);
+      const tokCfg = existsSync(tokCfgPath) ? readJson(tokCfgPath) : {};
+      writeJson(join(partial, 'tokenizer_config.json'), { ...tokCfg, add_bos_token: addBos, add_eos_token: addEos });
+    }
     if (!existsSync(join(partial, 'generation_config.json'))) {
       const gen: Record<string, unknown> = {};
       if (cfg.bosTokenId !== null) gen['bos_token_id'] = cfg.bosTokenId;

@@ -10,7 +10,7 @@
 // The ggml type table (src/export/ggml-types.ts) on its own: every type decodes as this file's
 // decoder does, every integer type's exact encoding of codes decodes back to (q − z)·d, and the
 // reference encoders stay within a per-type error ceiling.
-// Bad requests (lossy mapping without allowLossy, group size not a multiple of 32, qwen3, a
+// Bad requests (lossy mapping without allowLossy, group size not a multiple of 32, qwen3 with biases, a
 // full-precision model) fail before anything is written. The llama.cpp checks skip when
 // node-llama-cpp is not installed; one llama-small check runs when ../shared (or
 // $EQAT_SHARED_DIR) has it.
@@ -484,12 +484,12 @@ test('bad requests fail before writing anything', async () => {
   const g16 = await quantizeRtn(TINY, 2, 16, 'tiny-w2g16');
   await assert.rejects(exportGguf(g16, out), /group size 16 is not a multiple of 32/);
   nothingWritten();
-  // qwen3
+  // qwen3 with attention biases (llama.cpp's qwen3 architecture has none)
   const qwen = join(WORK, 'qwen3');
   cpSync(QUANT[0]!.dir, qwen, { recursive: true });
   const cfg = JSON.parse(readFileSync(join(qwen, 'config.json'), 'utf8')) as Record<string, unknown>;
-  writeFileSync(join(qwen, 'config.json'), JSON.stringify({ ...cfg, model_type: 'qwen3', architectures: ['Qwen3ForCausalLM'] }));
-  await assert.rejects(exportGguf(qwen, out), /model_type 'qwen3' is not supported by the GGUF export/);
+  writeFileSync(join(qwen, 'config.json'), JSON.stringify({ ...cfg, model_type: 'qwen3', architectures: ['Qwen3ForCausalLM'], attention_bias: true }));
+  await assert.rejects(exportGguf(qwen, out), /self_attn\.q_proj\.bias.* of a qwen3 checkpoint have no place in llama\.cpp's "qwen3" architecture/);
   nothingWritten();
   // unknown option values
   await assert.rejects(exportGguf(QUANT[0]!.dir, out, { type: 'q3_k' as 'q4_0' }), /type must be/);

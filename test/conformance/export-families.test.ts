@@ -1,0 +1,168 @@
+// Conformance of the exports for every family eqat quantizes (test/export/families.ts: llama,
+// mistral, qwen2 with q/k/v biases, qwen3 with q/k norms and tied embeddings) at w2g64 and
+// w4g128 (RTN), each exported with the default options:
+//   - transformers.js (the text-generation pipeline, greedy) generates the text `eqat generate`
+//     does for 16 tokens (bos added as the tokenizer adds it) and onnxruntime's perplexity is
+//     within 0.1% of eqat's on 4 windows of 128 tokens of ../shared/data/test-mix.txt;
+//   - llama.cpp (node-llama-cpp's LlamaCompletion, temperature 0, as a user runs it): its greedy
+//     text is reported beside eqat's, its perplexity is within 1%, and it tokenizes text that
+//     starts with a space as eqat does;
+//   - the README's snippets for both runtimes, run as written (paths substituted).
+// Skips when ../shared (or $EQAT_SHARED_DIR) lacks test-mix.txt, and each runtime's checks skip
+// when it is not installed or cannot load.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, dirname, join } from 'node:path';
+import { exportGguf } from '../../src/export/gguf.js';
+import { exportOnnx } from '../../src/export/onnx.js';
+import { windowsNll } from '../../src/pipeline/eval.js';
+import { generateFromSource } from '../../src/pipeline/generate.js';
+import { evalWindows } from '../../src/data/windows.js';
+import { loadTokenizer } from '../../src/io/tokenizer.js';
+import { WeightSource } from '../../src/model/weights.js';
+import { REPO, writeRtn } from '../golden.js';
+import { deriveFamily, FAMILIES } from '../export/families.js';
+import { decoderDims, llamaCppPerplexity, loadLlamaCpp, loadOrt, ortPerplexity, sharedPath } from '../export/runtimes.js';
+
+const T = 128;
+const WINDOWS = 4;
+const NEW_TOKENS = 16;
+const PPL_TOLERANCE = 0.001;
+// llama.cpp's CPU kernels round activations to Q8_0 / Q8_1 blocks before Q4_0 / Q5_0 dot
+// products, so its logits are near eqat's, not equal: its perplexity is held to 1% (as in
+// export-runtimes.test.ts) and its greedy text is reported, not required.
+const LLAMA_CPP_PPL_TOLERANCE = 0.01;
+const PROMPT = 'The capital of France is';
+const TEST_MIX = sharedPath('data/test-mix.txt');
+const SKIP_DATA = TEST_MIX ? false : '../shared/data/test-mix.txt not present (nor under $EQAT_SHARED_DIR)';
+
+const llamaCpp = await loadLlamaCpp();
+const { ort, skip: SKIP_ORT } = await loadOrt();
+type Tjs = typeof import('@huggingface/transformers');
+let tjs: Tjs | null = null;
+try {
+  tjs = await import('@huggingface/transformers');
+} catch {
+  tjs = null;
+}
+const SKIP_TJS = tjs ? false : '@huggingface/transformers is not installed';
+
+const WORK = mkdtempSync(join(tmpdir(), 'eqat-export-families-'));
+process.env['EQAT_CACHE_DIR'] ??= join(WORK, 'token-cache');
+symlinkSync(join(REPO, 'node_modules'), join(WORK, 'node_modules'));
+after(async () => {
+  await llamaCpp.llama?.dispose();
+  rmSync(WORK, { recursive: true, force: true });
+});
+
+/** eqat's greedy continuation of PROMPT as text (what `eqat generate` prints). */
+function eqatText(ckpt: string): string {
+  const tok = loadTokenizer(ckpt);
+  const prompt = tok.encode(PROMPT, { addSpecialTokens: true });
+  const src = WeightSource.open(ckpt);
+  try {
+    const ids = generateFromSource(src, prompt, { maxNewTokens: NEW_TOKENS, temperature: 0, stopAtEos: true });
+    return tok.decode(ids.slice(prompt.length), { skipSpecialTokens: true });
+  } finally {
+    src.close();
+  }
+}
+
+async function llamaCppText(gguf: string): Promise<string> {
+  const { LlamaCompletion } = (await import('node-llama-cpp')) as typeof import('node-llama-cpp');
+  const model = await (llamaCpp.llama as unknown as import('node-llama-cpp').Llama).loadModel({ modelPath: gguf, gpuLayers: 0 });
+  try {
+    const ctx = await model.createContext({ contextSize: 256, threads: 1 });
+    try {
+      const completion = new LlamaCompletion({ contextSequence: ctx.getSequence() });
+      return await completion.generateCompletion(PROMPT, { maxTokens: NEW_TOKENS, temperature: 0 });
+    } finally {
+      await ctx.dispose();
+    }
+  } finally {
+    await model.dispose();
+  }
+}
+
+async function tjsText(onnxDir: string): Promise<string> {
+  tjs!.env.allowRemoteModels = false;
+  tjs!.env.localModelPath = dirname(onnxDir);
+  const gen = await tjs!.pipeline('text-generation', basename(onnxDir));
+  try {
+    const out = (await gen(PROMPT, { max_new_tokens: NEW_TOKENS, do_sample: false, return_full_text: false })) as { generated_text: string }[];
+    return out[0]!.generated_text;
+  } finally {
+    await gen.dispose();
+  }
+}
+
+const rows: string[] = [];
+after(() => console.log(`# family | bits | runtime | greedy ${NEW_TOKENS} | ppl ratio\n${rows.map((r) => `# ${r}`).join('\n')}`));
+
+for (const family of FAMILIES) {
+  for (const [bits, group] of [[2, 64], [4, 128]] as const) {
+    const label = `${family} w${bits}g${group}`;
+    test(`${label}: transformers.js generates eqat's text, onnxruntime ppl within 0.1%, llama.cpp within 1%`, { skip: SKIP_DATA }, async (t) => {
+      const ckpt = await writeRtn(deriveFamily(join(WORK, `${family}-fp`), family), join(WORK, `${label.replace(' ', '-')}`), bits, group);
+      const gguf = await exportGguf(ckpt, join(WORK, `${label.replace(' ', '-')}.gguf`));
+      assert.equal(gguf.exact, true);
+      const onnx = await exportOnnx(ckpt, join(WORK, `${label.replace(' ', '-')}-onnx`));
+      const want = eqatText(ckpt);
+      const { windows } = evalWindows(readFileSync(TEST_MIX!, 'utf8'), loadTokenizer(ckpt), T);
+      const win = windows.subarray(0, WINDOWS * T);
+      const src = WeightSource.open(ckpt);
+      let eqatPpl: number;
+      try {
+        eqatPpl = Math.exp(windowsNll(src, win, WINDOWS, T, { quiet: true }).nll);
+      } finally {
+        src.close();
+      }
+      await t.test('llama.cpp', { skip: llamaCpp.skip }, async () => {
+        const text = await llamaCppText(gguf.path);
+        const r = await llamaCppPerplexity(llamaCpp.llama!, gguf.path, win, WINDOWS, T, { threads: 1, sequences: 4 });
+        const ratio = r.ppl / eqatPpl;
+        rows.push(`${family} | w${bits}g${group} | llama.cpp | ${text === want ? 'same' : 'DIFFERENT'} | ${ratio.toFixed(6)}`);
+        if (text !== want) t.diagnostic(`${label} llama.cpp greedy ${JSON.stringify(text)} vs eqat ${JSON.stringify(want)}`);
+        assert.ok(Math.abs(ratio - 1) < LLAMA_CPP_PPL_TOLERANCE, `ppl llama.cpp ${r.ppl} vs eqat ${eqatPpl}`);
+        const model = await llamaCpp.llama!.loadModel({ modelPath: gguf.path, vocabOnly: true });
+        try {
+          for (const s of [' The capital', '  two spaces', 'x\n y']) assert.deepEqual([...model.tokenize(s, true)], loadTokenizer(ckpt).encode(s, { addSpecialTokens: false }), JSON.stringify(s));
+        } finally {
+          await model.dispose();
+        }
+      });
+      await t.test('transformers.js / onnxruntime', { skip: SKIP_TJS || SKIP_ORT }, async () => {
+        const text = await tjsText(onnx.dir);
+        const r = await ortPerplexity(ort!, onnx.onnxPath, decoderDims(onnx.dir), win, WINDOWS, T, { threads: 1, batch: 4 });
+        const ratio = r.ppl / eqatPpl;
+        rows.push(`${family} | w${bits}g${group} | transformers.js/onnxruntime | ${text === want ? 'same' : 'DIFFERENT'} | ${ratio.toFixed(6)}`);
+        assert.equal(text, want, 'transformers.js greedy text');
+        assert.ok(Math.abs(ratio - 1) < PPL_TOLERANCE, `ppl onnxruntime ${r.ppl} vs eqat ${eqatPpl}`);
+      });
+    });
+  }
+}
+
+/** The ```js blocks of the README's "Running the output elsewhere" section. */
+function readmeSnippets(): string[] {
+  const md = readFileSync(join(REPO, 'README.md'), 'utf8');
+  const section = md.slice(md.indexOf('### Running the output elsewhere'), md.indexOf('### Training data'));
+  return [...section.matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1]!);
+}
+
+test('the README snippets run (transformers.js prints eqat generate\'s text)', { skip: SKIP_DATA || llamaCpp.skip || SKIP_TJS }, async () => {
+  const ckpt = join(WORK, 'llama-w2g64');
+  const want = eqatText(ckpt);
+  const [llamaSnippet, tjsSnippet] = readmeSnippets();
+  assert.ok(llamaSnippet && tjsSnippet, 'one snippet per runtime');
+  const run = (name: string, code: string): string => {
+    writeFileSync(join(WORK, name), code);
+    return execFileSync(process.execPath, [join(WORK, name)], { cwd: WORK, encoding: 'utf8', env: { ...process.env, NODE_LLAMA_CPP_LOG_LEVEL: 'error' } });
+  };
+  assert.ok(run('llama.mjs', llamaSnippet.replace("'model.gguf'", JSON.stringify(join(WORK, 'llama-w2g64.gguf')))).length > 0);
+  const tjsOut = run('tjs.mjs', tjsSnippet.replace("'/path/to'", JSON.stringify(WORK)).replace("'DIR-w2g64-onnx'", "'llama-w2g64-onnx'"));
+  assert.equal(tjsOut.trimEnd(), want.trimEnd());
+});
