@@ -191,22 +191,28 @@ export function evalWindows(
 
 /** A cache key for a token stream: hash of the corpus bytes and of the tokenizer's identity. */
 export function tokenStreamKey(corpus: Uint8Array | string, tokenizerIdentity: Uint8Array | string): string {
-  const h = createHash('sha256');
-  const c = createHash('sha256').update(corpus).digest('hex');
+  return tokenStreamKeyOf(createHash('sha256').update(corpus).digest('hex'), tokenizerIdentity);
+}
+
+/** tokenStreamKey from the corpus bytes' sha256 (hex), as src/io/fingerprint.ts computes it. */
+export function tokenStreamKeyOf(corpusSha256: string, tokenizerIdentity: Uint8Array | string): string {
   const t = createHash('sha256').update(tokenizerIdentity).digest('hex');
-  h.update(`eqat-token-stream\0sep=${JSON.stringify(DOCUMENT_SEPARATOR)}\0corpus=${c}\0tokenizer=${t}`);
-  return h.digest('hex');
+  return createHash('sha256').update(`eqat-token-stream\0sep=${JSON.stringify(DOCUMENT_SEPARATOR)}\0corpus=${corpusSha256}\0tokenizer=${t}`).digest('hex');
 }
 
 // On-disk layout (little-endian): "EQTS" | u32 version | u32 keyBytes | key (utf8) | pad to 4 |
-// u32 nDocs | u32 nTokens | docStarts i32[nDocs] | stream i32[nTokens].
+// sha256 (32 bytes) of the rest | u32 nDocs | u32 nTokens | docStarts i32[nDocs] | stream i32[nTokens].
+// The checksum catches a damaged body (flipped bits, a partial copy) that would otherwise train
+// on wrong tokens, or fail on every rerun, without a word.
 const MAGIC = 0x53545145; // "EQTS" read as a little-endian u32
-const VERSION = 1;
+const VERSION = 2;
+const SUM = 32;
 
 /** Writes a token stream to `path` (atomically, via a temporary file) under `key`. */
 export function saveTokenStream(path: string, ts: TokenStream, key: string): void {
   const keyBytes = Buffer.from(key, 'utf8');
-  const headerLen = align4(12 + keyBytes.length) + 8;
+  const sumAt = align4(12 + keyBytes.length);
+  const headerLen = sumAt + SUM + 8;
   const buf = Buffer.alloc(headerLen + 4 * (ts.docStarts.length + ts.stream.length));
   buf.writeUInt32LE(MAGIC, 0);
   buf.writeUInt32LE(VERSION, 4);
@@ -217,27 +223,43 @@ export function saveTokenStream(path: string, ts: TokenStream, key: string): voi
   const body = new Int32Array(buf.buffer, buf.byteOffset + headerLen, ts.docStarts.length + ts.stream.length);
   body.set(ts.docStarts, 0);
   body.set(ts.stream, ts.docStarts.length);
+  createHash('sha256').update(buf.subarray(sumAt + SUM)).digest().copy(buf, sumAt);
   mkdirSync(dirname(path), { recursive: true });
   const tmp = `${path}.${process.pid}.tmp`;
   writeFileSync(tmp, new Uint8Array(buf.buffer, buf.byteOffset, buf.length));
   renameSync(tmp, path);
 }
 
-/** Reads a token stream saved under the same key; null when absent, stale (other key) or damaged. */
-export function loadTokenStream(path: string, key: string): TokenStream | null {
+/**
+ * Reads a token stream saved under the same key; null when absent, stale (another key or
+ * version) or damaged. `onDamaged` hears why a file that is there cannot be used.
+ */
+export function loadTokenStream(path: string, key: string, onDamaged: (problem: string) => void = () => {}): TokenStream | null {
   let buf: Buffer;
   try {
     buf = readFileSync(path);
-  } catch {
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') onDamaged(`unreadable: ${(e as Error).message}`);
     return null;
   }
-  if (buf.length < 12 || buf.readUInt32LE(0) !== MAGIC || buf.readUInt32LE(4) !== VERSION) return null;
+  const damaged = (problem: string): null => {
+    onDamaged(problem);
+    return null;
+  };
+  if (buf.length < 12 || buf.readUInt32LE(0) !== MAGIC) return damaged('not a token stream file');
+  if (buf.readUInt32LE(4) !== VERSION) return damaged(`format version ${buf.readUInt32LE(4)}, this eqat writes ${VERSION}`);
   const keyLen = buf.readUInt32LE(8);
-  const headerLen = align4(12 + keyLen) + 8;
-  if (buf.length < headerLen || buf.toString('utf8', 12, 12 + keyLen) !== key) return null;
+  const sumAt = align4(12 + keyLen);
+  const headerLen = sumAt + SUM + 8;
+  if (buf.length < headerLen) return damaged(`cut short: ${buf.length} bytes`);
+  if (buf.toString('utf8', 12, 12 + keyLen) !== key) return damaged('it holds another key');
   const nDocs = buf.readUInt32LE(headerLen - 8);
   const nTokens = buf.readUInt32LE(headerLen - 4);
-  if (buf.length !== headerLen + 4 * (nDocs + nTokens)) return null;
+  const want = headerLen + 4 * (nDocs + nTokens);
+  if (buf.length !== want) return damaged(`${buf.length} bytes where its header says ${want}`);
+  if (!createHash('sha256').update(buf.subarray(sumAt + SUM)).digest().equals(buf.subarray(sumAt, sumAt + SUM))) {
+    return damaged('checksum mismatch');
+  }
   // Copy into fresh, aligned arrays (the Buffer's offset need not be a multiple of 4).
   const body = new Int32Array(nDocs + nTokens);
   new Uint8Array(body.buffer).set(new Uint8Array(buf.buffer, buf.byteOffset + headerLen, buf.length - headerLen));
