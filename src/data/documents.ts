@@ -12,6 +12,13 @@
 // In every format a document that is empty or whitespace-only is dropped: it carries no text to
 // calibrate on, and the .txt format cannot even express one. A corpus with no documents left is
 // an error. Every error message starts with the file path and names the problem.
+//
+// Text that is not text: characters that are U+FFFD (what invalid UTF-8 decodes to) or control
+// characters other than tab, line feed, vertical tab, form feed and carriage return (NUL,
+// DEL, C1 controls) are counted over the whole file (parquet: over its documents). Above
+// NON_TEXT_REFUSE (1%) the file is refused, naming the share and the first such character;
+// above NON_TEXT_WARN (0.1%) a warning goes to stderr. A binary file or text in another encoding
+// than UTF-8 would otherwise be tokenized into garbage windows without a word.
 import { existsSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { extname } from 'node:path';
@@ -20,6 +27,43 @@ import { compressors } from 'hyparquet-compressors';
 
 /** File extensions readDocuments understands, lower-case, with the dot. */
 export const SUPPORTED_CORPUS_EXTENSIONS = ['.txt', '.jsonl', '.parquet'] as const;
+
+/** Above this share of non-text characters (see the file header) a corpus is refused. */
+export const NON_TEXT_REFUSE = 0.01;
+/** Above this share a corpus is read with a warning on stderr. */
+export const NON_TEXT_WARN = 0.001;
+
+function isNonText(c: number): boolean {
+  return c === 0xfffd || (c < 0x20 && (c < 0x09 || c > 0x0d)) || (c >= 0x7f && c <= 0x9f);
+}
+
+/**
+ * Refuses (above NON_TEXT_REFUSE) or warns about (above NON_TEXT_WARN) `text` read from `path`
+ * when too many of its characters are not text: U+FFFD or control characters.
+ */
+export function checkText(path: string, text: string): void {
+  let bad = 0;
+  let first = -1;
+  for (let i = 0; i < text.length; i++) {
+    if (isNonText(text.charCodeAt(i))) {
+      if (first < 0) first = i;
+      bad++;
+    }
+  }
+  const share = text.length ? bad / text.length : 0;
+  if (share <= NON_TEXT_WARN) return;
+  const code = text.charCodeAt(first);
+  const line = text.slice(0, first).split('\n').length;
+  const what =
+    `${(share * 100).toFixed(2)}% of its ${text.length} characters are not text (U+FFFD from invalid UTF-8, or control characters; ` +
+    `the first, U+${code.toString(16).toUpperCase().padStart(4, '0')}, on line ${line})`;
+  if (share > NON_TEXT_REFUSE) {
+    throw new Error(
+      `${path}: ${what}, above the ${NON_TEXT_REFUSE * 100}% eqat accepts; is it a binary file, or text in another encoding? Convert it to UTF-8 text`,
+    );
+  }
+  process.stderr.write(`warning: ${path}: ${what}, above ${NON_TEXT_WARN * 100}%; check that it is UTF-8 text\n`);
+}
 
 /** Reads a corpus file into documents (see the file header for the formats). */
 export async function readDocuments(path: string): Promise<string[]> {
@@ -36,8 +80,10 @@ export async function readDocuments(path: string): Promise<string[]> {
   let docs: string[];
   if (ext === '.parquet') {
     docs = await parseParquet(path, await readFile(path));
+    checkText(path, docs.join('\n\n'));
   } else {
     const text = await readFile(path, 'utf8');
+    checkText(path, text);
     docs = ext === '.txt' ? parseTxt(text) : parseJsonl(path, text);
   }
   if (docs.length === 0) {

@@ -3,7 +3,8 @@
 // template, tokenized, and turned into fixed-length supervised samples whose loss covers only
 // the responses.
 //
-// Files: .jsonl (one record per line; blank lines skipped) or .json (an array of records).
+// Files: .jsonl (one record per line; blank lines skipped) or .json (an array of records),
+// refused or warned about when too much of them is not text (checkText, src/data/documents.ts).
 // Roles are system, user and assistant; a record needs at least one assistant message.
 //
 // Layout:
@@ -36,6 +37,7 @@ import { extname, join } from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { Rng } from '../engine/random.js';
 import { CheckpointError, describeJson, isJsonObject } from '../io/errors.js';
+import { checkText } from './documents.js';
 
 /** What buildSupervisedSamples needs of a tokenizer (src/io/tokenizer.ts Tokenizer has it). */
 export interface TokenizerLike {
@@ -152,6 +154,7 @@ export async function readInstructRecords(path: string): Promise<InstructRecord[
   if (!statSync(path).isFile()) throw new Error(`readInstructRecords: ${path}: not a regular file`);
   let text = await readFile(path, 'utf8');
   if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
+  checkText(path, text);
   const records: InstructRecord[] = [];
   if (ext === '.jsonl') {
     const lines = text.split('\n');

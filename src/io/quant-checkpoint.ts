@@ -14,6 +14,7 @@ import { writeSafetensors, type TensorToWrite } from './safetensors-write.js';
 import { gIdx, packQweight, packQzeros } from '../quant/gptq-pack.js';
 import { quantConfigJson } from '../quant/checkpoint-config.js';
 import type { SafetensorsModel } from './safetensors.js';
+import { checkFinite } from '../model/weights.js';
 
 /** One frozen linear: integer weights and its f16 scales / integer zeros, both (O, I/G). */
 export interface FrozenLinear {
@@ -75,12 +76,13 @@ export function blockShardTensors(
   return out;
 }
 
-/** The last shard: embeddings, final norm and lm_head copied byte for byte from the source. */
+/** The last shard: embeddings, final norm and lm_head copied byte for byte from the source (NaN/Inf refused). */
 export function headShardTensors(src: SafetensorsModel, cfg: ModelConfig): TensorToWrite[] {
   const names = ['model.embed_tokens.weight', 'model.norm.weight'];
   if (!cfg.tieWordEmbeddings && src.has('lm_head.weight')) names.push('lm_head.weight');
   return names.map((name) => {
     const t = src.readTensor(name);
+    checkFinite(src.info(name).file, name, t);
     const dtype = t.dtype === 'f32' ? 'F32' : t.dtype === 'f16' ? 'F16' : t.dtype === 'bf16' ? 'BF16' : null;
     if (!dtype) throw new Error(`${name}: unexpected dtype ${t.dtype} for a floating-point tensor`);
     return { name, dtype, shape: [...t.shape], data: t.data as Float32Array | Uint16Array };

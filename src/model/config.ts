@@ -79,3 +79,31 @@ export function linearPath(i: number, name: LinearName): string {
   const group = name === 'gate_proj' || name === 'up_proj' || name === 'down_proj' ? 'mlp' : 'self_attn';
   return `model.layers.${i}.${group}.${name}`;
 }
+
+/**
+ * The longest sequence the model's positions cover: max_position_embeddings, and for linear
+ * RoPE scaling (factor k: positions are divided by k) k times that, which the model reaches only
+ * if it was trained with the scaling. llama3 scaling already states the extended length as
+ * max_position_embeddings.
+ */
+export function positionLimit(cfg: ModelConfig): { trained: number; scaled: number } {
+  const trained = cfg.maxPositionEmbeddings;
+  const scaled = cfg.ropeScaling.type === 'linear' ? Math.floor(trained * cfg.ropeScaling.factor) : trained;
+  return { trained, scaled };
+}
+
+/**
+ * Checks that `tokens` positions (`what`, e.g. "--seqlen 4096") fit the model in `modelDir`:
+ * beyond what RoPE scaling reaches is refused (the output would be garbage, silently); beyond
+ * max_position_embeddings but within linear RoPE scaling is a warning on stderr.
+ */
+export function checkPositions(cfg: ModelConfig, tokens: number, what: string, modelDir: string): void {
+  const { trained, scaled } = positionLimit(cfg);
+  if (tokens <= trained) return;
+  const limit = `${modelDir} has max_position_embeddings ${trained}`;
+  if (tokens > scaled) {
+    const scaling = scaled > trained ? ` (${scaled} with its linear RoPE scaling)` : '';
+    throw new Error(`${what}: needs ${tokens} positions, but ${limit}${scaling}; use at most ${scaled}`);
+  }
+  process.stderr.write(`warning: ${what}: ${tokens} positions exceed max_position_embeddings ${trained} of ${modelDir}, within the ${scaled} its linear RoPE scaling reaches\n`);
+}

@@ -45,6 +45,11 @@ export function hasNonFinite(x: Tensor): boolean {
   return unary<boolean>('hasNonFinite', 'reduceHasNonFinite', x);
 }
 
+/** Index of the first NaN or infinity of x, -1 when every element is finite (the native check, then a scan). */
+export function firstNonFinite(x: Tensor): number {
+  return hasNonFinite(x) ? x.f32.findIndex((v) => !Number.isFinite(v)) : -1;
+}
+
 /** Sum of a[i] * b[i] (f64 accumulation).   a, b: same shape */
 export function dot(a: Tensor, b: Tensor): number {
   return pair('dot', 'reduceDot', a, b);

@@ -51,6 +51,7 @@ import {
   BlockWorkspace,
   denseLinears,
   downloadBlockParams,
+  HF_PARAM_NAME,
   isBlockLinear,
   largestLinearSize,
   linearDims,
@@ -63,6 +64,7 @@ import {
 import { cpuBackend } from '../backend/cpu.js';
 import { BackendAllocations, type Backend, type Precision, type StepCapture } from '../backend/backend.js';
 import { quantizeNative } from '../quant/fakequant.js';
+import { firstNonFinite } from '../ops/reduce.js';
 import { dequantize, minMaxInit, scalesToF16, zerosToInt } from '../quant/primitives.js';
 import type { FrozenLinears } from '../io/quant-checkpoint.js';
 import type { ActivationCache } from './activation-cache.js';
@@ -95,6 +97,13 @@ export interface BlockApTrainer {
   step(stepIndex: number, lrQuant: number, lrWeight: number, wd: number): number;
   /** Mean MSE over cache samples [start, start+count) of the fake-quantized block against targets. */
   evalFakeQuantLoss(xq: ActivationCache, target: ActivationCache, start: number, count: number): number;
+  /**
+   * After a step whose loss is not finite: the first NaN/Inf among that step's inputs x and
+   * targets y, the block's parameters P and its step sizes / zero points, in words ("step
+   * size s of self_attn.q_proj holds NaN at element 3"); null when all are finite. P then holds
+   * the parameters as that step left them (the run stops).
+   */
+  firstNonFinite(): string | null;
   /** Freezes the block (see freezeLinears); P then holds the trained parameters, Wq the frozen weights. */
   freeze(): FrozenLinears;
   /** cache[start, start+count) ← block(cache) with the given weights (forward only). */
@@ -405,6 +414,32 @@ export class BlockTrainer<A> implements BlockApTrainer {
     // The loss is read after the update (the step's one transfer back). A non-finite loss stops
     // the run before this block is written, so the update it made is never used.
     return this.be.mseRead(this.mse, this.be.length(this.outd));
+  }
+
+  firstNonFinite(): string | null {
+    const { be } = this;
+    const found = (what: string, t: Tensor): string | null => {
+      const at = firstNonFinite(t);
+      return at < 0 ? null : `${what} holds ${t.f32[at]} at element ${at}`;
+    };
+    const batch = Tensor.zeros([be.length(this.xd)]);
+    for (const [what, a] of [['the batch input x', this.xd], ['the batch target y', this.yd]] as const) {
+      be.download(a, batch.f32);
+      const r = found(what, batch);
+      if (r) return r;
+    }
+    downloadBlockParams(be, this.P, this.dP.params);
+    for (const name of BLOCK_PARAM_NAMES) {
+      const t = this.P[name];
+      const r = t ? found(`parameter ${HF_PARAM_NAME[name]}`, t) : null;
+      if (r) return r;
+    }
+    be.download(this.Q.all, this.Qhost.all.f32);
+    for (const [key, module] of BLOCK_LINEARS) {
+      const r = found(`step size s of ${module}`, this.Qhost.scale[key]) ?? found(`zero point z of ${module}`, this.Qhost.zero[key]);
+      if (r) return r;
+    }
+    return null;
   }
 
   freeze(): FrozenLinears {

@@ -4,7 +4,7 @@
 // either backend: on the CPU it is streamed, one block at a time over all windows, so only one
 // block's weights are in memory; on CUDA it is resident (packed when quantized) and windows run
 // through it in batches.
-import { readFileSync, existsSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { extname } from 'node:path';
 import { BF16_NEEDS_CUDA } from '../engine/cuda.js';
 import { WeightSource } from '../model/weights.js';
@@ -14,7 +14,9 @@ import { cpuBackend } from '../backend/cpu.js';
 import { cudaBackend } from '../backend/cuda.js';
 import { loadTokenizer } from '../io/tokenizer.js';
 import { evalWindows } from '../data/windows.js';
-import { readDocuments } from '../data/documents.js';
+import { checkText, readDocuments } from '../data/documents.js';
+import { checkInputPath } from '../io/errors.js';
+import { checkPositions } from '../model/config.js';
 import { progress } from '../cli/progress.js';
 
 export interface EvalOptions {
@@ -45,9 +47,11 @@ export interface EvalResult {
 
 /** The evaluation text of a file: .txt verbatim; .jsonl/.parquet documents joined by blank lines. */
 export async function readEvalText(path: string): Promise<string> {
-  if (!existsSync(path)) throw new Error(`${path}: no such file`);
-  if (extname(path).toLowerCase() === '.txt') return readFileSync(path, 'utf8');
-  return (await readDocuments(path)).join('\n\n');
+  checkInputPath('--data', path, 'file', 'a .txt, .jsonl or .parquet file');
+  if (extname(path).toLowerCase() !== '.txt') return (await readDocuments(path)).join('\n\n');
+  const text = readFileSync(path, 'utf8');
+  checkText(path, text);
+  return text;
 }
 
 /** How and where windowsNll runs. */
@@ -97,8 +101,11 @@ function windowsNllOn<A>(
 export async function evaluatePerplexity(modelDir: string, dataFile: string, opts: EvalOptions): Promise<EvalResult> {
   const t0 = performance.now();
   if (opts.precision === 'bf16' && opts.device !== 'cuda') throw new Error(`--precision: ${BF16_NEEDS_CUDA}`);
+  checkInputPath('--model', modelDir, 'directory', 'a model directory');
   const src = WeightSource.open(modelDir);
   try {
+    src.checkTensors();
+    checkPositions(src.cfg, opts.seqlen, `--seqlen ${opts.seqlen}`, modelDir);
     const tok = loadTokenizer(modelDir);
     const text = await readEvalText(dataFile);
     const { windows, count: all } = evalWindows(text, tok, opts.seqlen);
@@ -107,6 +114,9 @@ export async function evaluatePerplexity(modelDir: string, dataFile: string, opt
       throw new Error(`${dataFile}: fewer than --seqlen ${opts.seqlen} tokens; nothing to evaluate`);
     }
     const { nll, predictions } = windowsNll(src, windows, count, opts.seqlen, opts);
+    if (!Number.isFinite(nll)) {
+      throw new Error(`${modelDir}: the mean NLL is ${nll} although every weight is finite: the forward overflowed; try --precision f32 or another --seqlen`);
+    }
     return {
       ppl: Math.exp(nll),
       nll,

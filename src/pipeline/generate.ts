@@ -2,7 +2,7 @@
 // the CPU, uploaded once on CUDA, packed when quantized) and decoded over a key/value cache
 // per block (KvDecoder, src/model/model.ts): the prompt once, then one token per step.
 import { KvDecoder, Model } from '../model/model.js';
-import type { ModelConfig } from '../model/config.js';
+import { checkPositions, type ModelConfig } from '../model/config.js';
 import type { WeightSource } from '../model/weights.js';
 import type { Backend, Precision } from '../backend/backend.js';
 import { cpuBackend } from '../backend/cpu.js';
@@ -63,7 +63,8 @@ export function generateIdsCached<A>(model: Model<A>, promptIds: number[], opts:
 }
 
 /**
- * generateIdsCached on the model of `src` built for decoding on `device` (use 'decode':
+ * generateIdsCached on the model of `src` (its tensors checked, prompt + maxNewTokens within its
+ * positions) built for decoding on `device` (use 'decode':
  * buffers for the prompt, the longest step, and one row of logits), GEMM inputs in `precision`
  * (default bf16 on CUDA, f32 on the CPU), everything freed before returning.
  */
@@ -74,6 +75,8 @@ export function generateFromSource(
   { device = 'cpu', precision }: { device?: 'cpu' | 'cuda'; precision?: Precision } = {},
 ): number[] {
   checkPrompt(promptIds);
+  src.checkTensors();
+  checkPositions(src.cfg, promptIds.length + opts.maxNewTokens, `the prompt (${promptIds.length} tokens) + --max-new-tokens ${opts.maxNewTokens}`, src.dir);
   return device === 'cuda' ? generateOn(cudaBackend, src, promptIds, opts, precision ?? 'bf16') : generateOn(cpuBackend, src, promptIds, opts, precision ?? 'f32');
 }
 
