@@ -29,11 +29,11 @@ import { extname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { blockApDefaults } from './block-ap.js';
 import { e2eQpDefaults, type E2eQpSettings } from './e2e-qp.js';
-import type { ModelConfig } from '../model/config.js';
+import { checkPositions, type ModelConfig } from '../model/config.js';
 import { modelLayoutProblems } from '../quant/formats.js';
 import { SUPPORTED_CORPUS_EXTENSIONS } from '../data/documents.js';
 import { describeJson, isJsonObject } from '../io/errors.js';
-import { formatFlagValue, type FlagSpec, type FlagSpecs, type ParsedFlags } from '../cli/args.js';
+import { formatFlagValue, UsageError, type FlagSpec, type FlagSpecs, type ParsedFlags } from '../cli/args.js';
 
 export type { E2eQpSettings };
 
@@ -93,7 +93,8 @@ export interface RecipeOverrides {
 }
 
 /** A problem with a recipe; the message starts with where the recipe came from and the key path. */
-export class RecipeError extends Error {
+/** A setting of a recipe (from flags or a recipe file) that is wrong: a usage error (exit 2). */
+export class RecipeError extends UsageError {
   /** The file (or e.g. "command line") the recipe came from. */
   readonly where: string;
   /** Full snake_case key path, e.g. "block_ap.quant_lr"; '' for the document as a whole. */
@@ -553,8 +554,8 @@ export function validateRecipe(r: QuantizeRecipe, where: string): void {
 
 /**
  * Checks the recipe against the model's architecture: group_size divides the in_features of
- * every linear layer, and each layer can be stored in the GPTQ layout at wbits. The error names
- * group_size and the layers.
+ * every linear layer, and each layer can be stored in the GPTQ layout at wbits (the error names
+ * group_size and the layers); each training phase's seqlen fits the model's positions.
  */
 export function validateRecipeForModel(r: QuantizeRecipe, cfg: ModelConfig, where = 'recipe'): void {
   const G = r.groupSize;
@@ -569,6 +570,8 @@ export function validateRecipeForModel(r: QuantizeRecipe, cfg: ModelConfig, wher
     throw new RecipeError(where, 'group_size', `${G} does not divide the input size of ${parts.join('; ')} of ${r.model}`);
   }
   if (gptq) throw new RecipeError(where, 'group_size', `${r.model} cannot be stored as a GPTQ checkpoint: ${gptq}`);
+  if (r.blockAp.epochs > 0) checkPositions(cfg, r.blockAp.seqlen, `${where}: block_ap.seqlen (--block-ap-seqlen) ${r.blockAp.seqlen}`, r.model);
+  if (r.e2eQp.epochs > 0) checkPositions(cfg, r.e2eQp.seqlen, `${where}: e2e_qp.seqlen (--e2e-qp-seqlen) ${r.e2eQp.seqlen}`, r.model);
 }
 
 /**
@@ -695,11 +698,11 @@ export function validateCommandSettings(command: Exclude<SettingCommand, 'quanti
     const { required, default: byDefault, defaultNote } = flag.spec;
     if (v === null && !required && byDefault === undefined && defaultNote === undefined) continue;
     const problem = v === undefined ? 'missing' : valueProblem(v, kindOn(command, field));
-    if (problem) throw new Error(`--${flag.name}: ${problem}`);
+    if (problem) throw new UsageError(`--${flag.name}: ${problem}`);
   }
   const section = command === 'block-ap' ? 'block_ap' : 'e2e_qp';
   const rule = settingRuleProblem(section, settings, (s, key) => `--${flagName(command, s, key)}`);
-  if (rule) throw new Error(`${rule[0]}: ${rule[1]}`);
+  if (rule) throw new UsageError(`${rule[0]}: ${rule[1]}`);
 }
 
 /** Where each setting is a flag: its recipe path and the commands that take it. */
