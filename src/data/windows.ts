@@ -231,8 +231,9 @@ export function saveTokenStream(path: string, ts: TokenStream, key: string): voi
 }
 
 /**
- * Reads a token stream saved under the same key; null when absent, stale (another key or
- * version) or damaged. `onDamaged` hears why a file that is there cannot be used.
+ * Reads a token stream saved under the same key; null when absent, of another format version
+ * (stale), or damaged. `onDamaged` hears why a file of this version cannot be used (another key
+ * in it, cut short, checksum mismatch, unreadable).
  */
 export function loadTokenStream(path: string, key: string, onDamaged: (problem: string) => void = () => {}): TokenStream | null {
   let buf: Buffer;
@@ -247,7 +248,7 @@ export function loadTokenStream(path: string, key: string, onDamaged: (problem: 
     return null;
   };
   if (buf.length < 12 || buf.readUInt32LE(0) !== MAGIC) return damaged('not a token stream file');
-  if (buf.readUInt32LE(4) !== VERSION) return damaged(`format version ${buf.readUInt32LE(4)}, this eqat writes ${VERSION}`);
+  if (buf.readUInt32LE(4) !== VERSION) return null; // another eqat's format: stale, rebuilt silently
   const keyLen = buf.readUInt32LE(8);
   const sumAt = align4(12 + keyLen);
   const headerLen = sumAt + SUM + 8;
