@@ -1,8 +1,13 @@
 #!/usr/bin/env node
 // The `eqat` command: dispatches to subcommands. Each subcommand declares its flags in one
 // table (src/cli/commands.ts) and prints them with defaults under --help.
+// Exit codes: 0 done; 2 a usage error (an unknown command or flag, a flag's or recipe setting's
+// value, type or combination, a missing required flag: UsageError); 130 / 143 a run stopped by
+// SIGINT / SIGTERM (InterruptedError, after one line saying what was kept); 1 anything else
+// (inputs, data, the device, the file system).
 import { COMMANDS } from './commands.js';
 import { parseFlags, usage, UsageError } from './args.js';
+import { InterruptedError } from '../io/output.js';
 
 async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
@@ -33,8 +38,11 @@ main(process.argv.slice(2)).then(
   },
   (err: unknown) => {
     if (err instanceof UsageError) {
-      console.error(err.message);
+      console.error(err.message.startsWith('eqat ') ? err.message : `eqat: ${err.message}`);
       process.exitCode = 2;
+    } else if (err instanceof InterruptedError) {
+      console.error(`eqat: ${err.message}`);
+      process.exitCode = err.exitCode;
     } else {
       console.error(`eqat: ${err instanceof Error ? err.message : String(err)}`);
       if (process.env['EQAT_DEBUG'] && err instanceof Error) console.error(err.stack);

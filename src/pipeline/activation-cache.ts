@@ -5,6 +5,10 @@
 // cache is ~140 GB, so the disk path is the normal one for large models.
 import { closeSync, openSync, readSync, rmSync, writeSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { explainSystemError } from '../io/output.js';
+
+/** A disk-full or read-only error in a cache file names it and says how to keep the caches in RAM. */
+const CACHE_HINT = 'the activation caches go to disk when they exceed --max-ram (default: half of RAM); a larger --max-ram keeps them in RAM';
 
 export class ActivationCache {
   readonly sampleElems: number;
@@ -26,9 +30,13 @@ export class ActivationCache {
       this.fd = null;
       this.path = null;
     } else {
-      mkdirSync(where.dir, { recursive: true });
       this.path = join(where.dir, `${name}.f32`);
-      this.fd = openSync(this.path, 'w+');
+      try {
+        mkdirSync(where.dir, { recursive: true });
+        this.fd = openSync(this.path, 'w+');
+      } catch (e) {
+        throw explainSystemError(e, where.dir, true, CACHE_HINT);
+      }
       this.ram = null;
     }
   }
@@ -77,8 +85,12 @@ export class ActivationCache {
     const bytes = n * this.sampleElems * 4;
     const view = new Uint8Array(src.buffer, src.byteOffset, bytes);
     let done = 0;
-    while (done < bytes) {
-      done += writeSync(this.fd!, view, done, bytes - done, start * this.sampleElems * 4 + done);
+    try {
+      while (done < bytes) {
+        done += writeSync(this.fd!, view, done, bytes - done, start * this.sampleElems * 4 + done);
+      }
+    } catch (e) {
+      throw explainSystemError(e, this.path!, true, CACHE_HINT);
     }
   }
 
