@@ -20,14 +20,13 @@ export function gemmColMajorRef(
   store: (x: number) => number = Math.fround,
 ): void {
   const { m, n, k, lda, ldb, ldc, alpha, beta } = g;
+  // op(A)[i, l] = A[i * aRow + l * aStep], op(B)[l, j] = B[l * bStep + j * bCol]
+  const aRow = g.opA === 0 ? 1 : lda, aStep = g.opA === 0 ? lda : 1;
+  const bStep = g.opB === 0 ? 1 : ldb, bCol = g.opB === 0 ? ldb : 1;
   for (let j = 0; j < n; j++) {
     for (let i = 0; i < m; i++) {
       let s = 0;
-      for (let l = 0; l < k; l++) {
-        const a = g.opA === 0 ? A[i + l * lda]! : A[l + i * lda]!;
-        const b = g.opB === 0 ? B[l + j * ldb]! : B[j + l * ldb]!;
-        s += a * b;
-      }
+      for (let l = 0, a = i * aRow, b = j * bCol; l < k; l++, a += aStep, b += bStep) s += A[a]! * B[b]!;
       const c = i + j * ldc;
       C[c] = store(beta === 0 ? alpha * s : alpha * s + beta * C[c]!);
     }
