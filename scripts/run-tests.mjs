@@ -36,7 +36,13 @@ if (t >= 0) {
 let files = collect('dist/test');
 if (tier === 'default') files = files.filter((f) => !f.startsWith(join('dist', 'test', 'conformance')));
 if (tier === 'gpu') files = files.filter((f) => ['cuda', 'ops', 'quant'].some((d) => f.startsWith(join('dist', 'test', d))));
-if (args.length) files = files.filter((f) => args.some((x) => f.includes(x)));
+if (args.length) {
+  files = files.filter((f) => args.some((x) => f.includes(x)));
+  if (files.length === 0) {
+    console.error(`run-tests: no test file in tier '${tier}' matches ${args.map((a) => `'${a}'`).join(', ')}`);
+    process.exit(2);
+  }
+}
 const env = { ...process.env, EQAT_TEST_TIER: tier };
 if (tier === 'gpu') env['EQAT_TEST_EMULATOR'] = '0';
 const r = spawnSync(process.execPath, ['--test', '--test-concurrency=1', ...files], { stdio: 'inherit', env });

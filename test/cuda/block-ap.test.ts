@@ -35,7 +35,7 @@ process.env['EQAT_CACHE_DIR'] ??= mkdtempSync(join(tmpdir(), 'eqat-cache-'));
 const CALIB = join(REPO, 'fixtures', 'text', 'calib-sample.txt');
 
 function opts(out: string, device: 'cpu' | 'cuda', precision?: 'f32' | 'bf16'): BlockApOptions {
-  // small enough for the emulator (a process per kernel launch): 4 blocks × 2 epochs × 2 steps
+  // small enough for the kernel emulator: 4 blocks × 2 epochs × 2 steps
   return {
     ...blockApDefaults(2),
     model: TINY,

@@ -31,7 +31,7 @@ process.on('exit', () => rmSync(work, { recursive: true, force: true }));
 const quantized = (): Promise<string> => rtnTiny(2, 32);
 
 // two optimizer steps of two micro-batches each: accumulation, clipping (norms are far above
-// 0.05) and AdamW all run; small enough for the emulator (a process per kernel launch)
+// 0.05) and AdamW all run; small enough for the kernel emulator
 async function options(out: string, over: Partial<E2eQpOptions> = {}): Promise<E2eQpOptions> {
   return {
     ...e2eQpDefaults(2),
