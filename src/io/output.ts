@@ -289,14 +289,15 @@ export async function interruptionPoint(): Promise<void> {
  */
 export function claimOutput(req: OutputRequest, { interruptible = false } = {}): OutputClaim {
   const out = resolve(req.out);
+  const exists = existsSync(out);
+  const never = 'eqat never writes into or over its inputs: choose an output outside them';
   for (const w of [out, ...(req.companions ?? [])]) {
     const problem = inputProblem(w, req.inputs);
     if (problem) {
       const what = w === out ? `${req.flag} ${req.out}` : `${req.flag} ${req.out} (its ${w})`;
-      throw new Error(`${what}: ${problem}; eqat never writes into or over its inputs: choose an output outside them`);
+      throw new Error(`${what}: ${exists && w === out ? 'already exists and ' : ''}${problem}; ${never}`);
     }
   }
-  const exists = existsSync(out);
   if (exists && !req.force) {
     throw new Error(`${req.flag} ${req.out}: already exists; choose another path, remove it, or pass --force to replace it once the new one is complete`);
   }
