@@ -738,7 +738,7 @@ function withTokenizer(name: string, tokenizerJson: unknown, tokenizerConfig?: u
 test('byte-level BPE: the fixture ("gpt-2") and a Llama-3 style variant ("llama-bpe") tokenize as tokenizer.json does', { skip: SKIP_NLC }, async (t) => {
   const texts = tokenizerTexts(true);
   const golden = readGolden(TINY);
-  const fixture = await tokenizerMismatches(QUANT[0]!.dir, texts);
+  const fixture = await ggufMismatches(QUANT[0]!.gguf, QUANT[0]!.dir, texts); // exported above (an export never overwrites)
   assert.equal(fixture.mismatches, 0, fixture.first);
   const model = await (await llamaCpp()).loadModel({ modelPath: QUANT[0]!.gguf, vocabOnly: true });
   for (const c of golden.tokenize) assert.deepEqual([...model.tokenize(c.text, true)], c.ids_no_special, `golden ${JSON.stringify(c.text)}`);
