@@ -44,7 +44,7 @@ const write = (name: string, a: Int32Array): void => writeFileSync(join(out, nam
 
 // every draw first, so that bad input fails before anything is written
 const tok = loadTokenizer(values.model!);
-const stream = await cachedTokenStream(values.calib!, values.model!, tok);
+const { tokens: stream } = await cachedTokenStream(values.calib!, values.model!, tok);
 const bap = sampleWindows(stream, tok, { seqlen, trainSize, valSize, seed }, `--calib ${values.calib}`);
 const e2e = sampleWindows(stream, tok, { seqlen, trainSize, valSize: 0, seed }, `--calib ${values.calib}`);
 const ev = evalWindows(readFileSync(values.eval!, 'utf8'), tok, seqlen, `--eval ${values.eval}`);

@@ -1,9 +1,12 @@
 // The table of `eqat` subcommands: summary, flags (with defaults) and the function that runs.
 // The flags of training settings on block-ap, e2e-qp and quantize come from the recipe schema
 // (recipeFlagSpecs); the flags written here are the ones that are no recipe setting.
-import type { FlagSpecs, ParsedFlags } from './args.js';
+import { resolve } from 'node:path';
+import { UsageError, type FlagSpecs, type ParsedFlags } from './args.js';
+import { explainSystemError } from '../io/output.js';
 import { evaluatePerplexity } from '../pipeline/eval.js';
 import { WeightSource } from '../model/weights.js';
+import { checkInputPath } from '../io/errors.js';
 import { loadTokenizer } from '../io/tokenizer.js';
 import { generateFromSource, type GenerateOptions } from '../pipeline/generate.js';
 import { native } from '../engine/native.js';
@@ -26,6 +29,9 @@ const str = (f: ParsedFlags, k: string) => f[k] as string;
 const int = (f: ParsedFlags, k: string) => f[k] as number;
 
 const threadsFlag = { type: 'int', min: 1, help: 'CPU threads (default: all cores)' } as const;
+
+// every command that writes refuses an existing output without it (src/io/output.ts)
+const forceFlag = { type: 'boolean', default: false, help: 'replace an existing --out, once the new output is complete' } as const;
 
 const saveEveryFlag = {
   type: 'int',
@@ -129,10 +135,11 @@ export const COMMANDS: Record<string, Command> = {
     async run(f) {
       const device = applyDevice('generate', f);
       const precision = f['precision'] as 'f32' | 'bf16' | undefined;
-      if (precision === 'bf16' && device !== 'cuda') throw new Error(`--precision: ${BF16_NEEDS_CUDA}`);
+      if (precision === 'bf16' && device !== 'cuda') throw new UsageError(`--precision: ${BF16_NEEDS_CUDA}`);
       applyGpuBudget(f);
       applyThreads(f);
       const dir = str(f, 'model');
+      checkInputPath('--model', dir, 'directory', 'a model directory');
       const src = WeightSource.open(dir);
       const tok = loadTokenizer(dir);
       const prompt = tok.encode(str(f, 'prompt'), { addSpecialTokens: true });
@@ -159,6 +166,8 @@ export const COMMANDS: Record<string, Command> = {
     flags: {
       ...recipeFlagSpecs('block-ap'),
       'max-ram': { type: 'number', min: 0, help: 'GiB of RAM for activation caches before they go to disk (default: half of RAM)' },
+      restart: { type: 'boolean', default: false, help: 'discard an interrupted run in OUT.partial/ instead of resuming it' },
+      force: forceFlag,
       quiet: { type: 'boolean', default: false, help: 'no progress output' },
       json: { type: 'boolean', default: false, help: 'print a JSON summary as the last line of stdout' },
       threads: threadsFlag,
@@ -182,6 +191,8 @@ export const COMMANDS: Record<string, Command> = {
         groupSize: s.groupSize!,
         seed: s.seed!,
         maxRamBytes: f['max-ram'] !== undefined ? (f['max-ram'] as number) * 2 ** 30 : undefined,
+        restart: f['restart'] as boolean,
+        force: f['force'] as boolean,
         quiet: f['quiet'] as boolean,
         device,
         precision: f['precision'] as 'f32' | 'bf16' | undefined,
@@ -227,6 +238,7 @@ export const COMMANDS: Record<string, Command> = {
       ...recipeFlagSpecs('e2e-qp'),
       'save-every': saveEveryFlag,
       restart: { type: 'boolean', default: false, help: 'discard an interrupted run in OUT.partial/ instead of resuming it' },
+      force: forceFlag,
       quiet: { type: 'boolean', default: false, help: 'no progress output' },
       json: { type: 'boolean', default: false, help: 'print a JSON summary as the last line of stdout' },
       threads: threadsFlag,
@@ -238,6 +250,7 @@ export const COMMANDS: Record<string, Command> = {
       const device = applyDevice('e2e-qp', f);
       applyGpuBudget(f);
       applyThreads(f);
+      checkInputPath('--model', str(f, 'model'), 'directory', 'a quantized model directory (the output of block-ap)');
       const probe = WeightSource.open(str(f, 'model'));
       const bits = probe.quant?.bits ?? 4;
       probe.close();
@@ -251,6 +264,7 @@ export const COMMANDS: Record<string, Command> = {
         seed: s.seed!,
         saveEvery: int(f, 'save-every'),
         restart: f['restart'] as boolean,
+        force: f['force'] as boolean,
         quiet: f['quiet'] as boolean,
         device,
         precision: f['precision'] as 'f32' | 'bf16' | undefined,
@@ -269,7 +283,8 @@ export const COMMANDS: Record<string, Command> = {
       ...recipeFlagSpecs(),
       'max-ram': { type: 'number', min: 0, help: 'GiB of RAM for Block-AP activation caches before they go to disk (default: half of RAM)' },
       'save-every': { ...saveEveryFlag, help: `E2E-QP phase: ${saveEveryFlag.help}` },
-      restart: { type: 'boolean', default: false, help: 'discard interrupted phases (OUT.block-ap.partial/, OUT.partial/) instead of resuming them' },
+      restart: { type: 'boolean', default: false, help: 'discard interrupted phases (OUT.block-ap.partial/, OUT.partial/) instead of resuming them, and an OUT.block-ap/ of other settings or inputs instead of refusing it' },
+      force: forceFlag,
       quiet: { type: 'boolean', default: false, help: 'no progress output' },
       json: { type: 'boolean', default: false, help: 'print a JSON summary as the last line of stdout' },
       threads: threadsFlag,
@@ -289,6 +304,8 @@ export const COMMANDS: Record<string, Command> = {
         maxRamBytes: f['max-ram'] !== undefined ? (f['max-ram'] as number) * 2 ** 30 : undefined,
         saveEvery: int(f, 'save-every'),
         restart: f['restart'] as boolean,
+        force: f['force'] as boolean,
+        recipeFile: file,
         device,
         precision: f['precision'] as 'f32' | 'bf16' | undefined,
       });
@@ -314,20 +331,27 @@ export const COMMANDS: Record<string, Command> = {
         help: 'GGUF embeddings / lm_head type; auto = f16 when exact, else the checkpoint\'s own (bf16, f32)',
       },
       'external-data': { type: 'boolean', default: false, help: 'ONNX: weights in an external data file (automatic above 1.75 GiB)' },
+      force: forceFlag,
       json: { type: 'boolean', default: false, help: 'print the export report as JSON' },
     },
     async run(f) {
       const model = str(f, 'model');
+      checkInputPath('--model', model, 'directory', 'a quantized model directory (eqat output)');
       const out = str(f, 'out');
       let report: object;
-      if (str(f, 'format') === 'onnx') {
-        report = await exportOnnx(model, out, { externalData: f['external-data'] ? true : 'auto' });
-      } else {
-        report = await exportGguf(model, out, {
-          type: str(f, 'gguf-type') as GgufExportOptions['type'],
-          allowLossy: f['allow-lossy'] as boolean,
-          embeddingType: str(f, 'embedding-type') as GgufExportOptions['embeddingType'],
-        });
+      try {
+        if (str(f, 'format') === 'onnx') {
+          report = await exportOnnx(model, out, { externalData: f['external-data'] ? true : 'auto', force: f['force'] as boolean });
+        } else {
+          report = await exportGguf(model, out, {
+            type: str(f, 'gguf-type') as GgufExportOptions['type'],
+            allowLossy: f['allow-lossy'] as boolean,
+            embeddingType: str(f, 'embedding-type') as GgufExportOptions['embeddingType'],
+            force: f['force'] as boolean,
+          });
+        }
+      } catch (e) {
+        throw explainSystemError(e, resolve(out), false);
       }
       console.log(f['json'] ? JSON.stringify(report) : `wrote ${out}\n${JSON.stringify(report, null, 2)}`);
     },

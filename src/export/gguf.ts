@@ -35,7 +35,8 @@
 // export must prove exactness first); the file appears under its name by a final rename.
 import { closeSync, existsSync, openSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
-import { WeightSource, readQuantLinear } from '../model/weights.js';
+import { WeightSource, checkFinite, readQuantLinear } from '../model/weights.js';
+import { Tensor } from '../engine/tensor.js';
 import { BLOCK_LINEARS, HF_PARAM_NAME, linearDims, type BlockLinear, type BlockParamName } from '../model/block.js';
 import type { ModelConfig, ModelType } from '../model/config.js';
 import { ropeInvFreq } from '../model/rope.js';
@@ -43,6 +44,7 @@ import { clampScale, dequantize, qmax, roundZero } from '../quant/primitives.js'
 import { f16ToF32Ref, f32ToF16Ref, toF32 } from '../engine/dtype.js';
 import type { QuantConfig } from '../quant/checkpoint-config.js';
 import { ggufTokenizerMetadata } from './gguf-tokenizer.js';
+import { claimOutput, type OutputClaim } from '../io/output.js';
 import {
   GGML_INTEGER_TYPES,
   GGUF_TYPE_TRAITS,
@@ -75,6 +77,8 @@ export interface GgufExportOptions {
    * 'f16', 'bf16' and 'f32' force those, 'q8_0' is smaller (lossy).
    */
   embeddingType?: (typeof GGUF_EMBEDDING_CHOICES)[number];
+  /** Replace an existing output file (src/io/output.ts: otherwise it is refused). */
+  force?: boolean;
 }
 
 export interface GgufExportReport {
@@ -299,6 +303,7 @@ function encodeLinear(
 /** Source values in f32 and the raw storage, for an F32/F16/BF16 safetensors tensor. */
 function readFloatTensor(src: WeightSource, name: string): { f32: Float32Array; dtype: FloatDtype; raw: Float32Array | Uint16Array } {
   const t = src.safetensors.readTensor(name);
+  checkFinite(src.safetensors.info(name).file, name, t);
   if (t.dtype === 'f32') return { f32: t.f32, dtype: 'f32', raw: t.f32 };
   if (t.dtype === 'f16' || t.dtype === 'bf16') {
     const raw = t.data as Uint16Array;
@@ -546,10 +551,14 @@ export async function exportGguf(modelDir: string, outPath: string, opts: GgufEx
   if (existsSync(out) && statSync(out).isDirectory()) throw new Error(`exportGguf: output path ${out} is a directory`);
 
   const src = WeightSource.open(modelDir);
+  let output: OutputClaim | null = null;
   try {
+    const inputs = [{ flag: '--model', path: modelDir }];
+    output = claimOutput({ out: outPath, flag: '--out', force: opts.force ?? false, inputs, command: 'eqat export --format gguf', companions: [out + '.partial'], resumable: false });
     const cfg = src.cfg;
     const quant = src.quant;
     checkModel(modelDir, cfg, quant);
+    src.checkTensors();
     const linearType = linearTypeFor(typeOpt, quant.bits);
     const tokenizer = ggufTokenizerMetadata(modelDir, cfg.vocabSize);
     const kv = [...modelMetadata(modelDir, cfg, linearType), ...tokenizer.kv];
@@ -585,6 +594,7 @@ export async function exportGguf(modelDir: string, outPath: string, opts: GgufEx
         type: 'F32',
         produce: () => {
           const v = st.readF32(hfName);
+          checkFinite(st.info(hfName).file, hfName, Tensor.fromF32(v));
           if (v.length !== n) throw new Error(`exportGguf: ${hfName} has ${v.length} values, expected ${n}`);
           return { data: bytesOf(perm ? Float32Array.from(perm, (src) => v[src]!) : v), maxErr: 0, reason: '' };
         },
@@ -678,6 +688,7 @@ export async function exportGguf(modelDir: string, outPath: string, opts: GgufEx
     return { path: out, tensors: tensors.length, bytes: statSync(out).size, maxAbsWeightError: maxErr, exact: maxErr === 0, types, lossy };
   } finally {
     src.close();
+    output?.release();
   }
 }
 

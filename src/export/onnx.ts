@@ -43,16 +43,18 @@
 // by a rename once complete. Models whose initializers would approach protobuf's 2 GiB limit
 // are written with external data (onnx/model_q4.onnx_data, referenced from the graph, and
 // "use_external_data_format" in transformers.js_config).
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, rmdirSync, statSync, writeSync, copyFileSync, writeFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeSync, copyFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import type { ModelConfig } from '../model/config.js';
 import { linearShape, linearPath, LINEAR_NAMES, type LinearName } from '../model/config.js';
-import { WeightSource, readQuantLinear } from '../model/weights.js';
+import { WeightSource, checkFinite, readQuantLinear } from '../model/weights.js';
+import { Tensor } from '../engine/tensor.js';
 import { ropeTables } from '../model/rope.js';
 import { clampScale, qmax, roundZero } from '../quant/primitives.js';
 import type { QuantConfig } from '../quant/checkpoint-config.js';
 import { TOKENIZER_FILES } from '../io/quant-checkpoint.js';
 import { eqatVersion } from '../engine/version.js';
+import { claimOutput, publishOutput, type OutputClaim } from '../io/output.js';
 import { specialTokens } from './special-tokens.js';
 import {
   encodeModel,
@@ -96,6 +98,8 @@ export interface OnnxExportOptions {
    * 4 (onnxruntime may quantize activations to int8 per block: faster on CPU, less exact).
    */
   accuracyLevel?: 0 | 4;
+  /** Replace an existing output directory once the new one is complete (src/io/output.ts: otherwise it is refused). */
+  force?: boolean;
 }
 
 const OPSET = 17;
@@ -347,6 +351,7 @@ class DecoderExporter {
   /** Reads a float tensor of the checkpoint as stored (f32, f16 or bf16). */
   private floatTensor(name: string, dims: number[]): { dtype: OnnxDtype; bytes: Uint8Array } {
     const t = this.src.safetensors.readTensor(name);
+    checkFinite(this.src.safetensors.info(name).file, name, t);
     if (t.shape.length !== dims.length || t.shape.some((d, i) => d !== dims[i])) {
       throw new Error(`exportOnnx: ${this.src.dir}: tensor ${name} has shape [${t.shape.join(', ')}], the config implies [${dims.join(', ')}]`);
     }
@@ -359,6 +364,7 @@ class DecoderExporter {
   private f32Param(name: string, dims: number[]): string {
     const out = new Float32Array(dims.reduce((a, b) => a * b, 1));
     this.src.safetensors.readF32(name, out);
+    checkFinite(this.src.safetensors.info(name).file, name, Tensor.fromF32(out));
     return this.g.initializer(name, ONNX_DTYPE.FLOAT, dims, bytesOf(out));
   }
 
@@ -566,30 +572,6 @@ export function onnxFileFor(bits: number): { file: string; dtype: string } {
   throw new RangeError(`onnxFileFor: no file name for ${bits}-bit storage`);
 }
 
-function expectTensors(src: WeightSource): void {
-  const cfg = src.cfg;
-  const st = src.safetensors;
-  const need: string[] = ['model.embed_tokens.weight', 'model.norm.weight'];
-  if (!cfg.tieWordEmbeddings) need.push('lm_head.weight');
-  for (let i = 0; i < cfg.numLayers; i++) {
-    const base = `model.layers.${i}`;
-    need.push(`${base}.input_layernorm.weight`, `${base}.post_attention_layernorm.weight`);
-    if (cfg.qkNorm) need.push(`${base}.self_attn.q_norm.weight`, `${base}.self_attn.k_norm.weight`);
-    for (const name of LINEAR_NAMES) {
-      const path = linearPath(i, name);
-      need.push(`${path}.qweight`, `${path}.qzeros`, `${path}.scales`);
-      const attn = name === 'q_proj' || name === 'k_proj' || name === 'v_proj';
-      if ((attn && cfg.qkvBias) || (name === 'o_proj' && cfg.oBias) || (!attn && name !== 'o_proj' && cfg.mlpBias)) need.push(`${path}.bias`);
-    }
-  }
-  const missing = need.filter((n) => !st.has(n));
-  if (missing.length) {
-    throw new Error(
-      `exportOnnx: ${src.dir}: missing tensor${missing.length > 1 ? 's' : ''} ${missing.slice(0, 3).join(', ')}${missing.length > 3 ? `, … (${missing.length} in all)` : ''}`,
-    );
-  }
-}
-
 function estimateInitializerBytes(cfg: ModelConfig, layout: NBitsLayout, embBytes: number): number {
   let n = 0;
   for (const name of LINEAR_NAMES) {
@@ -605,7 +587,7 @@ function estimateInitializerBytes(cfg: ModelConfig, layout: NBitsLayout, embByte
 function checkOutDir(outDir: string): void {
   if (!existsSync(outDir)) return;
   if (!statSync(outDir).isDirectory()) throw new Error(`exportOnnx: outDir ${outDir} exists and is not a directory`);
-  if (readdirSync(outDir).length > 0) throw new Error(`exportOnnx: outDir ${outDir} exists and is not empty; refusing to overwrite`);
+  if (readdirSync(outDir).length > 0) throw new Error(`exportOnnx: outDir ${outDir} exists and is not empty; refusing to overwrite (pass --force to replace it)`);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -675,6 +657,7 @@ export async function exportOnnx(modelDir: string, outDir: string, opts: OnnxExp
   const op = 'exportOnnx';
   outDir = resolve(outDir);
   const src = WeightSource.open(modelDir); // parses config.json: unsupported families fail here
+  let output: OutputClaim | null = null;
   try {
     const cfg = src.cfg;
     const quant = src.quant;
@@ -691,8 +674,9 @@ export async function exportOnnx(modelDir: string, outDir: string, opts: OnnxExp
       if (I % quant.groupSize !== 0) throw new Error(`${op}: group size ${quant.groupSize} does not divide in_features ${I} of ${name} (${O}x${I})`);
     }
     if (cfg.maxPositionEmbeddings < 1) throw new Error(`${op}: max_position_embeddings must be >= 1 for the RoPE tables`);
-    expectTensors(src);
-    checkOutDir(outDir);
+    src.checkTensors();
+    if (!opts.force) checkOutDir(outDir);
+    output = claimOutput({ out: outDir, flag: '--out', force: opts.force ?? false, inputs: [{ flag: '--model', path: modelDir }], command: 'eqat export --format onnx', companions: [`${outDir}.partial`], resumable: false });
     const embBytes = src.safetensors.info('model.embed_tokens.weight').byteLength;
     const external = opts.externalData === undefined || opts.externalData === 'auto'
       ? estimateInitializerBytes(cfg, layout, embBytes) > AUTO_EXTERNAL_BYTES
@@ -760,9 +744,7 @@ export async function exportOnnx(modelDir: string, outDir: string, opts: OnnxExp
     }
     writeJson(join(partial, 'genai_config.json'), genaiConfig(cfg, `onnx/${file}`, rawConfig));
 
-    if (existsSync(outDir)) rmdirSync(outDir); // empty (checked above)
-    mkdirSync(dirname(outDir), { recursive: true });
-    renameSync(partial, outDir);
+    publishOutput(output, partial);
     return {
       dir: outDir,
       onnxPath: join(outDir, 'onnx', file),
@@ -776,5 +758,6 @@ export async function exportOnnx(modelDir: string, outDir: string, opts: OnnxExp
     };
   } finally {
     src.close();
+    output?.release();
   }
 }

@@ -12,17 +12,22 @@
 //   advance  X_q ← qblock_i(X_q)
 // `--epochs 0` is round-to-nearest with the min-max init.
 //
-// Resume: each finished block is a final checkpoint shard plus a state file in `<out>.partial/`.
-// A rerun of the same command replays the finished blocks forward (fp and frozen) to rebuild
-// the activation caches, then continues; the checkpoint equals an uninterrupted run's byte for
-// byte. The finished checkpoint appears at `<out>` only by a rename at the very end.
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, appendFileSync, readdirSync } from 'node:fs';
+// Resume: each finished block is a final checkpoint shard plus a state file in `<out>.partial/`
+// that records the recipe and the identity of the model and calibration data by content
+// (src/io/fingerprint.ts). A rerun of the same command on the same inputs replays the finished
+// blocks forward (fp and frozen) to rebuild the activation caches, drops the interrupted block's
+// log lines, then continues; the checkpoint equals an uninterrupted run's byte for byte. Other
+// settings or inputs (a corpus or model changed at the same path) are refused naming what
+// differs; `restart` discards the state. The finished checkpoint appears at `<out>` only by a
+// rename at the very end.
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, appendFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { totalmem } from 'node:os';
 import { Tensor } from '../engine/tensor.js';
 import { BF16_NEEDS_CUDA } from '../engine/cuda.js';
 import { WeightSource, loadBlockParams } from '../model/weights.js';
-import type { ModelConfig } from '../model/config.js';
+import { checkPositions, type ModelConfig } from '../model/config.js';
+import { checkInputPath } from '../io/errors.js';
 import { embeddingForward } from '../ops/embedding.js';
 import { modelLayoutProblems } from '../quant/formats.js';
 import { SafetensorsFile } from '../io/safetensors.js';
@@ -46,6 +51,11 @@ import { cudaBackend } from '../backend/cuda.js';
 import { progress } from '../cli/progress.js';
 import { eqatVersion } from '../engine/version.js';
 import { validateCommandSettings } from './recipe.js';
+import { UsageError } from '../cli/args.js';
+import { claimOutput, explainSystemError, interruptionPoint, publishOutput, type OutputClaim } from '../io/output.js';
+import { modelIdentity, inputDifference, otherRunError, unusableStateError, type InputIdentity } from '../io/fingerprint.js';
+import { isJsonObject } from '../io/errors.js';
+import { kebab } from './e2e-qp.js';
 
 /** The recipe: every setting that changes the result. */
 export interface BlockApRecipe {
@@ -74,6 +84,10 @@ export interface BlockApOptions extends BlockApRecipe {
   /** RAM budget for the activation caches, bytes; beyond it they go to disk. */
   maxRamBytes?: number;
   quiet?: boolean;
+  /** Discard an interrupted run's state in `<out>.partial/` and start from block 0. */
+  restart?: boolean;
+  /** Replace an existing `out` (once the new checkpoint is complete). */
+  force?: boolean;
   /** Called after every training step (tests use it to interrupt a run). */
   onStep?: (block: number, step: number) => void;
 }
@@ -135,9 +149,10 @@ export function cosineLr(lr: number, minLrFactor: number, step: number, totalSte
  */
 export function validateBlockAp(opts: BlockApOptions, cfg: ModelConfig): void {
   const fail = (flag: string, msg: string): never => {
-    throw new Error(`--${flag}: ${msg}`);
+    throw new UsageError(`--${flag}: ${msg}`);
   };
   validateCommandSettings('block-ap', opts);
+  if (opts.epochs > 0) checkPositions(cfg, opts.seqlen, `--seqlen ${opts.seqlen}`, opts.model);
   const { indivisible, gptq } = modelLayoutProblems(cfg, opts.groupSize, opts.wbits);
   const first = indivisible[0];
   if (first) fail('group-size', `${opts.groupSize} does not divide ${first.field} = ${first.inFeatures} of ${opts.model}`);
@@ -146,9 +161,61 @@ export function validateBlockAp(opts: BlockApOptions, cfg: ModelConfig): void {
   if (opts.precision === 'bf16' && (opts.device ?? 'cpu') !== 'cuda') fail('precision', BF16_NEEDS_CUDA);
 }
 
+/** `<out>.partial/state.json`: what the run is and how far it got, rewritten after every block. */
 interface PartialState {
   recipe: BlockApRecipe;
+  /** The model and calibration data by content, as the run found them when it started. */
+  inputs: InputIdentity;
   finishedBlocks: number;
+}
+
+/**
+ * The blocks an interrupted run left in `partial` (0 when there is none) if it is this run:
+ * same recipe, same inputs. Another run's state is refused naming what differs, an unreadable
+ * one naming the file; both errors say that --restart discards it.
+ */
+function finishedBlocksIn(partial: string, recipe: BlockApRecipe, inputs: InputIdentity, cfg: ModelConfig): number {
+  const statePath = join(partial, 'state.json');
+  if (!existsSync(statePath)) return 0;
+  let state: Partial<PartialState>;
+  try {
+    state = JSON.parse(readFileSync(statePath, 'utf8')) as Partial<PartialState>;
+  } catch (e) {
+    throw unusableStateError(statePath, 'Block-AP', (e as Error).message);
+  }
+  if (!isJsonObject(state) || !isJsonObject(state.recipe)) throw unusableStateError(statePath, 'Block-AP', 'no recipe in it');
+  const fb = state.finishedBlocks;
+  if (!Number.isSafeInteger(fb) || fb! < 0 || fb! > cfg.numLayers) {
+    throw unusableStateError(statePath, 'Block-AP', `finishedBlocks is ${JSON.stringify(fb)}, not a block count from 0 to ${cfg.numLayers}`);
+  }
+  for (const k of Object.keys(recipe) as (keyof BlockApRecipe)[]) {
+    if (JSON.stringify(state.recipe[k]) !== JSON.stringify(recipe[k])) {
+      throw otherRunError(partial, 'Block-AP', `${k} (--${kebab(k)}) is ${JSON.stringify(state.recipe[k])} in the saved state, ${JSON.stringify(recipe[k])} now`);
+    }
+  }
+  const diff = inputDifference(state.inputs, inputs, 'the calibration data', 'in the saved state');
+  if (diff) throw otherRunError(partial, 'Block-AP', diff);
+  let finished = fb!;
+  for (let i = 0; i < finished; i++) {
+    if (!existsSync(join(partial, shardName(i, shardCount(cfg))))) finished = i;
+  }
+  return finished;
+}
+
+/** Keeps the log lines of the blocks before `finished`: an interrupted block logs again when it reruns. */
+function truncateLog(logPath: string, finished: number): void {
+  if (!existsSync(logPath)) return;
+  const kept = readFileSync(logPath, 'utf8')
+    .split('\n')
+    .filter((line) => {
+      try {
+        return (JSON.parse(line) as BlockLog).block < finished;
+      } catch {
+        return false; // a line cut short by the interruption, or the empty tail
+      }
+    });
+  writeFileSync(logPath + '.tmp', kept.map((l) => l + '\n').join(''));
+  renameSync(logPath + '.tmp', logPath);
 }
 
 function recipeOf(o: BlockApOptions): BlockApRecipe {
@@ -179,13 +246,19 @@ async function prepareBlockAp(opts: BlockApOptions, src: WeightSource) {
   if (src.quant) throw new Error(`--model ${opts.model}: is already quantized; Block-AP needs a full-precision checkpoint`);
   const cfg = src.cfg;
   validateBlockAp(opts, cfg);
+  src.checkTensors();
+  // every weight is read (and checked for NaN/Inf) now, not when its block comes
+  src.checkFiniteBlocks();
+  headShardTensors(src.safetensors, cfg);
   const recipe = recipeOf(opts);
   const training = opts.epochs > 0;
   let windows: ReturnType<typeof sampleWindows> | null = null;
+  const inputs: InputIdentity = { model: modelIdentity(opts.model), data: null };
   if (training) {
     const tok = loadTokenizer(opts.model);
-    const stream = await cachedTokenStream(opts.calib!, opts.model, tok);
-    windows = sampleWindows(stream, tok, opts, `--calib ${opts.calib}`);
+    const corpus = await cachedTokenStream(opts.calib!, opts.model, tok);
+    windows = sampleWindows(corpus.tokens, tok, opts, `--calib ${opts.calib}`);
+    inputs.data = corpus.identity;
   }
   const device = opts.device ?? 'cpu';
   const precision = opts.precision ?? (device === 'cuda' ? 'bf16' : 'f32');
@@ -195,14 +268,36 @@ async function prepareBlockAp(opts: BlockApOptions, src: WeightSource) {
     device === 'cuda'
       ? new BlockTrainer(cudaBackend, cfg, B, T, opts.wbits, opts.groupSize, training, precision)
       : new BlockTrainer(cpuBackend, cfg, B, T, opts.wbits, opts.groupSize, training, precision);
-  return { cfg, recipe, training, windows, device, precision, trainer, B, T };
+  return { cfg, recipe, inputs, training, windows, device, precision, trainer, B, T };
 }
 
+/**
+ * Runs Block-AP into `opts.out`, holding it (src/io/output.ts) for the run: an existing output
+ * without `force`, an output among the inputs and one another run holds are refused first;
+ * SIGINT / SIGTERM stop it at the next step saying which blocks were kept.
+ */
 export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
+  const inputs = [{ flag: '--model', path: opts.model }, ...(opts.calib ? [{ flag: '--calib', path: opts.calib }] : [])];
+  const companions = [resolve(opts.out) + '.partial'];
+  const output = claimOutput({ out: opts.out, flag: '--out', force: opts.force ?? false, inputs, command: 'eqat block-ap', companions, resumable: true }, { interruptible: true });
+  try {
+    return await blockAp(opts, output);
+  } catch (e) {
+    throw explainSystemError(e, output.out, true);
+  } finally {
+    output.release();
+  }
+}
+
+async function blockAp(opts: BlockApOptions, output: OutputClaim): Promise<BlockApResult> {
   const t0 = performance.now();
-  const out = resolve(opts.out);
+  const out = output.out;
   const partial = out + '.partial';
-  if (existsSync(out)) throw new Error(`--out ${opts.out}: already exists; choose another directory or remove it`);
+  const keep = (blocks: number): void => {
+    output.kept = blocks > 0 ? `block${blocks > 1 ? `s 0–${blocks - 1}` : ' 0'} finished in ${partial}/` : '';
+  };
+  checkInputPath('--model', opts.model, 'directory', 'a Hugging Face model directory');
+  if (opts.epochs > 0 && opts.calib) checkInputPath('--calib', opts.calib, 'file', 'a .txt, .jsonl or .parquet file');
   const src = WeightSource.open(opts.model);
   // everything up to the trainer can refuse the run; the model files are closed when it does
   let prepared: Awaited<ReturnType<typeof prepareBlockAp>>;
@@ -212,29 +307,21 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
     src.close();
     throw e;
   }
-  const { cfg, recipe, training, windows, device, precision, trainer, B, T } = prepared;
+  const { cfg, recipe, inputs, training, windows, device, precision, trainer, B, T } = prepared;
 
   // resume bookkeeping (a refusal here releases the trainer and the model files)
   let finished = 0;
   const statePath = join(partial, 'state.json');
+  const logPath = join(partial, 'block-ap-log.jsonl');
   try {
+    if (opts.restart) rmSync(partial, { recursive: true, force: true });
     if (existsSync(statePath)) {
-      const state = JSON.parse(readFileSync(statePath, 'utf8')) as PartialState;
-      for (const k of Object.keys(recipe) as (keyof BlockApRecipe)[]) {
-        if (JSON.stringify(state.recipe[k]) !== JSON.stringify(recipe[k])) {
-          throw new Error(
-            `${partial}: an interrupted run with a different recipe is there (${k}: ${JSON.stringify(state.recipe[k])} vs ${JSON.stringify(recipe[k])}); rerun it with the same flags or remove the directory`,
-          );
-        }
-      }
-      finished = state.finishedBlocks;
-      for (let i = 0; i < finished; i++) {
-        if (!existsSync(join(partial, shardName(i, shardCount(cfg))))) finished = i;
-      }
+      finished = finishedBlocksIn(partial, recipe, inputs, cfg);
+      truncateLog(logPath, finished);
     } else {
       rmSync(partial, { recursive: true, force: true });
       mkdirSync(partial, { recursive: true });
-      writeJsonAtomic(statePath, { recipe, finishedBlocks: 0 } satisfies PartialState);
+      writeJsonAtomic(statePath, { recipe, inputs, finishedBlocks: 0 } satisfies PartialState);
     }
   } catch (e) {
     trainer.free();
@@ -242,7 +329,7 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
     throw e;
   }
   const resumedFrom = finished;
-  const logPath = join(partial, 'block-ap-log.jsonl');
+  keep(finished);
   const log = (entry: BlockLog): void => {
     appendFileSync(logPath, JSON.stringify(entry) + '\n');
     if (!opts.quiet) {
@@ -298,16 +385,34 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
     // replay finished blocks to rebuild the caches
     for (let i = 0; i < finished; i++) {
       const shard = shardName(i, nShards);
-      const st = SafetensorsFile.open(join(partial, shard));
-      shardNames.push(st.names());
-      if (training) {
-        src.loadBlock(i, trainer.P);
-        trainer.forwardCache('fp', xfp!, 0, total);
-        loadBlockParams(st, shard, quantCfg, i, trainer.Wq);
-        // norms and biases of the frozen block live in Wq's non-linear entries, which alias P
-        trainer.forwardCache('frozen', xq!, 0, total);
+      const shardPath = join(partial, shard);
+      // a finished block's shard is resume state too: one that cannot be read says how to start over
+      const unusable = (e: unknown): Error => {
+        const msg = (e as Error).message;
+        return unusableStateError(shardPath, 'Block-AP', msg.startsWith(`${shardPath}: `) ? msg.slice(shardPath.length + 2) : msg);
+      };
+      let st: SafetensorsFile;
+      try {
+        st = SafetensorsFile.open(shardPath);
+      } catch (e) {
+        throw unusable(e);
       }
-      st.close();
+      try {
+        shardNames.push(st.names());
+        if (training) {
+          src.loadBlock(i, trainer.P);
+          trainer.forwardCache('fp', xfp!, 0, total);
+          try {
+            loadBlockParams(st, shardPath, quantCfg, i, trainer.Wq);
+          } catch (e) {
+            throw unusable(e);
+          }
+          // norms and biases of the frozen block live in Wq's non-linear entries, which alias P
+          trainer.forwardCache('frozen', xq!, 0, total);
+        }
+      } finally {
+        st.close();
+      }
       summary.push({ block: i, valLossInit: null, valLoss: null, trainLoss: null, seconds: 0 });
     }
 
@@ -344,12 +449,14 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
             if (b + 1 < stepsPerEpoch) readBatch(b + 1); // while the step runs (on CUDA)
             const loss = trainer.finish();
             if (!Number.isFinite(loss)) {
-              throw new Error(`block ${i}, epoch ${epoch + 1}, step ${step + 1}: loss is ${loss}; stopping (no checkpoint written for this block)`);
+              const culprit = trainer.firstNonFinite() ?? 'none: every input and parameter is finite, the block overflowed; lower --quant-lr / --weight-lr';
+              throw new Error(`block ${i}, epoch ${epoch + 1}, step ${step + 1}: loss is ${loss}; first non-finite value: ${culprit}; stopping (no checkpoint written for this block)`);
             }
             sum += loss;
             step++;
             bar.update(step, { loss });
             opts.onStep?.(i, step);
+            await interruptionPoint();
           }
           bar.stop();
           phases.train += (performance.now() - te) / 1000;
@@ -368,7 +475,9 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
         shardNames.push(tensors.map((t) => t.name));
       });
       if (training && i + 1 < cfg.numLayers) timed('frozenPass', () => trainer.forwardCache('frozen', xq!, 0, total));
-      writeJsonAtomic(statePath, { recipe, finishedBlocks: i + 1 } satisfies PartialState);
+      writeJsonAtomic(statePath, { recipe, inputs, finishedBlocks: i + 1 } satisfies PartialState);
+      keep(i + 1);
+      await interruptionPoint();
       const seconds = (performance.now() - tb) / 1000;
       if (!training) log({ block: i, epoch: 0, trainLoss: null, valLoss: null, seconds });
       summary.push({ block: i, valLossInit, valLoss, trainLoss, seconds });
@@ -385,6 +494,7 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
       device,
       precision,
       recipe: { ...recipe, model: opts.model, calib: opts.calib },
+      inputs,
     });
   } finally {
     xfp?.free();
@@ -395,6 +505,6 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
   rmSync(join(partial, 'cache'), { recursive: true, force: true });
   rmSync(statePath, { force: true });
   for (const f of readdirSync(partial)) if (f.endsWith('.tmp')) rmSync(join(partial, f), { force: true });
-  renameSync(partial, out);
+  publishOutput(output, partial);
   return { out, blocks: summary, seconds: (performance.now() - t0) / 1000, phases, resumedFrom, cachesOnDisk };
 }

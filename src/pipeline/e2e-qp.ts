@@ -16,18 +16,23 @@
 // or more after the last save) the training state goes atomically (temp file, fsync, rename)
 // into `<out>.partial/e2e-qp-state.safetensors`: the f32 step sizes, AdamW's m and v, and in its
 // metadata the next step, the losses, the log lines so far and a fingerprint of the inputs
-// (every setting and the seed; size and modification time of the data file and of the model
-// directory's files). A rerun with the same inputs continues from there: batches are a function
+// (every setting and the seed; the model and the data by content: src/io/fingerprint.ts).
+// A rerun with the same inputs continues from there: batches are a function
 // of the seed and the step index, the lr schedule of the step index, so the checkpoint equals
 // an uninterrupted run's byte for byte; only the timing fields (`seconds` of each log line and
 // of eqat-recipe.json's e2e_qp) differ. Other inputs are refused naming what differs; `restart`
 // discards the state. The finished checkpoint appears at `<out>` only by a rename at the end.
-import { appendFileSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Arena, type Tensor } from '../engine/tensor.js';
+import { UsageError } from '../cli/args.js';
+import { claimOutput, explainSystemError, interruptionPoint, publishOutput, type OutputClaim } from '../io/output.js';
 import { BF16_NEEDS_CUDA, type DeviceArray } from '../engine/cuda.js';
 import { WeightSource } from '../model/weights.js';
 import { BLOCK_LINEARS } from '../model/block.js';
+import { checkPositions } from '../model/config.js';
+import { firstNonFinite } from '../ops/reduce.js';
+import { checkInputPath } from '../io/errors.js';
 import { PackedModel, type PackedBlock } from '../model/quantized.js';
 import type { Precision } from '../backend/backend.js';
 import { cpuBackend } from '../backend/cpu.js';
@@ -38,6 +43,7 @@ import { unpackQweight } from '../quant/gptq-pack.js';
 import { writeSafetensors } from '../io/safetensors-write.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import { isJsonObject } from '../io/errors.js';
+import { dataIdentity, inputDifference, modelIdentity, otherRunError, unusableStateError, type DataIdentity, type InputIdentity } from '../io/fingerprint.js';
 import {
   blockShardTensors,
   headShardTensors,
@@ -50,6 +56,7 @@ import {
 import { loadTokenizer } from '../io/tokenizer.js';
 import { cachedTokenStream } from '../data/token-cache.js';
 import { sampleWindows } from '../data/windows.js';
+import { readDocuments } from '../data/documents.js';
 import { buildSupervisedSamples, detectDataFormat, loadChatTemplate, readInstructRecords } from '../data/instruct.js';
 import { progress } from '../cli/progress.js';
 import { eqatVersion } from '../engine/version.js';
@@ -103,6 +110,10 @@ export interface E2eQpOptions extends E2eQpRecipe {
   saveEvery?: number;
   /** Discard an interrupted run's state in `<out>.partial/` and start from step 0. */
   restart?: boolean;
+  /** Replace an existing `out` (once the new checkpoint is complete). */
+  force?: boolean;
+  /** `out` as already claimed by the caller (`eqat quantize`), which then releases it. */
+  output?: OutputClaim;
   /** Called after every optimizer step, after any save (tests use it to interrupt a run). */
   onStep?: (step: number) => void;
   /** Where the arithmetic runs (default cpu); a saved state resumes on either device. */
@@ -137,6 +148,9 @@ export function e2eQpDefaults(wbits: number): Omit<E2eQpRecipe, 'model' | 'data'
     seed: 2,
   };
 }
+
+/** What --data (and a quantize recipe's e2e_qp.data) takes, for messages. */
+export const E2E_QP_DATA_FILES = 'a .txt, .jsonl or .parquet text file, or instruction .jsonl/.json';
 
 /** Default of --save-every: optimizer steps between saves of the training state. */
 export const E2E_QP_SAVE_EVERY = 8;
@@ -178,7 +192,7 @@ export function warmupCosineLr(lr: number, step: number, totalSteps: number, war
  */
 export function validateE2eQp(o: E2eQpOptions): void {
   const fail = (flag: string, msg: string): never => {
-    throw new Error(`--${flag}: ${msg}`);
+    throw new UsageError(`--${flag}: ${msg}`);
   };
   validateCommandSettings('e2e-qp', o);
   if (o.precision !== undefined && o.precision !== 'f32' && o.precision !== 'bf16') fail('precision', `must be f32 or bf16, got ${String(o.precision)}`);
@@ -187,11 +201,25 @@ export function validateE2eQp(o: E2eQpOptions): void {
   if (!Number.isSafeInteger(saveEvery) || saveEvery < 0) fail('save-every', `must be a non-negative integer, got ${saveEvery}`);
 }
 
+/**
+ * Reads training data as runE2eQp does, short of tokenizing it: the path (named as `flag`), the
+ * format, every record or document, the share of non-text characters. `eqat quantize` calls it
+ * before Block-AP, so that a bad e2e_qp.data fails before that phase's hours, not after.
+ */
+export async function checkTrainingData(flag: string, data: string, dataFormat: E2eQpSettings['dataFormat']): Promise<void> {
+  checkInputPath(flag, data, 'file', E2E_QP_DATA_FILES);
+  const format = dataFormat === 'auto' ? detectDataFormat(data) : dataFormat;
+  if (format === 'instruct') await readInstructRecords(data);
+  else await readDocuments(data);
+}
+
 /** Training samples: ids (count, T) and shifted labels (count, T) with -100 where no loss. */
 interface Samples {
   ids: Int32Array;
   labels: Int32Array;
   count: number;
+  /** The data file they were drawn from, by content. */
+  data: DataIdentity;
 }
 
 /** Text → next-token labels on every position; instruction data → loss on responses only. */
@@ -207,22 +235,22 @@ async function trainingSamples(o: E2eQpOptions): Promise<Samples> {
       ids.set(smp.ids, i * o.seqlen);
       labels.set(smp.labels, i * o.seqlen);
     });
-    return { ids, labels, count: built.length };
+    return { ids, labels, count: built.length, data: dataIdentity(o.data) };
   }
   return textSamples(o);
 }
 
 async function textSamples(o: E2eQpOptions): Promise<Samples> {
   const tok = loadTokenizer(o.model);
-  const stream = await cachedTokenStream(o.data, o.model, tok);
+  const corpus = await cachedTokenStream(o.data, o.model, tok);
   const T = o.seqlen;
-  const w = sampleWindows(stream, tok, { seqlen: T, trainSize: o.trainSize, valSize: 0, seed: o.seed }, `--data ${o.data}`);
+  const w = sampleWindows(corpus.tokens, tok, { seqlen: T, trainSize: o.trainSize, valSize: 0, seed: o.seed }, `--data ${o.data}`);
   const labels = new Int32Array(w.train.length);
   for (let s = 0; s < o.trainSize; s++) {
     for (let t = 0; t < T - 1; t++) labels[s * T + t] = w.train[s * T + t + 1]!;
     labels[s * T + T - 1] = -100;
   }
-  return { ids: w.train, labels, count: o.trainSize };
+  return { ids: w.train, labels, count: o.trainSize, data: corpus.identity };
 }
 
 /**
@@ -265,10 +293,8 @@ function trainerOn(device: 'cpu' | 'cuda', model: PackedModel, state: ScaleState
 interface Fingerprint {
   /** Every setting that changes the result (E2eQpSettings and the seed), in e2eQpDefaults' order. */
   recipe: Record<string, unknown>;
-  /** The model directory (resolved) and "size bytes, modified time" of each file that is read. */
-  model: { dir: string; files: Record<string, string> };
-  /** The training data (resolved path) and its "size bytes, modified time". */
-  data: { path: string; file: string };
+  /** The model directory and the training data by content. */
+  inputs: InputIdentity;
 }
 
 /** The state file's metadata (under the key STATE_KEY); the tensors hold the numbers. */
@@ -286,30 +312,16 @@ interface SavedState {
   log: string[];
 }
 
-const STATE_FORMAT = 'eqat-e2e-qp-state/1';
+const STATE_FORMAT = 'eqat-e2e-qp-state/2';
 const STATE_KEY = 'eqat_e2e_qp_state';
 /** Tensors of the state file, each (number of step sizes,) f32: the trained step sizes and AdamW's moments. */
 const STATE_TENSORS = ['scales', 'exp_avg', 'exp_avg_sq'] as const;
-/** Model-directory files that are records of earlier runs, not inputs: not fingerprinted. */
-const RECORD_FILES = new Set(['eqat-recipe.json', 'recipe.json']);
 
-function fileStamp(path: string): string {
-  const st = statSync(path);
-  return `${st.size} bytes, modified ${new Date(st.mtimeMs).toISOString()}`;
-}
-
-function fingerprintOf(o: E2eQpOptions): Fingerprint {
-  const dir = resolve(o.model);
-  const files: Record<string, string> = {};
-  for (const name of readdirSync(dir).sort()) {
-    if (name.startsWith('.') || name.endsWith('.jsonl') || name.endsWith('.tmp') || name.endsWith('.md') || RECORD_FILES.has(name)) continue;
-    const path = join(dir, name);
-    if (statSync(path).isFile()) files[name] = fileStamp(path);
-  }
+function fingerprintOf(o: E2eQpOptions, data: DataIdentity): Fingerprint {
   const recipe: Record<string, unknown> = {};
   const values = o as unknown as Record<string, unknown>;
   for (const key of Object.keys(e2eQpDefaults(4))) recipe[key] = values[key];
-  return { recipe, model: { dir, files }, data: { path: resolve(o.data), file: fileStamp(o.data) } };
+  return { recipe, inputs: { model: modelIdentity(o.model), data } };
 }
 
 /** The first difference between a saved fingerprint and this run's, in words; null when equal. */
@@ -320,15 +332,7 @@ function fingerprintDifference(saved: Fingerprint, now: Fingerprint, settingName
     const b = now.recipe[key];
     if (JSON.stringify(a) !== JSON.stringify(b)) return `${settingName(key)} is ${show(a)} in the saved state, ${show(b)} now`;
   }
-  if (saved.data?.path !== now.data.path) return `the training data is ${show(saved.data?.path)} in the saved state, ${show(now.data.path)} now`;
-  if (saved.data.file !== now.data.file) return `the training data ${now.data.path} has changed (${saved.data.file} in the saved state, ${now.data.file} now)`;
-  if (saved.model?.dir !== now.model.dir) return `the model is ${show(saved.model?.dir)} in the saved state, ${show(now.model.dir)} now`;
-  for (const name of new Set([...Object.keys(saved.model.files ?? {}), ...Object.keys(now.model.files)])) {
-    const a = saved.model.files?.[name];
-    const b = now.model.files[name];
-    if (a !== b) return `the model file ${join(now.model.dir, name)} has changed (${a ?? 'absent'} in the saved state, ${b ?? 'absent'} now)`;
-  }
-  return null;
+  return inputDifference(saved.inputs, now.inputs, 'the training data', 'in the saved state');
 }
 
 export function kebab(key: string): string {
@@ -376,7 +380,7 @@ function readSavedState(path: string): SavedState {
 
 /** The error for a state file that cannot be used, naming the file and how to start over. */
 function stateError(path: string, problem: string): Error {
-  return new Error(`${path}: cannot resume from this E2E-QP state (${problem}); pass --restart to discard it and start over`);
+  return unusableStateError(path, 'E2E-QP', problem);
 }
 
 /** Loads the saved step sizes and moments into the optimizer state (sizes checked against the model). */
@@ -401,30 +405,51 @@ function loadSavedTensors(path: string, state: ScaleState): void {
   }
 }
 
+/**
+ * Runs E2E-QP into `o.out`, holding it (src/io/output.ts) for the run unless the caller does
+ * (`o.output`): an existing output without `force`, an output among the inputs and one another
+ * run holds are refused first; SIGINT / SIGTERM stop it at the next step saying what was saved.
+ */
 export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
+  const inputs = [{ flag: '--model', path: o.model }, { flag: '--data', path: o.data }];
+  const companions = [resolve(o.out) + '.partial'];
+  const output = o.output ?? claimOutput({ out: o.out, flag: '--out', force: o.force ?? false, inputs, command: 'eqat e2e-qp', companions, resumable: true }, { interruptible: true });
+  try {
+    return await e2eQp(o, output);
+  } catch (e) {
+    throw explainSystemError(e, output.out, true);
+  } finally {
+    if (!o.output) output.release();
+  }
+}
+
+async function e2eQp(o: E2eQpOptions, output: OutputClaim): Promise<E2eQpResult> {
   const t0 = performance.now();
-  const out = resolve(o.out);
+  const out = output.out;
   const partial = out + '.partial';
-  if (existsSync(out)) throw new Error(`--out ${o.out}: already exists; choose another directory or remove it`);
+  const kept = output.kept; // what the caller's earlier phases kept
+  const keep = (step: number, of: number): void => {
+    output.kept = [kept, step > 0 ? `the E2E-QP state after step ${step} of ${of} in ${partial}/` : ''].filter((k) => k !== '').join('; ');
+  };
   validateE2eQp(o);
   const saveEvery = o.saveEvery ?? E2E_QP_SAVE_EVERY;
+  checkInputPath('--model', o.model, 'directory', 'a quantized model directory (the output of block-ap)');
+  checkInputPath('--data', o.data, 'file', E2E_QP_DATA_FILES);
   const src = WeightSource.open(o.model);
   let trainer: E2eTrainer<Tensor> | E2eTrainer<DeviceArray> | null = null;
   try {
     if (!src.quant) throw new Error(`--model ${o.model}: not a quantized checkpoint; run block-ap first (or use eqat quantize)`);
+    src.checkTensors();
+    checkPositions(src.cfg, o.seqlen, `--seqlen ${o.seqlen}`, o.model);
     const samples = await trainingSamples(o); // a bad --data fails here, before anything is written
     // an interrupted run: resume it if it is this run
     const statePath = join(partial, E2E_QP_STATE_FILE);
     if (o.restart) rmSync(partial, { recursive: true, force: true });
-    const fingerprint = fingerprintOf(o);
+    const fingerprint = fingerprintOf(o, samples.data);
     const saved = existsSync(statePath) ? readSavedState(statePath) : null;
     if (saved) {
       const diff = fingerprintDifference(saved.fingerprint, fingerprint, o.settingName ?? ((key) => `${key} (--${kebab(key)})`));
-      if (diff) {
-        throw new Error(
-          `${partial}: holds an interrupted E2E-QP run with other inputs: ${diff}; rerun with the same settings to resume it, or pass --restart to discard it and start over`,
-        );
-      }
+      if (diff) throw otherRunError(partial, 'E2E-QP', diff);
     }
     const cfg = src.cfg;
     const model = PackedModel.load(src);
@@ -452,6 +477,7 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
       }
       loadSavedTensors(statePath, state);
       step = saved.nextStep;
+      keep(step, totalSteps);
       firstLoss = saved.firstLoss;
       lastLoss = saved.lastLoss;
       secondsBefore = saved.seconds;
@@ -473,6 +499,7 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
       const tensors = [state.params, state.m, state.v].map((a, i) => ({ name: STATE_TENSORS[i]!, dtype: 'F32' as const, shape: [a.buffer.length], data: a.buffer }));
       writeSafetensors(statePath, tensors, { [STATE_KEY]: JSON.stringify(meta) });
       lastSave = performance.now();
+      keep(step, totalSteps);
     };
 
     const bar = progress('e2e-qp', totalSteps, { quiet: o.quiet ?? false });
@@ -490,7 +517,12 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
       let loss = 0;
       for (let a = 0; a < accum; a++) loss += microStep(s * o.batchSize + a * mb) / accum;
       if (!Number.isFinite(loss)) {
-        throw new Error(`e2e-qp step ${step + 1}: loss is ${loss}; stopping (nothing written)`);
+        run.toHost(); // the step sizes as that step left them, into the model's views
+        const first = s * o.batchSize;
+        const culprit = firstNonFiniteScale(model) ?? 'none: every step size is finite (the weights were checked at load), the forward overflowed; lower --lr';
+        throw new Error(
+          `e2e-qp step ${step + 1} (samples ${first}..${first + o.batchSize - 1}): loss is ${loss}; first non-finite value: ${culprit}; stopping (nothing written)`,
+        );
       }
       const gradNorm = run.clip(o.maxGradNorm);
       const lr = warmupCosineLr(o.lr, step, totalSteps, warmup);
@@ -513,6 +545,7 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
       const due = step % saveEvery === 0 || step === totalSteps || performance.now() - lastSave >= E2E_QP_SAVE_SECONDS * 1000;
       if (saveEvery > 0 && due) save();
       o.onStep?.(step);
+      await interruptionPoint();
     }
     bar.stop();
     run.capture.noteIfEager(o.quiet ?? false);
@@ -554,12 +587,24 @@ export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
     // the state and any temporary file of a save cut short go; then the rename makes it visible
     rmSync(statePath, { force: true });
     for (const f of readdirSync(partial)) if (f.includes('.tmp')) rmSync(join(partial, f), { force: true });
-    renameSync(partial, out);
+    publishOutput(output, partial);
     return { out, steps: step, firstLoss, lastLoss, seconds, packedBytes: model.packedBytes(), resumedFrom };
   } finally {
     trainer?.free();
     src.close();
   }
+}
+
+/** The first NaN/Inf step size of the model, in words (block, linear, element); null when all are finite. */
+function firstNonFiniteScale(model: PackedModel): string | null {
+  for (let i = 0; i < model.blocks.length; i++) {
+    for (const [key, module] of BLOCK_LINEARS) {
+      const t = model.blocks[i]!.scales[key];
+      const at = firstNonFinite(t);
+      if (at >= 0) return `step size of block ${i} ${module} holds ${t.f32[at]} at element ${at}`;
+    }
+  }
+  return null;
 }
 
 function recipeOf(o: E2eQpOptions): E2eQpRecipe {

@@ -2,17 +2,24 @@
 // on the Block-AP checkpoint — from flags and/or a recipe file (JSON or YAML, validated, with
 // the paper's presets per bit width). The recipe is fully checked against the model before
 // any work. Block-AP's checkpoint is kept at `<out>.block-ap`; the final one is `<out>`.
-// Rerunning an interrupted command resumes: a finished Block-AP phase is reused, an
-// interrupted one continues after its last finished block, and an interrupted E2E-QP phase
-// continues from its last saved step (`<out>.partial/`); `restart` discards interrupted state.
-import { existsSync, readFileSync, renameSync, rmSync } from 'node:fs';
+// Rerunning an interrupted command resumes: a finished Block-AP phase is reused when its record
+// shows the same Block-AP recipe on the same model and calibration data by content (the
+// identities it recorded: src/io/fingerprint.ts), an interrupted one continues after its last
+// finished block, and an interrupted E2E-QP phase continues from its last saved step
+// (`<out>.partial/`). A Block-AP checkpoint of other settings or inputs is refused naming what
+// differs; `restart` discards it (when this command made it) and any interrupted state.
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { loadConfig } from '../io/hf-config.js';
+import { checkInputPath } from '../io/errors.js';
 import { writeJsonAtomic } from '../io/quant-checkpoint.js';
+import { inputIdentity, inputDifference } from '../io/fingerprint.js';
+import { isJsonObject } from '../io/errors.js';
 import { mergeRecipe, recipeToJson, validateRecipe, validateRecipeForModel, type QuantizeRecipe, type RecipeOverrides } from './recipe.js';
 import { runBlockAp, type BlockApPhases } from './block-ap.js';
-import { kebab, runE2eQp } from './e2e-qp.js';
+import { checkTrainingData, kebab, runE2eQp } from './e2e-qp.js';
 import { eqatVersion } from '../engine/version.js';
+import { claimOutput, explainSystemError, publishOutput, type OutputClaim } from '../io/output.js';
 
 export interface QuantizeResult {
   out: string;
@@ -32,6 +39,7 @@ export interface QuantizeResult {
 export function resolveRecipe(fromFile: RecipeOverrides, fromFlags: RecipeOverrides, where: string): QuantizeRecipe {
   const r = mergeRecipe(fromFile, fromFlags, where);
   validateRecipe(r, where);
+  checkInputPath(`${where}: model (--model)`, r.model, 'directory', 'a Hugging Face model directory');
   validateRecipeForModel(r, loadConfig(r.model), where);
   return r;
 }
@@ -42,33 +50,64 @@ export interface QuantizeOptions {
   maxRamBytes?: number;
   /** E2E-QP: save its training state every this many steps (runE2eQp's saveEvery). */
   saveEvery?: number;
-  /** Discard the state of interrupted phases (`<out>.block-ap.partial/`, `<out>.partial/`) and run them from the start. */
+  /**
+   * Discard the state of interrupted phases (`<out>.block-ap.partial/`, `<out>.partial/`) and a
+   * Block-AP checkpoint of this command made from other settings or inputs, and run them from the start.
+   */
   restart?: boolean;
   /** Where both phases compute (default cpu), and their GEMM precision on CUDA (default bf16). */
   device?: 'cpu' | 'cuda';
   precision?: 'f32' | 'bf16';
+  /** Replace an existing `out` (once the new checkpoint is complete). */
+  force?: boolean;
+  /** The recipe file the recipe came from, an input never to be written over. */
+  recipeFile?: string;
 }
 
-export async function runQuantize(
+/**
+ * Runs both phases into `r.out`, holding it (src/io/output.ts) for the whole command: an
+ * existing output without `force`, an output among the inputs and one another run holds are
+ * refused first; SIGINT / SIGTERM stop it at the next step saying what was kept.
+ */
+export async function runQuantize(r: QuantizeRecipe, o: QuantizeOptions = {}): Promise<QuantizeResult> {
+  const out = resolve(r.out);
+  const inputs = [
+    { flag: 'model (--model)', path: r.model },
+    { flag: 'calib (--calib)', path: r.calib },
+    ...(r.e2eQp.data ? [{ flag: 'e2e_qp.data (--e2e-qp-data)', path: r.e2eQp.data }] : []),
+    ...(o.recipeFile ? [{ flag: '--recipe', path: o.recipeFile }] : []),
+  ];
+  const companions = ['.partial', '.block-ap', '.block-ap.partial'].map((x) => out + x);
+  const output = claimOutput({ out: r.out, flag: 'out (--out)', force: o.force ?? false, inputs, command: 'eqat quantize', companions, resumable: true }, { interruptible: true });
+  try {
+    return await quantize(r, o, output);
+  } catch (e) {
+    throw explainSystemError(e, out, true);
+  } finally {
+    output.release();
+  }
+}
+
+async function quantize(
   r: QuantizeRecipe,
-  { quiet = false, maxRamBytes, saveEvery, restart = false, device, precision }: QuantizeOptions = {},
+  { quiet = false, maxRamBytes, saveEvery, restart = false, device, precision }: QuantizeOptions,
+  output: OutputClaim,
 ): Promise<QuantizeResult> {
   const t0 = performance.now();
-  const out = resolve(r.out);
-  if (existsSync(out)) throw new Error(`out ${r.out}: already exists; choose another directory or remove it`);
+  const out = output.out;
+  // E2E-QP's own data is read now, not after Block-AP (the calibration file is Block-AP's to check)
+  if (r.e2eQp.epochs > 0 && r.e2eQp.data) await checkTrainingData('e2e_qp.data (--e2e-qp-data)', r.e2eQp.data, r.e2eQp.dataFormat);
   const bapOut = out + '.block-ap';
-  if (restart) rmSync(bapOut + '.partial', { recursive: true, force: true }); // E2E-QP's own state goes in runE2eQp
   const b = r.blockAp;
   let blockApSeconds = 0;
   let blockApPhases: BlockApPhases | null = null;
   const bapRecipeFile = join(bapOut, 'eqat-recipe.json');
-  const sameBlockAp =
-    existsSync(bapRecipeFile) &&
-    JSON.stringify((JSON.parse(readFileSync(bapRecipeFile, 'utf8')) as { quantize?: unknown }).quantize) ===
-      JSON.stringify(blockApPart(r));
-  if (existsSync(bapOut) && !sameBlockAp) {
-    throw new Error(`${bapOut}: exists from a different recipe; remove it or choose another --out`);
+  const unlike = existsSync(bapOut) ? blockApMismatch(bapRecipeFile, r) : null;
+  if (unlike && !(restart && unlike.ours)) {
+    throw new Error(`${bapOut}: a Block-AP checkpoint ${unlike.problem}; ${unlike.ours ? 'pass --restart to discard it and run Block-AP again, or' : 'remove it or'} choose another --out`);
   }
+  if (unlike) rmSync(bapOut, { recursive: true, force: true });
+  const sameBlockAp = existsSync(bapOut);
   if (!sameBlockAp) {
     const t = performance.now();
     ({ phases: blockApPhases } = await runBlockAp({
@@ -83,12 +122,14 @@ export async function runQuantize(
       maxRamBytes,
       device,
       precision,
+      restart,
     }));
     // mark the Block-AP checkpoint with the part of the recipe that produced it (for reuse on rerun)
     const rec = JSON.parse(readFileSync(bapRecipeFile, 'utf8')) as Record<string, unknown>;
     writeJsonAtomic(bapRecipeFile, { ...rec, quantize: blockApPart(r) });
     blockApSeconds = (performance.now() - t) / 1000;
   }
+  output.kept = `the Block-AP checkpoint in ${bapOut}/`;
   let e2eQpSeconds = 0;
   let e2eQpResumedFrom = 0;
   let e2eQpTrainSeconds = 0;
@@ -96,15 +137,34 @@ export async function runQuantize(
   const record = { quantize_recipe: recipeToJson(r), versions: eqatVersion() };
   if (e.epochs > 0) {
     const t = performance.now();
-    ({ resumedFrom: e2eQpResumedFrom, seconds: e2eQpTrainSeconds } = await runE2eQp({ ...e, model: bapOut, data: e.data ?? r.calib, out, seed: r.seed, quiet, record, saveEvery, restart, settingName: quantizeSettingName, device, precision }));
+    ({ resumedFrom: e2eQpResumedFrom, seconds: e2eQpTrainSeconds } = await runE2eQp({ ...e, model: bapOut, data: e.data ?? r.calib, out, seed: r.seed, quiet, record, saveEvery, restart, settingName: quantizeSettingName, device, precision, output }));
     e2eQpSeconds = (performance.now() - t) / 1000;
   } else {
-    renameSync(bapOut, out);
+    publishOutput(output, bapOut);
     const rec = JSON.parse(readFileSync(join(out, 'eqat-recipe.json'), 'utf8')) as Record<string, unknown>;
     writeJsonAtomic(join(out, 'eqat-recipe.json'), { ...rec, ...record });
   }
   writeJsonAtomic(join(out, 'recipe.json'), recipeToJson(r));
   return { out, blockApOut: bapOut, blockApSeconds, blockApPhases, e2eQpSeconds, e2eQpTrainSeconds, e2eQpResumedFrom, seconds: (performance.now() - t0) / 1000 };
+}
+
+/**
+ * Why the Block-AP checkpoint whose record is `recipeFile` cannot be reused for recipe `r`
+ * (null when it can): its record is unreadable, it was made by other settings, or from another
+ * model or calibration data (compared by content). `ours`: made by `eqat quantize` (it carries
+ * the quantize record), so that --restart may discard it.
+ */
+function blockApMismatch(recipeFile: string, r: QuantizeRecipe): { problem: string; ours: boolean } | null {
+  let rec: unknown;
+  try {
+    rec = JSON.parse(readFileSync(recipeFile, 'utf8'));
+  } catch (e) {
+    return { problem: `whose record ${recipeFile} cannot be read (${(e as Error).message}) is there`, ours: existsSync(recipeFile) };
+  }
+  if (!isJsonObject(rec) || rec['quantize'] === undefined) return { problem: 'not made by eqat quantize is there', ours: false };
+  if (JSON.stringify(rec['quantize']) !== JSON.stringify(blockApPart(r))) return { problem: 'from a different recipe is there', ours: true };
+  const diff = inputDifference(rec['inputs'], inputIdentity(r.model, r.blockAp.epochs > 0 ? r.calib : null), 'the calibration data', 'when it was made');
+  return diff ? { problem: `from other inputs is there: ${diff}`, ours: true } : null;
 }
 
 function blockApPart(r: QuantizeRecipe): unknown {

@@ -1,10 +1,12 @@
 // Block-AP on the bundled llama-tiny: RTN (--epochs 0) equals direct min-max fake
 // quantization and loads back bit-identically; training beats RTN's block reconstruction loss;
 // a run killed mid-block (SIGKILL) resumes to a byte-identical checkpoint; bad recipes fail
-// before any output is written.
+// before any output is written; a resume on changed inputs (calibration data, model files, at the
+// same path) or from damaged state is refused naming it, and --restart starts over.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runBlockAp, blockApDefaults, type BlockApOptions } from '../../src/pipeline/block-ap.js';
@@ -164,4 +166,129 @@ test('bad recipes fail before writing anything', async () => {
   assert.deepEqual(readdirSync(dir), []);
   await assert.rejects(runBlockAp(opts(TINY)), /already exists/);
   rmSync(dir, { recursive: true });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Resume: only the same run on the same inputs resumes
+
+class Interrupt extends Error {}
+
+/** A 4-block run of 4 steps per block, interrupted at step 2 of block 1 (block 0 finished). */
+async function interruptedInBlock1(o: BlockApOptions): Promise<void> {
+  const stop = (block: number, step: number): void => {
+    if (block === 1 && step === 2) throw new Interrupt('stopped in block 1');
+  };
+  await assert.rejects(runBlockAp({ ...o, onStep: stop }), Interrupt);
+  assert.equal((JSON.parse(readFileSync(join(o.out + '.partial', 'state.json'), 'utf8')) as { finishedBlocks: number }).finishedBlocks, 1);
+}
+
+const short = { trainSize: 8, valSize: 2, epochs: 1 };
+
+/** Rewrites `path` with `bytes`, keeping its modification time (a size and time check sees nothing). */
+function rewriteKeepingTime(path: string, bytes: Uint8Array | string): void {
+  const { atime, mtime } = statSync(path);
+  writeFileSync(path, bytes);
+  utimesSync(path, atime, mtime);
+}
+
+test('a resume after the calibration data or a model file changed at the same path is refused naming it; --restart starts over', async () => {
+  const dir = tmp();
+  const calib = join(dir, 'calib.txt');
+  const text = readFileSync(CALIB, 'utf8');
+  writeFileSync(calib, text);
+  const model = join(dir, 'model');
+  cpSync(TINY, model, { recursive: true });
+  for (const f of readdirSync(model)) chmodSync(join(model, f), 0o644);
+  const out = join(dir, 'out');
+  const partial = out + '.partial';
+  const o = opts(out, { ...short, model, calib });
+  await interruptedInBlock1(o);
+  const state = readFileSync(join(partial, 'state.json'));
+  const refused = (what: RegExp) => (e: Error) => {
+    assert.ok(e.message.startsWith(`${partial}: holds an interrupted Block-AP run with other inputs: `), e.message);
+    assert.match(e.message, what);
+    assert.match(e.message, /; rerun with the same settings to resume it, or pass --restart to discard it and start over$/);
+    return true;
+  };
+  rewriteKeepingTime(calib, text.replace('e', 'E')); // same size, same time, other contents
+  await assert.rejects(runBlockAp(o), refused(/the calibration data .*calib\.txt has changed \(\d+ bytes, sha256 [0-9a-f]{12}… in the saved state; \d+ bytes, sha256 [0-9a-f]{12}… now\)/));
+  rewriteKeepingTime(calib, text);
+  const weights = join(model, 'model.safetensors');
+  const original = readFileSync(weights);
+  const changed = Buffer.from(original);
+  changed[changed.length - 2]! ^= 0x40; // a bit of the last tensor
+  rewriteKeepingTime(weights, changed);
+  await assert.rejects(runBlockAp(o), refused(/the model file .*model\/model\.safetensors has changed/));
+  await assert.rejects(runBlockAp(opts(out, { ...short, model, calib, seed: 3 })), refused(/seed \(--seed\) is 2 in the saved state, 3 now/));
+  assert.ok(readFileSync(join(partial, 'state.json')).equals(state), 'a refused resume leaves the state alone');
+  assert.ok(!existsSync(out));
+  const r = await runBlockAp({ ...o, restart: true });
+  assert.equal(r.resumedFrom, 0);
+  assert.ok(existsSync(out) && !existsSync(partial));
+  rmSync(dir, { recursive: true });
+});
+
+/** The (block, epoch) of each line of a Block-AP log. */
+function logEntries(dir: string): string[] {
+  return readFileSync(join(dir, 'block-ap-log.jsonl'), 'utf8').trim().split('\n').map((l) => {
+    const e = JSON.parse(l) as { block: number; epoch: number };
+    return `${e.block}/${e.epoch}`;
+  });
+}
+
+test('after a resume the log holds each block and epoch once, as an uninterrupted run writes it', async () => {
+  const dir = tmp();
+  const a = join(dir, 'a');
+  const b = join(dir, 'b');
+  await runBlockAp(opts(a, short));
+  await interruptedInBlock1(opts(b, short));
+  assert.ok(logEntries(b + '.partial').includes('1/0'), 'the interrupted block had logged');
+  const r = await runBlockAp(opts(b, short));
+  assert.equal(r.resumedFrom, 1);
+  assert.deepEqual(logEntries(b), logEntries(a));
+  const [x, y] = [checkpointFiles(a), checkpointFiles(b)];
+  for (const [f, bytes] of x) assert.ok(bytes.equals(y.get(f)!), `${f} differs`);
+  rmSync(dir, { recursive: true });
+});
+
+test('damaged resume state (state.json, a finished shard) is an error naming the file and --restart', async () => {
+  const dir = tmp();
+  const out = join(dir, 'out');
+  const o = opts(out, short);
+  await interruptedInBlock1(o);
+  const statePath = join(out + '.partial', 'state.json');
+  const good = readFileSync(statePath, 'utf8');
+  const unusable = (path: string, why: RegExp) => (e: Error) => {
+    assert.ok(e.message.startsWith(`${path}: cannot resume from this Block-AP state (`), e.message);
+    assert.match(e.message, why);
+    assert.match(e.message, /\); pass --restart to discard it and start over$/);
+    return true;
+  };
+  const cases: [string, RegExp][] = [
+    [good.slice(0, good.length / 2), /JSON/],
+    ['[]', /no recipe in it/],
+    [JSON.stringify({ ...JSON.parse(good), finishedBlocks: 99 }), /finishedBlocks is 99, not a block count from 0 to 4/],
+  ];
+  for (const [text, why] of cases) {
+    writeFileSync(statePath, text);
+    await assert.rejects(runBlockAp(o), unusable(statePath, why));
+  }
+  // a state written before inputs were recorded cannot show that they are the same
+  const { inputs: _, ...withoutInputs } = JSON.parse(good) as Record<string, unknown>;
+  writeFileSync(statePath, JSON.stringify(withoutInputs));
+  await assert.rejects(runBlockAp(o), /holds an interrupted Block-AP run with other inputs: no fingerprint of the model and data is recorded in the saved state; .*pass --restart/);
+  writeFileSync(statePath, good);
+  const shard = join(out + '.partial', 'model-00001-of-00005.safetensors');
+  writeFileSync(shard, 'not a shard');
+  await assert.rejects(runBlockAp(o), unusable(shard, /./));
+  const r = await runBlockAp({ ...o, restart: true });
+  assert.equal(r.resumedFrom, 0);
+  rmSync(dir, { recursive: true });
+});
+
+test('--restart is a flag of every resumable command', () => {
+  for (const command of ['block-ap', 'e2e-qp', 'quantize']) {
+    const r = spawnSync(process.execPath, [CLI, command, '--help'], { encoding: 'utf8' });
+    assert.match(r.stdout + r.stderr, /--restart\b.*discard/, command);
+  }
 });

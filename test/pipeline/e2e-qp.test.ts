@@ -1,11 +1,12 @@
 // E2E-QP on the bundled llama-tiny (quantized by RTN in the test): the end-to-end step-size
 // gradient against finite differences of the whole-model loss, a short run that keeps the
 // integers and zero points and changes only the scales, bad requests, and resume: a run killed
-// (SIGKILL) after a save resumes to a byte-identical checkpoint, a resume with other inputs is
-// refused naming what differs, and an unreadable state file is an error naming the file.
+// (SIGKILL) after a save resumes to a byte-identical checkpoint, a resume with other inputs
+// (settings, or the data or a model file changed at the same path) is refused naming what
+// differs, and an unreadable state file is an error naming the file.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { E2E_QP_STATE_FILE, e2eQpDefaults, runE2eQp, ScaleState, type E2eQpOptions } from '../../src/pipeline/e2e-qp.js';
@@ -173,13 +174,41 @@ test('a resume with other inputs is refused, naming what differs; --restart star
   await assert.rejects(runE2eQp(small(out, { data, seed: 3 })), refused(/seed \(--seed\) is 2 in the saved state, 3 now/));
   await assert.rejects(runE2eQp(small(out, { data, warmupRatio: 0.5 })), refused(/warmupRatio \(--warmup-ratio\) is 0\.03 in the saved state, 0\.5 now/));
   await assert.rejects(runE2eQp(small(out)), refused(/the training data is ".*calib-copy\.txt" in the saved state, ".*calib-sample\.txt" now/));
-  const later = new Date(statSync(data).mtimeMs + 5000);
-  utimesSync(data, later, later);
-  await assert.rejects(runE2eQp(small(out, { data })), refused(/the training data .*calib-copy\.txt has changed/));
+  // the data by content: other bytes of the same size at the same time are refused
+  const text = readFileSync(data, 'utf8');
+  rewriteKeepingTime(data, text.replace('e', 'E'));
+  await assert.rejects(runE2eQp(small(out, { data })), refused(/the training data .*calib-copy\.txt has changed \(\d+ bytes, sha256 [0-9a-f]{12}… in the saved state; \d+ bytes, sha256 [0-9a-f]{12}… now\)/));
+  rewriteKeepingTime(data, text);
   assert.equal(savedStep(partial), 2, 'a refused resume leaves the state alone');
   const r = await runE2eQp(small(out, { data, restart: true }));
   assert.equal(r.resumedFrom, 0);
   assert.equal(r.steps, 4);
+});
+
+/** Rewrites `path` with `bytes`, keeping its modification time (a size and time check sees nothing). */
+function rewriteKeepingTime(path: string, bytes: Uint8Array | string): void {
+  const { atime, mtime } = statSync(path);
+  writeFileSync(path, bytes);
+  utimesSync(path, atime, mtime);
+}
+
+test('a resume after a model file changed at the same path is refused naming it; restored, the run resumes', async () => {
+  const model = join(work, 'rtn-copy');
+  cpSync(rtn, model, { recursive: true });
+  const out = join(work, 'model-changed');
+  await interrupted(small(out, { model }));
+  const shard = join(model, readdirSync(model).filter((f) => f.endsWith('.safetensors')).sort()[0]!);
+  const original = readFileSync(shard);
+  const changed = Buffer.from(original);
+  changed[changed.length - 2]! ^= 0x40;
+  rewriteKeepingTime(shard, changed);
+  await assert.rejects(runE2eQp(small(out, { model })), (e: Error) => {
+    assert.ok(e.message.startsWith(`${out}.partial: holds an interrupted E2E-QP run with other inputs: the model file ${shard} has changed (`), e.message);
+    assert.match(e.message, /pass --restart to discard it and start over$/);
+    return true;
+  });
+  rewriteKeepingTime(shard, original);
+  assert.equal((await runE2eQp(small(out, { model }))).resumedFrom, 2);
 });
 
 test('an unreadable state file is an error naming the file; intact, the run resumes', async () => {

@@ -1,16 +1,19 @@
 // `eqat quantize` on the bundled llama-tiny: both phases from a YAML recipe plus flag
 // overrides, the recorded recipe re-loads, a run killed (SIGKILL) during its E2E-QP phase
-// resumes that phase to the same checkpoint, and bad recipes fail before any work.
+// resumes that phase to the same checkpoint, a finished Block-AP phase is not reused after the
+// calibration data changed, and bad recipes fail before any work.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { REPO, TINY } from '../golden.js';
 import { runKillable } from '../util.js';
 import { loadRecipeFile, mergeRecipe } from '../../src/pipeline/recipe.js';
 import { E2E_QP_STATE_FILE } from '../../src/pipeline/e2e-qp.js';
+import { resolveRecipe, runQuantize } from '../../src/pipeline/quantize.js';
 
 const CLI = join(REPO, 'dist', 'src', 'cli', 'main.js');
 const CALIB = join(REPO, 'fixtures', 'text', 'calib-sample.txt');
@@ -100,6 +103,48 @@ test('bad recipes fail before any work, naming the key', () => {
     assert.ok(!existsSync(out) && !existsSync(out + '.block-ap') && !existsSync(out + '.block-ap.partial'));
   }
   assert.ok(readdirSync(work).every((f) => !f.startsWith('bad-out')));
+});
+
+test('a finished Block-AP phase is not reused once the calibration data changed at the same path; --restart runs it again', async () => {
+  process.env['EQAT_CACHE_DIR'] = join(work, 'cache');
+  const calib = join(work, 'calib-copy.txt');
+  const text = readFileSync(CALIB, 'utf8').split('\n\n').slice(0, 40).join('\n\n'); // small: tokenised twice
+  writeFileSync(calib, text);
+  const recipeFor = (out: string) =>
+    resolveRecipe({}, {
+      model: TINY,
+      calib,
+      out,
+      wbits: 2,
+      groupSize: 32,
+      blockAp: { trainSize: 4, valSize: 2, seqlen: 64, epochs: 1 },
+      e2eQp: { trainSize: 8, seqlen: 32, batchSize: 4, microBatchSize: 2 },
+    }, 'test');
+  const first = join(work, 'calib-first');
+  await runQuantize(recipeFor(first), { quiet: true });
+  // the same command with another --out finds this Block-AP checkpoint at its <out>.block-ap
+  const out = join(work, 'calib-changed');
+  cpSync(first + '.block-ap', out + '.block-ap', { recursive: true });
+  const { atime, mtime } = statSync(calib);
+  writeFileSync(calib, text.replace('e', 'E')); // same size and time, other contents
+  utimesSync(calib, atime, mtime);
+  await assert.rejects(runQuantize(recipeFor(out), { quiet: true }), (e: Error) => {
+    assert.ok(e.message.startsWith(`${out}.block-ap: a Block-AP checkpoint from other inputs is there: the calibration data ${calib} has changed (`), e.message);
+    assert.match(e.message, /when it was made; .* now\); pass --restart to discard it and run Block-AP again, or choose another --out$/);
+    return true;
+  });
+  assert.ok(existsSync(out + '.block-ap') && !existsSync(out) && !existsSync(out + '.partial'), 'a refusal changes nothing');
+  const record = join(out + '.block-ap', 'eqat-recipe.json');
+  writeFileSync(record, '{"eqat": ');
+  await assert.rejects(runQuantize(recipeFor(out), { quiet: true }), (e: Error) => {
+    assert.ok(e.message.startsWith(`${out}.block-ap: a Block-AP checkpoint whose record ${record} cannot be read (`), e.message);
+    assert.match(e.message, /; pass --restart to discard it and run Block-AP again, or choose another --out$/);
+    return true;
+  });
+  const r = await runQuantize(recipeFor(out), { quiet: true, restart: true });
+  assert.ok(r.blockApPhases !== null && r.blockApSeconds > 0, 'Block-AP ran again on the new data');
+  const rec = JSON.parse(readFileSync(join(out + '.block-ap', 'eqat-recipe.json'), 'utf8')) as { inputs: { data: { sha256: string } } };
+  assert.equal(rec.inputs.data.sha256, createHash('sha256').update(readFileSync(calib)).digest('hex'));
 });
 
 test.after(() => rmSync(work, { recursive: true, force: true }));

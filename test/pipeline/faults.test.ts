@@ -1,0 +1,387 @@
+// Fault injection: eqat never destroys a file, never mixes two runs, and fails clearly. On the
+// bundled llama-tiny at tiny settings, through the CLI as a user runs it:
+// - outputs: an existing output is refused unless --force (then replaced once the new one is
+//   complete), nothing is written into an input (a GGUF over a shard of its own checkpoint);
+// - the lock: a second run on the same output is refused naming the first, a stale lock (dead
+//   pid, or a pid reused by another process) is taken over, and no lock outlives a run;
+// - SIGINT / SIGTERM exit 130 / 143 saying what was kept, and the rerun resumes byte for byte;
+// - disk full, read-only and permission errors (simulated by test/fault/fs-fault.ts) name the
+//   path and the way out, and a rerun after a full disk finishes the same checkpoint;
+// - exit codes: usage errors 2, everything else 1;
+// - full tier: kill -9 at seeded random times of block-ap, e2e-qp and quantize (three trials
+//   each), each rerun finishing a checkpoint identical to an uninterrupted run's.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { hostname, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { REPO, TINY } from '../golden.js';
+import { Rng } from '../../src/engine/random.js';
+import { runBlockAp, blockApDefaults } from '../../src/pipeline/block-ap.js';
+import { exportGguf } from '../../src/export/gguf.js';
+import { exportOnnx } from '../../src/export/onnx.js';
+import { fullTierOnly } from '../tier.js';
+import { runKillable } from '../util.js';
+
+process.env['EQAT_CACHE_DIR'] = mkdtempSync(join(tmpdir(), 'eqat-cache-'));
+
+const CLI = join(REPO, 'dist', 'src', 'cli', 'main.js');
+const FS_FAULT = join(REPO, 'dist', 'test', 'fault', 'fs-fault.js');
+const CALIB = join(REPO, 'fixtures', 'text', 'calib-sample.txt');
+const WORK = mkdtempSync(join(tmpdir(), 'eqat-faults-'));
+
+/** Block-AP with training, a few seconds on llama-tiny (one thread: the same bytes every run). */
+const bapArgs = (out: string): string[] => ['block-ap', '--model', TINY, '--calib', CALIB, '--out', out, '--wbits', '2', '--group-size', '32',
+  '--train-size', '8', '--val-size', '2', '--seqlen', '32', '--batch-size', '2', '--epochs', '2', '--threads', '1', '--quiet'];
+const rtnArgs = (out: string): string[] => ['block-ap', '--model', TINY, '--out', out, '--wbits', '4', '--group-size', '32', '--epochs', '0', '--threads', '1', '--quiet'];
+const e2eArgs = (model: string, out: string): string[] => ['e2e-qp', '--model', model, '--data', CALIB, '--out', out, '--train-size', '16',
+  '--seqlen', '32', '--batch-size', '2', '--micro-batch-size', '1', '--save-every', '1', '--threads', '1', '--quiet'];
+const quantizeArgs = (out: string): string[] => ['quantize', '--model', TINY, '--calib', CALIB, '--out', out, '--wbits', '2', '--group-size', '32',
+  '--block-ap-train-size', '8', '--block-ap-val-size', '2', '--block-ap-seqlen', '32', '--block-ap-batch-size', '2', '--block-ap-epochs', '1',
+  '--e2e-qp-train-size', '8', '--e2e-qp-seqlen', '32', '--e2e-qp-batch-size', '2', '--e2e-qp-micro-batch-size', '1', '--save-every', '1', '--threads', '1', '--quiet'];
+
+interface CliResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stderr: string;
+  pid: number;
+}
+
+/**
+ * Runs `eqat ...args`; `fault` arms test/fault/fs-fault.ts in it; `during(child, stderr)` is
+ * polled every 5 ms while it runs (to signal it at the right moment).
+ */
+function runCli(args: string[], opts: { fault?: object; during?: (child: ChildProcess, stderr: string) => void } = {}): Promise<CliResult> {
+  const env = { ...process.env, ...(opts.fault ? { EQAT_TEST_FS_FAULT: JSON.stringify(opts.fault) } : {}) };
+  const node = opts.fault ? ['--import', FS_FAULT, CLI] : [CLI];
+  return new Promise((resolveP, reject) => {
+    const child = spawn(process.execPath, [...node, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env });
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = opts.during ? setInterval(() => opts.during!(child, stderr), 5) : undefined;
+    child.on('error', reject);
+    child.on('exit', (code, signal) => {
+      if (timer) clearInterval(timer);
+      resolveP({ code, signal, stderr, pid: child.pid! });
+    });
+  });
+}
+
+/**
+ * The files of a checkpoint that must be identical between runs: all but the logs and
+ * eqat-recipe.json (they carry seconds); quantize's recipe.json without its `out`.
+ */
+function checkpointBytes(dir: string): Map<string, Buffer> {
+  const m = new Map<string, Buffer>();
+  for (const f of readdirSync(dir).sort()) {
+    if (f.endsWith('.jsonl') || f === 'eqat-recipe.json') continue;
+    const bytes = readFileSync(join(dir, f));
+    if (f !== 'recipe.json') m.set(f, bytes);
+    else m.set(f, Buffer.from(JSON.stringify({ ...(JSON.parse(bytes.toString()) as object), out: null })));
+  }
+  return m;
+}
+
+function assertSameCheckpoint(got: string, want: string, what: string): void {
+  const a = checkpointBytes(got);
+  const b = checkpointBytes(want);
+  assert.deepEqual([...a.keys()], [...b.keys()], `${what}: files`);
+  for (const [f, bytes] of b) assert.ok(a.get(f)!.equals(bytes), `${what}: ${f} differs`);
+}
+
+/** Nothing of a run is left next to `out` but `out` itself and `kept` (no lock, partial, temporary or replaced copy). */
+function assertOnlyOutput(out: string, what: string, kept: string[] = []): void {
+  const dir = join(out, '..');
+  const base = out.slice(dir.length + 1);
+  const extra = readdirSync(dir).filter((f) => f.startsWith(base + '.') && !kept.includes(f.slice(base.length)));
+  assert.deepEqual(extra, [], `${what}: left next to the output`);
+}
+
+/** Waits until `cond` holds (polled every 5 ms), at most `seconds`. */
+async function until(cond: () => boolean, seconds: number, what: string): Promise<void> {
+  const t0 = Date.now();
+  while (!cond()) {
+    if (Date.now() - t0 > seconds * 1000) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+function procStart(pid: number): string {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]!;
+}
+
+function finishedBlocks(out: string): number {
+  try {
+    return (JSON.parse(readFileSync(join(out + '.partial', 'state.json'), 'utf8')) as { finishedBlocks: number }).finishedBlocks;
+  } catch {
+    return 0;
+  }
+}
+
+// reference checkpoints of uninterrupted runs, made once
+let refBap: Promise<string> | null = null;
+function referenceBlockAp(): Promise<string> {
+  refBap ??= (async () => {
+    const out = join(WORK, 'ref-bap');
+    const r = await runCli(bapArgs(out));
+    assert.equal(r.code, 0, r.stderr);
+    return out;
+  })();
+  return refBap;
+}
+
+test('exit codes: usage errors 2, everything else 1', () => {
+  const existing = join(WORK, 'exists');
+  mkdirSync(existing, { recursive: true });
+  const cases: [string, string[], number, RegExp][] = [
+    ['unknown command', ['bogus'], 2, /unknown command 'bogus'/],
+    ['unknown flag', ['block-ap', '--model', TINY, '--out', join(WORK, 'x'), '--bogus', '1'], 2, /Unknown option '--bogus'/],
+    ['missing required flag', ['block-ap', '--model', TINY, '--wbits', '2'], 2, /missing required flag --out/],
+    ['value out of range', ['block-ap', '--model', TINY, '--out', join(WORK, 'x'), '--wbits', '9'], 2, /--wbits must be 2, 3, 4 or 8, got 9/],
+    ['value not a choice', ['export', '--model', TINY, '--format', 'xyz', '--out', join(WORK, 'x')], 2, /--format must be one of gguf, onnx/],
+    ['group size against the model', ['block-ap', '--model', TINY, '--out', join(WORK, 'x'), '--wbits', '2', '--group-size', '7', '--epochs', '0'], 2, /--group-size: 7 does not divide/],
+    ['flags that contradict', ['block-ap', '--model', TINY, '--out', join(WORK, 'x'), '--wbits', '2', '--precision', 'bf16', '--epochs', '0'], 2, /--precision: bf16 needs --device cuda/],
+    ['generate --precision on the CPU', ['generate', '--model', TINY, '--prompt', 'a', '--precision', 'bf16'], 2, /--precision: bf16 needs --device cuda/],
+    ['quantize without a calibration file', ['quantize', '--model', TINY, '--wbits', '2', '--out', join(WORK, 'x')], 2, /calib: missing/],
+    ['a model that does not exist', ['block-ap', '--model', join(WORK, 'nope'), '--out', join(WORK, 'x'), '--wbits', '2', '--epochs', '0'], 1, /nope/],
+    ['an existing output', ['block-ap', '--model', TINY, '--out', existing, '--wbits', '2', '--epochs', '0'], 1, /already exists.*--force/],
+  ];
+  for (const [what, args, code, message] of cases) {
+    const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
+    assert.equal(r.status, code, `${what}: exit ${r.status}, expected ${code}: ${r.stderr}`);
+    assert.match(r.stderr, message, what);
+  }
+  assert.ok(!existsSync(join(WORK, 'x')) && !existsSync(join(WORK, 'x.lock')), 'nothing written');
+});
+
+test('GGUF and ONNX exports refuse an existing output unless --force, and never write into the source checkpoint', async () => {
+  const ckpt = join(WORK, 'export-src');
+  await runBlockAp({ ...blockApDefaults(4), model: TINY, calib: null, out: ckpt, wbits: 4, groupSize: 32, epochs: 0, quiet: true });
+  const shard = join(ckpt, 'model-00001-of-00005.safetensors');
+  const shardBytes = readFileSync(shard);
+  // over a shard of the checkpoint being exported: refused even with force, the shard intact
+  await assert.rejects(exportGguf(ckpt, shard), /--out .*model-00001-of-00005\.safetensors: already exists and lies inside the --model input/);
+  await assert.rejects(exportGguf(ckpt, shard, { force: true }), /lies inside the --model input/);
+  await assert.rejects(exportOnnx(ckpt, join(ckpt, 'onnx-out')), /lies inside the --model input/);
+  assert.ok(readFileSync(shard).equals(shardBytes), 'the shard is untouched');
+  assert.deepEqual(readdirSync(ckpt).filter((f) => f.includes('.lock') || f.includes('onnx') || f.includes('.partial')), []);
+  // over an existing file: refused, then replaced with --force
+  const gguf = join(WORK, 'model.gguf');
+  writeFileSync(gguf, 'precious');
+  await assert.rejects(exportGguf(ckpt, gguf), /--out .*model\.gguf: already exists; .*--force/);
+  assert.equal(readFileSync(gguf, 'utf8'), 'precious');
+  await exportGguf(ckpt, gguf, { force: true });
+  assert.equal(readFileSync(gguf).subarray(0, 4).toString(), 'GGUF');
+  assertOnlyOutput(gguf, 'gguf --force');
+  // the CLI: the same refusal, exit 1
+  const r = spawnSync(process.execPath, [CLI, 'export', '--model', ckpt, '--format', 'gguf', '--out', shard], { encoding: 'utf8' });
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, /lies inside the --model input/);
+  assert.ok(readFileSync(shard).equals(shardBytes));
+  // ONNX: an existing directory is refused, replaced with --force
+  const onnx = join(WORK, 'onnx');
+  mkdirSync(onnx);
+  await assert.rejects(exportOnnx(ckpt, onnx), /already exists; .*--force/);
+  writeFileSync(join(onnx, 'keep.txt'), 'x');
+  await assert.rejects(exportOnnx(ckpt, onnx), /is not empty; refusing to overwrite \(pass --force/);
+  await exportOnnx(ckpt, onnx, { force: true });
+  assert.ok(!existsSync(join(onnx, 'keep.txt')) && existsSync(join(onnx, 'config.json')));
+  assertOnlyOutput(onnx, 'onnx --force');
+});
+
+test('Block-AP refuses an output among its inputs, and --force replaces an existing output only when the new one is complete', async () => {
+  const base = { ...blockApDefaults(4), model: TINY, calib: null, wbits: 4, groupSize: 32, epochs: 0, quiet: true };
+  await assert.rejects(runBlockAp({ ...base, out: join(TINY, 'q') }), /--out .*: lies inside the --model input/);
+  await assert.rejects(runBlockAp({ ...base, out: join(TINY, '..'), force: true }), /contains the --model input/);
+  const calibCopy = join(WORK, 'calib.txt');
+  cpSync(CALIB, calibCopy);
+  await assert.rejects(runBlockAp({ ...base, calib: calibCopy, epochs: 1, trainSize: 4, valSize: 0, seqlen: 16, batchSize: 2, out: calibCopy, force: true }), /is the --calib input itself/);
+  assert.ok(readFileSync(calibCopy).equals(readFileSync(CALIB)));
+  assert.ok(!existsSync(join(TINY, 'q')) && !existsSync(join(TINY, 'q.lock')) && !existsSync(join(TINY, 'q.partial')));
+
+  const out = join(WORK, 'forced');
+  mkdirSync(out);
+  writeFileSync(join(out, 'old.txt'), 'old');
+  await assert.rejects(runBlockAp({ ...base, out }), /already exists/);
+  // a --force run that fails leaves the old output as it was
+  await assert.rejects(runBlockAp({ ...base, out, groupSize: 7, force: true }), /--group-size/);
+  assert.equal(readFileSync(join(out, 'old.txt'), 'utf8'), 'old');
+  await runBlockAp({ ...base, out, force: true });
+  assert.ok(!existsSync(join(out, 'old.txt')) && existsSync(join(out, 'config.json')));
+  assertOnlyOutput(out, '--force');
+});
+
+test('the output lock: a live holder is refused by name, a dead or reused pid is taken over, and the lock goes with the run', async () => {
+  const base = { ...blockApDefaults(4), model: TINY, calib: null, wbits: 4, groupSize: 32, epochs: 0, quiet: true };
+  const out = join(WORK, 'locked');
+  const holder = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)'], { stdio: 'ignore' });
+  try {
+    await until(() => existsSync(`/proc/${holder.pid}/stat`), 5, 'the holder');
+    const lock = { pid: holder.pid, start: procStart(holder.pid!), host: hostname(), command: 'eqat block-ap', since: '2024-01-01T00:00:00.000Z' };
+    writeFileSync(out + '.lock', JSON.stringify(lock));
+    await assert.rejects(runBlockAp({ ...base, out }), new RegExp(`another eqat run is writing it \\(pid ${holder.pid}, \`eqat block-ap\`, since 2024-01-01`));
+    assert.ok(!existsSync(out) && !existsSync(out + '.partial'), 'nothing written');
+    assert.deepEqual(JSON.parse(readFileSync(out + '.lock', 'utf8')), lock, 'the holder keeps its lock');
+    // the same pid with another start time: a process that reused a dead run's pid
+    writeFileSync(out + '.lock', JSON.stringify({ ...lock, start: '1' }));
+  } finally {
+    holder.kill('SIGKILL');
+  }
+  const notes: string[] = [];
+  const write = process.stderr.write.bind(process.stderr);
+  process.stderr.write = ((s: string) => (notes.push(String(s)), true)) as typeof process.stderr.write;
+  try {
+    await runBlockAp({ ...base, out });
+    // a pid that no longer exists (the holder, now dead)
+    await until(() => !existsSync(`/proc/${holder.pid}/stat`), 5, 'the holder to exit');
+    writeFileSync(out + '2.lock', JSON.stringify({ pid: holder.pid, start: null, host: hostname(), command: 'eqat block-ap', since: 'then' }));
+    await runBlockAp({ ...base, out: out + '2' });
+  } finally {
+    process.stderr.write = write;
+  }
+  assert.equal(notes.filter((n) => /was left by a run that is gone .*taking it over/.test(n)).length, 2, notes.join(''));
+  assertOnlyOutput(out, 'reused pid');
+  assertOnlyOutput(out + '2', 'dead pid');
+});
+
+test('two runs on one output: the second is refused naming the first, which finishes unharmed', async () => {
+  const ref = await referenceBlockAp();
+  const out = join(WORK, 'concurrent');
+  let second: CliResult | null = null;
+  let started = false;
+  // the first run is held stopped (SIGSTOP) while the second starts and fails, so that the
+  // second meets it mid-run however fast the machine is
+  const first = await runCli(bapArgs(out), {
+    during: (child) => {
+      if (started || !existsSync(out + '.lock')) return;
+      started = true;
+      child.kill('SIGSTOP');
+      void runCli(bapArgs(out)).then((r) => {
+        second = r;
+        child.kill('SIGCONT');
+      });
+    },
+  });
+  assert.equal(first.code, 0, first.stderr);
+  await until(() => second !== null, 30, 'the second run');
+  const r = second as unknown as CliResult;
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, new RegExp(`--out .*concurrent: another eqat run is writing it \\(pid ${first.pid}, \`eqat block-ap\``));
+  assertSameCheckpoint(out, ref, 'the first run');
+  assertOnlyOutput(out, 'two runs');
+});
+
+test('SIGINT stops Block-AP with exit 130 saying which blocks were kept; the rerun resumes to the same checkpoint', async () => {
+  const ref = await referenceBlockAp();
+  const out = join(WORK, 'sigint');
+  let sent = false;
+  const r = await runCli(bapArgs(out), {
+    during: (child) => {
+      if (!sent && finishedBlocks(out) >= 1) {
+        sent = true;
+        child.kill('SIGINT');
+      }
+    },
+  });
+  assert.equal(r.code, 130, r.stderr);
+  assert.match(r.stderr, /^eqat: interrupted by SIGINT; kept blocks? 0(–\d)? finished in .*sigint\.partial\/; rerunning the same command resumes\n$/);
+  assert.ok(!existsSync(out) && !existsSync(out + '.lock') && existsSync(out + '.partial'));
+  const again = await runCli(bapArgs(out));
+  assert.equal(again.code, 0, again.stderr);
+  assertSameCheckpoint(out, ref, 'resumed after SIGINT');
+  assertOnlyOutput(out, 'after SIGINT');
+});
+
+test('SIGTERM stops E2E-QP with exit 143 saying which step was kept', async () => {
+  const model = await referenceBlockAp();
+  const out = join(WORK, 'sigterm');
+  let sent = false;
+  const r = await runCli(e2eArgs(model, out), {
+    during: (child) => {
+      if (!sent && existsSync(join(out + '.partial', 'e2e-qp-state.safetensors'))) {
+        sent = true;
+        child.kill('SIGTERM');
+      }
+    },
+  });
+  assert.equal(r.code, 143, r.stderr);
+  assert.match(r.stderr, /eqat: interrupted by SIGTERM; kept the E2E-QP state after step \d+ of 8 in .*sigterm\.partial\/; rerunning the same command resumes/);
+  assert.ok(!existsSync(out + '.lock'));
+});
+
+test('disk full, read-only and permission errors name the path and the way out; a rerun after a full disk finishes the checkpoint', async () => {
+  const ref = join(WORK, 'rtn-ref');
+  const clean = await runCli(rtnArgs(ref));
+  assert.equal(clean.code, 0, clean.stderr);
+  const dir = join(WORK, 'disk');
+  mkdirSync(dir);
+  const out = join(dir, 'rtn');
+  // the disk fills in the middle of the shards
+  const full = await runCli(rtnArgs(out), { fault: { code: 'ENOSPC', under: dir, afterBytes: 60_000 } });
+  assert.equal(full.code, 1, full.stderr);
+  assert.match(full.stderr, /^eqat: cannot write .*disk\/rtn[^:]*: no space left on device; free space there or choose an output on another disk; then rerun the same command: it resumes from what was finished\n$/);
+  assert.ok(!existsSync(out) && !existsSync(out + '.lock'));
+  const again = await runCli(rtnArgs(out));
+  assert.equal(again.code, 0, again.stderr);
+  assertSameCheckpoint(out, ref, 'rerun after a full disk');
+  // read-only and forbidden: refused before any work, nothing created
+  for (const [code, text] of [['EROFS', 'read-only file system'], ['EACCES', 'permission denied']] as const) {
+    const o = join(dir, `ro-${code}`);
+    const r = await runCli(rtnArgs(o), { fault: { code, under: dir } });
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`cannot write .*ro-${code}\\.lock[^:]*: ${text}; choose an output`));
+    assert.deepEqual(readdirSync(dir).filter((f) => f.startsWith('ro-')), [], `${code}: nothing created`);
+  }
+  // the activation caches on disk (--max-ram 0) fill it: the cache file is named, and --max-ram
+  const cacheOut = join(WORK, 'cache-full');
+  const r = await runCli([...bapArgs(cacheOut), '--max-ram', '0'], { fault: { code: 'ENOSPC', under: join(cacheOut + '.partial', 'cache'), afterBytes: 4096 } });
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /cannot write .*cache-full\.partial\/cache\/x_(fp|q)\.f32: no space left on device; .*rerun the same command: it resumes .*a larger --max-ram keeps them in RAM/);
+  assert.ok(!existsSync(cacheOut + '.lock'));
+});
+
+// kill -9 at seeded random times: each interrupted run, rerun, finishes the reference checkpoint
+async function killTrials(name: string, args: (out: string) => string[], ref: string, seed: number, kept: string[] = []): Promise<string> {
+  const t0 = Date.now();
+  const full = await runCli(args(join(WORK, `${name}-timed`)));
+  assert.equal(full.code, 0, full.stderr);
+  const seconds = (Date.now() - t0) / 1000;
+  // kill points spread over the work, after the process has loaded (timed by `eqat --help`)
+  const t1 = Date.now();
+  spawnSync(process.execPath, [CLI, name, '--help']);
+  const startup = Math.min((Date.now() - t1) / 1000, seconds / 2);
+  const rng = new Rng(seed);
+  const killed: string[] = [];
+  for (let trial = 0; trial < 3; trial++) {
+    const out = join(WORK, `${name}-kill-${trial}`);
+    const at = startup + (seconds - startup) * 0.95 * rng.next();
+    const start = Date.now();
+    const how = await runKillable([CLI, ...args(out)], { killWhen: () => Date.now() - start > at * 1000 });
+    if (how === 'SIGKILL') killed.push(`${at.toFixed(2)} s`);
+    if (!existsSync(out)) {
+      const again = await runCli(args(out));
+      assert.equal(again.code, 0, `${name} trial ${trial} (killed ${how} at ${at.toFixed(2)} s): ${again.stderr}`);
+    }
+    assertSameCheckpoint(out, ref, `${name} trial ${trial} (killed at ${at.toFixed(2)} s)`);
+    assertOnlyOutput(out, `${name} trial ${trial}`, kept);
+  }
+  assert.ok(killed.length >= 2, `${name}: only ${killed.length} of 3 runs were still running when killed`);
+  return `${name}: a run takes ${seconds.toFixed(2)} s, killed at ${killed.join(', ')}, each rerun identical`;
+}
+
+test('kill -9 at random points of block-ap, e2e-qp and quantize: every rerun finishes the uninterrupted checkpoint', { skip: fullTierOnly('kill -9 trials') }, async (t) => {
+  const bap = await referenceBlockAp();
+  t.diagnostic(await killTrials('block-ap', bapArgs, bap, 1));
+  const e2eRef = join(WORK, 'ref-e2e');
+  assert.equal((await runCli(e2eArgs(bap, e2eRef))).code, 0);
+  t.diagnostic(await killTrials('e2e-qp', (out) => e2eArgs(bap, out), e2eRef, 2));
+  const qRef = join(WORK, 'ref-quantize');
+  assert.equal((await runCli(quantizeArgs(qRef))).code, 0);
+  t.diagnostic(await killTrials('quantize', quantizeArgs, qRef, 3, ['.block-ap'])); // quantize keeps its Block-AP checkpoint
+});
+
+test('cleanup', () => {
+  rmSync(WORK, { recursive: true, force: true });
+});
