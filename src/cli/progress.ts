@@ -1,6 +1,9 @@
 // Progress reporting on stderr: a bar with ETA on a terminal, a line every few seconds
-// otherwise (logs, CI), nothing when quiet. Built on cli-progress.
+// otherwise (logs, CI), nothing when quiet. Built on cli-progress. The runs report through
+// typed events (src/pipeline/events.ts); progressPrinter turns them into these bars and
+// Block-AP's log lines, as one consumer beside the caller's own (`reporter`).
 import cliProgress from 'cli-progress';
+import type { EqatEvent, OnEvent, Reporting } from '../pipeline/events.js';
 
 export interface Progress {
   update(done: number, extra?: Record<string, string | number>): void;
@@ -53,4 +56,66 @@ function formatExtra(extra: Record<string, string | number>): string {
   return Object.entries(extra)
     .map(([k, v]) => `${k} ${typeof v === 'number' ? (Number.isInteger(v) ? v : v.toPrecision(5)) : v}`)
     .join(' ');
+}
+
+/**
+ * The CLI's progress as a consumer of a run's events: a bar per Block-AP block (with the loss),
+ * a line per block and epoch (train and validation loss), a bar for E2E-QP (loss, lr) and one
+ * for perplexity evaluation. One printer per run (it holds the bar in progress).
+ */
+export function progressPrinter(): OnEvent {
+  let bar: Progress | null = null;
+  let barOf = '';
+  const stop = (): void => {
+    bar?.stop();
+    bar = null;
+  };
+  const barFor = (key: string, label: string, total: number): Progress => {
+    if (!bar || barOf !== key) {
+      stop();
+      bar = progress(label, total);
+      barOf = key;
+    }
+    return bar;
+  };
+  const f = (v: number | null): string => (v === null ? '-' : v.toExponential(4));
+  return (e: EqatEvent) => {
+    switch (e.type) {
+      case 'block-step':
+        barFor(`block ${e.block}`, `block ${e.block + 1}/${e.of}`, e.of).update(e.step, { loss: e.loss });
+        break;
+      case 'epoch':
+        if (barOf === `block ${e.block}`) stop();
+        process.stderr.write(`block ${e.block} epoch ${e.epoch}: train ${f(e.trainLoss)} val ${f(e.valLoss)} (${e.seconds.toFixed(1)} s)\n`);
+        break;
+      case 'e2e-start': {
+        const b = barFor('e2e-qp', 'e2e-qp', e.of);
+        if (e.step > 0) b.update(e.step);
+        if (e.step >= e.of) stop();
+        break;
+      }
+      case 'e2e-step':
+        barFor('e2e-qp', 'e2e-qp', e.of).update(e.step, { loss: e.loss, lr: e.lr });
+        if (e.step >= e.of) stop();
+        break;
+      case 'eval-step':
+        barFor('eval', 'eval', e.of).update(e.done);
+        if (e.done >= e.of) stop();
+        break;
+      case 'done':
+        stop();
+        break;
+      default:
+        break;
+    }
+  };
+}
+
+/** The events of a run go to the CLI's printer (unless quiet) and to the caller's listener. */
+export function reporter({ quiet = false, onEvent }: Reporting): OnEvent {
+  const print = quiet ? null : progressPrinter();
+  return (e) => {
+    print?.(e);
+    onEvent?.(e);
+  };
 }

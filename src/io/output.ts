@@ -13,7 +13,9 @@
 //   taken over with a note. The lock goes on success, error, exit and interruption;
 // - SIGINT / SIGTERM during a run that calls `interruptionPoint` (Block-AP, E2E-QP) stop it at
 //   the next point, unwinding normally, with one line saying what was kept and that rerunning
-//   the same command resumes; exit 130 / 143 (`InterruptedError`);
+//   the same command resumes; exit 130 / 143 (`InterruptedError`). An aborted AbortSignal of
+//   the run (the library's cancellation) stops it at the same points, keeping the same state
+//   (`AbortedError`);
 // - a system error on the output (disk full, read-only file system, permission denied) names
 //   the path and the way out (`explainSystemError`).
 import { closeSync, existsSync, linkSync, mkdirSync, openSync, readFileSync, realpathSync, renameSync, rmdirSync, rmSync, unlinkSync, writeSync } from 'node:fs';
@@ -69,6 +71,27 @@ export class InterruptedError extends Error {
   get exitCode(): number {
     return this.signal === 'SIGINT' ? 130 : 143;
   }
+}
+
+/**
+ * The run's AbortSignal was aborted: it stopped at its next interruption point, keeping what
+ * SIGINT keeps (`kept` says what, in words, as the message does). `name` is 'AbortError', as
+ * for fetch and the other abortable APIs of Node; `cause` is the signal's reason.
+ */
+export class AbortedError extends Error {
+  readonly code = 'ABORT_ERR';
+  constructor(
+    readonly kept: string,
+    cause?: unknown,
+  ) {
+    super(`aborted; ${kept}`, cause === undefined ? undefined : { cause });
+    this.name = 'AbortError';
+  }
+}
+
+/** Throws AbortedError when `signal` is aborted before a run has claimed anything. */
+export function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new AbortedError('the run had not started; nothing was written', signal.reason);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -262,11 +285,12 @@ function releaseAllSync(): void {
 
 /**
  * A point where a run may stop for SIGINT / SIGTERM: throws InterruptedError (saying what the
- * live claims kept) when one arrived. Yields to the event loop at most every 50 ms, so signals
- * are seen; call it between training steps.
+ * live claims kept) when one arrived, or AbortedError (the same words) when the run's AbortSignal
+ * `abort` is aborted. Yields to the event loop at most every 50 ms, so signals and aborts are seen;
+ * call it between training steps.
  */
 let lastYield = 0;
-export async function interruptionPoint(): Promise<void> {
+export async function interruptionPoint(abort?: AbortSignal): Promise<void> {
   const now = performance.now();
   if (now - lastYield >= 50) {
     lastYield = now;
@@ -279,6 +303,7 @@ export async function interruptionPoint(): Promise<void> {
     pendingSignal = null;
     throw new InterruptedError(signal, keptMessage());
   }
+  if (abort?.aborted) throw new AbortedError(keptMessage(), abort.reason);
 }
 
 /**

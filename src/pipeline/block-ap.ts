@@ -48,11 +48,12 @@ import { ActivationCache } from './activation-cache.js';
 import { BlockTrainer, type BlockApTrainer } from './block-trainer.js';
 import { cpuBackend } from '../backend/cpu.js';
 import { cudaBackend } from '../backend/cuda.js';
-import { progress } from '../cli/progress.js';
+import { reporter } from '../cli/progress.js';
+import type { OnEvent } from './events.js';
 import { eqatVersion } from '../engine/version.js';
 import { validateCommandSettings } from './recipe.js';
 import { UsageError } from '../cli/args.js';
-import { claimOutput, explainSystemError, interruptionPoint, publishOutput, type OutputClaim } from '../io/output.js';
+import { claimOutput, explainSystemError, interruptionPoint, publishOutput, throwIfAborted, type OutputClaim } from '../io/output.js';
 import { modelIdentity, inputDifference, otherRunError, unusableStateError, type InputIdentity } from '../io/fingerprint.js';
 import { isJsonObject } from '../io/errors.js';
 import { kebab } from './e2e-qp.js';
@@ -83,7 +84,15 @@ export interface BlockApOptions extends BlockApRecipe {
   precision?: 'f32' | 'bf16';
   /** RAM budget for the activation caches, bytes; beyond it they go to disk. */
   maxRamBytes?: number;
+  /** No progress on stderr (the CLI's bars and log lines). */
   quiet?: boolean;
+  /** Called with every progress event of the run (src/pipeline/events.ts), in order. */
+  onEvent?: OnEvent;
+  /**
+   * Cancellation: once aborted, the run stops at its next step (as for SIGINT), keeping the
+   * finished blocks in `<out>.partial/` for a rerun to resume, and rejects with AbortedError.
+   */
+  signal?: AbortSignal;
   /** Discard an interrupted run's state in `<out>.partial/` and start from block 0. */
   restart?: boolean;
   /** Replace an existing `out` (once the new checkpoint is complete). */
@@ -274,9 +283,11 @@ async function prepareBlockAp(opts: BlockApOptions, src: WeightSource) {
 /**
  * Runs Block-AP into `opts.out`, holding it (src/io/output.ts) for the run: an existing output
  * without `force`, an output among the inputs and one another run holds are refused first;
- * SIGINT / SIGTERM stop it at the next step saying which blocks were kept.
+ * SIGINT / SIGTERM (and an aborted `opts.signal`) stop it at the next step saying which blocks
+ * were kept.
  */
 export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
+  throwIfAborted(opts.signal);
   const inputs = [{ flag: '--model', path: opts.model }, ...(opts.calib ? [{ flag: '--calib', path: opts.calib }] : [])];
   const companions = [resolve(opts.out) + '.partial'];
   const output = claimOutput({ out: opts.out, flag: '--out', force: opts.force ?? false, inputs, command: 'eqat block-ap', companions, resumable: true }, { interruptible: true });
@@ -330,14 +341,11 @@ async function blockAp(opts: BlockApOptions, output: OutputClaim): Promise<Block
   }
   const resumedFrom = finished;
   keep(finished);
+  const emit = reporter(opts);
+  emit({ type: 'phase', phase: 'block-ap', out, resumedFrom, reused: false });
   const log = (entry: BlockLog): void => {
     appendFileSync(logPath, JSON.stringify(entry) + '\n');
-    if (!opts.quiet) {
-      const f = (v: number | null) => (v === null ? '-' : v.toExponential(4));
-      process.stderr.write(
-        `block ${entry.block} epoch ${entry.epoch}: train ${f(entry.trainLoss)} val ${f(entry.valLoss)} (${entry.seconds.toFixed(1)} s)\n`,
-      );
-    }
+    emit({ type: 'epoch', ...entry, of: cfg.numLayers });
   };
 
   const nShards = shardCount(cfg);
@@ -420,6 +428,7 @@ async function blockAp(opts: BlockApOptions, output: OutputClaim): Promise<Block
     const totalSteps = opts.epochs * stepsPerEpoch;
     for (let i = finished; i < cfg.numLayers; i++) {
       const tb = performance.now();
+      emit({ type: 'block-start', block: i, of: cfg.numLayers, steps: totalSteps });
       timed('load', () => src.loadBlock(i, trainer.P));
       let valLossInit: number | null = null;
       let valLoss: number | null = null;
@@ -432,7 +441,6 @@ async function blockAp(opts: BlockApOptions, output: OutputClaim): Promise<Block
           valLossInit = timed('valPass', () => trainer.evalFakeQuantLoss(xq!, xfp!, opts.trainSize, opts.valSize));
           log({ block: i, epoch: 0, trainLoss: null, valLoss: valLossInit, seconds: (performance.now() - tb) / 1000 });
         }
-        const bar = progress(`block ${i + 1}/${cfg.numLayers}`, totalSteps, { quiet: opts.quiet ?? false });
         let step = 0;
         const readBatch = (b: number): void => {
           xq!.read(b * B, B, trainer.x.f32);
@@ -454,11 +462,10 @@ async function blockAp(opts: BlockApOptions, output: OutputClaim): Promise<Block
             }
             sum += loss;
             step++;
-            bar.update(step, { loss });
+            emit({ type: 'block-step', block: i, step, of: totalSteps, loss });
             opts.onStep?.(i, step);
-            await interruptionPoint();
+            await interruptionPoint(opts.signal);
           }
-          bar.stop();
           phases.train += (performance.now() - te) / 1000;
           trainLoss = sum / stepsPerEpoch;
           if (opts.valSize > 0) valLoss = timed('valPass', () => trainer.evalFakeQuantLoss(xq!, xfp!, opts.trainSize, opts.valSize));
@@ -477,10 +484,11 @@ async function blockAp(opts: BlockApOptions, output: OutputClaim): Promise<Block
       if (training && i + 1 < cfg.numLayers) timed('frozenPass', () => trainer.forwardCache('frozen', xq!, 0, total));
       writeJsonAtomic(statePath, { recipe, inputs, finishedBlocks: i + 1 } satisfies PartialState);
       keep(i + 1);
-      await interruptionPoint();
       const seconds = (performance.now() - tb) / 1000;
       if (!training) log({ block: i, epoch: 0, trainLoss: null, valLoss: null, seconds });
+      emit({ type: 'block-done', block: i, of: cfg.numLayers, seconds });
       summary.push({ block: i, valLossInit, valLoss, trainLoss, seconds });
+      await interruptionPoint(opts.signal);
     }
 
     // the head shard, metadata, then the rename that makes the checkpoint visible
@@ -506,5 +514,7 @@ async function blockAp(opts: BlockApOptions, output: OutputClaim): Promise<Block
   rmSync(statePath, { force: true });
   for (const f of readdirSync(partial)) if (f.endsWith('.tmp')) rmSync(join(partial, f), { force: true });
   publishOutput(output, partial);
-  return { out, blocks: summary, seconds: (performance.now() - t0) / 1000, phases, resumedFrom, cachesOnDisk };
+  const seconds = (performance.now() - t0) / 1000;
+  emit({ type: 'done', phase: 'block-ap', out, seconds });
+  return { out, blocks: summary, seconds, phases, resumedFrom, cachesOnDisk };
 }

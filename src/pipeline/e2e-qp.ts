@@ -26,7 +26,7 @@ import { appendFileSync, copyFileSync, existsSync, mkdirSync, readdirSync, readF
 import { join, resolve } from 'node:path';
 import { Arena, type Tensor } from '../engine/tensor.js';
 import { UsageError } from '../cli/args.js';
-import { claimOutput, explainSystemError, interruptionPoint, publishOutput, type OutputClaim } from '../io/output.js';
+import { claimOutput, explainSystemError, interruptionPoint, publishOutput, throwIfAborted, type OutputClaim } from '../io/output.js';
 import { BF16_NEEDS_CUDA, type DeviceArray } from '../engine/cuda.js';
 import { WeightSource } from '../model/weights.js';
 import { BLOCK_LINEARS } from '../model/block.js';
@@ -58,7 +58,8 @@ import { cachedTokenStream } from '../data/token-cache.js';
 import { sampleWindows } from '../data/windows.js';
 import { readDocuments } from '../data/documents.js';
 import { buildSupervisedSamples, detectDataFormat, loadChatTemplate, readInstructRecords } from '../data/instruct.js';
-import { progress } from '../cli/progress.js';
+import { reporter } from '../cli/progress.js';
+import type { OnEvent } from './events.js';
 import { eqatVersion } from '../engine/version.js';
 import { validateCommandSettings } from './recipe.js';
 
@@ -99,7 +100,16 @@ export interface E2eQpRecipe extends E2eQpSettings {
 
 export interface E2eQpOptions extends E2eQpRecipe {
   out: string;
+  /** No progress on stderr (the CLI's bar). */
   quiet?: boolean;
+  /** Called with every progress event of the run (src/pipeline/events.ts), in order. */
+  onEvent?: OnEvent;
+  /**
+   * Cancellation: once aborted, the run stops after its current optimizer step (as for SIGINT),
+   * keeping the last saved state in `<out>.partial/` for a rerun to resume, and rejects with
+   * AbortedError.
+   */
+  signal?: AbortSignal;
   /** Extra fields recorded in eqat-recipe.json (e.g. the Block-AP phase of `eqat quantize`). */
   record?: Record<string, unknown>;
   /**
@@ -411,6 +421,7 @@ function loadSavedTensors(path: string, state: ScaleState): void {
  * run holds are refused first; SIGINT / SIGTERM stop it at the next step saying what was saved.
  */
 export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
+  throwIfAborted(o.signal);
   const inputs = [{ flag: '--model', path: o.model }, { flag: '--data', path: o.data }];
   const companions = [resolve(o.out) + '.partial'];
   const output = o.output ?? claimOutput({ out: o.out, flag: '--out', force: o.force ?? false, inputs, command: 'eqat e2e-qp', companions, resumable: true }, { interruptible: true });
@@ -492,6 +503,7 @@ async function e2eQp(o: E2eQpOptions, output: OutputClaim): Promise<E2eQpResult>
     const resumedFrom = step;
     const elapsed = (): number => secondsBefore + (performance.now() - t0) / 1000;
     let lastSave = performance.now();
+    const emit = reporter(o);
     trainer.fromHost(); // the state to start from: loaded, or the checkpoint's step sizes
     const save = (): void => {
       trainer!.toHost();
@@ -500,10 +512,11 @@ async function e2eQp(o: E2eQpOptions, output: OutputClaim): Promise<E2eQpResult>
       writeSafetensors(statePath, tensors, { [STATE_KEY]: JSON.stringify(meta) });
       lastSave = performance.now();
       keep(step, totalSteps);
+      emit({ type: 'e2e-save', step, of: totalSteps, path: statePath });
     };
 
-    const bar = progress('e2e-qp', totalSteps, { quiet: o.quiet ?? false });
-    if (step > 0) bar.update(step);
+    emit({ type: 'phase', phase: 'e2e-qp', out, resumedFrom, reused: false });
+    emit({ type: 'e2e-start', step, of: totalSteps });
     const run = trainer;
     const microStep = (sample: number): number =>
       run.microStep(samples.ids.subarray(sample * T, (sample + mb) * T), samples.labels.subarray(sample * T, (sample + mb) * T), accum);
@@ -541,13 +554,12 @@ async function e2eQp(o: E2eQpOptions, output: OutputClaim): Promise<E2eQpResult>
       appendFileSync(logPath, line + '\n');
       log.push(line);
       step++;
-      bar.update(step, { loss, lr });
+      emit({ type: 'e2e-step', step, of: totalSteps, loss, lr, gradNorm, seconds: entry.seconds });
       const due = step % saveEvery === 0 || step === totalSteps || performance.now() - lastSave >= E2E_QP_SAVE_SECONDS * 1000;
       if (saveEvery > 0 && due) save();
       o.onStep?.(step);
-      await interruptionPoint();
+      await interruptionPoint(o.signal);
     }
-    bar.stop();
     run.capture.noteIfEager(o.quiet ?? false);
     run.toHost(); // the trained step sizes, into the model the checkpoint is written from
 
@@ -588,6 +600,7 @@ async function e2eQp(o: E2eQpOptions, output: OutputClaim): Promise<E2eQpResult>
     rmSync(statePath, { force: true });
     for (const f of readdirSync(partial)) if (f.includes('.tmp')) rmSync(join(partial, f), { force: true });
     publishOutput(output, partial);
+    emit({ type: 'done', phase: 'e2e-qp', out, seconds });
     return { out, steps: step, firstLoss, lastLoss, seconds, packedBytes: model.packedBytes(), resumedFrom };
   } finally {
     trainer?.free();

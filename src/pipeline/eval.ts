@@ -17,7 +17,11 @@ import { evalWindows } from '../data/windows.js';
 import { checkText, readDocuments } from '../data/documents.js';
 import { checkInputPath } from '../io/errors.js';
 import { checkPositions } from '../model/config.js';
-import { progress } from '../cli/progress.js';
+import { reporter } from '../cli/progress.js';
+import type { OnEvent } from './events.js';
+
+/** The defaults of `eqat eval` (its --seqlen and --batch) and of the library's evaluate. */
+export const EVAL_DEFAULTS = { seqlen: 2048, batch: 4 } as const;
 
 export interface EvalOptions {
   seqlen: number;
@@ -25,7 +29,10 @@ export interface EvalOptions {
   batch?: number;
   /** Evaluate at most this many windows (all when undefined). */
   maxWindows?: number;
+  /** No progress bar on stderr. */
   quiet?: boolean;
+  /** Called with the progress events of the evaluation (src/pipeline/events.ts). */
+  onEvent?: OnEvent;
   /** Where the forward runs (default cpu). */
   device?: 'cpu' | 'cuda';
   /** GEMM input precision on CUDA (default bf16); the CPU computes in f32. */
@@ -59,6 +66,8 @@ export interface WindowsNllOptions {
   /** Windows per forward step (default 4). */
   batch?: number;
   quiet?: boolean;
+  /** Called with every eval-step event. */
+  onEvent?: OnEvent;
   /** Default cpu. */
   device?: 'cpu' | 'cuda';
   /** GEMM input precision: f32 on the CPU, default bf16 on CUDA. */
@@ -81,16 +90,16 @@ function windowsNllOn<A>(
   ids: Int32Array,
   count: number,
   T: number,
-  { batch = 4, quiet = false, precision = be.name === 'cuda' ? 'bf16' : 'f32', residency = be.name === 'cuda' ? 'resident' : 'streamed' }: WindowsNllOptions,
+  { batch = 4, quiet = false, onEvent, precision = be.name === 'cuda' ? 'bf16' : 'f32', residency = be.name === 'cuda' ? 'resident' : 'streamed' }: WindowsNllOptions,
 ): { nll: number; predictions: number } {
   const model = new Model(be, src, { residency, precision, B: Math.min(batch, count), T });
   try {
-    const bar = progress('eval', model.evalSteps(count), { quiet });
+    const emit = reporter({ quiet, onEvent });
+    const of = model.evalSteps(count);
     let total = 0;
     model.windowLosses(ids, count, (_, losses) => {
       for (let t = 0; t < T - 1; t++) total += losses[t]!;
-    }, (done) => bar.update(done));
-    bar.stop();
+    }, (done) => emit({ type: 'eval-step', done, of }));
     const predictions = count * (T - 1);
     return { nll: total / predictions, predictions };
   } finally {
@@ -113,19 +122,14 @@ export async function evaluatePerplexity(modelDir: string, dataFile: string, opt
     if (count === 0) {
       throw new Error(`${dataFile}: fewer than --seqlen ${opts.seqlen} tokens; nothing to evaluate`);
     }
+    opts.onEvent?.({ type: 'phase', phase: 'eval', out: null, resumedFrom: 0, reused: false });
     const { nll, predictions } = windowsNll(src, windows, count, opts.seqlen, opts);
     if (!Number.isFinite(nll)) {
       throw new Error(`${modelDir}: the mean NLL is ${nll} although every weight is finite: the forward overflowed; try --precision f32 or another --seqlen`);
     }
-    return {
-      ppl: Math.exp(nll),
-      nll,
-      tokens: count * opts.seqlen,
-      predictions,
-      windows: count,
-      seqlen: opts.seqlen,
-      seconds: (performance.now() - t0) / 1000,
-    };
+    const seconds = (performance.now() - t0) / 1000;
+    opts.onEvent?.({ type: 'done', phase: 'eval', out: null, seconds });
+    return { ppl: Math.exp(nll), nll, tokens: count * opts.seqlen, predictions, windows: count, seqlen: opts.seqlen, seconds };
   } finally {
     src.close();
   }

@@ -9,6 +9,9 @@ import { cpuBackend } from '../backend/cpu.js';
 import { cudaBackend } from '../backend/cuda.js';
 import { Rng } from '../engine/random.js';
 
+/** The defaults of `eqat generate` (--max-new-tokens, --temperature, --seed) and of the library's generate. */
+export const GENERATE_DEFAULTS = { maxNewTokens: 32, temperature: 0, seed: 0 } as const;
+
 export interface GenerateOptions {
   maxNewTokens: number;
   /** 0 = greedy. */

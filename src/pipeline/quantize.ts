@@ -19,7 +19,9 @@ import { mergeRecipe, recipeToJson, validateRecipe, validateRecipeForModel, type
 import { runBlockAp, type BlockApPhases } from './block-ap.js';
 import { checkTrainingData, kebab, runE2eQp } from './e2e-qp.js';
 import { eqatVersion } from '../engine/version.js';
-import { claimOutput, explainSystemError, publishOutput, type OutputClaim } from '../io/output.js';
+import { claimOutput, explainSystemError, publishOutput, throwIfAborted, type OutputClaim } from '../io/output.js';
+import { reporter } from '../cli/progress.js';
+import type { OnEvent } from './events.js';
 
 export interface QuantizeResult {
   out: string;
@@ -45,7 +47,15 @@ export function resolveRecipe(fromFile: RecipeOverrides, fromFlags: RecipeOverri
 }
 
 export interface QuantizeOptions {
+  /** No progress on stderr (the CLI's bars and log lines). */
   quiet?: boolean;
+  /** Called with every progress event of both phases (src/pipeline/events.ts), in order. */
+  onEvent?: OnEvent;
+  /**
+   * Cancellation: once aborted, the phase running stops at its next step (as for SIGINT),
+   * keeping what it finished for a rerun to resume, and the run rejects with AbortedError.
+   */
+  signal?: AbortSignal;
   /** RAM budget of Block-AP's activation caches, bytes. */
   maxRamBytes?: number;
   /** E2E-QP: save its training state every this many steps (runE2eQp's saveEvery). */
@@ -67,9 +77,11 @@ export interface QuantizeOptions {
 /**
  * Runs both phases into `r.out`, holding it (src/io/output.ts) for the whole command: an
  * existing output without `force`, an output among the inputs and one another run holds are
- * refused first; SIGINT / SIGTERM stop it at the next step saying what was kept.
+ * refused first; SIGINT / SIGTERM (and an aborted `o.signal`) stop it at the next step saying
+ * what was kept.
  */
 export async function runQuantize(r: QuantizeRecipe, o: QuantizeOptions = {}): Promise<QuantizeResult> {
+  throwIfAborted(o.signal);
   const out = resolve(r.out);
   const inputs = [
     { flag: 'model (--model)', path: r.model },
@@ -90,7 +102,7 @@ export async function runQuantize(r: QuantizeRecipe, o: QuantizeOptions = {}): P
 
 async function quantize(
   r: QuantizeRecipe,
-  { quiet = false, maxRamBytes, saveEvery, restart = false, device, precision }: QuantizeOptions,
+  { quiet = false, onEvent, signal, maxRamBytes, saveEvery, restart = false, device, precision }: QuantizeOptions,
   output: OutputClaim,
 ): Promise<QuantizeResult> {
   const t0 = performance.now();
@@ -119,6 +131,8 @@ async function quantize(
       seed: r.seed,
       ...b,
       quiet,
+      onEvent,
+      signal,
       maxRamBytes,
       device,
       precision,
@@ -128,6 +142,8 @@ async function quantize(
     const rec = JSON.parse(readFileSync(bapRecipeFile, 'utf8')) as Record<string, unknown>;
     writeJsonAtomic(bapRecipeFile, { ...rec, quantize: blockApPart(r) });
     blockApSeconds = (performance.now() - t) / 1000;
+  } else {
+    reporter({ quiet, onEvent })({ type: 'phase', phase: 'block-ap', out: bapOut, resumedFrom: 0, reused: true });
   }
   output.kept = `the Block-AP checkpoint in ${bapOut}/`;
   let e2eQpSeconds = 0;
@@ -137,7 +153,7 @@ async function quantize(
   const record = { quantize_recipe: recipeToJson(r), versions: eqatVersion() };
   if (e.epochs > 0) {
     const t = performance.now();
-    ({ resumedFrom: e2eQpResumedFrom, seconds: e2eQpTrainSeconds } = await runE2eQp({ ...e, model: bapOut, data: e.data ?? r.calib, out, seed: r.seed, quiet, record, saveEvery, restart, settingName: quantizeSettingName, device, precision, output }));
+    ({ resumedFrom: e2eQpResumedFrom, seconds: e2eQpTrainSeconds } = await runE2eQp({ ...e, model: bapOut, data: e.data ?? r.calib, out, seed: r.seed, quiet, onEvent, signal, record, saveEvery, restart, settingName: quantizeSettingName, device, precision, output }));
     e2eQpSeconds = (performance.now() - t) / 1000;
   } else {
     publishOutput(output, bapOut);
