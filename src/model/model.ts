@@ -205,25 +205,26 @@ export class Model<A> {
   /**
    * Next-token losses of `count` windows of T tokens (ids (count, T)), handed to onWindow in
    * window order: losses (T), losses[t] for predicting token t+1 (the last is 0). The array is
-   * reused between calls of onWindow.
+   * reused between calls of onWindow. T defaults to the model's; a shorter T (sequences of
+   * another length, e.g. zero-shot requests) runs in a workspace of that shape.
    */
   windowLosses(
     ids: Int32Array,
     count: number,
     onWindow: (w: number, losses: Float32Array) => void,
     onProgress?: (done: number, total: number) => void,
+    T: number = this.T,
   ): void {
-    const { T } = this;
     if (this.use === 'decode') throw new Error('Model.windowLosses: this model was built for cached decoding only');
+    if (!(Number.isInteger(T) && T >= 1 && T <= this.T)) throw new RangeError(`Model.windowLosses: T must be an integer in 1..${this.T}, got ${T}`);
     if (!(Number.isInteger(count) && count >= 1)) throw new RangeError(`Model.windowLosses: count must be an integer >= 1, got ${count}`);
     if (ids.length < count * T) throw new RangeError(`Model.windowLosses: ids must hold ${count} × ${T} tokens, got ${ids.length}`);
-    if (this.residency === 'streamed') this.streamedLosses(ids, count, onWindow, onProgress);
-    else this.residentLosses(ids, count, onWindow, onProgress);
+    if (this.residency === 'streamed') this.streamedLosses(ids, count, T, onWindow, onProgress);
+    else this.residentLosses(ids, count, T, onWindow, onProgress);
   }
 
   /** Windows in batches of B through every block, the head and the loss. */
-  private residentLosses(ids: Int32Array, count: number, onWindow: (w: number, losses: Float32Array) => void, onProgress?: (done: number, total: number) => void): void {
-    const { T } = this;
+  private residentLosses(ids: Int32Array, count: number, T: number, onWindow: (w: number, losses: Float32Array) => void, onProgress?: (done: number, total: number) => void): void {
     const total = this.evalSteps(count);
     const losses = new Float32Array(this.B * T);
     for (let w0 = 0; w0 < count; w0 += this.B) {
@@ -232,15 +233,15 @@ export class Model<A> {
       const windows = ids.subarray(w0 * T, (w0 + n) * T);
       const x = this.hidden(windows, this.workspace(n, T));
       const lossesN = losses.subarray(0, N);
-      this.be.download(this.losses(x, windows, n), lossesN);
+      this.be.download(this.losses(x, windows, n, T), lossesN);
       for (let w = 0; w < n; w++) onWindow(w0 + w, lossesN.subarray(w * T, (w + 1) * T));
       onProgress?.(w0 + n, total);
     }
   }
 
   /** Each block in turn over all windows (B at a time, hidden states on the host), then each window's head and loss. */
-  private streamedLosses(ids: Int32Array, count: number, onWindow: (w: number, losses: Float32Array) => void, onProgress?: (done: number, total: number) => void): void {
-    const { be, cfg, T } = this;
+  private streamedLosses(ids: Int32Array, count: number, T: number, onWindow: (w: number, losses: Float32Array) => void, onProgress?: (done: number, total: number) => void): void {
+    const { be, cfg } = this;
     const C = cfg.hiddenSize;
     const total = this.evalSteps(count);
     const bufs = this.stepBuffers(this.B * T);
@@ -274,15 +275,15 @@ export class Model<A> {
     for (let w = 0; w < count; w++) {
       const x = this.first(bufs.x, T * C);
       be.upload(x, rowsOf(w, 1));
-      be.download(this.losses(x, ids.subarray(w * T, (w + 1) * T), 1), losses);
+      be.download(this.losses(x, ids.subarray(w * T, (w + 1) * T), 1, T), losses);
       onWindow(w, losses);
       onProgress?.(++done, total);
     }
   }
 
-  /** Per-token losses (n·T), left on the backend, of the final hidden states x (n·T, C) of n windows `ids`. */
-  private losses(x: A, ids: Int32Array, n: number): A {
-    const { be, cfg, T } = this;
+  /** Per-token losses (n·T), left on the backend, of the final hidden states x (n·T, C) of n windows `ids` of T tokens. */
+  private losses(x: A, ids: Int32Array, n: number, T: number): A {
+    const { be, cfg } = this;
     const N = n * T;
     const bufs = this.stepBuffers(N);
     const logits = this.head(x, N);
