@@ -12,7 +12,9 @@ import { Model, type Residency } from '../model/model.js';
 import type { Backend, Precision } from '../backend/backend.js';
 import { cpuBackend } from '../backend/cpu.js';
 import { cudaBackend } from '../backend/cuda.js';
-import { loadTokenizer } from '../io/tokenizer.js';
+import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
+import { resolveModel } from '../io/hub.js';
+import { isDatasetName, namedEvalWindows, type NamedDataOptions } from '../data/named-datasets.js';
 import { evalWindows } from '../data/windows.js';
 import { checkText, readDocuments } from '../data/documents.js';
 import { checkInputPath } from '../io/errors.js';
@@ -59,6 +61,22 @@ export async function readEvalText(path: string): Promise<string> {
   const text = readFileSync(path, 'utf8');
   checkText(path, text);
   return text;
+}
+
+/**
+ * The perplexity windows of --data: a dataset name (wikitext2, c4: the official protocol of each,
+ * src/data/named-datasets.ts) unless a local file of that name exists, else the file's text
+ * (readEvalText) tokenized without special tokens and cut into consecutive windows.
+ */
+export async function perplexityWindows(
+  data: string,
+  tok: Tokenizer,
+  tokenizerDir: string,
+  seqlen: number,
+  opts: NamedDataOptions = {},
+): Promise<{ windows: Int32Array; count: number }> {
+  if (isDatasetName(data)) return namedEvalWindows(data, tok, tokenizerDir, seqlen, { flag: '--data', ...opts });
+  return evalWindows(await readEvalText(data), tok, seqlen);
 }
 
 /** How and where windowsNll runs. */
@@ -110,14 +128,14 @@ function windowsNllOn<A>(
 export async function evaluatePerplexity(modelDir: string, dataFile: string, opts: EvalOptions): Promise<EvalResult> {
   const t0 = performance.now();
   if (opts.precision === 'bf16' && opts.device !== 'cuda') throw new Error(`--precision: ${BF16_NEEDS_CUDA}`);
+  modelDir = await resolveModel(modelDir, { flag: '--model', quiet: opts.quiet });
   checkInputPath('--model', modelDir, 'directory', 'a model directory');
   const src = WeightSource.open(modelDir);
   try {
     src.checkTensors();
     checkPositions(src.cfg, opts.seqlen, `--seqlen ${opts.seqlen}`, modelDir);
     const tok = loadTokenizer(modelDir);
-    const text = await readEvalText(dataFile);
-    const { windows, count: all } = evalWindows(text, tok, opts.seqlen);
+    const { windows, count: all } = await perplexityWindows(dataFile, tok, modelDir, opts.seqlen, { quiet: opts.quiet });
     const count = opts.maxWindows !== undefined ? Math.min(all, opts.maxWindows) : all;
     if (count === 0) {
       throw new Error(`${dataFile}: fewer than --seqlen ${opts.seqlen} tokens; nothing to evaluate`);
