@@ -1,27 +1,113 @@
-// Builds the native CPU addon (build/Release/eqat.node) with node-gyp, offline.
-// node-gyp would otherwise try to download Node headers; the headers that ship with the
-// running Node (<prefix>/include/node) are used when present.
+// Builds the native CPU addon (build/Release/eqat.node) with node-gyp, offline, in parallel.
+//
+// Incremental: when build/ is already configured for this binding.gyp, this Node (ABI, arch,
+// headers) and the same kernel files, only `node-gyp build -j max` runs, and make recompiles
+// just the files (and the files including headers) that changed: a one-line kernel edit
+// rebuilds in seconds. Anything else (no build/, binding.gyp edited, a kernel file added or
+// removed, another Node) is a full `node-gyp rebuild -j max`. EQAT_REBUILD=1 forces one.
+//
+// node-gyp: $npm_config_node_gyp (what npm sets for install scripts, or a user's own), else the
+// node-gyp package, else the one npm bundles. node-gyp would otherwise try to download Node
+// headers; the headers that ship with the running Node (<prefix>/include/node) are used when
+// present (unless npm_config_nodedir names others).
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { delimiter, dirname, join } from 'node:path';
 import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 
-const require = createRequire(import.meta.url);
+const root = dirname(dirname(fileURLToPath(import.meta.url)));
+const build = join(root, 'build');
+const say = (s) => process.stderr.write(`eqat: ${s}\n`);
+
+if (process.platform !== 'linux' || process.arch !== 'x64') {
+  // npm refuses the package first (package.json "os"/"cpu"); this covers --force installs.
+  say(`the native addon builds on Linux x64 only (x86-64 kernels, Linux CUDA loader); this is ${process.platform} ${process.arch}`);
+  process.exit(1);
+}
+
+/** The node-gyp entry point and where it came from. */
+function findNodeGyp() {
+  const fromEnv = process.env.npm_config_node_gyp;
+  if (fromEnv) {
+    if (!existsSync(fromEnv)) {
+      say(`npm_config_node_gyp names ${fromEnv}, which does not exist`);
+      process.exit(1);
+    }
+    return { path: fromEnv, from: 'npm_config_node_gyp' };
+  }
+  try {
+    return { path: createRequire(import.meta.url).resolve('node-gyp/bin/node-gyp.js'), from: 'the node-gyp package' };
+  } catch {
+    // npm bundles node-gyp next to itself.
+    const prefix = dirname(dirname(process.execPath));
+    const bundled = join(prefix, 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js');
+    if (existsSync(bundled)) return { path: bundled, from: "npm's bundled copy" };
+    say(`node-gyp not found: set npm_config_node_gyp to its bin/node-gyp.js, or install it (npm install -g node-gyp); looked for ${bundled}`);
+    process.exit(1);
+  }
+}
+
+/** Why build/ must be configured afresh, or null when an incremental build is enough. */
+function reconfigureReason(nodedir) {
+  if (process.env.EQAT_REBUILD === '1') return 'EQAT_REBUILD=1';
+  const makefile = join(build, 'Makefile');
+  const target = join(build, 'eqat.target.mk');
+  const gypi = join(build, 'config.gypi');
+  if (![makefile, target, gypi].every(existsSync)) return 'build/ is not configured';
+  if (statSync(join(root, 'binding.gyp')).mtimeMs > statSync(makefile).mtimeMs) return 'binding.gyp changed';
+  let config;
+  try {
+    // config.gypi is JSON apart from its leading '#' comment line
+    config = JSON.parse(readFileSync(gypi, 'utf8').replace(/^#.*$/gm, ''));
+  } catch {
+    return 'build/config.gypi is unreadable';
+  }
+  const v = config.variables ?? {};
+  if (String(v.node_module_version) !== process.versions.modules) {
+    return `build/ was configured for Node ABI ${v.node_module_version}, this Node is ${process.versions.modules}`;
+  }
+  if (v.target_arch !== process.arch) return `build/ was configured for ${v.target_arch}`;
+  if (nodedir && v.nodedir !== nodedir) return `build/ was configured with the headers of ${v.nodedir}, not ${nodedir}`;
+  // binding.gyp lists native/cpu/*.cc and native/cuda/*.cc when configured: the same files now?
+  const want = ['native/binding.cc', 'native/threadpool.cc'];
+  for (const sub of ['cpu', 'cuda']) {
+    for (const f of readdirSync(join(root, 'native', sub))) if (f.endsWith('.cc')) want.push(`native/${sub}/${f}`);
+  }
+  const have = [...readFileSync(target, 'utf8').matchAll(/\$\(TARGET\)\/(native\/\S+)\.o/g)].map((m) => m[1] + '.cc');
+  const key = (a) => [...new Set(a)].sort().join('\n');
+  if (key(want) !== key(have)) return 'kernel files were added or removed';
+  return null;
+}
+
+/** The build tools that are not on PATH (after a failed build, to name the cause). */
+function missingTools() {
+  const onPath = (cmd) => (process.env.PATH ?? '').split(delimiter).some((d) => d && existsSync(join(d, cmd)));
+  const missing = [];
+  if (!onPath('make')) missing.push('make');
+  const python = process.env.npm_config_python || process.env.PYTHON;
+  if (python ? !existsSync(python) && !onPath(python) : !onPath('python3')) missing.push(python ? `python (${python})` : 'python3');
+  const cxx = process.env.CXX;
+  if (cxx ? !existsSync(cxx) && !onPath(cxx.split(' ')[0]) : !onPath('c++') && !onPath('g++')) missing.push(cxx ? `C++ compiler (CXX=${cxx})` : 'a C++17 compiler (c++ or g++)');
+  return missing;
+}
+
+const gyp = findNodeGyp();
 const prefix = dirname(dirname(process.execPath));
-const args = ['rebuild', '--release'];
-if (!process.env.npm_config_nodedir && existsSync(join(prefix, 'include', 'node', 'node.h'))) {
-  args.push(`--nodedir=${prefix}`);
-}
-let gyp;
-try {
-  gyp = require.resolve('node-gyp/bin/node-gyp.js');
-} catch {
-  // npm bundles node-gyp next to itself.
-  const npmDir = join(prefix, 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js');
-  gyp = npmDir;
-}
-const r = spawnSync(process.execPath, [gyp, ...args], { stdio: 'inherit' });
+const nodedir = !process.env.npm_config_nodedir && existsSync(join(prefix, 'include', 'node', 'node.h')) ? prefix : null;
+const reason = reconfigureReason(nodedir ?? process.env.npm_config_nodedir);
+const args = [reason ? 'rebuild' : 'build', '--release', '-j', 'max'];
+if (nodedir) args.push(`--nodedir=${nodedir}`);
+say(reason ? `building the native addon (full build: ${reason})` : 'building the native addon (incremental: build/ is configured)');
+
+const run = gyp.path.endsWith('.js') ? [process.execPath, [gyp.path, ...args]] : [gyp.path, args];
+const r = spawnSync(run[0], run[1], { stdio: 'inherit', cwd: root });
 if (r.status !== 0) {
-  console.error('eqat: building the native addon failed (node-gyp exit ' + r.status + '). A C++17 compiler, make and python3 are needed.');
-  process.exit(r.status ?? 1);
+  const why = r.error ? `could not start node-gyp (${gyp.path}, from ${gyp.from}): ${r.error.message}` : `node-gyp exit ${r.status ?? r.signal}`;
+  const missing = r.error ? [] : missingTools();
+  const hint = missing.length
+    ? `not found on PATH: ${missing.join(', ')}`
+    : 'see its output above (it needs a C++17 compiler, make and python3)';
+  say(`building the native addon failed: ${why}; ${hint}`);
+  process.exit(r.status || 1);
 }
