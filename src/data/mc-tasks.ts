@@ -17,7 +17,11 @@
 //
 // Task data on disk (`--task-data DIR`): for task T with evaluation split S, the first of
 //   DIR/T.parquet, DIR/T.jsonl, DIR/T/S.parquet, DIR/T/S.jsonl, DIR/T/S-*.parquet (shards, in name order)
-// that exists. Errors name the file, the row and the column, before any model is loaded.
+// that exists. Without a directory, the split comes from the hub through the Hugging Face cache
+// (src/io/hub.ts: HF_HOME / HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE): the parquet
+// file the hub's dataset viewer keeps of every public dataset, revision refs/convert/parquet,
+// path <config>/<split>/0000.parquet (MC_TASKS[T].hub). Errors name the file, the row and the
+// column, before any model is loaded.
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -47,8 +51,8 @@ export interface McTask {
   name: string;
   /** The split lm-eval evaluates (its test_split when set, else validation_split). */
   split: 'validation' | 'test';
-  /** The hub dataset lm-eval loads: repository and configuration. */
-  hub: { repo: string; config: string | null };
+  /** The hub dataset lm-eval loads (repository, configuration) and the file of the split in its parquet revision (HUB_PARQUET_REVISION). */
+  hub: { repo: string; config: string | null; path: string };
   /** Columns of the hub schema that the task reads, with their types. */
   columns: Record<string, ColumnKind>;
   /** The metrics lm-eval's task YAML lists. */
@@ -62,6 +66,9 @@ type ColumnKind = 'string' | 'int' | 'int or string' | 'list of strings' | '{tex
 type Row = Record<string, unknown>;
 
 const DELIM = ' '; // lm-eval's default target_delimiter
+
+/** The revision of a hub dataset that holds its parquet conversion (the dataset viewer's). */
+export const HUB_PARQUET_REVISION = 'refs/convert/parquet';
 
 /** lm-eval's default multiple_choice requests: one context, the choices as continuations. */
 function choicesAfter(context: string, choices: string[], gold: number): McDoc {
@@ -85,7 +92,7 @@ export function hellaswagPreprocess(text: string): string {
 const arc = (name: string, config: string): McTask => ({
   name,
   split: 'test',
-  hub: { repo: 'allenai/ai2_arc', config },
+  hub: { repo: 'allenai/ai2_arc', config, path: `${config}/test/0000.parquet` },
   columns: { question: 'string', choices: '{text, label} lists of strings', answerKey: 'string' },
   metrics: ['acc', 'acc_norm'],
   source: 'lm_eval/tasks/arc/arc_easy.yaml' + (name === 'arc_challenge' ? ', arc_challenge.yaml' : ''),
@@ -103,7 +110,7 @@ export const MC_TASKS: Record<string, McTask> = {
   piqa: {
     name: 'piqa',
     split: 'validation',
-    hub: { repo: 'baber/piqa', config: null },
+    hub: { repo: 'baber/piqa', config: null, path: 'default/validation/0000.parquet' },
     columns: { goal: 'string', sol1: 'string', sol2: 'string', label: 'int' },
     metrics: ['acc', 'acc_norm'],
     source: 'lm_eval/tasks/piqa/piqa.yaml',
@@ -118,7 +125,7 @@ export const MC_TASKS: Record<string, McTask> = {
   hellaswag: {
     name: 'hellaswag',
     split: 'validation',
-    hub: { repo: 'Rowan/hellaswag', config: null },
+    hub: { repo: 'Rowan/hellaswag', config: null, path: 'default/validation/0000.parquet' },
     columns: { activity_label: 'string', ctx_a: 'string', ctx_b: 'string', endings: 'list of strings', label: 'int or string' },
     metrics: ['acc', 'acc_norm'],
     source: 'lm_eval/tasks/hellaswag/hellaswag.yaml, utils.py',
@@ -137,7 +144,7 @@ export const MC_TASKS: Record<string, McTask> = {
   winogrande: {
     name: 'winogrande',
     split: 'validation',
-    hub: { repo: 'allenai/winogrande', config: 'winogrande_xl' },
+    hub: { repo: 'allenai/winogrande', config: 'winogrande_xl', path: 'winogrande_xl/validation/0000.parquet' },
     columns: { sentence: 'string', option1: 'string', option2: 'string', answer: 'string' },
     metrics: ['acc'],
     source: 'lm_eval/tasks/winogrande/default.yaml, preprocess_winogrande.py',

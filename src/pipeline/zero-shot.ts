@@ -36,12 +36,16 @@ import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
 import { checkInputPath } from '../io/errors.js';
 import { progress, type Progress } from '../cli/progress.js';
 import { UsageError } from '../cli/args.js';
-import { loadTaskDocs, taskFileCandidates, taskFiles, type LoadedTask, type McDoc, type McTask } from '../data/mc-tasks.js';
+import { HUB_PARQUET_REVISION, loadTaskDocs, taskFileCandidates, taskFiles, type LoadedTask, type McDoc, type McTask } from '../data/mc-tasks.js';
+import { existsSync } from 'node:fs';
+import { hubDatasetFiles, parseHubName, resolveModel, type HubOptions } from '../io/hub.js';
 
 export interface ZeroShotOptions {
   tasks: McTask[];
-  /** Directory of the tasks' data files (src/data/mc-tasks.ts: taskFiles). */
+  /** Directory of the tasks' data files (src/data/mc-tasks.ts: taskFiles); default: the hub datasets through the Hugging Face cache. */
   taskData?: string;
+  /** Where the hub is reached for hub model names and task data (default: the environment). */
+  hub?: HubOptions;
   /** Evaluate the first `limit` docs of each task (all when undefined). */
   limit?: number;
   /** Sequences per forward (default 8). */
@@ -240,19 +244,23 @@ export function meanStderr(xs: number[]): { mean: number; stderr: number | null 
   return { mean, stderr: Math.sqrt(ss / (n - 1)) / Math.sqrt(n) };
 }
 
-/** Reads every task's docs from `taskData` before any model work; errors name the task and the files looked for. */
-export async function loadTasks(tasks: McTask[], taskData: string | undefined, limit: number | undefined): Promise<LoadedTask[]> {
+/**
+ * Reads every task's docs before any model work: from `taskData` when given, else from the hub
+ * (the split's parquet file in the Hugging Face cache, fetched when missing: src/io/hub.ts);
+ * errors name the task and the files looked for.
+ */
+export async function loadTasks(tasks: McTask[], taskData: string | undefined, limit: number | undefined, hub: HubOptions = {}): Promise<LoadedTask[]> {
   if (limit !== undefined && !(Number.isInteger(limit) && limit >= 1)) throw new UsageError(`--limit must be an integer >= 1, got ${limit}`);
-  if (taskData === undefined) {
-    throw new UsageError(
-      `--task-data: no directory of task data given; pass --task-data DIR holding each task's split in its hub schema (${tasks.map((t) => `${t.name}: ${t.hub.repo}${t.hub.config ? ` ${t.hub.config}` : ''} ${t.split}`).join('; ')}), as DIR/<task>.parquet or DIR/<task>.jsonl`,
-    );
-  }
-  checkInputPath('--task-data', taskData, 'directory', 'a directory of task data files');
+  if (taskData !== undefined) checkInputPath('--task-data', taskData, 'directory', 'a directory of task data files');
   const out: LoadedTask[] = [];
   for (const task of tasks) {
-    const files = taskFiles(taskData, task);
-    if (!files) throw new Error(`--task-data ${taskData}: no data for ${task.name} (looked for ${taskFileCandidates(taskData, task)})`);
+    let files: string[] | null;
+    if (taskData !== undefined) {
+      files = taskFiles(taskData, task);
+      if (!files) throw new Error(`--task-data ${taskData}: no data for ${task.name} (looked for ${taskFileCandidates(taskData, task)})`);
+    } else {
+      files = await hubDatasetFiles(task.hub.repo, [task.hub.path], HUB_PARQUET_REVISION, { flag: `--tasks ${task.name}`, ...hub });
+    }
     out.push(await loadTaskDocs(task, files, limit));
   }
   return out;
@@ -343,15 +351,19 @@ function scoreTasks<A>(be: Backend<A>, src: WeightSource, tok: Tokenizer, loaded
 }
 
 /**
- * Zero-shot evaluation of the model in `modelDir` (full precision or an eqat checkpoint, on its
- * packed weights) on `opts.tasks`: the data is read and checked first, then the model.
+ * Zero-shot evaluation of the model in `modelDir` (a directory, full precision or an eqat
+ * checkpoint computed on its packed weights, or a hub name org/name[@revision]) on `opts.tasks`:
+ * the data is read and checked first, then the model.
  */
 export async function evaluateZeroShot(modelDir: string, opts: ZeroShotOptions): Promise<ZeroShotResult> {
   const t0 = performance.now();
   if (opts.precision === 'bf16' && opts.device !== 'cuda') throw new UsageError(`--precision: ${BF16_NEEDS_CUDA}`);
   if (opts.batch !== undefined && !(Number.isInteger(opts.batch) && opts.batch >= 1)) throw new UsageError(`--batch must be an integer >= 1, got ${opts.batch}`);
-  checkInputPath('--model', modelDir, 'directory', 'a model directory');
-  const loaded = await loadTasks(opts.tasks, opts.taskData, opts.limit);
+  const checkModel = () => checkInputPath('--model', modelDir, 'directory', 'a model directory or a hub name org/name[@revision]');
+  if (existsSync(modelDir) || !parseHubName(modelDir)) checkModel(); // a local path: checked before the data is read
+  const loaded = await loadTasks(opts.tasks, opts.taskData, opts.limit, { quiet: opts.quiet, ...opts.hub });
+  modelDir = await resolveModel(modelDir, { flag: '--model', quiet: opts.quiet, ...opts.hub });
+  checkModel();
   const src = WeightSource.open(modelDir);
   try {
     src.checkTensors();
