@@ -32,7 +32,8 @@ import { BF16_NEEDS_CUDA, deviceForCommand, type DeviceFlag } from './engine/cud
 import { UsageError } from './cli/args.js';
 import { blockApDefaults, runBlockAp, type BlockApResult } from './pipeline/block-ap.js';
 import { e2eQpDefaults, runE2eQp, type E2eQpResult } from './pipeline/e2e-qp.js';
-import { resolveRecipe, runQuantize, type QuantizeResult } from './pipeline/quantize.js';
+import { resolveRecipeInputs, runQuantize, type QuantizeResult } from './pipeline/quantize.js';
+import { resolveModel } from './io/hub.js';
 import { EVAL_DEFAULTS, evaluatePerplexity, type EvalResult } from './pipeline/eval.js';
 import { GENERATE_DEFAULTS, generateFromSource } from './pipeline/generate.js';
 import { loadRecipeFile, recipeFlagSpecs, type BlockApSettings, type E2eQpSettings, type RecipeOverrides } from './pipeline/recipe.js';
@@ -121,6 +122,7 @@ export interface EqatModel {
  * safetensors headers (no weights are read yet). Close it when done.
  */
 export async function loadModel(dir: string): Promise<EqatModel> {
+  dir = await resolveModel(dir, { flag: '--model' }); // a hub name org/name[@revision] (src/io/hub.ts)
   checkInputPath('--model', dir, 'directory', 'a model directory (Hugging Face checkpoint or eqat output)');
   const weights = WeightSource.open(dir);
   let tokenizer: Tokenizer;
@@ -225,8 +227,9 @@ export interface E2eQpOptions extends TrainRunOptions, Partial<E2eQpSettings> {
 export async function e2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
   throwIfAborted(o.signal);
   const device = runDevice('e2e-qp', o);
-  checkInputPath('--model', o.model, 'directory', 'a quantized model directory (the output of block-ap)');
-  const probe = WeightSource.open(o.model);
+  const model = await resolveModel(o.model, { flag: '--model', quiet: !o.progress });
+  checkInputPath('--model', model, 'directory', 'a quantized model directory (the output of block-ap)');
+  const probe = WeightSource.open(model);
   const bits = probe.quant?.bits ?? 4; // a full-precision model is refused by the run, naming it
   probe.close();
   const settings: Partial<E2eQpSettings> = given({
@@ -245,7 +248,7 @@ export async function e2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
   return runE2eQp({
     ...d,
     ...settings,
-    model: o.model,
+    model,
     data: o.data,
     out: o.out,
     seed: o.seed ?? d.seed,
@@ -287,7 +290,8 @@ export async function quantize(o: QuantizeOptions): Promise<QuantizeResult> {
     blockAp: o.blockAp,
     e2eQp: o.e2eQp,
   });
-  const recipe = resolveRecipe(o.recipe !== undefined ? loadRecipeFile(o.recipe) : {}, overrides, o.recipe ?? 'recipe');
+  // hub model and dataset names resolve to local paths here (downloading what is missing)
+  const recipe = await resolveRecipeInputs(o.recipe !== undefined ? loadRecipeFile(o.recipe) : {}, overrides, o.recipe ?? 'recipe', { quiet: !o.progress });
   return runQuantize(recipe, {
     quiet: !o.progress,
     onEvent: o.onEvent,
@@ -421,12 +425,13 @@ export type ExportReport = GgufExportReport | OnnxExportReport;
 /** Writes a quantized checkpoint for another runtime: GGUF (llama.cpp) or ONNX (onnxruntime, transformers.js). */
 export async function exportModel(o: ExportOptions): Promise<ExportReport> {
   if (o.format !== 'gguf' && o.format !== 'onnx') throw new UsageError(`--format must be one of gguf, onnx, got ${String(o.format)}`);
-  checkInputPath('--model', o.model, 'directory', 'a quantized model directory (eqat output)');
+  const model = await resolveModel(o.model, { flag: '--model' });
+  checkInputPath('--model', model, 'directory', 'a quantized model directory (eqat output)');
   try {
     if (o.format === 'onnx') {
-      return await exportOnnx(o.model, o.out, { externalData: o.externalData ?? 'auto', accuracyLevel: o.accuracyLevel, force: o.force ?? false });
+      return await exportOnnx(model, o.out, { externalData: o.externalData ?? 'auto', accuracyLevel: o.accuracyLevel, force: o.force ?? false });
     }
-    return await exportGguf(o.model, o.out, {
+    return await exportGguf(model, o.out, {
       type: o.ggufType ?? GGUF_TYPE_CHOICES[0],
       allowLossy: o.allowLossy ?? false,
       embeddingType: o.embeddingType ?? GGUF_EMBEDDING_CHOICES[0],

@@ -28,6 +28,9 @@ import { BF16_NEEDS_CUDA } from '../engine/cuda.js';
 import { WeightSource, loadBlockParams } from '../model/weights.js';
 import { checkPositions, type ModelConfig } from '../model/config.js';
 import { checkInputPath } from '../io/errors.js';
+import { resolveModel } from '../io/hub.js';
+import { loadConfig } from '../io/hf-config.js';
+import { resolveCorpus } from '../data/named-datasets.js';
 import { embeddingForward } from '../ops/embedding.js';
 import { modelLayoutProblems } from '../quant/formats.js';
 import { SafetensorsFile } from '../io/safetensors.js';
@@ -288,6 +291,7 @@ async function prepareBlockAp(opts: BlockApOptions, src: WeightSource) {
  */
 export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
   throwIfAborted(opts.signal);
+  opts = await resolveBlockApInputs(opts);
   const inputs = [{ flag: '--model', path: opts.model }, ...(opts.calib ? [{ flag: '--calib', path: opts.calib }] : [])];
   const companions = [resolve(opts.out) + '.partial'];
   const output = claimOutput({ out: opts.out, flag: '--out', force: opts.force ?? false, inputs, command: 'eqat block-ap', companions, resumable: true }, { interruptible: true });
@@ -298,6 +302,21 @@ export async function runBlockAp(opts: BlockApOptions): Promise<BlockApResult> {
   } finally {
     output.release();
   }
+}
+
+/**
+ * The run with its model and calibration data as local paths: a hub name `org/name[@revision]`
+ * of --model and a dataset name of --calib (wikitext2, c4, redpajama) are resolved through the
+ * Hugging Face cache, downloading what is missing (src/io/hub.ts, src/data/named-datasets.ts);
+ * the settings are checked first, and the model's config before its weights are downloaded.
+ */
+async function resolveBlockApInputs(opts: BlockApOptions): Promise<BlockApOptions> {
+  if (existsSync(opts.model) && (!opts.calib || existsSync(opts.calib))) return opts;
+  validateCommandSettings('block-ap', opts);
+  const hub = { quiet: opts.quiet ?? false };
+  const model = await resolveModel(opts.model, { ...hub, flag: '--model', beforeWeights: (dir) => validateBlockAp(opts, loadConfig(dir)) });
+  const calib = opts.calib && opts.epochs > 0 ? await resolveCorpus(opts.calib, { ...hub, flag: '--calib' }) : opts.calib;
+  return { ...opts, model, calib };
 }
 
 async function blockAp(opts: BlockApOptions, output: OutputClaim): Promise<BlockApResult> {

@@ -33,6 +33,8 @@ import { BLOCK_LINEARS } from '../model/block.js';
 import { checkPositions } from '../model/config.js';
 import { firstNonFinite } from '../ops/reduce.js';
 import { checkInputPath } from '../io/errors.js';
+import { resolveModel } from '../io/hub.js';
+import { resolveCorpus } from '../data/named-datasets.js';
 import { PackedModel, type PackedBlock } from '../model/quantized.js';
 import type { Precision } from '../backend/backend.js';
 import { cpuBackend } from '../backend/cpu.js';
@@ -422,6 +424,11 @@ function loadSavedTensors(path: string, state: ScaleState): void {
  */
 export async function runE2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
   throwIfAborted(o.signal);
+  if (!existsSync(o.model) || !existsSync(o.data)) {
+    // hub model and dataset names (src/io/hub.ts, src/data/named-datasets.ts), after the settings' checks
+    validateE2eQp(o);
+    o = { ...o, model: await resolveModel(o.model, { flag: '--model', quiet: o.quiet }), data: await resolveCorpus(o.data, { flag: '--data', quiet: o.quiet }) };
+  }
   const inputs = [{ flag: '--model', path: o.model }, { flag: '--data', path: o.data }];
   const companions = [resolve(o.out) + '.partial'];
   const output = o.output ?? claimOutput({ out: o.out, flag: '--out', force: o.force ?? false, inputs, command: 'eqat e2e-qp', companions, resumable: true }, { interruptible: true });

@@ -16,6 +16,8 @@ import { writeJsonAtomic } from '../io/quant-checkpoint.js';
 import { inputIdentity, inputDifference } from '../io/fingerprint.js';
 import { isJsonObject } from '../io/errors.js';
 import { mergeRecipe, recipeToJson, validateRecipe, validateRecipeForModel, type QuantizeRecipe, type RecipeOverrides } from './recipe.js';
+import { resolveModel } from '../io/hub.js';
+import { resolveCorpus } from '../data/named-datasets.js';
 import { runBlockAp, type BlockApPhases } from './block-ap.js';
 import { checkTrainingData, kebab, runE2eQp } from './e2e-qp.js';
 import { eqatVersion } from '../engine/version.js';
@@ -44,6 +46,26 @@ export function resolveRecipe(fromFile: RecipeOverrides, fromFlags: RecipeOverri
   checkInputPath(`${where}: model (--model)`, r.model, 'directory', 'a Hugging Face model directory');
   validateRecipeForModel(r, loadConfig(r.model), where);
   return r;
+}
+
+/**
+ * resolveRecipe for recipes that name a hub model (`org/name[@revision]`) or datasets (calib,
+ * e2e_qp.data: wikitext2, c4, redpajama): the recipe is checked first, then the names resolve to
+ * local paths through the Hugging Face cache, downloading what is missing (src/io/hub.ts,
+ * src/data/named-datasets.ts), the model checked against the recipe before its weights are
+ * downloaded; the result holds the local paths. Local paths pass through as resolveRecipe's.
+ */
+export async function resolveRecipeInputs(fromFile: RecipeOverrides, fromFlags: RecipeOverrides, where: string, hub: { quiet?: boolean } = {}): Promise<QuantizeRecipe> {
+  const r = mergeRecipe(fromFile, fromFlags, where);
+  validateRecipe(r, where);
+  const model = await resolveModel(r.model, {
+    ...hub,
+    flag: `${where}: model (--model)`,
+    beforeWeights: (dir) => validateRecipeForModel(r, loadConfig(dir), where),
+  });
+  const calib = await resolveCorpus(r.calib, { ...hub, flag: `${where}: calib (--calib)` });
+  const data = r.e2eQp.data === null || r.e2eQp.epochs === 0 ? r.e2eQp.data : await resolveCorpus(r.e2eQp.data, { ...hub, flag: `${where}: e2e_qp.data (--e2e-qp-data)` });
+  return resolveRecipe({ ...r, model, calib, e2eQp: { ...r.e2eQp, data } }, {}, where);
 }
 
 export interface QuantizeOptions {

@@ -32,6 +32,7 @@ import { e2eQpDefaults, type E2eQpSettings } from './e2e-qp.js';
 import { checkPositions, type ModelConfig } from '../model/config.js';
 import { modelLayoutProblems } from '../quant/formats.js';
 import { SUPPORTED_CORPUS_EXTENSIONS } from '../data/documents.js';
+import { isDatasetName } from '../data/named-datasets.js';
 import { describeJson, isJsonObject } from '../io/errors.js';
 import { formatFlagValue, UsageError, type FlagSpec, type FlagSpecs, type ParsedFlags } from '../cli/args.js';
 
@@ -529,7 +530,7 @@ export function validateRecipe(r: QuantizeRecipe, where: string): void {
   }
 
   const corpusExts = SUPPORTED_CORPUS_EXTENSIONS as readonly string[];
-  if (!extOk(r.calib, corpusExts)) {
+  if (!isDatasetName(r.calib) && !extOk(r.calib, corpusExts)) {
     fail('calib', `${r.calib}: unsupported corpus format; supported: ${corpusExts.join(', ')}`);
   }
   if (resolve(r.out) === resolve(r.model)) fail('out', `must differ from model (${r.model})`);
@@ -540,6 +541,11 @@ export function validateRecipe(r: QuantizeRecipe, where: string): void {
   const e = r.e2eQp;
   const data = e.data ?? r.calib;
   const dataKey = e.data === null ? 'calib' : 'e2e_qp.data';
+  if (isDatasetName(data)) {
+    // a named dataset is text (src/data/named-datasets.ts)
+    if (e.dataFormat === 'instruct') fail(dataKey, `${data} is a text dataset; e2e_qp.data_format 'instruct' needs a ${INSTRUCT_EXTENSIONS.join(' or ')} file`);
+    return;
+  }
   const instructExts = INSTRUCT_EXTENSIONS as readonly string[];
   if (e.dataFormat === 'instruct' && !extOk(data, instructExts)) {
     fail(dataKey, `${data}: e2e_qp.data_format 'instruct' needs a ${instructExts.join(' or ')} file`);
