@@ -13,7 +13,8 @@
 //                  consecutive windows. = get_wikitext2(test_only) + test_ppl of the official code.
 //     calibration  wikitext-2-raw-v1/train-00000-of-00001.parquet, read as a corpus (its
 //                  non-blank rows are the documents; eqat's window sampling, src/data/windows.ts).
-//   c4  dataset allenai/c4 (the original json.gz shards; no parquet of whole shards exists there)
+//   c4  dataset allenai/c4: the json.gz shards the official code names (not a parquet conversion,
+//       whose rows could be split or ordered otherwise)
 //     perplexity   en/c4-validation.00000-of-00008.json.gz: Python's random.seed(0), then 256 times
 //                  { draw documents with randint(0, len - 1) until one has >= seqlen tokens (with
 //                  special tokens); take the seqlen tokens at randint(0, ntok - seqlen - 1) } —

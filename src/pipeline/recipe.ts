@@ -207,7 +207,7 @@ const f = (key: string, kind: ValueKind, help: string, more: Partial<Pick<Field,
 });
 
 const REQUIRED: CommandUse = { required: true };
-const CALIB_HELP = 'calibration text (.txt, .jsonl with `text`, .parquet with `text`)';
+const CALIB_HELP = 'calibration text (.txt, .jsonl with `text`, .parquet with `text`), or a dataset name: wikitext2, c4, redpajama';
 /** block-ap and e2e-qp take any integer seed (the generator uses it modulo 2^32). */
 const ANY_SEED: CommandUse = { kind: { type: 'int' } };
 
@@ -233,7 +233,7 @@ const SCHEMA: Record<Section, Field[]> = {
     f('weight_decay', { type: 'number', min: 0 }, 'AdamW weight decay'),
   ].map((x) => ({ ...x, commands: { 'block-ap': {}, ...x.commands } })),
   e2e_qp: [
-    f('data', { type: 'nullable-string' }, 'training data: text (.txt, .jsonl/.parquet with `text`) or instructions (.jsonl/.json with instruction/input/output or messages)', {
+    f('data', { type: 'nullable-string' }, 'training data: text (.txt, .jsonl/.parquet with `text`; or a dataset name: wikitext2, c4, redpajama) or instructions (.jsonl/.json with instruction/input/output or messages)', {
       presetText: 'the calibration data',
       commands: { 'e2e-qp': { required: true, kind: { type: 'string' } } }, // null (the calibration data) is for recipes
     }),
