@@ -123,7 +123,7 @@ export interface EqatModel {
  */
 export async function loadModel(dir: string): Promise<EqatModel> {
   dir = await resolveModel(dir, { flag: '--model' }); // a hub name org/name[@revision] (src/io/hub.ts)
-  checkInputPath('--model', dir, 'directory', 'a model directory (Hugging Face checkpoint or eqat output)');
+  checkInputPath('--model', dir, 'directory', 'a model directory');
   const weights = WeightSource.open(dir);
   let tokenizer: Tokenizer;
   try {
@@ -289,6 +289,7 @@ export async function quantize(o: QuantizeOptions): Promise<QuantizeResult> {
     seed: o.seed,
     blockAp: o.blockAp,
     e2eQp: o.e2eQp,
+    eval: o.eval,
   });
   // hub model and dataset names resolve to local paths here (downloading what is missing)
   const recipe = await resolveRecipeInputs(o.recipe !== undefined ? loadRecipeFile(o.recipe) : {}, overrides, o.recipe ?? 'recipe', { quiet: !o.progress });
@@ -423,6 +424,9 @@ export interface ExportOptions {
 export type ExportReport = GgufExportReport | OnnxExportReport;
 
 /** Writes a quantized checkpoint for another runtime: GGUF (llama.cpp) or ONNX (onnxruntime, transformers.js). */
+export async function exportModel(o: ExportOptions & { format: 'gguf' }): Promise<GgufExportReport>;
+export async function exportModel(o: ExportOptions & { format: 'onnx' }): Promise<OnnxExportReport>;
+export async function exportModel(o: ExportOptions): Promise<ExportReport>;
 export async function exportModel(o: ExportOptions): Promise<ExportReport> {
   if (o.format !== 'gguf' && o.format !== 'onnx') throw new UsageError(`--format must be one of gguf, onnx, got ${String(o.format)}`);
   const model = await resolveModel(o.model, { flag: '--model' });
