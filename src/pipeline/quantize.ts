@@ -15,7 +15,12 @@ import { checkInputPath } from '../io/errors.js';
 import { writeJsonAtomic } from '../io/quant-checkpoint.js';
 import { inputIdentity, inputDifference } from '../io/fingerprint.js';
 import { isJsonObject } from '../io/errors.js';
-import { mergeRecipe, recipeToJson, validateRecipe, validateRecipeForModel, type QuantizeRecipe, type RecipeOverrides } from './recipe.js';
+import { mergeRecipe, recipeToJson, validateRecipe, validateRecipeForModel, type EvalSection, type QuantizeRecipe, type RecipeOverrides } from './recipe.js';
+import { evaluatePerplexity, type EvalResult } from './eval.js';
+import { evaluateZeroShot, loadTasks, type ZeroShotResult } from './zero-shot.js';
+import { parseTaskList, type McTask } from '../data/mc-tasks.js';
+import { isDatasetName, namedDataset } from '../data/named-datasets.js';
+import { UsageError } from '../cli/args.js';
 import { resolveModel } from '../io/hub.js';
 import { resolveCorpus } from '../data/named-datasets.js';
 import { runBlockAp, type BlockApPhases } from './block-ap.js';
@@ -36,6 +41,17 @@ export interface QuantizeResult {
   e2eQpTrainSeconds: number;
   /** E2E-QP steps restored from an interrupted run's saved state; 0 when it started from scratch. */
   e2eQpResumedFrom: number;
+  /** The evaluation of the output the recipe's eval section asks for (also in <out>/eqat-eval.json); null when it asks for none. */
+  eval: QuantizeEval | null;
+  seconds: number;
+}
+
+/** eqat-eval.json: perplexity per dataset and the zero-shot result of the output. */
+export interface QuantizeEval {
+  model: string;
+  /** By dataset name or file, in the order of eval.ppl. */
+  perplexity: Record<string, EvalResult>;
+  zeroShot: ZeroShotResult | null;
   seconds: number;
 }
 
@@ -131,6 +147,8 @@ async function quantize(
   const out = output.out;
   // E2E-QP's own data is read now, not after Block-AP (the calibration file is Block-AP's to check)
   if (r.e2eQp.epochs > 0 && r.e2eQp.data) await checkTrainingData('e2e_qp.data (--e2e-qp-data)', r.e2eQp.data, r.e2eQp.dataFormat);
+  // and so are the evaluation's inputs
+  const evalPlan = await planEval(r.eval, quiet);
   const bapOut = out + '.block-ap';
   const b = r.blockAp;
   let blockApSeconds = 0;
@@ -183,7 +201,47 @@ async function quantize(
     writeJsonAtomic(join(out, 'eqat-recipe.json'), { ...rec, ...record });
   }
   writeJsonAtomic(join(out, 'recipe.json'), recipeToJson(r));
-  return { out, blockApOut: bapOut, blockApSeconds, blockApPhases, e2eQpSeconds, e2eQpTrainSeconds, e2eQpResumedFrom, seconds: (performance.now() - t0) / 1000 };
+  output.kept = `the quantized model in ${out}/`;
+  const evaluation = await evaluateOutput(out, r.eval, evalPlan, { quiet, device, precision });
+  return { out, blockApOut: bapOut, blockApSeconds, blockApPhases, e2eQpSeconds, e2eQpTrainSeconds, e2eQpResumedFrom, eval: evaluation, seconds: (performance.now() - t0) / 1000 };
+}
+
+/** The pieces of the eval section, checked before any work: the tasks with their data read, and the perplexity inputs. */
+interface EvalPlan {
+  tasks: McTask[] | null;
+  ppl: string[];
+}
+
+/**
+ * Checks the eval section's inputs before Block-AP: every task's data is read (src/data/mc-tasks.ts)
+ * and every perplexity entry is a dataset with a perplexity protocol or a file that is there.
+ */
+async function planEval(e: EvalSection, quiet: boolean): Promise<EvalPlan> {
+  const tasks = e.tasks === null ? null : parseTaskList(e.tasks, 'eval.tasks (--eval-tasks)');
+  if (tasks) await loadTasks(tasks, e.taskData ?? undefined, e.limit || undefined, { quiet });
+  const ppl = e.ppl === null ? [] : e.ppl.split(',').map((x) => x.trim()).filter((x) => x !== '');
+  for (const p of ppl) {
+    if (isDatasetName(p)) {
+      if (!namedDataset(p)!.eval) throw new UsageError(`eval.ppl (--eval-ppl): ${p} is a calibration dataset with no perplexity protocol; use wikitext2, c4 or a file`);
+    } else {
+      checkInputPath('eval.ppl (--eval-ppl)', p, 'file', 'a dataset name (wikitext2, c4) or a .txt, .jsonl or .parquet file');
+    }
+  }
+  return { tasks, ppl };
+}
+
+/** Runs the evaluation of the eval section on the model in `out` and writes it into out/eqat-eval.json. */
+async function evaluateOutput(out: string, e: EvalSection, plan: EvalPlan, o: { quiet: boolean; device?: 'cpu' | 'cuda'; precision?: 'f32' | 'bf16' }): Promise<QuantizeEval | null> {
+  if (!plan.tasks && plan.ppl.length === 0) return null;
+  const t0 = performance.now();
+  const perplexity: Record<string, EvalResult> = {};
+  for (const p of plan.ppl) perplexity[p] = await evaluatePerplexity(out, p, { seqlen: e.pplSeqlen, batch: e.batch, quiet: o.quiet, device: o.device, precision: o.precision });
+  const zeroShot = plan.tasks
+    ? await evaluateZeroShot(out, { tasks: plan.tasks, taskData: e.taskData ?? undefined, limit: e.limit || undefined, batch: e.batch, quiet: o.quiet, device: o.device, precision: o.precision })
+    : null;
+  const result: QuantizeEval = { model: out, perplexity, zeroShot, seconds: (performance.now() - t0) / 1000 };
+  writeJsonAtomic(join(out, 'eqat-eval.json'), result);
+  return result;
 }
 
 /**

@@ -13,6 +13,7 @@
 //   block_ap: { train_size, val_size, seqlen, batch_size, epochs, quant_lr, weight_lr, min_lr_factor, weight_decay }
 //   e2e_qp:   { data, data_format, train_size, seqlen, batch_size, micro_batch_size, epochs, lr,
 //               warmup_ratio, max_grad_norm, weight_decay }
+//   eval:     { tasks, task_data, limit, ppl, ppl_seqlen, batch }   (run on the output; eqat-eval.json)
 // Paths are kept as written (relative paths are relative to the working directory, as on the
 // command line). Unknown keys, wrong types and out-of-range values are errors that name the
 // file and the full key path. Keys the file leaves out take the preset for the final wbits.
@@ -33,6 +34,7 @@ import { checkPositions, type ModelConfig } from '../model/config.js';
 import { modelLayoutProblems } from '../quant/formats.js';
 import { SUPPORTED_CORPUS_EXTENSIONS } from '../data/documents.js';
 import { isDatasetName } from '../data/named-datasets.js';
+import { MC_TASK_NAMES, parseTaskList } from '../data/mc-tasks.js';
 import { describeJson, isJsonObject } from '../io/errors.js';
 import { formatFlagValue, UsageError, type FlagSpec, type FlagSpecs, type ParsedFlags } from '../cli/args.js';
 
@@ -67,6 +69,25 @@ export interface E2eQpSection extends E2eQpSettings {
   data: string | null;
 }
 
+/**
+ * The eval section: what `eqat quantize` measures on its output once it is written (the paper's
+ * row: perplexity and zero-shot accuracy), into eqat-eval.json. Nothing by default.
+ */
+export interface EvalSection {
+  /** Zero-shot tasks, comma-separated (src/data/mc-tasks.ts); null = none. */
+  tasks: string | null;
+  /** Directory of the tasks' data (eval --task-data); null = the hub datasets. */
+  taskData: string | null;
+  /** The first this many docs of each task; 0 = all. */
+  limit: number;
+  /** Perplexity data, comma-separated dataset names (wikitext2, c4) or files; null = none. */
+  ppl: string | null;
+  /** Window length of the perplexity. */
+  pplSeqlen: number;
+  /** Windows or sequences per forward step. */
+  batch: number;
+}
+
 export interface QuantizeRecipe {
   /** Full-precision Hugging Face model directory. */
   model: string;
@@ -79,6 +100,7 @@ export interface QuantizeRecipe {
   seed: number;
   blockAp: BlockApSettings;
   e2eQp: E2eQpSection;
+  eval: EvalSection;
 }
 
 /** What a file or the command line sets: any subset of the recipe, camelCase, nothing filled in. */
@@ -91,6 +113,7 @@ export interface RecipeOverrides {
   seed?: number;
   blockAp?: Partial<BlockApSettings>;
   e2eQp?: Partial<E2eQpSection>;
+  eval?: Partial<EvalSection>;
 }
 
 /** A problem with a recipe; the message starts with where the recipe came from and the key path. */
@@ -139,6 +162,7 @@ export function defaultRecipe(wbits: number): Omit<QuantizeRecipe, 'model' | 'ca
       weightDecay: b.weightDecay,
     },
     e2eQp: { data: null, ...e2eQp },
+    eval: { tasks: null, taskData: null, limit: 0, ppl: null, pplSeqlen: 2048, batch: 4 },
   };
 }
 
@@ -188,11 +212,11 @@ interface Field {
   commands: Partial<Record<Exclude<SettingCommand, 'quantize'>, CommandUse>>;
 }
 
-type Section = 'top' | 'block_ap' | 'e2e_qp';
+type Section = 'top' | 'block_ap' | 'e2e_qp' | 'eval';
 
-const SECTION_PROP = { block_ap: 'blockAp', e2e_qp: 'e2eQp' } as const;
+const SECTION_PROP = { block_ap: 'blockAp', e2e_qp: 'e2eQp', eval: 'eval' } as const;
 /** The phase a section's settings belong to, in front of their help on quantize. */
-const SECTION_LABEL = { block_ap: 'Block-AP', e2e_qp: 'E2E-QP' } as const;
+const SECTION_LABEL = { block_ap: 'Block-AP', e2e_qp: 'E2E-QP', eval: 'evaluation of the output:' } as const;
 
 /** Top-level keys without a preset: a recipe must set them (mergeRecipe). */
 const REQUIRED_KEYS = ['model', 'calib', 'out', 'wbits'] as const;
@@ -249,9 +273,18 @@ const SCHEMA: Record<Section, Field[]> = {
     f('max_grad_norm', { type: 'number', min: 0 }, 'gradient-norm clip; 0 = none'),
     f('weight_decay', { type: 'number', min: 0 }, 'AdamW weight decay'),
   ].map((x) => ({ ...x, commands: { 'e2e-qp': {}, ...x.commands } })),
+  // quantize only (eval takes the same settings as its own flags)
+  eval: [
+    f('tasks', { type: 'nullable-string' }, `zero-shot tasks, comma-separated (${MC_TASK_NAMES.join(', ')})`, { presetText: 'none' }),
+    f('task_data', { type: 'nullable-string' }, "directory of the tasks' data (as eval --task-data)", { presetText: 'the hub datasets' }),
+    f('limit', { type: 'int', min: 0 }, 'the first N docs of each task; 0 = all'),
+    f('ppl', { type: 'nullable-string' }, 'perplexity data, comma-separated: dataset names (wikitext2, c4) or files', { presetText: 'none' }),
+    f('ppl_seqlen', { type: 'int', min: 2 }, 'perplexity window length in tokens'),
+    f('batch', { type: 'int', min: 1 }, 'windows or sequences per forward step'),
+  ],
 };
 
-const SECTIONS = ['block_ap', 'e2e_qp'] as const;
+const SECTIONS = ['block_ap', 'e2e_qp', 'eval'] as const;
 
 function pathOf(section: Section, key: string): string {
   return section === 'top' ? key : `${section}.${key}`;
@@ -479,6 +512,7 @@ export function mergeRecipe(base: RecipeOverrides, overrides: RecipeOverrides = 
     seed: top.seed ?? d.seed,
     blockAp: { ...d.blockAp, ...definedOnly(base.blockAp), ...definedOnly(overrides.blockAp) },
     e2eQp: { ...d.e2eQp, ...definedOnly(base.e2eQp), ...definedOnly(overrides.e2eQp) },
+    eval: { ...d.eval, ...definedOnly(base.eval), ...definedOnly(overrides.eval) },
   };
 }
 
@@ -528,6 +562,15 @@ export function validateRecipe(r: QuantizeRecipe, where: string): void {
       if (problem) fail(pathOf(section, field.key), problem);
     }
   }
+
+  if (r.eval.tasks !== null) {
+    try {
+      parseTaskList(r.eval.tasks, 'eval.tasks (--eval-tasks)');
+    } catch (e) {
+      throw new RecipeError(where, 'eval.tasks', (e as Error).message.replace(/^eval\.tasks \(--eval-tasks\): /, ''));
+    }
+  }
+  if (r.eval.ppl !== null && r.eval.ppl.split(',').every((x) => x.trim() === '')) fail('eval.ppl', 'names no dataset or file');
 
   const corpusExts = SUPPORTED_CORPUS_EXTENSIONS as readonly string[];
   if (!isDatasetName(r.calib) && !extOk(r.calib, corpusExts)) {

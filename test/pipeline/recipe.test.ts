@@ -175,7 +175,7 @@ test('round trip: recipeToJson → JSON and YAML files → loadRecipeFile gives 
   });
   validateRecipe(r, 'test');
   const json = recipeToJson(r);
-  assert.deepEqual(Object.keys(json), ['model', 'calib', 'out', 'wbits', 'group_size', 'seed', 'block_ap', 'e2e_qp']);
+  assert.deepEqual(Object.keys(json), ['model', 'calib', 'out', 'wbits', 'group_size', 'seed', 'block_ap', 'e2e_qp', 'eval']);
   assert.deepEqual(Object.keys(json['block_ap'] as object), [
     'train_size',
     'val_size',
@@ -372,7 +372,7 @@ test('flags: one per key, parsed by the CLI parser, mapped to overrides; flags w
   assert.deepEqual(specs['e2e-qp-data-format']!.choices, ['auto', 'text', 'instruct']);
   const flags = parseFlags('quantize', ['--wbits', '3', '--block-ap-epochs', '0', '--e2e-qp-lr', '5e-6', '--e2e-qp-data', 'x.jsonl'], specs);
   const o = overridesFromFlags(flags);
-  assert.deepEqual(o, { wbits: 3, blockAp: { epochs: 0 }, e2eQp: { lr: 5e-6, data: 'x.jsonl' } });
+  assert.deepEqual(o, { wbits: 3, blockAp: { epochs: 0 }, e2eQp: { lr: 5e-6, data: 'x.jsonl' }, eval: {} });
   const file = parseRecipeObject({ ...REQUIRED, wbits: 2, block_ap: { epochs: 1, train_size: 8 } }, 'r.yaml');
   const r = mergeRecipe(file, o, 'r.yaml + command line');
   assert.equal(r.wbits, 3);
@@ -407,7 +407,7 @@ test('flags from the schema: every setting is a flag on each command that takes 
       taken[command]!++;
     }
   }
-  assert.deepEqual(taken, { 'block-ap': 15, 'e2e-qp': 13, quantize: 26 });
+  assert.deepEqual(taken, { 'block-ap': 15, 'e2e-qp': 13, quantize: 32 });
   for (const command of ['block-ap', 'e2e-qp', 'quantize'] as const) {
     assert.equal(Object.keys(recipeFlagSpecs(command)).length, taken[command], `${command}: no flag without a setting`);
   }

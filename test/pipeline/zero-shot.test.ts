@@ -21,6 +21,8 @@ import { argmax, docScores, evaluateZeroShot, loadTasks, meanStderr, scoreReques
 import { HUB_PARQUET_REVISION } from '../../src/data/mc-tasks.js';
 import { FakeHub, fakeSha } from '../io/fake-hub.js';
 import { REPO, TINY, rtnTiny } from '../golden.js';
+import { resolveRecipe, runQuantize } from '../../src/pipeline/quantize.js';
+import { existsSync } from 'node:fs';
 
 const DATA = join(REPO, 'test', 'fixtures', 'tasks');
 const CLI = join(REPO, 'dist', 'src', 'cli', 'main.js');
@@ -310,4 +312,30 @@ test('without --task-data the splits come from the hub\'s parquet revision throu
   } finally {
     await hub.stop();
   }
+});
+
+test('quantize --eval-tasks --eval-ppl: the output evaluated into eqat-eval.json and the result; bad eval input refused before any work', async () => {
+  const text = join(dir('ppl'), 'ppl.txt');
+  writeFileSync(text, readFileSync(join(REPO, 'fixtures', 'text', 'calib-sample.txt'), 'utf8').slice(0, 4000));
+  const base = { model: TINY, calib: join(REPO, 'fixtures', 'text', 'calib-sample.txt'), wbits: 4, groupSize: 32, blockAp: { epochs: 0 }, e2eQp: { epochs: 0 } };
+  const out = join(work, 'q-w4g32');
+  const r = await runQuantize(resolveRecipe({}, { ...base, out, eval: { tasks: 'arc_easy,winogrande', taskData: DATA, limit: 4, ppl: text, pplSeqlen: 32 } }, 'command line'), { quiet: true });
+  const written = JSON.parse(readFileSync(join(out, 'eqat-eval.json'), 'utf8')) as { perplexity: Record<string, { ppl: number; windows: number }>; zeroShot: ZeroShotResult };
+  assert.deepEqual(written, JSON.parse(JSON.stringify(r.eval)));
+  // the same numbers as eval run on the output on its own
+  const alone = await evaluateZeroShot(out, { tasks: parseTaskList('arc_easy,winogrande', '--tasks'), taskData: DATA, limit: 4, quiet: true });
+  assert.deepEqual(written.zeroShot.tasks.map((t) => [t.task, t.docs, t.acc, t.accNorm]), alone.tasks.map((t) => [t.task, t.docs, t.acc, t.accNorm]));
+  assert.ok(written.perplexity[text]!.ppl > 1 && written.perplexity[text]!.windows > 0);
+  assert.deepEqual((JSON.parse(readFileSync(join(out, 'recipe.json'), 'utf8')) as { eval: unknown }).eval, { tasks: 'arc_easy,winogrande', task_data: DATA, limit: 4, ppl: text, ppl_seqlen: 32, batch: 4 });
+
+  // refused before Block-AP: nothing is written
+  const bad = join(work, 'q-bad');
+  assert.throws(() => resolveRecipe({}, { ...base, out: bad, eval: { tasks: 'piqa,winogrand' } }, 'command line'), /command line: eval\.tasks: no task "winogrand"; did you mean winogrande\?/);
+  await assert.rejects(runQuantize(resolveRecipe({}, { ...base, out: bad, eval: { ppl: join(work, 'absent.txt') } }, 'command line'), { quiet: true }), /eval\.ppl \(--eval-ppl\) .*absent\.txt: does not exist/);
+  await assert.rejects(runQuantize(resolveRecipe({}, { ...base, out: bad, eval: { ppl: 'redpajama' } }, 'command line'), { quiet: true }), /redpajama is a calibration dataset with no perplexity protocol/);
+  await assert.rejects(runQuantize(resolveRecipe({}, { ...base, out: bad, eval: { tasks: 'piqa', taskData: dir('q-empty') } }, 'command line'), { quiet: true }), /no data for piqa/);
+  assert.equal(existsSync(bad) || existsSync(bad + '.block-ap'), false);
+  const r2 = cli(['quantize', '--model', TINY, '--calib', base.calib, '--wbits', '4', '--out', bad, '--eval-tasks', 'hellaswag', '--eval-limit=-1']);
+  assert.equal(r2.status, 2);
+  assert.match(r2.stderr, /--eval-limit must be >= 0, got -1/);
 });
