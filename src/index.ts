@@ -5,7 +5,7 @@
 //   blockAp      Block-AP (EfficientQAT phase 1; epochs 0 = round-to-nearest)      `eqat block-ap`
 //   e2eQp        E2E-QP on a Block-AP checkpoint (phase 2)                          `eqat e2e-qp`
 //   quantize     both phases from a recipe (file and/or options)                   `eqat quantize`
-//   evaluate     perplexity on a text file                                         `eqat eval`
+//   evaluate     perplexity on a text, zero-shot task accuracy                     `eqat eval`
 //   generate     text from a prompt                                                `eqat generate`
 //   exportModel  GGUF (llama.cpp) or ONNX (onnxruntime, transformers.js)           `eqat export`
 //
@@ -35,6 +35,8 @@ import { e2eQpDefaults, runE2eQp, type E2eQpResult } from './pipeline/e2e-qp.js'
 import { resolveRecipeInputs, runQuantize, type QuantizeResult } from './pipeline/quantize.js';
 import { resolveModel } from './io/hub.js';
 import { EVAL_DEFAULTS, evaluatePerplexity, type EvalResult } from './pipeline/eval.js';
+import { evaluateZeroShot, type ZeroShotResult } from './pipeline/zero-shot.js';
+import { parseTaskList } from './data/mc-tasks.js';
 import { GENERATE_DEFAULTS, generateFromSource } from './pipeline/generate.js';
 import { loadRecipeFile, recipeFlagSpecs, type BlockApSettings, type E2eQpSettings, type RecipeOverrides } from './pipeline/recipe.js';
 import { exportGguf, GGUF_EMBEDDING_CHOICES, GGUF_TYPE_CHOICES, type GgufExportOptions, type GgufExportReport } from './export/gguf.js';
@@ -47,7 +49,7 @@ export { UsageError } from './cli/args.js';
 export { RecipeError, defaultRecipe, SUPPORTED_BITS } from './pipeline/recipe.js';
 export type { QuantizeRecipe, RecipeOverrides, BlockApSettings, E2eQpSettings, E2eQpSection } from './pipeline/recipe.js';
 export { progressPrinter } from './cli/progress.js';
-export type { ModelConfig, QuantConfig, Tokenizer, BlockApResult, E2eQpResult, QuantizeResult, GgufExportReport, OnnxExportReport };
+export type { ModelConfig, QuantConfig, Tokenizer, BlockApResult, E2eQpResult, QuantizeResult, GgufExportReport, OnnxExportReport, ZeroShotResult };
 /** Perplexity of a model on a text (the result of `eqat eval`). */
 export type PerplexityResult = EvalResult;
 
@@ -310,44 +312,61 @@ export async function quantize(o: QuantizeOptions): Promise<QuantizeResult> {
 // ---------------------------------------------------------------------------------------------
 // Evaluation and generation
 
-/**
- * What to evaluate. Perplexity on `data` is the measure today; the zero-shot tasks join here as
- * further options, with their scores as further fields of EvaluateResult.
- */
+/** What to evaluate: perplexity on `data`, zero-shot accuracy on `tasks`, or both (`eqat eval`). */
 export interface EvaluateOptions extends RunOptions {
   /** A model directory (full precision or eqat-quantized), or a loaded model. */
   model: string | EqatModel;
-  /** Perplexity: a text file (.txt; .jsonl/.parquet documents are joined by blank lines). */
-  data: string;
-  /** Window length in tokens; default eval's --seqlen default. */
+  /** Perplexity: a text file (.txt; .jsonl/.parquet documents are joined by blank lines), or a named corpus (wikitext2, c4). */
+  data?: string;
+  /** Perplexity: window length in tokens; default eval's --seqlen default. */
   seqlen?: number;
-  /** Windows per forward step; default eval's --batch default. */
+  /** Windows (perplexity) or sequences (zero-shot) per forward step; default eval's --batch default. */
   batch?: number;
-  /** Evaluate only the first N windows. */
+  /** Perplexity: evaluate only the first N windows. */
   maxWindows?: number;
+  /** Zero-shot multiple-choice tasks (lm-evaluation-harness): piqa, arc_easy, arc_challenge, hellaswag, winogrande. */
+  tasks?: string[];
+  /** Zero-shot: a directory of the tasks' data (eval --task-data); default the hub datasets. */
+  taskData?: string;
+  /** Zero-shot: evaluate only the first N docs of each task. */
+  limit?: number;
 }
 
 export interface EvaluateResult {
   /** The model directory evaluated. */
   model: string;
-  /** Perplexity on `data`. */
-  perplexity: PerplexityResult;
+  /** Perplexity on `data`; null when no data was given. */
+  perplexity: PerplexityResult | null;
+  /** Accuracy per task; null when no tasks were given. */
+  zeroShot: ZeroShotResult | null;
 }
 
-/** Evaluates a model: perplexity on a text (non-overlapping windows, mean next-token NLL). */
+/**
+ * Evaluates a model, as `eqat eval`: perplexity on a text (non-overlapping windows, mean
+ * next-token NLL) and/or zero-shot accuracy on tasks (acc, acc_norm with their stderr).
+ */
 export async function evaluate(o: EvaluateOptions): Promise<EvaluateResult> {
+  if (o.data === undefined && o.tasks === undefined) throw new UsageError('evaluate: give data (perplexity) or tasks (zero-shot), or both');
+  const tasks = o.tasks !== undefined ? parseTaskList(o.tasks.join(','), '--tasks') : null;
+  if (!tasks && (o.taskData !== undefined || o.limit !== undefined)) throw new UsageError(`evaluate: ${o.taskData !== undefined ? '--task-data' : '--limit'} goes with --tasks`);
   const device = runDevice('eval', o);
   const model = typeof o.model === 'string' ? o.model : o.model.dir;
-  const perplexity = await evaluatePerplexity(model, o.data, {
-    seqlen: o.seqlen ?? EVAL_DEFAULTS.seqlen,
-    batch: o.batch ?? EVAL_DEFAULTS.batch,
-    maxWindows: o.maxWindows,
-    device,
-    precision: o.precision,
-    quiet: !o.progress,
-    onEvent: o.onEvent,
-  });
-  return { model, perplexity };
+  const batch = o.batch ?? EVAL_DEFAULTS.batch;
+  const quiet = !o.progress;
+  const perplexity =
+    o.data === undefined
+      ? null
+      : await evaluatePerplexity(model, o.data, {
+          seqlen: o.seqlen ?? EVAL_DEFAULTS.seqlen,
+          batch,
+          maxWindows: o.maxWindows,
+          device,
+          precision: o.precision,
+          quiet,
+          onEvent: o.onEvent,
+        });
+  const zeroShot = tasks && (await evaluateZeroShot(model, { tasks, taskData: o.taskData, limit: o.limit, batch, device, precision: o.precision, quiet }));
+  return { model, perplexity, zeroShot };
 }
 
 export interface GenerateOptions extends RunOptions {

@@ -33,6 +33,7 @@ process.env['EQAT_CACHE_DIR'] = mkdtempSync(join(tmpdir(), 'eqat-cache-'));
 const CLI = join(REPO, 'dist', 'src', 'cli', 'main.js');
 const CALIB = join(REPO, 'fixtures', 'text', 'calib-sample.txt');
 const EVAL = join(REPO, 'fixtures', 'text', 'eval-sample.txt');
+const TASKS = join(REPO, 'test', 'fixtures', 'tasks');
 const WORK = mkdtempSync(join(tmpdir(), 'eqat-api-'));
 
 function cli(...args: string[]): string {
@@ -72,12 +73,17 @@ test('each function gives what its command gives, with the command defaults; eve
   const log = readFileSync(join(viaApi, 'block-ap-log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as object);
   assert.deepEqual(events.filter((e) => e.type === 'epoch').map(({ type: _t, of: _o, ...rest }) => rest), log);
 
-  // evaluate: the command's perplexity, exactly
-  const evalJson = JSON.parse(cli('eval', '--model', viaApi, '--data', EVAL, '--seqlen', '64', '--max-windows', '6', '--json').trim().split('\n').pop()!);
+  // evaluate: the command's perplexity and zero-shot accuracy, exactly
+  const tasks = ['--tasks', 'piqa,winogrande', '--task-data', TASKS, '--limit', '3'];
+  const evalJson = JSON.parse(cli('eval', '--model', viaApi, '--data', EVAL, '--seqlen', '64', '--max-windows', '6', ...tasks, '--json').trim().split('\n').pop()!);
   const evalEvents: EqatEvent[] = [];
-  const ev = await evaluate({ model: viaApi, data: EVAL, seqlen: 64, maxWindows: 6, onEvent: (e) => evalEvents.push(e) });
-  assert.equal(ev.perplexity.nll, evalJson.nll);
-  assert.equal(ev.perplexity.windows, 6);
+  const ev = await evaluate({ model: viaApi, data: EVAL, seqlen: 64, maxWindows: 6, tasks: ['piqa', 'winogrande'], taskData: TASKS, limit: 3, onEvent: (e) => evalEvents.push(e) });
+  assert.equal(ev.perplexity!.nll, evalJson.nll);
+  assert.equal(ev.perplexity!.windows, 6);
+  const scores = (r: { tasks: { task: string; docs: number; acc: number; accNorm: number | null }[] }) => r.tasks.map(({ task, docs, acc, accNorm }) => ({ task, docs, acc, accNorm }));
+  assert.deepEqual(scores(ev.zeroShot!), scores(evalJson.zeroShot));
+  assert.deepEqual(ev.zeroShot!.tasks.map((t) => t.docs), [3, 3]);
+  assert.equal((await evaluate({ model: viaApi, data: EVAL, seqlen: 64, maxWindows: 1 })).zeroShot, null);
   const steps = evalEvents.filter((e) => e.type === 'eval-step');
   assert.ok(steps.length > 0 && steps.at(-1)!.done === steps.at(-1)!.of, 'eval-step events reach the end');
   assert.deepEqual([evalEvents[0]!.type, evalEvents.at(-1)!.type], ['phase', 'done']);
@@ -178,6 +184,10 @@ test('bad options are refused naming the setting, before anything is written', a
   await assert.rejects(quantize({ model: TINY, out, wbits: 2 }), (e: Error) => e instanceof RecipeError && /^recipe: calib: missing/.test(e.message));
   await assert.rejects(quantize({ model: TINY, calib: CALIB, out, wbits: 2, recipe: join(WORK, 'none.yaml') }), /none\.yaml/);
   await assert.rejects(evaluate({ model: TINY, data: join(WORK, 'none.txt') }), /--data .*none\.txt: does not exist/);
+  await assert.rejects(evaluate({ model: TINY }), (e: Error) => e instanceof UsageError && /give data \(perplexity\) or tasks/.test(e.message));
+  await assert.rejects(evaluate({ model: TINY, tasks: ['piqa'], taskData: TASKS, limit: 1, batch: 0 }), /--batch must be an integer >= 1, got 0/);
+  await assert.rejects(evaluate({ model: TINY, tasks: ['piqaa'] }), (e: Error) => e instanceof UsageError && /--tasks: no task "piqaa"; did you mean piqa/.test(e.message));
+  await assert.rejects(evaluate({ model: TINY, data: EVAL, limit: 2 }), /--limit goes with --tasks/);
   await assert.rejects(exportModel({ model: TINY, format: 'xyz' as 'gguf', out: join(WORK, 'x.gguf') }), (e: Error) => e instanceof UsageError && /--format must be one of gguf, onnx/.test(e.message));
   await assert.rejects(loadModel(join(WORK, 'nope')), /--model .*nope: does not exist; pass a model directory/);
   assert.ok(!existsSync(out) && !existsSync(out + '.partial') && !existsSync(out + '.lock'));
