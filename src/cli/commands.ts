@@ -11,7 +11,7 @@ import { loadTokenizer } from '../io/tokenizer.js';
 import { generateFromSource, type GenerateOptions } from '../pipeline/generate.js';
 import { native } from '../engine/native.js';
 import { blockApDefaults, runBlockAp } from '../pipeline/block-ap.js';
-import { runDemo } from '../pipeline/demo.js';
+import { formatDemo, runDemo } from '../pipeline/demo.js';
 import { E2E_QP_SAVE_EVERY, E2E_QP_SAVE_SECONDS, e2eQpDefaults, runE2eQp } from '../pipeline/e2e-qp.js';
 import { resolveRecipe, runQuantize } from '../pipeline/quantize.js';
 import { exportOnnx } from '../export/onnx.js';
@@ -29,6 +29,9 @@ const str = (f: ParsedFlags, k: string) => f[k] as string;
 const int = (f: ParsedFlags, k: string) => f[k] as number;
 
 const threadsFlag = { type: 'int', min: 1, help: 'CPU threads (default: all cores)' } as const;
+
+// on every command: progress (bars, per-block lines, downloads) goes to stderr, results to stdout
+const quietFlag = { type: 'boolean', default: false, help: 'no progress output on stderr' } as const;
 
 // every command that writes refuses an existing output without it (src/io/output.ts)
 const forceFlag = { type: 'boolean', default: false, help: 'replace an existing --out, once the new output is complete' } as const;
@@ -93,6 +96,7 @@ export const COMMANDS: Record<string, Command> = {
       batch: { type: 'int', default: 4, min: 1, help: 'windows per forward step' },
       'max-windows': { type: 'int', min: 1, help: 'evaluate only the first N windows' },
       json: { type: 'boolean', default: false, help: 'print a JSON object as the last line of stdout' },
+      quiet: quietFlag,
       threads: threadsFlag,
       device: deviceFlag,
       precision: precisionFlag,
@@ -108,6 +112,7 @@ export const COMMANDS: Record<string, Command> = {
         maxWindows: f['max-windows'] as number | undefined,
         device,
         precision: f['precision'] as 'f32' | 'bf16' | undefined,
+        quiet: f['quiet'] as boolean,
       });
       if (f['json']) {
         console.log(JSON.stringify({ model: str(f, 'model'), data: str(f, 'data'), ...r, peakRssMiB: peakRssMiB() }));
@@ -127,6 +132,7 @@ export const COMMANDS: Record<string, Command> = {
       temperature: { type: 'number', default: 0, min: 0, help: 'sampling temperature; 0 is greedy' },
       seed: { type: 'int', default: 0, help: 'sampling seed' },
       json: { type: 'boolean', default: false, help: 'print ids and text as JSON' },
+      quiet: quietFlag,
       threads: threadsFlag,
       device: deviceFlag,
       precision: precisionFlag,
@@ -168,7 +174,7 @@ export const COMMANDS: Record<string, Command> = {
       'max-ram': { type: 'number', min: 0, help: 'GiB of RAM for activation caches before they go to disk (default: half of RAM)' },
       restart: { type: 'boolean', default: false, help: 'discard an interrupted run in OUT.partial/ instead of resuming it' },
       force: forceFlag,
-      quiet: { type: 'boolean', default: false, help: 'no progress output' },
+      quiet: quietFlag,
       json: { type: 'boolean', default: false, help: 'print a JSON summary as the last line of stdout' },
       threads: threadsFlag,
       device: deviceFlag,
@@ -215,12 +221,15 @@ export const COMMANDS: Record<string, Command> = {
       seqlen: { type: 'int', default: 256, min: 2, help: 'tokens per window (training and evaluation)' },
       epochs: { type: 'int', default: 2, min: 1, help: 'Block-AP epochs' },
       keep: { type: 'string', help: 'keep the quantized checkpoints in this directory' },
-      quiet: { type: 'boolean', default: false, help: 'no progress output' },
+      quiet: quietFlag,
+      json: { type: 'boolean', default: false, help: 'print the perplexities as JSON instead of a table' },
       threads: threadsFlag,
+      device: deviceFlag,
     },
     async run(f) {
+      const device = applyDevice('demo', f);
       applyThreads(f);
-      await runDemo({
+      const r = await runDemo({
         wbits: int(f, 'wbits'),
         groupSize: int(f, 'group-size'),
         trainSize: int(f, 'train-size'),
@@ -228,7 +237,9 @@ export const COMMANDS: Record<string, Command> = {
         epochs: int(f, 'epochs'),
         keep: (f['keep'] as string | undefined) ?? null,
         quiet: f['quiet'] as boolean,
+        device,
       });
+      console.log(f['json'] ? JSON.stringify(r) : formatDemo(r));
     },
   },
   'e2e-qp': {
@@ -239,7 +250,7 @@ export const COMMANDS: Record<string, Command> = {
       'save-every': saveEveryFlag,
       restart: { type: 'boolean', default: false, help: 'discard an interrupted run in OUT.partial/ instead of resuming it' },
       force: forceFlag,
-      quiet: { type: 'boolean', default: false, help: 'no progress output' },
+      quiet: quietFlag,
       json: { type: 'boolean', default: false, help: 'print a JSON summary as the last line of stdout' },
       threads: threadsFlag,
       device: deviceFlag,
@@ -285,7 +296,7 @@ export const COMMANDS: Record<string, Command> = {
       'save-every': { ...saveEveryFlag, help: `E2E-QP phase: ${saveEveryFlag.help}` },
       restart: { type: 'boolean', default: false, help: 'discard interrupted phases (OUT.block-ap.partial/, OUT.partial/) instead of resuming them, and an OUT.block-ap/ of other settings or inputs instead of refusing it' },
       force: forceFlag,
-      quiet: { type: 'boolean', default: false, help: 'no progress output' },
+      quiet: quietFlag,
       json: { type: 'boolean', default: false, help: 'print a JSON summary as the last line of stdout' },
       threads: threadsFlag,
       device: deviceFlag,
@@ -333,6 +344,7 @@ export const COMMANDS: Record<string, Command> = {
       'external-data': { type: 'boolean', default: false, help: 'ONNX: weights in an external data file (automatic above 1.75 GiB)' },
       force: forceFlag,
       json: { type: 'boolean', default: false, help: 'print the export report as JSON' },
+      quiet: quietFlag,
     },
     async run(f) {
       const model = str(f, 'model');

@@ -2,6 +2,11 @@
 // otherwise (logs, CI), nothing when quiet. Built on cli-progress. The runs report through
 // typed events (src/pipeline/events.ts); progressPrinter turns them into these bars and
 // Block-AP's log lines, as one consumer beside the caller's own (`reporter`).
+// The bar (redrawn in place with carriage returns and cursor codes) is drawn only when stderr is
+// a terminal that can take it: not when stderr is a pipe or file, nor on TERM=dumb. eqat prints no
+// colour anywhere, so NO_COLOR output is the same as any other. Block numbers a person reads are
+// 1-based ("block 3/32"); the events and block-ap-log.jsonl keep the 0-based index of
+// model.layers.<i>.
 import cliProgress from 'cli-progress';
 import type { EqatEvent, OnEvent, Reporting } from '../pipeline/events.js';
 
@@ -12,9 +17,14 @@ export interface Progress {
 
 const SILENT: Progress = { update() {}, stop() {} };
 
+/** Whether progress may be drawn as a bar redrawn in place: stderr is a terminal, and not a dumb one. */
+export function stderrIsInteractive(): boolean {
+  return process.stderr.isTTY === true && process.env['TERM'] !== 'dumb';
+}
+
 export function progress(label: string, total: number, { quiet = false }: { quiet?: boolean } = {}): Progress {
   if (quiet || total <= 0) return SILENT;
-  if (process.stderr.isTTY) {
+  if (stderrIsInteractive()) {
     const bar = new cliProgress.SingleBar(
       {
         format: `${label} [{bar}] {percentage}% {value}/{total} | ETA {eta_formatted} | {info}`,
@@ -66,6 +76,7 @@ function formatExtra(extra: Record<string, string | number>): string {
 export function progressPrinter(): OnEvent {
   let bar: Progress | null = null;
   let barOf = '';
+  let blocks = 0; // the model's block count (block-start's `of`; block-step's `of` counts steps)
   const stop = (): void => {
     bar?.stop();
     bar = null;
@@ -81,12 +92,15 @@ export function progressPrinter(): OnEvent {
   const f = (v: number | null): string => (v === null ? '-' : v.toExponential(4));
   return (e: EqatEvent) => {
     switch (e.type) {
+      case 'block-start':
+        blocks = e.of;
+        break;
       case 'block-step':
-        barFor(`block ${e.block}`, `block ${e.block + 1}/${e.of}`, e.of).update(e.step, { loss: e.loss });
+        barFor(`block ${e.block}`, `block ${e.block + 1}/${blocks} step`, e.of).update(e.step, { loss: e.loss });
         break;
       case 'epoch':
         if (barOf === `block ${e.block}`) stop();
-        process.stderr.write(`block ${e.block} epoch ${e.epoch}: train ${f(e.trainLoss)} val ${f(e.valLoss)} (${e.seconds.toFixed(1)} s)\n`);
+        process.stderr.write(`block ${e.block + 1}/${e.of} epoch ${e.epoch}: train ${f(e.trainLoss)} val ${f(e.valLoss)} (${e.seconds.toFixed(1)} s)\n`);
         break;
       case 'e2e-start': {
         const b = barFor('e2e-qp', 'e2e-qp', e.of);

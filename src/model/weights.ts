@@ -148,7 +148,7 @@ function expectedTensors(cfg: ModelConfig, quant: QuantConfig | null): ExpectedT
   if (!cfg.tieWordEmbeddings) out.push({ name: 'lm_head.weight', shape: [V, C], dtypes: FLOAT_DTYPES, role: 'lm_head (tie_word_embeddings is false)' });
   const shapes = blockParamShapes(cfg);
   for (let i = 0; i < cfg.numLayers; i++) {
-    const role = `block ${i} of ${cfg.numLayers}`;
+    const role = `block ${i + 1} of ${cfg.numLayers}`; // 1-based, beside the 0-based tensor name
     const prefix = `model.layers.${i}.`;
     for (const key of BLOCK_PARAM_NAMES) {
       const shape = shapes[key];

@@ -324,7 +324,7 @@ async function blockAp(opts: BlockApOptions, output: OutputClaim): Promise<Block
   const out = output.out;
   const partial = out + '.partial';
   const keep = (blocks: number): void => {
-    output.kept = blocks > 0 ? `block${blocks > 1 ? `s 0–${blocks - 1}` : ' 0'} finished in ${partial}/` : '';
+    output.kept = blocks > 0 ? `block${blocks > 1 ? `s 1–${blocks}` : ' 1'} finished in ${partial}/` : ''; // 1-based, as people count
   };
   checkInputPath('--model', opts.model, 'directory', 'a Hugging Face model directory');
   if (opts.epochs > 0 && opts.calib) checkInputPath('--calib', opts.calib, 'file', 'a .txt, .jsonl or .parquet file');
@@ -477,7 +477,7 @@ async function blockAp(opts: BlockApOptions, output: OutputClaim): Promise<Block
             const loss = trainer.finish();
             if (!Number.isFinite(loss)) {
               const culprit = trainer.firstNonFinite() ?? 'none: every input and parameter is finite, the block overflowed; lower --quant-lr / --weight-lr';
-              throw new Error(`block ${i}, epoch ${epoch + 1}, step ${step + 1}: loss is ${loss}; first non-finite value: ${culprit}; stopping (no checkpoint written for this block)`);
+              throw new Error(`block ${i + 1}/${cfg.numLayers}, epoch ${epoch + 1}, step ${step + 1}: loss is ${loss}; first non-finite value: ${culprit}; stopping (no checkpoint written for this block)`);
             }
             sum += loss;
             step++;

@@ -1,6 +1,7 @@
 // `eqat demo`: the whole method on the bundled llama-tiny in a few minutes on a small CPU:
 // perplexity of the full-precision model, of round-to-nearest, of Block-AP and of
-// Block-AP + E2E-QP, side by side.
+// Block-AP + E2E-QP, side by side. Progress goes to stderr; the result (a table, or JSON under
+// --json) is printed by the command.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,23 +18,41 @@ export interface DemoOptions {
   epochs: number;
   keep: string | null;
   quiet: boolean;
+  /** Where Block-AP, E2E-QP and the evaluations run (default cpu). */
+  device?: 'cpu' | 'cuda';
 }
 
-export async function runDemo(o: DemoOptions): Promise<void> {
+/** One row per model: its perplexity and the seconds it took (quantizing and evaluating). */
+export interface DemoResult {
+  rows: { model: string; ppl: number; seconds: number }[];
+  /** The directory the checkpoints were kept in (--keep), or null. */
+  kept: string | null;
+}
+
+/** The result as a markdown table (and where the checkpoints are). */
+export function formatDemo(r: DemoResult): string {
+  const lines = ['| model | perplexity | seconds |', '|---|---|---|'];
+  for (const { model, ppl, seconds } of r.rows) lines.push(`| ${model} | ${ppl.toFixed(3)} | ${seconds.toFixed(1)} |`);
+  if (r.kept) lines.push('', `checkpoints kept in ${r.kept}`);
+  return lines.join('\n');
+}
+
+export async function runDemo(o: DemoOptions): Promise<DemoResult> {
   const root = packageRoot();
   const model = join(root, 'fixtures', 'llama-tiny');
   const calib = join(root, 'fixtures', 'text', 'calib-sample.txt');
   const evalText = join(root, 'fixtures', 'text', 'eval-sample.txt');
   const work = o.keep ?? mkdtempSync(join(tmpdir(), 'eqat-demo-'));
   const tag = `w${o.wbits}g${o.groupSize}`;
-  const say = (s: string) => process.stderr.write(s + '\n');
+  const say = (s: string): void => void (o.quiet || process.stderr.write(s + '\n'));
+  const device = o.device ?? 'cpu';
   const rows: [string, number, number][] = [];
   try {
-    const ev = async (dir: string) => (await evaluatePerplexity(dir, evalText, { seqlen: o.seqlen, quiet: true })).ppl;
+    const ev = async (dir: string) => (await evaluatePerplexity(dir, evalText, { seqlen: o.seqlen, quiet: true, device })).ppl;
     say(`eqat demo: llama-tiny, ${tag}, eval on ${evalText} at seqlen ${o.seqlen}`);
     let t = performance.now();
     rows.push(['fp16 (original)', await ev(model), (performance.now() - t) / 1000]);
-    const base = { ...blockApDefaults(o.wbits), model, wbits: o.wbits, groupSize: o.groupSize, quiet: o.quiet };
+    const base = { ...blockApDefaults(o.wbits), model, wbits: o.wbits, groupSize: o.groupSize, quiet: o.quiet, device };
     t = performance.now();
     say('round-to-nearest ...');
     const rtnDir = join(work, `llama-tiny-${tag}-rtn`);
@@ -64,11 +83,10 @@ export async function runDemo(o: DemoOptions): Promise<void> {
       seqlen: o.seqlen,
       microBatchSize: 8,
       quiet: o.quiet,
+      device,
     });
     rows.push([`Block-AP + E2E-QP ${tag}`, await ev(e2eDir), (performance.now() - t) / 1000]);
-    console.log('\n| model | perplexity | seconds |\n|---|---|---|');
-    for (const [name, ppl, s] of rows) console.log(`| ${name} | ${ppl.toFixed(3)} | ${s.toFixed(1)} |`);
-    if (o.keep) console.log(`\ncheckpoints kept in ${work}`);
+    return { rows: rows.map(([model, ppl, seconds]) => ({ model, ppl, seconds })), kept: o.keep ? work : null };
   } finally {
     if (!o.keep) rmSync(work, { recursive: true, force: true });
   }

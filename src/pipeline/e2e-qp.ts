@@ -621,7 +621,7 @@ function firstNonFiniteScale(model: PackedModel): string | null {
     for (const [key, module] of BLOCK_LINEARS) {
       const t = model.blocks[i]!.scales[key];
       const at = firstNonFinite(t);
-      if (at >= 0) return `step size of block ${i} ${module} holds ${t.f32[at]} at element ${at}`;
+      if (at >= 0) return `step size of block ${i + 1}/${model.blocks.length} ${module} holds ${t.f32[at]} at element ${at}`;
     }
   }
   return null;

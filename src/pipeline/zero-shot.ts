@@ -27,6 +27,7 @@
 // / sqrt(n) (lm_eval.api.metrics.mean_stderr), null below two docs. The average the paper
 // reports is the mean acc over the tasks evaluated (EfficientQAT main_block_ap.py).
 import { BF16_NEEDS_CUDA } from '../engine/cuda.js';
+import { EVAL_DEFAULTS } from './eval.js';
 import { WeightSource } from '../model/weights.js';
 import { Model } from '../model/model.js';
 import type { Backend, Precision } from '../backend/backend.js';
@@ -48,7 +49,7 @@ export interface ZeroShotOptions {
   hub?: HubOptions;
   /** Evaluate the first `limit` docs of each task (all when undefined). */
   limit?: number;
-  /** Sequences per forward (default 8). */
+  /** Sequences per forward (default EVAL_DEFAULTS.batch, as eval's --batch). */
   batch?: number;
   quiet?: boolean;
   device?: 'cpu' | 'cuda';
@@ -294,7 +295,7 @@ function scoreTasks<A>(be: Backend<A>, src: WeightSource, tok: Tokenizer, loaded
       group++;
     });
   }
-  const batch = opts.batch ?? 8;
+  const batch = opts.batch ?? EVAL_DEFAULTS.batch;
   const longest = reqs.reduce((m, r) => Math.max(m, r.ids.length), 1);
   const model = new Model(be, src, { residency: 'resident', precision: opts.precision ?? (be.name === 'cuda' ? 'bf16' : 'f32'), B: Math.min(batch, reqs.length), T: longest });
   let scored: ReturnType<typeof scoreRequests>;

@@ -9,20 +9,16 @@
 // schema) were written for these tests by test/fixtures/make-task-data.mjs.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { Model } from '../../src/model/model.js';
-import { WeightSource } from '../../src/model/weights.js';
-import { loadTokenizer, type Tokenizer } from '../../src/io/tokenizer.js';
-import { hellaswagPreprocess, loadTaskDocs, MC_TASKS, parseTaskList, pyCapitalize, taskFiles, type McDoc } from '../../src/data/mc-tasks.js';
+import { hellaswagPreprocess, HUB_PARQUET_REVISION, loadTaskDocs, MC_TASKS, parseTaskList, pyCapitalize, taskFiles, type McDoc } from '../../src/data/mc-tasks.js';
 import { argmax, docScores, evaluateZeroShot, loadTasks, meanStderr, scoreRequests, type ZeroShotResult } from '../../src/pipeline/zero-shot.js';
-import { HUB_PARQUET_REVISION } from '../../src/data/mc-tasks.js';
+import { resolveRecipe, runQuantize } from '../../src/pipeline/quantize.js';
 import { FakeHub, fakeSha } from '../io/fake-hub.js';
 import { REPO, TINY, rtnTiny } from '../golden.js';
-import { resolveRecipe, runQuantize } from '../../src/pipeline/quantize.js';
-import { existsSync } from 'node:fs';
+import { checkEveryItem } from './zero-shot-check.js';
 
 const DATA = join(REPO, 'test', 'fixtures', 'tasks');
 const CLI = join(REPO, 'dist', 'src', 'cli', 'main.js');
@@ -129,69 +125,6 @@ test('each distinct sequence runs once; a prefix of another of its doc is read f
   const ll = (s: number[], c: number) => -s.slice(s.length - c).reduce((a, x, j) => a + x / 10 + (s.length - c - 1 + j) / 100, 0);
   seqs.forEach((s, i) => assert.ok(Math.abs(lls[i]! - ll(s, reqs[i]!.contLen)) < 1e-6, `request ${i}: ${lls[i]} vs ${ll(s, reqs[i]!.contLen)}`));
 });
-
-/** lm-eval's HFLM._encode_pair, written out again: the whole sequence and the continuation's length. */
-function encodePairAgain(tok: Tokenizer, context: string, continuation: string): { ids: number[]; cont: number } {
-  const trailing = /\s*$/.exec(context)![0].length;
-  if (trailing > 0) {
-    continuation = context.slice(context.length - trailing) + continuation;
-    context = context.slice(0, context.length - trailing);
-  }
-  const whole = tok.encode(context + continuation, { addSpecialTokens: false });
-  const ctxLen = tok.encode(context, { addSpecialTokens: false }).length;
-  return { ids: whole, cont: whole.length - ctxLen };
-}
-
-/** Every doc's log-likelihoods recomputed one unpadded sequence at a time, log-softmax in f64. */
-async function checkEveryItem(modelDir: string, r: ZeroShotResult): Promise<void> {
-  const src = WeightSource.open(modelDir);
-  const model = Model.load(src);
-  const tok = loadTokenizer(modelDir);
-  const V = src.cfg.vocabSize;
-  let worst = 0;
-  try {
-    const docsOf = new Map<string, McDoc[]>();
-    for (const t of r.tasks) docsOf.set(t.task, (await loadTaskDocs(MC_TASKS[t.task]!, t.files, t.docs)).docs);
-    assert.equal(r.details!.length, r.tasks.reduce((n, t) => n + t.docs, 0));
-    for (const d of r.details!) {
-      const doc = docsOf.get(d.task)![d.doc]!;
-      doc.requests.forEach((req, c) => {
-        const { ids, cont } = encodePairAgain(tok, req.context, req.continuation);
-        assert.equal(d.tokens[c], cont, `${d.task} doc ${d.doc} choice ${c}: continuation tokens`);
-        const logits = model.forward(Int32Array.from(ids), 1, ids.length).f32; // (L, V)
-        let ll = 0;
-        for (let t = ids.length - cont; t < ids.length; t++) {
-          const row = logits.subarray((t - 1) * V, t * V);
-          let max = -Infinity;
-          for (const x of row) max = Math.max(max, x);
-          let sum = 0;
-          for (const x of row) sum += Math.exp(x - max);
-          ll += row[ids[t]!]! - max - Math.log(sum);
-        }
-        const err = Math.abs(d.lls[c]! - ll);
-        worst = Math.max(worst, err);
-        assert.ok(err <= 1e-4 + 1e-5 * Math.abs(ll), `${d.task} doc ${d.doc} choice ${c}: log-likelihood ${d.lls[c]} vs ${ll} computed alone`);
-      });
-      // the predictions and metrics follow from these log-likelihoods
-      assert.equal(d.pred, argmax(d.lls));
-      assert.equal(d.predNorm, argmax(d.lls.map((x, c) => x / Array.from(doc.choices[c]!).length)));
-    }
-  } finally {
-    model.free();
-    src.close();
-  }
-  for (const t of r.tasks) {
-    const mine = r.details!.filter((d) => d.task === t.task);
-    const acc = meanStderr(mine.map((d) => (d.pred === d.gold ? 1 : 0)));
-    const norm = meanStderr(mine.map((d) => (d.predNorm === d.gold ? 1 : 0)));
-    assert.equal(t.acc, acc.mean);
-    assert.equal(t.accStderr, acc.stderr);
-    assert.equal(t.accNorm, t.task === 'winogrande' ? null : norm.mean);
-    assert.equal(t.accNormStderr, t.task === 'winogrande' ? null : norm.stderr);
-  }
-  assert.equal(r.averageAcc, r.tasks.reduce((s, t) => s + t.acc, 0) / r.tasks.length);
-  process.stdout.write(`# ${modelDir}: ${r.details!.reduce((n, d) => n + d.lls.length, 0)} log-likelihoods, largest difference ${worst.toExponential(2)}\n`);
-}
 
 test('every item\'s log-likelihoods match the sequence computed alone (full precision)', async () => {
   const r = await evaluateZeroShot(TINY, { tasks: parseTaskList(ALL, '--tasks'), taskData: DATA, batch: 5, quiet: true, details: true });
