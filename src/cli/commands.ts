@@ -1,22 +1,18 @@
 // The table of `eqat` subcommands: summary, flags (with defaults) and the function that runs.
 // The flags of training settings on block-ap, e2e-qp and quantize come from the recipe schema
 // (recipeFlagSpecs); the flags written here are the ones that are no recipe setting.
-import { resolve } from 'node:path';
 import { UsageError, type FlagSpecs, type ParsedFlags } from './args.js';
-import { explainSystemError } from '../io/output.js';
-import { evaluatePerplexity } from '../pipeline/eval.js';
-import { WeightSource } from '../model/weights.js';
-import { checkInputPath } from '../io/errors.js';
-import { loadTokenizer } from '../io/tokenizer.js';
-import { generateFromSource, type GenerateOptions } from '../pipeline/generate.js';
+import { EVAL_DEFAULTS } from '../pipeline/eval.js';
+import { formatZeroShot } from '../pipeline/zero-shot.js';
+import { MC_TASK_NAMES, parseTaskList } from '../data/mc-tasks.js';
+import { resolveModel } from '../io/hub.js';
+import { GENERATE_DEFAULTS } from '../pipeline/generate.js';
 import { native } from '../engine/native.js';
-import { blockApDefaults, runBlockAp } from '../pipeline/block-ap.js';
+import { blockAp, e2eQp, evaluate, exportModel, generate, quantize } from '../index.js';
 import { formatDemo, runDemo } from '../pipeline/demo.js';
-import { E2E_QP_SAVE_EVERY, E2E_QP_SAVE_SECONDS, e2eQpDefaults, runE2eQp } from '../pipeline/e2e-qp.js';
-import { resolveRecipe, runQuantize } from '../pipeline/quantize.js';
-import { exportOnnx } from '../export/onnx.js';
-import { exportGguf, GGUF_EMBEDDING_CHOICES, GGUF_TYPE_CHOICES, type GgufExportOptions } from '../export/gguf.js';
-import { loadRecipeFile, overridesFromFlags, recipeFlagSpecs } from '../pipeline/recipe.js';
+import { E2E_QP_SAVE_EVERY, E2E_QP_SAVE_SECONDS } from '../pipeline/e2e-qp.js';
+import { GGUF_EMBEDDING_CHOICES, GGUF_TYPE_CHOICES, type GgufExportOptions } from '../export/gguf.js';
+import { overridesFromFlags, recipeFlagSpecs } from '../pipeline/recipe.js';
 import { BF16_NEEDS_CUDA, DEVICE_FLAGS, deviceForCommand, setDeviceMemoryBudget, type DeviceFlag } from '../engine/cuda.js';
 
 export interface Command {
@@ -82,19 +78,31 @@ function peakRssMiB(): number {
   return Math.round(process.resourceUsage().maxRSS / 1024);
 }
 
+/**
+ * The local directory of --model (or another model flag): the path as given when it exists,
+ * else the Hugging Face cache snapshot of a hub name `org/name[@revision]`, downloaded when
+ * files are missing (src/io/hub.ts). Called once, early, before any expensive work.
+ */
+async function modelDir(f: ParsedFlags, key = 'model'): Promise<string> {
+  return resolveModel(str(f, key), { flag: `--${key}`, quiet: f['quiet'] === true });
+}
+
 function applyThreads(f: ParsedFlags): void {
   if (f['threads'] !== undefined) native().setThreads(int(f, 'threads'));
 }
 
 export const COMMANDS: Record<string, Command> = {
   eval: {
-    summary: 'perplexity of a model (full precision or eqat-quantized) on a text file',
+    summary: 'perplexity of a model (full precision or eqat-quantized) on a text file, and/or zero-shot multiple-choice accuracy (lm-evaluation-harness tasks)',
     flags: {
-      model: { type: 'string', required: true, help: 'model directory (Hugging Face checkpoint or eqat output)' },
-      data: { type: 'string', required: true, help: 'text file (.txt; .jsonl/.parquet documents are joined by blank lines)' },
-      seqlen: { type: 'int', default: 2048, min: 2, help: 'window length in tokens' },
-      batch: { type: 'int', default: 4, min: 1, help: 'windows per forward step' },
-      'max-windows': { type: 'int', min: 1, help: 'evaluate only the first N windows' },
+      model: { type: 'string', required: true, help: 'model directory (Hugging Face checkpoint or eqat output), or a hub name org/name[@revision]' },
+      data: { type: 'string', help: 'perplexity: text file (.txt; .jsonl/.parquet documents are joined by blank lines), or wikitext2 / c4 (the official protocols: README)' },
+      tasks: { type: 'string', help: `zero-shot tasks, comma-separated: ${MC_TASK_NAMES.join(', ')} (docs/EVAL.md)` },
+      'task-data': { type: 'string', help: "directory of the tasks' data in their hub schema: DIR/<task>.parquet or .jsonl, or DIR/<task>/<split>[-*].parquet (default: the hub datasets, through the Hugging Face cache)" },
+      limit: { type: 'int', min: 1, help: 'zero-shot: evaluate only the first N docs of each task' },
+      seqlen: { type: 'int', default: EVAL_DEFAULTS.seqlen, min: 2, help: 'perplexity: window length in tokens' },
+      batch: { type: 'int', default: EVAL_DEFAULTS.batch, min: 1, help: 'windows (perplexity) or sequences (zero-shot) per forward step' },
+      'max-windows': { type: 'int', min: 1, help: 'perplexity: evaluate only the first N windows' },
       json: { type: 'boolean', default: false, help: 'print a JSON object as the last line of stdout' },
       quiet: quietFlag,
       threads: threadsFlag,
@@ -103,34 +111,47 @@ export const COMMANDS: Record<string, Command> = {
       'max-gpu-memory': maxGpuMemoryFlag,
     },
     async run(f) {
+      const data = f['data'] as string | undefined;
+      const taskList = f['tasks'] as string | undefined;
+      if (data === undefined && taskList === undefined) throw new UsageError('eqat eval: pass --data FILE (perplexity) or --tasks LIST (zero-shot), or both');
+      const tasks = taskList !== undefined ? parseTaskList(taskList, '--tasks') : null;
+      if (!tasks) {
+        for (const k of ['task-data', 'limit']) if (f[k] !== undefined) throw new UsageError(`eqat eval: --${k} goes with --tasks`);
+      }
       const device = applyDevice('eval', f);
       applyGpuBudget(f);
       applyThreads(f);
-      const r = await evaluatePerplexity(str(f, 'model'), str(f, 'data'), {
+      const precision = f['precision'] as 'f32' | 'bf16' | undefined;
+      const { perplexity: ppl, zeroShot: zs } = await evaluate({
+        model: str(f, 'model'),
+        data,
         seqlen: int(f, 'seqlen'),
         batch: int(f, 'batch'),
         maxWindows: f['max-windows'] as number | undefined,
+        tasks: tasks?.map((t) => t.name),
+        taskData: f['task-data'] as string | undefined,
+        limit: f['limit'] as number | undefined,
         device,
-        precision: f['precision'] as 'f32' | 'bf16' | undefined,
-        quiet: f['quiet'] as boolean,
+        precision,
+        progress: !f['quiet'],
       });
       if (f['json']) {
-        console.log(JSON.stringify({ model: str(f, 'model'), data: str(f, 'data'), ...r, peakRssMiB: peakRssMiB() }));
+        const out = { model: str(f, 'model'), ...(ppl ? { data, ...ppl } : {}), ...(zs ? { zeroShot: zs } : {}), peakRssMiB: peakRssMiB() };
+        console.log(JSON.stringify(out));
       } else {
-        console.log(
-          `ppl ${r.ppl.toFixed(4)}  nll ${r.nll.toFixed(5)}  windows ${r.windows} x ${r.seqlen} tokens  ${r.seconds.toFixed(1)} s`,
-        );
+        if (ppl) console.log(`ppl ${ppl.ppl.toFixed(4)}  nll ${ppl.nll.toFixed(5)}  windows ${ppl.windows} x ${ppl.seqlen} tokens  ${ppl.seconds.toFixed(1)} s`);
+        if (zs) console.log(formatZeroShot(zs));
       }
     },
   },
   generate: {
     summary: 'generate text from a prompt (greedy by default)',
     flags: {
-      model: { type: 'string', required: true, help: 'model directory' },
+      model: { type: 'string', required: true, help: 'model directory, or a hub name org/name[@revision]' },
       prompt: { type: 'string', required: true, help: 'prompt text' },
-      'max-new-tokens': { type: 'int', default: 32, min: 0, help: 'tokens to generate' },
-      temperature: { type: 'number', default: 0, min: 0, help: 'sampling temperature; 0 is greedy' },
-      seed: { type: 'int', default: 0, help: 'sampling seed' },
+      'max-new-tokens': { type: 'int', default: GENERATE_DEFAULTS.maxNewTokens, min: 0, help: 'tokens to generate' },
+      temperature: { type: 'number', default: GENERATE_DEFAULTS.temperature, min: 0, help: 'sampling temperature; 0 is greedy' },
+      seed: { type: 'int', default: GENERATE_DEFAULTS.seed, help: 'sampling seed' },
       json: { type: 'boolean', default: false, help: 'print ids and text as JSON' },
       quiet: quietFlag,
       threads: threadsFlag,
@@ -144,27 +165,17 @@ export const COMMANDS: Record<string, Command> = {
       if (precision === 'bf16' && device !== 'cuda') throw new UsageError(`--precision: ${BF16_NEEDS_CUDA}`);
       applyGpuBudget(f);
       applyThreads(f);
-      const dir = str(f, 'model');
-      checkInputPath('--model', dir, 'directory', 'a model directory');
-      const src = WeightSource.open(dir);
-      const tok = loadTokenizer(dir);
-      const prompt = tok.encode(str(f, 'prompt'), { addSpecialTokens: true });
-      const opts: GenerateOptions = {
+      const r = await generate({
+        model: await modelDir(f),
+        prompt: str(f, 'prompt'),
         maxNewTokens: int(f, 'max-new-tokens'),
         temperature: f['temperature'] as number,
         seed: int(f, 'seed'),
-        stopAtEos: true,
-      };
-      let ids: number[];
-      try {
-        ids = generateFromSource(src, prompt, opts, { device, precision });
-      } finally {
-        src.close();
-      }
-      const newIds = ids.slice(prompt.length);
-      const text = tok.decode(newIds, { skipSpecialTokens: true });
-      if (f['json']) console.log(JSON.stringify({ prompt_ids: prompt, output_ids: ids, text }));
-      else console.log(str(f, 'prompt') + text);
+        device,
+        precision,
+      });
+      if (f['json']) console.log(JSON.stringify({ prompt_ids: r.promptIds, output_ids: r.outputIds, text: r.text }));
+      else console.log(str(f, 'prompt') + r.text);
     },
   },
   'block-ap': {
@@ -186,20 +197,20 @@ export const COMMANDS: Record<string, Command> = {
       applyGpuBudget(f);
       applyThreads(f);
       const s = overridesFromFlags(f, 'block-ap');
-      const wbits = s.wbits!;
-      const r = await runBlockAp({
-        ...blockApDefaults(wbits), // the presets of the bit width for flags without a default (--weight-lr)
+      s.model = await modelDir(f);
+      // the library's blockAp: flags without a default (--weight-lr) take the presets of the bit width
+      const r = await blockAp({
         ...s.blockAp,
         model: s.model!,
         calib: s.calib ?? null,
         out: s.out!,
-        wbits,
+        wbits: s.wbits!,
         groupSize: s.groupSize!,
         seed: s.seed!,
         maxRamBytes: f['max-ram'] !== undefined ? (f['max-ram'] as number) * 2 ** 30 : undefined,
         restart: f['restart'] as boolean,
         force: f['force'] as boolean,
-        quiet: f['quiet'] as boolean,
+        progress: !f['quiet'],
         device,
         precision: f['precision'] as 'f32' | 'bf16' | undefined,
       });
@@ -245,7 +256,7 @@ export const COMMANDS: Record<string, Command> = {
   'e2e-qp': {
     summary: 'E2E-QP: train only the step sizes of a quantized model end to end (EfficientQAT phase 2)',
     flags: {
-      model: { type: 'string', required: true, help: 'quantized model directory (output of block-ap)' },
+      model: { type: 'string', required: true, help: 'quantized model directory (output of block-ap), or a hub name org/name[@revision]' },
       ...recipeFlagSpecs('e2e-qp'),
       'save-every': saveEveryFlag,
       restart: { type: 'boolean', default: false, help: 'discard an interrupted run in OUT.partial/ instead of resuming it' },
@@ -261,22 +272,19 @@ export const COMMANDS: Record<string, Command> = {
       const device = applyDevice('e2e-qp', f);
       applyGpuBudget(f);
       applyThreads(f);
-      checkInputPath('--model', str(f, 'model'), 'directory', 'a quantized model directory (the output of block-ap)');
-      const probe = WeightSource.open(str(f, 'model'));
-      const bits = probe.quant?.bits ?? 4;
-      probe.close();
+      const model = await modelDir(f);
       const s = overridesFromFlags(f, 'e2e-qp');
-      const r = await runE2eQp({
-        ...e2eQpDefaults(bits), // the presets of the bit width for flags without a default (--lr)
+      // the library's e2eQp: flags without a default (--lr) take the presets of the model's bit width
+      const r = await e2eQp({
         ...s.e2eQp,
-        model: str(f, 'model'),
+        model,
         data: s.e2eQp!.data!,
         out: s.out!,
         seed: s.seed!,
         saveEvery: int(f, 'save-every'),
         restart: f['restart'] as boolean,
         force: f['force'] as boolean,
-        quiet: f['quiet'] as boolean,
+        progress: !f['quiet'],
         device,
         precision: f['precision'] as 'f32' | 'bf16' | undefined,
       });
@@ -307,16 +315,15 @@ export const COMMANDS: Record<string, Command> = {
       const device = applyDevice('quantize', f);
       applyGpuBudget(f);
       applyThreads(f);
-      const file = f['recipe'] as string | undefined;
-      const where = file ?? 'flags';
-      const recipe = resolveRecipe(file ? loadRecipeFile(file) : {}, overridesFromFlags(f), where);
-      const r = await runQuantize(recipe, {
-        quiet: f['quiet'] as boolean,
+      // the library's quantize: the recipe file's values, the flags over them, the presets for the rest
+      const r = await quantize({
+        ...overridesFromFlags(f),
+        recipe: f['recipe'] as string | undefined,
+        progress: !f['quiet'],
         maxRamBytes: f['max-ram'] !== undefined ? (f['max-ram'] as number) * 2 ** 30 : undefined,
         saveEvery: int(f, 'save-every'),
         restart: f['restart'] as boolean,
         force: f['force'] as boolean,
-        recipeFile: file,
         device,
         precision: f['precision'] as 'f32' | 'bf16' | undefined,
       });
@@ -324,13 +331,18 @@ export const COMMANDS: Record<string, Command> = {
       else {
         const resumed = r.e2eQpResumedFrom ? `, resumed after step ${r.e2eQpResumedFrom}` : '';
         console.log(`wrote ${r.out} (Block-AP ${r.blockApSeconds.toFixed(1)} s, E2E-QP ${r.e2eQpSeconds.toFixed(1)} s${resumed})`);
+        if (r.eval) {
+          for (const [data, p] of Object.entries(r.eval.perplexity)) console.log(`${data}: ppl ${p.ppl.toFixed(4)}  nll ${p.nll.toFixed(5)}  windows ${p.windows} x ${p.seqlen} tokens`);
+          if (r.eval.zeroShot) console.log(formatZeroShot(r.eval.zeroShot));
+          console.log(`evaluation written to ${r.out}/eqat-eval.json`);
+        }
       }
     },
   },
   export: {
     summary: 'write a quantized checkpoint for other runtimes: GGUF (llama.cpp) or ONNX (onnxruntime, transformers.js)',
     flags: {
-      model: { type: 'string', required: true, help: 'quantized model directory (eqat output)' },
+      model: { type: 'string', required: true, help: 'quantized model directory (eqat output), or a hub name org/name[@revision]' },
       format: { type: 'string', required: true, choices: ['gguf', 'onnx'], help: 'output format' },
       out: { type: 'string', required: true, help: 'output: a .gguf file, or a directory for onnx' },
       'gguf-type': { type: 'string', default: GGUF_TYPE_CHOICES[0], choices: GGUF_TYPE_CHOICES, help: 'GGUF weight type; auto = the exact mapping for the bit width' },
@@ -347,24 +359,17 @@ export const COMMANDS: Record<string, Command> = {
       quiet: quietFlag,
     },
     async run(f) {
-      const model = str(f, 'model');
-      checkInputPath('--model', model, 'directory', 'a quantized model directory (eqat output)');
       const out = str(f, 'out');
-      let report: object;
-      try {
-        if (str(f, 'format') === 'onnx') {
-          report = await exportOnnx(model, out, { externalData: f['external-data'] ? true : 'auto', force: f['force'] as boolean });
-        } else {
-          report = await exportGguf(model, out, {
-            type: str(f, 'gguf-type') as GgufExportOptions['type'],
-            allowLossy: f['allow-lossy'] as boolean,
-            embeddingType: str(f, 'embedding-type') as GgufExportOptions['embeddingType'],
-            force: f['force'] as boolean,
-          });
-        }
-      } catch (e) {
-        throw explainSystemError(e, resolve(out), false);
-      }
+      const report = await exportModel({
+        model: await modelDir(f),
+        format: str(f, 'format') as 'gguf' | 'onnx',
+        out,
+        ggufType: str(f, 'gguf-type') as GgufExportOptions['type'],
+        allowLossy: f['allow-lossy'] as boolean,
+        embeddingType: str(f, 'embedding-type') as GgufExportOptions['embeddingType'],
+        externalData: f['external-data'] ? true : 'auto',
+        force: f['force'] as boolean,
+      });
       console.log(f['json'] ? JSON.stringify(report) : `wrote ${out}\n${JSON.stringify(report, null, 2)}`);
     },
   },
