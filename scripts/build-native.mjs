@@ -10,21 +10,14 @@
 // node-gyp package, else the one npm bundles. node-gyp would otherwise try to download Node
 // headers; the headers that ship with the running Node (<prefix>/include/node) are used when
 // present (unless npm_config_nodedir names others).
+// reconfigureReason is exported for the tests; the build runs when this file is the entry point.
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import { delimiter, dirname, join } from 'node:path';
+import { existsSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { delimiter, dirname, join, resolve } from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
-const root = dirname(dirname(fileURLToPath(import.meta.url)));
-const build = join(root, 'build');
 const say = (s) => process.stderr.write(`eqat: ${s}\n`);
-
-if (process.platform !== 'linux' || process.arch !== 'x64') {
-  // npm refuses the package first (package.json "os"/"cpu"); this covers --force installs.
-  say(`the native addon builds on Linux x64 only (x86-64 kernels, Linux CUDA loader); this is ${process.platform} ${process.arch}`);
-  process.exit(1);
-}
 
 /** The node-gyp entry point and where it came from. */
 function findNodeGyp() {
@@ -48,9 +41,13 @@ function findNodeGyp() {
   }
 }
 
-/** Why build/ must be configured afresh, or null when an incremental build is enough. */
-function reconfigureReason(nodedir) {
-  if (process.env.EQAT_REBUILD === '1') return 'EQAT_REBUILD=1';
+/**
+ * Why <root>/build must be configured afresh, or null when an incremental build is enough;
+ * `nodedir`: the Node headers the build will use (null: node-gyp's default).
+ */
+export function reconfigureReason(root, nodedir, env = process.env) {
+  if (env.EQAT_REBUILD === '1') return 'EQAT_REBUILD=1';
+  const build = join(root, 'build');
   const makefile = join(build, 'Makefile');
   const target = join(build, 'eqat.target.mk');
   const gypi = join(build, 'config.gypi');
@@ -92,22 +89,32 @@ function missingTools() {
   return missing;
 }
 
-const gyp = findNodeGyp();
-const prefix = dirname(dirname(process.execPath));
-const nodedir = !process.env.npm_config_nodedir && existsSync(join(prefix, 'include', 'node', 'node.h')) ? prefix : null;
-const reason = reconfigureReason(nodedir ?? process.env.npm_config_nodedir);
-const args = [reason ? 'rebuild' : 'build', '--release', '-j', 'max'];
-if (nodedir) args.push(`--nodedir=${nodedir}`);
-say(reason ? `building the native addon (full build: ${reason})` : 'building the native addon (incremental: build/ is configured)');
+function main() {
+  if (process.platform !== 'linux' || process.arch !== 'x64') {
+    // npm refuses the package first (package.json "os"/"cpu"); this covers --force installs.
+    say(`the native addon builds on Linux x64 only (x86-64 kernels, Linux CUDA loader); this is ${process.platform} ${process.arch}`);
+    process.exit(1);
+  }
+  const root = dirname(dirname(fileURLToPath(import.meta.url)));
+  const gyp = findNodeGyp();
+  const prefix = dirname(dirname(process.execPath));
+  const nodedir = !process.env.npm_config_nodedir && existsSync(join(prefix, 'include', 'node', 'node.h')) ? prefix : null;
+  const reason = reconfigureReason(root, nodedir ?? process.env.npm_config_nodedir ?? null);
+  const args = [reason ? 'rebuild' : 'build', '--release', '-j', 'max'];
+  if (nodedir) args.push(`--nodedir=${nodedir}`);
+  say(reason ? `building the native addon (full build: ${reason})` : 'building the native addon (incremental: build/ is configured)');
 
-const run = gyp.path.endsWith('.js') ? [process.execPath, [gyp.path, ...args]] : [gyp.path, args];
-const r = spawnSync(run[0], run[1], { stdio: 'inherit', cwd: root });
-if (r.status !== 0) {
-  const why = r.error ? `could not start node-gyp (${gyp.path}, from ${gyp.from}): ${r.error.message}` : `node-gyp exit ${r.status ?? r.signal}`;
-  const missing = r.error ? [] : missingTools();
-  const hint = missing.length
-    ? `not found on PATH: ${missing.join(', ')}`
-    : 'see its output above (it needs a C++17 compiler, make and python3)';
-  say(`building the native addon failed: ${why}; ${hint}`);
-  process.exit(r.status || 1);
+  const run = gyp.path.endsWith('.js') ? [process.execPath, [gyp.path, ...args]] : [gyp.path, args];
+  const r = spawnSync(run[0], run[1], { stdio: 'inherit', cwd: root });
+  if (r.status !== 0) {
+    const why = r.error ? `could not start node-gyp (${gyp.path}, from ${gyp.from}): ${r.error.message}` : `node-gyp exit ${r.status ?? r.signal}`;
+    const missing = r.error ? [] : missingTools();
+    const hint = missing.length
+      ? `not found on PATH: ${missing.join(', ')}`
+      : 'see its output above (it needs a C++17 compiler, make and python3)';
+    say(`building the native addon failed: ${why}; ${hint}`);
+    process.exit(r.status || 1);
+  }
 }
+
+if (process.argv[1] && realpathSync(resolve(process.argv[1])) === fileURLToPath(import.meta.url)) main();

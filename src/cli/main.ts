@@ -9,10 +9,12 @@
 // value, type or combination, a missing required flag: UsageError); 130 / 143 a run stopped by
 // SIGINT / SIGTERM (InterruptedError, after one line saying what was kept); 1 anything else
 // (inputs, data, the device, the file system).
-import { COMMANDS } from './commands.js';
 import { didYouMean, parseFlags, usage, UsageError, wantsHelp } from './args.js';
 import { InterruptedError } from '../io/output.js';
 import { eqatVersion } from '../engine/version.js';
+
+// the command table pulls in the whole pipeline: loaded after --version, which needs none of it
+let COMMANDS: typeof import('./commands.js').COMMANDS;
 
 /** The command being run, for error lines. */
 let current: string | null = null;
@@ -31,13 +33,14 @@ function unknownCommand(name: string): UsageError {
 
 async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
-  if (name === undefined) {
-    process.stderr.write(overview() + '\n');
-    return 2;
-  }
   if (name === '--version' || name === '-V') {
     process.stdout.write(`eqat ${eqatVersion().eqat}\n`);
     return 0;
+  }
+  ({ COMMANDS } = await import('./commands.js'));
+  if (name === undefined) {
+    process.stderr.write(overview() + '\n');
+    return 2;
   }
   if (name === '-h' || name === '--help' || (name === 'help' && rest.length === 0)) {
     process.stdout.write(overview() + '\n');

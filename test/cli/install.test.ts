@@ -7,6 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, posix } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { REPO } from '../golden.js';
 
 const onLinuxX64 = process.platform === 'linux' && process.arch === 'x64' ? false : 'the addon builds on Linux x64 only';
@@ -46,7 +47,7 @@ function buildNative(dir: string, gyp: string, env: Record<string, string> = {})
   return { status: r.status, stderr: r.stderr };
 }
 
-test('build-native: npm_config_node_gyp is the node-gyp it runs; a configured build/ is built incrementally in parallel, anything else rebuilt', { skip: onLinuxX64 }, () => {
+test('build-native: npm_config_node_gyp is the node-gyp it runs, -j max, rebuild when build/ is not configured, build when it is', { skip: onLinuxX64 }, () => {
   const { dir, gyp, calls } = scratchTree();
   const lastCall = (): string => readFileSync(calls, 'utf8').trim().split('\n').pop()!;
   try {
@@ -60,32 +61,42 @@ test('build-native: npm_config_node_gyp is the node-gyp it runs; a configured bu
     assert.equal(r.status, 0, r.stderr);
     assert.equal(lastCall(), 'build --release -j max');
     assert.match(r.stderr, /incremental/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
 
-    r = buildNative(dir, gyp, { EQAT_REBUILD: '1' });
-    assert.equal(lastCall(), 'rebuild --release -j max');
-    assert.match(r.stderr, /full build: EQAT_REBUILD=1/);
+test('build-native: an incremental build only for the same binding.gyp, kernel files, Node ABI and headers', { skip: onLinuxX64 }, async () => {
+  const { reconfigureReason } = (await import(pathToFileURL(join(REPO, 'scripts', 'build-native.mjs')).href)) as {
+    reconfigureReason(root: string, nodedir: string | null, env?: Record<string, string | undefined>): string | null;
+  };
+  const { dir } = scratchTree();
+  const reason = (env: Record<string, string> = {}, nodedir = '/headers'): string | null => reconfigureReason(dir, nodedir, env);
+  try {
+    assert.equal(reason(), 'build/ is not configured');
+    configure(dir);
+    assert.equal(reason(), null);
+    assert.equal(reason({ EQAT_REBUILD: '1' }), 'EQAT_REBUILD=1');
+    assert.equal(reason({}, '/other-headers'), 'build/ was configured with the headers of /headers, not /other-headers');
 
     writeFileSync(join(dir, 'native', 'cpu', 'rope.cc'), '// a new kernel file: binding.gyp lists it only when configured\n');
-    r = buildNative(dir, gyp);
-    assert.equal(lastCall(), 'rebuild --release -j max');
-    assert.match(r.stderr, /full build: kernel files were added or removed/);
+    assert.equal(reason(), 'kernel files were added or removed');
     rmSync(join(dir, 'native', 'cpu', 'rope.cc'));
+    rmSync(join(dir, 'native', 'cuda', 'loader.cc'));
+    assert.equal(reason(), 'kernel files were added or removed');
+    writeFileSync(join(dir, 'native', 'cuda', 'loader.cc'), '// kernel\n');
+    assert.equal(reason(), null);
 
     configure(dir, { abi: '1' });
-    r = buildNative(dir, gyp);
-    assert.equal(lastCall(), 'rebuild --release -j max');
-    assert.match(r.stderr, new RegExp(`full build: build/ was configured for Node ABI 1, this Node is ${process.versions.modules}`));
+    assert.equal(reason(), `build/ was configured for Node ABI 1, this Node is ${process.versions.modules}`);
 
     configure(dir);
     utimesSync(join(dir, 'binding.gyp'), new Date(), new Date(Date.now() + 60_000));
-    r = buildNative(dir, gyp);
-    assert.equal(lastCall(), 'rebuild --release -j max');
-    assert.match(r.stderr, /full build: binding.gyp changed/);
+    assert.equal(reason(), 'binding.gyp changed');
 
     configure(dir);
-    r = buildNative(dir, gyp, { npm_config_nodedir: '/other-headers' });
-    assert.equal(lastCall(), 'rebuild --release -j max');
-    assert.match(r.stderr, /configured with the headers of \/headers, not \/other-headers/);
+    writeFileSync(join(dir, 'build', 'config.gypi'), '# truncated\n{ "variables": ');
+    assert.equal(reason(), 'build/config.gypi is unreadable');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
