@@ -175,6 +175,37 @@ test('an AbortSignal aborted mid-E2E-QP keeps the last saved state; the same cal
   for (const [f, bytes] of a) assert.ok(bytes.equals(b.get(f)!), `${f} differs`);
 });
 
+test('quantize passes the AbortSignal to both phases: aborted in E2E-QP, the same call again reuses Block-AP and resumes', async () => {
+  const out = join(WORK, 'q-abort');
+  const settings = {
+    model: TINY, calib: CALIB, out, wbits: 2, groupSize: 32, saveEvery: 1,
+    blockAp: { trainSize: 8, valSize: 2, seqlen: 64, batchSize: 2, epochs: 1 },
+    e2eQp: { trainSize: 8, seqlen: 64, batchSize: 2, epochs: 1 },
+  };
+  // aborted at the first Block-AP step: nothing finished
+  const first = new AbortController();
+  await assert.rejects(
+    quantize({ ...settings, signal: first.signal, onEvent: (e) => e.type === 'block-step' && first.abort() }),
+    (e: Error) => e instanceof AbortedError && /^aborted; nothing was kept; rerunning the same command starts over$/.test(e.message),
+  );
+  assert.ok(!existsSync(out) && !existsSync(out + '.block-ap') && !existsSync(out + '.lock') && !existsSync(out + '.block-ap.lock'));
+  // aborted after E2E-QP saved step 2
+  const ac = new AbortController();
+  await assert.rejects(
+    quantize({ ...settings, signal: ac.signal, onEvent: (e) => e.type === 'e2e-save' && e.step === 2 && ac.abort() }),
+    (e: Error) => e instanceof AbortedError && /^aborted; kept the Block-AP checkpoint in .*q-abort\.block-ap\/; the E2E-QP state after step 2 of 4 in .*q-abort\.partial\/; rerunning the same command resumes$/.test(e.message),
+  );
+  const events: EqatEvent[] = [];
+  const r = await quantize({ ...settings, onEvent: (e) => events.push(e) });
+  assert.equal(r.e2eQpResumedFrom, 2);
+  assert.deepEqual(events.filter((e) => e.type === 'phase'), [
+    { type: 'phase', phase: 'block-ap', out: out + '.block-ap', resumedFrom: 0, reused: true },
+    { type: 'phase', phase: 'e2e-qp', out, resumedFrom: 2, reused: false },
+  ]);
+  assert.deepEqual(events.filter((e) => e.type === 'e2e-step').map((e) => e.type === 'e2e-step' && e.step), [3, 4]);
+  assert.ok(existsSync(join(out, 'recipe.json')) && !existsSync(out + '.partial'));
+});
+
 test('bad options are refused naming the setting, before anything is written', async () => {
   const out = join(WORK, 'refused');
   await assert.rejects(blockAp(trainOpts(out, { trainSize: 0 })), (e: Error) => e instanceof UsageError && /^--train-size: must be >= 1, got 0/.test(e.message));
