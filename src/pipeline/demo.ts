@@ -1,14 +1,13 @@
 // `eqat demo`: the whole method on the bundled llama-tiny in a few minutes on a small CPU:
 // perplexity of the full-precision model, of round-to-nearest, of Block-AP and of
 // Block-AP + E2E-QP, side by side. Progress goes to stderr; the result (a table, or JSON under
-// --json) is printed by the command.
+// --json) is printed by the command. It runs through the library (src/index.ts), as the other
+// commands do.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { packageRoot } from '../engine/native.js';
-import { blockApDefaults, runBlockAp } from './block-ap.js';
-import { evaluatePerplexity } from './eval.js';
-import { e2eQpDefaults, runE2eQp } from './e2e-qp.js';
+import { blockAp, e2eQp, evaluate } from '../index.js';
 
 export interface DemoOptions {
   wbits: number;
@@ -48,20 +47,20 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
   const device = o.device ?? 'cpu';
   const rows: [string, number, number][] = [];
   try {
-    const ev = async (dir: string) => (await evaluatePerplexity(dir, evalText, { seqlen: o.seqlen, quiet: true, device })).ppl;
+    const ev = async (dir: string) => (await evaluate({ model: dir, data: evalText, seqlen: o.seqlen, device })).perplexity!.ppl;
     say(`eqat demo: llama-tiny, ${tag}, eval on ${evalText} at seqlen ${o.seqlen}`);
     let t = performance.now();
     rows.push(['fp16 (original)', await ev(model), (performance.now() - t) / 1000]);
-    const base = { ...blockApDefaults(o.wbits), model, wbits: o.wbits, groupSize: o.groupSize, quiet: o.quiet, device };
+    const base = { model, wbits: o.wbits, groupSize: o.groupSize, progress: !o.quiet, device };
     t = performance.now();
     say('round-to-nearest ...');
     const rtnDir = join(work, `llama-tiny-${tag}-rtn`);
-    await runBlockAp({ ...base, calib: null, out: rtnDir, epochs: 0 });
+    await blockAp({ ...base, calib: null, out: rtnDir, epochs: 0 });
     rows.push([`RTN ${tag}`, await ev(rtnDir), (performance.now() - t) / 1000]);
     t = performance.now();
     say(`Block-AP (${o.trainSize} windows x ${o.seqlen} tokens, ${o.epochs} epochs) ...`);
     const bapDir = join(work, `llama-tiny-${tag}-block-ap`);
-    await runBlockAp({
+    await blockAp({
       ...base,
       calib,
       out: bapDir,
@@ -74,15 +73,14 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     t = performance.now();
     say(`E2E-QP (${o.trainSize} windows x ${o.seqlen} tokens, batch 32, 1 epoch) ...`);
     const e2eDir = join(work, `llama-tiny-${tag}-e2e-qp`);
-    await runE2eQp({
-      ...e2eQpDefaults(o.wbits),
+    await e2eQp({
       model: bapDir,
       data: calib,
       out: e2eDir,
       trainSize: o.trainSize,
       seqlen: o.seqlen,
       microBatchSize: 8,
-      quiet: o.quiet,
+      progress: !o.quiet,
       device,
     });
     rows.push([`Block-AP + E2E-QP ${tag}`, await ev(e2eDir), (performance.now() - t) / 1000]);
