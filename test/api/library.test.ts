@@ -206,6 +206,20 @@ test('quantize passes the AbortSignal to both phases: aborted in E2E-QP, the sam
   assert.ok(existsSync(join(out, 'recipe.json')) && !existsSync(out + '.partial'));
 });
 
+test('a listener that throws stops the run with its error, keeping the finished blocks and releasing the output', async () => {
+  const out = join(WORK, 'listener-throws');
+  const boom = new Error('listener failed');
+  const onEvent = (e: EqatEvent): void => {
+    if (e.type === 'block-done' && e.block === 1) throw boom;
+  };
+  await assert.rejects(blockAp({ model: TINY, out, wbits: 4, epochs: 0, onEvent }), (e: unknown) => e === boom);
+  assert.ok(!existsSync(out) && !existsSync(out + '.lock'));
+  assert.equal(JSON.parse(readFileSync(join(out + '.partial', 'state.json'), 'utf8')).finishedBlocks, 2);
+  const r = await blockAp({ model: TINY, out, wbits: 4, epochs: 0 });
+  assert.equal(r.resumedFrom, 2);
+  assertSameFiles(join(WORK, 'rtn-api'), out, 'resumed after the listener failed');
+});
+
 test('bad options are refused naming the setting, before anything is written', async () => {
   const out = join(WORK, 'refused');
   await assert.rejects(blockAp(trainOpts(out, { trainSize: 0 })), (e: Error) => e instanceof UsageError && /^--train-size: must be >= 1, got 0/.test(e.message));
