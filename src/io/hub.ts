@@ -38,7 +38,7 @@
 // refused, no network, offline mode with a cold cache, a checksum mismatch.
 import { createHash } from 'node:crypto';
 import { closeSync, existsSync, fstatSync, lstatSync, mkdirSync, openSync, readFileSync, readSync, renameSync, rmSync, statSync, symlinkSync, copyFileSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
-import { homedir } from 'node:os';
+import { homedir, hostname } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import cliProgress from 'cli-progress';
 
@@ -509,11 +509,69 @@ async function ensureFiles(ctx: DownloadContext, entries: HubFileEntry[]): Promi
   try {
     for (const e of todo) {
       const blob = join(ctx.storage, 'blobs', etagOf(e));
-      await downloadBlob(ctx, e, blob, bar);
+      const release = await lockBlob(ctx, e, blob);
+      try {
+        // another run may have finished it while this one waited
+        if (fileSize(blob) !== sizeOf(e)) await downloadBlob(ctx, e, blob, bar);
+        else bar.add(sizeOf(e));
+      } finally {
+        release();
+      }
       linkPointer(join(ctx.dir, e.path), blob);
     }
   } finally {
     bar.stop();
+  }
+}
+
+/** How often a run waiting for another's download of the same file looks again. */
+const LOCK_POLL_MS = 250;
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * One download of a blob at a time among eqat runs sharing the cache: `<blob>.lock` created
+ * exclusively, holding the pid and host. A run that finds it waits while its owner (on this host)
+ * is alive, and takes it over when the owner is gone. Returns the release.
+ */
+async function lockBlob(ctx: DownloadContext, e: HubFileEntry, blob: string): Promise<() => void> {
+  const lock = `${blob}.lock`;
+  mkdirSync(dirname(blob), { recursive: true });
+  let noted = false;
+  for (;;) {
+    try {
+      const fd = openSync(lock, 'wx');
+      writeSync(fd, `${process.pid} ${hostname()}\n`);
+      closeSync(fd);
+      return () => rmSync(lock, { force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    let owner = '';
+    try {
+      owner = readFileSync(lock, 'utf8');
+    } catch {
+      continue; // released meanwhile
+    }
+    const [pidText, host] = owner.trim().split(' ');
+    const pid = Number(pidText);
+    const alive = Number.isSafeInteger(pid) && pid > 0 && (host !== hostname() || pidAlive(pid));
+    if (!alive) {
+      rmSync(lock, { force: true }); // its owner is gone: take it over
+      continue;
+    }
+    if (!noted && !ctx.quiet) {
+      process.stderr.write(`waiting for another eqat run (pid ${pid}${host !== hostname() ? ` on ${host}` : ''}) downloading ${e.path} of ${ctx.label} (${lock})\n`);
+      noted = true;
+    }
+    await new Promise((ok) => setTimeout(ok, LOCK_POLL_MS));
   }
 }
 

@@ -8,7 +8,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, readdirSync, rmSync, writeFileSync, cpSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
@@ -267,6 +267,23 @@ test('an interrupted download resumes from the .incomplete file with a range req
   assert.deepEqual(resumed.map((r) => r.range), [`bytes=${kept}-${good.length - 1}`]);
   assert.ok(readFileSync(join(dir, 'model.safetensors')).equals(good));
   assert.equal(existsSync(incomplete), false);
+});
+
+test('two runs resolving the same model at once download each file once (a lock per blob)', async () => {
+  const cache = freshCache();
+  const n = hub.downloads('model.safetensors').length;
+  const [a, b] = await Promise.all([resolveModel('test-org/llama-tiny', opts(cache)), resolveModel('test-org/llama-tiny', opts(cache))]);
+  assert.equal(a, b);
+  assert.equal(hub.downloads('model.safetensors').length, n + 1);
+  assert.ok(readFileSync(join(a, 'model.safetensors')).equals(tinyFiles['model.safetensors']!));
+  const blobs = join(repoFolder(cache, 'model', 'test-org/llama-tiny'), 'blobs');
+  assert.deepEqual(readdirSync(blobs).filter((f) => f.endsWith('.lock') || f.endsWith('.incomplete')), []);
+  // a lock whose owner is gone is taken over
+  const cache2 = freshCache();
+  const blobs2 = join(repoFolder(cache2, 'model', 'test-org/llama-tiny'), 'blobs');
+  mkdirSync(blobs2, { recursive: true });
+  writeFileSync(join(blobs2, `${sha256(tinyFiles['model.safetensors']!)}.lock`), `999999999 ${hostname()}\n`);
+  await resolveModel('test-org/llama-tiny', opts(cache2));
 });
 
 test('a local path that exists wins over the hub name', async () => {
