@@ -10,9 +10,19 @@
 // node-gyp package, else the one npm bundles. node-gyp would otherwise try to download Node
 // headers; the headers that ship with the running Node (<prefix>/include/node) are used when
 // present (unless npm_config_nodedir names others).
+//
+// Prebuilt addon: the packed package carries prebuilds/linux-x64/eqat.node (Node-API, so one
+// binary serves every Node >= 20), written by `npm pack` / `npm publish` (prepack: this script
+// with --prebuild builds, then copies build/Release/eqat.node there). As the package's install
+// script, this script uses that binary when it loads here (a child process requires it) and
+// builds from source otherwise (an older glibc or libstdc++ than the build machine's), or when
+// npm_config_build_from_source=true (`npm install --build-from-source`) or EQAT_BUILD_FROM_SOURCE=1.
+// A checkout has no prebuilds/ (ignored by git), so `npm ci` and `npm run build` always compile.
+// src/engine/native.ts loads build/Release/eqat.node when present, else the prebuilt one.
+//
 // reconfigureReason is exported for the tests; the build runs when this file is the entry point.
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
@@ -89,6 +99,18 @@ function missingTools() {
   return missing;
 }
 
+/** The prebuilt addon of this platform in a package rooted at `root` (it may not exist). */
+export function prebuiltPath(root) {
+  return join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'eqat.node');
+}
+
+/** Null when the prebuilt addon loads in a fresh Node process, else why not. */
+function prebuiltProblem(path) {
+  const r = spawnSync(process.execPath, ['-e', 'require(process.argv[1]).cpuInfo()', path], { encoding: 'utf8' });
+  if (r.status === 0) return null;
+  return (r.error?.message ?? r.stderr.trim().split('\n').find((l) => /Error/.test(l)) ?? `exit ${r.status}`).slice(0, 300);
+}
+
 function main() {
   if (process.platform !== 'linux' || process.arch !== 'x64') {
     // npm refuses the package first (package.json "os"/"cpu"); this covers --force installs.
@@ -96,6 +118,16 @@ function main() {
     process.exit(1);
   }
   const root = dirname(dirname(fileURLToPath(import.meta.url)));
+  const prebuilt = prebuiltPath(root);
+  const fromSource = process.env.npm_config_build_from_source === 'true' || process.env.EQAT_BUILD_FROM_SOURCE === '1';
+  if (process.env.npm_lifecycle_event === 'install' && existsSync(prebuilt)) {
+    const problem = fromSource ? null : prebuiltProblem(prebuilt);
+    if (!fromSource && problem === null) {
+      say(`using the prebuilt addon ${prebuilt.slice(root.length + 1)} (npm install --build-from-source compiles it instead)`);
+      return;
+    }
+    say(fromSource ? 'building the addon from source as asked' : `the prebuilt addon does not load here (${problem}); building from source`);
+  }
   const gyp = findNodeGyp();
   const prefix = dirname(dirname(process.execPath));
   const nodedir = !process.env.npm_config_nodedir && existsSync(join(prefix, 'include', 'node', 'node.h')) ? prefix : null;
@@ -114,6 +146,12 @@ function main() {
       : 'see its output above (it needs a C++17 compiler, make and python3)';
     say(`building the native addon failed: ${why}; ${hint}`);
     process.exit(r.status || 1);
+  }
+  if (process.argv.includes('--prebuild')) {
+    // prepack: the package carries the binary just built
+    mkdirSync(dirname(prebuilt), { recursive: true });
+    copyFileSync(join(root, 'build', 'Release', 'eqat.node'), prebuilt);
+    say(`prebuilt addon: ${prebuilt.slice(root.length + 1)}`);
   }
 }
 

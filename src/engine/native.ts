@@ -32,12 +32,19 @@ type Addon = Record<string, (...args: unknown[]) => unknown> & {
 
 let addon: Addon | undefined;
 
-/** The loaded addon; throws a clear error when it has not been built. */
+/**
+ * The loaded addon: the one built here (build/Release/eqat.node) when present, else the prebuilt
+ * one a packed package carries (prebuilds/<platform>-<arch>/eqat.node, scripts/build-native.mjs);
+ * throws a clear error when there is neither.
+ */
 export function native(): Addon {
   if (addon) return addon;
-  const path = join(packageRoot(), 'build', 'Release', 'eqat.node');
-  if (!existsSync(path)) {
-    throw new Error(`eqat: native addon not found at ${path}; run \`npm install\` (or \`npm run build\`) to build it`);
+  const root = packageRoot();
+  const built = join(root, 'build', 'Release', 'eqat.node');
+  const prebuilt = join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'eqat.node');
+  const path = [built, prebuilt].find((p) => existsSync(p));
+  if (!path) {
+    throw new Error(`eqat: native addon not found at ${built} (nor a prebuilt one at ${prebuilt}); run \`npm install\` (or \`npm run build\`) to build it`);
   }
   addon = createRequire(import.meta.url)(path) as Addon;
   return addon;

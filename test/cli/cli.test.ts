@@ -118,7 +118,7 @@ test('parseFlags: node:util parseArgs complaints in eqat\'s words, naming the fl
   assert.throws(() => parseFlags('eval', ['--', '-h'], specs), /eqat eval: unexpected argument '-h': flags are/, '-h after -- is no help');
 });
 
-test('a runtime error exits 1 with one "eqat:" prefix, also for a message that carries its own (the addon loader\'s)', () => {
+test('a runtime error exits 1 with one "eqat:" prefix, also for a message that carries its own (the addon loader\'s); a package without build/ loads its prebuilt addon', () => {
   // a package tree without build/: the addon loader throws "eqat: native addon not found ..."
   const dir = mkdtempSync(join(tmpdir(), 'eqat-no-addon-'));
   try {
@@ -129,8 +129,14 @@ test('a runtime error exits 1 with one "eqat:" prefix, also for a message that c
     symlinkSync(join(REPO, 'node_modules'), join(dir, 'node_modules'));
     const n = eqat(['eval', '--model', TINY, '--data', EVAL_TEXT, '--threads', '1'], {}, join(dir, 'dist', 'src', 'cli', 'main.js'));
     assert.equal(n.status, 1, n.stderr);
-    assert.match(n.stderr, /^eqat: native addon not found at /);
+    assert.match(n.stderr, /^eqat: native addon not found at \S+ \(nor a prebuilt one at \S+prebuilds\/linux-x64\/eqat\.node\)/);
     assert.doesNotMatch(n.stderr, /eqat: eqat:/);
+    // an installed package without build/ loads the prebuilt addon it carries
+    mkdirSync(join(dir, 'prebuilds', `${process.platform}-${process.arch}`), { recursive: true });
+    cpSync(join(REPO, 'build', 'Release', 'eqat.node'), join(dir, 'prebuilds', `${process.platform}-${process.arch}`, 'eqat.node'));
+    const p = eqat(['generate', '--model', TINY, '--prompt', 'a', '--max-new-tokens', '1', '--threads', '1', '--json'], {}, join(dir, 'dist', 'src', 'cli', 'main.js'));
+    assert.equal(p.status, 0, p.stderr);
+    assert.equal((JSON.parse(p.stdout) as { output_ids: number[] }).output_ids.length, (JSON.parse(p.stdout) as { prompt_ids: number[] }).prompt_ids.length + 1);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -1,10 +1,10 @@
-// The install: scripts/build-native.mjs (which node-gyp, incremental or full, what a failure
-// says) against a stand-in node-gyp in a scratch tree, and the packed tarball's contents
+// The install: scripts/build-native.mjs (which node-gyp, incremental or full, the prebuilt addon
+// or a source build, what a failure says) against a stand-in node-gyp in a scratch tree, and the packed tarball's contents
 // (`npm pack --dry-run`): what a user needs, no test artefacts, every source map resolvable.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, posix } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -39,8 +39,8 @@ function configure(dir: string, { abi = process.versions.modules, objs = ['bindi
   utimesSync(join(dir, 'binding.gyp'), past, past); // binding.gyp older than the Makefile
 }
 
-function buildNative(dir: string, gyp: string, env: Record<string, string> = {}) {
-  const r = spawnSync(process.execPath, [join(dir, 'scripts', 'build-native.mjs')], {
+function buildNative(dir: string, gyp: string, env: Record<string, string> = {}, args: string[] = []) {
+  const r = spawnSync(process.execPath, [join(dir, 'scripts', 'build-native.mjs'), ...args], {
     encoding: 'utf8',
     env: { ...process.env, npm_config_node_gyp: gyp, npm_config_nodedir: '/headers', EQAT_REBUILD: '', ...env },
   });
@@ -118,6 +118,43 @@ test('build-native: a missing node-gyp and a failed build say which, and name th
     r = buildNative(dir, gyp, { FAKE_GYP_EXIT: '1', PATH: empty, CXX: '', PYTHON: '', npm_config_python: '' });
     assert.equal(r.status, 1);
     assert.match(r.stderr, /not found on PATH: make, python3, a C\+\+17 compiler \(c\+\+ or g\+\+\)/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('build-native as the install script: the prebuilt addon when it loads, a source build when asked or when it does not load; --prebuild copies the build into prebuilds/', { skip: onLinuxX64 }, () => {
+  const { dir, gyp, calls } = scratchTree();
+  const prebuilt = join(dir, 'prebuilds', 'linux-x64', 'eqat.node');
+  const built = join(REPO, 'build', 'Release', 'eqat.node');
+  const called = (): string => (existsSync(calls) ? readFileSync(calls, 'utf8') : '');
+  const install = { npm_lifecycle_event: 'install', npm_config_build_from_source: '', EQAT_BUILD_FROM_SOURCE: '' };
+  try {
+    mkdirSync(dirname(prebuilt), { recursive: true });
+    cpSync(built, prebuilt);
+    let r = buildNative(dir, gyp, install);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /^eqat: using the prebuilt addon prebuilds\/linux-x64\/eqat\.node \(npm install --build-from-source compiles it instead\)$/m);
+    assert.equal(called(), '', 'no compile');
+
+    r = buildNative(dir, gyp, { ...install, npm_config_build_from_source: 'true' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /building the addon from source as asked/);
+    assert.equal(called(), 'rebuild --release -j max\n');
+
+    writeFileSync(prebuilt, 'not an ELF file');
+    r = buildNative(dir, gyp, install);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /the prebuilt addon does not load here \(.*\); building from source/);
+    assert.equal(called(), 'rebuild --release -j max\n'.repeat(2));
+
+    // prepack: build (the stand-in leaves build/Release/eqat.node as a real build would), then copy
+    rmSync(prebuilt);
+    mkdirSync(join(dir, 'build', 'Release'), { recursive: true });
+    cpSync(built, join(dir, 'build', 'Release', 'eqat.node'));
+    r = buildNative(dir, gyp, { npm_lifecycle_event: 'prepack' }, ['--prebuild']);
+    assert.equal(r.status, 0, r.stderr);
+    assert.ok(readFileSync(prebuilt).equals(readFileSync(built)), 'prebuilds/linux-x64/eqat.node is the build');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
