@@ -2,10 +2,12 @@
 // (hand-written strings for the templates, HellaSwag's cleanup and WinoGrande's partial
 // scoring), every doc's log-likelihoods against an independent computation (the unpadded,
 // unbatched sequence through Model.forward, log-softmax in f64 here, continuation tokens found
-// by lm-eval's split written out again here), acc / acc_norm / stderr against hand-computed
-// values on items where the two disagree, the full-precision and the packed (RTN) model, the
-// CLI's table and JSON, and bad input: unknown task names, missing columns, wrong types, empty
-// splits, --limit 0, absent task data. The fixtures (test/fixtures/tasks, in each dataset's hub
+// by lm-eval's split written out again here), the first doc of each task also against a Llama
+// forward written from the reference ops (test/pipeline/zero-shot-check.ts), acc / acc_norm /
+// stderr against hand-computed values on items where the two disagree, the full-precision and
+// the packed (RTN) model, the CLI's table and JSON, task data from a hub on 127.0.0.1, quantize's
+// eval section, and bad input: unknown task names, missing columns, wrong types, empty splits,
+// --limit 0, absent task data. The fixtures (test/fixtures/tasks, in each dataset's hub
 // schema) were written for these tests by test/fixtures/make-task-data.mjs.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,7 +20,9 @@ import { argmax, docScores, evaluateZeroShot, loadTasks, meanStderr, scoreReques
 import { resolveRecipe, runQuantize } from '../../src/pipeline/quantize.js';
 import { FakeHub, fakeSha } from '../io/fake-hub.js';
 import { REPO, TINY, rtnTiny } from '../golden.js';
-import { checkEveryItem } from './zero-shot-check.js';
+import { checkEveryItem, refLoglikelihood } from './zero-shot-check.js';
+import { WeightSource } from '../../src/model/weights.js';
+import { loadTokenizer } from '../../src/io/tokenizer.js';
 
 const DATA = join(REPO, 'test', 'fixtures', 'tasks');
 const CLI = join(REPO, 'dist', 'src', 'cli', 'main.js');
@@ -143,6 +147,29 @@ test('every item\'s log-likelihoods match on the packed (RTN w4g32) checkpoint, 
   const r = await evaluateZeroShot(rtn, { tasks: parseTaskList('arc_challenge,winogrande,hellaswag', '--tasks'), taskData: DATA, limit: 6, batch: 3, quiet: true, details: true });
   assert.deepEqual(r.tasks.map((t) => [t.docs, t.rows]), [[6, 20], [6, 24], [6, 22]]);
   await checkEveryItem(rtn, r);
+});
+
+test('the first doc of every task against a forward written from the reference ops (src/ops/ref), full precision and RTN', async () => {
+  for (const model of [TINY, await rtnTiny(4, 32)]) {
+    const r = await evaluateZeroShot(model, { tasks: parseTaskList(ALL, '--tasks'), taskData: DATA, limit: 1, batch: 3, quiet: true, details: true });
+    const src = WeightSource.open(model);
+    const tok = loadTokenizer(model);
+    let worst = 0;
+    try {
+      for (const d of r.details!) {
+        const t = MC_TASKS[d.task]!;
+        const doc = (await loadTaskDocs(t, taskFiles(DATA, t)!, 1)).docs[d.doc]!;
+        doc.requests.forEach((req, c) => {
+          const ref = refLoglikelihood(src, tok, req.context, req.continuation);
+          worst = Math.max(worst, Math.abs(d.lls[c]! - ref));
+          assert.ok(Math.abs(d.lls[c]! - ref) <= 2e-4 + 2e-5 * Math.abs(ref), `${model} ${d.task} doc ${d.doc} choice ${c}: ${d.lls[c]} vs reference ${ref}`);
+        });
+      }
+    } finally {
+      src.close();
+    }
+    process.stdout.write(`# ${model}: ${r.requests} log-likelihoods against the reference ops, largest difference ${worst.toExponential(2)}\n`);
+  }
 });
 
 test('acc and acc_norm on items built to split them: a one-letter choice beside a long sentence', async () => {
