@@ -81,6 +81,6 @@ test('--device auto runs on the CPU without CUDA', () => {
 test('generate --precision bf16 without --device cuda is refused before any output, as a usage error', () => {
   const r = eqat(['generate', '--model', tiny, '--prompt', 'hi', '--precision', 'bf16']);
   assert.equal(r.status, 2, r.stderr);
-  assert.equal(r.stderr.trim(), 'eqat: --precision: bf16 needs --device cuda (the CPU computes in f32)');
+  assert.equal(r.stderr.trim(), 'eqat generate: --precision: bf16 needs --device cuda (the CPU computes in f32)');
   assert.equal(r.stdout, '');
 });
