@@ -17,7 +17,7 @@
 // script, this script uses that binary when it loads here (a child process requires it) and
 // builds from source otherwise (an older glibc or libstdc++ than the build machine's), or when
 // npm_config_build_from_source=true (`npm install --build-from-source`) or EQAT_BUILD_FROM_SOURCE=1.
-// A checkout has no prebuilds/ (ignored by git), so `npm ci` and `npm run build` always compile.
+// In a checkout (a .git beside package.json) `npm ci` and `npm run build` always compile.
 // src/engine/native.ts loads build/Release/eqat.node when present, else the prebuilt one.
 //
 // reconfigureReason is exported for the tests; the build runs when this file is the entry point.
@@ -120,7 +120,8 @@ function main() {
   const root = dirname(dirname(fileURLToPath(import.meta.url)));
   const prebuilt = prebuiltPath(root);
   const fromSource = process.env.npm_config_build_from_source === 'true' || process.env.EQAT_BUILD_FROM_SOURCE === '1';
-  if (process.env.npm_lifecycle_event === 'install' && existsSync(prebuilt)) {
+  // a checkout (.git) always compiles: a prebuilds/ left there by npm pack may be older than its sources
+  if (process.env.npm_lifecycle_event === 'install' && existsSync(prebuilt) && !existsSync(join(root, '.git'))) {
     const problem = fromSource ? null : prebuiltProblem(prebuilt);
     if (!fromSource && problem === null) {
       say(`using the prebuilt addon ${prebuilt.slice(root.length + 1)} (npm install --build-from-source compiles it instead)`);
