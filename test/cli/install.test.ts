@@ -136,17 +136,21 @@ test('build-native as the install script: the prebuilt addon when it loads, a so
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stderr, /^eqat: using the prebuilt addon prebuilds\/linux-x64\/eqat\.node \(npm install --build-from-source compiles it instead\)$/m);
     assert.equal(called(), '', 'no compile');
+    mkdirSync(join(dir, '.git'));
+    r = buildNative(dir, gyp, install);
+    assert.equal(called(), 'rebuild --release -j max\n', 'a checkout compiles');
+    rmSync(join(dir, '.git'), { recursive: true });
 
     r = buildNative(dir, gyp, { ...install, npm_config_build_from_source: 'true' });
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stderr, /building the addon from source as asked/);
-    assert.equal(called(), 'rebuild --release -j max\n');
+    assert.equal(called(), 'rebuild --release -j max\n'.repeat(2));
 
     writeFileSync(prebuilt, 'not an ELF file');
     r = buildNative(dir, gyp, install);
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stderr, /the prebuilt addon does not load here \(.*\); building from source/);
-    assert.equal(called(), 'rebuild --release -j max\n'.repeat(2));
+    assert.equal(called(), 'rebuild --release -j max\n'.repeat(3));
 
     // prepack: build (the stand-in leaves build/Release/eqat.node as a real build would), then copy
     rmSync(prebuilt);
