@@ -18,7 +18,7 @@
 //   (`AbortedError`);
 // - a system error on the output (disk full, read-only file system, permission denied) names
 //   the path and the way out (`explainSystemError`).
-import { closeSync, existsSync, linkSync, mkdirSync, openSync, readFileSync, realpathSync, renameSync, rmdirSync, rmSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, rmdirSync, rmSync, unlinkSync, writeSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { basename, dirname, join, resolve, sep } from 'node:path';
 
@@ -386,6 +386,15 @@ function removeEmptyDirs(dir: string, top: string | undefined): void {
  * Makes the finished `built` (a complete directory or file next to the output) the output:
  * a rename; an output being replaced (--force) is moved aside first and removed after.
  */
+/**
+ * Removes the temporary files a killed writer leaves in `dir` (`x.tmp` of the JSON and log
+ * writers, `.x.tmp-<pid>-<time>-<n>` of writeSafetensors), so that neither a resumed run nor the
+ * published output carries them.
+ */
+export function removeTemporaries(dir: string): void {
+  for (const f of readdirSync(dir)) if (f.endsWith('.tmp') || /\.tmp-\d+-\d+-\d+$/.test(f)) rmSync(join(dir, f), { force: true });
+}
+
 export function publishOutput(claim: OutputClaim, built: string): void {
   if (!claim.replaces || !existsSync(claim.out)) {
     renameSync(built, claim.out);

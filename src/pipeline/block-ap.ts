@@ -56,7 +56,7 @@ import type { OnEvent } from './events.js';
 import { eqatVersion } from '../engine/version.js';
 import { validateCommandSettings } from './recipe.js';
 import { UsageError } from '../cli/args.js';
-import { claimOutput, explainSystemError, interruptionPoint, publishOutput, throwIfAborted, type OutputClaim } from '../io/output.js';
+import { claimOutput, explainSystemError, removeTemporaries, interruptionPoint, publishOutput, throwIfAborted, type OutputClaim } from '../io/output.js';
 import { modelIdentity, inputDifference, otherRunError, unusableStateError, type InputIdentity } from '../io/fingerprint.js';
 import { isJsonObject } from '../io/errors.js';
 import { kebab } from './e2e-qp.js';
@@ -531,7 +531,7 @@ async function blockAp(opts: BlockApOptions, output: OutputClaim): Promise<Block
   }
   rmSync(join(partial, 'cache'), { recursive: true, force: true });
   rmSync(statePath, { force: true });
-  for (const f of readdirSync(partial)) if (f.endsWith('.tmp')) rmSync(join(partial, f), { force: true });
+  removeTemporaries(partial);
   publishOutput(output, partial);
   const seconds = (performance.now() - t0) / 1000;
   emit({ type: 'done', phase: 'block-ap', out, seconds });

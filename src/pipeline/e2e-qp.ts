@@ -26,7 +26,7 @@ import { appendFileSync, copyFileSync, existsSync, mkdirSync, readdirSync, readF
 import { join, resolve } from 'node:path';
 import { Arena, type Tensor } from '../engine/tensor.js';
 import { UsageError } from '../cli/args.js';
-import { claimOutput, explainSystemError, interruptionPoint, publishOutput, throwIfAborted, type OutputClaim } from '../io/output.js';
+import { claimOutput, explainSystemError, removeTemporaries, interruptionPoint, publishOutput, throwIfAborted, type OutputClaim } from '../io/output.js';
 import { BF16_NEEDS_CUDA, type DeviceArray } from '../engine/cuda.js';
 import { WeightSource } from '../model/weights.js';
 import { BLOCK_LINEARS } from '../model/block.js';
@@ -605,7 +605,7 @@ async function e2eQp(o: E2eQpOptions, output: OutputClaim): Promise<E2eQpResult>
     }
     // the state and any temporary file of a save cut short go; then the rename makes it visible
     rmSync(statePath, { force: true });
-    for (const f of readdirSync(partial)) if (f.includes('.tmp')) rmSync(join(partial, f), { force: true });
+    removeTemporaries(partial);
     publishOutput(output, partial);
     emit({ type: 'done', phase: 'e2e-qp', out, seconds });
     return { out, steps: step, firstLoss, lastLoss, seconds, packedBytes: model.packedBytes(), resumedFrom };

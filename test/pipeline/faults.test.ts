@@ -8,8 +8,8 @@
 // - disk full, read-only and permission errors (simulated by test/fault/fs-fault.ts) name the
 //   path and the way out, and a rerun after a full disk finishes the same checkpoint;
 // - exit codes: usage errors 2, everything else 1;
-// - full tier: kill -9 at seeded random times of block-ap, e2e-qp and quantize (three trials
-//   each), each rerun finishing a checkpoint identical to an uninterrupted run's.
+// - kill -9 at seeded random times of block-ap, e2e-qp and quantize (three trials each, timed
+//   from the output lock), each rerun finishing a checkpoint identical to an uninterrupted run's.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -21,7 +21,6 @@ import { Rng } from '../../src/engine/random.js';
 import { runBlockAp, blockApDefaults } from '../../src/pipeline/block-ap.js';
 import { exportGguf } from '../../src/export/gguf.js';
 import { exportOnnx } from '../../src/export/onnx.js';
-import { fullTierOnly } from '../tier.js';
 import { runKillable } from '../util.js';
 
 process.env['EQAT_CACHE_DIR'] = mkdtempSync(join(tmpdir(), 'eqat-cache-'));
@@ -342,23 +341,36 @@ test('disk full, read-only and permission errors name the path and the way out; 
   assert.ok(!existsSync(cacheOut + '.lock'));
 });
 
-// kill -9 at seeded random times: each interrupted run, rerun, finishes the reference checkpoint
-async function killTrials(name: string, args: (out: string) => string[], ref: string, seed: number, kept: string[] = []): Promise<string> {
-  const t0 = Date.now();
-  const full = await runCli(args(join(WORK, `${name}-timed`)));
+/** `args` with the value after `flag` replaced by `value`. */
+function withFlag(args: string[], flag: string, value: string): string[] {
+  const i = args.indexOf(flag);
+  assert.ok(i >= 0, `${flag} among the arguments`);
+  return [...args.slice(0, i + 1), value, ...args.slice(i + 2)];
+}
+
+// kill -9 at seeded random times: each interrupted run, rerun, finishes the checkpoint of an
+// uninterrupted (timed) run of the same arguments. Times count from the moment the run takes
+// its output lock (start-up before it varies with the machine's load) and spread over the
+// first 70% of the timed run's work; the runs train longer than the other tests' (about a second)
+// so that the kill points fall inside the work however busy the machine is.
+async function killTrials(name: string, args: (out: string) => string[], seed: number, kept: string[] = []): Promise<string> {
+  const lockedAt = (out: string): (() => number | null) => {
+    let at: number | null = null;
+    return () => (at ??= existsSync(out + '.lock') ? Date.now() : null);
+  };
+  const ref = join(WORK, `${name}-timed`);
+  const timedLock = lockedAt(ref);
+  const full = await runCli(args(ref), { during: () => void timedLock() });
   assert.equal(full.code, 0, full.stderr);
-  const seconds = (Date.now() - t0) / 1000;
-  // kill points spread over the work, after the process has loaded (timed by `eqat --help`)
-  const t1 = Date.now();
-  spawnSync(process.execPath, [CLI, name, '--help']);
-  const startup = Math.min((Date.now() - t1) / 1000, seconds / 2);
+  assert.ok(timedLock() !== null, `${name}: the timed run's lock was seen`);
+  const seconds = (Date.now() - timedLock()!) / 1000; // an upper bound of the work (exit seen later)
   const rng = new Rng(seed);
   const killed: string[] = [];
   for (let trial = 0; trial < 3; trial++) {
     const out = join(WORK, `${name}-kill-${trial}`);
-    const at = startup + (seconds - startup) * 0.95 * rng.next();
-    const start = Date.now();
-    const how = await runKillable([CLI, ...args(out)], { killWhen: () => Date.now() - start > at * 1000 });
+    const at = seconds * 0.7 * rng.next();
+    const locked = lockedAt(out);
+    const how = await runKillable([CLI, ...args(out)], { killWhen: () => locked() !== null && Date.now() - locked()! > at * 1000 });
     if (how === 'SIGKILL') killed.push(`${at.toFixed(2)} s`);
     if (!existsSync(out)) {
       const again = await runCli(args(out));
@@ -371,15 +383,12 @@ async function killTrials(name: string, args: (out: string) => string[], ref: st
   return `${name}: a run takes ${seconds.toFixed(2)} s, killed at ${killed.join(', ')}, each rerun identical`;
 }
 
-test('kill -9 at random points of block-ap, e2e-qp and quantize: every rerun finishes the uninterrupted checkpoint', { skip: fullTierOnly('kill -9 trials') }, async (t) => {
+test('kill -9 at random points of block-ap, e2e-qp and quantize: every rerun finishes the uninterrupted checkpoint', async (t) => {
   const bap = await referenceBlockAp();
-  t.diagnostic(await killTrials('block-ap', bapArgs, bap, 1));
-  const e2eRef = join(WORK, 'ref-e2e');
-  assert.equal((await runCli(e2eArgs(bap, e2eRef))).code, 0);
-  t.diagnostic(await killTrials('e2e-qp', (out) => e2eArgs(bap, out), e2eRef, 2));
-  const qRef = join(WORK, 'ref-quantize');
-  assert.equal((await runCli(quantizeArgs(qRef))).code, 0);
-  t.diagnostic(await killTrials('quantize', quantizeArgs, qRef, 3, ['.block-ap'])); // quantize keeps its Block-AP checkpoint
+  t.diagnostic(await killTrials('block-ap', (out) => withFlag(withFlag(bapArgs(out), '--epochs', '4'), '--train-size', '32'), 1));
+  t.diagnostic(await killTrials('e2e-qp', (out) => withFlag(e2eArgs(bap, out), '--train-size', '96'), 2));
+  const quantize = (out: string): string[] => withFlag(withFlag(quantizeArgs(out), '--block-ap-train-size', '32'), '--e2e-qp-train-size', '48');
+  t.diagnostic(await killTrials('quantize', quantize, 3, ['.block-ap'])); // quantize keeps its Block-AP checkpoint
 });
 
 test('cleanup', () => {
