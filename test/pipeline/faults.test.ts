@@ -272,6 +272,60 @@ test('two runs on one output: the second is refused naming the first, which fini
   assertOnlyOutput(out, 'two runs');
 });
 
+test('e2e-qp, quantize and export share the output rules: an existing output, one inside the model and a second run are refused; --force replaces', async () => {
+  const bap = await referenceBlockAp();
+  const commands: [string, (out: string) => string[], RegExp][] = [
+    ['e2e-qp', (out) => e2eArgs(bap, out), /--out .*: already exists; .*--force/],
+    ['quantize', quantizeArgs, /out \(--out\) .*: already exists; .*--force/], // the recipe's key and its flag
+    ['export', (out) => ['export', '--model', bap, '--format', 'gguf', '--out', out], /--out .*: already exists; .*--force/],
+  ];
+  for (const [name, args, existsMessage] of commands) {
+    // an existing output: refused, kept as it was; --force replaces it with a whole new one
+    const out = join(WORK, `rules-${name}`);
+    if (name === 'export') writeFileSync(out, 'precious');
+    else {
+      mkdirSync(out);
+      writeFileSync(join(out, 'precious.txt'), 'precious');
+    }
+    const refused = await runCli(args(out));
+    assert.equal(refused.code, 1, `${name}: ${refused.stderr}`);
+    assert.match(refused.stderr, existsMessage, name);
+    assert.equal(readFileSync(name === 'export' ? out : join(out, 'precious.txt'), 'utf8'), 'precious', `${name}: the existing output is kept`);
+    const forced = await runCli([...args(out), '--force']);
+    assert.equal(forced.code, 0, `${name} --force: ${forced.stderr}`);
+    assert.ok(name === 'export' ? readFileSync(out).subarray(0, 4).toString() === 'GGUF' : existsSync(join(out, 'config.json')) && !existsSync(join(out, 'precious.txt')), `${name}: replaced`);
+    assertOnlyOutput(out, `${name} --force`, name === 'quantize' ? ['.block-ap'] : []);
+    // inside the model directory it reads: refused even with --force, nothing written there
+    const model = name === 'quantize' ? TINY : bap;
+    const before = readdirSync(model);
+    const inside = await runCli([...args(join(model, 'q')), '--force']);
+    assert.equal(inside.code, 1, `${name} inside: ${inside.stderr}`);
+    assert.match(inside.stderr, /lies inside the (--model|model \(--model\)) input/, `${name} inside`); // quantize names the recipe key too
+    assert.deepEqual(readdirSync(model), before, `${name}: nothing written into the model`);
+    // a second run on the output of a running one (held stopped): refused naming it
+    const busy = join(WORK, `busy-${name}`);
+    let second: CliResult | null = null;
+    let started = false;
+    const first = await runCli(args(busy), {
+      during: (child) => {
+        if (started || !existsSync(busy + '.lock')) return;
+        started = true;
+        child.kill('SIGSTOP');
+        void runCli(args(busy)).then((r) => {
+          second = r;
+          child.kill('SIGCONT');
+        });
+      },
+    });
+    assert.equal(first.code, 0, `${name} first: ${first.stderr}`);
+    await until(() => second !== null, 30, `the second ${name} run`);
+    const r = second as unknown as CliResult;
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`another eqat run is writing it \\(pid ${first.pid}, \`eqat ${name}`), name);
+    assertOnlyOutput(busy, `${name}: two runs`, name === 'quantize' ? ['.block-ap'] : []);
+  }
+});
+
 test('SIGINT stops Block-AP with exit 130 saying which blocks were kept; the rerun resumes to the same checkpoint', async () => {
   const ref = await referenceBlockAp();
   const out = join(WORK, 'sigint');

@@ -147,4 +147,36 @@ test('a finished Block-AP phase is not reused once the calibration data changed 
   assert.equal(rec.inputs.data.sha256, createHash('sha256').update(readFileSync(calib)).digest('hex'));
 });
 
+test('a finished Block-AP phase is not reused once a model file changed at the same path', async () => {
+  process.env['EQAT_CACHE_DIR'] = join(work, 'cache');
+  const model = join(work, 'model-copy');
+  cpSync(TINY, model, { recursive: true });
+  const recipeFor = (out: string) =>
+    resolveRecipe({}, {
+      model,
+      calib: CALIB,
+      out,
+      wbits: 2,
+      groupSize: 32,
+      blockAp: { trainSize: 4, valSize: 2, seqlen: 32, epochs: 1 },
+      e2eQp: { trainSize: 4, seqlen: 32, batchSize: 2, microBatchSize: 1 },
+    }, 'test');
+  const out = join(work, 'model-changed');
+  await runQuantize(recipeFor(out), { quiet: true });
+  rmSync(out, { recursive: true });
+  // one weight's last byte flipped: same size and time, another model
+  const weights = join(model, 'model.safetensors');
+  const bytes = readFileSync(weights);
+  const { atime, mtime } = statSync(weights);
+  bytes[bytes.length - 1] = bytes[bytes.length - 1]! ^ 1;
+  writeFileSync(weights, bytes);
+  utimesSync(weights, atime, mtime);
+  await assert.rejects(runQuantize(recipeFor(out), { quiet: true }), (e: Error) => {
+    assert.ok(e.message.startsWith(`${out}.block-ap: a Block-AP checkpoint from other inputs is there: the model file ${weights} has changed (`), e.message);
+    assert.match(e.message, /pass --restart to discard it and run Block-AP again, or choose another --out$/);
+    return true;
+  });
+  assert.ok(!existsSync(out) && !existsSync(out + '.partial'), 'a refusal writes nothing');
+});
+
 test.after(() => rmSync(work, { recursive: true, force: true }));
