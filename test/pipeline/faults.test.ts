@@ -134,7 +134,14 @@ function referenceBlockAp(): Promise<string> {
 test('exit codes: usage errors 2, everything else 1', () => {
   const existing = join(WORK, 'exists');
   mkdirSync(existing, { recursive: true });
+  const badValue = join(WORK, 'bad-value.yaml');
+  writeFileSync(badValue, `model: ${TINY}\nwbits: 9\n`);
+  const badYaml = join(WORK, 'bad-yaml.yaml');
+  writeFileSync(badYaml, 'model: [\n');
   const cases: [string, string[], number, RegExp][] = [
+    ['a recipe value out of range', ['quantize', '--recipe', badValue, '--out', join(WORK, 'x')], 2, /bad-value\.yaml: wbits: must be 2, 3, 4 or 8, got 9/],
+    ['a recipe that is not YAML', ['quantize', '--recipe', badYaml, '--out', join(WORK, 'x')], 2, /bad-yaml\.yaml: not valid YAML/],
+    ['a recipe file that does not exist', ['quantize', '--recipe', join(WORK, 'none.yaml'), '--out', join(WORK, 'x')], 2, /none\.yaml: recipe file not found/],
     ['unknown command', ['bogus'], 2, /unknown command 'bogus'/],
     ['unknown flag', ['block-ap', '--model', TINY, '--out', join(WORK, 'x'), '--bogus', '1'], 2, /^eqat block-ap: unknown flag '--bogus' \(eqat block-ap --help lists the flags\)$/m],
     ['missing required flag', ['block-ap', '--model', TINY, '--wbits', '2'], 2, /missing required flag --out/],
