@@ -149,6 +149,9 @@ export function writeSafetensors(path: string, tensors: TensorToWrite[], metadat
     } catch {
       /* nothing to remove */
     }
+    // a failed write(2) carries no path: name the file being written (a full disk's message says where)
+    const err = e as NodeJS.ErrnoException;
+    if (err instanceof Error && typeof err.code === 'string' && err.path === undefined) err.path = path;
     throw e;
   }
   // Make the rename itself durable. Some file systems refuse fsync on a directory; the data

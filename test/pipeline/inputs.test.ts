@@ -185,9 +185,14 @@ function withF16At(name: string, index: number, bits: number): (ts: RawTensor[])
 test('NaN/Inf weights are refused at load, naming the tensor: eval exits non-zero and RTN writes nothing', async () => {
   const nan = damaged(TINY, 'nan', withF16At('model.layers.2.self_attn.v_proj.weight', 7, F16_NAN));
   const cli = spawnSync(process.execPath, [CLI, 'eval', '--model', nan, '--data', CALIB, '--seqlen', '64', '--max-windows', '1'], { encoding: 'utf8' });
-  assert.notEqual(cli.status, 0);
+  assert.equal(cli.status, 1, cli.stderr);
   assert.match(cli.stderr, /nan\/model\.safetensors: tensor model\.layers\.2\.self_attn\.v_proj\.weight holds NaN at element 7/);
   assert.doesNotMatch(cli.stdout, /ppl/);
+  // generate: exit 1 naming the tensor, no text generated
+  const gen = spawnSync(process.execPath, [CLI, 'generate', '--model', nan, '--prompt', 'hello', '--max-new-tokens', '2'], { encoding: 'utf8' });
+  assert.equal(gen.status, 1, gen.stderr);
+  assert.match(gen.stderr, /^eqat: .*nan\/model\.safetensors: tensor model\.layers\.2\.self_attn\.v_proj\.weight holds NaN at element 7/);
+  assert.equal(gen.stdout, '');
   const out = join(dir('nan-out'), 'rtn');
   await refusedBeforeTraining(bapOpts(nan, out), /v_proj\.weight holds NaN at element 7/);
   await refusedBeforeTraining(bapOpts(nan, out, { epochs: 0, calib: null }), /v_proj\.weight holds NaN at element 7/);
@@ -206,6 +211,20 @@ test('NaN/Inf weights are refused at load, naming the tensor: eval exits non-zer
   await assert.rejects(evaluatePerplexity(qnan, CALIB, { seqlen: 64, quiet: true }), new RegExp(`${shard}: tensor model\\.layers\\.1\\.self_attn\\.o_proj\\.scales holds NaN at element 0`));
   await assert.rejects(exportGguf(qnan, join(work, 'nan.gguf')), /o_proj\.scales holds NaN/);
   assert.ok(!existsSync(join(work, 'nan.gguf')));
+  // the same checkpoint as E2E-QP's input: refused before any step, nothing written
+  const qre = new RegExp(`${shard}: tensor model\\.layers\\.1\\.self_attn\\.o_proj\\.scales holds NaN at element 0`);
+  const e2eOut = join(dir('nan-e2e'), 'e2e');
+  let steps = 0;
+  await assert.rejects(
+    runE2eQp({ ...e2eQpDefaults(2), model: qnan, data: CALIB, out: e2eOut, trainSize: 4, seqlen: 32, batchSize: 2, microBatchSize: 2, quiet: true, onStep: () => steps++ }),
+    qre,
+  );
+  assert.equal(steps, 0, 'no training step ran');
+  assert.ok(!existsSync(e2eOut) && !existsSync(e2eOut + '.partial') && !existsSync(e2eOut + '.lock'), 'e2e-qp wrote nothing');
+  // and as the ONNX export's: refused, no output directory, no partial one
+  const onnxOut = join(work, 'nan-onnx');
+  await assert.rejects(exportOnnx(qnan, onnxOut), qre);
+  assert.ok(!existsSync(onnxOut) && !existsSync(onnxOut + '.partial') && !existsSync(onnxOut + '.lock'), 'the ONNX export wrote nothing');
 });
 
 test('a non-finite training loss names block, step and the first non-finite value', async () => {
@@ -316,7 +335,7 @@ test('input paths: missing, a directory for a file, a file for a directory, unre
     ['e2e-qp', '--model', none, '--data', CALIB, '--out', out],
   ]) {
     const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
-    assert.notEqual(r.status, 0);
+    assert.equal(r.status, 1, `${args[0]}: ${r.stderr}`); // a missing input is not a usage error
     assert.match(r.stderr, /--model .*none\.txt: does not exist/, args[0]);
   }
   const dirTxt = join(d, 'corpus.txt');
