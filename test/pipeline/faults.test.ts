@@ -5,15 +5,18 @@
 // - the lock: a second run on the same output is refused naming the first, a stale lock (dead
 //   pid, or a pid reused by another process) is taken over, and no lock outlives a run;
 // - SIGINT / SIGTERM exit 130 / 143 saying what was kept, and the rerun resumes byte for byte;
+// - an interrupted run's state of other data is refused, and --restart discards it and finishes
+//   (quantize reusing its Block-AP checkpoint, which does not read e2e_qp.data);
 // - disk full, read-only and permission errors (simulated by test/fault/fs-fault.ts) name the
-//   path and the way out, and a rerun after a full disk finishes the same checkpoint;
+//   path and the way out, nothing partial is published, and a rerun after a full disk finishes
+//   the same checkpoint;
 // - exit codes: usage errors 2, everything else 1;
 // - kill -9 at seeded random times of block-ap, e2e-qp and quantize (three trials each, timed
 //   from the output lock), each rerun finishing a checkpoint identical to an uninterrupted run's.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { REPO, TINY } from '../golden.js';
@@ -129,6 +132,31 @@ function referenceBlockAp(): Promise<string> {
     return out;
   })();
   return refBap;
+}
+
+let refE2e: Promise<string> | null = null;
+function referenceE2e(): Promise<string> {
+  refE2e ??= (async () => {
+    const out = join(WORK, 'ref-e2e');
+    const r = await runCli(e2eArgs(await referenceBlockAp(), out));
+    assert.equal(r.code, 0, r.stderr);
+    return out;
+  })();
+  return refE2e;
+}
+
+/** The calibration text with its lines in reverse order: other contents, the same size. */
+const otherText = (): string => readFileSync(CALIB, 'utf8').split('\n').reverse().join('\n');
+
+/** A `during` for runCli that sends `signal` once `cond` holds. */
+function signalWhen(cond: () => boolean, signal: NodeJS.Signals): (child: ChildProcess) => void {
+  let sent = false;
+  return (child) => {
+    if (!sent && cond()) {
+      sent = true;
+      child.kill(signal);
+    }
+  };
 }
 
 test('exit codes: usage errors 2, everything else 1', () => {
@@ -354,8 +382,9 @@ test('SIGINT stops Block-AP with exit 130 saying which blocks were kept; the rer
   assertOnlyOutput(out, 'after SIGINT');
 });
 
-test('SIGTERM stops E2E-QP with exit 143 saying which step was kept', async () => {
+test('SIGTERM stops E2E-QP with exit 143 saying which step was kept; the rerun resumes to the same checkpoint', async () => {
   const model = await referenceBlockAp();
+  const ref = await referenceE2e();
   const out = join(WORK, 'sigterm');
   let sent = false;
   const r = await runCli(e2eArgs(model, out), {
@@ -369,6 +398,79 @@ test('SIGTERM stops E2E-QP with exit 143 saying which step was kept', async () =
   assert.equal(r.code, 143, r.stderr);
   assert.match(r.stderr, /eqat: interrupted by SIGTERM; kept the E2E-QP state after step \d+ of 8 in .*sigterm\.partial\/; rerunning the same command resumes/);
   assert.ok(!existsSync(out + '.lock'));
+  const again = await runCli(e2eArgs(model, out));
+  assert.equal(again.code, 0, again.stderr);
+  assertSameCheckpoint(out, ref, 'resumed after SIGTERM');
+  assertOnlyOutput(out, 'after SIGTERM');
+});
+
+test('quantize: SIGINT exits 130 saying what was kept and the rerun resumes; an E2E-QP state of other e2e_qp.data is refused while OUT.block-ap is reused; --restart finishes', async () => {
+  // E2E-QP reads its own copy of the text, so that it can change while Block-AP's stays
+  const data = join(WORK, 'q-data.txt');
+  cpSync(CALIB, data);
+  const args = (out: string): string[] => [...withFlag(quantizeArgs(out), '--e2e-qp-train-size', '16'), '--e2e-qp-data', data];
+  const ref = join(WORK, 'q-ref');
+  const clean = await runCli(args(ref));
+  assert.equal(clean.code, 0, clean.stderr);
+  const stateOf = (out: string) => (): boolean => existsSync(join(out + '.partial', 'e2e-qp-state.safetensors'));
+
+  // SIGINT in the E2E-QP phase: both phases' work kept, named; the rerun finishes the same checkpoint
+  const out = join(WORK, 'q-sigint');
+  const r = await runCli(args(out), { during: signalWhen(stateOf(out), 'SIGINT') });
+  assert.equal(r.code, 130, r.stderr);
+  assert.match(r.stderr, /^eqat: interrupted by SIGINT; kept the Block-AP checkpoint in .*q-sigint\.block-ap\/; the E2E-QP state after step \d of 8 in .*q-sigint\.partial\/; rerunning the same command resumes\n$/);
+  assert.ok(!existsSync(out) && !existsSync(out + '.lock'));
+  const again = await runCli(args(out));
+  assert.equal(again.code, 0, again.stderr);
+  assertSameCheckpoint(out, ref, 'quantize resumed after SIGINT');
+  assertSameCheckpoint(out + '.block-ap', ref + '.block-ap', 'its Block-AP checkpoint');
+  assertOnlyOutput(out, 'quantize after SIGINT', ['.block-ap']);
+
+  // interrupted on other e2e_qp.data (same path and size, other contents), rerun on the first:
+  // Block-AP never reads e2e_qp.data, so its checkpoint is reused as it is; E2E-QP's state is refused
+  const changed = join(WORK, 'q-changed');
+  writeFileSync(data, otherText());
+  const other = await runCli(args(changed), { during: signalWhen(stateOf(changed), 'SIGINT') });
+  assert.equal(other.code, 130, other.stderr);
+  writeFileSync(data, readFileSync(CALIB));
+  const shard = join(changed + '.block-ap', 'model-00001-of-00005.safetensors');
+  const written = statSync(shard).mtimeMs;
+  const refused = await runCli(args(changed));
+  assert.equal(refused.code, 1, refused.stderr);
+  assert.match(refused.stderr, /^eqat: .*q-changed\.partial: holds an interrupted E2E-QP run with other inputs: the training data .*q-data\.txt has changed \(\d+ bytes, sha256 \S+ in the saved state; \d+ bytes, sha256 \S+ now\); .*pass --restart to discard it/);
+  assert.ok(!existsSync(changed) && existsSync(join(changed + '.partial', 'e2e-qp-state.safetensors')), 'the refused state is kept');
+  // --restart discards the E2E-QP state, keeps the Block-AP checkpoint (same recipe and inputs) and finishes
+  const restarted = await runCli([...args(changed), '--restart']);
+  assert.equal(restarted.code, 0, restarted.stderr);
+  assert.equal(statSync(shard).mtimeMs, written, 'Block-AP was not run again');
+  assertSameCheckpoint(changed, ref, 'quantize --restart');
+  assertOnlyOutput(changed, 'quantize --restart', ['.block-ap']);
+});
+
+test('--restart through the command line: block-ap and e2e-qp refuse an interrupted run of other data, and --restart discards it and finishes', async () => {
+  const bap = await referenceBlockAp();
+  const e2e = await referenceE2e();
+  const data = join(WORK, 'restart-data.txt');
+  const cases: [string, (out: string) => string[], (out: string) => () => boolean, RegExp][] = [
+    ['block-ap', (out) => withFlag(bapArgs(out), '--calib', data), (out) => () => finishedBlocks(out) >= 1, /Block-AP run with other inputs: the calibration data .*restart-data\.txt has changed/],
+    ['e2e-qp', (out) => withFlag(e2eArgs(bap, out), '--data', data), (out) => () => existsSync(join(out + '.partial', 'e2e-qp-state.safetensors')), /E2E-QP run with other inputs: the training data .*restart-data\.txt has changed/],
+  ];
+  for (const [name, args, started, message] of cases) {
+    // interrupted on other contents of the data file, which is then put back
+    const out = join(WORK, `restart-${name}`);
+    writeFileSync(data, otherText());
+    const r = await runCli(args(out), { during: signalWhen(started(out), 'SIGINT') });
+    assert.equal(r.code, 130, `${name}: ${r.stderr}`);
+    writeFileSync(data, readFileSync(CALIB));
+    const refused = await runCli(args(out));
+    assert.equal(refused.code, 1, `${name}: ${refused.stderr}`);
+    assert.match(refused.stderr, new RegExp(`^eqat: .*restart-${name}\\.partial: holds an interrupted ${message.source}.*; rerun with the same settings to resume it, or pass --restart to discard it and start over\n$`), name);
+    assert.ok(!existsSync(out) && existsSync(out + '.partial'), `${name}: the refused state is kept`);
+    const restarted = await runCli([...args(out), '--restart']);
+    assert.equal(restarted.code, 0, `${name} --restart: ${restarted.stderr}`);
+    assertSameCheckpoint(out, name === 'block-ap' ? bap : e2e, `${name} --restart`);
+    assertOnlyOutput(out, `${name} --restart`);
+  }
 });
 
 test('disk full, read-only and permission errors name the path and the way out; a rerun after a full disk finishes the checkpoint', async () => {
@@ -400,6 +502,39 @@ test('disk full, read-only and permission errors name the path and the way out; 
   assert.equal(r.code, 1, r.stderr);
   assert.match(r.stderr, /cannot write .*cache-full\.partial\/cache\/x_(fp|q)\.f32: no space left on device; .*rerun the same command: it resumes .*a larger --max-ram keeps them in RAM/);
   assert.ok(!existsSync(cacheOut + '.lock'));
+});
+
+test('disk full in E2E-QP\'s state save, in its checkpoint and in a GGUF export: the path and the way out, nothing partial published; E2E-QP\'s rerun finishes the same checkpoint', async () => {
+  const model = await referenceBlockAp();
+  const ref = await referenceE2e();
+  // llama-tiny's E2E-QP state is about 300 kB a save (one every step, 8 steps), its checkpoint
+  // about 2.4 MB: the disk fills during the third save; the rerun resumes after step 2 and the
+  // disk fills 120 kB into the checkpoint (after 6 more saves); the next rerun finishes
+  const STATE = 297_640;
+  const out = join(WORK, 'e2e-full');
+  const cases: [string, number, RegExp][] = [
+    ['the state', Math.round(2.5 * STATE), /e2e-full\.partial\/e2e-qp-state\.safetensors/],
+    ['the checkpoint', 6 * STATE + 120_000, /e2e-full\.partial\/model-0000[1-5]-of-00005\.safetensors/],
+  ];
+  for (const [what, afterBytes, path] of cases) {
+    const full = await runCli(e2eArgs(model, out), { fault: { code: 'ENOSPC', under: out + '.partial', afterBytes } });
+    assert.equal(full.code, 1, `${what}: ${full.stderr}`);
+    assert.match(full.stderr, new RegExp(`^eqat: cannot write .*${path.source}: no space left on device; free space there or choose an output on another disk; then rerun the same command: it resumes from what was finished\n$`), what);
+    assert.ok(!existsSync(out) && !existsSync(out + '.lock'), `${what}: nothing published, no lock`);
+    assert.ok(existsSync(join(out + '.partial', 'e2e-qp-state.safetensors')), `${what}: the last saved state is kept`);
+  }
+  const again = await runCli(e2eArgs(model, out));
+  assert.equal(again.code, 0, again.stderr);
+  assertSameCheckpoint(out, ref, 'rerun after a full disk');
+  assertOnlyOutput(out, 'rerun after a full disk');
+  // the GGUF export fills the disk 100 kB in: no .gguf, no partial file, no lock
+  const dir = join(WORK, 'gguf-disk');
+  mkdirSync(dir);
+  const gguf = join(dir, 'model.gguf');
+  const r = await runCli(['export', '--model', model, '--format', 'gguf', '--out', gguf], { fault: { code: 'ENOSPC', under: dir, afterBytes: 100_000 } });
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /^eqat: cannot write .*gguf-disk\/model\.gguf[^:]*: no space left on device; free space there or choose an output on another disk\n$/);
+  assert.deepEqual(readdirSync(dir), [], 'nothing left in the output directory');
 });
 
 /** `args` with the value after `flag` replaced by `value`. */
