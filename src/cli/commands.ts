@@ -10,6 +10,9 @@ import { GENERATE_DEFAULTS } from '../pipeline/generate.js';
 import { native } from '../engine/native.js';
 import { blockAp, e2eQp, evaluate, exportModel, generate, quantize } from '../index.js';
 import { formatDemo, runDemo } from '../pipeline/demo.js';
+import { REPORT_FILE, writeReport } from '../report/report.js';
+import { checkInputPath } from '../io/errors.js';
+import { join } from 'node:path';
 import { E2E_QP_SAVE_EVERY, E2E_QP_SAVE_SECONDS } from '../pipeline/e2e-qp.js';
 import { GGUF_EMBEDDING_CHOICES, GGUF_TYPE_CHOICES, type GgufExportOptions } from '../export/gguf.js';
 import { overridesFromFlags, recipeFlagSpecs } from '../pipeline/recipe.js';
@@ -337,6 +340,23 @@ export const COMMANDS: Record<string, Command> = {
           console.log(`evaluation written to ${r.out}/eqat-eval.json`);
         }
       }
+    },
+  },
+  report: {
+    summary: 'write (again) report.html of a block-ap, e2e-qp or quantize output: loss curves, evaluation, recipe, timings, peak memory',
+    flags: {
+      model: { type: 'string', required: true, help: 'the output directory of eqat block-ap, e2e-qp or quantize' },
+      json: { type: 'boolean', default: false, help: 'print {"report": path, "notes": [...]} as the last line of stdout' },
+      quiet: quietFlag,
+    },
+    async run(f) {
+      const dir = str(f, 'model');
+      checkInputPath('--model', dir, 'directory', 'the output directory of eqat block-ap, e2e-qp or quantize');
+      // the notes (log lines left out) go to stderr, as warnings do, --quiet or not
+      const notes = writeReport(dir);
+      for (const n of notes) console.error(`eqat report: ${n}`);
+      const report = join(dir, REPORT_FILE);
+      console.log(f['json'] ? JSON.stringify({ report, notes }) : `wrote ${report}`);
     },
   },
   export: {

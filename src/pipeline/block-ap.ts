@@ -57,6 +57,7 @@ import { eqatVersion } from '../engine/version.js';
 import { validateCommandSettings } from './recipe.js';
 import { UsageError } from '../cli/args.js';
 import { claimOutput, explainSystemError, removeTemporaries, interruptionPoint, publishOutput, throwIfAborted, type OutputClaim } from '../io/output.js';
+import { peakRssBytes, writeReport } from '../report/report.js';
 import { modelIdentity, inputDifference, otherRunError, unusableStateError, type InputIdentity } from '../io/fingerprint.js';
 import { isJsonObject } from '../io/errors.js';
 import { kebab } from './e2e-qp.js';
@@ -522,6 +523,7 @@ async function blockAp(opts: BlockApOptions, output: OutputClaim): Promise<Block
       precision,
       recipe: { ...recipe, model: opts.model, calib: opts.calib },
       inputs,
+      peak_rss_bytes: peakRssBytes(),
     });
   } finally {
     xfp?.free();
@@ -531,6 +533,7 @@ async function blockAp(opts: BlockApOptions, output: OutputClaim): Promise<Block
   }
   rmSync(join(partial, 'cache'), { recursive: true, force: true });
   rmSync(statePath, { force: true });
+  writeReport(partial, out);
   removeTemporaries(partial);
   publishOutput(output, partial);
   const seconds = (performance.now() - t0) / 1000;

@@ -27,6 +27,7 @@ import { join, resolve } from 'node:path';
 import { Arena, type Tensor } from '../engine/tensor.js';
 import { UsageError } from '../cli/args.js';
 import { claimOutput, explainSystemError, removeTemporaries, interruptionPoint, publishOutput, throwIfAborted, type OutputClaim } from '../io/output.js';
+import { peakRssBytes, writeReport } from '../report/report.js';
 import { BF16_NEEDS_CUDA, type DeviceArray } from '../engine/cuda.js';
 import { WeightSource } from '../model/weights.js';
 import { BLOCK_LINEARS } from '../model/block.js';
@@ -598,13 +599,14 @@ async function e2eQp(o: E2eQpOptions, output: OutputClaim): Promise<E2eQpResult>
       phase: 'e2e-qp',
       previous,
       ...(o.record ?? {}),
-      e2e_qp: { recipe: { ...recipeOf(o) }, device, precision, steps: step, first_loss: firstLoss, last_loss: lastLoss, seconds },
+      e2e_qp: { recipe: { ...recipeOf(o) }, device, precision, steps: step, first_loss: firstLoss, last_loss: lastLoss, seconds, peak_rss_bytes: peakRssBytes() },
     });
     if (existsSync(join(o.model, 'block-ap-log.jsonl'))) {
       copyFileSync(join(o.model, 'block-ap-log.jsonl'), join(partial, 'block-ap-log.jsonl'));
     }
     // the state and any temporary file of a save cut short go; then the rename makes it visible
     rmSync(statePath, { force: true });
+    writeReport(partial, out);
     removeTemporaries(partial);
     publishOutput(output, partial);
     emit({ type: 'done', phase: 'e2e-qp', out, seconds });

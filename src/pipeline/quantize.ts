@@ -28,6 +28,7 @@ import { checkTrainingData, kebab, runE2eQp } from './e2e-qp.js';
 import { eqatVersion } from '../engine/version.js';
 import { claimOutput, explainSystemError, publishOutput, throwIfAborted, type OutputClaim } from '../io/output.js';
 import { reporter } from '../cli/progress.js';
+import { writeReport } from '../report/report.js';
 import type { OnEvent } from './events.js';
 
 export interface QuantizeResult {
@@ -203,6 +204,7 @@ async function quantize(
   writeJsonAtomic(join(out, 'recipe.json'), recipeToJson(r));
   output.kept = `the quantized model in ${out}/`;
   const evaluation = await evaluateOutput(out, r.eval, evalPlan, { quiet, device, precision });
+  writeReport(out); // again, now with the whole command's record and the evaluation
   return { out, blockApOut: bapOut, blockApSeconds, blockApPhases, e2eQpSeconds, e2eQpTrainSeconds, e2eQpResumedFrom, eval: evaluation, seconds: (performance.now() - t0) / 1000 };
 }
 

@@ -148,7 +148,7 @@ test('--quiet, --json, --device and --threads on every command that can take the
     for (const flag of ['quiet', 'json']) assert.ok(cmd.flags[flag], `eqat ${name} --${flag}`);
     if (compute.includes(name)) for (const flag of ['device', 'threads']) assert.ok(cmd.flags[flag], `eqat ${name} --${flag}`);
   }
-  assert.deepEqual(Object.keys(COMMANDS).filter((n) => !compute.includes(n)), ['export'], 'export runs no kernels: no --device, --threads');
+  assert.deepEqual(Object.keys(COMMANDS).filter((n) => !compute.includes(n)), ['report', 'export'], 'export and report run no kernels: no --device, --threads');
   // the demo checks --device first, as the other compute commands do
   const r = eqat(['demo', '--device', 'cuda', '--quiet'], { EQAT_CUDA_DISABLE: '1' });
   assert.equal(r.status, 1);

@@ -71,13 +71,14 @@ function runCli(args: string[], opts: { fault?: object; during?: (child: ChildPr
 }
 
 /**
- * The files of a checkpoint that must be identical between runs: all but the logs and
- * eqat-recipe.json (they carry seconds); quantize's recipe.json without its `out`.
+ * The files of a checkpoint that must be identical between runs: all but the logs,
+ * eqat-recipe.json and report.html (they carry seconds and peak memory); quantize's recipe.json
+ * without its `out`.
  */
 function checkpointBytes(dir: string): Map<string, Buffer> {
   const m = new Map<string, Buffer>();
   for (const f of readdirSync(dir).sort()) {
-    if (f.endsWith('.jsonl') || f === 'eqat-recipe.json') continue;
+    if (f.endsWith('.jsonl') || f === 'eqat-recipe.json' || f === 'report.html') continue;
     const bytes = readFileSync(join(dir, f));
     if (f !== 'recipe.json') m.set(f, bytes);
     else m.set(f, Buffer.from(JSON.stringify({ ...(JSON.parse(bytes.toString()) as object), out: null })));
