@@ -184,6 +184,14 @@ interface ChartSpec {
   integerX?: boolean;
 }
 
+/** [min, max] of a (possibly long) list of numbers; no spread, so a log of any length fits. */
+function extent(v: number[]): [number, number] {
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const x of v) [lo, hi] = [Math.min(lo, x), Math.max(hi, x)];
+  return [lo, hi];
+}
+
 /** About `count` round tick values covering [lo, hi]. */
 function niceTicks(lo: number, hi: number, count: number, integer = false): number[] {
   if (hi <= lo) return [lo];
@@ -227,8 +235,8 @@ function lineChart(c: ChartSpec): string {
     parts.push(`<text class="empty" x="${W / 2}" y="${H / 2}" text-anchor="middle">no data</text></svg>`);
     return parts.join('');
   }
-  let [x0, x1] = [Math.min(...all.map((p) => p[0])), Math.max(...all.map((p) => p[0]))];
-  let [y0, y1] = [Math.min(...all.map((p) => p[1])), Math.max(...all.map((p) => p[1]))];
+  let [x0, x1] = extent(all.map((p) => p[0]));
+  let [y0, y1] = extent(all.map((p) => p[1]));
   const logY = (c.logY ?? false) && y0 > 0;
   if (x0 === x1) [x0, x1] = [x0 - 1, x1 + 1];
   if (y0 === y1) [y0, y1] = y0 === 0 ? [-1, 1] : [y0 - Math.abs(y0) * 0.1, y1 + Math.abs(y1) * 0.1];
@@ -373,7 +381,8 @@ function blockApSection(lines: BlockLogLine[]): string {
 function e2eSection(lines: E2eLogLine[], rec: Json | null): string {
   const sorted = [...lines].sort((a, b) => a.step - b.step);
   const losses = sorted.map((l) => l.loss);
-  const lossRange = losses.length ? Math.max(...losses) / Math.min(...losses) : 1;
+  const [lo, hi] = extent(losses);
+  const lossRange = losses.length ? hi / lo : 1;
   const stepSeconds = sorted.reduce((s, l) => s + l.seconds, 0);
   const e = rec && isObj(rec['e2e_qp']) ? rec['e2e_qp'] : null;
   const parts = [`<section id="e2e-qp"><h2>E2E-QP</h2>`];
