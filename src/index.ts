@@ -8,6 +8,7 @@
 //   evaluate     perplexity on a text, zero-shot task accuracy                     `eqat eval`
 //   generate     text from a prompt                                                `eqat generate`
 //   exportModel  GGUF (llama.cpp) or ONNX (onnxruntime, transformers.js)           `eqat export`
+//   writeReport  an output's report.html (blockAp, e2eQp, quantize write their own) `eqat report`
 //
 // Defaults are the command's: a setting left out takes the flag's default, from the one home
 // of each (the recipe schema and presets of src/pipeline/recipe.ts, the pipeline files). Errors
@@ -49,6 +50,7 @@ export { UsageError } from './cli/args.js';
 export { RecipeError, defaultRecipe, SUPPORTED_BITS } from './pipeline/recipe.js';
 export type { QuantizeRecipe, RecipeOverrides, BlockApSettings, E2eQpSettings, E2eQpSection } from './pipeline/recipe.js';
 export { progressPrinter } from './cli/progress.js';
+export { renderReport, readReportFiles, writeReport, type ReportFiles } from './report/report.js';
 export type { ModelConfig, QuantConfig, Tokenizer, BlockApResult, E2eQpResult, QuantizeResult, GgufExportReport, OnnxExportReport, ZeroShotResult };
 /** Perplexity of a model on a text (the result of `eqat eval`). */
 export type PerplexityResult = EvalResult;
