@@ -431,8 +431,9 @@ test('quantize: SIGINT exits 130 saying what was kept and the rerun resumes; an 
   // Block-AP never reads e2e_qp.data, so its checkpoint is reused as it is; E2E-QP's state is refused
   const changed = join(WORK, 'q-changed');
   writeFileSync(data, otherText());
-  const other = await runCli(args(changed), { during: signalWhen(stateOf(changed), 'SIGINT') });
-  assert.equal(other.code, 130, other.stderr);
+  const other = await runCli(args(changed), { during: signalWhen(stateOf(changed), 'SIGTERM') }); // SIGTERM says the same
+  assert.equal(other.code, 143, other.stderr);
+  assert.match(other.stderr, /^eqat: interrupted by SIGTERM; kept the Block-AP checkpoint in .*q-changed\.block-ap\/; the E2E-QP state after step \d of 8 in .*q-changed\.partial\/; rerunning the same command resumes\n$/);
   writeFileSync(data, readFileSync(CALIB));
   const shard = join(changed + '.block-ap', 'model-00001-of-00005.safetensors');
   const written = statSync(shard).mtimeMs;
@@ -452,16 +453,20 @@ test('--restart through the command line: block-ap and e2e-qp refuse an interrup
   const bap = await referenceBlockAp();
   const e2e = await referenceE2e();
   const data = join(WORK, 'restart-data.txt');
-  const cases: [string, (out: string) => string[], (out: string) => () => boolean, RegExp][] = [
-    ['block-ap', (out) => withFlag(bapArgs(out), '--calib', data), (out) => () => finishedBlocks(out) >= 1, /Block-AP run with other inputs: the calibration data .*restart-data\.txt has changed/],
-    ['e2e-qp', (out) => withFlag(e2eArgs(bap, out), '--data', data), (out) => () => existsSync(join(out + '.partial', 'e2e-qp-state.safetensors')), /E2E-QP run with other inputs: the training data .*restart-data\.txt has changed/],
+  // each interrupted by the signal the other tests do not send it: SIGTERM (143) to block-ap, SIGINT (130) to e2e-qp
+  const cases: [string, (out: string) => string[], (out: string) => () => boolean, NodeJS.Signals, number, RegExp, RegExp][] = [
+    ['block-ap', (out) => withFlag(bapArgs(out), '--calib', data), (out) => () => finishedBlocks(out) >= 1, 'SIGTERM', 143, /kept blocks? 1(–\d)? finished in/,
+      /Block-AP run with other inputs: the calibration data .*restart-data\.txt has changed/],
+    ['e2e-qp', (out) => withFlag(e2eArgs(bap, out), '--data', data), (out) => () => existsSync(join(out + '.partial', 'e2e-qp-state.safetensors')), 'SIGINT', 130, /kept the E2E-QP state after step \d of 8 in/,
+      /E2E-QP run with other inputs: the training data .*restart-data\.txt has changed/],
   ];
-  for (const [name, args, started, message] of cases) {
+  for (const [name, args, started, signal, code, kept, message] of cases) {
     // interrupted on other contents of the data file, which is then put back
     const out = join(WORK, `restart-${name}`);
     writeFileSync(data, otherText());
-    const r = await runCli(args(out), { during: signalWhen(started(out), 'SIGINT') });
-    assert.equal(r.code, 130, `${name}: ${r.stderr}`);
+    const r = await runCli(args(out), { during: signalWhen(started(out), signal) });
+    assert.equal(r.code, code, `${name}: ${r.stderr}`);
+    assert.match(r.stderr, new RegExp(`^eqat: interrupted by ${signal}; ${kept.source} .*restart-${name}\\.partial/; rerunning the same command resumes\n$`), name);
     writeFileSync(data, readFileSync(CALIB));
     const refused = await runCli(args(out));
     assert.equal(refused.code, 1, `${name}: ${refused.stderr}`);
@@ -505,7 +510,7 @@ test('disk full, read-only and permission errors name the path and the way out; 
   assert.ok(!existsSync(cacheOut + '.lock'));
 });
 
-test('disk full in E2E-QP\'s state save, in its checkpoint and in a GGUF export: the path and the way out, nothing partial published; E2E-QP\'s rerun finishes the same checkpoint', async () => {
+test('disk full in E2E-QP\'s state save, in its checkpoint and in the GGUF and ONNX exports: the path and the way out, nothing partial published; E2E-QP\'s rerun finishes the same checkpoint', async () => {
   const model = await referenceBlockAp();
   const ref = await referenceE2e();
   // llama-tiny's E2E-QP state is about 300 kB a save (one every step, 8 steps), its checkpoint
@@ -528,14 +533,15 @@ test('disk full in E2E-QP\'s state save, in its checkpoint and in a GGUF export:
   assert.equal(again.code, 0, again.stderr);
   assertSameCheckpoint(out, ref, 'rerun after a full disk');
   assertOnlyOutput(out, 'rerun after a full disk');
-  // the GGUF export fills the disk 100 kB in: no .gguf, no partial file, no lock
-  const dir = join(WORK, 'gguf-disk');
-  mkdirSync(dir);
-  const gguf = join(dir, 'model.gguf');
-  const r = await runCli(['export', '--model', model, '--format', 'gguf', '--out', gguf], { fault: { code: 'ENOSPC', under: dir, afterBytes: 100_000 } });
-  assert.equal(r.code, 1, r.stderr);
-  assert.match(r.stderr, /^eqat: cannot write .*gguf-disk\/model\.gguf[^:]*: no space left on device; free space there or choose an output on another disk\n$/);
-  assert.deepEqual(readdirSync(dir), [], 'nothing left in the output directory');
+  // the exports fill the disk 100 kB in: no output, no partial one, no lock
+  for (const [format, name] of [['gguf', 'model.gguf'], ['onnx', 'model-onnx']]) {
+    const dir = join(WORK, `${format}-disk`);
+    mkdirSync(dir);
+    const r = await runCli(['export', '--model', model, '--format', format, '--out', join(dir, name)], { fault: { code: 'ENOSPC', under: dir, afterBytes: 100_000 } });
+    assert.equal(r.code, 1, `${format}: ${r.stderr}`);
+    assert.match(r.stderr, new RegExp(`^eqat: cannot write .*${format}-disk/${name.replace('.', '\\.')}[^:]*: no space left on device; free space there or choose an output on another disk\n$`), format);
+    assert.deepEqual(readdirSync(dir), [], `${format}: nothing left in the output directory`);
+  }
 });
 
 /** `args` with the value after `flag` replaced by `value`. */
