@@ -335,8 +335,13 @@ export const COMMANDS: Record<string, Command> = {
         const resumed = r.e2eQpResumedFrom ? `, resumed after step ${r.e2eQpResumedFrom}` : '';
         console.log(`wrote ${r.out} (Block-AP ${r.blockApSeconds.toFixed(1)} s, E2E-QP ${r.e2eQpSeconds.toFixed(1)} s${resumed})`);
         if (r.eval) {
-          for (const [data, p] of Object.entries(r.eval.perplexity)) console.log(`${data}: ppl ${p.ppl.toFixed(4)}  nll ${p.nll.toFixed(5)}  windows ${p.windows} x ${p.seqlen} tokens`);
-          if (r.eval.zeroShot) console.log(formatZeroShot(r.eval.zeroShot));
+          const base = r.eval.baseline ?? null;
+          for (const [data, p] of Object.entries(r.eval.perplexity)) {
+            const fp = base?.perplexity[data];
+            console.log(`${data}: ppl ${p.ppl.toFixed(4)}  nll ${p.nll.toFixed(5)}  windows ${p.windows} x ${p.seqlen} tokens${fp ? `  (full precision: ppl ${fp.ppl.toFixed(4)})` : ''}`);
+          }
+          if (r.eval.zeroShot) console.log(`${base?.zeroShot ? 'quantized:\n' : ''}${formatZeroShot(r.eval.zeroShot)}`);
+          if (base?.zeroShot) console.log(`full precision:\n${formatZeroShot(base.zeroShot)}`);
           console.log(`evaluation written to ${r.out}/eqat-eval.json`);
         }
       }

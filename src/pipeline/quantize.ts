@@ -8,6 +8,9 @@
 // finished block, and an interrupted E2E-QP phase continues from its last saved step
 // (`<out>.partial/`). A Block-AP checkpoint of other settings or inputs is refused naming what
 // differs; `restart` discards it (when this command made it) and any interrupted state.
+// The eval section's evaluation runs on the published output and then, the same way, on the
+// full-precision model (eval.baseline), each written into <out>/eqat-eval.json as it finishes:
+// a baseline that fails leaves the checkpoint and its figures as they are, with the reason.
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { loadConfig } from '../io/hf-config.js';
@@ -26,7 +29,7 @@ import { resolveCorpus } from '../data/named-datasets.js';
 import { runBlockAp, type BlockApPhases } from './block-ap.js';
 import { checkTrainingData, kebab, runE2eQp } from './e2e-qp.js';
 import { eqatVersion } from '../engine/version.js';
-import { claimOutput, explainSystemError, publishOutput, throwIfAborted, type OutputClaim } from '../io/output.js';
+import { AbortedError, claimOutput, explainSystemError, InterruptedError, publishOutput, throwIfAborted, type OutputClaim } from '../io/output.js';
 import { reporter } from '../cli/progress.js';
 import { writeReport } from '../report/report.js';
 import type { OnEvent } from './events.js';
@@ -47,13 +50,25 @@ export interface QuantizeResult {
   seconds: number;
 }
 
-/** eqat-eval.json: perplexity per dataset and the zero-shot result of the output. */
-export interface QuantizeEval {
+/** The figures of one model: perplexity per dataset and the zero-shot result. */
+export interface EvalFigures {
   model: string;
   /** By dataset name or file, in the order of eval.ppl. */
   perplexity: Record<string, EvalResult>;
   zeroShot: ZeroShotResult | null;
   seconds: number;
+}
+
+/**
+ * eqat-eval.json: the figures of the output (model: the output directory) and, with
+ * eval.baseline, those of the full-precision model on the same windows, tasks and settings
+ * (`baseline`, model: its directory). Without eval.baseline neither key below is there.
+ */
+export interface QuantizeEval extends EvalFigures {
+  /** The full-precision model's figures; null when its evaluation failed (baselineError says why). */
+  baseline?: EvalFigures | null;
+  /** Why the evaluation of the full-precision model failed. */
+  baselineError?: string;
 }
 
 /** Merges and validates a recipe (file values, then flag overrides) against the model. */
@@ -203,7 +218,7 @@ async function quantize(
   }
   writeJsonAtomic(join(out, 'recipe.json'), recipeToJson(r));
   output.kept = `the quantized model in ${out}/`;
-  const evaluation = await evaluateOutput(out, r.eval, evalPlan, { quiet, device, precision });
+  const evaluation = await evaluateOutput(out, r.model, r.eval, evalPlan, { quiet, signal, device, precision });
   writeReport(out); // again, now with the whole command's record and the evaluation
   return { out, blockApOut: bapOut, blockApSeconds, blockApPhases, e2eQpSeconds, e2eQpTrainSeconds, e2eQpResumedFrom, eval: evaluation, seconds: (performance.now() - t0) / 1000 };
 }
@@ -232,17 +247,46 @@ async function planEval(e: EvalSection, quiet: boolean): Promise<EvalPlan> {
   return { tasks, ppl };
 }
 
-/** Runs the evaluation of the eval section on the model in `out` and writes it into out/eqat-eval.json. */
-async function evaluateOutput(out: string, e: EvalSection, plan: EvalPlan, o: { quiet: boolean; device?: 'cpu' | 'cuda'; precision?: 'f32' | 'bf16' }): Promise<QuantizeEval | null> {
-  if (!plan.tasks && plan.ppl.length === 0) return null;
+interface EvalRunOptions {
+  quiet: boolean;
+  signal?: AbortSignal;
+  device?: 'cpu' | 'cuda';
+  precision?: 'f32' | 'bf16';
+}
+
+/** The eval section's perplexities and tasks on one model (the output or the full-precision one). */
+async function evaluateModel(model: string, e: EvalSection, plan: EvalPlan, o: EvalRunOptions): Promise<EvalFigures> {
   const t0 = performance.now();
   const perplexity: Record<string, EvalResult> = {};
-  for (const p of plan.ppl) perplexity[p] = await evaluatePerplexity(out, p, { seqlen: e.pplSeqlen, batch: e.batch, quiet: o.quiet, device: o.device, precision: o.precision });
+  for (const p of plan.ppl) perplexity[p] = await evaluatePerplexity(model, p, { seqlen: e.pplSeqlen, batch: e.batch, quiet: o.quiet, device: o.device, precision: o.precision });
   const zeroShot = plan.tasks
-    ? await evaluateZeroShot(out, { tasks: plan.tasks, taskData: e.taskData ?? undefined, limit: e.limit || undefined, batch: e.batch, quiet: o.quiet, device: o.device, precision: o.precision })
+    ? await evaluateZeroShot(model, { tasks: plan.tasks, taskData: e.taskData ?? undefined, limit: e.limit || undefined, batch: e.batch, quiet: o.quiet, device: o.device, precision: o.precision })
     : null;
-  const result: QuantizeEval = { model: out, perplexity, zeroShot, seconds: (performance.now() - t0) / 1000 };
-  writeJsonAtomic(join(out, 'eqat-eval.json'), result);
+  return { model, perplexity, zeroShot, seconds: (performance.now() - t0) / 1000 };
+}
+
+/**
+ * Runs the evaluation of the eval section on the model in `out`, writes it into
+ * out/eqat-eval.json, then (eval.baseline) the same on the full-precision `model`, written
+ * beside it. The output is published before: a baseline that fails is recorded (baselineError,
+ * a warning on stderr) and the command goes on; an interruption still stops it.
+ */
+async function evaluateOutput(out: string, model: string, e: EvalSection, plan: EvalPlan, o: EvalRunOptions): Promise<QuantizeEval | null> {
+  if (!plan.tasks && plan.ppl.length === 0) return null;
+  const result: QuantizeEval = await evaluateModel(out, e, plan, o);
+  const file = join(out, 'eqat-eval.json');
+  writeJsonAtomic(file, result);
+  if (!e.baseline) return result;
+  throwIfAborted(o.signal);
+  try {
+    result.baseline = await evaluateModel(resolve(model), e, plan, o);
+  } catch (err) {
+    if (err instanceof InterruptedError || err instanceof AbortedError) throw err;
+    result.baseline = null;
+    result.baselineError = (err as Error).message;
+    console.error(`eqat quantize: warning: the evaluation of the full-precision model ${model} failed (${result.baselineError}); the quantized model in ${out}/ and its evaluation are complete; eqat eval --model ${model} measures it on its own`);
+  }
+  writeJsonAtomic(file, result);
   return result;
 }
 

@@ -13,7 +13,8 @@
 //   block_ap: { train_size, val_size, seqlen, batch_size, epochs, quant_lr, weight_lr, min_lr_factor, weight_decay }
 //   e2e_qp:   { data, data_format, train_size, seqlen, batch_size, micro_batch_size, epochs, lr,
 //               warmup_ratio, max_grad_norm, weight_decay }
-//   eval:     { tasks, task_data, limit, ppl, ppl_seqlen, batch }   (run on the output; eqat-eval.json)
+//   eval:     { tasks, task_data, limit, ppl, ppl_seqlen, batch, baseline }   (run on the output, and
+//             with baseline on the full-precision model too; eqat-eval.json)
 // Paths are kept as written (relative paths are relative to the working directory, as on the
 // command line). Unknown keys, wrong types and out-of-range values are errors that name the
 // file and the full key path. Keys the file leaves out take the preset for the final wbits.
@@ -71,7 +72,9 @@ export interface E2eQpSection extends E2eQpSettings {
 
 /**
  * The eval section: what `eqat quantize` measures on its output once it is written (the paper's
- * row: perplexity and zero-shot accuracy), into eqat-eval.json. Nothing by default.
+ * row: perplexity and zero-shot accuracy), into eqat-eval.json. Nothing by default; when
+ * anything is measured, the full-precision model is measured the same way too (baseline), as
+ * the paper's tables always give the full-precision row to read the quantized one against.
  */
 export interface EvalSection {
   /** Zero-shot tasks, comma-separated (src/data/mc-tasks.ts); null = none. */
@@ -86,6 +89,8 @@ export interface EvalSection {
   pplSeqlen: number;
   /** Windows or sequences per forward step. */
   batch: number;
+  /** Also evaluate the full-precision `model` on the same data and tasks (eqat-eval.json's `baseline`). */
+  baseline: boolean;
 }
 
 export interface QuantizeRecipe {
@@ -162,7 +167,7 @@ export function defaultRecipe(wbits: number): Omit<QuantizeRecipe, 'model' | 'ca
       weightDecay: b.weightDecay,
     },
     e2eQp: { data: null, ...e2eQp },
-    eval: { tasks: null, taskData: null, limit: 0, ppl: null, pplSeqlen: 2048, batch: 4 },
+    eval: { tasks: null, taskData: null, limit: 0, ppl: null, pplSeqlen: 2048, batch: 4, baseline: true },
   };
 }
 
@@ -175,6 +180,7 @@ export type ValueKind =
   | { type: 'string' } // non-empty
   | { type: 'nullable-string' } // non-empty or null
   | { type: 'choice'; values: readonly string[] }
+  | { type: 'bool' } // true or false; on quantize a flag and its --no- negation
   | { type: 'bits' }
   | { type: 'int'; min?: number; max?: number }
   | { type: 'number'; min: number; max?: number; maxExclusive?: boolean };
@@ -281,6 +287,7 @@ const SCHEMA: Record<Section, Field[]> = {
     f('ppl', { type: 'nullable-string' }, 'perplexity data, comma-separated: dataset names (wikitext2, c4) or files', { presetText: 'none' }),
     f('ppl_seqlen', { type: 'int', min: 2 }, 'perplexity window length in tokens'),
     f('batch', { type: 'int', min: 1 }, 'windows or sequences per forward step'),
+    f('baseline', { type: 'bool' }, 'also evaluate the full-precision model on the same data and tasks (the report shows both)', { presetText: 'on' }),
   ],
 };
 
@@ -298,6 +305,8 @@ function expected(kind: ValueKind): string {
       return 'a string or null';
     case 'choice':
       return `one of ${kind.values.map((v) => `'${v}'`).join(', ')}`;
+    case 'bool':
+      return 'true or false';
     case 'bits':
     case 'int':
       return 'an integer';
@@ -320,6 +329,8 @@ export function valueProblem(v: unknown, kind: ValueKind): string | null {
     case 'choice':
       if (typeof v !== 'string' || !kind.values.includes(v)) return `expected ${expected(kind)}, got ${got}`;
       return null;
+    case 'bool':
+      return typeof v === 'boolean' ? null : `expected ${expected(kind)}, got ${got}`;
     case 'bits':
       if (typeof v !== 'number' || !Number.isInteger(v)) return `expected ${expected(kind)}, got ${got}`;
       return (SUPPORTED_BITS as readonly number[]).includes(v) ? null : `must be 2, 3, 4 or 8, got ${v}`;
@@ -687,7 +698,7 @@ function flagOf(command: SettingCommand, section: Section, field: Field): { name
   const kind = kindOn(command, field);
   const name = flagName(command, section, field.key);
   const spec: FlagSpec = {
-    type: kind.type === 'number' ? 'number' : kind.type === 'int' || kind.type === 'bits' ? 'int' : 'string',
+    type: kind.type === 'number' ? 'number' : kind.type === 'int' || kind.type === 'bits' ? 'int' : kind.type === 'bool' ? 'boolean' : 'string',
     help: use.help ?? field.help,
     check: (value) => valueProblem(value, kind),
   };
@@ -708,12 +719,26 @@ function flagOf(command: SettingCommand, section: Section, field: Field): { name
   return { name, spec };
 }
 
-/** The flags of the recipe settings a command takes, in schema order. */
+/**
+ * The negation of a true/false setting's flag (--no-eval-baseline): the flag alone sets it true,
+ * the negation false, so that either value can win over a recipe file and the preset.
+ */
+function negationOf(section: Section, field: Field, flag: { name: string }): { name: string; spec: FlagSpec } {
+  const label = section === 'top' ? '' : `${SECTION_LABEL[section]} `;
+  return { name: `no-${flag.name}`, spec: { type: 'boolean', help: `${label}${pathOf(section, field.key)} off (the opposite of --${flag.name})` } };
+}
+
+/** The flags of the recipe settings a command takes, in schema order (a true/false setting's negation after it). */
 export function recipeFlagSpecs(command: SettingCommand = 'quantize'): FlagSpecs {
   const specs: FlagSpecs = {};
   for (const { section, field } of allFields()) {
     const flag = flagOf(command, section, field);
-    if (flag) specs[flag.name] = flag.spec;
+    if (!flag) continue;
+    specs[flag.name] = flag.spec;
+    if (field.kind.type === 'bool') {
+      const neg = negationOf(section, field, flag);
+      specs[neg.name] = neg.spec;
+    }
   }
   return specs;
 }
@@ -727,6 +752,10 @@ export function overridesFromFlags(flags: ParsedFlags, command: SettingCommand =
     const target = section === 'top' ? out : ((out[SECTION_PROP[section]] ??= {}) as Record<string, unknown>);
     const value = flags[flag.name];
     if (value !== undefined) target[field.prop] = value;
+    if (field.kind.type === 'bool' && flags[negationOf(section, field, flag).name] === true) {
+      if (value !== undefined) throw new UsageError(`--${flag.name} and --no-${flag.name}: give one or the other`);
+      target[field.prop] = false;
+    }
   }
   return out as RecipeOverrides;
 }

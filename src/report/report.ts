@@ -2,7 +2,8 @@
 // HTML file a person opens to look at a run: per-block Block-AP train/val loss by epoch against
 // round-to-nearest (the epoch-0 val loss of each block, before training), E2E-QP loss and
 // learning rate by step, the evaluation of the output (eqat-eval.json, when `quantize --eval-*`
-// wrote one), the recipe, timings and peak memory. Charts are inline SVG polylines with axes and
+// wrote one; before and after quantization side by side when it holds the full-precision
+// model's figures too), the recipe, timings and peak memory. Charts are inline SVG polylines with axes and
 // labels; there is no script, no stylesheet or image file and no network reference, so the file
 // reads the same offline, mailed or archived. renderReport is a pure function of the output's
 // files (their text); writeReport reads them from a directory and writes <dir>/report.html.
@@ -418,23 +419,78 @@ function e2eSection(lines: E2eLogLine[], rec: Json | null): string {
   return parts.join('\n');
 }
 
-/** eqat-eval.json (src/pipeline/quantize.ts QuantizeEval): perplexity per dataset, zero-shot accuracy per task. */
+/** A fraction as a percentage with two decimals; '–' for what is no number. */
+const pct = (v: unknown): string => (isNum(v) ? `${(v * 100).toFixed(2)}%` : '–');
+
+/** The change from `before` to `after` as a signed number and, when asked, the relative change: "+1.23 (+10.0%)". */
+function change(before: unknown, after: unknown, relative: boolean): string {
+  if (!isNum(before) || !isNum(after)) return '–';
+  const d = after - before;
+  const sign = d > 0 ? '+' : d < 0 ? '−' : '';
+  const rel = relative && before !== 0 ? ` (${sign}${Math.abs((d / before) * 100).toFixed(1)}%)` : '';
+  return `${sign}${fmt(Math.abs(d))}${rel}`;
+}
+
+/** The change of an accuracy in percentage points: "−1.20 pp". */
+function changePp(before: unknown, after: unknown): string {
+  if (!isNum(before) || !isNum(after)) return '–';
+  const d = (after - before) * 100;
+  return `${d > 0 ? '+' : d < 0 ? '−' : ''}${Math.abs(d).toFixed(2)} pp`;
+}
+
+/** The entries of eqat-eval.json's perplexity object (or its baseline's) that are objects. */
+const pplEntries = (figures: Json | null): [string, Json][] =>
+  Object.entries(figures && isObj(figures['perplexity']) ? figures['perplexity'] : {}).filter((e): e is [string, Json] => isObj(e[1]));
+
+/** The task objects of a zero-shot result, by task name. */
+function taskMap(figures: Json | null): Map<string, Json> {
+  const zs = figures && isObj(figures['zeroShot']) ? figures['zeroShot'] : null;
+  const tasks = zs && Array.isArray(zs['tasks']) ? (zs['tasks'] as unknown[]).filter(isObj) : [];
+  return new Map(tasks.map((t) => [String(t['task']), t]));
+}
+
+/**
+ * eqat-eval.json (src/pipeline/quantize.ts QuantizeEval): perplexity per dataset, zero-shot
+ * accuracy per task; with its `baseline` (the full-precision model on the same windows and
+ * tasks), both side by side with the change.
+ */
 function evalSection(ev: Json): string {
-  const parts = [`<section id="eval"><h2>Evaluation of the quantized model</h2>`];
-  const ppl = isObj(ev['perplexity']) ? ev['perplexity'] : {};
-  const rows = Object.entries(ppl)
-    .filter((e): e is [string, Json] => isObj(e[1]))
-    .map(([data, p]) => [data, fmt(p['ppl'] as number), fmt(p['nll'] as number), `${String(p['windows'])} × ${String(p['seqlen'])}`, fmtSeconds(Number(p['seconds']) || 0)]);
-  if (rows.length) parts.push('<h3>Perplexity</h3>' + table(['data', 'perplexity', 'nll (nats)', 'windows × tokens', 'time'], rows, 'num'));
+  const base = isObj(ev['baseline']) ? ev['baseline'] : null;
+  const parts = [`<section id="eval"><h2>${base ? 'Evaluation: full precision and quantized' : 'Evaluation of the quantized model'}</h2>`];
   const zs = isObj(ev['zeroShot']) ? ev['zeroShot'] : null;
+  const pm = (v: unknown, s: unknown): string => (isNum(s) ? `${pct(v)} ± ${(s * 100).toFixed(2)}` : pct(v));
+  if (base) {
+    const fpPpl = new Map(pplEntries(base));
+    const rows = pplEntries(ev).map(([data, p]) => {
+      const fp = fpPpl.get(data) ?? null;
+      return [data, fmt(fp?.['ppl'] as number), fmt(p['ppl'] as number), change(fp?.['ppl'], p['ppl'], true), `${String(p['windows'])} × ${String(p['seqlen'])}`];
+    });
+    if (rows.length) parts.push('<h3>Perplexity</h3>' + table(['data', 'full precision', 'quantized', 'change', 'windows × tokens'], rows, 'num before-after'));
+    if (zs && Array.isArray(zs['tasks'])) {
+      const fpTasks = taskMap(base);
+      const fpZs = isObj(base['zeroShot']) ? base['zeroShot'] : null;
+      const zrows = [...taskMap(ev)].map(([task, t]) => {
+        const fp = fpTasks.get(task) ?? null;
+        return [task, pct(fp?.['acc']), pct(t['acc']), changePp(fp?.['acc'], t['acc']), pct(fp?.['accNorm']), pct(t['accNorm']), changePp(fp?.['accNorm'], t['accNorm']), `${String(t['docs'])} of ${String(t['rows'])}`];
+      });
+      zrows.push(['average', pct(fpZs?.['averageAcc']), pct(zs['averageAcc']), changePp(fpZs?.['averageAcc'], zs['averageAcc']), '', '', '', '']);
+      parts.push('<h3>Zero-shot accuracy</h3>' +
+        table(['task', 'acc, full precision', 'acc, quantized', 'change', 'acc_norm, full precision', 'acc_norm, quantized', 'change', 'docs'], zrows, 'num before-after'));
+    }
+    parts.push(`<p class="muted">Full precision: ${escapeHtml(String(base['model'] ?? '?'))}, evaluated on the same windows and tasks with the same settings.</p>`);
+    parts.push('</section>');
+    return parts.join('\n');
+  }
+  const rows = pplEntries(ev).map(([data, p]) => [data, fmt(p['ppl'] as number), fmt(p['nll'] as number), `${String(p['windows'])} × ${String(p['seqlen'])}`, fmtSeconds(Number(p['seconds']) || 0)]);
+  if (rows.length) parts.push('<h3>Perplexity</h3>' + table(['data', 'perplexity', 'nll (nats)', 'windows × tokens', 'time'], rows, 'num'));
   if (zs && Array.isArray(zs['tasks'])) {
-    const pct = (v: unknown): string => (isNum(v) ? `${(v * 100).toFixed(2)}%` : '–');
-    const pm = (v: unknown, s: unknown): string => (isNum(s) ? `${pct(v)} ± ${(s * 100).toFixed(2)}` : pct(v));
-    const zrows = (zs['tasks'] as unknown[]).filter(isObj).map((t) => [String(t['task']), pm(t['acc'], t['accStderr']), pm(t['accNorm'], t['accNormStderr']), `${String(t['docs'])} of ${String(t['rows'])}`]);
+    const zrows = [...taskMap(ev).values()].map((t) => [String(t['task']), pm(t['acc'], t['accStderr']), pm(t['accNorm'], t['accNormStderr']), `${String(t['docs'])} of ${String(t['rows'])}`]);
     zrows.push(['average', pct(zs['averageAcc']), '', '']);
     parts.push('<h3>Zero-shot accuracy</h3>' + table(['task', 'acc', 'acc_norm', 'docs'], zrows, 'num'));
   }
-  parts.push('<p class="muted">The full-precision model is not evaluated by this run; eqat eval --model on it gives the figures to compare.</p>');
+  parts.push(typeof ev['baselineError'] === 'string'
+    ? `<p class="notes">The evaluation of the full-precision model failed: ${escapeHtml(ev['baselineError'])}</p>`
+    : '<p class="muted">The full-precision model was not evaluated by this run (eval.baseline off); eqat eval --model on it gives the figures to compare.</p>');
   parts.push('</section>');
   return parts.join('\n');
 }
@@ -447,7 +503,7 @@ function phaseRecords(rec: Json): Json[] {
 }
 
 /** Recipe, timings and peak memory from eqat-recipe.json; the whole record under a disclosure. */
-function recipeSection(rec: Json, evalSeconds: number | null, blockApSeconds: number | null): string {
+function recipeSection(rec: Json, evalSeconds: number | null, blockApSeconds: number | null, baselineSeconds: number | null = null): string {
   const rows: string[][] = [];
   const show = (v: unknown): string => (typeof v === 'string' ? v : JSON.stringify(v));
   for (const r of phaseRecords(rec).reverse()) {
@@ -466,6 +522,7 @@ function recipeSection(rec: Json, evalSeconds: number | null, blockApSeconds: nu
     timing.push([phase, t, peak]);
   }
   if (evalSeconds !== null) timing.push(['evaluation', fmtSeconds(evalSeconds), '']);
+  if (baselineSeconds !== null) timing.push(['evaluation of the full-precision model', fmtSeconds(baselineSeconds), '']);
   const version = isObj(rec['eqat']) ? Object.entries(rec['eqat']).map(([k, v]) => `${k} ${show(v)}`).join(', ') : '';
   return [
     `<section id="recipe"><h2>Recipe, timings and memory</h2>`,
@@ -508,7 +565,8 @@ function buildReport(f: ReportFiles): { html: string; notes: string[] } {
   if (bap) body.push(blockApSection(bap));
   if (e2e) body.push(e2eSection(e2e, rec));
   if (ev) body.push(evalSection(ev));
-  if (rec) body.push(recipeSection(rec, ev && isNum(ev['seconds']) ? ev['seconds'] : null, bap ? blockApSeconds(bap) : null));
+  const base = ev && isObj(ev['baseline']) ? ev['baseline'] : null;
+  if (rec) body.push(recipeSection(rec, ev && isNum(ev['seconds']) ? ev['seconds'] : null, bap ? blockApSeconds(bap) : null, base && isNum(base['seconds']) ? base['seconds'] : null));
   const html = `<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>${escapeHtml(title)}</title><style>${STYLE}</style></head>

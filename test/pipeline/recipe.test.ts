@@ -226,12 +226,17 @@ test('wrong types name the key and the expected type', () => {
     [{ e2e_qp: { data: 5 } }, 'e2e_qp.data: expected a string or null, got number 5'],
     [{ e2e_qp: { data_format: 'chat' } }, "e2e_qp.data_format: expected one of 'auto', 'text', 'instruct', got the string \"chat\""],
     [{ e2e_qp: { micro_batch_size: true } }, 'e2e_qp.micro_batch_size: expected an integer, got boolean true'],
+    [{ eval: { baseline: 'no' } }, 'eval.baseline: expected true or false, got the string "no"'],
+    [{ eval: { baseline: 0 } }, 'eval.baseline: expected true or false, got number 0'],
   ];
   for (const [doc, msg] of cases) throwsWith(() => parseRecipeObject(doc, 'r.json'), `r.json: ${msg}`);
   throwsWith(() => parseRecipeObject([1, 2], 'r.json'), 'r.json: a recipe must be a mapping of keys to values, got an array');
   // YAML's own types: .inf is not a finite number; an empty value is null
   throwsWith(() => loadRecipeFile(put('.yaml', 'block_ap:\n  quant_lr: .inf\n')), 'block_ap.quant_lr: expected a number, got number Infinity');
   throwsWith(() => loadRecipeFile(put('.yaml', 'seed:\n')), 'seed: expected an integer, got null');
+  // YAML 1.2: yes is a string, false the boolean
+  throwsWith(() => loadRecipeFile(put('.yaml', 'eval:\n  baseline: yes\n')), 'eval.baseline: expected true or false, got the string "yes"');
+  assert.deepEqual(loadRecipeFile(put('.yaml', 'eval:\n  baseline: false\n')), { eval: { baseline: false } });
 });
 
 test('out-of-range values are rejected, in files and in validateRecipe', () => {
@@ -383,6 +388,14 @@ test('flags: one per key, parsed by the CLI parser, mapped to overrides; flags w
   assert.equal(r.e2eQp.lr, 5e-6);
   assert.equal(r.e2eQp.data, 'x.jsonl');
   validateRecipe(r, 'r.yaml + command line');
+  // eval.baseline: on by default; --no-eval-baseline and --eval-baseline win over the file either way
+  assert.equal(r.eval.baseline, true);
+  const off = overridesFromFlags(parseFlags('quantize', ['--no-eval-baseline'], specs));
+  assert.deepEqual(off.eval, { baseline: false });
+  assert.equal(mergeRecipe(parseRecipeObject({ ...REQUIRED, wbits: 4, eval: { baseline: true } }, 'r.yaml'), off).eval.baseline, false);
+  const on = overridesFromFlags(parseFlags('quantize', ['--eval-baseline'], specs));
+  assert.equal(mergeRecipe(parseRecipeObject({ ...REQUIRED, wbits: 4, eval: { baseline: false } }, 'r.yaml'), on).eval.baseline, true);
+  assert.throws(() => overridesFromFlags(parseFlags('quantize', ['--eval-baseline', '--no-eval-baseline'], specs)), /--eval-baseline and --no-eval-baseline: give one or the other/);
 });
 
 /** A flag spec without its check function (which is a new closure per call). */
@@ -407,9 +420,12 @@ test('flags from the schema: every setting is a flag on each command that takes 
       taken[command]!++;
     }
   }
-  assert.deepEqual(taken, { 'block-ap': 15, 'e2e-qp': 13, quantize: 32 });
+  assert.deepEqual(taken, { 'block-ap': 15, 'e2e-qp': 13, quantize: 33 });
   for (const command of ['block-ap', 'e2e-qp', 'quantize'] as const) {
-    assert.equal(Object.keys(recipeFlagSpecs(command)).length, taken[command], `${command}: no flag without a setting`);
+    // a true/false setting also has its negation (--no-eval-baseline)
+    const negations = Object.keys(recipeFlagSpecs(command)).filter((n) => n.startsWith('no-'));
+    assert.deepEqual(negations, command === 'quantize' ? ['no-eval-baseline'] : []);
+    assert.equal(Object.keys(recipeFlagSpecs(command)).length - negations.length, taken[command], `${command}: no flag without a setting`);
   }
 });
 

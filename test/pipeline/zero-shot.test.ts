@@ -6,18 +6,21 @@
 // forward written from the reference ops (test/pipeline/zero-shot-check.ts), acc / acc_norm /
 // stderr against hand-computed values on items where the two disagree, the full-precision and
 // the packed (RTN) model, the CLI's table and JSON, task data from a hub on 127.0.0.1, quantize's
-// eval section, and bad input: unknown task names, missing columns, wrong types, empty splits,
+// eval section (with the full-precision baseline equal to `eqat eval` on the original model, the
+// report's before/after rows, --no-eval-baseline, a baseline that fails), and bad input: unknown task names, missing columns, wrong types, empty splits,
 // --limit 0, absent task data. The fixtures (test/fixtures/tasks, in each dataset's hub
 // schema) were written for these tests by test/fixtures/make-task-data.mjs.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { hellaswagPreprocess, HUB_PARQUET_REVISION, loadTaskDocs, MC_TASKS, parseTaskList, pyCapitalize, taskFiles, type McDoc } from '../../src/data/mc-tasks.js';
 import { argmax, docScores, evaluateZeroShot, loadTasks, meanStderr, scoreRequests, type ZeroShotResult } from '../../src/pipeline/zero-shot.js';
 import { resolveRecipe, runQuantize } from '../../src/pipeline/quantize.js';
+import type { EvalResult } from '../../src/pipeline/eval.js';
+import { fmt } from '../../src/report/report.js';
 import { FakeHub, fakeSha } from '../io/fake-hub.js';
 import { REPO, TINY, rtnTiny } from '../golden.js';
 import { checkEveryItem, refLoglikelihood } from './zero-shot-check.js';
@@ -276,19 +279,57 @@ test('without --task-data the splits come from the hub\'s parquet revision throu
   }
 });
 
-test('quantize --eval-tasks --eval-ppl: the output evaluated into eqat-eval.json and the result; bad eval input refused before any work', async () => {
-  const text = join(dir('ppl'), 'ppl.txt');
-  writeFileSync(text, readFileSync(join(REPO, 'fixtures', 'text', 'calib-sample.txt'), 'utf8').slice(0, 4000));
-  const base = { model: TINY, calib: join(REPO, 'fixtures', 'text', 'calib-sample.txt'), wbits: 4, groupSize: 32, blockAp: { epochs: 0 }, e2eQp: { epochs: 0 } };
-  const out = join(work, 'q-w4g32');
+// quantize's eval section: the RTN w4g32 output of llama-tiny, evaluated with the full-precision
+// baseline (the default) by runQuantize, and without it (--no-eval-baseline) through the CLI
+const PPL_TEXT = join(work, 'ppl.txt');
+writeFileSync(PPL_TEXT, readFileSync(join(REPO, 'fixtures', 'text', 'calib-sample.txt'), 'utf8').slice(0, 4000));
+const Q_BASE = { model: TINY, calib: join(REPO, 'fixtures', 'text', 'calib-sample.txt'), wbits: 4, groupSize: 32, blockAp: { epochs: 0 }, e2eQp: { epochs: 0 } };
+const Q_OUT = join(work, 'q-w4g32');
+
+type Figures = { model: string; perplexity: Record<string, EvalResult>; zeroShot: ZeroShotResult | null; seconds: number };
+type EvalJson = Figures & { baseline?: Figures | null; baselineError?: string };
+
+/** A fraction as report.html shows an accuracy. */
+const pct = (v: number): string => `${(v * 100).toFixed(2)}%`;
+
+test('quantize --eval-tasks --eval-ppl: the output and the full-precision model evaluated into eqat-eval.json, the result and the report; bad eval input refused before any work', async () => {
+  const text = PPL_TEXT;
+  const base = Q_BASE;
+  const out = Q_OUT;
   const r = await runQuantize(resolveRecipe({}, { ...base, out, eval: { tasks: 'arc_easy,winogrande', taskData: DATA, limit: 4, ppl: text, pplSeqlen: 32 } }, 'command line'), { quiet: true });
-  const written = JSON.parse(readFileSync(join(out, 'eqat-eval.json'), 'utf8')) as { perplexity: Record<string, { ppl: number; windows: number }>; zeroShot: ZeroShotResult };
+  const written = JSON.parse(readFileSync(join(out, 'eqat-eval.json'), 'utf8')) as EvalJson;
   assert.deepEqual(written, JSON.parse(JSON.stringify(r.eval)));
   // the same numbers as eval run on the output on its own
   const alone = await evaluateZeroShot(out, { tasks: parseTaskList('arc_easy,winogrande', '--tasks'), taskData: DATA, limit: 4, quiet: true });
-  assert.deepEqual(written.zeroShot.tasks.map((t) => [t.task, t.docs, t.acc, t.accNorm]), alone.tasks.map((t) => [t.task, t.docs, t.acc, t.accNorm]));
+  assert.deepEqual(written.zeroShot!.tasks.map((t) => [t.task, t.docs, t.acc, t.accNorm]), alone.tasks.map((t) => [t.task, t.docs, t.acc, t.accNorm]));
   assert.ok(written.perplexity[text]!.ppl > 1 && written.perplexity[text]!.windows > 0);
-  assert.deepEqual((JSON.parse(readFileSync(join(out, 'recipe.json'), 'utf8')) as { eval: unknown }).eval, { tasks: 'arc_easy,winogrande', task_data: DATA, limit: 4, ppl: text, ppl_seqlen: 32, batch: 4 });
+  assert.deepEqual((JSON.parse(readFileSync(join(out, 'recipe.json'), 'utf8')) as { eval: unknown }).eval, { tasks: 'arc_easy,winogrande', task_data: DATA, limit: 4, ppl: text, ppl_seqlen: 32, batch: 4, baseline: true });
+
+  // the baseline: what `eqat eval` prints for the full-precision model on the same text, seqlen and tasks
+  const fpRun = cli(['eval', '--model', TINY, '--data', text, '--seqlen', '32', '--tasks', 'arc_easy,winogrande', '--task-data', DATA, '--limit', '4', '--json', '--quiet']);
+  assert.equal(fpRun.status, 0, fpRun.stderr);
+  const fp = JSON.parse(fpRun.stdout.trim().split('\n').at(-1)!) as EvalResult & { zeroShot: ZeroShotResult };
+  const b = written.baseline!;
+  assert.equal(b.model, resolve(TINY));
+  const { seconds: _s1, ...fpPpl } = b.perplexity[text]!;
+  const { seconds: _s2, ...evalPpl } = fp;
+  assert.deepEqual(fpPpl, { ppl: evalPpl.ppl, nll: evalPpl.nll, tokens: evalPpl.tokens, predictions: evalPpl.predictions, windows: evalPpl.windows, seqlen: evalPpl.seqlen });
+  const row = (t: ZeroShotResult['tasks'][number]) => [t.task, t.split, t.docs, t.acc, t.accStderr, t.accNorm, t.accNormStderr];
+  assert.deepEqual(b.zeroShot!.tasks.map(row), fp.zeroShot.tasks.map(row));
+  assert.equal(b.zeroShot!.averageAcc, fp.zeroShot.averageAcc);
+  // same windows, another model: the quantized perplexity is not the full-precision one
+  assert.equal(written.perplexity[text]!.windows, b.perplexity[text]!.windows);
+  assert.notEqual(written.perplexity[text]!.ppl, b.perplexity[text]!.ppl);
+
+  // report.html: both numbers side by side, with the change
+  const html = readFileSync(join(out, 'report.html'), 'utf8');
+  const q = written.perplexity[text]!.ppl;
+  assert.ok(html.includes(`<tr><td>${text}</td><td>${fmt(fp.ppl)}</td><td>${fmt(q)}</td><td>${q > fp.ppl ? '+' : '−'}${fmt(Math.abs(q - fp.ppl))} (`), 'the perplexity row: full precision, quantized, change');
+  for (const t of written.zeroShot!.tasks) {
+    const f = fp.zeroShot.tasks.find((x) => x.task === t.task)!;
+    assert.ok(html.includes(`<tr><td>${t.task}</td><td>${pct(f.acc)}</td><td>${pct(t.acc)}</td><td>`), `the ${t.task} row: acc before and after`);
+  }
+  assert.ok(html.includes(`<tr><td>average</td><td>${pct(fp.zeroShot.averageAcc)}</td><td>${pct(written.zeroShot!.averageAcc)}</td>`));
 
   // refused before Block-AP: nothing is written
   const bad = join(work, 'q-bad');
@@ -300,4 +341,53 @@ test('quantize --eval-tasks --eval-ppl: the output evaluated into eqat-eval.json
   const r2 = cli(['quantize', '--model', TINY, '--calib', base.calib, '--wbits', '4', '--out', bad, '--eval-tasks', 'hellaswag', '--eval-limit=-1']);
   assert.equal(r2.status, 2);
   assert.match(r2.stderr, /--eval-limit must be >= 0, got -1/);
+  const r3 = cli(['quantize', '--model', TINY, '--calib', base.calib, '--wbits', '4', '--out', bad, '--eval-ppl', text, '--eval-baseline', '--no-eval-baseline']);
+  assert.equal(r3.status, 2);
+  assert.match(r3.stderr, /--eval-baseline and --no-eval-baseline: give one or the other/);
+  assert.equal(existsSync(bad) || existsSync(bad + '.block-ap'), false);
+});
+
+test('quantize --no-eval-baseline: no baseline in eqat-eval.json, the --json result or the report; the checkpoint is the same bytes with or without it', () => {
+  assert.ok(existsSync(join(Q_OUT, 'eqat-eval.json')), 'the output of the test before');
+  const out = join(work, 'q-w4g32-no-baseline');
+  const r = cli(['quantize', '--model', TINY, '--calib', Q_BASE.calib, '--wbits', '4', '--group-size', '32', '--block-ap-epochs', '0', '--e2e-qp-epochs', '0', '--out', out, '--eval-ppl', PPL_TEXT, '--eval-ppl-seqlen', '32', '--no-eval-baseline', '--json', '--quiet']);
+  assert.equal(r.status, 0, r.stderr);
+  const result = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { eval: EvalJson };
+  const written = JSON.parse(readFileSync(join(out, 'eqat-eval.json'), 'utf8')) as EvalJson;
+  for (const ev of [result.eval, written]) {
+    assert.equal('baseline' in ev || 'baselineError' in ev, false);
+    assert.deepEqual(Object.keys(ev), ['model', 'perplexity', 'zeroShot', 'seconds']);
+  }
+  const withBaseline = JSON.parse(readFileSync(join(Q_OUT, 'eqat-eval.json'), 'utf8')) as EvalJson;
+  assert.equal(written.perplexity[PPL_TEXT]!.ppl, withBaseline.perplexity[PPL_TEXT]!.ppl);
+  const html = readFileSync(join(out, 'report.html'), 'utf8');
+  assert.ok(html.includes('<h2>Evaluation of the quantized model</h2>'));
+  assert.ok(html.includes(`<tr><td>${PPL_TEXT}</td><td>${fmt(written.perplexity[PPL_TEXT]!.ppl)}</td>`));
+  assert.doesNotMatch(html, /full precision<\/th>/);
+  // only the records differ between the two outputs
+  const records = ['eqat-eval.json', 'eqat-recipe.json', 'recipe.json', 'report.html', 'block-ap-log.jsonl', 'e2e-qp-log.jsonl'];
+  const files = readdirSync(out).filter((f) => !records.includes(f)).sort();
+  assert.deepEqual(readdirSync(Q_OUT).filter((f) => !records.includes(f)).sort(), files);
+  assert.ok(files.some((f) => f.endsWith('.safetensors')));
+  for (const f of files) assert.ok(readFileSync(join(out, f)).equals(readFileSync(join(Q_OUT, f))), `${f}: the same bytes`);
+});
+
+test('a baseline that fails (the full-precision model gone after Block-AP) leaves the checkpoint and its evaluation, with the reason', async () => {
+  const model = join(work, 'tiny-copy');
+  cpSync(TINY, model, { recursive: true });
+  const out = join(work, 'q-baseline-fails');
+  const r = await runQuantize(resolveRecipe({}, { ...Q_BASE, model, out, eval: { ppl: PPL_TEXT, pplSeqlen: 32 } }, 'command line'), {
+    quiet: true,
+    onEvent: (e) => {
+      if (e.type === 'done' && e.phase === 'block-ap') renameSync(model, model + '.gone');
+    },
+  });
+  const written = JSON.parse(readFileSync(join(out, 'eqat-eval.json'), 'utf8')) as EvalJson;
+  assert.deepEqual(written, JSON.parse(JSON.stringify(r.eval)));
+  assert.equal(written.baseline, null);
+  assert.match(written.baselineError!, /tiny-copy.*does not exist/);
+  assert.ok(written.perplexity[PPL_TEXT]!.ppl > 1, 'the output is evaluated');
+  assert.ok(existsSync(join(out, 'model.safetensors')) || readdirSync(out).some((f) => f.endsWith('.safetensors')), 'the checkpoint is there');
+  const html = readFileSync(join(out, 'report.html'), 'utf8');
+  assert.ok(html.includes('The evaluation of the full-precision model failed: '));
 });

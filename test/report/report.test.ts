@@ -174,7 +174,7 @@ test('a broken log line is skipped with a note naming the file and line; the res
   assert.ok(!readFileSync(join(E2E, 'report.html'), 'utf8').includes('id="notes"'));
 });
 
-test('the evaluation of eqat quantize (eqat-eval.json) is shown: perplexity per dataset, accuracy per task', async () => {
+test('the evaluation of eqat quantize (eqat-eval.json) is shown: perplexity per dataset, accuracy per task, beside the full-precision model\'s when there', async () => {
   await run;
   const ev: QuantizeEval = {
     model: E2E,
@@ -198,6 +198,28 @@ test('the evaluation of eqat quantize (eqat-eval.json) is shown: perplexity per 
   assert.ok(html.includes('<tr><td>winogrande</td><td>54.00% ± 7.12</td><td>–</td>'));
   assert.ok(html.includes('<tr><td>average</td><td>58.00%</td>'));
   assert.ok(html.includes('<tr><td>evaluation</td><td>7.50 s</td>'));
+  assert.ok(html.includes('(eval.baseline off)'));
+
+  // with the full-precision model's figures (eval.baseline): before and after, with the change
+  const fp: QuantizeEval = {
+    ...ev,
+    model: TINY,
+    perplexity: { wikitext2: { ...ev.perplexity['wikitext2']!, ppl: 10.5, nll: 2.3514 } },
+    zeroShot: { ...ev.zeroShot!, tasks: [{ ...ev.zeroShot!.tasks[0]!, acc: 0.66, accNorm: 0.64 }, { ...ev.zeroShot!.tasks[1]!, acc: 0.54 }], averageAcc: 0.6 },
+    seconds: 6.25,
+  };
+  const both = renderReport({ ...readReportFiles(E2E), eval: JSON.stringify({ ...ev, baseline: fp }) });
+  assert.ok(both.includes('<h2>Evaluation: full precision and quantized</h2>'));
+  assert.ok(both.includes('<tr><td>wikitext2</td><td>10.5</td><td>12.35</td><td>+1.846 (+17.6%)</td><td>2 × 2048</td></tr>'));
+  assert.ok(both.includes('<tr><td>piqa</td><td>66.00%</td><td>62.00%</td><td>−4.00 pp</td><td>64.00%</td><td>60.00%</td><td>−4.00 pp</td><td>50 of 1838</td></tr>'));
+  assert.ok(both.includes('<tr><td>winogrande</td><td>54.00%</td><td>54.00%</td><td>0.00 pp</td><td>–</td><td>–</td><td>–</td><td>50 of 1267</td></tr>'));
+  assert.ok(both.includes('<tr><td>average</td><td>60.00%</td><td>58.00%</td><td>−2.00 pp</td>'));
+  assert.ok(both.includes('<tr><td>evaluation of the full-precision model</td><td>6.25 s</td>'));
+  assert.ok(!both.includes('(eval.baseline off)'));
+  // a baseline that failed: today's table, and why
+  const failed = renderReport({ ...readReportFiles(E2E), eval: JSON.stringify({ ...ev, baseline: null, baselineError: 'model <gone>' }) });
+  assert.ok(failed.includes('<tr><td>wikitext2</td><td>12.35</td><td>2.513</td>'));
+  assert.ok(failed.includes('The evaluation of the full-precision model failed: model &lt;gone&gt;'));
 });
 
 // ---------------------------------------------------------------------------------------------
