@@ -655,7 +655,8 @@ export function recipeToJson(r: QuantizeRecipe): Record<string, unknown> {
 // Command-line flags, generated from the schema and checked by valueProblem. quantize takes every
 // setting, named after its path (group_size → --group-size, block_ap.train_size →
 // --block-ap-train-size, e2e_qp.lr → --e2e-qp-lr), with no defaults: unset flags leave the file's
-// value or the preset in place. block-ap and e2e-qp take the settings listed for them, named after
+// value or the preset in place; a true/false setting is a switch and its negation
+// (--eval-baseline, --no-eval-baseline). block-ap and e2e-qp take the settings listed for them, named after
 // the key (--train-size), with the preset as the default where it does not depend on the bit
 // width; the command fills in the others (blockApDefaults / e2eQpDefaults of the bits).
 
