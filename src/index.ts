@@ -90,6 +90,19 @@ function given<T extends object>(o: T): Partial<T> {
   return r;
 }
 
+/**
+ * The options `o` sets among the keys of `preset` (the settings and seed a run takes), so that
+ * `{ ...preset, ...presetOverrides(o, preset) }` is the preset with the caller's values.
+ */
+function presetOverrides<P extends object>(o: object, preset: P): Partial<P> {
+  const r: Partial<P> = {};
+  for (const k of Object.keys(preset)) {
+    const v = (o as Record<string, unknown>)[k];
+    if (v !== undefined) (r as Record<string, unknown>)[k] = v;
+  }
+  return r;
+}
+
 /** The device of a run (throws naming the command when it is unusable), after --threads. */
 function runDevice(command: string, o: RunOptions): 'cpu' | 'cuda' {
   const device = deviceForCommand(command, o.device ?? 'cpu');
@@ -178,28 +191,16 @@ const BLOCK_AP_GROUP_SIZE = recipeFlagSpecs('block-ap')['group-size']!.default a
 export async function blockAp(o: BlockApOptions): Promise<BlockApResult> {
   throwIfAborted(o.signal);
   const device = runDevice('block-ap', o);
-  const { model, out, wbits, calib, groupSize, seed, maxRamBytes, precision, onEvent, signal, force, restart, progress } = o;
-  const settings: Partial<BlockApSettings> = given({
-    trainSize: o.trainSize,
-    valSize: o.valSize,
-    seqlen: o.seqlen,
-    batchSize: o.batchSize,
-    epochs: o.epochs,
-    quantLr: o.quantLr,
-    weightLr: o.weightLr,
-    minLrFactor: o.minLrFactor,
-    weightDecay: o.weightDecay,
-  });
-  const d = blockApDefaults(wbits);
+  const { model, out, wbits, calib, groupSize, maxRamBytes, precision, onEvent, signal, force, restart, progress } = o;
+  const preset = blockApDefaults(wbits); // every Block-AP setting and the seed
   return runBlockAp({
-    ...d,
-    ...settings,
+    ...preset,
+    ...presetOverrides(o, preset),
     model,
     out,
     wbits,
     calib: calib ?? null,
     groupSize: groupSize ?? BLOCK_AP_GROUP_SIZE,
-    seed: seed ?? d.seed,
     maxRamBytes,
     device,
     precision,
@@ -236,26 +237,13 @@ export async function e2eQp(o: E2eQpOptions): Promise<E2eQpResult> {
   const probe = WeightSource.open(model);
   const bits = probe.quant?.bits ?? 4; // a full-precision model is refused by the run, naming it
   probe.close();
-  const settings: Partial<E2eQpSettings> = given({
-    dataFormat: o.dataFormat,
-    trainSize: o.trainSize,
-    seqlen: o.seqlen,
-    batchSize: o.batchSize,
-    microBatchSize: o.microBatchSize,
-    epochs: o.epochs,
-    lr: o.lr,
-    warmupRatio: o.warmupRatio,
-    maxGradNorm: o.maxGradNorm,
-    weightDecay: o.weightDecay,
-  });
-  const d = e2eQpDefaults(bits);
+  const preset = e2eQpDefaults(bits); // every E2E-QP setting and the seed
   return runE2eQp({
-    ...d,
-    ...settings,
+    ...preset,
+    ...presetOverrides(o, preset),
     model,
     data: o.data,
     out: o.out,
-    seed: o.seed ?? d.seed,
     saveEvery: o.saveEvery,
     device,
     precision: o.precision,

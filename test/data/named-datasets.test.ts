@@ -149,8 +149,11 @@ test('c4 perplexity: 256 windows of the validation shard drawn as the official c
   assert.deepEqual([...again.windows], [...w.windows]);
 });
 
-test('evaluatePerplexity takes a dataset name and a hub model name (HF_ENDPOINT, HF_HUB_CACHE)', async () => {
-  const o = fresh();
+/**
+ * Runs `body` with the environment a user of the test hub has (HF_ENDPOINT on it, the caches of
+ * `o`, online, no token), then puts the environment back as it was.
+ */
+async function withHubEnvironment(o: ReturnType<typeof fresh>, body: () => Promise<void>): Promise<void> {
   const saved = { ...process.env };
   process.env['HF_ENDPOINT'] = hub.endpoint;
   process.env['HF_HUB_CACHE'] = o.cacheDir!;
@@ -158,6 +161,16 @@ test('evaluatePerplexity takes a dataset name and a hub model name (HF_ENDPOINT,
   delete process.env['HF_HUB_OFFLINE'];
   delete process.env['HF_TOKEN'];
   try {
+    await body();
+  } finally {
+    for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
+    Object.assign(process.env, saved);
+  }
+}
+
+test('evaluatePerplexity takes a dataset name and a hub model name (HF_ENDPOINT, HF_HUB_CACHE)', async () => {
+  const o = fresh();
+  await withHubEnvironment(o, async () => {
     const r = await evaluatePerplexity('test-org/llama-tiny', 'wikitext2', { seqlen: 8, maxWindows: 3, quiet: true });
     const tok = loadTokenizer(TINY);
     const { windows } = await perplexityWindows('wikitext2', tok, TINY, 8, o);
@@ -167,10 +180,7 @@ test('evaluatePerplexity takes a dataset name and a hub model name (HF_ENDPOINT,
     assert.equal(local.nll, r.nll);
     const c4 = await evaluatePerplexity(TINY, 'c4', { seqlen: 16, maxWindows: 2, quiet: true });
     assert.equal(c4.windows, 2);
-  } finally {
-    for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
-    Object.assign(process.env, saved);
-  }
+  });
 });
 
 test('calibration corpora: wikitext2 the train parquet, c4 the first documents of the train shard, redpajama a sample of every file', async () => {
@@ -191,13 +201,7 @@ test('calibration corpora: wikitext2 the train parquet, c4 the first documents o
 
 test('quantize recipes name a hub model and datasets; the recipe is checked before any download', async () => {
   const o = fresh();
-  const saved = { ...process.env };
-  process.env['HF_ENDPOINT'] = hub.endpoint;
-  process.env['HF_HUB_CACHE'] = o.cacheDir!;
-  process.env['EQAT_CACHE_DIR'] = o.eqatCacheDir!;
-  delete process.env['HF_HUB_OFFLINE'];
-  delete process.env['HF_TOKEN'];
-  try {
+  await withHubEnvironment(o, async () => {
     const before = hub.log.length;
     await assert.rejects(resolveRecipeInputs({ model: 'test-org/llama-tiny', calib: 'c4', out: join(work, 'q'), wbits: 5 }, {}, 'r.yaml', { quiet: true }), /r\.yaml: wbits: must be 2, 3, 4 or 8/);
     assert.equal(hub.log.length, before, 'nothing asked of the hub');
@@ -211,8 +215,5 @@ test('quantize recipes name a hub model and datasets; the recipe is checked befo
     assert.ok(r.e2eQp.data!.endsWith('.jsonl') && existsSync(r.e2eQp.data!));
     const m = mergeRecipe({ model: TINY, calib: 'c4', out: join(work, 'q'), wbits: 2, e2eQp: { dataFormat: 'instruct' } }, {}, 'r.yaml');
     assert.throws(() => validateRecipe(m, 'r.yaml'), /r\.yaml: calib: c4 is a text dataset; e2e_qp\.data_format 'instruct' needs a \.jsonl or \.json file/);
-  } finally {
-    for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
-    Object.assign(process.env, saved);
-  }
+  });
 });

@@ -281,27 +281,34 @@ test('the output lock: a live holder is refused by name, a dead or reused pid is
   assertOnlyOutput(out + '2', 'dead pid');
 });
 
-test('two runs on one output: the second is refused naming the first, which finishes unharmed', async () => {
-  const ref = await referenceBlockAp();
-  const out = join(WORK, 'concurrent');
+/**
+ * Runs `args` writing `out` twice at once: the first run is held stopped (SIGSTOP) from the moment
+ * it takes its lock while the second starts and ends, so that the second meets it mid-run however
+ * fast the machine is; then the first continues. Returns both results.
+ */
+async function twoRunsOnOneOutput(args: string[], out: string, what: string): Promise<{ first: CliResult; second: CliResult }> {
   let second: CliResult | null = null;
   let started = false;
-  // the first run is held stopped (SIGSTOP) while the second starts and fails, so that the
-  // second meets it mid-run however fast the machine is
-  const first = await runCli(bapArgs(out), {
+  const first = await runCli(args, {
     during: (child) => {
       if (started || !existsSync(out + '.lock')) return;
       started = true;
       child.kill('SIGSTOP');
-      void runCli(bapArgs(out)).then((r) => {
+      void runCli(args).then((r) => {
         second = r;
         child.kill('SIGCONT');
       });
     },
   });
+  await until(() => second !== null, 30, `the second ${what} run`);
+  return { first, second: second as unknown as CliResult };
+}
+
+test('two runs on one output: the second is refused naming the first, which finishes unharmed', async () => {
+  const ref = await referenceBlockAp();
+  const out = join(WORK, 'concurrent');
+  const { first, second: r } = await twoRunsOnOneOutput(bapArgs(out), out, 'block-ap');
   assert.equal(first.code, 0, first.stderr);
-  await until(() => second !== null, 30, 'the second run');
-  const r = second as unknown as CliResult;
   assert.equal(r.code, 1, r.stderr);
   assert.match(r.stderr, new RegExp(`--out .*concurrent: another eqat run is writing it \\(pid ${first.pid}, \`eqat block-ap\``));
   assertSameCheckpoint(out, ref, 'the first run');
@@ -340,22 +347,8 @@ test('e2e-qp, quantize and export share the output rules: an existing output, on
     assert.deepEqual(readdirSync(model), before, `${name}: nothing written into the model`);
     // a second run on the output of a running one (held stopped): refused naming it
     const busy = join(WORK, `busy-${name}`);
-    let second: CliResult | null = null;
-    let started = false;
-    const first = await runCli(args(busy), {
-      during: (child) => {
-        if (started || !existsSync(busy + '.lock')) return;
-        started = true;
-        child.kill('SIGSTOP');
-        void runCli(args(busy)).then((r) => {
-          second = r;
-          child.kill('SIGCONT');
-        });
-      },
-    });
+    const { first, second: r } = await twoRunsOnOneOutput(args(busy), busy, name);
     assert.equal(first.code, 0, `${name} first: ${first.stderr}`);
-    await until(() => second !== null, 30, `the second ${name} run`);
-    const r = second as unknown as CliResult;
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stderr, new RegExp(`another eqat run is writing it \\(pid ${first.pid}, \`eqat ${name}`), name);
     assertOnlyOutput(busy, `${name}: two runs`, name === 'quantize' ? ['.block-ap'] : []);
