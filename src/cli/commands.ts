@@ -370,7 +370,7 @@ export const COMMANDS: Record<string, Command> = {
       model: { type: 'string', required: true, help: 'quantized model directory (eqat output), or a hub name org/name[@revision]' },
       format: { type: 'string', required: true, choices: ['gguf', 'onnx'], help: 'output format' },
       out: { type: 'string', required: true, help: 'output: a .gguf file, or a directory for onnx' },
-      'gguf-type': { type: 'string', default: GGUF_TYPE_CHOICES[0], choices: GGUF_TYPE_CHOICES, help: 'GGUF weight type; auto = the exact mapping for the bit width' },
+      'gguf-type': { type: 'string', default: GGUF_TYPE_CHOICES[0], choices: GGUF_TYPE_CHOICES, help: 'GGUF weight type; auto = the exact mapping for the bit width, f32 = exact float weights (large; llama.cpp then computes in float, as eqat does)' },
       'allow-lossy': { type: 'boolean', default: false, help: 'allow a GGUF type that cannot represent the weights exactly' },
       'embedding-type': {
         type: 'string',

@@ -13,7 +13,9 @@
 // and Q8_0 hold q − z ∈ [−8, 7], [−16, 15] and [−128, 127] whatever the scale; Q4_1 is exact when
 // some feasible shift c makes its min c·s an f16 value, otherwise the min is rounded (near-lossless).
 // 'auto' picks the smallest type that holds every code of the bit width exactly: ≤ 3 bits → Q4_0,
-// 4 → Q5_0, 5..8 → Q8_0 (exact for ≤ 7 bits; 8 bits when q − z fits). A block that
+// 4 → Q5_0, 5..8 → Q8_0 (exact for ≤ 7 bits; 8 bits when q − z fits); 'f32' stores every Ŵ as
+// its f32 value (for checking a runtime: llama.cpp's CPU kernels round a linear's input to 8 bits
+// before an integer type's dot products, and compute an F32 linear in float). A block that
 // an explicitly chosen type cannot hold exactly is re-quantized from Ŵ with llama.cpp's reference
 // rounding for that type. Every tensor written is decoded back and compared with eqat's own
 // dequantized f32 weights; anything not exact is refused unless allowLossy, and the report gives
@@ -62,13 +64,26 @@ import {
 const EMBEDDING_TYPES = ['F16', 'BF16', 'F32', 'Q8_0'] as const;
 type EmbeddingType = (typeof EMBEDDING_TYPES)[number];
 
+/**
+ * Types the quantized linears can be written as: an integer block type, or F32, every weight its
+ * exact value (no low-bit storage: for checking a runtime against eqat, see GgufExportOptions.type).
+ */
+type LinearTypeName = GgmlIntegerTypeName | 'F32';
+
 /** The values of GgufExportOptions.type, the default first (the CLI's --gguf-type choices). */
-export const GGUF_TYPE_CHOICES = ['auto', ...GGML_INTEGER_TYPES.map((t) => t.toLowerCase() as Lowercase<GgmlIntegerTypeName>)] as const;
+export const GGUF_TYPE_CHOICES = ['auto', ...GGML_INTEGER_TYPES.map((t) => t.toLowerCase() as Lowercase<GgmlIntegerTypeName>), 'f32'] as const;
 /** The values of GgufExportOptions.embeddingType, the default first (the CLI's --embedding-type choices). */
 export const GGUF_EMBEDDING_CHOICES = ['auto', ...EMBEDDING_TYPES.map((t) => t.toLowerCase() as Lowercase<EmbeddingType>)] as const;
 
 export interface GgufExportOptions {
-  /** Weight type for quantized linears: 'auto' picks the exact mapping per bit width (≤3 bits → Q4_0, 4 → Q5_0, 5..8 → Q8_0); 'q4_1' for 4-bit (near-lossless, smaller); lossy choices need allowLossy. */
+  /**
+   * Weight type for quantized linears: 'auto' picks the exact mapping per bit width (≤3 bits →
+   * Q4_0, 4 → Q5_0, 5..8 → Q8_0); 'q4_1' for 4-bit (near-lossless, smaller); lossy choices need
+   * allowLossy. 'f32' writes every weight as its exact f32 value (8 to 16 times the size of the
+   * integer types): llama.cpp then computes these linears in float as eqat does, where with an
+   * integer type its CPU kernels round each activation row to 8 bits per block of 32 first (Q8_0 /
+   * Q8_1). It is for checking a runtime against eqat, not for deployment.
+   */
   type?: (typeof GGUF_TYPE_CHOICES)[number];
   allowLossy?: boolean;
   /**
@@ -245,10 +260,10 @@ interface EncodeNotes {
 /**
  * Encodes one quantized linear (codes q (O, I), scale/zero (O, I/G)) as `type`, rows in the
  * order `perm` gives (perm[r] = source row of written row r). `ref` receives eqat's dequantized
- * weights in the written row order.
+ * weights in the written row order; a float type stores `ref` itself.
  */
 function encodeLinear(
-  type: GgmlIntegerTypeName,
+  type: LinearTypeName,
   lin: { q: Uint8Array; scale: Float32Array; zero: Float32Array },
   O: number,
   I: number,
@@ -261,12 +276,19 @@ function encodeLinear(
   const qm = qmax(quant.bits);
   const deq = dequantize(lin.q, lin.scale, lin.zero, O, I, quant.bits, G);
   const traits = GGUF_TYPE_TRAITS[type];
+  const notes: EncodeNotes = { requantized: 0, roundedMin: 0 };
+  if (traits.exact === null) {
+    for (let r = 0; r < O; r++) {
+      const src = perm ? perm[r]! : r;
+      ref.set(deq.subarray(src * I, (src + 1) * I), r * I);
+    }
+    return { data: encodeValues(type, ref), notes };
+  }
   const n = traits.blockElements;
   const bytes = traits.blockBytes;
   const blocksPerRow = I / n;
   const data = new Uint8Array(O * blocksPerRow * bytes);
   const k = new Int32Array(n);
-  const notes: EncodeNotes = { requantized: 0, roundedMin: 0 };
   for (let r = 0; r < O; r++) {
     const src = perm ? perm[r]! : r;
     ref.set(deq.subarray(src * I, (src + 1) * I), r * I);
@@ -408,8 +430,8 @@ const LINEAR_GGUF_NAME: Record<BlockLinear, string> = {
  * that holds every code q − z ∈ [−qmax, qmax] of the bit width exactly whatever the scales, and
  * when none does (8 bits) the one with the widest code range.
  */
-function linearTypeFor(type: NonNullable<GgufExportOptions['type']>, bits: number): GgmlIntegerTypeName {
-  if (type !== 'auto') return type.toUpperCase() as GgmlIntegerTypeName;
+function linearTypeFor(type: NonNullable<GgufExportOptions['type']>, bits: number): LinearTypeName {
+  if (type !== 'auto') return type.toUpperCase() as LinearTypeName;
   const qm = qmax(bits);
   const bytesPerWeight = (t: GgmlIntegerTypeName): number => GGUF_TYPE_TRAITS[t].blockBytes / GGUF_TYPE_TRAITS[t].blockElements;
   const codeSpan = (t: GgmlIntegerTypeName): number => GGUF_TYPE_TRAITS[t].exact.max - GGUF_TYPE_TRAITS[t].exact.min;
@@ -452,7 +474,7 @@ function checkModel(modelDir: string, cfg: ModelConfig, quant: QuantConfig | nul
 }
 
 /** The llama.* and general.* metadata. */
-function modelMetadata(modelDir: string, cfg: ModelConfig, linearType: GgmlIntegerTypeName): GgufKv[] {
+function modelMetadata(modelDir: string, cfg: ModelConfig, linearType: LinearTypeName): GgufKv[] {
   const { arch } = GGUF_ARCH[cfg.modelType];
   const u32 = (key: string, value: number): GgufKv => ({ key, value: { type: 'u32', value } });
   const f32 = (key: string, value: number): GgufKv => ({ key, value: { type: 'f32', value } });

@@ -4,9 +4,14 @@
 //   - transformers.js (the text-generation pipeline, greedy) generates the text `eqat generate`
 //     does for 16 tokens (bos added as the tokenizer adds it) and onnxruntime's perplexity is
 //     within 0.1% of eqat's on 4 windows of 128 tokens of ../shared/data/test-mix.txt;
-//   - llama.cpp (node-llama-cpp's LlamaCompletion, temperature 0, as a user runs it): its greedy
-//     text is reported beside eqat's, its perplexity is within 1%, and it tokenizes text that
-//     starts with a space as eqat does;
+//   - llama.cpp (node-llama-cpp's LlamaCompletion, temperature 0, as a user runs it), on the
+//     default (integer) export: its CPU kernels round each linear's input to 8 bits per block of
+//     32 before the integer dot products, so its greedy text and perplexity are held to eqat's
+//     forward with that rounding added (test/export/runtimes.ts llamaCppArithmetic): the same
+//     text, perplexity within 0.1%; against eqat's own forward its perplexity is within 1% and
+//     its text is reported. On the same model exported with type 'f32' (every weight its exact
+//     value, so llama.cpp computes in float) it generates eqat's text and its perplexity is
+//     within 0.1% of eqat's. It tokenizes text that starts with a space as eqat does;
 //   - the README's snippets for both runtimes, run as written (paths substituted).
 // Skips when ../shared (or $EQAT_SHARED_DIR) lacks test-mix.txt, and each runtime's checks skip
 // when it is not installed or cannot load.
@@ -23,17 +28,19 @@ import { generateFromSource } from '../../src/pipeline/generate.js';
 import { evalWindows } from '../../src/data/windows.js';
 import { loadTokenizer } from '../../src/io/tokenizer.js';
 import { WeightSource } from '../../src/model/weights.js';
+import { Model } from '../../src/model/model.js';
+import { generateIdsCached } from '../../src/pipeline/generate.js';
+import type { Backend } from '../../src/backend/backend.js';
+import type { Tensor } from '../../src/engine/tensor.js';
 import { REPO, writeRtn } from '../golden.js';
 import { deriveFamily, FAMILIES } from '../export/families.js';
-import { decoderDims, llamaCppPerplexity, loadLlamaCpp, loadOrt, ortPerplexity, sharedPath } from '../export/runtimes.js';
+import { decoderDims, LLAMA_CPP_F32_CACHE, llamaCppArithmetic, llamaCppPerplexity, type LlamaCppContextSettings, loadLlamaCpp, loadOrt, ortPerplexity, sharedPath } from '../export/runtimes.js';
 
 const T = 128;
 const WINDOWS = 4;
 const NEW_TOKENS = 16;
 const PPL_TOLERANCE = 0.001;
-// llama.cpp's CPU kernels round activations to Q8_0 / Q8_1 blocks before Q4_0 / Q5_0 dot
-// products, so its logits are near eqat's, not equal: its perplexity is held to 1% (as in
-// export-runtimes.test.ts) and its greedy text is reported, not required.
+// llama.cpp on an integer export against eqat's own (unrounded) forward: within 1%
 const LLAMA_CPP_PPL_TOLERANCE = 0.01;
 const PROMPT = 'The capital of France is';
 const TEST_MIX = sharedPath('data/test-mix.txt');
@@ -58,24 +65,57 @@ after(async () => {
   rmSync(WORK, { recursive: true, force: true });
 });
 
-/** eqat's greedy continuation of PROMPT as text (what `eqat generate` prints). */
-function eqatText(ckpt: string): string {
+/**
+ * eqat's greedy continuation of PROMPT as text: what `eqat generate` prints, or with `be` the
+ * continuation that backend computes (llamaCppArithmetic).
+ */
+function eqatText(ckpt: string, be?: Backend<Tensor>): string {
   const tok = loadTokenizer(ckpt);
   const prompt = tok.encode(PROMPT, { addSpecialTokens: true });
   const src = WeightSource.open(ckpt);
+  const opts = { maxNewTokens: NEW_TOKENS, temperature: 0, stopAtEos: true };
   try {
-    const ids = generateFromSource(src, prompt, { maxNewTokens: NEW_TOKENS, temperature: 0, stopAtEos: true });
+    let ids: number[];
+    if (be === undefined) ids = generateFromSource(src, prompt, opts);
+    else {
+      const model = new Model(be, src, { B: 1, T: prompt.length, use: 'decode' });
+      try {
+        ids = generateIdsCached(model, prompt, opts);
+      } finally {
+        model.free();
+      }
+    }
     return tok.decode(ids.slice(prompt.length), { skipSpecialTokens: true });
   } finally {
     src.close();
   }
 }
 
-async function llamaCppText(gguf: string): Promise<string> {
+/** Perplexity of `win` ((WINDOWS, T) ids) under the checkpoint: eqat's evaluation, or with `be` that backend's forward. */
+function eqatPerplexity(ckpt: string, win: Int32Array, be?: Backend<Tensor>): number {
+  const src = WeightSource.open(ckpt);
+  try {
+    if (be === undefined) return Math.exp(windowsNll(src, win, WINDOWS, T, { quiet: true }).nll);
+    const model = new Model(be, src, { B: WINDOWS, T });
+    try {
+      let total = 0;
+      model.windowLosses(win, WINDOWS, (_, losses) => {
+        for (let t = 0; t < T - 1; t++) total += losses[t]!;
+      });
+      return Math.exp(total / (WINDOWS * (T - 1)));
+    } finally {
+      model.free();
+    }
+  } finally {
+    src.close();
+  }
+}
+
+async function llamaCppText(gguf: string, settings: LlamaCppContextSettings = {}): Promise<string> {
   const { LlamaCompletion } = (await import('node-llama-cpp')) as typeof import('node-llama-cpp');
   const model = await (llamaCpp.llama as unknown as import('node-llama-cpp').Llama).loadModel({ modelPath: gguf, gpuLayers: 0 });
   try {
-    const ctx = await model.createContext({ contextSize: 256, threads: 1 });
+    const ctx = await model.createContext({ ...settings, contextSize: 256, threads: 1 });
     try {
       const completion = new LlamaCompletion({ contextSequence: ctx.getSequence() });
       return await completion.generateCompletion(PROMPT, { maxTokens: NEW_TOKENS, temperature: 0 });
@@ -100,12 +140,21 @@ async function tjsText(onnxDir: string): Promise<string> {
 }
 
 const rows: string[] = [];
-after(() => console.log(`# family | bits | runtime | greedy ${NEW_TOKENS} | ppl ratio\n${rows.map((r) => `# ${r}`).join('\n')}`));
+after(() =>
+  console.log(
+    `# family | bits | runtime | held to | greedy ${NEW_TOKENS} | ppl ratio\n${rows.map((r) => `# ${r}`).join('\n')}`,
+  ),
+);
+
+/** The integer type of an export's linears, from its report's type counts. */
+function linearTypeOf(types: Record<string, number>): string {
+  return Object.keys(types).find((t) => t.startsWith('Q')) ?? '?';
+}
 
 for (const family of FAMILIES) {
   for (const [bits, group] of [[2, 64], [4, 128]] as const) {
     const label = `${family} w${bits}g${group}`;
-    test(`${label}: transformers.js generates eqat's text, onnxruntime ppl within 0.1%, llama.cpp within 1%`, { skip: SKIP_DATA }, async (t) => {
+    test(`${label}: transformers.js and llama.cpp generate eqat's text, perplexity within 0.1% (llama.cpp: of eqat with its 8-bit activations, and on the f32 export)`, { skip: SKIP_DATA }, async (t) => {
       const ckpt = await writeRtn(deriveFamily(join(WORK, `${family}-fp`), family), join(WORK, `${label.replace(' ', '-')}`), bits, group);
       const gguf = await exportGguf(ckpt, join(WORK, `${label.replace(' ', '-')}.gguf`));
       assert.equal(gguf.exact, true);
@@ -113,20 +162,34 @@ for (const family of FAMILIES) {
       const want = eqatText(ckpt);
       const { windows } = evalWindows(readFileSync(TEST_MIX!, 'utf8'), loadTokenizer(ckpt), T);
       const win = windows.subarray(0, WINDOWS * T);
-      const src = WeightSource.open(ckpt);
-      let eqatPpl: number;
-      try {
-        eqatPpl = Math.exp(windowsNll(src, win, WINDOWS, T, { quiet: true }).nll);
-      } finally {
-        src.close();
-      }
+      const eqatPpl = eqatPerplexity(ckpt, win);
       await t.test('llama.cpp', { skip: llamaCpp.skip }, async () => {
+        const row = (what: string, text: string, textWant: string, ppl: number, pplWant: number): number => {
+          rows.push(`${family} | w${bits}g${group} | llama.cpp ${what} | ${text === textWant ? 'same' : 'DIFFERENT'} | ${(ppl / pplWant).toFixed(6)}`);
+          return ppl / pplWant;
+        };
+        // the default export as users run it (f16 kv cache): near eqat
         const text = await llamaCppText(gguf.path);
         const r = await llamaCppPerplexity(llamaCpp.llama!, gguf.path, win, WINDOWS, T, { threads: 1, sequences: 4 });
-        const ratio = r.ppl / eqatPpl;
-        rows.push(`${family} | w${bits}g${group} | llama.cpp | ${text === want ? 'same' : 'DIFFERENT'} | ${ratio.toFixed(6)}`);
+        const ratio = row(`${linearTypeOf(gguf.types)}, defaults | eqat`, text, want, r.ppl, eqatPpl);
         if (text !== want) t.diagnostic(`${label} llama.cpp greedy ${JSON.stringify(text)} vs eqat ${JSON.stringify(want)}`);
         assert.ok(Math.abs(ratio - 1) < LLAMA_CPP_PPL_TOLERANCE, `ppl llama.cpp ${r.ppl} vs eqat ${eqatPpl}`);
+        // the default export with an f32 kv cache: eqat's forward with 8-bit linear inputs
+        const want8 = eqatText(ckpt, llamaCppArithmetic);
+        const ppl8 = eqatPerplexity(ckpt, win, llamaCppArithmetic);
+        const text8 = await llamaCppText(gguf.path, LLAMA_CPP_F32_CACHE);
+        const r8 = await llamaCppPerplexity(llamaCpp.llama!, gguf.path, win, WINDOWS, T, { threads: 1, sequences: 4, context: LLAMA_CPP_F32_CACHE });
+        const ratio8 = row(`${linearTypeOf(gguf.types)}, f32 kv | eqat, 8-bit linear inputs`, text8, want8, r8.ppl, ppl8);
+        assert.equal(text8, want8, "llama.cpp's greedy text vs eqat's with 8-bit linear inputs");
+        assert.ok(Math.abs(ratio8 - 1) < PPL_TOLERANCE, `ppl llama.cpp ${r8.ppl} vs eqat with 8-bit linear inputs ${ppl8}`);
+        // the same model with exact f32 linears and an f32 kv cache: llama.cpp computes as eqat does
+        const f32 = await exportGguf(ckpt, join(WORK, `${label.replace(' ', '-')}-f32.gguf`), { type: 'f32' });
+        assert.equal(f32.exact, true);
+        const text32 = await llamaCppText(f32.path, LLAMA_CPP_F32_CACHE);
+        const r32 = await llamaCppPerplexity(llamaCpp.llama!, f32.path, win, WINDOWS, T, { threads: 1, sequences: 4, context: LLAMA_CPP_F32_CACHE });
+        const ratio32 = row('F32, f32 kv | eqat', text32, want, r32.ppl, eqatPpl);
+        assert.equal(text32, want, "llama.cpp's greedy text on the f32 export");
+        assert.ok(Math.abs(ratio32 - 1) < PPL_TOLERANCE, `ppl llama.cpp (f32 export) ${r32.ppl} vs eqat ${eqatPpl}`);
         const model = await llamaCpp.llama!.loadModel({ modelPath: gguf.path, vocabOnly: true });
         try {
           for (const s of [' The capital', '  two spaces', 'x\n y']) assert.deepEqual([...model.tokenize(s, true)], loadTokenizer(ckpt).encode(s, { addSpecialTokens: false }), JSON.stringify(s));
@@ -138,7 +201,7 @@ for (const family of FAMILIES) {
         const text = await tjsText(onnx.dir);
         const r = await ortPerplexity(ort!, onnx.onnxPath, decoderDims(onnx.dir), win, WINDOWS, T, { threads: 1, batch: 4 });
         const ratio = r.ppl / eqatPpl;
-        rows.push(`${family} | w${bits}g${group} | transformers.js/onnxruntime | ${text === want ? 'same' : 'DIFFERENT'} | ${ratio.toFixed(6)}`);
+        rows.push(`${family} | w${bits}g${group} | transformers.js/onnxruntime | eqat | ${text === want ? 'same' : 'DIFFERENT'} | ${ratio.toFixed(6)}`);
         assert.equal(text, want, 'transformers.js greedy text');
         assert.ok(Math.abs(ratio - 1) < PPL_TOLERANCE, `ppl onnxruntime ${r.ppl} vs eqat ${eqatPpl}`);
       });

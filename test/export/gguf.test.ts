@@ -474,6 +474,24 @@ test('explicit types: Q8_0 / Q5_0 / Q4_1 of 2- and 3-bit codes are exact; Q4_1 o
   t.diagnostic(`embeddings as q8_0 (allowLossy): max abs error ${re.maxAbsWeightError.toExponential(3)}`);
 });
 
+test("type 'f32': every linear weight stored as its exact f32 value, q/k rows permuted as in the integer export", async (t) => {
+  for (const q of QUANT.filter((x) => x.bits === 2 || x.bits === 4)) {
+    const path = join(WORK, `w${q.bits}-f32.gguf`);
+    const r = await exportGguf(q.dir, path, { type: 'f32' });
+    const g = parseGguf(path);
+    const cmp = compareWithEqat(g, q.dir);
+    assert.equal(cmp.linears, 0, `w${q.bits}: decoded linears equal eqat's weights`);
+    assert.ok(cmp.unpermutedQ > 0, `w${q.bits}: q rows are permuted for llama.cpp's RoPE`);
+    assert.equal(r.exact, true);
+    assert.equal(r.types['F32'], 28 + 9, `w${q.bits}: 28 linears and 9 norms as F32 (${JSON.stringify(r.types)})`);
+    assert.equal(g.kv.get('general.file_type'), 0, 'LLAMA_FTYPE_ALL_F32');
+    const linears = g.names.filter((n) => /^blk\.\d+\.(attn_(q|k|v|output)|ffn_(gate|up|down))\.weight$/.test(n));
+    assert.equal(linears.length, 28);
+    for (const n of linears) assert.equal(g.tensors.get(n)!.type, 0, `${n} is F32`);
+    t.diagnostic(`w${q.bits} as f32: exact, ${r.bytes} bytes (integer export ${q.report.bytes})`);
+  }
+});
+
 test('bad requests fail before writing anything', async () => {
   const out = join(WORK, 'bad.gguf');
   const nothingWritten = (): void => assert.deepEqual(readdirSync(WORK).filter((f) => f.startsWith('bad.gguf')), []);

@@ -3,11 +3,16 @@
 // (ONNX), both optional dependencies that may be missing or unable to load on a machine, so each
 // loader returns a skip reason instead of throwing. Perplexity is computed from each runtime's
 // own logits on token windows cut by eqat (src/data/windows.ts evalWindows): mean next-token NLL
-// over every window, the same protocol as src/pipeline/eval.ts windowsNll.
+// over every window, the same protocol as src/pipeline/eval.ts windowsNll. For llama.cpp, whose
+// CPU kernels round activations to 8 bits before integer dot products, eqat's CPU backend with
+// that rounding added (llamaCppArithmetic) is the oracle its logits are held to.
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Tensor } from '../../src/engine/tensor.js';
+import { cpuBackend } from '../../src/backend/cpu.js';
+import type { Backend } from '../../src/backend/backend.js';
+import { decodeValues, encodeValues } from '../../src/export/ggml-types.js';
 import { crossEntropyForward, IGNORE_INDEX } from '../../src/ops/crossentropy.js';
 import { SHARED } from '../golden.js';
 
@@ -151,6 +156,17 @@ export async function llamaNllSum(seq: NlcSequence, windows: Int32Array, count: 
   return total;
 }
 
+/** node-llama-cpp context options that change llama.cpp's arithmetic. */
+export type LlamaCppContextSettings = Partial<Record<'experimentalKvCacheKeyType' | 'experimentalKvCacheValueType', 'F32' | 'F16'> & { flashAttention: boolean }>;
+
+/**
+ * llama.cpp keeping K and V in f32 and attending without flash attention. Its defaults store the
+ * cache in f16 and its CPU flash attention accumulates V in f16, roundings eqat's forward does
+ * not make; under these settings llama.cpp's only departure from eqat's f32 forward on an integer
+ * GGUF is the 8-bit rounding of linear inputs (llamaCppArithmetic).
+ */
+export const LLAMA_CPP_F32_CACHE: LlamaCppContextSettings = { experimentalKvCacheKeyType: 'F32', experimentalKvCacheValueType: 'F32', flashAttention: false };
+
 /** Mean next-token NLL (nats) over `count` windows (count, T) of ids, from llama.cpp's logits. */
 export async function llamaNll(seq: NlcSequence, windows: Int32Array, count: number, T: number): Promise<number> {
   return (await llamaNllSum(seq, windows, count, T)) / (count * (T - 1));
@@ -176,13 +192,13 @@ export async function llamaCppPerplexity(
   windows: Int32Array,
   count: number,
   T: number,
-  { threads = 1, sequences = 4 }: { threads?: number; sequences?: number } = {},
+  { threads = 1, sequences = 4, context = {} }: { threads?: number; sequences?: number; context?: LlamaCppContextSettings } = {},
 ): Promise<RuntimePerplexity> {
   const t0 = performance.now();
   const S = Math.max(1, Math.min(sequences, count));
   const model = await llama.loadModel({ modelPath: gguf, gpuLayers: 0 });
   try {
-    const ctx = await model.createContext({ contextSize: T, batchSize: T * S, sequences: S, threads });
+    const ctx = await model.createContext({ ...context, contextSize: T, batchSize: T * S, sequences: S, threads });
     try {
       const seqs = Array.from({ length: S }, () => ctx.getSequence());
       const sums = await Promise.all(seqs.map((seq, s) => llamaNllSum(seq, windows, count, T, s, S)));
@@ -205,6 +221,29 @@ export async function llamaCppTokenize(llama: NlcLlama, gguf: string, text: stri
     await model.dispose();
   }
 }
+
+/**
+ * x rounded as llama.cpp's CPU backend rounds the activations of a linear whose weights are an
+ * integer GGUF type: each block of 32 to int8 codes with one f16 scale amax / 127 (Q8_0, the
+ * vec_dot_type of Q4_0 / Q5_0 / Q8_0; Q8_1, Q4_1's, rounds alike), here with ggml's reference
+ * rounding from the export's traits table (half away from zero; ggml's AVX2 path rounds half to
+ * even, which differs only on exact ties).
+ */
+export function roundActivationsQ8(x: Float32Array): Float32Array {
+  return decodeValues('Q8_0', encodeValues('Q8_0', x), x.length);
+}
+
+/**
+ * eqat's CPU backend computing as llama.cpp computes an integer GGUF: every packed low-bit linear
+ * reads its input rounded by roundActivationsQ8; all else (norms, attention, the float lm_head)
+ * is eqat's f32 arithmetic. Its logits are the oracle for llama.cpp's on an exact integer export.
+ */
+export const llamaCppArithmetic: Backend<Tensor> = {
+  ...cpuBackend,
+  packedLinearForward(out, x, w, scales, bias, N, tile, lowp) {
+    cpuBackend.packedLinearForward(out, Tensor.fromF32(roundActivationsQ8(x.f32), x.shape), w, scales, bias, N, tile, lowp);
+  },
+};
 
 // ---------------------------------------------------------------------------------------------
 // onnxruntime-node
