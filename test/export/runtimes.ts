@@ -5,7 +5,7 @@
 // own logits on token windows cut by eqat (src/data/windows.ts evalWindows): mean next-token NLL
 // over every window, the same protocol as src/pipeline/eval.ts windowsNll. For llama.cpp, whose
 // CPU kernels round activations to 8 bits before integer dot products, eqat's CPU backend with
-// that rounding added (llamaCppArithmetic) is the oracle its logits are held to.
+// those roundings added (llamaCppArithmetic) is the oracle its logits are held to.
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -13,6 +13,7 @@ import { Tensor } from '../../src/engine/tensor.js';
 import { cpuBackend } from '../../src/backend/cpu.js';
 import type { Backend } from '../../src/backend/backend.js';
 import { decodeValues, encodeValues } from '../../src/export/ggml-types.js';
+import { fromF32, toF32 } from '../../src/engine/dtype.js';
 import { crossEntropyForward, IGNORE_INDEX } from '../../src/ops/crossentropy.js';
 import { SHARED } from '../golden.js';
 
@@ -234,16 +235,30 @@ export function roundActivationsQ8(x: Float32Array): Float32Array {
 }
 
 /**
- * eqat's CPU backend computing as llama.cpp computes an integer GGUF: every packed low-bit linear
- * reads its input rounded by roundActivationsQ8; all else (norms, attention, the float lm_head)
- * is eqat's f32 arithmetic. Its logits are the oracle for llama.cpp's on an exact integer export.
+ * eqat's CPU backend computing as llama.cpp's CPU backend computes an exact integer GGUF: every
+ * packed low-bit linear reads its input rounded by roundActivationsQ8, and the lm_head (the one
+ * dense linear of a quantized model) its input rounded to the type of the GGUF's lm_head (ggml
+ * converts a matmul's input to F16 for F16 weights, to BF16 for BF16). Norms, attention and the
+ * rest stay eqat's f32 arithmetic (llama.cpp with an f32 kv cache does the same). The oracle for
+ * llama.cpp's logits on an integer export.
  */
-export const llamaCppArithmetic: Backend<Tensor> = {
-  ...cpuBackend,
-  packedLinearForward(out, x, w, scales, bias, N, tile, lowp) {
-    cpuBackend.packedLinearForward(out, Tensor.fromF32(roundActivationsQ8(x.f32), x.shape), w, scales, bias, N, tile, lowp);
-  },
-};
+export function llamaCppArithmetic(headType: 'F32' | 'F16' | 'BF16'): Backend<Tensor> {
+  const roundHead = (x: Float32Array): Float32Array => (headType === 'F32' ? x : toF32(headType === 'F16' ? 'f16' : 'bf16', fromF32(headType === 'F16' ? 'f16' : 'bf16', x)));
+  return {
+    ...cpuBackend,
+    linearForward(out, x, w, bias, d, lowp) {
+      cpuBackend.linearForward(out, Tensor.fromF32(roundHead(x.f32), x.shape), w, bias, d, lowp);
+    },
+    packedLinearForward(out, x, w, scales, bias, N, tile, lowp) {
+      cpuBackend.packedLinearForward(out, Tensor.fromF32(roundActivationsQ8(x.f32), x.shape), w, scales, bias, N, tile, lowp);
+    },
+  };
+}
+
+/** The float type a GGUF export wrote its embeddings / lm_head in, from the report's type counts (norms are always F32). */
+export function ggufHeadType(types: Record<string, number>): 'F32' | 'F16' | 'BF16' {
+  return types['BF16'] ? 'BF16' : types['F16'] ? 'F16' : 'F32';
+}
 
 // ---------------------------------------------------------------------------------------------
 // onnxruntime-node

@@ -1,0 +1,232 @@
+// Greedy text of eqat's exports in their runtimes against `eqat generate`: for each checkpoint
+// and each prompt (the first 8 words of the first --prompts paragraphs of at least 16 words of
+// ../shared/data/wikitext2-test.txt whose first 8 words hold no <unk> or @-@ marks), --new-tokens
+// tokens at temperature 0 from
+//   - eqat generate (the reference);
+//   - llama.cpp (node-llama-cpp's LlamaCompletion) on the default, exact integer GGUF, with its
+//     default context (f16 kv cache), as users run it;
+//   - the same with an f32 kv cache and no flash attention, held to eqat's forward with
+//     llama.cpp's 8-bit rounding of linear inputs (test/export/runtimes.ts llamaCppArithmetic);
+//   - llama.cpp with an f32 kv cache on the `--gguf-type f32 --embedding-type f32` export (every
+//     weight an exact f32 value, so that llama.cpp rounds no linear's input);
+//   - transformers.js (the text-generation pipeline) on the ONNX export.
+// Prints a markdown table: per checkpoint and run, the prompts whose text equals the reference's,
+// and the mean share of the reference's text the run reproduces before it departs.
+//
+// usage: node dist/bench/export-greedy.js [--model QUANT_DIR ...] [--prompts P] [--new-tokens N]
+//   --model DIR     an eqat quantized checkpoint (only read); repeatable. Without --model:
+//                   ../shared/models/llama-small by round-to-nearest (Block-AP --epochs 0) at
+//                   w2g64, w3g128 and w4g128.
+//   --prompts P     prompts per checkpoint (default 24)
+//   --new-tokens N  tokens generated per prompt (default 32)
+// Exits 0 with a message when ../shared (or $EQAT_SHARED_DIR) lacks wikitext2-test.txt, or
+// llama-small when no --model is given; a runtime that is not installed is reported as skipped.
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { basename, dirname, join, resolve } from 'node:path';
+import { exportGguf } from '../src/export/gguf.js';
+import { exportOnnx } from '../src/export/onnx.js';
+import { runBlockAp, blockApDefaults } from '../src/pipeline/block-ap.js';
+import { generateFromSource, generateIdsCached } from '../src/pipeline/generate.js';
+import { loadTokenizer } from '../src/io/tokenizer.js';
+import { WeightSource } from '../src/model/weights.js';
+import { Model } from '../src/model/model.js';
+import type { Backend } from '../src/backend/backend.js';
+import type { Tensor } from '../src/engine/tensor.js';
+import { ggufHeadType, LLAMA_CPP_F32_CACHE, llamaCppArithmetic, loadLlamaCpp, sharedPath, type LlamaCppContextSettings } from '../test/export/runtimes.js';
+
+const argv = process.argv.slice(2);
+const sharedEnv = process.env['EQAT_SHARED_DIR'];
+const command = `${sharedEnv ? `EQAT_SHARED_DIR=${sharedEnv} ` : ''}node dist/bench/export-greedy.js${argv.length ? ' ' + argv.join(' ') : ''}`;
+const usage = 'usage: node dist/bench/export-greedy.js [--model QUANT_DIR ...] [--prompts P] [--new-tokens N]';
+const models: string[] = [];
+let promptCount = 24;
+let newTokens = 32;
+for (let i = 0; i < argv.length; i++) {
+  const a = argv[i]!;
+  const value = (): number => {
+    const v = Number(argv[++i]);
+    if (!(Number.isInteger(v) && v >= 1)) {
+      console.error(`bench/export-greedy: ${a} must be a positive integer, got ${JSON.stringify(argv[i])}\n${usage}`);
+      process.exit(2);
+    }
+    return v;
+  };
+  if (a === '--model' && argv[i + 1]) models.push(resolve(argv[++i]!));
+  else if (a === '--prompts') promptCount = value();
+  else if (a === '--new-tokens') newTokens = value();
+  else {
+    console.error(`bench/export-greedy: unknown argument ${JSON.stringify(a)}\n${usage}`);
+    process.exit(2);
+  }
+}
+for (const m of models) {
+  if (!existsSync(join(m, 'config.json'))) {
+    console.error(`bench/export-greedy: --model ${m} is not an eqat checkpoint (no config.json)`);
+    process.exit(2);
+  }
+}
+
+const wikitext = sharedPath('data/wikitext2-test.txt');
+const smallGolden = sharedPath('models/llama-small/golden.json');
+if (!wikitext || (models.length === 0 && !smallGolden)) {
+  console.log('bench/export-greedy: ../shared/data/wikitext2-test.txt (and, without --model, ../shared/models/llama-small) not present; skipping');
+  process.exit(0);
+}
+const prompts = readFileSync(wikitext, 'utf8')
+  .split('\n')
+  .map((l) => l.trim().split(/\s+/))
+  .filter((w) => w.length >= 16 && w[0] !== '=' && !w.slice(0, 8).some((x) => /[<>@]/.test(x)))
+  .slice(0, promptCount)
+  .map((w) => w.slice(0, 8).join(' '));
+if (process.env['EQAT_BENCH_SHOW']) console.error(prompts);
+
+const work = mkdtempSync(join(tmpdir(), 'eqat-bench-greedy-'));
+symlinkSync(join(dirname(dirname(dirname(new URL(import.meta.url).pathname))), 'node_modules'), join(work, 'node_modules'));
+const llamaCpp = await loadLlamaCpp();
+type Tjs = typeof import('@huggingface/transformers');
+let tjs: Tjs | null = null;
+try {
+  tjs = await import('@huggingface/transformers');
+} catch {
+  tjs = null;
+}
+const loadBefore = loadavg()[0]!;
+
+const rows: { model: string; dir: string }[] = models.map((m) => ({ model: m, dir: m }));
+if (models.length === 0) {
+  for (const [bits, group] of [
+    [2, 64],
+    [3, 128],
+    [4, 128],
+  ] as const) {
+    const out = join(work, `rtn-w${bits}g${group}`);
+    await runBlockAp({ ...blockApDefaults(bits), model: dirname(smallGolden!), calib: null, out, wbits: bits, groupSize: group, epochs: 0, quiet: true });
+    rows.push({ model: `llama-small RTN w${bits}g${group}`, dir: out });
+  }
+}
+
+/** eqat's greedy continuations of every prompt (`eqat generate`, or the forward of `be`). */
+function eqatTexts(dir: string, be?: Backend<Tensor>): string[] {
+  const tok = loadTokenizer(dir);
+  const opts = { maxNewTokens: newTokens, temperature: 0, stopAtEos: true };
+  return prompts.map((p) => {
+    const ids = tok.encode(p, { addSpecialTokens: true });
+    const src = WeightSource.open(dir);
+    try {
+      let out: number[];
+      if (be === undefined) out = generateFromSource(src, ids, opts);
+      else {
+        const model = new Model(be, src, { B: 1, T: ids.length, use: 'decode' });
+        try {
+          out = generateIdsCached(model, ids, opts);
+        } finally {
+          model.free();
+        }
+      }
+      return tok.decode(out.slice(ids.length), { skipSpecialTokens: true });
+    } finally {
+      src.close();
+    }
+  });
+}
+
+async function llamaCppTexts(gguf: string, settings: LlamaCppContextSettings): Promise<string[]> {
+  const { LlamaCompletion } = (await import('node-llama-cpp')) as typeof import('node-llama-cpp');
+  const model = await (llamaCpp.llama as unknown as import('node-llama-cpp').Llama).loadModel({ modelPath: gguf, gpuLayers: 0 });
+  try {
+    const texts: string[] = [];
+    for (const p of prompts) {
+      const ctx = await model.createContext({ ...settings, contextSize: 256, threads: 1 });
+      try {
+        texts.push(await new LlamaCompletion({ contextSequence: ctx.getSequence() }).generateCompletion(p, { maxTokens: newTokens, temperature: 0 }));
+      } finally {
+        await ctx.dispose();
+      }
+    }
+    return texts;
+  } finally {
+    await model.dispose();
+  }
+}
+
+async function tjsTexts(onnxDir: string): Promise<string[]> {
+  tjs!.env.allowRemoteModels = false;
+  tjs!.env.localModelPath = dirname(onnxDir);
+  const gen = await tjs!.pipeline('text-generation', basename(onnxDir));
+  try {
+    const texts: string[] = [];
+    for (const p of prompts) {
+      const out = (await gen(p, { max_new_tokens: newTokens, do_sample: false, return_full_text: false })) as { generated_text: string }[];
+      texts.push(out[0]!.generated_text);
+    }
+    return texts;
+  } finally {
+    await gen.dispose();
+  }
+}
+
+/** Prompts whose text equals the reference's, and the mean share of the reference reproduced before the first difference. */
+function agreement(texts: string[], want: string[]): string {
+  let same = 0;
+  let share = 0;
+  for (let i = 0; i < want.length; i++) {
+    const a = texts[i]!;
+    const b = want[i]!;
+    if (a === b) same++;
+    else if (process.env['EQAT_BENCH_SHOW']) console.error(`${JSON.stringify(prompts[i])}: ${JSON.stringify(a)} vs ${JSON.stringify(b)}`);
+    let k = 0;
+    while (k < a.length && k < b.length && a[k] === b[k]) k++;
+    share += b.length === 0 ? 1 : k / b.length;
+  }
+  return `${same}/${want.length} | ${((100 * share) / want.length).toFixed(1)}%`;
+}
+
+const lines: string[] = [];
+try {
+  for (const [i, row] of rows.entries()) {
+    const tag = `m${i}`;
+    const gguf = await exportGguf(row.dir, join(work, `${tag}.gguf`));
+    const want = eqatTexts(row.dir);
+    const cell = (run: string, heldTo: string, texts: string[] | null, reference: string[]): void => {
+      lines.push(`| ${row.model} | ${run} | ${heldTo} | ${texts ? agreement(texts, reference) : 'skipped | —'} |`);
+    };
+    const integer = Object.keys(gguf.types).find((t) => t.startsWith('Q')) ?? '?';
+    if (llamaCpp.llama) {
+      cell(`llama.cpp ${integer}, defaults (f16 kv)`, 'eqat generate', await llamaCppTexts(gguf.path, {}), want);
+      cell(`llama.cpp ${integer}, f32 kv`, 'eqat with llama.cpp rounding', await llamaCppTexts(gguf.path, LLAMA_CPP_F32_CACHE), eqatTexts(row.dir, llamaCppArithmetic(ggufHeadType(gguf.types))));
+      const f32 = await exportGguf(row.dir, join(work, `${tag}-f32.gguf`), { type: 'f32', embeddingType: 'f32' });
+      cell('llama.cpp F32, f32 kv', 'eqat generate', await llamaCppTexts(f32.path, LLAMA_CPP_F32_CACHE), want);
+    } else {
+      cell('llama.cpp', 'eqat generate', null, want);
+    }
+    const onnx = await exportOnnx(row.dir, join(work, `${tag}-onnx`));
+    cell('transformers.js', 'eqat generate', tjs ? await tjsTexts(onnx.dir) : null, want);
+    console.error(`bench/export-greedy: ${row.model} done`);
+  }
+} finally {
+  await llamaCpp.llama?.dispose();
+  rmSync(work, { recursive: true, force: true });
+}
+
+const loadAfter = loadavg()[0]!;
+const cpu = cpus();
+let commit = 'unknown commit';
+try {
+  commit = `commit ${execFileSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()}`;
+} catch {
+  // not a git checkout
+}
+console.log(`# Greedy text of the exports (${cpu[0]?.model ?? 'cpu'}, ${cpu.length} threads), ${new Date().toISOString()}, ${commit}`);
+console.log('');
+console.log(`\`${command}\``);
+console.log('');
+console.log(`${prompts.length} prompts (the first 8 words of wikitext2-test paragraphs), ${newTokens} new tokens each, temperature 0.`);
+if (llamaCpp.skip) console.log(`llama.cpp: ${llamaCpp.skip}.`);
+if (!tjs) console.log('transformers.js: not installed.');
+console.log(`1-minute load average ${loadBefore.toFixed(2)} at the start, ${loadAfter.toFixed(2)} at the end.`);
+console.log('');
+console.log('| checkpoint | run | held to | same text | reproduced before departing |');
+console.log('|---|---|---|---|---|');
+for (const l of lines) console.log(l);
