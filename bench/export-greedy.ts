@@ -10,8 +10,10 @@
 //   - llama.cpp with an f32 kv cache on the `--gguf-type f32 --embedding-type f32` export (every
 //     weight an exact f32 value, so that llama.cpp rounds no linear's input);
 //   - transformers.js (the text-generation pipeline) on the ONNX export.
-// Prints a markdown table: per checkpoint and run, the prompts whose text equals the reference's,
-// and the mean share of the reference's text the run reproduces before it departs.
+// Prints a markdown table: per checkpoint and run, the prompts whose continuation equals the
+// reference's (token ids for llama.cpp, whose detokenizer drops a space before punctuation where
+// eqat keeps it; text for transformers.js, as its pipeline returns), and the mean share of the
+// reference the run reproduces before it departs.
 //
 // usage: node dist/bench/export-greedy.js [--model QUANT_DIR ...] [--prompts P] [--new-tokens N]
 //   --model DIR     an eqat quantized checkpoint (only read); repeatable. Without --model:
@@ -107,12 +109,16 @@ if (models.length === 0) {
   }
 }
 
-/** eqat's greedy continuations of every prompt (`eqat generate`, or the forward of `be`). */
-function eqatTexts(dir: string, be?: Backend<Tensor>): string[] {
+/** eqat's prompt ids (bos included) of every prompt. */
+function promptIds(dir: string): number[][] {
   const tok = loadTokenizer(dir);
+  return prompts.map((p) => tok.encode(p, { addSpecialTokens: true }));
+}
+
+/** eqat's greedy continuations (ids up to an eos, left out) of every prompt: `eqat generate`'s, or the forward of `be`. */
+function eqatIds(dir: string, be?: Backend<Tensor>): number[][] {
   const opts = { maxNewTokens: newTokens, temperature: 0, stopAtEos: true };
-  return prompts.map((p) => {
-    const ids = tok.encode(p, { addSpecialTokens: true });
+  return promptIds(dir).map((ids) => {
     const src = WeightSource.open(dir);
     try {
       let out: number[];
@@ -125,27 +131,37 @@ function eqatTexts(dir: string, be?: Backend<Tensor>): string[] {
           model.free();
         }
       }
-      return tok.decode(out.slice(ids.length), { skipSpecialTokens: true });
+      const ids1 = out.slice(ids.length);
+      return src.cfg.eosTokenIds.includes(ids1[ids1.length - 1]!) ? ids1.slice(0, -1) : ids1;
     } finally {
       src.close();
     }
   });
 }
 
-async function llamaCppTexts(gguf: string, settings: LlamaCppContextSettings): Promise<string[]> {
-  const { LlamaCompletion } = (await import('node-llama-cpp')) as typeof import('node-llama-cpp');
+/**
+ * llama.cpp's greedy continuations of eqat's prompt ids (its tokenization of the prompts is the
+ * same; test/conformance checks it), ending before an end-of-generation token. Ids, not text:
+ * llama.cpp's detokenizer drops a space before punctuation for GPT-2-style vocabularies.
+ */
+async function llamaCppIds(dir: string, gguf: string, settings: LlamaCppContextSettings): Promise<number[][]> {
   const model = await (llamaCpp.llama as unknown as import('node-llama-cpp').Llama).loadModel({ modelPath: gguf, gpuLayers: 0 });
   try {
-    const texts: string[] = [];
-    for (const p of prompts) {
+    const all: number[][] = [];
+    for (const prompt of promptIds(dir)) {
       const ctx = await model.createContext({ ...settings, contextSize: 256, threads: 1 });
       try {
-        texts.push(await new LlamaCompletion({ contextSequence: ctx.getSequence() }).generateCompletion(p, { maxTokens: newTokens, temperature: 0 }));
+        const out: number[] = [];
+        for await (const id of ctx.getSequence().evaluate(prompt as import('node-llama-cpp').Token[], { temperature: 0 })) {
+          out.push(id as number);
+          if (out.length === newTokens) break;
+        }
+        all.push(out);
       } finally {
         await ctx.dispose();
       }
     }
-    return texts;
+    return all;
   } finally {
     await model.dispose();
   }
@@ -167,14 +183,14 @@ async function tjsTexts(onnxDir: string): Promise<string[]> {
   }
 }
 
-/** Prompts whose text equals the reference's, and the mean share of the reference reproduced before the first difference. */
-function agreement(texts: string[], want: string[]): string {
+/** Prompts whose continuation (ids or text) equals the reference's, and the mean share of the reference reproduced before the first difference. */
+function agreement<T extends string | number[]>(got: T[], want: T[]): string {
   let same = 0;
   let share = 0;
   for (let i = 0; i < want.length; i++) {
-    const a = texts[i]!;
+    const a = got[i]!;
     const b = want[i]!;
-    if (a === b) same++;
+    if (JSON.stringify(a) === JSON.stringify(b)) same++;
     else if (process.env['EQAT_BENCH_SHOW']) console.error(`${JSON.stringify(prompts[i])}: ${JSON.stringify(a)} vs ${JSON.stringify(b)}`);
     let k = 0;
     while (k < a.length && k < b.length && a[k] === b[k]) k++;
@@ -188,21 +204,24 @@ try {
   for (const [i, row] of rows.entries()) {
     const tag = `m${i}`;
     const gguf = await exportGguf(row.dir, join(work, `${tag}.gguf`));
-    const want = eqatTexts(row.dir);
-    const cell = (run: string, heldTo: string, texts: string[] | null, reference: string[]): void => {
-      lines.push(`| ${row.model} | ${run} | ${heldTo} | ${texts ? agreement(texts, reference) : 'skipped | —'} |`);
+    const want = eqatIds(row.dir);
+    const tok = loadTokenizer(row.dir);
+    const wantText = want.map((ids) => tok.decode(ids, { skipSpecialTokens: true }));
+    const cell = <T extends string | number[]>(run: string, heldTo: string, got: T[] | null, reference: T[]): void => {
+      lines.push(`| ${row.model} | ${run} | ${heldTo} | ${got ? agreement(got, reference) : 'skipped | —'} |`);
     };
     const integer = Object.keys(gguf.types).find((t) => t.startsWith('Q')) ?? '?';
     if (llamaCpp.llama) {
-      cell(`llama.cpp ${integer}, defaults (f16 kv)`, 'eqat generate', await llamaCppTexts(gguf.path, {}), want);
-      cell(`llama.cpp ${integer}, f32 kv`, 'eqat with llama.cpp rounding', await llamaCppTexts(gguf.path, LLAMA_CPP_F32_CACHE), eqatTexts(row.dir, llamaCppArithmetic(ggufHeadType(gguf.types))));
+      cell(`llama.cpp ${integer}, defaults (f16 kv)`, 'eqat generate (ids)', await llamaCppIds(row.dir, gguf.path, {}), want);
+      const rounded = eqatIds(row.dir, llamaCppArithmetic(ggufHeadType(gguf.types)));
+      cell(`llama.cpp ${integer}, f32 kv`, "eqat with llama.cpp's rounding (ids)", await llamaCppIds(row.dir, gguf.path, LLAMA_CPP_F32_CACHE), rounded);
       const f32 = await exportGguf(row.dir, join(work, `${tag}-f32.gguf`), { type: 'f32', embeddingType: 'f32' });
-      cell('llama.cpp F32, f32 kv', 'eqat generate', await llamaCppTexts(f32.path, LLAMA_CPP_F32_CACHE), want);
+      cell('llama.cpp F32, f32 kv', 'eqat generate (ids)', await llamaCppIds(row.dir, f32.path, LLAMA_CPP_F32_CACHE), want);
     } else {
       cell('llama.cpp', 'eqat generate', null, want);
     }
     const onnx = await exportOnnx(row.dir, join(work, `${tag}-onnx`));
-    cell('transformers.js', 'eqat generate', tjs ? await tjsTexts(onnx.dir) : null, want);
+    cell('transformers.js', 'eqat generate (text)', tjs ? await tjsTexts(onnx.dir) : null, wantText);
     console.error(`bench/export-greedy: ${row.model} done`);
   }
 } finally {
@@ -222,11 +241,11 @@ console.log(`# Greedy text of the exports (${cpu[0]?.model ?? 'cpu'}, ${cpu.leng
 console.log('');
 console.log(`\`${command}\``);
 console.log('');
-console.log(`${prompts.length} prompts (the first 8 words of wikitext2-test paragraphs), ${newTokens} new tokens each, temperature 0.`);
+console.log(`${prompts.length} prompts (the first 8 words of wikitext2-test paragraphs), up to ${newTokens} new tokens each, temperature 0.`);
 if (llamaCpp.skip) console.log(`llama.cpp: ${llamaCpp.skip}.`);
 if (!tjs) console.log('transformers.js: not installed.');
 console.log(`1-minute load average ${loadBefore.toFixed(2)} at the start, ${loadAfter.toFixed(2)} at the end.`);
 console.log('');
-console.log('| checkpoint | run | held to | same text | reproduced before departing |');
+console.log('| checkpoint | run | held to | same continuation | reproduced before departing |');
 console.log('|---|---|---|---|---|');
 for (const l of lines) console.log(l);

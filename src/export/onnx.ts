@@ -9,7 +9,10 @@
 //   OUT/generation_config.json, tokenizer files, genai_config.json (onnxruntime-genai)
 //   OUT/tokenizer_config.json the checkpoint's, with add_bos_token / add_eos_token saying what
 //                            eqat's tokenizer adds (src/export/special-tokens.ts), so that
-//                            transformers.js's text-generation pipeline adds the same tokens
+//                            transformers.js's text-generation pipeline adds the same tokens,
+//                            and clean_up_tokenization_spaces as eqat decodes (src/io/tokenizer.ts
+//                            CLEAN_UP_TOKENIZATION_SPACES_DEFAULT where the checkpoint is silent:
+//                            transformers.js's own default differs)
 //
 // Graph interface (the names Optimum gives decoder-only exports and transformers.js feeds):
 //   inputs  input_ids (int64 [batch_size, sequence_length]),
@@ -53,6 +56,7 @@ import { ropeTables } from '../model/rope.js';
 import { clampScale, qmax, roundZero } from '../quant/primitives.js';
 import type { QuantConfig } from '../quant/checkpoint-config.js';
 import { TOKENIZER_FILES } from '../io/quant-checkpoint.js';
+import { CLEAN_UP_TOKENIZATION_SPACES_DEFAULT } from '../io/tokenizer.js';
 import { eqatVersion } from '../engine/version.js';
 import { claimOutput, publishOutput, type OutputClaim } from '../io/output.js';
 import { specialTokens } from './special-tokens.js';
@@ -734,7 +738,12 @@ export async function exportOnnx(modelDir: string, outDir: string, opts: OnnxExp
       const tokCfgPath = join(modelDir, 'tokenizer_config.json');
       const { addBos, addEos } = specialTokens(modelDir);
       const tokCfg = existsSync(tokCfgPath) ? readJson(tokCfgPath) : {};
-      writeJson(join(partial, 'tokenizer_config.json'), { ...tokCfg, add_bos_token: addBos, add_eos_token: addEos });
+      writeJson(join(partial, 'tokenizer_config.json'), {
+        clean_up_tokenization_spaces: CLEAN_UP_TOKENIZATION_SPACES_DEFAULT,
+        ...tokCfg,
+        add_bos_token: addBos,
+        add_eos_token: addEos,
+      });
     }
     if (!existsSync(join(partial, 'generation_config.json'))) {
       const gen: Record<string, unknown> = {};

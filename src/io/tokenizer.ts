@@ -91,6 +91,13 @@ class CheckpointTokenizer implements Tokenizer {
   }
 }
 
+/**
+ * clean_up_tokenization_spaces where tokenizer_config.json does not set it: false, as in
+ * transformers (since 4.45), so decoding keeps a space before punctuation (" ." stays " .").
+ * transformers.js defaults to true, so the ONNX export writes the value out.
+ */
+export const CLEAN_UP_TOKENIZATION_SPACES_DEFAULT = false;
+
 /** Loads dir/tokenizer.json with dir/tokenizer_config.json, generation_config.json and config.json for special ids. */
 export function loadTokenizer(dir: string): Tokenizer {
   if (!existsSync(dir)) throw new CheckpointError(dir, 'checkpoint directory does not exist');
@@ -114,8 +121,7 @@ export function loadTokenizer(dir: string): Tokenizer {
 
   let tok: HfTokenizer;
   try {
-    // transformers defaults clean_up_tokenization_spaces to false; the package defaults to true.
-    tok = new HfTokenizer({ added_tokens: [], ...tokJson }, { clean_up_tokenization_spaces: false, ...tokCfg });
+    tok = new HfTokenizer({ added_tokens: [], ...tokJson }, { clean_up_tokenization_spaces: CLEAN_UP_TOKENIZATION_SPACES_DEFAULT, ...tokCfg });
   } catch (e) {
     throw new CheckpointError(tokFile, `cannot build the tokenizer (${(e as Error).message})`);
   }

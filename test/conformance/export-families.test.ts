@@ -73,13 +73,23 @@ after(async () => {
   rmSync(WORK, { recursive: true, force: true });
 });
 
+/** PROMPT's ids as eqat's tokenizer gives them, bos included. */
+function promptIds(ckpt: string): number[] {
+  return loadTokenizer(ckpt).encode(PROMPT, { addSpecialTokens: true });
+}
+
+/** eqat's greedy continuation of PROMPT as text: what `eqat generate` prints. */
+function eqatText(ckpt: string): string {
+  return loadTokenizer(ckpt).decode(eqatTokens(ckpt), { skipSpecialTokens: true });
+}
+
 /**
- * eqat's greedy continuation of PROMPT as text: what `eqat generate` prints, or with `be` the
- * continuation that backend computes (llamaCppArithmetic).
+ * eqat's greedy continuation of PROMPT (ids after the prompt, up to an eos, which is left out):
+ * `eqat generate`'s, or
+ * with `be` the continuation that backend computes (llamaCppArithmetic).
  */
-function eqatText(ckpt: string, be?: Backend<Tensor>): string {
-  const tok = loadTokenizer(ckpt);
-  const prompt = tok.encode(PROMPT, { addSpecialTokens: true });
+function eqatTokens(ckpt: string, be?: Backend<Tensor>): number[] {
+  const prompt = promptIds(ckpt);
   const src = WeightSource.open(ckpt);
   const opts = { maxNewTokens: NEW_TOKENS, temperature: 0, stopAtEos: true };
   try {
@@ -93,7 +103,9 @@ function eqatText(ckpt: string, be?: Backend<Tensor>): string {
         model.free();
       }
     }
-    return tok.decode(ids.slice(prompt.length), { skipSpecialTokens: true });
+    const out = ids.slice(prompt.length);
+    // eqat keeps the eos it stopped at; llama.cpp's generator ends before it
+    return src.cfg.eosTokenIds.includes(out[out.length - 1]!) ? out.slice(0, -1) : out;
   } finally {
     src.close();
   }
@@ -119,14 +131,22 @@ function eqatPerplexity(ckpt: string, win: Int32Array, count: number, be?: Backe
   }
 }
 
-async function llamaCppText(gguf: string, settings: LlamaCppContextSettings = {}): Promise<string> {
-  const { LlamaCompletion } = (await import('node-llama-cpp')) as typeof import('node-llama-cpp');
+/**
+ * llama.cpp's greedy continuation of `prompt` (ids): up to NEW_TOKENS ids, ending before an
+ * end-of-generation token as eqat's does. Ids, not text: llama.cpp's detokenizer removes a space
+ * before punctuation for GPT-2-style vocabularies, where eqat and transformers keep it.
+ */
+async function llamaCppTokens(gguf: string, prompt: number[], settings: LlamaCppContextSettings = {}): Promise<number[]> {
   const model = await (llamaCpp.llama as unknown as import('node-llama-cpp').Llama).loadModel({ modelPath: gguf, gpuLayers: 0 });
   try {
     const ctx = await model.createContext({ ...settings, contextSize: 256, threads: 1 });
     try {
-      const completion = new LlamaCompletion({ contextSequence: ctx.getSequence() });
-      return await completion.generateCompletion(PROMPT, { maxTokens: NEW_TOKENS, temperature: 0 });
+      const out: number[] = [];
+      for await (const id of ctx.getSequence().evaluate(prompt as import('node-llama-cpp').Token[], { temperature: 0 })) {
+        out.push(id as number);
+        if (out.length === NEW_TOKENS) break;
+      }
+      return out;
     } finally {
       await ctx.dispose();
     }
@@ -154,6 +174,13 @@ after(() =>
   ),
 );
 
+/** 'same' when two greedy continuations are the same ids, else where they part. */
+function sameIds(a: number[], b: number[]): string {
+  let k = 0;
+  while (k < a.length && k < b.length && a[k] === b[k]) k++;
+  return k === a.length && k === b.length ? 'same' : `DIFFERENT from token ${k + 1}`;
+}
+
 /** The integer type of an export's linears, from its report's type counts. */
 function linearTypeOf(types: Record<string, number>): string {
   return Object.keys(types).find((t) => t.startsWith('Q')) ?? '?';
@@ -176,35 +203,36 @@ for (const family of FAMILIES) {
         const eqatLlamaPpl = eqatPerplexity(ckpt, lwin, LLAMA_CPP_WINDOWS);
         const perplexity = (path: string, context: LlamaCppContextSettings = {}): Promise<number> =>
           llamaCppPerplexity(llamaCpp.llama!, path, lwin, LLAMA_CPP_WINDOWS, T, { threads: 1, sequences: 4, context }).then((r) => r.ppl);
-        const row = (what: string, text: string, textWant: string, ppl: number, pplWant: number): number => {
-          rows.push(`${family} | w${bits}g${group} | llama.cpp ${what} | ${text === textWant ? 'same' : 'DIFFERENT'} | ${(ppl / pplWant).toFixed(6)}`);
+        const row = (what: string, ids: number[], idsWant: number[], ppl: number, pplWant: number): number => {
+          rows.push(`${family} | w${bits}g${group} | llama.cpp ${what} | ${sameIds(ids, idsWant)} | ${(ppl / pplWant).toFixed(6)}`);
           return ppl / pplWant;
         };
+        const prompt = promptIds(ckpt);
+        const wantIds = eqatTokens(ckpt);
         // the default export as users run it (f16 kv cache): near eqat
-        const text = await llamaCppText(gguf.path);
+        const ids = await llamaCppTokens(gguf.path, prompt);
         const ppl = await perplexity(gguf.path);
-        const ratio = row(`${linearTypeOf(gguf.types)}, defaults | eqat`, text, want, ppl, eqatLlamaPpl);
-        if (text !== want) t.diagnostic(`${label} llama.cpp greedy ${JSON.stringify(text)} vs eqat ${JSON.stringify(want)}`);
+        const ratio = row(`${linearTypeOf(gguf.types)}, defaults | eqat`, ids, wantIds, ppl, eqatLlamaPpl);
         assert.ok(Math.abs(ratio - 1) < LLAMA_CPP_PPL_TOLERANCE, `ppl llama.cpp ${ppl} vs eqat ${eqatLlamaPpl}`);
         // the default export with an f32 kv cache: eqat's forward with llama.cpp's rounding
         const rounding = llamaCppArithmetic(ggufHeadType(gguf.types));
-        const wantRounded = eqatText(ckpt, rounding);
+        const wantRounded = eqatTokens(ckpt, rounding);
         const pplRounded = eqatPerplexity(ckpt, lwin, LLAMA_CPP_WINDOWS, rounding);
-        const textF32Cache = await llamaCppText(gguf.path, LLAMA_CPP_F32_CACHE);
+        const idsF32Cache = await llamaCppTokens(gguf.path, prompt, LLAMA_CPP_F32_CACHE);
         const pplF32Cache = await perplexity(gguf.path, LLAMA_CPP_F32_CACHE);
-        const ratioRounded = row(`${linearTypeOf(gguf.types)}, f32 kv | eqat with llama.cpp's rounding`, textF32Cache, wantRounded, pplF32Cache, pplRounded);
+        const ratioRounded = row(`${linearTypeOf(gguf.types)}, f32 kv | eqat with llama.cpp's rounding`, idsF32Cache, wantRounded, pplF32Cache, pplRounded);
         assert.ok(Math.abs(ratioRounded - 1) < PPL_TOLERANCE, `ppl llama.cpp ${pplF32Cache} vs eqat with llama.cpp's rounding ${pplRounded}`);
         // the same model with exact f32 weights and an f32 kv cache: llama.cpp computes as eqat does
         const f32 = await exportGguf(ckpt, join(WORK, `${label.replace(' ', '-')}-f32.gguf`), { type: 'f32', embeddingType: 'f32' });
         assert.equal(f32.exact, true);
-        const text32 = await llamaCppText(f32.path, LLAMA_CPP_F32_CACHE);
+        const ids32 = await llamaCppTokens(f32.path, prompt, LLAMA_CPP_F32_CACHE);
         const ppl32 = await perplexity(f32.path, LLAMA_CPP_F32_CACHE);
-        const ratio32 = row('F32, f32 kv | eqat', text32, want, ppl32, eqatLlamaPpl);
-        assert.equal(text32, want, "llama.cpp's greedy text on the f32 export");
+        const ratio32 = row('F32, f32 kv | eqat', ids32, wantIds, ppl32, eqatLlamaPpl);
+        assert.deepEqual(ids32, wantIds, `llama.cpp's greedy tokens on the f32 export: ${JSON.stringify(ids32)} vs eqat ${JSON.stringify(wantIds)}`);
         assert.ok(Math.abs(ratio32 - 1) < PPL_TOLERANCE, `ppl llama.cpp (f32 export) ${ppl32} vs eqat ${eqatLlamaPpl}`);
         const model = await llamaCpp.llama!.loadModel({ modelPath: gguf.path, vocabOnly: true });
         try {
-          for (const s of [' The capital', '  two spaces', 'x\n y']) assert.deepEqual([...model.tokenize(s, true)], loadTokenizer(ckpt).encode(s, { addSpecialTokens: false }), JSON.stringify(s));
+          for (const s of [PROMPT, ' The capital', '  two spaces', 'x\n y']) assert.deepEqual([...model.tokenize(s, true)], loadTokenizer(ckpt).encode(s, { addSpecialTokens: false }), JSON.stringify(s));
         } finally {
           await model.dispose();
         }
@@ -213,8 +241,13 @@ for (const family of FAMILIES) {
         const text = await tjsText(onnx.dir);
         const r = await ortPerplexity(ort!, onnx.onnxPath, decoderDims(onnx.dir), win, WINDOWS, T, { threads: 1, batch: 4 });
         const ratio = r.ppl / eqatPpl;
-        rows.push(`${family} | w${bits}g${group} | transformers.js/onnxruntime | eqat | ${text === want ? 'same' : 'DIFFERENT'} | ${ratio.toFixed(6)}`);
+        rows.push(`${family} | w${bits}g${group} | transformers.js/onnxruntime | eqat | ${text === want ? 'same text' : 'DIFFERENT text'} | ${ratio.toFixed(6)}`);
         assert.equal(text, want, 'transformers.js greedy text');
+        // decoding: spaces before punctuation kept as eqat keeps them (clean_up_tokenization_spaces)
+        const spaced = 'a good way . It \'s fine , is n\'t it ?';
+        const ids = loadTokenizer(ckpt).encode(spaced, { addSpecialTokens: false });
+        const tjsTok = await tjs!.AutoTokenizer.from_pretrained(basename(onnx.dir));
+        assert.equal(tjsTok.decode(ids, { skip_special_tokens: true }), loadTokenizer(ckpt).decode(ids, { skipSpecialTokens: true }));
         assert.ok(Math.abs(ratio - 1) < PPL_TOLERANCE, `ppl onnxruntime ${r.ppl} vs eqat ${eqatPpl}`);
       });
     });

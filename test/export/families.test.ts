@@ -3,7 +3,7 @@
 // running any runtime: the GGUF architecture, tensor names and types (node-llama-cpp's GGUF
 // reader, skipped when it is not installed), biases and norms bit-identical to the checkpoint's
 // (q/k biases in llama.cpp's row order only for the llama architecture); the exported
-// tokenizer_config.json's add_bos_token / add_eos_token; the CLI's GGUF choices and defaults
+// tokenizer_config.json's add_bos_token / add_eos_token / clean_up_tokenization_spaces; the CLI's GGUF choices and defaults
 // being the library's. Runtime conformance is test/conformance/export-families.test.ts.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -49,6 +49,7 @@ for (const family of FAMILIES) {
     assert.equal(tokCfg['add_bos_token'], true, 'llama-tiny\'s tokenizer adds <s>');
     assert.equal(tokCfg['add_eos_token'], false);
     assert.equal(tokCfg['bos_token'], '<s>', 'the checkpoint\'s own keys are kept');
+    assert.equal(tokCfg['clean_up_tokenization_spaces'], false, 'decoding keeps " ." as eqat does (transformers.js would default to true)');
     if (!nlc) return t.skip('node-llama-cpp is not installed');
     const info = await nlc.readGgufFileInfo(gguf.path, { readTensorInfo: true });
     const md = info.metadata as { general: { architecture: string }; tokenizer: { ggml: Record<string, unknown> } };
