@@ -9,7 +9,10 @@
 //       ByteLevel(use_regex, no prefix space)                      → "gpt-2"
 //       Sequence[Split(Llama-3 regex, Isolated), ByteLevel(no regex)] → "llama-bpe"
 //     Anything else is refused with the pre_tokenizer it found: a wrong regex would tokenize
-//     differently without any error.
+//     differently without any error. Decoding is llama.cpp's own: for "gpt-2" and "llama-bpe"
+//     its detokenizer removes a space before punctuation (" ." → "."), as transformers did before
+//     4.45 (clean_up_tokenization_spaces); no GGUF key turns that off, so text from llama.cpp
+//     can differ in those spaces from eqat's decode of the same ids.
 //   SentencePiece-style BPE (Llama-2 style: byte_fallback, "▁" for spaces, a Prepend/Replace
 //     normalizer or a Metaspace pre-tokenizer) → tokenizer.ggml.model = "llama" with per-token
 //     scores and types. llama.cpp's SentencePiece tokenizer repeatedly merges the adjacent pair
