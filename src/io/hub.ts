@@ -41,6 +41,7 @@ import { closeSync, existsSync, fstatSync, lstatSync, mkdirSync, openSync, readF
 import { homedir, hostname } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import cliProgress from 'cli-progress';
+import { stderrIsInteractive } from '../cli/progress.js';
 
 /** The kinds of hub repository eqat reads. */
 export type HubRepoType = 'model' | 'dataset';
@@ -586,7 +587,7 @@ function mib(n: number): string {
 }
 
 function downloadProgress(ctx: DownloadContext, files: number, total: number): ByteProgress {
-  if (ctx.quiet || !process.stderr.isTTY) {
+  if (ctx.quiet || !stderrIsInteractive()) {
     if (!ctx.quiet) process.stderr.write(`downloading ${files} file${files === 1 ? '' : 's'} (${mib(total)} MiB) of ${ctx.label} from ${ctx.endpoint} into ${ctx.dir}\n`);
     return { file() {}, add() {}, stop() {} };
   }
