@@ -103,6 +103,11 @@ export interface BlockApOptions extends BlockApRecipe {
   force?: boolean;
   /** Called after every training step (tests use it to interrupt a run). */
   onStep?: (block: number, step: number) => void;
+  /**
+   * Extra fields recorded in eqat-recipe.json (the mark of `eqat quantize`), written before the
+   * checkpoint is published so that no published checkpoint lacks them.
+   */
+  record?: Record<string, unknown>;
 }
 
 /** Paper defaults (EfficientQAT Block-AP). */
@@ -524,6 +529,7 @@ async function blockAp(opts: BlockApOptions, output: OutputClaim): Promise<Block
       recipe: { ...recipe, model: opts.model, calib: opts.calib },
       inputs,
       peak_rss_bytes: peakRssBytes(),
+      ...(opts.record ?? {}),
     });
   } finally {
     xfp?.free();

@@ -115,6 +115,8 @@ export interface E2eQpOptions extends E2eQpRecipe {
   signal?: AbortSignal;
   /** Extra fields recorded in eqat-recipe.json (e.g. the Block-AP phase of `eqat quantize`). */
   record?: Record<string, unknown>;
+  /** More JSON files of the checkpoint by name (`eqat quantize`'s recipe.json), written before it is published. */
+  files?: Record<string, unknown>;
   /**
    * Save the training state into `<out>.partial/` every this many optimizer steps, and after
    * any step that ends E2E_QP_SAVE_SECONDS or more after the last save; 0 = never.
@@ -601,6 +603,7 @@ async function e2eQp(o: E2eQpOptions, output: OutputClaim): Promise<E2eQpResult>
       ...(o.record ?? {}),
       e2e_qp: { recipe: { ...recipeOf(o) }, device, precision, steps: step, first_loss: firstLoss, last_loss: lastLoss, seconds, peak_rss_bytes: peakRssBytes() },
     });
+    for (const [name, value] of Object.entries(o.files ?? {})) writeJsonAtomic(join(partial, name), value);
     if (existsSync(join(o.model, 'block-ap-log.jsonl'))) {
       copyFileSync(join(o.model, 'block-ap-log.jsonl'), join(partial, 'block-ap-log.jsonl'));
     }

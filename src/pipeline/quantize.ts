@@ -193,10 +193,11 @@ async function quantize(
       device,
       precision,
       restart,
+      // the Block-AP checkpoint is marked with the part of the recipe that produced it (for reuse
+      // on rerun) before it is published: marked after, a full disk or a kill in between left a
+      // checkpoint the rerun refused as not made by eqat quantize
+      record: { quantize: blockApPart(r) },
     }));
-    // mark the Block-AP checkpoint with the part of the recipe that produced it (for reuse on rerun)
-    const rec = JSON.parse(readFileSync(bapRecipeFile, 'utf8')) as Record<string, unknown>;
-    writeJsonAtomic(bapRecipeFile, { ...rec, quantize: blockApPart(r) });
     blockApSeconds = (performance.now() - t) / 1000;
   } else {
     reporter({ quiet, onEvent })({ type: 'phase', phase: 'block-ap', out: bapOut, resumedFrom: 0, reused: true });
@@ -207,19 +208,24 @@ async function quantize(
   let e2eQpTrainSeconds = 0;
   const e = r.e2eQp;
   const record = { quantize_recipe: recipeToJson(r), versions: eqatVersion() };
+  // the output is complete when it is published: the command's record and recipe.json are
+  // written before (after, a full disk or a kill in between published an output without them,
+  // which the rerun refused as an existing output)
+  const files = { 'recipe.json': recipeToJson(r) };
   if (e.epochs > 0) {
     const t = performance.now();
-    ({ resumedFrom: e2eQpResumedFrom, seconds: e2eQpTrainSeconds } = await runE2eQp({ ...e, model: bapOut, data: e.data ?? r.calib, out, seed: r.seed, quiet, onEvent, signal, record, saveEvery, restart, settingName: quantizeSettingName, device, precision, output }));
+    ({ resumedFrom: e2eQpResumedFrom, seconds: e2eQpTrainSeconds } = await runE2eQp({ ...e, model: bapOut, data: e.data ?? r.calib, out, seed: r.seed, quiet, onEvent, signal, record, files, saveEvery, restart, settingName: quantizeSettingName, device, precision, output }));
     e2eQpSeconds = (performance.now() - t) / 1000;
   } else {
+    const rec = JSON.parse(readFileSync(bapRecipeFile, 'utf8')) as Record<string, unknown>;
+    writeJsonAtomic(bapRecipeFile, { ...rec, ...record });
+    for (const [name, value] of Object.entries(files)) writeJsonAtomic(join(bapOut, name), value);
+    writeReport(bapOut, out);
     publishOutput(output, bapOut);
-    const rec = JSON.parse(readFileSync(join(out, 'eqat-recipe.json'), 'utf8')) as Record<string, unknown>;
-    writeJsonAtomic(join(out, 'eqat-recipe.json'), { ...rec, ...record });
   }
-  writeJsonAtomic(join(out, 'recipe.json'), recipeToJson(r));
   output.kept = `the quantized model in ${out}/`;
   const evaluation = await evaluateOutput(out, r.model, r.eval, evalPlan, { quiet, signal, device, precision });
-  writeReport(out); // again, now with the whole command's record and the evaluation
+  if (evaluation) writeReport(out); // again, now with the evaluation
   return { out, blockApOut: bapOut, blockApSeconds, blockApPhases, e2eQpSeconds, e2eQpTrainSeconds, e2eQpResumedFrom, eval: evaluation, seconds: (performance.now() - t0) / 1000 };
 }
 

@@ -8,8 +8,8 @@
 // - an interrupted run's state of other data is refused, and --restart discards it and finishes
 //   (quantize reusing its Block-AP checkpoint, which does not read e2e_qp.data);
 // - disk full, read-only and permission errors (simulated by test/fault/fs-fault.ts) name the
-//   path and the way out, nothing partial is published, and a rerun after a full disk finishes
-//   the same checkpoint;
+//   path and the way out, nothing partial is published, and a rerun after a full disk (in any
+//   phase of quantize) or a file system turned read-only mid-run finishes the same checkpoint;
 // - exit codes: usage errors 2, everything else 1;
 // - kill -9 at seeded random times of block-ap, e2e-qp and quantize (three trials each, timed
 //   from the output lock), each rerun finishing a checkpoint identical to an uninterrupted run's.
@@ -54,7 +54,7 @@ interface CliResult {
  * Runs `eqat ...args`; `fault` arms test/fault/fs-fault.ts in it; `during(child, stderr)` is
  * polled every 5 ms while it runs (to signal it at the right moment).
  */
-function runCli(args: string[], opts: { fault?: object; during?: (child: ChildProcess, stderr: string) => void } = {}): Promise<CliResult> {
+function runCli(args: string[], opts: { fault?: object | object[]; during?: (child: ChildProcess, stderr: string) => void } = {}): Promise<CliResult> {
   const env = { ...process.env, ...(opts.fault ? { EQAT_TEST_FS_FAULT: JSON.stringify(opts.fault) } : {}) };
   const node = opts.fault ? ['--import', FS_FAULT, CLI] : [CLI];
   return new Promise((resolveP, reject) => {
@@ -535,6 +535,60 @@ test('disk full in E2E-QP\'s state save, in its checkpoint and in the GGUF and O
     assert.match(r.stderr, new RegExp(`^eqat: cannot write .*${format}-disk/${name.replace('.', '\\.')}[^:]*: no space left on device; free space there or choose an output on another disk\n$`), format);
     assert.deepEqual(readdirSync(dir), [], `${format}: nothing left in the output directory`);
   }
+});
+
+test('disk full inside quantize, in its Block-AP phase and then in its final checkpoint: the file and the way out, nothing published; each rerun resumes, the last finishing the same checkpoint', async () => {
+  const ref = join(WORK, 'qd-ref');
+  const clean = await runCli(quantizeArgs(ref));
+  assert.equal(clean.code, 0, clean.stderr);
+  const dir = join(WORK, 'q-disk');
+  mkdirSync(dir);
+  const out = join(dir, 'q');
+  const fullMessage = (file: string): RegExp =>
+    new RegExp(`^eqat: cannot write .*q-disk/${file}: no space left on device; free space there or choose an output on another disk; then rerun the same command: it resumes from what was finished\n$`);
+  // 180 kB into the run: after Block-AP's lock, state and the shards of blocks 1 and 2 (71 592 bytes each), in block 3's
+  const inBlockAp = await runCli(quantizeArgs(out), { fault: { code: 'ENOSPC', under: dir, afterBytes: 180_000 } });
+  assert.equal(inBlockAp.code, 1, inBlockAp.stderr);
+  assert.match(inBlockAp.stderr, fullMessage('q\\.block-ap\\.partial/model-00003-of-00005\\.safetensors'));
+  assert.deepEqual(readdirSync(dir), ['q.block-ap.partial'], 'in Block-AP: no OUT, no OUT.block-ap, no lock');
+  assert.equal(finishedBlocks(out + '.block-ap'), 2);
+  const firstShard = statSync(join(out + '.block-ap.partial', 'model-00001-of-00005.safetensors')).mtimeMs;
+  // the rerun resumes Block-AP, whose published checkpoint takes no byte more (it is whole when
+  // renamed into place); its E2E-QP phase saves its state after each of its 4 steps (297 816
+  // bytes each), then the disk fills 120 kB into the final checkpoint
+  const inCheckpoint = await runCli(quantizeArgs(out), {
+    fault: [{ code: 'ENOSPC', under: out + '.block-ap', afterBytes: 0 }, { code: 'ENOSPC', under: out + '.partial', afterBytes: 4 * 297_816 + 120_000 }],
+  });
+  assert.equal(inCheckpoint.code, 1, inCheckpoint.stderr);
+  assert.match(inCheckpoint.stderr, fullMessage('q\\.partial/model-00002-of-00005\\.safetensors'));
+  assert.deepEqual(readdirSync(dir).sort(), ['q.block-ap', 'q.partial'], 'in the final checkpoint: no OUT, no lock; the Block-AP checkpoint published');
+  assert.equal(statSync(join(out + '.block-ap', 'model-00001-of-00005.safetensors')).mtimeMs, firstShard, 'Block-AP resumed after block 2');
+  assert.ok(existsSync(join(out + '.partial', 'e2e-qp-state.safetensors')), 'the last saved state is kept');
+  // the last rerun resumes E2E-QP and finishes: OUT too is whole when renamed into place (no byte written into it after)
+  const again = await runCli(quantizeArgs(out), { fault: { code: 'ENOSPC', under: out, afterBytes: 0 } });
+  assert.equal(again.code, 0, again.stderr);
+  assertSameCheckpoint(out, ref, 'quantize after a full disk, twice');
+  assertSameCheckpoint(out + '.block-ap', ref + '.block-ap', 'its Block-AP checkpoint');
+  assertOnlyOutput(out, 'quantize after a full disk', ['.block-ap']);
+});
+
+test('a file system turned read-only in the middle of block-ap: the shard and the way out, the finished blocks kept; the rerun resumes to the same checkpoint', async () => {
+  const ref = await referenceBlockAp();
+  const dir = join(WORK, 'ro-mid');
+  mkdirSync(dir);
+  const out = join(dir, 'bap');
+  // read-only 180 kB in: after the lock, the state and the shards of blocks 1 and 2, in block 3's
+  const r = await runCli(bapArgs(out), { fault: { code: 'EROFS', under: dir, afterBytes: 180_000 } });
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /^eqat: cannot write .*ro-mid\/bap\.partial\/model-00003-of-00005\.safetensors: read-only file system; choose an output on a writable file system; then rerun the same command: it resumes from what was finished\n$/);
+  assert.deepEqual(readdirSync(dir), ['bap.partial'], 'no OUT, no lock');
+  assert.equal(finishedBlocks(out), 2);
+  const firstShard = statSync(join(out + '.partial', 'model-00001-of-00005.safetensors')).mtimeMs;
+  const again = await runCli(bapArgs(out));
+  assert.equal(again.code, 0, again.stderr);
+  assert.equal(statSync(join(out, 'model-00001-of-00005.safetensors')).mtimeMs, firstShard, 'resumed after block 2');
+  assertSameCheckpoint(out, ref, 'block-ap after a read-only file system');
+  assertOnlyOutput(out, 'block-ap after a read-only file system');
 });
 
 /** `args` with the value after `flag` replaced by `value`. */
