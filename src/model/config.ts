@@ -84,7 +84,11 @@ export function linearPath(i: number, name: LinearName): string {
  * The longest sequence the model's positions cover: max_position_embeddings, and for linear
  * RoPE scaling (factor k: positions are divided by k) k times that, which the model reaches only
  * if it was trained with the scaling. llama3 scaling already states the extended length as
- * max_position_embeddings.
+ * max_position_embeddings: Llama 3.1 and 3.2 ship max_position_embeddings 131072 with
+ * original_max_position_embeddings 8192 and factor 8 (3.1) or 32 (3.2), and Hugging Face takes
+ * max_position_embeddings as their context. The factor shapes the frequencies over that length
+ * and multiplies nothing (8192 × 8 is half Llama 3.1's context, 8192 × 32 twice Llama 3.2's),
+ * so beyond max_position_embeddings is refused, with no band of warnings as for linear scaling.
  */
 export function positionLimit(cfg: ModelConfig): { trained: number; scaled: number } {
   const trained = cfg.maxPositionEmbeddings;
@@ -102,7 +106,11 @@ export function checkPositions(cfg: ModelConfig, tokens: number, what: string, m
   if (tokens <= trained) return;
   const limit = `${modelDir} has max_position_embeddings ${trained}`;
   if (tokens > scaled) {
-    const scaling = scaled > trained ? ` (${scaled} with its linear RoPE scaling)` : '';
+    const rope = cfg.ropeScaling;
+    const scaling =
+      scaled > trained ? ` (${scaled} with its linear RoPE scaling)`
+      : rope.type === 'llama3' ? ` (with its llama3 RoPE scaling: factor ${rope.factor} does not extend it)`
+      : '';
     throw new Error(`${what}: needs ${tokens} positions, but ${limit}${scaling}; use at most ${scaled}`);
   }
   process.stderr.write(`warning: ${what}: ${tokens} positions exceed max_position_embeddings ${trained} of ${modelDir}, within the ${scaled} its linear RoPE scaling reaches\n`);

@@ -314,6 +314,40 @@ test('sequence lengths beyond max_position_embeddings are refused in every comma
   assert.throws(() => checkPositions(cfg, 257, '--seqlen 257', 'm'), /--seqlen 257: needs 257 positions, but m has max_position_embeddings 64 \(256 with its linear RoPE scaling\); use at most 256/);
 });
 
+test('llama3 RoPE scaling through eqat eval: max_position_embeddings is the limit, refused beyond it before any work; within it runs without a warning', () => {
+  // llama-tiny laid out as Llama 3.1 ships: rope_theta at the top, rope_scaling llama3 whose
+  // original_max_position_embeddings (16) is below max_position_embeddings (64), the scaled context
+  const model = join(dir('llama3-rope'), 'model');
+  cpSync(TINY, model, { recursive: true });
+  const cfg = JSON.parse(readFileSync(join(model, 'config.json'), 'utf8')) as Record<string, unknown>;
+  delete cfg['rope_parameters'];
+  Object.assign(cfg, {
+    rope_theta: 10000,
+    rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 16 },
+    max_position_embeddings: 64,
+  });
+  writeFileSync(join(model, 'config.json'), JSON.stringify(cfg, null, 2));
+  const data = join(dir('llama3-rope'), 'text.txt');
+  writeFileSync(data, readFileSync(CALIB, 'utf8').slice(0, 3000));
+  // with its progress on stderr (no --quiet): a run that started evaluating would print it
+  const evalCli = (seqlen: number) =>
+    spawnSync(process.execPath, [CLI, 'eval', '--model', model, '--data', data, '--seqlen', String(seqlen), '--max-windows', '1', '--threads', '1', '--json'], { encoding: 'utf8' });
+  // 65 positions: factor 8 of 16 would reach 128, but the model states 64
+  const refused = evalCli(65);
+  assert.equal(refused.status, 1, refused.stderr);
+  assert.equal(refused.stderr, `eqat: --seqlen 65: needs 65 positions, but ${model} has max_position_embeddings 64 (with its llama3 RoPE scaling: factor 8 does not extend it); use at most 64\n`);
+  assert.equal(refused.stdout, '');
+  // 64 positions, four times original_max_position_embeddings: no warning, a finite perplexity
+  const ran = evalCli(64);
+  assert.equal(ran.status, 0, ran.stderr);
+  assert.match(ran.stderr, /^eval 1\/\d+ /, 'its progress, the one thing on stderr');
+  assert.doesNotMatch(ran.stderr, /warning|position/);
+  const result = JSON.parse(ran.stdout.trim().split('\n').at(-1)!) as { ppl: number; seqlen: number; windows: number };
+  assert.equal(result.seqlen, 64);
+  assert.equal(result.windows, 1);
+  assert.ok(Number.isFinite(result.ppl) && result.ppl > 1, `perplexity ${result.ppl}`);
+});
+
 test('input paths: missing, a directory for a file, a file for a directory, unreadable, each named with its flag', async (t) => {
   const d = dir('paths');
   const out = join(dir('paths-out'), 'out');
