@@ -409,19 +409,21 @@ export function publishOutput(claim: OutputClaim, built: string): void {
 // ---------------------------------------------------------------------------------------------
 // System errors
 
-const WAY_OUT: Record<string, string> = {
-  ENOSPC: 'no space left on device; free space there or choose an output on another disk',
-  EDQUOT: 'disk quota exceeded; free space there or choose an output on another disk',
-  EROFS: 'read-only file system; choose an output on a writable file system',
-  EACCES: 'permission denied; choose an output you may write to, or change its permissions',
-  EPERM: 'operation not permitted; choose an output you may write to, or change its permissions',
+/** Per error code: what happened, the fix in place, and the way around it. */
+const WAY_OUT: Record<string, { what: string; fix: string; elsewhere: string }> = {
+  ENOSPC: { what: 'no space left on device', fix: 'free space there', elsewhere: 'choose an output on another disk' },
+  EDQUOT: { what: 'disk quota exceeded', fix: 'free space there', elsewhere: 'choose an output on another disk' },
+  EROFS: { what: 'read-only file system', fix: 'make it writable', elsewhere: 'choose an output on a writable file system' },
+  EACCES: { what: 'permission denied', fix: 'change its permissions', elsewhere: 'choose an output you may write to' },
+  EPERM: { what: 'operation not permitted', fix: 'change its permissions', elsewhere: 'choose an output you may write to' },
 };
 
 /**
  * A disk-full, read-only or permission error in writing `output` (a path, or any path that
  * starts with it: OUT.partial/, OUT.lock ...) as a message naming the path (the error's own,
- * else `output`) and the way out; `resumable` adds that a rerun resumes, `hint` a last word
- * (the activation cache's --max-ram). Other errors (reading an input) come back unchanged.
+ * else `output`) and the ways out; `resumable` says that the same command resumes once the fix is
+ * made (another output starts over), `hint` adds a last word (the activation cache's --max-ram).
+ * Other errors (reading an input) come back unchanged.
  */
 export function explainSystemError(e: unknown, output: string, resumable: boolean, hint?: string): unknown {
   const err = e as NodeJS.ErrnoException;
@@ -429,8 +431,11 @@ export function explainSystemError(e: unknown, output: string, resumable: boolea
   if (!way || err.name === 'OutputSystemError') return e;
   if (err.path !== undefined && !resolve(err.path).startsWith(output)) return e;
   const path = err.path ?? output;
-  const parts = [`cannot write ${path}: ${way}`];
-  if (resumable) parts.push('then rerun the same command: it resumes from what was finished');
+  const parts = [
+    resumable
+      ? `cannot write ${path}: ${way.what}; ${way.fix} and rerun the same command: it resumes from what was finished, or ${way.elsewhere} and start over`
+      : `cannot write ${path}: ${way.what}; ${way.fix} or ${way.elsewhere}`,
+  ];
   if (hint) parts.push(hint);
   const out = new Error(parts.join('; ')) as NodeJS.ErrnoException;
   out.name = 'OutputSystemError';

@@ -6,7 +6,7 @@
 // One shard per decoder block (model-0000i-of-0000N.safetensors) plus a last shard with the
 // embeddings, final norm and lm_head. A block's shard is written as soon as the block is
 // frozen, which is also what lets an interrupted Block-AP run resume.
-import { copyFileSync, existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ModelConfig } from '../model/config.js';
 import { BLOCK_LINEARS, BLOCK_PARAM_NAMES, HF_PARAM_NAME, blockParamShapes, isBlockLinear, type BlockLinear, type BlockParams } from '../model/block.js';
@@ -116,8 +116,20 @@ export function writeCheckpointMetadata(
   for (const f of TOKENIZER_FILES) if (existsSync(join(sourceDir, f))) copyFileSync(join(sourceDir, f), join(dir, f));
 }
 
+/** Writes `value` as JSON to `path` through a temporary sibling renamed into place; an error names `path`. */
 export function writeJsonAtomic(path: string, value: unknown): void {
   const tmp = path + '.tmp';
-  writeFileSync(tmp, JSON.stringify(value, null, 2) + '\n');
-  renameSync(tmp, path);
+  try {
+    writeFileSync(tmp, JSON.stringify(value, null, 2) + '\n');
+    renameSync(tmp, path);
+  } catch (e) {
+    try {
+      rmSync(tmp, { force: true });
+    } catch {
+      // a read-only file system keeps it; removeTemporaries clears it on the rerun
+    }
+    const err = e as NodeJS.ErrnoException;
+    if (err.path === tmp) err.path = path;
+    throw e;
+  }
 }

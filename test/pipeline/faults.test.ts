@@ -482,7 +482,7 @@ test('disk full, read-only and permission errors name the path and the way out; 
   // the disk fills in the middle of the shards
   const full = await runCli(rtnArgs(out), { fault: { code: 'ENOSPC', under: dir, afterBytes: 60_000 } });
   assert.equal(full.code, 1, full.stderr);
-  assert.match(full.stderr, /^eqat: cannot write .*disk\/rtn[^:]*: no space left on device; free space there or choose an output on another disk; then rerun the same command: it resumes from what was finished\n$/);
+  assert.match(full.stderr, /^eqat: cannot write .*disk\/rtn[^:]*: no space left on device; free space there and rerun the same command: it resumes from what was finished, or choose an output on another disk and start over\n$/);
   assert.ok(!existsSync(out) && !existsSync(out + '.lock'));
   const again = await runCli(rtnArgs(out));
   assert.equal(again.code, 0, again.stderr);
@@ -492,7 +492,7 @@ test('disk full, read-only and permission errors name the path and the way out; 
     const o = join(dir, `ro-${code}`);
     const r = await runCli(rtnArgs(o), { fault: { code, under: dir } });
     assert.equal(r.code, 1, r.stderr);
-    assert.match(r.stderr, new RegExp(`cannot write .*ro-${code}\\.lock[^:]*: ${text}; choose an output`));
+    assert.match(r.stderr, new RegExp(`cannot write .*ro-${code}\\.lock[^:]*: ${text}; [^;]* rerun the same command: it resumes from what was finished, or choose an output`));
     assert.deepEqual(readdirSync(dir).filter((f) => f.startsWith('ro-')), [], `${code}: nothing created`);
   }
   // the activation caches on disk (--max-ram 0) fill it: the cache file is named, and --max-ram
@@ -518,7 +518,7 @@ test('disk full in E2E-QP\'s state save, in its checkpoint and in the GGUF and O
   for (const [what, afterBytes, path] of cases) {
     const full = await runCli(e2eArgs(model, out), { fault: { code: 'ENOSPC', under: out + '.partial', afterBytes } });
     assert.equal(full.code, 1, `${what}: ${full.stderr}`);
-    assert.match(full.stderr, new RegExp(`^eqat: cannot write .*${path.source}: no space left on device; free space there or choose an output on another disk; then rerun the same command: it resumes from what was finished\n$`), what);
+    assert.match(full.stderr, new RegExp(`^eqat: cannot write .*${path.source}: no space left on device; free space there and rerun the same command: it resumes from what was finished, or choose an output on another disk and start over\n$`), what);
     assert.ok(!existsSync(out) && !existsSync(out + '.lock'), `${what}: nothing published, no lock`);
     assert.ok(existsSync(join(out + '.partial', 'e2e-qp-state.safetensors')), `${what}: the last saved state is kept`);
   }
@@ -545,7 +545,7 @@ test('disk full inside quantize, in its Block-AP phase and then in its final che
   mkdirSync(dir);
   const out = join(dir, 'q');
   const fullMessage = (file: string): RegExp =>
-    new RegExp(`^eqat: cannot write .*q-disk/${file}: no space left on device; free space there or choose an output on another disk; then rerun the same command: it resumes from what was finished\n$`);
+    new RegExp(`^eqat: cannot write .*q-disk/${file}: no space left on device; free space there and rerun the same command: it resumes from what was finished, or choose an output on another disk and start over\n$`);
   // 180 kB into the run: after Block-AP's lock, state and the shards of blocks 1 and 2 (71 592 bytes each), in block 3's
   const inBlockAp = await runCli(quantizeArgs(out), { fault: { code: 'ENOSPC', under: dir, afterBytes: 180_000 } });
   assert.equal(inBlockAp.code, 1, inBlockAp.stderr);
@@ -580,7 +580,7 @@ test('a file system turned read-only in the middle of block-ap: the shard and th
   // read-only 180 kB in: after the lock, the state and the shards of blocks 1 and 2, in block 3's
   const r = await runCli(bapArgs(out), { fault: { code: 'EROFS', under: dir, afterBytes: 180_000 } });
   assert.equal(r.code, 1, r.stderr);
-  assert.match(r.stderr, /^eqat: cannot write .*ro-mid\/bap\.partial\/model-00003-of-00005\.safetensors: read-only file system; choose an output on a writable file system; then rerun the same command: it resumes from what was finished\n$/);
+  assert.match(r.stderr, /^eqat: cannot write .*ro-mid\/bap\.partial\/model-00003-of-00005\.safetensors: read-only file system; make it writable and rerun the same command: it resumes from what was finished, or choose an output on a writable file system and start over\n$/);
   assert.deepEqual(readdirSync(dir), ['bap.partial'], 'no OUT, no lock');
   assert.equal(finishedBlocks(out), 2);
   const firstShard = statSync(join(out + '.partial', 'model-00001-of-00005.safetensors')).mtimeMs;
