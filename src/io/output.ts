@@ -55,6 +55,14 @@ export interface OutputClaim {
   readonly resumable: boolean;
   /** What an interruption leaves for a rerun, in words ("blocks 0–2 finished in /x/OUT.partial/"); set by the run as it goes. */
   kept: string;
+  /**
+   * The output is in place (set by publishOutput). A rerun of the same command then refuses it as
+   * an existing output, so an interruption says `kept` is complete and `whatNext` instead of "rerunning
+   * resumes".
+   */
+  published: boolean;
+  /** After publishing, what the run still had to do, as a command a person can run ('' when nothing). */
+  whatNext: string;
   release(): void;
 }
 
@@ -259,8 +267,12 @@ let hardExitTimer: NodeJS.Timeout | null = null;
 
 /** What the live claims kept, and how to go on. */
 function keptMessage(): string {
-  const kept = claims.map((c) => c.kept).filter((k) => k !== '');
-  return kept.length > 0 ? `kept ${kept.join('; ')}; rerunning the same command resumes` : 'nothing was kept; rerunning the same command starts over';
+  const kept = claims.filter((c) => c.kept !== '');
+  if (kept.length === 0) return 'nothing was kept; rerunning the same command starts over';
+  if (kept.some((c) => c.published)) {
+    return kept.map((c) => (c.published ? `kept ${c.kept}, complete${c.whatNext ? `; ${c.whatNext}` : ''}` : `kept ${c.kept}`)).join('; ');
+  }
+  return `kept ${kept.map((c) => c.kept).join('; ')}; rerunning the same command resumes`;
 }
 
 function onSignal(signal: 'SIGINT' | 'SIGTERM'): void {
@@ -343,6 +355,8 @@ export function claimOutput(req: OutputRequest, { interruptible = false } = {}):
     replaces: exists,
     resumable: req.resumable,
     kept: '',
+    published: false,
+    whatNext: '',
     release() {
       if (released) return;
       released = true;
@@ -398,11 +412,13 @@ export function removeTemporaries(dir: string): void {
 export function publishOutput(claim: OutputClaim, built: string): void {
   if (!claim.replaces || !existsSync(claim.out)) {
     renameSync(built, claim.out);
+    claim.published = true;
     return;
   }
   const aside = `${claim.out}.replaced.${process.pid}`;
   renameSync(claim.out, aside);
   renameSync(built, claim.out);
+  claim.published = true;
   rmSync(aside, { recursive: true, force: true });
 }
 
@@ -417,6 +433,13 @@ const WAY_OUT: Record<string, { what: string; fix: string; elsewhere: string }> 
   EACCES: { what: 'permission denied', fix: 'change its permissions', elsewhere: 'choose an output you may write to' },
   EPERM: { what: 'operation not permitted', fix: 'change its permissions', elsewhere: 'choose an output you may write to' },
 };
+
+/** A disk-full, read-only or permission error in words: the path it names, what happened, the fix in place; null for other errors. */
+export function describeSystemError(e: unknown): { path: string | undefined; what: string; fix: string } | null {
+  const err = e as NodeJS.ErrnoException;
+  const way = err && typeof err.code === 'string' ? WAY_OUT[err.code] : undefined;
+  return way ? { path: err.path, what: way.what, fix: way.fix } : null;
+}
 
 /**
  * A disk-full, read-only or permission error in writing `output` (a path, or any path that

@@ -29,7 +29,7 @@ import { resolveCorpus } from '../data/named-datasets.js';
 import { runBlockAp, type BlockApPhases } from './block-ap.js';
 import { checkTrainingData, kebab, runE2eQp } from './e2e-qp.js';
 import { eqatVersion } from '../engine/version.js';
-import { AbortedError, claimOutput, explainSystemError, InterruptedError, publishOutput, throwIfAborted, type OutputClaim } from '../io/output.js';
+import { AbortedError, claimOutput, describeSystemError, explainSystemError, InterruptedError, interruptionPoint, publishOutput, throwIfAborted, type OutputClaim } from '../io/output.js';
 import { reporter } from '../cli/progress.js';
 import { writeReport } from '../report/report.js';
 import type { OnEvent } from './events.js';
@@ -224,8 +224,23 @@ async function quantize(
     publishOutput(output, bapOut);
   }
   output.kept = `the quantized model in ${out}/`;
-  const evaluation = await evaluateOutput(out, r.model, r.eval, evalPlan, { quiet, signal, device, precision });
-  if (evaluation) writeReport(out); // again, now with the evaluation
+  // OUT is published: a rerun of the same command would refuse it, so a stop from here on says
+  // how to run what is left
+  const outputEval = evalCommands(out, r.eval, evalPlan);
+  output.whatNext = outputEval && `to evaluate it: ${outputEval}`;
+  const baselineDone = (): void => {
+    output.whatNext = `${out}/eqat-eval.json holds its evaluation; to evaluate the full-precision model: ${evalCommands(resolve(r.model), r.eval, evalPlan)}`;
+  };
+  let evaluation: QuantizeEval | null;
+  try {
+    evaluation = await evaluateOutput(out, r.model, r.eval, evalPlan, { quiet, signal, device, precision }, baselineDone);
+    if (evaluation) writeReport(out); // again, now with the evaluation
+  } catch (e) {
+    if (e instanceof InterruptedError || e instanceof AbortedError) throw e;
+    const sys = describeSystemError(e);
+    const why = sys ? `cannot write ${sys.path ?? out}: ${sys.what}` : (e as Error).message;
+    throw new Error(`${why}; the quantized model in ${out}/ is complete${sys ? `; ${sys.fix}` : ''}; ${output.whatNext}`, { cause: e });
+  }
   return { out, blockApOut: bapOut, blockApSeconds, blockApPhases, e2eQpSeconds, e2eQpTrainSeconds, e2eQpResumedFrom, eval: evaluation, seconds: (performance.now() - t0) / 1000 };
 }
 
@@ -272,18 +287,30 @@ async function evaluateModel(model: string, e: EvalSection, plan: EvalPlan, o: E
 }
 
 /**
+ * The `eqat eval` commands that measure on `model` what the eval section asks for ("eqat eval
+ * --model M --data D --seqlen S --tasks T and eqat eval ..."), '' when it asks for nothing: what
+ * a run stopped after publishing its output tells a person to run.
+ */
+function evalCommands(model: string, e: EvalSection, plan: EvalPlan): string {
+  const tasks = plan.tasks ? ` --tasks ${plan.tasks.map((t) => t.name).join(',')}${e.taskData ? ` --task-data ${e.taskData}` : ''}${e.limit ? ` --limit ${e.limit}` : ''}` : '';
+  const runs = plan.ppl.length > 0 ? plan.ppl.map((p, i) => `eqat eval --model ${model} --data ${p} --seqlen ${e.pplSeqlen}${i === 0 ? tasks : ''}`) : tasks ? [`eqat eval --model ${model}${tasks}`] : [];
+  return runs.join(' and ');
+}
+
+/**
  * Runs the evaluation of the eval section on the model in `out`, writes it into
  * out/eqat-eval.json, then (eval.baseline) the same on the full-precision `model`, written
  * beside it. The output is published before: a baseline that fails is recorded (baselineError,
  * a warning on stderr) and the command goes on; an interruption still stops it.
  */
-async function evaluateOutput(out: string, model: string, e: EvalSection, plan: EvalPlan, o: EvalRunOptions): Promise<QuantizeEval | null> {
+async function evaluateOutput(out: string, model: string, e: EvalSection, plan: EvalPlan, o: EvalRunOptions, onOutputEvaluated: () => void): Promise<QuantizeEval | null> {
   if (!plan.tasks && plan.ppl.length === 0) return null;
   const result: QuantizeEval = await evaluateModel(out, e, plan, o);
   const file = join(out, 'eqat-eval.json');
   writeJsonAtomic(file, result);
   if (!e.baseline) return result;
-  throwIfAborted(o.signal);
+  onOutputEvaluated();
+  await interruptionPoint(o.signal);
   try {
     result.baseline = await evaluateModel(resolve(model), e, plan, o);
   } catch (err) {

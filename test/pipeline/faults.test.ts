@@ -572,6 +572,23 @@ test('disk full inside quantize, in its Block-AP phase and then in its final che
   assertOnlyOutput(out, 'quantize after a full disk', ['.block-ap']);
 });
 
+test('quantize with an evaluation, disk full once its output is published: the output is complete and the message gives the eqat eval command, which then runs', async () => {
+  const dir = join(WORK, 'qe-disk');
+  mkdirSync(dir);
+  const out = join(dir, 'q');
+  const args = [...quantizeArgs(out), '--eval-ppl', CALIB, '--eval-ppl-seqlen', '32', '--no-eval-baseline'];
+  // nothing can be written into the published OUT (its rename takes no space)
+  const r = await runCli(args, { fault: { code: 'ENOSPC', under: out, afterBytes: 0 } });
+  assert.equal(r.code, 1, r.stderr);
+  const command = `eqat eval --model ${out} --data ${CALIB} --seqlen 32`;
+  assert.equal(r.stderr, `eqat: cannot write ${join(out, 'eqat-eval.json')}: no space left on device; the quantized model in ${out}/ is complete; free space there; to evaluate it: ${command}\n`);
+  assert.deepEqual(readdirSync(dir).sort(), ['q', 'q.block-ap'], 'OUT published, no partial, no lock');
+  assert.ok(existsSync(join(out, 'recipe.json')) && !existsSync(join(out, 'eqat-eval.json')));
+  // the command it gives evaluates the output
+  const evalRun = await runCli([...command.split(' ').slice(1), '--quiet']);
+  assert.equal(evalRun.code, 0, evalRun.stderr);
+});
+
 test('a file system turned read-only in the middle of block-ap: the shard and the way out, the finished blocks kept; the rerun resumes to the same checkpoint', async () => {
   const ref = await referenceBlockAp();
   const dir = join(WORK, 'ro-mid');
