@@ -63,23 +63,37 @@ export function sliceDocuments(docs: readonly string[], n: number): string[][] {
 }
 
 /**
- * The one message each worker posts, in the workers' order. The first worker to fail (an error
- * thrown in it, or an exit before its message) rejects the whole with its reason, and the others
- * are terminated at once rather than left to finish a slice nobody will read.
+ * The one message each worker posts, in the workers' order. A worker fails by posting an Error
+ * (how the tokenizer workers report theirs), by an error thrown out of it, or by exiting before
+ * its message. The first failure rejects the whole with its reason, once every worker is gone: the
+ * others are terminated rather than left to finish a slice nobody will read, except one that died
+ * of its own uncaught error, which is already exiting and is only waited for.
+ *
+ * Workers should post their errors rather than throw them: on Node 20 a terminate() that reaches a
+ * worker while it enters its uncaught-exception handler aborts the whole process (SIGABRT, "FATAL
+ * ERROR: v8::ToLocalChecked Empty MaybeLocal" in node::errors::TriggerUncaughtException, which
+ * reads process._fatalException with ToLocalChecked). Two tokenizer workers that both threw at
+ * load, the first one's error terminating the other, did that now and then. Terminating a worker
+ * that runs ordinary code or waits idle is safe.
  */
 export async function collectWorkerResults<T>(workers: readonly Worker[], what: string): Promise<T[]> {
+  const gone = workers.map((worker) => new Promise<void>((resolve) => worker.once('exit', () => resolve())));
+  const dying = new Set<Worker>();
   const results = workers.map(
     (worker) =>
       new Promise<T>((resolve, reject) => {
-        worker.once('message', (result: T) => resolve(result));
-        worker.once('error', reject);
+        worker.once('message', (result: T | Error) => (result instanceof Error ? reject(result) : resolve(result)));
+        worker.once('error', (err) => {
+          dying.add(worker);
+          reject(err);
+        });
         worker.once('exit', (code) => reject(new Error(`${what} worker exited with code ${code} before sending its result`)));
       }),
   );
   try {
     return await Promise.all(results);
   } catch (err) {
-    await Promise.allSettled(workers.map((w) => w.terminate()));
+    await Promise.allSettled(workers.map((w, i) => (dying.has(w) ? gone[i] : w.terminate())));
     throw err;
   }
 }
@@ -104,9 +118,15 @@ export async function tokenizeDocumentsParallel(
   return joinTokenStreams(parts, enc.encode(DOCUMENT_SEPARATOR, { addSpecialTokens: false }));
 }
 
-// Worker side: tokenise the slice and hand its arrays back without copying.
+// Worker side: tokenise the slice and hand its arrays back without copying. Any error (above all a
+// tokenizer that does not load) is posted as the worker's message rather than thrown, so that the
+// worker never dies of an uncaught exception while collectWorkerResults may be terminating it.
 if (!isMainThread && parentPort && (workerData as SliceJob | null)?.eqatTokenizeSlice === true) {
   const job = workerData as SliceJob;
-  const ts = tokenizeDocuments(job.docs, loadTokenizer(job.tokenizerDir));
-  parentPort.postMessage(ts, [ts.stream.buffer as ArrayBuffer, ts.docStarts.buffer as ArrayBuffer]);
+  try {
+    const ts = tokenizeDocuments(job.docs, loadTokenizer(job.tokenizerDir));
+    parentPort.postMessage(ts, [ts.stream.buffer as ArrayBuffer, ts.docStarts.buffer as ArrayBuffer]);
+  } catch (err) {
+    parentPort.postMessage(err instanceof Error ? err : new Error(String(err)));
+  }
 }

@@ -1,7 +1,8 @@
 // Parallel tokenisation (src/data/tokenize-parallel.ts) gives tokenizeDocuments' stream token for
 // token: the join of slice streams on a toy encoder, and real worker threads on the fixture
 // model's tokenizer; a tokenizer that cannot load makes the call fail with its reason, and one
-// failing worker ends its siblings instead of leaving them running.
+// failing worker (an error thrown in it, an Error it posts, an early exit) ends its siblings
+// instead of leaving them running.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { readFileSync } from 'node:fs';
@@ -86,4 +87,13 @@ test('collectWorkerResults: results in worker order; a worker exiting without it
   assert.deepEqual(await collectWorkerResults<number>(posting, 'test'), [3, 1, 2]);
   const silent = new Worker('process.exit(0)', { eval: true });
   await assert.rejects(collectWorkerResults([silent], 'test'), /test worker exited with code 0 before sending its result/);
+});
+
+// How the tokenizer workers fail: a worker dying of an uncaught error while terminate() reaches it
+// can abort the whole process (see collectWorkerResults), so they post their error instead.
+test('collectWorkerResults: a worker posting an Error fails the call with it and the others are terminated', { timeout: 30_000 }, async () => {
+  const reporting = new Worker(`require('node:worker_threads').parentPort.postMessage(new Error('slice 0 could not be read'))`, { eval: true });
+  const sleeper = new Worker('setTimeout(() => {}, 600_000)', { eval: true });
+  await assert.rejects(collectWorkerResults([reporting, sleeper], 'test'), /slice 0 could not be read/);
+  assert.deepEqual([reporting.threadId, sleeper.threadId], [-1, -1]);
 });
