@@ -26,17 +26,25 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
-import { basename, dirname, join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { exportGguf } from '../src/export/gguf.js';
 import { exportOnnx } from '../src/export/onnx.js';
-import { runBlockAp, blockApDefaults } from '../src/pipeline/block-ap.js';
-import { generateFromSource, generateIdsCached } from '../src/pipeline/generate.js';
 import { loadTokenizer } from '../src/io/tokenizer.js';
-import { WeightSource } from '../src/model/weights.js';
-import { Model } from '../src/model/model.js';
+import { loadConfig } from '../src/io/hf-config.js';
 import type { Backend } from '../src/backend/backend.js';
 import type { Tensor } from '../src/engine/tensor.js';
-import { ggufHeadType, LLAMA_CPP_F32_CACHE, llamaCppArithmetic, loadLlamaCpp, sharedPath, type LlamaCppContextSettings } from '../test/export/runtimes.js';
+import { writeRtn } from '../test/golden.js';
+import {
+  eqatGreedyIds,
+  ggufHeadType,
+  LLAMA_CPP_F32_CACHE,
+  llamaCppArithmetic,
+  llamaCppGreedyIds,
+  loadLlamaCpp,
+  sharedPath,
+  tjsGreedyTexts,
+  type LlamaCppContextSettings,
+} from '../test/export/runtimes.js';
 
 const argv = process.argv.slice(2);
 const sharedEnv = process.env['EQAT_SHARED_DIR'];
@@ -104,7 +112,7 @@ if (models.length === 0) {
     [4, 128],
   ] as const) {
     const out = join(work, `rtn-w${bits}g${group}`);
-    await runBlockAp({ ...blockApDefaults(bits), model: dirname(smallGolden!), calib: null, out, wbits: bits, groupSize: group, epochs: 0, quiet: true });
+    await writeRtn(dirname(smallGolden!), out, bits, group);
     rows.push({ model: `llama-small RTN w${bits}g${group}`, dir: out });
   }
 }
@@ -115,73 +123,16 @@ function promptIds(dir: string): number[][] {
   return prompts.map((p) => tok.encode(p, { addSpecialTokens: true }));
 }
 
-/** eqat's greedy continuations (ids up to an eos, left out) of every prompt: `eqat generate`'s, or the forward of `be`. */
+/** eqat's greedy continuations of every prompt (ids up to an eos): `eqat generate`'s, or the forward of `be`. */
 function eqatIds(dir: string, be?: Backend<Tensor>): number[][] {
-  const opts = { maxNewTokens: newTokens, temperature: 0, stopAtEos: true };
-  return promptIds(dir).map((ids) => {
-    const src = WeightSource.open(dir);
-    try {
-      let out: number[];
-      if (be === undefined) out = generateFromSource(src, ids, opts);
-      else {
-        const model = new Model(be, src, { B: 1, T: ids.length, use: 'decode' });
-        try {
-          out = generateIdsCached(model, ids, opts);
-        } finally {
-          model.free();
-        }
-      }
-      const ids1 = out.slice(ids.length);
-      return src.cfg.eosTokenIds.includes(ids1[ids1.length - 1]!) ? ids1.slice(0, -1) : ids1;
-    } finally {
-      src.close();
-    }
-  });
+  return eqatGreedyIds(dir, promptIds(dir), newTokens, be);
 }
 
-/**
- * llama.cpp's greedy continuations of eqat's prompt ids (its tokenization of the prompts is the
- * same; test/conformance checks it), ending before an end-of-generation token. Ids, not text:
- * llama.cpp's detokenizer drops a space before punctuation for GPT-2-style vocabularies.
- */
-async function llamaCppIds(dir: string, gguf: string, settings: LlamaCppContextSettings): Promise<number[][]> {
-  const model = await (llamaCpp.llama as unknown as import('node-llama-cpp').Llama).loadModel({ modelPath: gguf, gpuLayers: 0 });
-  try {
-    const all: number[][] = [];
-    for (const prompt of promptIds(dir)) {
-      const ctx = await model.createContext({ ...settings, contextSize: 256, threads: 1 });
-      try {
-        const out: number[] = [];
-        for await (const id of ctx.getSequence().evaluate(prompt as import('node-llama-cpp').Token[], { temperature: 0 })) {
-          out.push(id as number);
-          if (out.length === newTokens) break;
-        }
-        all.push(out);
-      } finally {
-        await ctx.dispose();
-      }
-    }
-    return all;
-  } finally {
-    await model.dispose();
-  }
+/** llama.cpp's greedy continuations of eqat's prompt ids (its tokenization of the prompts is the same; test/conformance checks it), up to an eos. */
+function llamaCppIds(dir: string, gguf: string, settings: LlamaCppContextSettings): Promise<number[][]> {
+  return llamaCppGreedyIds(llamaCpp.llama!, gguf, promptIds(dir), newTokens, loadConfig(dir).eosTokenIds, settings);
 }
 
-async function tjsTexts(onnxDir: string): Promise<string[]> {
-  tjs!.env.allowRemoteModels = false;
-  tjs!.env.localModelPath = dirname(onnxDir);
-  const gen = await tjs!.pipeline('text-generation', basename(onnxDir));
-  try {
-    const texts: string[] = [];
-    for (const p of prompts) {
-      const out = (await gen(p, { max_new_tokens: newTokens, do_sample: false, return_full_text: false })) as { generated_text: string }[];
-      texts.push(out[0]!.generated_text);
-    }
-    return texts;
-  } finally {
-    await gen.dispose();
-  }
-}
 
 /** Prompts whose continuation (ids or text) equals the reference's, and the mean share of the reference reproduced before the first difference. */
 function agreement<T extends string | number[]>(got: T[], want: T[]): string {
@@ -221,7 +172,7 @@ try {
       cell('llama.cpp', 'eqat generate', null, want);
     }
     const onnx = await exportOnnx(row.dir, join(work, `${tag}-onnx`));
-    cell('transformers.js', 'eqat generate (text)', tjs ? await tjsTexts(onnx.dir) : null, wantText);
+    cell('transformers.js', 'eqat generate (text)', tjs ? await tjsGreedyTexts(tjs, onnx.dir, prompts, newTokens) : null, wantText);
     console.error(`bench/export-greedy: ${row.model} done`);
   }
 } finally {

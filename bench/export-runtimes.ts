@@ -20,12 +20,12 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { exportGguf } from '../src/export/gguf.js';
 import { exportOnnx } from '../src/export/onnx.js';
-import { runBlockAp, blockApDefaults } from '../src/pipeline/block-ap.js';
 import { windowsNll } from '../src/pipeline/eval.js';
 import { evalWindows } from '../src/data/windows.js';
 import { loadTokenizer } from '../src/io/tokenizer.js';
 import { WeightSource } from '../src/model/weights.js';
 import { decoderDims, llamaCppPerplexity, loadLlamaCpp, loadOrt, ortPerplexity, sharedPath } from '../test/export/runtimes.js';
+import { writeRtn } from '../test/golden.js';
 
 const T = 512;
 const argv = process.argv.slice(2);
@@ -84,7 +84,7 @@ if (models.length === 0) {
     [4, 128],
   ] as const) {
     const out = join(work, `rtn-w${bits}g${group}`);
-    await runBlockAp({ ...blockApDefaults(bits), model: small, calib: null, out, wbits: bits, groupSize: group, epochs: 0, quiet: true });
+    await writeRtn(small, out, bits, group);
     rows.push({ model: `llama-small RTN`, dir: out });
   }
 }

@@ -435,10 +435,10 @@ const WAY_OUT: Record<string, { what: string; fix: string; elsewhere: string }> 
 };
 
 /** A disk-full, read-only or permission error in words: the path it names, what happened, the fix in place; null for other errors. */
-export function describeSystemError(e: unknown): { path: string | undefined; what: string; fix: string } | null {
+export function describeSystemError(e: unknown): { path: string | undefined; what: string; fix: string; elsewhere: string } | null {
   const err = e as NodeJS.ErrnoException;
   const way = err && typeof err.code === 'string' ? WAY_OUT[err.code] : undefined;
-  return way ? { path: err.path, what: way.what, fix: way.fix } : null;
+  return way ? { path: err.path, ...way } : null;
 }
 
 /**
@@ -450,10 +450,10 @@ export function describeSystemError(e: unknown): { path: string | undefined; wha
  */
 export function explainSystemError(e: unknown, output: string, resumable: boolean, hint?: string): unknown {
   const err = e as NodeJS.ErrnoException;
-  const way = err && typeof err.code === 'string' ? WAY_OUT[err.code] : undefined;
+  const way = describeSystemError(e);
   if (!way || err.name === 'OutputSystemError') return e;
-  if (err.path !== undefined && !resolve(err.path).startsWith(output)) return e;
-  const path = err.path ?? output;
+  if (way.path !== undefined && !resolve(way.path).startsWith(output)) return e;
+  const path = way.path ?? output;
   const parts = [
     resumable
       ? `cannot write ${path}: ${way.what}; ${way.fix} and rerun the same command: it resumes from what was finished, or ${way.elsewhere} and start over`

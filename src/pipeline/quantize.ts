@@ -224,16 +224,9 @@ async function quantize(
     publishOutput(output, bapOut);
   }
   output.kept = `the quantized model in ${out}/`;
-  // OUT is published: a rerun of the same command would refuse it, so a stop from here on says
-  // how to run what is left
-  const outputEval = evalCommands(out, r.eval, evalPlan);
-  output.whatNext = outputEval && `to evaluate it: ${outputEval}`;
-  const baselineDone = (): void => {
-    output.whatNext = `${out}/eqat-eval.json holds its evaluation; to evaluate the full-precision model: ${evalCommands(resolve(r.model), r.eval, evalPlan)}`;
-  };
   let evaluation: QuantizeEval | null;
   try {
-    evaluation = await evaluateOutput(out, r.model, r.eval, evalPlan, { quiet, signal, device, precision }, baselineDone);
+    evaluation = await evaluateOutput(output, r.model, r.eval, evalPlan, { quiet, signal, device, precision });
     if (evaluation) writeReport(out); // again, now with the evaluation
   } catch (e) {
     if (e instanceof InterruptedError || e instanceof AbortedError) throw e;
@@ -298,18 +291,21 @@ function evalCommands(model: string, e: EvalSection, plan: EvalPlan): string {
 }
 
 /**
- * Runs the evaluation of the eval section on the model in `out`, writes it into
- * out/eqat-eval.json, then (eval.baseline) the same on the full-precision `model`, written
- * beside it. The output is published before: a baseline that fails is recorded (baselineError,
- * a warning on stderr) and the command goes on; an interruption still stops it.
+ * Runs the evaluation of the eval section on the published output of `output`, writes it into
+ * OUT/eqat-eval.json, then (eval.baseline) the same on the full-precision `model`, written
+ * beside it. A baseline that fails is recorded (baselineError, a warning on stderr) and the
+ * command goes on; an interruption still stops it. A rerun of the same command would refuse the
+ * published output, so `output.whatNext` says, as it goes, which `eqat eval` runs what is left.
  */
-async function evaluateOutput(out: string, model: string, e: EvalSection, plan: EvalPlan, o: EvalRunOptions, onOutputEvaluated: () => void): Promise<QuantizeEval | null> {
+async function evaluateOutput(output: OutputClaim, model: string, e: EvalSection, plan: EvalPlan, o: EvalRunOptions): Promise<QuantizeEval | null> {
   if (!plan.tasks && plan.ppl.length === 0) return null;
+  const out = output.out;
+  output.whatNext = `to evaluate it: ${evalCommands(out, e, plan)}`;
   const result: QuantizeEval = await evaluateModel(out, e, plan, o);
   const file = join(out, 'eqat-eval.json');
   writeJsonAtomic(file, result);
   if (!e.baseline) return result;
-  onOutputEvaluated();
+  output.whatNext = `${out}/eqat-eval.json holds its evaluation; to evaluate the full-precision model: ${evalCommands(resolve(model), e, plan)}`;
   await interruptionPoint(o.signal);
   try {
     result.baseline = await evaluateModel(resolve(model), e, plan, o);

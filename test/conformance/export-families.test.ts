@@ -25,21 +25,34 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { basename, dirname, join } from 'node:path';
+import { basename, join } from 'node:path';
 import { exportGguf } from '../../src/export/gguf.js';
 import { exportOnnx } from '../../src/export/onnx.js';
 import { windowsNll } from '../../src/pipeline/eval.js';
-import { generateFromSource } from '../../src/pipeline/generate.js';
 import { evalWindows } from '../../src/data/windows.js';
 import { loadTokenizer } from '../../src/io/tokenizer.js';
 import { WeightSource } from '../../src/model/weights.js';
 import { Model } from '../../src/model/model.js';
-import { generateIdsCached } from '../../src/pipeline/generate.js';
+import { loadConfig } from '../../src/io/hf-config.js';
 import type { Backend } from '../../src/backend/backend.js';
 import type { Tensor } from '../../src/engine/tensor.js';
 import { REPO, writeRtn } from '../golden.js';
 import { deriveFamily, FAMILIES } from '../export/families.js';
-import { decoderDims, ggufHeadType, LLAMA_CPP_F32_CACHE, llamaCppArithmetic, llamaCppPerplexity, type LlamaCppContextSettings, loadLlamaCpp, loadOrt, ortPerplexity, sharedPath } from '../export/runtimes.js';
+import {
+  decoderDims,
+  eqatGreedyIds,
+  ggufHeadType,
+  LLAMA_CPP_F32_CACHE,
+  llamaCppArithmetic,
+  llamaCppGreedyIds,
+  llamaCppPerplexity,
+  type LlamaCppContextSettings,
+  loadLlamaCpp,
+  loadOrt,
+  ortPerplexity,
+  sharedPath,
+  tjsGreedyTexts,
+} from '../export/runtimes.js';
 
 const T = 128;
 const WINDOWS = 4;
@@ -78,37 +91,14 @@ function promptIds(ckpt: string): number[] {
   return loadTokenizer(ckpt).encode(PROMPT, { addSpecialTokens: true });
 }
 
+/** eqat's greedy continuation of PROMPT (ids up to an eos): `eqat generate`'s, or with `be` that backend's (llamaCppArithmetic). */
+function eqatTokens(ckpt: string, be?: Backend<Tensor>): number[] {
+  return eqatGreedyIds(ckpt, [promptIds(ckpt)], NEW_TOKENS, be)[0]!;
+}
+
 /** eqat's greedy continuation of PROMPT as text: what `eqat generate` prints. */
 function eqatText(ckpt: string): string {
   return loadTokenizer(ckpt).decode(eqatTokens(ckpt), { skipSpecialTokens: true });
-}
-
-/**
- * eqat's greedy continuation of PROMPT (ids after the prompt, up to an eos, which is left out):
- * `eqat generate`'s, or
- * with `be` the continuation that backend computes (llamaCppArithmetic).
- */
-function eqatTokens(ckpt: string, be?: Backend<Tensor>): number[] {
-  const prompt = promptIds(ckpt);
-  const src = WeightSource.open(ckpt);
-  const opts = { maxNewTokens: NEW_TOKENS, temperature: 0, stopAtEos: true };
-  try {
-    let ids: number[];
-    if (be === undefined) ids = generateFromSource(src, prompt, opts);
-    else {
-      const model = new Model(be, src, { B: 1, T: prompt.length, use: 'decode' });
-      try {
-        ids = generateIdsCached(model, prompt, opts);
-      } finally {
-        model.free();
-      }
-    }
-    const out = ids.slice(prompt.length);
-    // eqat keeps the eos it stopped at; llama.cpp's generator ends before it
-    return src.cfg.eosTokenIds.includes(out[out.length - 1]!) ? out.slice(0, -1) : out;
-  } finally {
-    src.close();
-  }
 }
 
 /** Perplexity of `win` ((count, T) ids) under the checkpoint: eqat's evaluation, or with `be` that backend's forward. */
@@ -131,40 +121,9 @@ function eqatPerplexity(ckpt: string, win: Int32Array, count: number, be?: Backe
   }
 }
 
-/**
- * llama.cpp's greedy continuation of `prompt` (ids): up to NEW_TOKENS ids, ending before an
- * end-of-generation token as eqat's does. Ids, not text: llama.cpp's detokenizer removes a space
- * before punctuation for GPT-2-style vocabularies, where eqat and transformers keep it.
- */
-async function llamaCppTokens(gguf: string, prompt: number[], settings: LlamaCppContextSettings = {}): Promise<number[]> {
-  const model = await (llamaCpp.llama as unknown as import('node-llama-cpp').Llama).loadModel({ modelPath: gguf, gpuLayers: 0 });
-  try {
-    const ctx = await model.createContext({ ...settings, contextSize: 256, threads: 1 });
-    try {
-      const out: number[] = [];
-      for await (const id of ctx.getSequence().evaluate(prompt as import('node-llama-cpp').Token[], { temperature: 0 })) {
-        out.push(id as number);
-        if (out.length === NEW_TOKENS) break;
-      }
-      return out;
-    } finally {
-      await ctx.dispose();
-    }
-  } finally {
-    await model.dispose();
-  }
-}
-
-async function tjsText(onnxDir: string): Promise<string> {
-  tjs!.env.allowRemoteModels = false;
-  tjs!.env.localModelPath = dirname(onnxDir);
-  const gen = await tjs!.pipeline('text-generation', basename(onnxDir));
-  try {
-    const out = (await gen(PROMPT, { max_new_tokens: NEW_TOKENS, do_sample: false, return_full_text: false })) as { generated_text: string }[];
-    return out[0]!.generated_text;
-  } finally {
-    await gen.dispose();
-  }
+/** llama.cpp's greedy continuation of PROMPT (eqat's ids) on the export `gguf` of `ckpt`, up to an eos. */
+async function llamaCppTokens(ckpt: string, gguf: string, settings: LlamaCppContextSettings = {}): Promise<number[]> {
+  return (await llamaCppGreedyIds(llamaCpp.llama!, gguf, [promptIds(ckpt)], NEW_TOKENS, loadConfig(ckpt).eosTokenIds, settings))[0]!;
 }
 
 const rows: string[] = [];
@@ -207,10 +166,9 @@ for (const family of FAMILIES) {
           rows.push(`${family} | w${bits}g${group} | llama.cpp ${what} | ${sameIds(ids, idsWant)} | ${(ppl / pplWant).toFixed(6)}`);
           return ppl / pplWant;
         };
-        const prompt = promptIds(ckpt);
         const wantIds = eqatTokens(ckpt);
         // the default export as users run it (f16 kv cache): near eqat
-        const ids = await llamaCppTokens(gguf.path, prompt);
+        const ids = await llamaCppTokens(ckpt, gguf.path);
         const ppl = await perplexity(gguf.path);
         const ratio = row(`${linearTypeOf(gguf.types)}, defaults | eqat`, ids, wantIds, ppl, eqatLlamaPpl);
         assert.ok(Math.abs(ratio - 1) < LLAMA_CPP_PPL_TOLERANCE, `ppl llama.cpp ${ppl} vs eqat ${eqatLlamaPpl}`);
@@ -218,14 +176,14 @@ for (const family of FAMILIES) {
         const rounding = llamaCppArithmetic(ggufHeadType(gguf.types));
         const wantRounded = eqatTokens(ckpt, rounding);
         const pplRounded = eqatPerplexity(ckpt, lwin, LLAMA_CPP_WINDOWS, rounding);
-        const idsF32Cache = await llamaCppTokens(gguf.path, prompt, LLAMA_CPP_F32_CACHE);
+        const idsF32Cache = await llamaCppTokens(ckpt, gguf.path, LLAMA_CPP_F32_CACHE);
         const pplF32Cache = await perplexity(gguf.path, LLAMA_CPP_F32_CACHE);
         const ratioRounded = row(`${linearTypeOf(gguf.types)}, f32 kv | eqat with llama.cpp's rounding`, idsF32Cache, wantRounded, pplF32Cache, pplRounded);
         assert.ok(Math.abs(ratioRounded - 1) < PPL_TOLERANCE, `ppl llama.cpp ${pplF32Cache} vs eqat with llama.cpp's rounding ${pplRounded}`);
         // the same model with exact f32 weights and an f32 kv cache: llama.cpp computes as eqat does
         const f32 = await exportGguf(ckpt, join(WORK, `${label.replace(' ', '-')}-f32.gguf`), { type: 'f32', embeddingType: 'f32' });
         assert.equal(f32.exact, true);
-        const ids32 = await llamaCppTokens(f32.path, prompt, LLAMA_CPP_F32_CACHE);
+        const ids32 = await llamaCppTokens(ckpt, f32.path, LLAMA_CPP_F32_CACHE);
         const ppl32 = await perplexity(f32.path, LLAMA_CPP_F32_CACHE);
         const ratio32 = row('F32, f32 kv | eqat', ids32, wantIds, ppl32, eqatLlamaPpl);
         assert.deepEqual(ids32, wantIds, `llama.cpp's greedy tokens on the f32 export: ${JSON.stringify(ids32)} vs eqat ${JSON.stringify(wantIds)}`);
@@ -238,7 +196,7 @@ for (const family of FAMILIES) {
         }
       });
       await t.test('transformers.js / onnxruntime', { skip: SKIP_TJS || SKIP_ORT }, async () => {
-        const text = await tjsText(onnx.dir);
+        const [text] = await tjsGreedyTexts(tjs!, onnx.dir, [PROMPT], NEW_TOKENS);
         const r = await ortPerplexity(ort!, onnx.onnxPath, decoderDims(onnx.dir), win, WINDOWS, T, { threads: 1, batch: 4 });
         const ratio = r.ppl / eqatPpl;
         rows.push(`${family} | w${bits}g${group} | transformers.js/onnxruntime | eqat | ${text === want ? 'same text' : 'DIFFERENT text'} | ${ratio.toFixed(6)}`);

@@ -8,8 +8,11 @@
 // those roundings added (llamaCppArithmetic) is the oracle its logits are held to.
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { Tensor } from '../../src/engine/tensor.js';
+import { WeightSource } from '../../src/model/weights.js';
+import { Model } from '../../src/model/model.js';
+import { generateFromSource, generateIdsCached } from '../../src/pipeline/generate.js';
 import { cpuBackend } from '../../src/backend/cpu.js';
 import type { Backend } from '../../src/backend/backend.js';
 import { decodeValues, encodeValues } from '../../src/export/ggml-types.js';
@@ -120,6 +123,88 @@ export async function llamaGreedy(seq: NlcSequence, prompt: number[], n: number,
     input = [token];
   }
   return steps;
+}
+
+/** `ids` up to (not including) its first id in `eos`. */
+function beforeEos(ids: number[], eos: readonly number[]): number[] {
+  const k = ids.findIndex((id) => eos.includes(id));
+  return k < 0 ? ids : ids.slice(0, k);
+}
+
+/**
+ * eqat's greedy continuation of each of `prompts` (ids, bos included) on the checkpoint `dir`:
+ * up to `maxNewTokens` ids after the prompt, ending before an eos. `eqat generate`'s, or with
+ * `be` that backend's forward (llamaCppArithmetic).
+ */
+export function eqatGreedyIds(dir: string, prompts: number[][], maxNewTokens: number, be?: Backend<Tensor>): number[][] {
+  const opts = { maxNewTokens, temperature: 0, stopAtEos: true };
+  const src = WeightSource.open(dir);
+  try {
+    return prompts.map((prompt) => {
+      let ids: number[];
+      if (be === undefined) ids = generateFromSource(src, prompt, opts);
+      else {
+        const model = new Model(be, src, { B: 1, T: prompt.length, use: 'decode' });
+        try {
+          ids = generateIdsCached(model, prompt, opts);
+        } finally {
+          model.free();
+        }
+      }
+      return beforeEos(ids.slice(prompt.length), src.cfg.eosTokenIds);
+    });
+  } finally {
+    src.close();
+  }
+}
+
+/**
+ * llama.cpp's greedy continuation (llamaGreedy) of each of `prompts` (ids) on `gguf`, in a
+ * context of `settings`: up to `maxNewTokens` ids, ending before an id of `eos`. Ids, not text:
+ * llama.cpp's detokenizer drops a space before punctuation for GPT-2-style vocabularies, where
+ * eqat and transformers keep it.
+ */
+export async function llamaCppGreedyIds(
+  llama: NlcLlama,
+  gguf: string,
+  prompts: number[][],
+  maxNewTokens: number,
+  eos: readonly number[],
+  settings: LlamaCppContextSettings = {},
+): Promise<number[][]> {
+  const model = await llama.loadModel({ modelPath: gguf, gpuLayers: 0 });
+  try {
+    const all: number[][] = [];
+    for (const prompt of prompts) {
+      const ctx = await model.createContext({ ...settings, contextSize: 256, threads: 1 });
+      try {
+        const steps = await llamaGreedy(ctx.getSequence(), prompt, maxNewTokens, 1);
+        all.push(beforeEos(steps.map((s) => s.token), eos));
+      } finally {
+        await ctx.dispose();
+      }
+    }
+    return all;
+  } finally {
+    await model.dispose();
+  }
+}
+
+/** transformers.js's greedy text after each of `prompts` (its text-generation pipeline, as a user calls it) on the ONNX export in `onnxDir`. */
+export async function tjsGreedyTexts(tjs: typeof import('@huggingface/transformers'), onnxDir: string, prompts: string[], maxNewTokens: number): Promise<string[]> {
+  tjs.env.allowRemoteModels = false;
+  tjs.env.localModelPath = dirname(onnxDir);
+  const gen = await tjs.pipeline('text-generation', basename(onnxDir));
+  try {
+    const texts: string[] = [];
+    for (const p of prompts) {
+      const out = (await gen(p, { max_new_tokens: maxNewTokens, do_sample: false, return_full_text: false })) as { generated_text: string }[];
+      texts.push(out[0]!.generated_text);
+    }
+    return texts;
+  } finally {
+    await gen.dispose();
+  }
 }
 
 /**
